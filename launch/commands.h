@@ -1,0 +1,13 @@
+// Each `zrollout` subcommand registers itself on the CLI11 app; its options are declared once there
+// and drive parsing, --help and the start-up log.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace zr::cli {
+
+void add_make_model(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_score(CLI::App& app);
+
+}  // namespace zr::cli
