@@ -1,0 +1,201 @@
+#include "bench/machine_limits.h"
+
+#include <cblas.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace zr::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Times `run` once untimed, then `repeats` times; `work` is the amount per run (FLOP or bytes),
+// so each sample is work / seconds / 1e9.
+Measurement measure(double work, int repeats, const std::function<void()>& run, std::string shape) {
+  run();
+  std::vector<double> rates;
+  for (int i = 0; i < std::max(repeats, 1); ++i) {
+    auto t0 = Clock::now();
+    run();
+    rates.push_back(work / seconds_since(t0) / 1e9);
+  }
+  std::sort(rates.begin(), rates.end());
+  Measurement m;
+  size_t n = rates.size();
+  m.median = n % 2 ? rates[n / 2] : 0.5 * (rates[n / 2 - 1] + rates[n / 2]);
+  m.min = rates.front();
+  m.max = rates.back();
+  m.repeats = static_cast<int>(n);
+  m.shape = std::move(shape);
+  return m;
+}
+
+// Anonymous mapping, huge pages requested, every page faulted in by a write before any timing.
+class Buffer {
+ public:
+  explicit Buffer(size_t bytes) : bytes_(bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap failed");
+    madvise(p, bytes, MADV_HUGEPAGE);
+    data_ = static_cast<char*>(p);
+    std::memset(data_, 1, bytes);
+  }
+  ~Buffer() { munmap(data_, bytes_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  char* data() { return data_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  char* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Runs fn(t, begin, end) on `threads` std::threads over [0, n), chunks rounded to `align` elements.
+void parallel_for(size_t n, int threads, size_t align,
+                  const std::function<void(int, size_t, size_t)>& fn) {
+  threads = std::max(threads, 1);
+  size_t chunk = (n / threads + align - 1) / align * align;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    size_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    if (t + 1 == threads) e = n;
+    pool.emplace_back(fn, t, b, e);
+  }
+  for (auto& th : pool) th.join();
+}
+
+float sum_f32(const float* p, size_t n) {
+  size_t i = 0;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  alignas(64) float lanes[16];  // not _mm512_reduce_add_ps: GCC 12 warns inside it
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  float s = 0;
+  for (float l : lanes) s += l;
+#else
+  // 32 independent lanes: an element-wise update the compiler vectorizes without -ffast-math.
+  float acc[32] = {};
+  for (; i + 32 <= n; i += 32)
+    for (int j = 0; j < 32; ++j) acc[j] += p[i + j];
+  float s = 0;
+  for (float a : acc) s += a;
+#endif
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+std::vector<float> random_f32(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+Measurement sgemv_run(int m, int k, int threads, int repeats, bool as_bytes) {
+  openblas_set_num_threads(threads);
+  auto w = random_f32(size_t(m) * k, 1), x = random_f32(k, 2);
+  std::vector<float> y(m);
+  auto run = [&] {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, 1.f, w.data(), k, x.data(), 1, 0.f, y.data(), 1);
+  };
+  double work = as_bytes ? 4.0 * m * k : 2.0 * m * k;
+  return measure(work, repeats, run, std::to_string(m) + "x" + std::to_string(k));
+}
+
+}  // namespace
+
+Measurement sgemm_gflops(int n, int threads, int repeats) {
+  openblas_set_num_threads(threads);
+  for (;;) {
+    auto a = random_f32(size_t(n) * n, 1), b = random_f32(size_t(n) * n, 2);
+    std::vector<float> c(size_t(n) * n);
+    auto run = [&] {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n,
+                  0.f, c.data(), n);
+    };
+    auto t0 = Clock::now();
+    run();
+    if (seconds_since(t0) > 0.5 && n > 256) {
+      n /= 2;
+      continue;
+    }
+    return measure(2.0 * n * n * n, repeats, run, std::to_string(n) + "^3");
+  }
+}
+
+Measurement sgemv_gflops(int m, int k, int threads, int repeats) {
+  return sgemv_run(m, k, threads, repeats, false);
+}
+
+Measurement sgemv_gbps(int m, int k, int threads, int repeats) {
+  return sgemv_run(m, k, threads, repeats, true);
+}
+
+Measurement mem_read_gbps(size_t bytes, int threads, int repeats) {
+  Buffer buf(bytes);
+  const float* p = reinterpret_cast<const float*>(buf.data());
+  size_t n = bytes / sizeof(float);
+  std::vector<float> sums(std::max(threads, 1));
+  volatile float sink = 0;
+  auto run = [&] {
+    parallel_for(n, threads, 1024,
+                 [&](int t, size_t b, size_t e) { sums[t] = sum_f32(p + b, e - b); });
+    float s = 0;
+    for (float x : sums) s += x;
+    sink = s;
+  };
+  (void)sink;
+  return measure(double(n) * sizeof(float), repeats, run, std::to_string(bytes >> 20) + " MiB");
+}
+
+Measurement memcpy_gbps(size_t bytes, int threads, int repeats) {
+  Buffer src(bytes), dst(bytes);
+  auto run = [&] {
+    parallel_for(bytes, threads, 4096, [&](int, size_t b, size_t e) {
+      std::memcpy(dst.data() + b, src.data() + b, e - b);
+    });
+  };
+  return measure(double(bytes), repeats, run, std::to_string(bytes >> 20) + " MiB");
+}
+
+std::string openblas_coretype() {
+  const char* v = std::getenv("OPENBLAS_CORETYPE");
+  return v && *v ? v : "auto";
+}
+
+std::string openblas_description() {
+  std::string s = "OPENBLAS_CORETYPE=" + openblas_coretype();
+  s += " core=";
+  s += openblas_get_corename();
+  s += " config=";
+  s += openblas_get_config();
+  return s;
+}
+
+}  // namespace zr::bench
