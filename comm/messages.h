@@ -1,0 +1,130 @@
+// Every message zrollout exchanges, as plain structs (names follow SGLang's Engine.generate so
+// existing client code reads our replies). No serialization library is included here: the JSON
+// codec (comm/json_codec) and the msgpack codec map these structs field by field and report the
+// offending field by name. docs/protocol.md documents each field and default.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace zr {
+
+enum class LogprobMode { default_mode, raw, processed };
+
+struct TemperatureSchedule {
+  float initial = 1.0f;
+  float final = 1.0f;
+  int warmup_tokens = 0;  // linear from initial to final over this many generated tokens
+};
+
+// Typed logit processors (also reachable through the string form custom_logit_processor:
+// "rl_action_mask:1,2,3" or "disallowed_tokens:4,5").
+struct LogitProcessors {
+  std::optional<std::vector<int>> allowed_token_ids;  // action mask: only these may be sampled
+  std::vector<int> disallowed_token_ids;
+  std::optional<TemperatureSchedule> temperature_schedule;
+};
+
+struct SamplingParams {
+  int max_new_tokens = 128;
+  int min_new_tokens = 0;
+  float temperature = 1.0f;  // 0 = greedy
+  float top_p = 1.0f;
+  int top_k = -1;            // -1 = off
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  std::vector<std::string> stop;
+  std::vector<int> stop_token_ids;
+  bool ignore_eos = false;
+  bool skip_special_tokens = true;
+  int n = 1;
+  std::optional<uint64_t> seed;  // sample i of n uses seed + i
+  std::vector<std::pair<int, float>> logit_bias;
+  LogitProcessors processors;
+};
+
+struct GenerateRequest {
+  std::string rid;
+  std::optional<std::string> text;  // tokenized with BOS when input_ids is empty
+  std::vector<int> input_ids;
+  SamplingParams sampling_params;
+  bool return_logprob = false;
+  int logprob_start_len = -1;  // -1: no input logprobs
+  int top_logprobs_num = 0;
+  std::vector<int> token_ids_logprob;
+  LogprobMode logprob_mode = LogprobMode::default_mode;
+  bool stream = false;
+  std::string session_id;
+};
+
+struct TokenLogprob {
+  std::optional<float> logprob;  // null for the first prompt position
+  int token_id = 0;
+  std::optional<std::string> text;
+};
+
+struct FinishReason {
+  enum class Type { none, stop, length, abort } type = Type::none;
+  std::variant<std::monostate, int, std::string> matched;  // stop: token id or stop string
+  int length = 0;                                          // length: completion tokens
+  std::string message;                                     // abort: why
+};
+
+struct WeightVersionSpan {
+  int first_token_index = 0;
+  int64_t version = 0;
+};
+
+struct MetaInfo {
+  std::string id;
+  FinishReason finish_reason;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+  int cached_tokens = 0;
+  std::vector<TokenLogprob> output_token_logprobs;
+  std::vector<TokenLogprob> input_token_logprobs;
+  std::vector<std::vector<TokenLogprob>> output_top_logprobs;
+  std::vector<std::vector<TokenLogprob>> input_top_logprobs;
+  std::vector<std::vector<TokenLogprob>> output_token_ids_logprobs;
+  std::vector<std::vector<TokenLogprob>> input_token_ids_logprobs;
+  int64_t weight_version = 0;
+  std::vector<WeightVersionSpan> weight_version_spans;
+  double e2e_latency = 0.0;  // seconds
+};
+
+// One sample of one request; a request with n samples yields n of these, index 0..n-1.
+struct SampleOutput {
+  std::string rid;
+  int index = 0;
+  std::string text;
+  std::vector<int> output_ids;
+  MetaInfo meta_info;
+  bool return_logprob = false;  // which meta_info logprob fields are meaningful
+  bool has_input_logprobs = false;
+  bool has_top = false;
+  bool has_ids = false;
+};
+
+// Teacher-forced scoring (Tunix get_per_token_logps).
+struct ScoreRequest {
+  std::string rid;
+  std::vector<int> input_ids;       // the prompt
+  std::vector<int> completion_ids;  // scored tokens
+  float temperature = 1.0f;
+  int top_logprobs_num = 0;
+};
+
+struct ScoreOutput {
+  std::string rid;
+  std::vector<float> logprobs;  // one per completion token
+  std::vector<std::vector<std::pair<int, float>>> top_logprobs;  // when top_logprobs_num > 0
+  int64_t weight_version = 0;
+};
+
+}  // namespace zr

@@ -1,0 +1,136 @@
+#include "model/kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#include "model/kernels_internal.h"
+
+namespace zr::kernels {
+
+namespace {
+
+std::atomic<bool> g_force_portable{false};
+
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+// The fixed reduction tree; kernels_avx512.cpp performs the same adds with shuffles.
+inline float hsum16(const float* a) {
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = a[i] + a[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
+}
+
+template <class WT>
+inline float load_w(const WT* w, int k) {
+  if constexpr (sizeof(WT) == 2) return bf16_to_f32(w[k]);
+  else return w[k];
+}
+
+template <class WT>
+float dot_portable(const float* x, const WT* w, int K) {
+  float acc[detail::kLanes] = {};
+  for (int k0 = 0; k0 < K; k0 += detail::kLanes) {
+    for (int l = 0; l < detail::kLanes; ++l) {
+      int k = k0 + l;
+      float xv = k < K ? x[k] : 0.0f;
+      float wv = k < K ? load_w(w, k) : 0.0f;
+      acc[l] = std::fma(xv, wv, acc[l]);
+    }
+  }
+  return hsum16(acc);
+}
+
+}  // namespace
+
+namespace detail {
+
+void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
+                     int n1, float* y, int ldy) {
+  for (int m = 0; m < M; ++m) {
+    for (int n = n0; n < n1; ++n) {
+      float v = wdtype == DType::bf16
+                    ? dot_portable(x + static_cast<size_t>(m) * ldx,
+                                   static_cast<const uint16_t*>(w) + static_cast<size_t>(n) * K, K)
+                    : dot_portable(x + static_cast<size_t>(m) * ldx,
+                                   static_cast<const float*>(w) + static_cast<size_t>(n) * K, K);
+      y[static_cast<size_t>(m) * ldy + n] = v;
+    }
+  }
+}
+
+}  // namespace detail
+
+bool using_avx512() { return cpu_has_avx512() && !g_force_portable.load(); }
+void force_portable(bool on) { g_force_portable.store(on); }
+
+void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
+            int n_end, float* y, int ldy, ThreadPool* pool) {
+  ZR_CHECK(wdtype == DType::f32 || wdtype == DType::bf16);
+  if (M <= 0 || n_end <= n_begin) return;
+  auto block = using_avx512() ? detail::matmul_avx512 : detail::matmul_portable;
+  int threads = pool ? pool->size() : 1;
+  int n = n_end - n_begin;
+  // Split the output columns: each task streams a disjoint slice of w. Slices are multiples of 48
+  // rows (the kernel's column block) so tiles stay full; any split gives the same bits.
+  int tasks = pool ? std::min(threads * 2, std::max(1, n / 48)) : 1;
+  if (tasks <= 1) {
+    block(x, M, K, ldx, w, wdtype, n_begin, n_end, y, ldy);
+    return;
+  }
+  int per = ((n + tasks - 1) / tasks + 47) / 48 * 48;
+  pool->parallel_for(tasks, [&](int t) {
+    int a = n_begin + t * per, b = std::min(n_end, a + per);
+    if (a < b) block(x, M, K, ldx, w, wdtype, a, b, y, ldy);
+  });
+}
+
+void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool) {
+  ZR_CHECK(w.shape.size() == 2);
+  int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
+  matmul(x, M, K, K, w.data, w.dtype, 0, N, y, N, pool);
+}
+
+float dot(const float* a, const float* b, int n) {
+  return using_avx512() ? detail::dot_avx512(a, b, n) : dot_portable(a, b, n);
+}
+
+void rmsnorm(const float* x, const float* w, int d, float eps, float* out) {
+  double ss = 0.0;
+  for (int i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];
+  float inv = static_cast<float>(1.0 / std::sqrt(ss / d + eps));
+  for (int i = 0; i < d; ++i) out[i] = (x[i] * inv) * w[i];
+}
+
+void silu_mul(const float* gate, const float* up, int n, float* out) {
+  for (int i = 0; i < n; ++i) {
+    float g = gate[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void rope_rotate(float* v, int head_dim, const float* cos_row, const float* sin_row) {
+  int half = head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    float a = v[i], b = v[i + half];
+    v[i] = a * cos_row[i] - b * sin_row[i];
+    v[i + half] = b * cos_row[i] + a * sin_row[i];
+  }
+}
+
+void log_softmax(const float* x, int n, float* out) {
+  float mx = -INFINITY;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+  float lse = static_cast<float>(std::log(sum));
+  for (int i = 0; i < n; ++i) out[i] = (x[i] - mx) - lse;
+}
+
+}  // namespace zr::kernels

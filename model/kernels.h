@@ -1,0 +1,47 @@
+// Compute kernels of the forward pass.
+//
+// Batch invariance is a property of these kernels: every output element is produced by the same
+// sequence of float operations whatever else is computed in the same call (the number of rows M,
+// the tile a row lands in, the thread that runs it). A dot product over K accumulates 16 lane
+// partial sums with fused multiply-add over chunks of 16 (the last chunk zero-padded), then adds
+// the 16 lanes in one fixed tree (hsum16). The AVX-512 path and the portable path follow the same
+// recipe and give the same bits. OpenBLAS does not have this property (its result for a row depends
+// on M and on sgemv vs sgemm: see bench/blas_invariance), so the forward does not call it.
+#pragma once
+
+#include <cstdint>
+
+#include "model/thread_pool.h"
+#include "model/weights.h"
+
+namespace zr::kernels {
+
+// True when the AVX-512 path is in use (else the portable path; both give identical bits).
+bool using_avx512();
+// For tests: force the portable path.
+void force_portable(bool on);
+
+// y[m, n] = sum_k x[m, k] * w[n, k] for m < M, n in [n_begin, n_end).
+//   x: (M, K) row-major f32, row stride ldx; w: (N, K) row-major f32 or bf16 (a Linear weight);
+//   y: (M, ldy) row-major, written at columns n.
+void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
+            int n_end, float* y, int ldy, ThreadPool* pool);
+// Convenience: full weight, contiguous x and y.
+void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool);
+
+// Dot product with the invariant recipe above (f32 both sides).
+float dot(const float* a, const float* b, int n);
+
+// out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
+void rmsnorm(const float* x, const float* w, int d, float eps, float* out);
+// out[i] = silu(gate[i]) * up[i]
+void silu_mul(const float* gate, const float* up, int n, float* out);
+// Hugging Face rotate_half RoPE on one head vector v (head_dim) at one position, using a
+// precomputed (cos, sin) row of length head_dim / 2.
+void rope_rotate(float* v, int head_dim, const float* cos_row, const float* sin_row);
+
+// log_softmax over n values: max, then the sum of exp in double in index order, so the result is
+// a pure function of the values.
+void log_softmax(const float* x, int n, float* out);
+
+}  // namespace zr::kernels

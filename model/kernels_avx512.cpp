@@ -1,0 +1,124 @@
+// AVX-512 implementation of the invariant matmul (see model/kernels.h for the recipe it must
+// follow bit for bit). Compiled with AVX-512 flags; only called after a CPU check.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "model/kernels_internal.h"
+
+namespace zr::kernels::detail {
+
+namespace {
+
+// Same tree as hsum16 in kernels.cpp: (i, i+8), then (i, i+4), (i, i+2), (0, 1).
+inline float hsum16(__m512 v) {
+  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s1);
+}
+
+template <bool BF16>
+inline __m512 load_w(const void* base, size_t off) {
+  if constexpr (BF16) {
+    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + off));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(base) + off);
+  }
+}
+
+template <bool BF16>
+inline __m512 load_w_tail(const void* base, size_t off, __mmask16 mask) {
+  if constexpr (BF16) {
+    __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + off);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + off);
+  }
+}
+
+// One MR x NR tile: rows x[0..MR) against weight rows [n, n+NR).
+template <int MR, int NR, bool BF16>
+void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ldy) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const size_t wrow = static_cast<size_t>(K);
+  int k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    __m512 xv[MR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + static_cast<size_t>(i) * ldx + k);
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+      __m512 wv = load_w<BF16>(w, (n + j) * wrow + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  if (k < K) {
+    __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + static_cast<size_t>(i) * ldx + k);
+    for (int j = 0; j < NR; ++j) {
+      __m512 wv = load_w_tail<BF16>(w, (n + j) * wrow + k, mask);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) y[static_cast<size_t>(i) * ldy + n + j] = hsum16(acc[i][j]);
+}
+
+constexpr int kMR = 4;
+constexpr int kNR = 6;
+constexpr int kNB = 48;  // weight rows per column block: 48 rows x K stay in L2 across row tiles
+
+using TileFn = void (*)(const float*, int, const void*, int, int, float*, int);
+
+template <bool BF16, int MR, int... NRs>
+constexpr std::array<TileFn, kNR> row_of(std::integer_sequence<int, NRs...>) {
+  return {&tile<MR, NRs + 1, BF16>...};
+}
+
+template <bool BF16>
+constexpr std::array<std::array<TileFn, kNR>, kMR> make_table() {
+  using S = std::make_integer_sequence<int, kNR>;
+  return {row_of<BF16, 1>(S{}), row_of<BF16, 2>(S{}), row_of<BF16, 3>(S{}), row_of<BF16, 4>(S{})};
+}
+
+constexpr auto kTableF32 = make_table<false>();
+constexpr auto kTableBF16 = make_table<true>();
+
+}  // namespace
+
+void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
+                   int n1, float* y, int ldy) {
+  const auto& table = wdtype == DType::bf16 ? kTableBF16 : kTableF32;
+  for (int nb = n0; nb < n1; nb += kNB) {
+    int ne = std::min(nb + kNB, n1);
+    for (int m = 0; m < M; m += kMR) {
+      int mr = std::min(kMR, M - m);
+      const float* xm = x + static_cast<size_t>(m) * ldx;
+      float* ym = y + static_cast<size_t>(m) * ldy;
+      for (int n = nb; n < ne; n += kNR) {
+        int nr = std::min(kNR, ne - n);
+        table[mr - 1][nr - 1](xm, ldx, w, K, n, ym, ldy);
+      }
+    }
+  }
+}
+
+float dot_avx512(const float* a, const float* b, int n) {
+  float out;
+  tile<1, 1, false>(a, n, b, n, 0, &out, 1);
+  return out;
+}
+
+}  // namespace zr::kernels::detail

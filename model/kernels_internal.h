@@ -1,0 +1,17 @@
+// Private to model/kernels*.cpp: the two implementations of the invariant matmul.
+#pragma once
+
+#include "model/dtype.h"
+
+namespace zr::kernels::detail {
+
+constexpr int kLanes = 16;  // partial sums per dot product (one AVX-512 register of f32)
+
+// Rows [0, M) x columns [n0, n1) of y = x * w^T. Same bits in both implementations.
+void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
+                     int n1, float* y, int ldy);
+void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
+                   int n1, float* y, int ldy);
+float dot_avx512(const float* a, const float* b, int n);
+
+}  // namespace zr::kernels::detail

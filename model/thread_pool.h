@@ -1,0 +1,39 @@
+// ThreadPool: the engine's one compute thread pool (OpenBLAS stays single-threaded beside it, so
+// two pools never spin on the same cores). The caller thread takes part in every parallel_for.
+// Workers spin briefly between jobs (jobs come every few microseconds during a forward), then
+// sleep on an atomic wait. Thread-safety: parallel_for is called from one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+namespace zr {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int num_threads);  // total threads including the caller; >= 1
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  // Runs fn(i) for every i in [0, n); returns when all calls have finished.
+  void parallel_for(int n, const std::function<void(int)>& fn);
+
+ private:
+  void worker_loop();
+  void run_tasks();
+
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> next_{0};
+  std::atomic<int> pending_{0};  // workers still inside the current job
+  std::atomic<bool> stop_{false};
+  int n_tasks_ = 0;
+  const std::function<void(int)>* fn_ = nullptr;
+};
+
+}  // namespace zr

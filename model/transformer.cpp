@@ -1,0 +1,181 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/kernels.h"
+
+namespace zr {
+
+namespace {
+
+void add_bias(float* y, int rows, int n, const Weight& b) {
+  const float* bias = b.f32();
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < n; ++i) y[static_cast<size_t>(r) * n + i] += bias[i];
+}
+
+void embed_row(const Weight& emb, int token, int d, float* out) {
+  if (emb.dtype == DType::bf16) {
+    const uint16_t* src = emb.bf16() + static_cast<size_t>(token) * d;
+    for (int i = 0; i < d; ++i) out[i] = bf16_to_f32(src[i]);
+  } else {
+    const float* src = emb.f32() + static_cast<size_t>(token) * d;
+    std::copy(src, src + d, out);
+  }
+}
+
+}  // namespace
+
+Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool)
+    : w_(weights), kv_(kv), pool_(pool) {
+  const ModelConfig& c = weights->config();
+  int half = c.head_dim / 2;
+  rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (int p = 0; p < c.max_position_embeddings; ++p) {
+    for (int i = 0; i < half; ++i) {
+      double inv_freq = 1.0 / std::pow(static_cast<double>(c.rope_theta), (2.0 * i) / c.head_dim);
+      double a = p * inv_freq;
+      rope_cos_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(a));
+      rope_sin_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(a));
+    }
+  }
+}
+
+void Transformer::resize(int rows) {
+  const ModelConfig& c = w_->config();
+  auto grow = [rows](std::vector<float>& v, int width) {
+    size_t need = static_cast<size_t>(rows) * width;
+    if (v.size() < need) v.resize(need);
+  };
+  grow(x_, c.hidden_size);
+  grow(xb_, c.hidden_size);
+  grow(q_, c.q_dim());
+  grow(k_, c.kv_dim());
+  grow(v_, c.kv_dim());
+  grow(att_, c.q_dim());
+  grow(hb_, c.intermediate_size);
+  grow(hb2_, c.intermediate_size);
+}
+
+void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
+  const int kvd = w_->config().kv_dim(), bs = kv_->block_size();
+  for (size_t r = 0; r < rows_.size(); ++r) {
+    const SeqChunk& ch = batch[rows_[r].seq];
+    int pos = rows_[r].pos;
+    int block = (*ch.block_table)[pos / bs], off = pos % bs;
+    std::copy_n(&k_[r * kvd], kvd, kv_->keys(layer, block) + static_cast<size_t>(off) * kvd);
+    std::copy_n(&v_[r * kvd], kvd, kv_->values(layer, block) + static_cast<size_t>(off) * kvd);
+  }
+}
+
+// Causal attention of one query row and head over positions [0, pos] of its sequence.
+// scores: scratch of at least pos + 1 floats.
+void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, int head, float* scores) {
+  const ModelConfig& c = w_->config();
+  const int hd = c.head_dim, kvd = c.kv_dim(), bs = kv_->block_size();
+  const int kvh = head / (c.num_heads / c.num_kv_heads);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const float* q = &q_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
+  const std::vector<int>& table = *ch.block_table;
+  float mx = -INFINITY;
+  for (int j = 0; j <= pos; ++j) {
+    const float* k = kv_->keys(layer, table[j / bs]) + static_cast<size_t>(j % bs) * kvd + kvh * hd;
+    scores[j] = kernels::dot(q, k, hd) * scale;
+    mx = std::max(mx, scores[j]);
+  }
+  double sum = 0.0;
+  for (int j = 0; j <= pos; ++j) {
+    scores[j] = std::exp(scores[j] - mx);
+    sum += scores[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  float* out = &att_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
+  std::fill(out, out + hd, 0.0f);
+  for (int j = 0; j <= pos; ++j) {
+    const float* v = kv_->values(layer, table[j / bs]) + static_cast<size_t>(j % bs) * kvd + kvh * hd;
+    const float p = scores[j] * inv;
+    for (int i = 0; i < hd; ++i) out[i] += p * v[i];
+  }
+}
+
+void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
+  const ModelConfig& c = w_->config();
+  const int n_rows = static_cast<int>(rows_.size());
+  const int total = n_rows * c.num_heads;
+  const int tasks = std::min(total, pool_->size() * 8);
+  pool_->parallel_for(tasks, [&](int t) {
+    thread_local std::vector<float> scores;
+    int a = static_cast<int>(static_cast<int64_t>(total) * t / tasks);
+    int b = static_cast<int>(static_cast<int64_t>(total) * (t + 1) / tasks);
+    for (int i = a; i < b; ++i) {
+      int r = i / c.num_heads, h = i % c.num_heads;
+      if (scores.size() < static_cast<size_t>(rows_[r].pos + 1)) scores.resize(rows_[r].pos + 1);
+      attend_row(layer, batch[rows_[r].seq], r, rows_[r].pos, h, scores.data());
+    }
+  });
+}
+
+void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& logits) {
+  const ModelConfig& c = w_->config();
+  const int d = c.hidden_size, hd = c.head_dim, half = hd / 2;
+  rows_.clear();
+  for (size_t s = 0; s < batch.size(); ++s)
+    for (int i = 0; i < batch[s].num_tokens; ++i)
+      rows_.push_back({static_cast<int>(s), batch[s].start_pos + i});
+  const int T = static_cast<int>(rows_.size());
+  if (T == 0) return;
+  resize(T);
+  const Weight& emb = w_->get(TensorRole::embed);
+  for (int r = 0; r < T; ++r)
+    embed_row(emb, batch[rows_[r].seq].tokens[rows_[r].pos - batch[rows_[r].seq].start_pos], d,
+              &x_[static_cast<size_t>(r) * d]);
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    const float* an = w_->get(TensorRole::attn_norm, l).f32();
+    for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], an, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
+    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wq, l), q_.data(), pool_);
+    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wk, l), k_.data(), pool_);
+    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wv, l), v_.data(), pool_);
+    if (c.qkv_bias) {
+      add_bias(q_.data(), T, c.q_dim(), w_->get(TensorRole::bq, l));
+      add_bias(k_.data(), T, c.kv_dim(), w_->get(TensorRole::bk, l));
+      add_bias(v_.data(), T, c.kv_dim(), w_->get(TensorRole::bv, l));
+    }
+    for (int r = 0; r < T; ++r) {
+      const float* cs = &rope_cos_[static_cast<size_t>(rows_[r].pos) * half];
+      const float* sn = &rope_sin_[static_cast<size_t>(rows_[r].pos) * half];
+      for (int h = 0; h < c.num_heads; ++h) kernels::rope_rotate(&q_[r * size_t(c.q_dim()) + h * hd], hd, cs, sn);
+      for (int h = 0; h < c.num_kv_heads; ++h) kernels::rope_rotate(&k_[r * size_t(c.kv_dim()) + h * hd], hd, cs, sn);
+    }
+    write_kv(l, batch);
+    attention_layer(l, batch);
+    kernels::matmul(att_.data(), T, w_->get(TensorRole::wo, l), xb_.data(), pool_);
+    for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
+
+    const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
+    for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], fn, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
+    kernels::matmul(xb_.data(), T, w_->get(TensorRole::w_gate, l), hb_.data(), pool_);
+    kernels::matmul(xb_.data(), T, w_->get(TensorRole::w_up, l), hb2_.data(), pool_);
+    size_t ffn_elems = static_cast<size_t>(T) * c.intermediate_size;
+    kernels::silu_mul(hb_.data(), hb2_.data(), static_cast<int>(ffn_elems), hb_.data());
+    kernels::matmul(hb_.data(), T, w_->get(TensorRole::w_down, l), xb_.data(), pool_);
+    for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
+  }
+
+  // Final norm and the vocabulary projection, only for the rows whose logits are wanted.
+  const float* nw = w_->get(TensorRole::final_norm).f32();
+  int out_rows = 0, r0 = 0;
+  for (const SeqChunk& ch : batch) {
+    for (int i = ch.logits_begin; i < ch.num_tokens; ++i)
+      kernels::rmsnorm(&x_[(r0 + i) * size_t(d)], nw, d, c.rms_norm_eps, &xb_[out_rows++ * size_t(d)]);
+    r0 += ch.num_tokens;
+  }
+  if (out_rows == 0) return;
+  size_t base = logits.size();
+  logits.resize(base + static_cast<size_t>(out_rows) * c.vocab_size);
+  kernels::matmul(xb_.data(), out_rows, w_->get(TensorRole::lm_head), logits.data() + base, pool_);
+}
+
+}  // namespace zr

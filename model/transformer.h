@@ -1,0 +1,56 @@
+// Transformer: the Llama / Qwen2 forward pass over a ragged batch. One call advances many
+// sequences, each by a chunk of prompt tokens or by one decode token, reading and writing the
+// paged KV cache. Every row (token) is computed by the same operations whatever else is in the
+// batch (see model/kernels.h), so outputs are batch-invariant and a prefill row equals the decode
+// row for the same token.
+// Ownership: borrows weights, cache and pool; owns its activation buffers (reused across calls).
+// Thread-safety: one caller at a time.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "model/kv_cache.h"
+#include "model/thread_pool.h"
+#include "model/weights.h"
+
+namespace zr {
+
+// One sequence's share of a forward step.
+struct SeqChunk {
+  const int* tokens = nullptr;  // tokens at positions [start_pos, start_pos + num_tokens)
+  int num_tokens = 0;
+  int start_pos = 0;
+  const std::vector<int>* block_table = nullptr;  // covers start_pos + num_tokens positions
+  int logits_begin = 0;  // logits are produced for rows [logits_begin, num_tokens) of this chunk
+};
+
+class Transformer {
+ public:
+  Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool);
+
+  // Appends to `logits` one row of vocab_size floats per requested row, in batch order.
+  void forward(std::span<const SeqChunk> batch, std::vector<float>& logits);
+  void set_weights(const ModelWeights* weights) { w_ = weights; }
+  const ModelConfig& config() const { return w_->config(); }
+
+ private:
+  struct Row {  // one token of the batch
+    int seq;    // index into the batch
+    int pos;
+  };
+  void resize(int rows);
+  void attention_layer(int layer, std::span<const SeqChunk> batch);
+  void attend_row(int layer, const SeqChunk& chunk, int row, int pos, int head, float* scores);
+  void write_kv(int layer, std::span<const SeqChunk> batch);
+
+  const ModelWeights* w_;
+  KvCache* kv_;
+  ThreadPool* pool_;
+  std::vector<float> rope_cos_, rope_sin_;  // (max_position_embeddings, head_dim / 2)
+  std::vector<Row> rows_;
+  // Activations, (rows, width) row-major.
+  std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
+};
+
+}  // namespace zr

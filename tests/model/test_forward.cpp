@@ -1,0 +1,136 @@
+// Golden tests of the forward pass and the invariant kernels against the shared reference models.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include "model/kernels.h"
+#include "model/kv_cache.h"
+#include "model/sampler.h"
+#include "model/transformer.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+nlohmann::json load_reference(const std::string& dir) {
+  std::ifstream f(dir + "/reference.json");
+  return nlohmann::json::parse(f);
+}
+
+// Greedy decode with the plain forward: prefill the prompt in one chunk, then one token per step.
+struct Decoded {
+  std::vector<int> ids;
+  std::vector<float> logprobs;
+  std::vector<std::vector<std::pair<int, float>>> top5;
+  std::vector<float> prompt_logprobs;  // positions 1..
+};
+
+Decoded greedy_decode(const ModelWeights& w, const std::vector<int>& prompt, int steps, int threads) {
+  const ModelConfig& c = w.config();
+  ThreadPool pool(threads);
+  KvCache kv(c, 16, 8 << 20);
+  Transformer tf(&w, &kv, &pool);
+  std::vector<int> table, seq = prompt;
+  SamplerScratch scratch;
+  LogprobOptions lo{true, LogprobMode::default_mode, 5, {}};
+  Decoded out;
+  int pos = 0;
+  while (static_cast<int>(out.ids.size()) < steps) {
+    int n = static_cast<int>(seq.size()) - pos;
+    EXPECT_TRUE(kv.prepare_write(table, pos, pos + n));
+    SeqChunk ch{seq.data() + pos, n, pos, &table, pos == 0 ? 0 : n - 1};
+    std::vector<float> logits;
+    tf.forward({&ch, 1}, logits);
+    int rows = static_cast<int>(logits.size()) / c.vocab_size;
+    for (int r = 0; r + 1 < rows; ++r)
+      out.prompt_logprobs.push_back(
+          position_logprob(&logits[r * size_t(c.vocab_size)], c.vocab_size, 1.0f, seq[r + 1], lo, scratch).logprob);
+    const float* last = &logits[(rows - 1) * size_t(c.vocab_size)];
+    SamplingParams sp;
+    sp.temperature = 0.0f;
+    SampleContext ctx{&sp, prompt, {out.ids.data(), out.ids.size()}, 0};
+    SampledToken t = sample_token(last, c.vocab_size, c.eos_token_ids, ctx, lo, scratch);
+    out.ids.push_back(t.token);
+    out.logprobs.push_back(t.logprob);
+    out.top5.push_back(t.top);
+    pos = static_cast<int>(seq.size());
+    seq.push_back(t.token);
+  }
+  return out;
+}
+
+void check_golden(const std::string& name, int threads) {
+  ZR_REQUIRE_SHARED_MODEL(dir, name);
+  auto cfg = ModelConfig::from_dir(dir);
+  ASSERT_TRUE(cfg.ok()) << cfg.status().to_string();
+  auto w = ModelWeights::load_dir(*cfg, dir);
+  ASSERT_TRUE(w.ok()) << w.status().to_string();
+  auto ref = load_reference(dir);
+  int cases = 0;
+  for (const auto& cs : ref["cases"]) {
+    if (cs["kind"] != "greedy") continue;
+    ++cases;
+    std::vector<int> prompt = cs["prompt_ids"];
+    std::vector<int> expect = cs["greedy_ids"];
+    Decoded d = greedy_decode(*w, prompt, static_cast<int>(expect.size()), threads);
+    EXPECT_EQ(d.ids, expect) << cs["prompt"];
+    for (size_t i = 0; i < expect.size(); ++i) {
+      EXPECT_NEAR(d.logprobs[i], cs["greedy_logprobs"][i].get<double>(), 1e-4) << "step " << i;
+      for (int k = 0; k < 5; ++k) {
+        EXPECT_EQ(d.top5[i][k].first, cs["top5"][i][k][0].get<int>()) << "step " << i << " rank " << k;
+        EXPECT_NEAR(d.top5[i][k].second, cs["top5"][i][k][1].get<double>(), 1e-4);
+      }
+    }
+    const auto& ipl = cs["input_token_logprobs"];
+    ASSERT_EQ(d.prompt_logprobs.size() + 1, ipl.size());
+    EXPECT_TRUE(ipl[0].is_null());
+    for (size_t i = 1; i < ipl.size(); ++i) EXPECT_NEAR(d.prompt_logprobs[i - 1], ipl[i].get<double>(), 1e-4);
+  }
+  EXPECT_GT(cases, 0);
+}
+
+TEST(Forward, GoldenStories260K) { check_golden("stories260K", 1); }
+TEST(Forward, GoldenStories260KTwoThreads) { check_golden("stories260K", 2); }
+TEST(Forward, GoldenStories260KBf16) { check_golden("stories260K-bf16", 2); }
+
+// The invariant matmul: a row's result does not depend on M, on the thread count, or on the ISA
+// path, and it is close to a double-precision reference.
+TEST(Kernels, MatmulRowInvariantAcrossShapesAndPaths) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int K : {8, 61, 64, 768, 1000}) {
+    const int N = 101, maxM = 37;
+    std::vector<float> w(static_cast<size_t>(N) * K), x(static_cast<size_t>(maxM) * K);
+    for (auto& v : w) v = nd(rng);
+    for (auto& v : x) v = nd(rng);
+    std::vector<uint16_t> wb(w.size());
+    for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);
+    ThreadPool pool(2);
+    for (DType dt : {DType::f32, DType::bf16}) {
+      const void* wp = dt == DType::f32 ? static_cast<const void*>(w.data()) : wb.data();
+      std::vector<float> full(static_cast<size_t>(maxM) * N);
+      kernels::matmul(x.data(), maxM, K, K, wp, dt, 0, N, full.data(), N, &pool);
+      for (int m = 0; m < maxM; m += 5) {  // the row alone, with 1 thread, portable path
+        std::vector<float> one(N);
+        kernels::force_portable(true);
+        kernels::matmul(&x[static_cast<size_t>(m) * K], 1, K, K, wp, dt, 0, N, one.data(), N, nullptr);
+        kernels::force_portable(false);
+        for (int n = 0; n < N; ++n) {
+          ASSERT_EQ(one[n], full[static_cast<size_t>(m) * N + n]) << "K=" << K << " m=" << m << " n=" << n;
+          double ref = 0;
+          for (int k = 0; k < K; ++k) {
+            float wv = dt == DType::f32 ? w[static_cast<size_t>(n) * K + k] : bf16_to_f32(wb[static_cast<size_t>(n) * K + k]);
+            ref += static_cast<double>(x[static_cast<size_t>(m) * K + k]) * wv;
+          }
+          ASSERT_NEAR(one[n], ref, 1e-4 * std::sqrt(static_cast<double>(K)) + 1e-5);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace zr
