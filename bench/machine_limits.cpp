@@ -26,15 +26,22 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Times `run` once untimed, then `repeats` times; `work` is the amount per run (FLOP or bytes),
-// so each sample is work / seconds / 1e9.
+// Minimum duration of one timed sample: short calls (a cache-hot sgemv is ~0.1 ms) are repeated
+// inside a sample so timer resolution and single interrupts do not decide the result.
+constexpr double kMinSampleSeconds = 0.02;
+
+// Times `run` once untimed (warm-up, and to size the samples), then `repeats` samples of one or
+// more calls; `work` is the amount per call (FLOP or bytes), so a sample is work / seconds / 1e9.
 Measurement measure(double work, int repeats, const std::function<void()>& run, std::string shape) {
+  auto t_warm = Clock::now();
   run();
+  double once = seconds_since(t_warm);
+  int calls = once >= kMinSampleSeconds ? 1 : static_cast<int>(kMinSampleSeconds / once) + 1;
   std::vector<double> rates;
   for (int i = 0; i < std::max(repeats, 1); ++i) {
     auto t0 = Clock::now();
-    run();
-    rates.push_back(work / seconds_since(t0) / 1e9);
+    for (int c = 0; c < calls; ++c) run();
+    rates.push_back(work * calls / seconds_since(t0) / 1e9);
   }
   std::sort(rates.begin(), rates.end());
   Measurement m;

@@ -1,6 +1,7 @@
 // Machine limits measured in-process: the roofline that benchmarks report their throughput against.
-// Every measurement is a median over `repeats` timed runs after one untimed warm-up, so numbers
-// from the same run on a shared, noisy host can be compared with each other.
+// Every measurement is a median over `repeats` timed samples after one untimed warm-up; a sample
+// repeats short calls until it lasts >= 20 ms. Numbers from the same run on a shared, noisy host
+// can be compared with each other; absolute values drift with the neighbours.
 //
 // Threading: the BLAS functions set OpenBLAS's thread count (openblas_set_num_threads) and leave it
 // set; the memory functions use their own std::threads. Not thread-safe: call from one thread, and
