@@ -9,10 +9,8 @@ int main(int argc, char** argv) {
   CLI::App app{"zrollout: RL rollout engine (CPU, exact per-token logprobs)"};
   app.require_subcommand(1);
   zr::cli::add_make_model(app);
-#ifdef ZR_HAVE_GENERATE
   zr::cli::add_generate(app);
   zr::cli::add_score(app);
-#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -21,11 +21,15 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_tasks() {
+void ThreadPool::run_tasks(uint32_t job) {
   for (;;) {
-    int i = next_.fetch_add(1, std::memory_order_relaxed);
-    if (i >= n_tasks_) break;
+    uint64_t c = claim_.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(c >> 32) != job) return;
+    int i = static_cast<int>(c & 0xffffffffu);
+    if (i >= n_tasks_) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) continue;
     (*fn_)(i);
+    done_.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -43,8 +47,7 @@ void ThreadPool::worker_loop() {
     }
     seen = g;
     if (stop_.load()) return;
-    run_tasks();
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    run_tasks(static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32));
   }
 }
 
@@ -56,12 +59,13 @@ void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
   }
   fn_ = &fn;
   n_tasks_ = n;
-  next_.store(0, std::memory_order_relaxed);
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  ++job_;
+  claim_.store(static_cast<uint64_t>(job_) << 32, std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
-  run_tasks();
-  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  run_tasks(job_);
+  while (done_.load(std::memory_order_acquire) < n) _mm_pause();
   fn_ = nullptr;
 }
 

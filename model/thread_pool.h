@@ -25,13 +25,17 @@ class ThreadPool {
 
  private:
   void worker_loop();
-  void run_tasks();
+  void run_tasks(uint32_t job);
 
   std::vector<std::thread> workers_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_{0};
-  std::atomic<int> pending_{0};  // workers still inside the current job
+  std::atomic<uint64_t> generation_{0};  // bumped to wake sleeping workers
+  // (job << 32) | next task index. A task is claimed by a CAS that also checks the job, so a worker
+  // that wakes late can never run a task of a job that has moved on. The caller waits for tasks,
+  // not for workers: a worker that is still asleep when every task is done costs nothing.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
+  uint32_t job_ = 0;
   int n_tasks_ = 0;
   const std::function<void(int)>* fn_ = nullptr;
 };

@@ -1,0 +1,426 @@
+#include "actors/engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "actors/request_validation.h"
+
+namespace zr {
+
+using Clock = std::chrono::steady_clock;
+
+// State shared by the n samples of one request (or one score request).
+struct Engine::Request {
+  GenerateRequest gen;  // input_ids filled in
+  bool is_score = false;
+  ScoreRequest score;
+  ScoreOutput score_out;
+  uint64_t seed = 0;
+  Clock::time_point start;
+  bool forked = false;      // the n samples have been created
+  bool input_done = false;  // input logprobs computed (never recomputed after preemption)
+  std::vector<TokenLogprob> input_lp;  // positions [logprob_start_len, prompt_len)
+  std::vector<std::vector<TokenLogprob>> input_top, input_ids;
+  int live_samples = 1;
+  LogprobOptions lo() const {
+    if (is_score) return {true, LogprobMode::default_mode, score.top_logprobs_num, {}};
+    return {gen.return_logprob, gen.logprob_mode, gen.top_logprobs_num, gen.token_ids_logprob};
+  }
+  float lp_temperature() const {
+    if (is_score) return score.temperature;
+    float t = gen.sampling_params.temperature;
+    return t > 0 ? t : 1.0f;
+  }
+};
+
+struct Engine::Sequence {
+  int64_t id = 0;
+  std::shared_ptr<Request> req;
+  int index = 0;  // sample index within the request
+  std::vector<int> tokens;
+  int prompt_len = 0;
+  std::vector<int> table;  // KV block table
+  std::unique_ptr<IncrementalDetokenizer> detok;
+  std::string text;
+  MetaInfo meta;
+  bool done = false;
+  int num_outputs() const { return static_cast<int>(tokens.size()) - prompt_len; }
+};
+
+struct Engine::SampleJob {
+  enum class Kind { sample, input, score } kind;
+  Sequence* seq;
+  const float* row;
+  int token = -1;  // input / score: the token whose logprob is wanted
+  int slot = 0;    // input / score: index in the destination vector
+  SampledToken result;
+};
+
+namespace {
+
+TokenLogprob to_token_lp(int id, float lp) { return TokenLogprob{lp, id, std::nullopt}; }
+
+std::vector<TokenLogprob> to_list(const std::vector<std::pair<int, float>>& v) {
+  std::vector<TokenLogprob> out;
+  out.reserve(v.size());
+  for (auto [id, lp] : v) out.push_back(to_token_lp(id, lp));
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const EngineOptions& opt) {
+  auto cfg = ModelConfig::from_dir(dir);
+  if (!cfg.ok()) return cfg.status();
+  auto w = ModelWeights::load_dir(*cfg, dir);
+  if (!w.ok()) return w.status();
+  auto tok = Tokenizer::load(dir + "/tokenizer.model");
+  if (!tok.ok()) return tok.status();
+  return std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));
+}
+
+Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
+    : weights_(std::move(w)), tok_(std::move(tok)), opt_(opt), sched_(opt.scheduler, this) {
+  int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  pool_ = std::make_unique<ThreadPool>(threads);
+  kv_ = std::make_unique<KvCache>(weights_.config(), opt.kv_block_size, opt.kv_cache_bytes);
+  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get());
+  spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}", threads,
+               kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running);
+}
+
+Engine::~Engine() = default;
+
+EngineStats Engine::stats() const {
+  return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks()};
+}
+
+bool Engine::reserve(int64_t seq, int computed, int new_len) {
+  return kv_->prepare_write(seqs_.at(seq)->table, computed, new_len);
+}
+
+void Engine::release(int64_t seq) { kv_->free_table(seqs_.at(seq)->table); }
+
+Status Engine::check_rid(const std::string& rid) const {
+  if (active_rids_.count(rid)) return make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight");
+  return {};
+}
+
+Status Engine::submit(GenerateRequest req) {
+  if (req.text && !req.input_ids.empty())
+    return make_error(ErrorCode::invalid_argument, "text: give either text or input_ids, not both");
+  if (req.text) req.input_ids = tok_.encode(*req.text, /*add_bos=*/true);
+  ZR_RETURN_IF_ERROR(validate_generate(req, config()));
+  ZR_RETURN_IF_ERROR(check_rid(req.rid));
+  if (kv_->blocks_for(static_cast<int>(req.input_ids.size()) + 1) > kv_->num_blocks())
+    return make_error(ErrorCode::too_long, "input_ids: the prompt does not fit the KV cache budget");
+  auto r = std::make_shared<Request>();
+  r->gen = std::move(req);
+  r->start = Clock::now();
+  const SamplingParams& sp = r->gen.sampling_params;
+  r->seed = sp.seed ? *sp.seed : std::random_device{}() * 0x100000001ull;
+  r->live_samples = sp.n;
+  if (r->gen.return_logprob && r->gen.logprob_start_len >= 0) {
+    int count = static_cast<int>(r->gen.input_ids.size()) - r->gen.logprob_start_len;
+    r->input_lp.resize(count);
+    r->input_top.resize(r->gen.top_logprobs_num > 0 ? count : 0);
+    r->input_ids.resize(r->gen.token_ids_logprob.empty() ? 0 : count);
+    for (int i = 0; i < count; ++i) r->input_lp[i].token_id = r->gen.input_ids[r->gen.logprob_start_len + i];
+  } else {
+    r->input_done = true;
+  }
+  active_rids_.insert(r->gen.rid);
+  std::vector<int> tokens = r->gen.input_ids;
+  enqueue(std::move(r), std::move(tokens));
+  return {};
+}
+
+Status Engine::submit_score(ScoreRequest req) {
+  ZR_RETURN_IF_ERROR(validate_score(req, config()));
+  ZR_RETURN_IF_ERROR(check_rid(req.rid));
+  int total = static_cast<int>(req.input_ids.size() + req.completion_ids.size());
+  if (kv_->blocks_for(total) > kv_->num_blocks())
+    return make_error(ErrorCode::too_long, "completion_ids: prompt + completion do not fit the KV cache budget");
+  auto r = std::make_shared<Request>();
+  r->is_score = true;
+  r->score = std::move(req);
+  r->start = Clock::now();
+  r->score_out.rid = r->score.rid;
+  r->score_out.weight_version = weight_version_;
+  r->score_out.logprobs.resize(r->score.completion_ids.size());
+  if (r->score.top_logprobs_num > 0) r->score_out.top_logprobs.resize(r->score.completion_ids.size());
+  std::vector<int> tokens = r->score.input_ids;
+  tokens.insert(tokens.end(), r->score.completion_ids.begin(), r->score.completion_ids.end());
+  r->gen.input_ids = r->score.input_ids;
+  r->input_done = true;
+  active_rids_.insert(r->score.rid);
+  enqueue(std::move(r), std::move(tokens));
+  return {};
+}
+
+int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens) {
+  auto s = std::make_unique<Sequence>();
+  s->id = next_seq_id_++;
+  s->prompt_len = static_cast<int>(req->gen.input_ids.size());
+  s->tokens = std::move(tokens);
+  s->detok = std::make_unique<IncrementalDetokenizer>(tok_, req->gen.sampling_params.skip_special_tokens);
+  s->req = std::move(req);
+  int64_t id = s->id;
+  int total = static_cast<int>(s->tokens.size());
+  seqs_[id] = std::move(s);
+  sched_.add(id, total);
+  return id;
+}
+
+SeqChunk Engine::make_chunk(Sequence& s, int start, int count) const {
+  const Request& r = *s.req;
+  const int total = static_cast<int>(s.tokens.size());
+  int first = total - 1;  // the row that samples the next token
+  if (r.is_score) first = s.prompt_len - 1;
+  else if (!r.input_done) first = std::max(r.gen.logprob_start_len, 1) - 1;
+  int begin = std::clamp(first - start, 0, count);
+  return SeqChunk{s.tokens.data() + start, count, start, &s.table, begin};
+}
+
+// Turns the logits rows of one scheduled chunk into jobs: input logprobs, score logprobs, and the
+// sampling of the next token (forking the n samples the first time a prompt completes).
+void Engine::consume_rows(Sequence& s, int start, int count, const float* logits, std::vector<SampleJob>& jobs) {
+  Request& r = *s.req;
+  const int V = config().vocab_size, total = static_cast<int>(s.tokens.size());
+  const int begin = make_chunk(s, start, count).logits_begin;
+  for (int i = begin; i < count; ++i) {
+    const int pos = start + i;
+    const float* row = logits + static_cast<size_t>(i - begin) * V;
+    if (pos + 1 < total && pos + 1 >= s.prompt_len && r.is_score) {
+      jobs.push_back({SampleJob::Kind::score, &s, row, s.tokens[pos + 1], pos + 1 - s.prompt_len, {}});
+    } else if (pos + 1 < s.prompt_len && !r.input_done && pos + 1 >= r.gen.logprob_start_len) {
+      jobs.push_back({SampleJob::Kind::input, &s, row, s.tokens[pos + 1], pos + 1 - r.gen.logprob_start_len, {}});
+    } else if (pos == total - 1 && !r.is_score && r.gen.sampling_params.max_new_tokens > 0) {
+      if (!r.forked && r.gen.sampling_params.n > 1) fork_samples(s, row, jobs);
+      else jobs.push_back({SampleJob::Kind::sample, &s, row, -1, 0, {}});
+      r.forked = true;
+    }
+  }
+  if (start + count >= s.prompt_len) r.input_done = true;
+}
+
+// Sample 0 continues as `parent`; samples 1..n-1 share its prompt KV blocks and draw their first
+// token from the same logits row with their own seeds.
+void Engine::fork_samples(Sequence& parent, const float* row, std::vector<SampleJob>& jobs) {
+  jobs.push_back({SampleJob::Kind::sample, &parent, row, -1, 0, {}});
+  Request& r = *parent.req;
+  for (int i = 1; i < r.gen.sampling_params.n; ++i) {
+    auto c = std::make_unique<Sequence>();
+    c->id = next_seq_id_++;
+    c->req = parent.req;
+    c->index = i;
+    c->tokens = parent.tokens;
+    c->prompt_len = parent.prompt_len;
+    c->table = kv_->share(parent.table);
+    c->detok = std::make_unique<IncrementalDetokenizer>(tok_, r.gen.sampling_params.skip_special_tokens);
+    c->meta.cached_tokens = parent.prompt_len;
+    jobs.push_back({SampleJob::Kind::sample, c.get(), row, -1, 0, {}});
+    new_forks_.emplace_back(c->id, sched_.arrival(parent.id));
+    seqs_[c->id] = std::move(c);
+  }
+}
+
+// Jobs are independent (each reads its own logits row and writes its own result): run them on
+// the pool, each thread with its own scratch.
+void Engine::run_jobs(std::vector<SampleJob>& jobs) {
+  const int V = config().vocab_size;
+  const std::vector<int>& eos = config().eos_token_ids;
+  int tasks = std::min<int>(static_cast<int>(jobs.size()), pool_->size() * 4);
+  pool_->parallel_for(tasks, [&](int t) {
+    thread_local SamplerScratch scratch;
+    for (size_t j = t; j < jobs.size(); j += tasks) {
+      SampleJob& job = jobs[j];
+      Request& r = *job.seq->req;
+      LogprobOptions lo = r.lo();
+      if (job.kind == SampleJob::Kind::sample) {
+        const Sequence& s = *job.seq;
+        SampleContext ctx{&r.gen.sampling_params, {s.tokens.data(), static_cast<size_t>(s.prompt_len)},
+                          {s.tokens.data() + s.prompt_len, static_cast<size_t>(s.num_outputs())},
+                          r.seed + static_cast<uint64_t>(s.index)};
+        job.result = sample_token(job.row, V, eos, ctx, lo, scratch);
+      } else {
+        lo.enabled = true;
+        job.result = position_logprob(job.row, V, r.lp_temperature(), job.token, lo, scratch);
+      }
+    }
+  });
+}
+
+// Appends a sampled token and checks the stop conditions; true when the sample is finished
+// (its reason in s.meta.finish_reason).
+bool Engine::apply_token(Sequence& s, const SampledToken& t) {
+  const Request& r = *s.req;
+  const SamplingParams& sp = r.gen.sampling_params;
+  s.tokens.push_back(t.token);
+  if (r.gen.return_logprob) {
+    s.meta.output_token_logprobs.push_back(to_token_lp(t.token, t.logprob));
+    if (r.gen.top_logprobs_num > 0) s.meta.output_top_logprobs.push_back(to_list(t.top));
+    if (!r.gen.token_ids_logprob.empty()) s.meta.output_token_ids_logprobs.push_back(to_list(t.ids));
+  }
+  FinishReason& fr = s.meta.finish_reason;
+  size_t old_len = s.text.size();
+  s.text += s.detok->push(t.token);
+  const auto& eos = config().eos_token_ids;
+  if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t.token) != sp.stop_token_ids.end() ||
+      (!sp.ignore_eos && std::find(eos.begin(), eos.end(), t.token) != eos.end())) {
+    fr.type = FinishReason::Type::stop;
+    fr.matched = t.token;
+    return true;
+  }
+  for (const std::string& stop : sp.stop) {
+    size_t from = old_len >= stop.size() ? old_len - stop.size() + 1 : 0;
+    size_t at = s.text.find(stop, from);
+    if (at != std::string::npos) {
+      s.text.resize(at);
+      fr.type = FinishReason::Type::stop;
+      fr.matched = stop;
+      return true;
+    }
+  }
+  if (s.num_outputs() >= sp.max_new_tokens ||
+      static_cast<int>(s.tokens.size()) >= config().max_position_embeddings) {
+    fr.type = FinishReason::Type::length;
+    fr.length = s.num_outputs();
+    return true;
+  }
+  return false;
+}
+
+void Engine::finish(Sequence& s, FinishReason why, StepOutputs& out) {
+  Request& r = *s.req;
+  bool trimmed_by_stop = std::holds_alternative<std::string>(why.matched);
+  if (!trimmed_by_stop) s.text += s.detok->flush();
+  SampleOutput o;
+  o.rid = r.gen.rid;
+  o.index = s.index;
+  o.text = std::move(s.text);
+  o.output_ids.assign(s.tokens.begin() + s.prompt_len, s.tokens.end());
+  o.meta_info = std::move(s.meta);
+  MetaInfo& m = o.meta_info;
+  m.id = r.gen.rid;
+  m.finish_reason = std::move(why);
+  m.prompt_tokens = s.prompt_len;
+  m.completion_tokens = static_cast<int>(o.output_ids.size());
+  m.weight_version = weight_version_;
+  m.weight_version_spans = {{0, weight_version_}};
+  m.e2e_latency = std::chrono::duration<double>(Clock::now() - r.start).count();
+  o.return_logprob = r.gen.return_logprob;
+  o.has_top = r.gen.top_logprobs_num > 0;
+  o.has_ids = !r.gen.token_ids_logprob.empty();
+  if (r.gen.return_logprob && r.gen.logprob_start_len >= 0) {
+    o.has_input_logprobs = true;
+    m.input_token_logprobs = r.input_lp;
+    m.input_top_logprobs = r.input_top;
+    m.input_token_ids_logprobs = r.input_ids;
+  }
+  out.finished.push_back(std::move(o));
+  s.done = true;
+  if (--r.live_samples == 0) active_rids_.erase(r.gen.rid);
+}
+
+void Engine::finish_score(Sequence& s, StepOutputs& out) {
+  out.scores.push_back(std::move(s.req->score_out));
+  s.done = true;
+  active_rids_.erase(s.req->score.rid);
+}
+
+void Engine::drop_starved(const StepPlan& plan, StepOutputs& out) {
+  for (int64_t id : plan.starved) {
+    Sequence& s = *seqs_.at(id);
+    sched_.remove(id);
+    finish(s, FinishReason{FinishReason::Type::abort, {}, 0, "KV cache exhausted"}, out);
+    kv_->free_table(s.table);
+    seqs_.erase(id);
+  }
+}
+
+// Writes job results to their destinations in plan order; returns the ids that got a token.
+std::unordered_set<int64_t> Engine::apply_results(std::vector<SampleJob>& jobs, StepOutputs& out) {
+  std::unordered_set<int64_t> appended;
+  for (SampleJob& job : jobs) {
+    Sequence& s = *job.seq;
+    Request& r = *s.req;
+    const SampledToken& res = job.result;
+    switch (job.kind) {
+      case SampleJob::Kind::score:
+        r.score_out.logprobs[job.slot] = res.logprob;
+        if (!r.score_out.top_logprobs.empty()) r.score_out.top_logprobs[job.slot] = res.top;
+        break;
+      case SampleJob::Kind::input:
+        r.input_lp[job.slot].logprob = res.logprob;
+        if (!r.input_top.empty()) r.input_top[job.slot] = to_list(res.top);
+        if (!r.input_ids.empty()) r.input_ids[job.slot] = to_list(res.ids);
+        break;
+      case SampleJob::Kind::sample:
+        ++out.tokens_generated;
+        appended.insert(s.id);
+        if (apply_token(s, res)) finish(s, s.meta.finish_reason, out);
+        break;
+    }
+  }
+  return appended;
+}
+
+void Engine::step(StepOutputs& out) {
+  StepPlan plan = sched_.schedule();
+  drop_starved(plan, out);
+  if (plan.empty()) return;
+
+  std::vector<SeqChunk> chunks;
+  chunks.reserve(plan.seqs.size());
+  for (const ScheduledSeq& p : plan.seqs) chunks.push_back(make_chunk(*seqs_.at(p.id), p.start, p.count));
+  logits_.clear();
+  tf_->forward(chunks, logits_);
+
+  std::vector<SampleJob> jobs;
+  new_forks_.clear();
+  size_t row = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const ScheduledSeq& p = plan.seqs[i];
+    consume_rows(*seqs_.at(p.id), p.start, p.count, logits_.data() + row * config().vocab_size, jobs);
+    row += chunks[i].num_tokens - chunks[i].logits_begin;
+    out.tokens_processed += p.count;
+  }
+  run_jobs(jobs);
+  std::unordered_set<int64_t> appended = apply_results(jobs, out);
+
+  // Requests that end with their prompt: score, and generate with max_new_tokens 0.
+  std::vector<SeqUpdate> updates;
+  for (const ScheduledSeq& p : plan.seqs) {
+    Sequence& s = *seqs_.at(p.id);
+    bool prompt_complete = p.start + p.count >= s.prompt_len;
+    if (!s.done && prompt_complete && s.req->is_score && p.start + p.count >= static_cast<int>(s.tokens.size()))
+      finish_score(s, out);
+    else if (!s.done && prompt_complete && !s.req->is_score && s.req->gen.sampling_params.max_new_tokens == 0)
+      finish(s, FinishReason{FinishReason::Type::length, {}, 0, {}}, out);
+    updates.push_back({p.id, appended.count(p.id) ? 1 : 0, s.done});
+  }
+  sched_.update_from_output(updates);
+  for (const auto& [child, arrival] : new_forks_) {
+    Sequence& c = *seqs_.at(child);
+    if (!c.done) sched_.add_running(child, c.prompt_len, static_cast<int>(c.tokens.size()), arrival);
+  }
+  reap(plan);
+}
+
+// Frees the KV and state of every sequence that finished this step.
+void Engine::reap(const StepPlan& plan) {
+  auto drop = [this](int64_t id) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end() || !it->second->done) return;
+    kv_->free_table(it->second->table);
+    seqs_.erase(it);
+  };
+  for (const ScheduledSeq& p : plan.seqs) drop(p.id);
+  for (const auto& f : new_forks_) drop(f.first);
+}
+
+}  // namespace zr

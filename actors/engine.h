@@ -1,0 +1,103 @@
+// Engine: one model replica that generates and scores. Owns the weights, tokenizer, KV cache,
+// compute pool, transformer and scheduler; a tick is step(): schedule -> forward -> sample ->
+// update_from_output. Used directly by `zrollout generate/score` and by the rollout actor.
+//
+// Parity: a request's tokens and logprobs depend only on the request (its tokens and seed), not on
+// the batch it shares, its order, chunking or preemption; score returns the same bits as the
+// default-mode logprobs generate gave for the same tokens.
+// Thread-safety: one thread drives an Engine (the compute pool is internal).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "actors/scheduler.h"
+#include "comm/messages.h"
+#include "comm/status.h"
+#include "model/kv_cache.h"
+#include "model/sampler.h"
+#include "model/thread_pool.h"
+#include "model/tokenizer.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+
+namespace zr {
+
+struct EngineOptions {
+  int threads = 0;                        // compute threads; 0 = all hardware threads
+  size_t kv_cache_bytes = size_t{512} << 20;
+  int kv_block_size = 16;
+  SchedulerConfig scheduler;
+};
+
+struct StepOutputs {
+  std::vector<SampleOutput> finished;
+  std::vector<ScoreOutput> scores;
+  int tokens_processed = 0;  // rows through the forward this step
+  int tokens_generated = 0;
+};
+
+struct EngineStats {
+  int waiting = 0, running = 0;
+  int kv_blocks_used = 0, kv_blocks_total = 0;
+};
+
+class Engine : private KvBudget {
+ public:
+  static Result<std::unique_ptr<Engine>> load(const std::string& model_dir, const EngineOptions& opt);
+  ~Engine() override;
+
+  // Validates (errors name the field) and queues. text is tokenized here with BOS.
+  Status submit(GenerateRequest req);
+  Status submit_score(ScoreRequest req);
+  void step(StepOutputs& out);
+  bool idle() const { return sched_.idle(); }
+  EngineStats stats() const;
+
+  const ModelConfig& config() const { return weights_.config(); }
+  const Tokenizer& tokenizer() const { return tok_; }
+  int64_t weight_version() const { return weight_version_; }
+  int threads() const { return pool_->size(); }
+
+ private:
+  struct Request;
+  struct Sequence;
+  struct SampleJob;
+
+  Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt);
+  bool reserve(int64_t seq, int computed, int new_len) override;
+  void release(int64_t seq) override;
+
+  Status check_rid(const std::string& rid) const;
+  int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens);
+  SeqChunk make_chunk(Sequence& s, int start, int count) const;
+  void consume_rows(Sequence& s, int start, int count, const float* logits, std::vector<SampleJob>& jobs);
+  void fork_samples(Sequence& parent, const float* row, std::vector<SampleJob>& jobs);
+  void run_jobs(std::vector<SampleJob>& jobs);
+  bool apply_token(Sequence& s, const SampledToken& t);
+  void finish(Sequence& s, FinishReason why, StepOutputs& out);
+  void finish_score(Sequence& s, StepOutputs& out);
+  void drop_starved(const StepPlan& plan, StepOutputs& out);
+  std::unordered_set<int64_t> apply_results(std::vector<SampleJob>& jobs, StepOutputs& out);
+  void reap(const StepPlan& plan);
+
+  ModelWeights weights_;
+  Tokenizer tok_;
+  EngineOptions opt_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<Transformer> tf_;
+  Scheduler sched_;
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
+  std::unordered_set<std::string> active_rids_;
+  std::vector<float> logits_;
+  std::vector<std::pair<int64_t, int64_t>> new_forks_;  // (sample id, parent's arrival) this step
+  int64_t next_seq_id_ = 0;
+  int64_t weight_version_ = 0;
+};
+
+}  // namespace zr

@@ -1,0 +1,19 @@
+// Validation of client requests against a model, before anything is queued. Every error names the
+// field (e.g. "sampling_params.top_p: must be in (0, 1], got 1.5").
+#pragma once
+
+#include "comm/messages.h"
+#include "comm/status.h"
+#include "model/config.h"
+
+namespace zr {
+
+constexpr int kMaxSamplesPerRequest = 1024;
+
+// Checks sampling parameters and logprob options (ids against vocab_size).
+Status validate_sampling(const SamplingParams& p, int vocab_size);
+// Checks a request whose prompt is already tokenized into req.input_ids.
+Status validate_generate(const GenerateRequest& req, const ModelConfig& cfg);
+Status validate_score(const ScoreRequest& req, const ModelConfig& cfg);
+
+}  // namespace zr

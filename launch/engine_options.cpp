@@ -1,0 +1,66 @@
+#include "launch/engine_options.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+
+#include "model/kernels.h"
+
+namespace zr::cli {
+
+EngineOptions EngineCliOptions::engine_options() const {
+  EngineOptions e;
+  e.threads = threads;
+  e.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
+  e.kv_block_size = kv_block_size;
+  e.scheduler.max_running = max_running;
+  e.scheduler.max_step_tokens = max_step_tokens;
+  e.scheduler.max_prefill_chunk = max_prefill_chunk;
+  return e;
+}
+
+std::string EngineCliOptions::describe() const {
+  return "model=" + model + " threads=" + std::to_string(threads) + " max_running=" + std::to_string(max_running) +
+         " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
+         std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
+         " kv_block_size=" + std::to_string(kv_block_size);
+}
+
+void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
+  cmd->add_option("--model", o.model, "model folder (config.json, *.safetensors, tokenizer.model)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--threads", o.threads, "compute threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--max-running", o.max_running, "max sequences in the running batch")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-step-tokens", o.max_step_tokens, "token budget of one forward step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-prefill-chunk", o.max_prefill_chunk, "prompt tokens of one request per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-cache-mb", o.kv_cache_mb, "KV cache budget in MiB")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-block-size", o.kv_block_size, "positions per KV block")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--log-level", o.log_level, "trace|debug|info|warn|error")->capture_default_str();
+}
+
+void set_process_logger(const std::string& actor, const std::string& level) {
+  const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  auto logger = spdlog::stderr_color_mt(actor + "@rank" + (rank ? rank : "0"));
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [%n] %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+void log_startup(const std::string& command, const EngineCliOptions& o) {
+  set_process_logger(command, o.log_level);
+  spdlog::info("{}: {}", command, o.describe());
+  spdlog::info("kernels: {} (batch-invariant matmul; OpenBLAS is not on the forward path)",
+               kernels::using_avx512() ? "AVX-512" : "portable");
+  if (const char* ct = std::getenv("OPENBLAS_CORETYPE"))
+    spdlog::warn("OPENBLAS_CORETYPE={} forces OpenBLAS's core type; benchmarks that compare with sgemm use it", ct);
+}
+
+}  // namespace zr::cli
