@@ -42,6 +42,13 @@ class Tokenizer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Trains a sentencepiece BPE model with byte fallback on `corpus` (one sentence per line) and
+// returns its serialized bytes (a tokenizer.model). Llama ids: <unk> 0, <s> 1, </s> 2, no pad.
+// It has exactly vocab_size pieces: when the corpus supports fewer learned pieces, control symbols
+// <unused0>, <unused1>, ... fill the rest. Deterministic: same arguments, same bytes.
+// Errors: invalid_argument (vocab_size too small for the corpus' characters), internal.
+Result<std::string> train_tokenizer(std::string_view corpus, int vocab_size);
+
 // Streams text as ids arrive, never emitting a partial UTF-8 sequence (the vLLM/HF prefix-offset
 // method: decode a short window and emit what grew, holding back while it ends in U+FFFD).
 class IncrementalDetokenizer {
