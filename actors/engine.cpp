@@ -95,7 +95,7 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
 Engine::~Engine() = default;
 
 EngineStats Engine::stats() const {
-  return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks()};
+  return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks(), preemptions_};
 }
 
 bool Engine::reserve(int64_t seq, int computed, int new_len) {
@@ -371,6 +371,7 @@ std::unordered_set<int64_t> Engine::apply_results(std::vector<SampleJob>& jobs, 
 
 void Engine::step(StepOutputs& out) {
   StepPlan plan = sched_.schedule();
+  preemptions_ += static_cast<int64_t>(plan.preempted.size());
   drop_starved(plan, out);
   if (plan.empty()) return;
 

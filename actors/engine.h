@@ -44,6 +44,7 @@ struct StepOutputs {
 struct EngineStats {
   int waiting = 0, running = 0;
   int kv_blocks_used = 0, kv_blocks_total = 0;
+  int64_t preemptions = 0;  // since start
 };
 
 class Engine : private KvBudget {
@@ -98,6 +99,7 @@ class Engine : private KvBudget {
   std::vector<std::pair<int64_t, int64_t>> new_forks_;  // (sample id, parent's arrival) this step
   int64_t next_seq_id_ = 0;
   int64_t weight_version_ = 0;
+  int64_t preemptions_ = 0;
 };
 
 }  // namespace zr

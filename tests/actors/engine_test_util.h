@@ -1,0 +1,63 @@
+// Helpers for engine tests: run requests to completion, compare outputs bit for bit.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/engine.h"
+
+namespace zr::testing {
+
+struct RunResult {
+  std::map<std::string, std::vector<SampleOutput>> samples;  // rid -> samples by index
+  std::map<std::string, ScoreOutput> scores;
+};
+
+inline RunResult run_to_completion(Engine& eng) {
+  RunResult r;
+  while (!eng.idle()) {
+    StepOutputs out;
+    eng.step(out);
+    for (auto& o : out.finished) {
+      auto& v = r.samples[o.rid];
+      if (v.size() <= static_cast<size_t>(o.index)) v.resize(o.index + 1);
+      v[o.index] = std::move(o);
+    }
+    for (auto& s : out.scores) r.scores[s.rid] = std::move(s);
+  }
+  return r;
+}
+
+inline std::unique_ptr<Engine> load_engine(const std::string& dir, EngineOptions opt = {}) {
+  if (opt.threads == 0) opt.threads = 2;
+  if (opt.kv_cache_bytes == (size_t{512} << 20)) opt.kv_cache_bytes = size_t{64} << 20;
+  auto e = Engine::load(dir, opt);
+  EXPECT_TRUE(e.ok()) << e.status().to_string();
+  return e.ok() ? std::move(e).value() : nullptr;
+}
+
+inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// Tokens, text, finish reason and every logprob identical to the bit.
+inline void expect_identical(const SampleOutput& a, const SampleOutput& b, const std::string& what) {
+  ASSERT_EQ(a.output_ids, b.output_ids) << what;
+  EXPECT_EQ(a.text, b.text) << what;
+  ASSERT_EQ(a.meta_info.output_token_logprobs.size(), b.meta_info.output_token_logprobs.size()) << what;
+  for (size_t i = 0; i < a.meta_info.output_token_logprobs.size(); ++i)
+    ASSERT_TRUE(same_bits(*a.meta_info.output_token_logprobs[i].logprob, *b.meta_info.output_token_logprobs[i].logprob))
+        << what << " token " << i;
+  ASSERT_EQ(a.meta_info.input_token_logprobs.size(), b.meta_info.input_token_logprobs.size()) << what;
+  for (size_t i = 0; i < a.meta_info.input_token_logprobs.size(); ++i) {
+    const auto& x = a.meta_info.input_token_logprobs[i].logprob;
+    const auto& y = b.meta_info.input_token_logprobs[i].logprob;
+    ASSERT_EQ(x.has_value(), y.has_value());
+    if (x) ASSERT_TRUE(same_bits(*x, *y)) << what << " input " << i;
+  }
+}
+
+}  // namespace zr::testing

@@ -1,0 +1,167 @@
+// Engine tests on the shared reference models: golden outputs through the whole engine, score,
+// and the parity contract (batch invariance, score == generate).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <random>
+
+#include "tests/actors/engine_test_util.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+using testing::expect_identical;
+using testing::run_to_completion;
+using testing::same_bits;
+
+nlohmann::json reference(const std::string& dir) {
+  std::ifstream f(dir + "/reference.json");
+  return nlohmann::json::parse(f);
+}
+
+GenerateRequest greedy_request(const std::string& rid, std::vector<int> ids, int max_new) {
+  GenerateRequest r;
+  r.rid = rid;
+  r.input_ids = std::move(ids);
+  r.sampling_params.temperature = 0.0f;
+  r.sampling_params.max_new_tokens = max_new;
+  r.sampling_params.ignore_eos = true;
+  r.return_logprob = true;
+  r.logprob_start_len = 0;
+  r.top_logprobs_num = 5;
+  return r;
+}
+
+void check_golden_engine(const std::string& name) {
+  ZR_REQUIRE_SHARED_MODEL(dir, name);
+  auto eng = testing::load_engine(dir);
+  auto ref = reference(dir);
+  int i = 0;
+  for (const auto& cs : ref["cases"]) {
+    std::string rid = "case" + std::to_string(i++);
+    if (cs["kind"] == "greedy") {
+      ASSERT_TRUE(eng->submit(greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()))).ok());
+    } else {
+      for (const char* t : {"1.0", "0.7"}) {
+        ScoreRequest s{rid + "@" + t, cs["prompt_ids"], cs["completion_ids"], std::stof(t), 0};
+        ASSERT_TRUE(eng->submit_score(s).ok());
+      }
+    }
+  }
+  auto res = run_to_completion(*eng);
+  i = 0;
+  for (const auto& cs : ref["cases"]) {
+    std::string rid = "case" + std::to_string(i++);
+    if (cs["kind"] == "greedy") {
+      const SampleOutput& o = res.samples.at(rid).at(0);
+      std::vector<int> expect = cs["greedy_ids"];
+      EXPECT_EQ(o.output_ids, expect);
+      EXPECT_EQ(o.text, cs["text"].get<std::string>());
+      for (size_t k = 0; k < expect.size(); ++k) {
+        EXPECT_NEAR(*o.meta_info.output_token_logprobs[k].logprob, cs["greedy_logprobs"][k].get<double>(), 1e-4);
+        for (int j = 0; j < 5; ++j) {
+          EXPECT_EQ(o.meta_info.output_top_logprobs[k][j].token_id, cs["top5"][k][j][0].get<int>());
+          EXPECT_NEAR(*o.meta_info.output_top_logprobs[k][j].logprob, cs["top5"][k][j][1].get<double>(), 1e-4);
+        }
+      }
+      const auto& ipl = cs["input_token_logprobs"];
+      ASSERT_EQ(o.meta_info.input_token_logprobs.size(), ipl.size());
+      EXPECT_FALSE(o.meta_info.input_token_logprobs[0].logprob.has_value());
+      for (size_t k = 1; k < ipl.size(); ++k)
+        EXPECT_NEAR(*o.meta_info.input_token_logprobs[k].logprob, ipl[k].get<double>(), 1e-4);
+      EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::length);
+    } else {
+      for (const char* t : {"1.0", "0.7"}) {
+        const ScoreOutput& s = res.scores.at(rid + "@" + t);
+        const auto& expect = cs[std::string("logprobs_T") + t];
+        ASSERT_EQ(s.logprobs.size(), expect.size());
+        for (size_t k = 0; k < expect.size(); ++k) EXPECT_NEAR(s.logprobs[k], expect[k].get<double>(), 1e-4) << t << " " << k;
+      }
+    }
+  }
+}
+
+TEST(EngineGolden, Stories260K) { check_golden_engine("stories260K"); }
+TEST(EngineGolden, Stories260KBf16) { check_golden_engine("stories260K-bf16"); }
+
+// A mix of 64 requests of different lengths and sampling settings.
+std::vector<GenerateRequest> mixed_requests(int vocab, int count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<GenerateRequest> out;
+  for (int i = 0; i < count; ++i) {
+    GenerateRequest r;
+    r.rid = "r" + std::to_string(i);
+    int len = 1 + static_cast<int>(rng() % 40);
+    r.input_ids.push_back(1);
+    for (int k = 1; k < len; ++k) r.input_ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
+    auto& sp = r.sampling_params;
+    sp.max_new_tokens = 4 + static_cast<int>(rng() % 24);
+    sp.temperature = (i % 3 == 0) ? 0.0f : 0.7f + 0.1f * (i % 4);
+    sp.top_p = (i % 4 == 1) ? 0.9f : 1.0f;
+    sp.top_k = (i % 5 == 2) ? 20 : -1;
+    sp.seed = 1000 + i;
+    sp.ignore_eos = (i % 2 == 0);
+    r.return_logprob = true;
+    r.logprob_start_len = (i % 3 == 1) ? 0 : -1;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+void check_batch_invariance(const std::string& dir) {
+  auto eng = testing::load_engine(dir);
+  const int vocab = eng->config().vocab_size;
+  auto reqs = mixed_requests(vocab, 64, 42);
+  // Each request alone.
+  std::map<std::string, SampleOutput> alone;
+  for (const auto& r : reqs) {
+    ASSERT_TRUE(eng->submit(r).ok());
+    alone[r.rid] = run_to_completion(*eng).samples.at(r.rid).at(0);
+  }
+  // All 64 together, in two different orders, with a small step budget so prompts are chunked.
+  for (int order = 0; order < 2; ++order) {
+    EngineOptions opt;
+    opt.scheduler.max_step_tokens = order == 0 ? 2048 : 37;
+    opt.scheduler.max_prefill_chunk = order == 0 ? 512 : 5;
+    auto batched = testing::load_engine(dir, opt);
+    std::vector<GenerateRequest> shuffled = reqs;
+    std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937_64(order + 7));
+    for (const auto& r : shuffled) ASSERT_TRUE(batched->submit(r).ok());
+    auto res = run_to_completion(*batched);
+    for (const auto& r : reqs) expect_identical(alone[r.rid], res.samples.at(r.rid).at(0), r.rid + " order " + std::to_string(order));
+  }
+  // Score of each generated completion returns generate's logprobs bit for bit (unpenalized
+  // requests: default-mode logprobs are log_softmax(logits / T)).
+  for (const auto& r : reqs) {
+    const SampleOutput& o = alone[r.rid];
+    if (o.output_ids.empty()) continue;
+    float t = r.sampling_params.temperature > 0 ? r.sampling_params.temperature : 1.0f;
+    ASSERT_TRUE(eng->submit_score({r.rid, r.input_ids, o.output_ids, t, 0}).ok());
+  }
+  auto scores = run_to_completion(*eng).scores;
+  for (const auto& r : reqs) {
+    const SampleOutput& o = alone[r.rid];
+    const ScoreOutput& s = scores.at(r.rid);
+    ASSERT_EQ(s.logprobs.size(), o.output_ids.size());
+    for (size_t k = 0; k < s.logprobs.size(); ++k) {
+      // top-k/top-p truncation does not change default-mode logprobs, so all requests qualify.
+      ASSERT_TRUE(same_bits(s.logprobs[k], *o.meta_info.output_token_logprobs[k].logprob))
+          << r.rid << " token " << k << ": " << s.logprobs[k] << " vs " << *o.meta_info.output_token_logprobs[k].logprob;
+    }
+  }
+}
+
+TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260K) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  check_batch_invariance(dir);
+}
+
+TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260KBf16) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K-bf16");
+  check_batch_invariance(dir);
+}
+
+}  // namespace
+}  // namespace zr
