@@ -128,3 +128,102 @@ struct ScoreOutput {
 };
 
 }  // namespace zr
+
+namespace zr {
+
+// ---- Service operations (docs/protocol.md). Every request body carries `req_id` (a number the
+// client picks); every reply to it echoes `req_id`. Reply frames use op "<op>.reply" (and
+// "generate.chunk" for streamed pieces); any failure is op "error" with an ErrorReply body.
+
+struct ErrorReply {
+  uint64_t req_id = 0;
+  std::string code;     // error_code_name(ErrorCode)
+  std::string message;  // names the field
+};
+
+// op "generate": one request, or a batch in `batch` (then the fields of the single form are absent).
+struct GenerateCall {
+  uint64_t req_id = 0;
+  std::vector<GenerateRequest> batch;
+};
+// op "generate.chunk" (stream: true): what each sample gained since the last chunk.
+struct StreamChunk {
+  std::string rid;
+  int index = 0;
+  std::string text;                 // new text only
+  std::vector<int> output_ids;      // new ids only
+  std::vector<TokenLogprob> output_token_logprobs;  // for the new ids, when return_logprob
+};
+// op "generate.reply": every sample of every request of the call, once all have finished.
+struct GenerateReply {
+  uint64_t req_id = 0;
+  std::vector<SampleOutput> outputs;  // request order, samples of one request together by index
+};
+
+// op "score" -> "score.reply"
+struct ScoreCall {
+  uint64_t req_id = 0;
+  std::vector<ScoreRequest> batch;
+};
+struct ScoreReply {
+  uint64_t req_id = 0;
+  std::vector<ScoreOutput> outputs;
+};
+
+// op "abort" -> "abort.reply". Exactly one of rid, rid_prefix, all. Aborted requests answer their
+// own generate call with partial outputs and finish_reason abort.
+struct AbortCall {
+  uint64_t req_id = 0;
+  std::string rid;
+  std::string rid_prefix;
+  bool all = false;
+};
+struct AbortReply {
+  uint64_t req_id = 0;
+  std::vector<std::string> aborted;  // rids
+};
+
+// op "get_load" -> "get_load.reply"
+struct LoadReply {
+  uint64_t req_id = 0;
+  int waiting = 0;
+  int running = 0;
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
+  double tokens_per_s = 0;  // generated tokens per second over the last few seconds
+};
+
+// op "health" -> "health.reply"
+struct HealthReply {
+  uint64_t req_id = 0;
+  std::string status;  // "serving" | "draining" | "released"
+  int64_t weight_version = 0;
+};
+
+// op "get_model_info" -> "get_model_info.reply"
+struct ModelInfoReply {
+  uint64_t req_id = 0;
+  std::string architecture;
+  int vocab_size = 0;
+  int context_length = 0;
+  int bos_token_id = -1;
+  std::vector<int> eos_token_ids;
+  int pad_token_id = -1;
+  int64_t weight_version = 0;
+  std::string model_path;
+};
+
+// op "flush_cache" -> "flush_cache.reply" {req_id, freed_blocks}
+// op "open_session" {req_id} -> "open_session.reply" {req_id, session_id}
+// op "close_session" {req_id, session_id} -> "close_session.reply" {req_id}
+struct SessionCall {
+  uint64_t req_id = 0;
+  std::string session_id;
+};
+struct SimpleReply {  // replies that carry only an acknowledgement and one optional number/string
+  uint64_t req_id = 0;
+  std::string session_id;
+  int64_t value = 0;
+};
+
+}  // namespace zr
