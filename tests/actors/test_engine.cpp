@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 
+#include "model/make_model.h"
 #include "tests/actors/engine_test_util.h"
 #include "tests/test_util.h"
 
@@ -161,6 +162,18 @@ TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260K) {
 TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260KBf16) {
   ZR_REQUIRE_SHARED_MODEL(dir, "stories260K-bf16");
   check_batch_invariance(dir);
+}
+
+// The same contract on a random model of realistic shape (stories15M: d 288, 6 layers, vocab
+// 32000), made by make-model, so kernels run with full AVX-512 tiles and real vocab sizes.
+TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories15MShape) {
+  zr::testing::TempDir tmp;
+  MakeModelOptions opt;
+  opt.preset = "stories15M";
+  opt.seed = 11;
+  opt.out_dir = tmp.path() + "/m";
+  ASSERT_TRUE(make_model(opt).ok());
+  check_batch_invariance(opt.out_dir);
 }
 
 }  // namespace
