@@ -101,6 +101,27 @@ float dot(const float* a, const float* b, int n) {
   return using_avx512() ? detail::dot_avx512(a, b, n) : dot_portable(a, b, n);
 }
 
+void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
+                      float* scores) {
+  if (using_avx512()) return detail::attention_scores_avx512(q, hd, kt_blocks, bs, n, scale, scores);
+  for (int j = 0; j < n; ++j) {
+    const float* kt = kt_blocks[j / bs] + j % bs;
+    float acc = 0.0f;
+    for (int i = 0; i < hd; ++i) acc = std::fma(q[i], kt[static_cast<size_t>(i) * bs], acc);
+    scores[j] = acc * scale;
+  }
+}
+
+void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
+                      float* out) {
+  if (using_avx512()) return detail::attention_values_avx512(p, v_blocks, bs, v_stride, n, hd, out);
+  std::fill(out, out + hd, 0.0f);
+  for (int j = 0; j < n; ++j) {
+    const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride;
+    for (int i = 0; i < hd; ++i) out[i] = std::fma(p[j], v[i], out[i]);
+  }
+}
+
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out) {
   double ss = 0.0;
   for (int i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];

@@ -32,6 +32,17 @@ void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool);
 // Dot product with the invariant recipe above (f32 both sides).
 float dot(const float* a, const float* b, int n);
 
+// Attention of one query head over n positions of a paged KV cache (bs positions per block).
+// Keys are stored transposed inside a block, so 16 positions' scores come from one FMA chain:
+// key j, dim i is at kt_blocks[j / bs][i * bs + j % bs]. scores[j] = (sum_i q[i] * k_j[i]) * scale,
+// the sum a sequential fused multiply-add chain over i (a pure function of q and k_j).
+void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
+                      float* scores);
+// out[i] = sum_j p[j] * v_j[i] (sequential FMA chain over j); value j, dim i is at
+// v_blocks[j / bs][(j % bs) * v_stride + i].
+void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
+                      float* out);
+
 // out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out);
 // out[i] = silu(gate[i]) * up[i]

@@ -115,6 +115,42 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
   }
 }
 
+void attention_scores_avx512(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
+                             float* scores) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int j0 = 0; j0 < n; j0 += std::min(kLanes, bs)) {
+    const int lanes = std::min({kLanes, bs - j0 % bs, n - j0});
+    const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+    const float* kt = kt_blocks[j0 / bs] + j0 % bs;
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < hd; ++i)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(mask, kt + static_cast<size_t>(i) * bs), acc);
+    _mm512_mask_storeu_ps(scores + j0, mask, _mm512_mul_ps(acc, vscale));
+  }
+}
+
+void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
+                             float* out) {
+  constexpr int kGroup = 8;  // up to 8 x 16 dims accumulate in registers per pass over positions
+  for (int g = 0; g < hd; g += kGroup * kLanes) {
+    const int chunks = std::min(kGroup, (hd - g + kLanes - 1) / kLanes);
+    __m512 acc[kGroup];
+    __mmask16 mask[kGroup];
+    for (int c = 0; c < chunks; ++c) {
+      acc[c] = _mm512_setzero_ps();
+      int lanes = std::min(kLanes, hd - g - c * kLanes);
+      mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
+    }
+    for (int j = 0; j < n; ++j) {
+      const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride + g;
+      const __m512 pj = _mm512_set1_ps(p[j]);
+      for (int c = 0; c < chunks; ++c)
+        acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], v + c * kLanes), acc[c]);
+    }
+    for (int c = 0; c < chunks; ++c) _mm512_mask_storeu_ps(out + g + c * kLanes, mask[c], acc[c]);
+  }
+}
+
 float dot_avx512(const float* a, const float* b, int n) {
   float out;
   tile<1, 1, false>(a, n, b, n, 0, &out, 1);

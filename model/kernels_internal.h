@@ -13,5 +13,9 @@ void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType
 void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
                    int n1, float* y, int ldy);
 float dot_avx512(const float* a, const float* b, int n);
+void attention_scores_avx512(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
+                             float* scores);
+void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
+                             float* out);
 
 }  // namespace zr::kernels::detail

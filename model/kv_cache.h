@@ -2,7 +2,9 @@
 // by a memory budget; a sequence owns a block table (block ids in position order). Blocks are
 // reference-counted so the n samples of one prompt share the prompt's blocks; a shared block is
 // copied before anyone writes into it (copy on write).
-// Layout per layer: keys (num_blocks, block_size, kv_dim) f32, values the same.
+// Layout per layer: keys (num_blocks, kv_dim, block_size) f32 -- transposed inside a block so the
+// attention kernel reads 16 positions of one dimension as one vector -- and values
+// (num_blocks, block_size, kv_dim).
 // Thread-safety: none; the engine thread owns it. The forward writes disjoint positions from pool
 // threads, which is safe because block tables never share a block that is written.
 #pragma once
@@ -49,7 +51,7 @@ class KvCache {
   // New table sharing all blocks of `table` (refcounts + 1).
   std::vector<int> share(const std::vector<int>& table);
 
-  float* keys(int layer, int block);    // (block_size, kv_dim)
+  float* keys(int layer, int block);    // (kv_dim, block_size)
   float* values(int layer, int block);  // (block_size, kv_dim)
 
  private:

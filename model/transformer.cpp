@@ -65,39 +65,42 @@ void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
     const SeqChunk& ch = batch[rows_[r].seq];
     int pos = rows_[r].pos;
     int block = (*ch.block_table)[pos / bs], off = pos % bs;
-    std::copy_n(&k_[r * kvd], kvd, kv_->keys(layer, block) + static_cast<size_t>(off) * kvd);
+    float* kt = kv_->keys(layer, block) + off;  // transposed: dim d of this position at kt[d * bs]
+    for (int d = 0; d < kvd; ++d) kt[static_cast<size_t>(d) * bs] = k_[r * kvd + d];
     std::copy_n(&v_[r * kvd], kvd, kv_->values(layer, block) + static_cast<size_t>(off) * kvd);
   }
 }
 
 // Causal attention of one query row and head over positions [0, pos] of its sequence.
-// scores: scratch of at least pos + 1 floats.
-void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, int head, float* scores) {
+// scratch: at least pos + 1 floats for scores plus room for the block pointers.
+void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, int head, AttnScratch& sc) {
   const ModelConfig& c = w_->config();
   const int hd = c.head_dim, kvd = c.kv_dim(), bs = kv_->block_size();
   const int kvh = head / (c.num_heads / c.num_kv_heads);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float* q = &q_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
-  const std::vector<int>& table = *ch.block_table;
-  float mx = -INFINITY;
-  for (int j = 0; j <= pos; ++j) {
-    const float* k = kv_->keys(layer, table[j / bs]) + static_cast<size_t>(j % bs) * kvd + kvh * hd;
-    scores[j] = kernels::dot(q, k, hd) * scale;
-    mx = std::max(mx, scores[j]);
+  const int n = pos + 1, blocks = kv_->blocks_for(n);
+  sc.kt.resize(blocks);
+  sc.v.resize(blocks);
+  for (int b = 0; b < blocks; ++b) {
+    int id = (*ch.block_table)[b];
+    sc.kt[b] = kv_->keys(layer, id) + static_cast<size_t>(kvh) * hd * bs;
+    sc.v[b] = kv_->values(layer, id) + static_cast<size_t>(kvh) * hd;
   }
+  sc.scores.resize(n);
+  float* scores = sc.scores.data();
+  kernels::attention_scores(q, hd, sc.kt.data(), bs, n, scale, scores);
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
   double sum = 0.0;
-  for (int j = 0; j <= pos; ++j) {
+  for (int j = 0; j < n; ++j) {
     scores[j] = std::exp(scores[j] - mx);
     sum += scores[j];
   }
   const float inv = static_cast<float>(1.0 / sum);
+  for (int j = 0; j < n; ++j) scores[j] *= inv;
   float* out = &att_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
-  std::fill(out, out + hd, 0.0f);
-  for (int j = 0; j <= pos; ++j) {
-    const float* v = kv_->values(layer, table[j / bs]) + static_cast<size_t>(j % bs) * kvd + kvh * hd;
-    const float p = scores[j] * inv;
-    for (int i = 0; i < hd; ++i) out[i] += p * v[i];
-  }
+  kernels::attention_values(scores, sc.v.data(), bs, kvd, n, hd, out);
 }
 
 void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
@@ -106,13 +109,12 @@ void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
   const int total = n_rows * c.num_heads;
   const int tasks = std::min(total, pool_->size() * 8);
   pool_->parallel_for(tasks, [&](int t) {
-    thread_local std::vector<float> scores;
+    thread_local AttnScratch scratch;
     int a = static_cast<int>(static_cast<int64_t>(total) * t / tasks);
     int b = static_cast<int>(static_cast<int64_t>(total) * (t + 1) / tasks);
     for (int i = a; i < b; ++i) {
       int r = i / c.num_heads, h = i % c.num_heads;
-      if (scores.size() < static_cast<size_t>(rows_[r].pos + 1)) scores.resize(rows_[r].pos + 1);
-      attend_row(layer, batch[rows_[r].seq], r, rows_[r].pos, h, scores.data());
+      attend_row(layer, batch[rows_[r].seq], r, rows_[r].pos, h, scratch);
     }
   });
 }

@@ -41,7 +41,11 @@ class Transformer {
   };
   void resize(int rows);
   void attention_layer(int layer, std::span<const SeqChunk> batch);
-  void attend_row(int layer, const SeqChunk& chunk, int row, int pos, int head, float* scores);
+  struct AttnScratch {  // per pool thread
+    std::vector<float> scores;
+    std::vector<const float*> kt, v;  // per KV block of the sequence
+  };
+  void attend_row(int layer, const SeqChunk& chunk, int row, int pos, int head, AttnScratch& sc);
   void write_kv(int layer, std::span<const SeqChunk> batch);
 
   const ModelWeights* w_;

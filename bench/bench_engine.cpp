@@ -1,0 +1,212 @@
+// Engine throughput against this machine's limits, measured in the same run.
+//
+//   decode at batch B: tokens/s = B / median decode step time, beside
+//     - the bandwidth bound  B * read_GB/s / weight_bytes_per_step  (every weight read once a step)
+//     - the compute bound    sgemm_GFLOP/s / (2 * params)           (OpenBLAS sgemm peak, same run)
+//     and the ratio to the binding (smaller) bound;
+//   prefill tokens/s beside the compute bound;
+//   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
+//   the model's own layer shapes, same thread count.
+// Usage: bench_engine [--model DIR] [--threads T] [--batches 1,8,64,256] [--prompt 128] [--gen 128]
+//        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
+#include <cblas.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <sstream>
+
+#include "actors/engine.h"
+#include "bench/machine_limits.h"
+#include "model/kernels.h"
+#include "model/make_model.h"
+
+namespace zr {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::vector<int> random_prompt(int len, int vocab, std::mt19937_64& rng) {
+  std::vector<int> ids{1};
+  while (static_cast<int>(ids.size()) < len) ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
+  return ids;
+}
+
+struct DecodeResult {
+  double tok_s = 0;
+  double step_ms = 0;
+  int steps = 0;
+};
+
+// Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
+DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen) {
+  EngineOptions opt;
+  opt.threads = threads;
+  size_t per_token = 0;
+  {
+    auto cfg = ModelConfig::from_dir(dir);
+    per_token = static_cast<size_t>(cfg->num_layers) * 2 * cfg->kv_dim() * sizeof(float);
+  }
+  opt.kv_cache_bytes = per_token * (prompt + gen + 32) * batch + (size_t{64} << 20);
+  opt.scheduler.max_running = batch;
+  opt.scheduler.max_step_tokens = std::max(2048, batch);
+  auto eng = std::move(Engine::load(dir, opt)).value();
+  std::mt19937_64 rng(batch);
+  for (int i = 0; i < batch; ++i) {
+    GenerateRequest r;
+    r.rid = "b" + std::to_string(i);
+    r.input_ids = random_prompt(prompt, eng->config().vocab_size, rng);
+    r.sampling_params.max_new_tokens = gen;
+    r.sampling_params.temperature = 1.0f;
+    r.sampling_params.seed = i;
+    r.sampling_params.ignore_eos = true;
+    (void)eng->submit(r);
+  }
+  std::vector<double> step_s;
+  while (!eng->idle()) {
+    StepOutputs out;
+    auto t0 = Clock::now();
+    eng->step(out);
+    double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (out.tokens_processed == batch && out.tokens_generated == batch) step_s.push_back(dt);
+  }
+  DecodeResult r;
+  r.steps = static_cast<int>(step_s.size());
+  r.step_ms = median(step_s) * 1e3;
+  r.tok_s = batch / median(step_s);
+  return r;
+}
+
+double run_prefill(const std::string& dir, int threads, int prompts, int prompt) {
+  EngineOptions opt;
+  opt.threads = threads;
+  auto eng = std::move(Engine::load(dir, opt)).value();
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < prompts; ++i) {
+    GenerateRequest r;
+    r.rid = "p" + std::to_string(i);
+    r.input_ids = random_prompt(prompt, eng->config().vocab_size, rng);
+    r.sampling_params.max_new_tokens = 1;
+    (void)eng->submit(r);
+  }
+  auto t0 = Clock::now();
+  while (!eng->idle()) {
+    StepOutputs out;
+    eng->step(out);
+  }
+  return prompts * prompt / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Median seconds of fn over a few runs (each run repeated until >= 20 ms).
+template <class F>
+double time_it(F fn) {
+  std::vector<double> s;
+  for (int r = 0; r < 7; ++r) {
+    int reps = 0;
+    auto t0 = Clock::now();
+    double dt = 0;
+    do {
+      fn();
+      ++reps;
+      dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    } while (dt < 0.02);
+    s.push_back(dt / reps);
+  }
+  return median(s);
+}
+
+void parity_cost(const ModelConfig& c, int threads) {
+  ThreadPool pool(threads);
+  openblas_set_num_threads(threads);
+  std::printf("\ncost of parity: batch-invariant matmul vs OpenBLAS, %d thread(s), GFLOP/s (ours / blas)\n", threads);
+  std::printf("  %-22s %8s %8s %8s %8s\n", "shape (N x K)", "M=1", "M=8", "M=64", "M=256");
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0, 0.02f);
+  for (auto [N, K] : {std::pair{c.q_dim(), c.hidden_size}, std::pair{c.intermediate_size, c.hidden_size},
+                      std::pair{c.hidden_size, c.intermediate_size}, std::pair{c.vocab_size, c.hidden_size}}) {
+    std::vector<float> w(static_cast<size_t>(N) * K), x(static_cast<size_t>(256) * K), y(static_cast<size_t>(256) * N);
+    for (auto& v : w) v = nd(rng);
+    for (auto& v : x) v = nd(rng);
+    std::printf("  %-22s", (std::to_string(N) + " x " + std::to_string(K)).c_str());
+    for (int M : {1, 8, 64, 256}) {
+      double ours = time_it([&] { kernels::matmul(x.data(), M, K, K, w.data(), DType::f32, 0, N, y.data(), N, &pool); });
+      double blas = time_it([&] {
+        if (M == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w.data(), K, x.data(), 1, 0.0f, y.data(), 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), N);
+      });
+      double flop = 2.0 * M * N * K;
+      std::printf(" %4.0f/%-4.0f", flop / ours / 1e9, flop / blas / 1e9);
+    }
+    std::printf("\n");
+  }
+}
+
+}  // namespace
+}  // namespace zr
+
+int main(int argc, char** argv) {
+  using namespace zr;
+  CLI::App app{"zrollout engine benchmark"};
+  std::string model, batches_arg = "1,8,64,256";
+  int threads = static_cast<int>(std::thread::hardware_concurrency()), prompt = 128, gen = 128, prefill_prompts = 16;
+  app.add_option("--model", model, "model folder (default: make a stories110M-shape model)");
+  app.add_option("--threads", threads, "engine threads")->capture_default_str();
+  app.add_option("--batches", batches_arg, "decode batch sizes")->capture_default_str();
+  app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
+  app.add_option("--gen", gen, "new tokens")->capture_default_str();
+  app.add_option("--prefill-prompts", prefill_prompts, "prompts in the prefill run (0: skip)")->capture_default_str();
+  bool skip_parity = false;
+  app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  if (model.empty()) {
+    model = "bench_models/stories110M";
+    if (!std::filesystem::exists(model + "/config.json")) {
+      MakeModelOptions mo;
+      mo.preset = "stories110M";
+      mo.out_dir = model;
+      if (Status st = make_model(mo); !st.ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
+    }
+  }
+  auto cfg = ModelConfig::from_dir(model);
+  auto w = ModelWeights::load_dir(*cfg, model);
+  const double params = static_cast<double>(cfg->num_params());
+  const double weight_bytes = static_cast<double>(w->total_bytes());
+
+  std::printf("zrollout bench_engine: %s (%.1fM params, %.0f MB of weights read per step), %d threads\n",
+              model.c_str(), params / 1e6, weight_bytes / 1e6, threads);
+  std::printf("%s; engine kernels: %s\n", bench::openblas_description().c_str(),
+              kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable");
+  auto bw = bench::mem_read_gbps(size_t{1} << 30, threads);
+  auto sg = bench::sgemm_gflops(2048, threads);
+  std::printf("limits (same run): memory read %.1f GB/s (%d thr), OpenBLAS sgemm %s %.1f GFLOP/s (%d thr)\n\n",
+              bw.median, threads, sg.shape.c_str(), sg.median, threads);
+
+  const double compute_bound = sg.median * 1e9 / (2 * params);
+  std::printf("%-10s %10s %10s %12s %12s %8s\n", "decode", "tok/s", "step ms", "bw bound", "flop bound", "ratio");
+  std::stringstream ss(batches_arg);
+  for (std::string b; std::getline(ss, b, ',');) {
+    int batch = std::stoi(b);
+    DecodeResult r = run_decode(model, threads, batch, prompt, gen);
+    double bw_bound = batch * bw.median * 1e9 / weight_bytes;
+    double bound = std::min(bw_bound, compute_bound);
+    std::printf("batch %-4d %10.1f %10.2f %12.1f %12.1f %7.0f%%  (%s-bound, %d steps)\n", batch, r.tok_s, r.step_ms,
+                bw_bound, compute_bound, 100 * r.tok_s / bound, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps);
+  }
+  if (prefill_prompts > 0) {
+    double pf = run_prefill(model, threads, prefill_prompts, prompt);
+    std::printf("prefill    %10.1f %10s %12s %12.1f %7.0f%%  (%d x %d-token prompts)\n", pf, "", "", compute_bound,
+                100 * pf / compute_bound, prefill_prompts, prompt);
+  }
+  if (!skip_parity) parity_cost(*cfg, threads);
+  return 0;
+}
