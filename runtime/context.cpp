@@ -1,0 +1,10 @@
+#include "runtime/context.h"
+
+namespace zr {
+
+Context::Context(int io_threads) : ctx_(std::make_unique<zmq::context_t>(io_threads)) {}
+Context::~Context() = default;
+Context::Context(Context&&) noexcept = default;
+Context& Context::operator=(Context&&) noexcept = default;
+
+}  // namespace zr
