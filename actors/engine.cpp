@@ -6,58 +6,10 @@
 #include <random>
 #include <thread>
 
+#include "actors/engine_state.h"
 #include "actors/request_validation.h"
 
 namespace zr {
-
-using Clock = std::chrono::steady_clock;
-
-// State shared by the n samples of one request (or one score request).
-struct Engine::Request {
-  GenerateRequest gen;  // input_ids filled in
-  bool is_score = false;
-  ScoreRequest score;
-  ScoreOutput score_out;
-  uint64_t seed = 0;
-  Clock::time_point start;
-  bool forked = false;      // the n samples have been created
-  bool input_done = false;  // input logprobs computed (never recomputed after preemption)
-  std::vector<TokenLogprob> input_lp;  // positions [logprob_start_len, prompt_len)
-  std::vector<std::vector<TokenLogprob>> input_top, input_ids;
-  int live_samples = 1;
-  LogprobOptions lo() const {
-    if (is_score) return {true, LogprobMode::default_mode, score.top_logprobs_num, {}};
-    return {gen.return_logprob, gen.logprob_mode, gen.top_logprobs_num, gen.token_ids_logprob};
-  }
-  float lp_temperature() const {
-    if (is_score) return score.temperature;
-    float t = gen.sampling_params.temperature;
-    return t > 0 ? t : 1.0f;
-  }
-};
-
-struct Engine::Sequence {
-  int64_t id = 0;
-  std::shared_ptr<Request> req;
-  int index = 0;  // sample index within the request
-  std::vector<int> tokens;
-  int prompt_len = 0;
-  std::vector<int> table;  // KV block table
-  std::unique_ptr<IncrementalDetokenizer> detok;
-  std::string text;
-  MetaInfo meta;
-  bool done = false;
-  int num_outputs() const { return static_cast<int>(tokens.size()) - prompt_len; }
-};
-
-struct Engine::SampleJob {
-  enum class Kind { sample, input, score } kind;
-  Sequence* seq;
-  const float* row;
-  int token = -1;  // input / score: the token whose logprob is wanted
-  int slot = 0;    // input / score: index in the destination vector
-  SampledToken result;
-};
 
 namespace {
 
@@ -98,10 +50,6 @@ EngineStats Engine::stats() const {
   return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks(), preemptions_};
 }
 
-bool Engine::reserve(int64_t seq, int computed, int new_len) {
-  return kv_->prepare_write(seqs_.at(seq)->table, computed, new_len);
-}
-
 void Engine::release(int64_t seq) { kv_->free_table(seqs_.at(seq)->table); }
 
 Status Engine::check_rid(const std::string& rid) const {
@@ -112,14 +60,22 @@ Status Engine::check_rid(const std::string& rid) const {
 Status Engine::submit(GenerateRequest req) {
   if (req.text && !req.input_ids.empty())
     return make_error(ErrorCode::invalid_argument, "text: give either text or input_ids, not both");
-  if (req.text) req.input_ids = tok_.encode(*req.text, /*add_bos=*/true);
-  ZR_RETURN_IF_ERROR(validate_generate(req, config()));
+  std::shared_ptr<Session> session;
+  if (req.text) req.input_ids = tok_.encode(*req.text, /*add_bos=*/req.session_id.empty());
   ZR_RETURN_IF_ERROR(check_rid(req.rid));
-  if (kv_->blocks_for(static_cast<int>(req.input_ids.size()) + 1) > kv_->num_blocks())
+  ZR_RETURN_IF_ERROR(attach_session(req, session));  // prepends the session's tokens
+  if (Status st = validate_generate(req, config()); !st.ok()) {
+    if (session) session->busy = false;
+    return st;
+  }
+  if (kv_->blocks_for(static_cast<int>(req.input_ids.size()) + 1) > kv_->num_blocks()) {
+    if (session) session->busy = false;
     return make_error(ErrorCode::too_long, "input_ids: the prompt does not fit the KV cache budget");
+  }
   auto r = std::make_shared<Request>();
   r->gen = std::move(req);
   r->start = Clock::now();
+  r->session = session;
   const SamplingParams& sp = r->gen.sampling_params;
   r->seed = sp.seed ? *sp.seed : std::random_device{}() * 0x100000001ull;
   r->live_samples = sp.n;
@@ -134,7 +90,14 @@ Status Engine::submit(GenerateRequest req) {
   }
   active_rids_.insert(r->gen.rid);
   std::vector<int> tokens = r->gen.input_ids;
-  enqueue(std::move(r), std::move(tokens));
+  std::vector<int> table;
+  int computed = 0;
+  if (session) {
+    table = std::move(session->table);
+    computed = session->computed;
+  }
+  int64_t id = enqueue(std::move(r), std::move(tokens), std::move(table), computed);
+  seqs_.at(id)->meta.cached_tokens = computed;
   return {};
 }
 
@@ -161,8 +124,10 @@ Status Engine::submit_score(ScoreRequest req) {
   return {};
 }
 
-int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens) {
+int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, std::vector<int> table,
+                        int computed) {
   auto s = std::make_unique<Sequence>();
+  s->table = std::move(table);
   s->id = next_seq_id_++;
   s->prompt_len = static_cast<int>(req->gen.input_ids.size());
   s->tokens = std::move(tokens);
@@ -171,7 +136,7 @@ int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens) {
   int64_t id = s->id;
   int total = static_cast<int>(s->tokens.size());
   seqs_[id] = std::move(s);
-  sched_.add(id, total);
+  sched_.add(id, total, computed);
   return id;
 }
 
@@ -256,7 +221,7 @@ void Engine::run_jobs(std::vector<SampleJob>& jobs) {
 
 // Appends a sampled token and checks the stop conditions; true when the sample is finished
 // (its reason in s.meta.finish_reason).
-bool Engine::apply_token(Sequence& s, const SampledToken& t) {
+bool Engine::apply_token(Sequence& s, const SampledToken& t, StepOutputs& out) {
   const Request& r = *s.req;
   const SamplingParams& sp = r.gen.sampling_params;
   s.tokens.push_back(t.token);
@@ -291,6 +256,7 @@ bool Engine::apply_token(Sequence& s, const SampledToken& t) {
     fr.length = s.num_outputs();
     return true;
   }
+  if (r.gen.stream) emit_chunk(s, /*final=*/false, out);
   return false;
 }
 
@@ -298,6 +264,8 @@ void Engine::finish(Sequence& s, FinishReason why, StepOutputs& out) {
   Request& r = *s.req;
   bool trimmed_by_stop = std::holds_alternative<std::string>(why.matched);
   if (!trimmed_by_stop) s.text += s.detok->flush();
+  if (r.gen.stream) emit_chunk(s, /*final=*/true, out);
+  if (r.session) detach_session(s, why.type != FinishReason::Type::abort);
   SampleOutput o;
   o.rid = r.gen.rid;
   o.index = s.index;
@@ -362,7 +330,7 @@ std::unordered_set<int64_t> Engine::apply_results(std::vector<SampleJob>& jobs, 
       case SampleJob::Kind::sample:
         ++out.tokens_generated;
         appended.insert(s.id);
-        if (apply_token(s, res)) finish(s, s.meta.finish_reason, out);
+        if (apply_token(s, res, out)) finish(s, s.meta.finish_reason, out);
         break;
     }
   }

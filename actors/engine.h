@@ -37,6 +37,8 @@ struct EngineOptions {
 struct StepOutputs {
   std::vector<SampleOutput> finished;
   std::vector<ScoreOutput> scores;
+  std::vector<StreamChunk> chunks;          // stream: true requests, what each sample gained
+  std::vector<std::string> aborted_scores;  // score requests removed by abort()
   int tokens_processed = 0;  // rows through the forward this step
   int tokens_generated = 0;
 };
@@ -57,6 +59,16 @@ class Engine : private KvBudget {
   Status submit_score(ScoreRequest req);
   void step(StepOutputs& out);
   bool idle() const { return sched_.idle(); }
+
+  // Stops matching requests now: each sample returns its partial output with finish_reason abort
+  // (in `out`). Returns the aborted rids.
+  std::vector<std::string> abort(const AbortCall& which, StepOutputs& out);
+  // Multi-turn sessions: a generate with session_id continues from the session's stored tokens and
+  // KV; its input_ids (or text) are the new turn's tokens only.
+  std::string open_session();
+  Status close_session(const std::string& session_id);
+  // Drops the KV of idle sessions (they recompute on their next turn); returns blocks freed.
+  int flush_cache();
   EngineStats stats() const;
 
   const ModelConfig& config() const { return weights_.config(); }
@@ -68,18 +80,25 @@ class Engine : private KvBudget {
   struct Request;
   struct Sequence;
   struct SampleJob;
+  struct Session;
 
   Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt);
   bool reserve(int64_t seq, int computed, int new_len) override;
   void release(int64_t seq) override;
 
   Status check_rid(const std::string& rid) const;
-  int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens);
+  int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, std::vector<int> table = {},
+                  int computed = 0);
   SeqChunk make_chunk(Sequence& s, int start, int count) const;
   void consume_rows(Sequence& s, int start, int count, const float* logits, std::vector<SampleJob>& jobs);
   void fork_samples(Sequence& parent, const float* row, std::vector<SampleJob>& jobs);
   void run_jobs(std::vector<SampleJob>& jobs);
-  bool apply_token(Sequence& s, const SampledToken& t);
+  bool apply_token(Sequence& s, const SampledToken& t, StepOutputs& out);
+  void emit_chunk(Sequence& s, bool final, StepOutputs& out);
+  Status attach_session(GenerateRequest& req, std::shared_ptr<Session>& session);
+  void detach_session(Sequence& s, bool keep_kv);
+  bool evict_idle_session();
+  void abort_sequence(Sequence& s, StepOutputs& out);
   void finish(Sequence& s, FinishReason why, StepOutputs& out);
   void finish_score(Sequence& s, StepOutputs& out);
   void drop_starved(const StepPlan& plan, StepOutputs& out);
@@ -95,6 +114,8 @@ class Engine : private KvBudget {
   Scheduler sched_;
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   std::unordered_set<std::string> active_rids_;
+  std::unordered_map<std::string, std::shared_ptr<Session>> sessions_;
+  int64_t next_session_ = 0;
   std::vector<float> logits_;
   std::vector<std::pair<int64_t, int64_t>> new_forks_;  // (sample id, parent's arrival) this step
   int64_t next_seq_id_ = 0;

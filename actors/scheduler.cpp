@@ -10,9 +10,9 @@ Scheduler::Scheduler(SchedulerConfig cfg, KvBudget* budget) : cfg_(cfg), budget_
   ZR_CHECK(cfg_.max_running > 0 && cfg_.max_step_tokens > 0 && cfg_.max_prefill_chunk > 0);
 }
 
-void Scheduler::add(int64_t id, int total) {
-  ZR_CHECK(!seqs_.count(id));
-  seqs_[id] = Seq{0, total, next_arrival_++, 0};
+void Scheduler::add(int64_t id, int total, int computed) {
+  ZR_CHECK(!seqs_.count(id) && computed < total);
+  seqs_[id] = Seq{computed, total, next_arrival_++, 0};
   waiting_.push_back(id);
 }
 

@@ -58,8 +58,9 @@ class Scheduler {
  public:
   Scheduler(SchedulerConfig cfg, KvBudget* budget);
 
-  // A new sequence with `total` known tokens (the prompt), none computed yet.
-  void add(int64_t id, int total);
+  // A new sequence with `total` known tokens (the prompt), of which the first `computed` already
+  // have KV (a session's earlier turns).
+  void add(int64_t id, int total, int computed = 0);
   // A sequence that already has `computed` tokens in the KV cache (a forked sample sharing its
   // prompt's KV), joining the running set directly with the priority `arrival` of its parent.
   void add_running(int64_t id, int computed, int total, int64_t arrival);

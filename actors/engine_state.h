@@ -1,0 +1,77 @@
+// Private to the engine's .cpp files: per-request and per-sample state.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/engine.h"
+
+namespace zr {
+
+using Clock = std::chrono::steady_clock;
+
+// A multi-turn session: the tokens so far and their KV (positions [0, computed)), kept between
+// turns so the next turn prefills only its new tokens.
+struct Engine::Session {
+  std::string id;
+  std::vector<int> tokens;
+  std::vector<int> table;  // KV blocks; empty after flush_cache (the next turn recomputes)
+  int computed = 0;
+  bool busy = false;       // a turn is in flight
+  Clock::time_point last_used;
+};
+
+// State shared by the n samples of one request (or one score request).
+struct Engine::Request {
+  GenerateRequest gen;  // input_ids filled in
+  bool is_score = false;
+  ScoreRequest score;
+  ScoreOutput score_out;
+  uint64_t seed = 0;
+  Clock::time_point start;
+  bool forked = false;      // the n samples have been created
+  std::shared_ptr<Session> session;  // multi-turn continuation, or null
+  bool input_done = false;  // input logprobs computed (never recomputed after preemption)
+  std::vector<TokenLogprob> input_lp;  // positions [logprob_start_len, prompt_len)
+  std::vector<std::vector<TokenLogprob>> input_top, input_ids;
+  int live_samples = 1;
+  LogprobOptions lo() const {
+    if (is_score) return {true, LogprobMode::default_mode, score.top_logprobs_num, {}};
+    return {gen.return_logprob, gen.logprob_mode, gen.top_logprobs_num, gen.token_ids_logprob};
+  }
+  float lp_temperature() const {
+    if (is_score) return score.temperature;
+    float t = gen.sampling_params.temperature;
+    return t > 0 ? t : 1.0f;
+  }
+};
+
+struct Engine::Sequence {
+  int64_t id = 0;
+  std::shared_ptr<Request> req;
+  int index = 0;  // sample index within the request
+  std::vector<int> tokens;
+  int prompt_len = 0;
+  std::vector<int> table;  // KV block table
+  std::unique_ptr<IncrementalDetokenizer> detok;
+  std::string text;
+  MetaInfo meta;
+  bool done = false;
+  size_t streamed_text = 0;  // bytes of text already sent in stream chunks
+  size_t streamed_ids = 0;   // output ids already sent
+  int num_outputs() const { return static_cast<int>(tokens.size()) - prompt_len; }
+};
+
+struct Engine::SampleJob {
+  enum class Kind { sample, input, score } kind;
+  Sequence* seq;
+  const float* row;
+  int token = -1;  // input / score: the token whose logprob is wanted
+  int slot = 0;    // input / score: index in the destination vector
+  SampledToken result;
+};
+
+
+}  // namespace zr
