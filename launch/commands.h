@@ -9,5 +9,8 @@ namespace zr::cli {
 void add_make_model(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_score(CLI::App& app);
+void add_serve(CLI::App& app);
+void add_client(CLI::App& app);
+void add_local(CLI::App& app);
 
 }  // namespace zr::cli

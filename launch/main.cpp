@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
   zr::cli::add_make_model(app);
   zr::cli::add_generate(app);
   zr::cli::add_score(app);
+  zr::cli::add_serve(app);
+  zr::cli::add_client(app);
+  zr::cli::add_local(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

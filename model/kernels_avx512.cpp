@@ -42,8 +42,10 @@ inline __m512 load_w_tail(const void* base, size_t off, __mmask16 mask) {
   }
 }
 
-// One MR x NR tile: rows x[0..MR) against weight rows [n, n+NR).
-template <int MR, int NR, bool BF16>
+// One MR x NR tile: rows x[0..MR) against weight rows [n, n+NR). With PF, the same k range of
+// the next NR weight rows is prefetched, so the DRAM stream of the next tile overlaps this tile's
+// arithmetic (decode reads every weight once per step).
+template <int MR, int NR, bool BF16, bool PF = false>
 void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ldy) {
   __m512 acc[MR][NR];
 #pragma GCC unroll 4
@@ -56,6 +58,11 @@ void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ld
     __m512 xv[MR];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + static_cast<size_t>(i) * ldx + k);
+    if constexpr (PF) {
+      const char* base = static_cast<const char*>(w) + ((n + NR) * wrow + k) * (BF16 ? 2 : 4);
+#pragma GCC unroll 6
+      for (int j = 0; j < NR; ++j) _mm_prefetch(base + j * wrow * (BF16 ? 2 : 4), _MM_HINT_T0);
+    }
 #pragma GCC unroll 6
     for (int j = 0; j < NR; ++j) {
       __m512 wv = load_w<BF16>(w, (n + j) * wrow + k);
@@ -82,25 +89,29 @@ constexpr int kNB = 48;  // weight rows per column block: 48 rows x K stay in L2
 
 using TileFn = void (*)(const float*, int, const void*, int, int, float*, int);
 
-template <bool BF16, int MR, int... NRs>
+template <bool BF16, bool PF, int MR, int... NRs>
 constexpr std::array<TileFn, kNR> row_of(std::integer_sequence<int, NRs...>) {
-  return {&tile<MR, NRs + 1, BF16>...};
+  return {&tile<MR, NRs + 1, BF16, PF>...};
 }
 
-template <bool BF16>
+template <bool BF16, bool PF>
 constexpr std::array<std::array<TileFn, kNR>, kMR> make_table() {
   using S = std::make_integer_sequence<int, kNR>;
-  return {row_of<BF16, 1>(S{}), row_of<BF16, 2>(S{}), row_of<BF16, 3>(S{}), row_of<BF16, 4>(S{})};
+  return {row_of<BF16, PF, 1>(S{}), row_of<BF16, PF, 2>(S{}), row_of<BF16, PF, 3>(S{}), row_of<BF16, PF, 4>(S{})};
 }
 
-constexpr auto kTableF32 = make_table<false>();
-constexpr auto kTableBF16 = make_table<true>();
+constexpr auto kTableF32 = make_table<false, false>();
+constexpr auto kTableBF16 = make_table<true, false>();
+constexpr auto kTableF32Pf = make_table<false, true>();
+constexpr auto kTableBF16Pf = make_table<true, true>();
 
 }  // namespace
 
 void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
                    int n1, float* y, int ldy) {
-  const auto& table = wdtype == DType::bf16 ? kTableBF16 : kTableF32;
+  const bool bf16 = wdtype == DType::bf16;
+  const auto& table = bf16 ? kTableBF16 : kTableF32;
+  const auto& table_pf = bf16 ? kTableBF16Pf : kTableF32Pf;
   for (int nb = n0; nb < n1; nb += kNB) {
     int ne = std::min(nb + kNB, n1);
     for (int m = 0; m < M; m += kMR) {
@@ -109,7 +120,10 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
       float* ym = y + static_cast<size_t>(m) * ldy;
       for (int n = nb; n < ne; n += kNR) {
         int nr = std::min(kNR, ne - n);
-        table[mr - 1][nr - 1](xm, ldx, w, K, n, ym, ldy);
+        // The first row tile brings each weight tile in (prefetching the next one, while it
+        // exists in this slice); later row tiles find it in cache.
+        bool pf = m == 0 && n + 2 * kNR <= n1;
+        (pf ? table_pf : table)[mr - 1][nr - 1](xm, ldx, w, K, n, ym, ldy);
       }
     }
   }

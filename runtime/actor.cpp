@@ -67,7 +67,11 @@ std::unique_ptr<zmq::socket_t> Actor::make_socket(zmq::socket_type type) {
 
 Status Actor::bind(const std::string& endpoint) {
   check_owner();
-  if (!router_) router_ = make_socket(zmq::socket_type::router);
+  if (!router_) {
+    router_ = make_socket(zmq::socket_type::router);
+    // At its high-water mark a ROUTER drops silently: a stream to a slow client would lose chunks.
+    router_->set(zmq::sockopt::sndhwm, 0);
+  }
   try {
     router_->bind(endpoint);
   } catch (const zmq::error_t& e) {

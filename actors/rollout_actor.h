@@ -1,0 +1,75 @@
+// RolloutActor: an Engine served as an actor. Requests arrive as frames on the actor's ROUTER
+// (inproc, ipc or tcp); each tick runs one engine step and routes what it produced: stream chunks
+// ("generate.chunk") as they come, and one "generate.reply" / "score.reply" per call once every
+// sample of every request of the call has finished. docs/protocol.md is the contract.
+//
+// Ownership: owns the Engine and the runtime Actor. Thread-safety: after start() only the actor
+// thread touches either; before start() tests may step it with run_once().
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "actors/engine.h"
+#include "runtime/actor.h"
+#include "runtime/context.h"
+
+namespace zr {
+
+struct RolloutActorOptions {
+  std::string name = "rollout";
+  std::optional<int> rank;
+  std::string model_path;  // reported by get_model_info
+  std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
+};
+
+class RolloutActor {
+ public:
+  RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, RolloutActorOptions opt);
+  ~RolloutActor();
+
+  Status bind(const std::string& endpoint) { return actor_.bind(endpoint); }
+  const std::string& endpoint() const { return actor_.endpoint(); }
+  void start() { actor_.start(); }
+  void stop() { actor_.stop(); }
+  bool run_once(std::chrono::milliseconds max_wait = std::chrono::milliseconds{0}) { return actor_.run_once(max_wait); }
+  Engine& engine() { return *engine_; }
+
+ private:
+  // One generate or score call: where to reply and what is still missing.
+  struct Call {
+    uint64_t req_id = 0;
+    ReplyTo to;
+    bool score = false;
+    std::vector<std::string> rids;  // request order
+    std::map<std::string, std::vector<std::optional<SampleOutput>>> samples;
+    std::map<std::string, std::optional<ScoreOutput>> scores;
+    int pending = 0;  // samples / scores not yet finished
+    Status error;     // set when a score of the call was aborted
+  };
+
+  void register_handlers();
+  void on_generate(Frame& f, const ReplyTo& from);
+  void on_score(Frame& f, const ReplyTo& from);
+  void on_abort(Frame& f, const ReplyTo& from);
+  bool tick();
+  void drain_on_stop();
+  void route(StepOutputs& out);
+  void complete(const std::string& rid);
+  void reply_error(const ReplyTo& to, uint64_t req_id, const Status& st);
+  double tokens_per_s();
+
+  std::unique_ptr<Engine> engine_;
+  RolloutActorOptions opt_;
+  Actor actor_;
+  std::unordered_map<std::string, std::shared_ptr<Call>> call_of_rid_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, int>> generated_;  // for tokens_per_s
+};
+
+}  // namespace zr

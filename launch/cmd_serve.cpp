@@ -1,0 +1,150 @@
+// `zrollout serve`: one rollout engine behind a ZeroMQ endpoint until SIGINT/SIGTERM.
+// `zrollout client`: the same JSONL as `zrollout generate`, sent to a server.
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <fstream>
+#include <future>
+
+#include "actors/rollout_actor.h"
+#include "comm/client.h"
+#include "comm/json_codec.h"
+#include "launch/commands.h"
+#include "launch/engine_options.h"
+#include "runtime/signals.h"
+
+namespace zr::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct ServeJob {
+  EngineCliOptions engine;
+  std::string bind;
+  int drain_timeout_s = 30;
+};
+
+int run_serve(const ServeJob& job) {
+  install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  log_startup("serve", job.engine);
+  auto engine = Engine::load(job.engine.model, job.engine.engine_options());
+  if (!engine.ok()) {
+    spdlog::error("{}", engine.status().to_string());
+    return 1;
+  }
+  Context ctx;
+  RolloutActorOptions opt;
+  opt.model_path = job.engine.model;
+  opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
+  RolloutActor actor(ctx, std::move(engine).value(), opt);
+  if (Status st = actor.bind(job.bind); !st.ok()) {
+    spdlog::error("bind {}: {}", job.bind, st.to_string());
+    return 1;
+  }
+  actor.start();
+  spdlog::info("serving on {}", actor.endpoint());
+  auto sig = wait_for_shutdown_signal();
+  spdlog::info("signal {}: draining and shutting down", sig.value_or(0));
+  actor.stop();  // drains (up to --drain-timeout), replies to every call, then returns
+  spdlog::info("stopped");
+  return 0;
+}
+
+struct ClientJob {
+  std::string connect, input, output, log_level = "info";
+  int concurrency = 64;
+  int timeout_s = 600;
+};
+
+// One input line: either an error line already, or a request in flight.
+struct Pending {
+  std::string rid;
+  std::optional<json> error_line;
+  std::future<Result<GenerateReply>> reply;
+};
+
+void write_pending(Pending& p, std::ofstream& out) {
+  if (p.error_line) {
+    out << p.error_line->dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+    return;
+  }
+  Result<GenerateReply> r = p.reply.get();
+  if (!r.ok()) {
+    out << error_to_json(p.rid, r.status()).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+    return;
+  }
+  for (const SampleOutput& o : r->outputs) out << to_json(o).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+}
+
+int run_client(const ClientJob& job) {
+  set_process_logger("client", job.log_level);
+  std::ifstream in(job.input);
+  std::ofstream out(job.output);
+  if (!in || !out) {
+    spdlog::error("cannot open {} / {}", job.input, job.output);
+    return 1;
+  }
+  auto client = Client::connect(job.connect);
+  if (!client.ok()) {
+    spdlog::error("connect {}: {}", job.connect, client.status().to_string());
+    return 1;
+  }
+  std::deque<Pending> window;  // input order; at most `concurrency` requests in flight
+  std::string line;
+  size_t index = 0, written = 0;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    Pending p;
+    p.rid = std::to_string(index);
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) {
+      p.error_line = error_to_json(p.rid, make_error(ErrorCode::bad_message, "line " + std::to_string(index + 1) + ": not valid JSON"));
+    } else {
+      if (j.is_object() && j.contains("rid") && j["rid"].is_string()) p.rid = j["rid"].get<std::string>();
+      if (j.is_object() && !j.contains("rid")) j["rid"] = p.rid;
+      auto req = generate_request_from_json(j);
+      if (!req.ok()) p.error_line = error_to_json(p.rid, req.status());
+      else p.reply = (*client)->generate_async({std::move(req).value()}, std::chrono::seconds(job.timeout_s));
+    }
+    window.push_back(std::move(p));
+    ++index;
+    while (window.size() >= static_cast<size_t>(job.concurrency)) {
+      write_pending(window.front(), out);
+      window.pop_front();
+      ++written;
+    }
+  }
+  for (; !window.empty(); window.pop_front(), ++written) write_pending(window.front(), out);
+  spdlog::info("{} lines written to {}", written, job.output);
+  return 0;
+}
+
+}  // namespace
+
+void add_serve(CLI::App& app) {
+  auto job = std::make_shared<ServeJob>();
+  CLI::App* cmd = app.add_subcommand("serve", "serve one rollout engine over ZeroMQ (msgpack, docs/protocol.md)");
+  add_engine_options(cmd, job->engine);
+  cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
+  cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")->capture_default_str();
+  cmd->callback([job] {
+    if (int rc = run_serve(*job); rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+void add_client(CLI::App& app) {
+  auto job = std::make_shared<ClientJob>();
+  CLI::App* cmd = app.add_subcommand("client", "send a JSONL file of generate requests to a server");
+  cmd->add_option("--connect", job->connect, "server endpoint")->required();
+  cmd->add_option("--input", job->input, "input JSONL (as for generate)")->required();
+  cmd->add_option("--output", job->output, "output JSONL (as for generate)")->required();
+  cmd->add_option("--concurrency", job->concurrency, "requests in flight")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--timeout", job->timeout_s, "seconds per request")->capture_default_str();
+  cmd->add_option("--log-level", job->log_level)->capture_default_str();
+  cmd->callback([job] {
+    if (int rc = run_client(*job); rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace zr::cli

@@ -1,0 +1,109 @@
+// The zrollout binary end to end: generate/score JSONL with bad lines, and serve + client with a
+// SIGTERM that drains in-flight work and exits 0.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "tests/test_util.h"
+
+namespace {
+
+using nlohmann::json;
+
+int run(const std::string& cmd) { return WEXITSTATUS(std::system((cmd + " 2>/dev/null").c_str())); }
+
+std::vector<json> read_jsonl(const std::string& path) {
+  std::vector<json> out;
+  std::ifstream in(path);
+  for (std::string l; std::getline(in, l);) out.push_back(json::parse(l));
+  return out;
+}
+
+void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+TEST(Cli, GenerateKeepsOrderAndReportsBadLines) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  zr::testing::TempDir tmp;
+  write(tmp / "in.jsonl",
+        R"({"rid":"a","text":"Once upon a time","sampling_params":{"max_new_tokens":8,"temperature":0,"n":2}})"
+        "\n{oops\n"
+        R"({"rid":"b","input_ids":[1,600]})"
+        "\n"
+        R"({"rid":"c","input_ids":[1,403],"sampling_params":{"max_new_tokens":3,"top_k":0}})"
+        "\n"
+        R"({"rid":"d","input_ids":[1,403],"sampling_params":{"max_new_tokens":3}})"
+        "\n");
+  ASSERT_EQ(run(std::string(ZR_ZROLLOUT_BIN) + " generate --model " + dir + " --input " + (tmp / "in.jsonl") +
+                " --output " + (tmp / "out.jsonl")),
+            0);
+  auto lines = read_jsonl(tmp / "out.jsonl");
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_EQ(lines[0]["rid"], "a");
+  EXPECT_EQ(lines[1]["index"], 1);
+  EXPECT_EQ(lines[0]["text"], ", there was a little girl");  // reference.json greedy text, 8 tokens
+  EXPECT_EQ(lines[2]["error"]["code"], "bad_message");
+  EXPECT_EQ(lines[3]["error"]["code"], "out_of_range");
+  EXPECT_NE(lines[4]["error"]["message"].get<std::string>().find("top_k"), std::string::npos);
+  EXPECT_EQ(lines[5]["rid"], "d");
+}
+
+TEST(Cli, ScoreMatchesReference) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  zr::testing::TempDir tmp;
+  std::ifstream f(dir + "/reference.json");
+  json cs = json::parse(f)["cases"][2];
+  json line = {{"rid", "s"}, {"input_ids", cs["prompt_ids"]}, {"completion_ids", cs["completion_ids"]}, {"temperature", 0.7}};
+  write(tmp / "in.jsonl", line.dump() + "\n{\"rid\":\"bad\",\"input_ids\":[1],\"completion_ids\":[2],\"temperature\":0}\n");
+  ASSERT_EQ(run(std::string(ZR_ZROLLOUT_BIN) + " score --model " + dir + " --input " + (tmp / "in.jsonl") +
+                " --output " + (tmp / "out.jsonl")),
+            0);
+  auto lines = read_jsonl(tmp / "out.jsonl");
+  ASSERT_EQ(lines.size(), 2u);
+  ASSERT_EQ(lines[0]["logprobs"].size(), cs["logprobs_T0.7"].size());
+  for (size_t i = 0; i < lines[0]["logprobs"].size(); ++i)
+    EXPECT_NEAR(lines[0]["logprobs"][i].get<double>(), cs["logprobs_T0.7"][i].get<double>(), 1e-4);
+  EXPECT_NE(lines[1]["error"]["message"].get<std::string>().find("temperature"), std::string::npos);
+}
+
+TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  zr::testing::TempDir tmp;
+  std::string sock = "ipc://" + (tmp / "zr.sock");
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    freopen("/dev/null", "w", stderr);
+    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), nullptr);
+    _exit(127);
+  }
+  // Long requests, so they are in flight when SIGTERM arrives; the drain lets them finish.
+  std::string in;
+  for (int i = 0; i < 4; ++i)
+    in += R"({"rid":"r)" + std::to_string(i) + R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})" "\n";
+  write(tmp / "in.jsonl", in);
+  std::thread client([&] {
+    run(std::string(ZR_ZROLLOUT_BIN) + " client --connect " + sock + " --input " + (tmp / "in.jsonl") + " --output " +
+        (tmp / "out.jsonl"));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // server up, requests running
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  client.join();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto lines = read_jsonl(tmp / "out.jsonl");
+  ASSERT_EQ(lines.size(), 4u);  // every request was answered
+  for (const auto& l : lines) {
+    ASSERT_TRUE(l.contains("output_ids")) << l.dump();
+    EXPECT_EQ(l["output_ids"].size(), 400u);  // drained: finished, not cut
+  }
+}
+
+}  // namespace
