@@ -1,0 +1,124 @@
+// MpiGroup: an MPI communicator with the few collectives zrollout needs (cluster mode, DESIGN.md):
+// start-up endpoint exchange, split by role, barrier, float allreduce (tensor parallelism), small
+// metadata broadcast, and the weight path: a pipelined, bucketed broadcast with a deadline.
+// No MPI type appears here (mpi.h is included by comm/mpi_group.cpp only).
+//
+// Ownership: move-only RAII. init() returns the world group; its destructor calls MPI_Finalize
+// (once, and only if init() called MPI_Init_thread). split() returns sub-groups owning their
+// communicator (freed by the destructor). Destroy every sub-group before the world group.
+//
+// Thread-safety: a group is not thread-safe: one thread at a time calls into it, and collectives
+// on one group are called in the same order on every member (MPI's rule). bcast_buckets runs its
+// MPI calls on a helper thread while the caller runs on_bucket, which needs MPI_THREAD_SERIALIZED;
+// using *different* groups from different threads at the same time needs MPI_THREAD_MULTIPLE:
+// check thread_level().
+//
+// Errors: MPI errors come back as Status (communicators use MPI_ERRORS_RETURN), code unavailable
+// with MPI's error string. Deadlines: only bcast_buckets (and drain) take one; the other
+// collectives block like MPI does.
+//
+// Poisoning: MPI cannot cancel a collective. After bcast_buckets fails (timeout, or on_bucket
+// threw) this rank has broadcasts posted that its peers may never match, so the communicator is out
+// of step and must not be reused: the group is poisoned() and every later collective on it returns
+// unavailable. The posted broadcasts still own the buffer: MPI may write into it (receivers) or read
+// it (root) until they complete, so keep `data` alive until drain() returns ok or the process ends.
+// Ways out: drain(timeout) (completes the posted broadcasts if the root catches up late), then drop
+// the group; or abort_group() to end the whole MPI job (the launcher restarts it). A sub-group
+// destroyed with undrained broadcasts leaks its communicator on purpose (freeing it is unsafe).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/status.h"
+
+namespace zr {
+
+class MpiGroup {
+ public:
+  enum class ThreadLevel { single, funneled, serialized, multiple };
+  static constexpr size_t kDefaultBucketBytes = size_t{64} << 20;
+  static constexpr int kNoColor = -1;  // split(): this rank joins no sub-group
+
+  // MPI_Init_thread asking for MPI_THREAD_MULTIPLE; fails (unsupported) below SERIALIZED. If MPI
+  // was already initialized by someone else, wraps MPI_COMM_WORLD and never finalizes. A second
+  // init() while a world group is alive fails (invalid_argument).
+  static Result<MpiGroup> init(int* argc, char*** argv);
+
+  MpiGroup(MpiGroup&& other) noexcept;
+  MpiGroup& operator=(MpiGroup&& other) noexcept;
+  MpiGroup(const MpiGroup&) = delete;
+  MpiGroup& operator=(const MpiGroup&) = delete;
+  ~MpiGroup();
+
+  bool valid() const;      // false for a moved-from group or a kNoColor split result
+  int rank() const;        // in this group (-1 if !valid())
+  int size() const;        // of this group (0 if !valid())
+  int world_rank() const;  // this process in MPI_COMM_WORLD
+  ThreadLevel thread_level() const;  // what MPI provided
+  static const char* thread_level_name(ThreadLevel level);
+
+  // Collective over this group: ranks with the same color form a sub-group, ordered by (key,
+  // rank). color kNoColor (or any negative) gives an invalid (empty) group to this rank.
+  Result<MpiGroup> split(int color, int key);
+
+  // Collective: every rank contributes `local`; every rank gets all of them, indexed by rank.
+  // Used at start-up so every rank learns each rank's ZeroMQ endpoint and role.
+  Result<std::vector<std::string>> allgather_strings(const std::string& local);
+
+  Status barrier();
+
+  // In-place sum of n floats over the group (tensor-parallel partial sums).
+  Status allreduce_sum(float* data, size_t n);
+
+  // Root's `value` replaces `value` on every other rank (metadata: update_weights headers).
+  Status bcast_small(std::string& value, int root);
+
+  // on_bucket(offset, length): a bucket of the transfer [offset, offset + length) is complete on
+  // this rank (received, or on the root sent) and may be read (e.g. checksummed).
+  using BucketCallback = std::function<void(size_t offset, size_t length)>;
+
+  // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank, cut into buckets of
+  // bucket_bytes (a multiple of 64, at most 1 GiB), one MPI_Ibcast each, at most 2 posted and
+  // not yet consumed, so bucket k+1 arrives while on_bucket(k) runs. on_bucket is called on the
+  // calling thread, in bucket order, once per bucket, on every rank (root included); it must not
+  // throw (if it does: the group is poisoned, the exception propagates). All ranks pass the same
+  // bytes, root and bucket_bytes.
+  // Deadline: `timeout` bounds every wait for progress (the next bucket completing, counted from
+  // the previous one or from the call): a stalled transfer fails within `timeout` of stalling with
+  // ErrorCode::timeout, e.g. "broadcast of bucket 3/8 (64 MiB at offset 134217728) from rank 0 did
+  // not complete within 30000 ms", and the group is poisoned (see above). A transfer that keeps
+  // moving never times out, however large. Never hangs: the call returns by then.
+  Status bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes = kDefaultBucketBytes,
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
+                       const BucketCallback& on_bucket = {});
+
+  // Collective: one plain blocking MPI_Bcast of the whole buffer (in 1 GiB pieces): no deadline, no
+  // pipeline, hangs if a peer never calls. The baseline bcast_buckets is measured against
+  // (bench/bench_weight_sync.cpp); prefer bcast_buckets for weights.
+  Status bcast_blocking(void* data, size_t bytes, int root);
+
+  // After a failed bcast_buckets: waits up to `timeout` for the broadcasts this rank had posted to
+  // complete (ok: MPI no longer uses the buffer; timeout: it still may). The group stays poisoned.
+  Status drain(std::chrono::milliseconds timeout);
+  bool poisoned() const;
+  const std::string& poison_reason() const;
+
+  // Ends the whole MPI job (MPI_Abort with `code`): the way out when a peer is stuck for good.
+  [[noreturn]] void abort_group(int code);
+
+ private:
+  struct Impl;
+  explicit MpiGroup(std::unique_ptr<Impl> impl);
+  Status usable(const char* what) const;
+  Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes,
+                             std::chrono::milliseconds timeout, const BucketCallback& on_bucket);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zr

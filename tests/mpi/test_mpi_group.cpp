@@ -1,0 +1,197 @@
+// MpiGroup collectives under mpirun (np = 2 and 4): endpoint exchange, split by role, barrier,
+// allreduce, small broadcast, and bcast_buckets with per-bucket checksums.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "comm/checksum.h"
+#include "tests/mpi/mpi_test_env.h"
+
+namespace zr {
+namespace {
+
+using std::chrono::milliseconds;
+using testing::world;
+
+// Deterministic pseudo-random bytes (xorshift64*), fast enough for hundreds of MiB.
+void fill_random(std::vector<char>& buf, uint64_t seed) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  size_t words = buf.size() / 8;
+  for (size_t i = 0; i < words; ++i) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    uint64_t v = x * 0x2545F4914F6CDD1Dull;
+    std::memcpy(buf.data() + 8 * i, &v, 8);
+  }
+  for (size_t i = words * 8; i < buf.size(); ++i) buf[i] = static_cast<char>(i * 13 + seed);
+}
+
+std::string endpoint_of(int rank) {
+  return "role=" + std::string(rank == 0 ? "trainer" : "rollout") + " ep=tcp://10.0.0." + std::to_string(rank) +
+         ":" + std::to_string(5555 + rank);
+}
+
+TEST(MpiGroup, WorldBasics) {
+  EXPECT_TRUE(world().valid());
+  EXPECT_GE(world().size(), 2);
+  EXPECT_EQ(world().rank(), world().world_rank());
+  EXPECT_GE(world().thread_level(), MpiGroup::ThreadLevel::serialized);
+  EXPECT_FALSE(world().poisoned());
+}
+
+TEST(MpiGroup, AllgatherEndpoints) {
+  auto all = world().allgather_strings(endpoint_of(world().rank()));
+  ASSERT_TRUE(all.ok()) << all.status().to_string();
+  ASSERT_EQ(static_cast<int>(all->size()), world().size());
+  for (int r = 0; r < world().size(); ++r) EXPECT_EQ((*all)[static_cast<size_t>(r)], endpoint_of(r));
+  // Empty and binary strings survive too.
+  std::string mine = world().rank() % 2 ? std::string() : std::string("a\0b", 3);
+  auto mixed = world().allgather_strings(mine);
+  ASSERT_TRUE(mixed.ok());
+  for (int r = 0; r < world().size(); ++r)
+    EXPECT_EQ((*mixed)[static_cast<size_t>(r)], r % 2 ? std::string() : std::string("a\0b", 3));
+}
+
+TEST(MpiGroup, SplitByRole) {
+  const int rank = world().rank(), size = world().size();
+  const bool trainer = rank == 0;
+  auto sub = world().split(trainer ? 0 : 1, rank);
+  ASSERT_TRUE(sub.ok()) << sub.status().to_string();
+  ASSERT_TRUE(sub->valid());
+  EXPECT_EQ(sub->size(), trainer ? 1 : size - 1);
+  EXPECT_EQ(sub->rank(), trainer ? 0 : rank - 1);
+  EXPECT_EQ(sub->world_rank(), rank);
+  // A collective inside the role group sees only its members, in key order.
+  auto members = sub->allgather_strings(std::to_string(rank));
+  ASSERT_TRUE(members.ok());
+  for (int i = 0; i < sub->size(); ++i)
+    EXPECT_EQ((*members)[static_cast<size_t>(i)], std::to_string(trainer ? 0 : i + 1));
+  // Reversed keys reverse the order.
+  auto reversed = world().split(0, size - rank);
+  ASSERT_TRUE(reversed.ok());
+  EXPECT_EQ(reversed->rank(), size - 1 - rank);
+}
+
+TEST(MpiGroup, SplitWithNoColorGivesAnInvalidGroup) {
+  const bool out = world().rank() % 2 == 1;
+  auto sub = world().split(out ? MpiGroup::kNoColor : 0, 0);
+  ASSERT_TRUE(sub.ok());
+  EXPECT_EQ(sub->valid(), !out);
+  if (out) {
+    EXPECT_EQ(sub->size(), 0);
+    EXPECT_EQ(sub->barrier().code, ErrorCode::invalid_argument);
+  } else {
+    EXPECT_TRUE(sub->barrier().ok());
+  }
+}
+
+TEST(MpiGroup, BarrierAndAllreduceSum) {
+  ASSERT_TRUE(world().barrier().ok());
+  const int size = world().size();
+  std::vector<float> v(1000);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(world().rank() + 1) + 0.5f * static_cast<float>(i);
+  ASSERT_TRUE(world().allreduce_sum(v.data(), v.size()).ok());
+  const float ranks_sum = static_cast<float>(size * (size + 1) / 2);
+  for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], ranks_sum + 0.5f * static_cast<float>(i) * size) << i;
+}
+
+TEST(MpiGroup, BcastSmall) {
+  const int root = world().size() - 1;
+  std::string meta = world().rank() == root ? std::string("{\"version\":7,\"tensors\":[\0]}", 26) : "stale";
+  ASSERT_TRUE(world().bcast_small(meta, root).ok());
+  EXPECT_EQ(meta, std::string("{\"version\":7,\"tensors\":[\0]}", 26));
+  std::string empty = world().rank() == 0 ? "" : "not empty";
+  ASSERT_TRUE(world().bcast_small(empty, 0).ok());
+  EXPECT_EQ(empty, "");
+  EXPECT_EQ(world().bcast_small(meta, world().size()).code, ErrorCode::invalid_argument);
+}
+
+// Root sends per-bucket checksums as metadata; every rank checks each bucket in on_bucket.
+void bucketed_roundtrip(size_t bytes, size_t bucket, int root, uint64_t seed) {
+  const bool is_root = world().rank() == root;
+  std::vector<char> buf(bytes, static_cast<char>(0x5A));
+  if (is_root) fill_random(buf, seed);
+  const size_t nbuckets = (bytes + bucket - 1) / bucket;
+  std::string expected;  // nbuckets checksums, 8 bytes each
+  if (is_root) {
+    for (size_t k = 0; k < nbuckets; ++k) {
+      uint64_t c = checksum64(buf.data() + k * bucket, std::min(bucket, bytes - k * bucket));
+      expected.append(reinterpret_cast<const char*>(&c), 8);
+    }
+  }
+  ASSERT_TRUE(world().bcast_small(expected, root).ok());
+  ASSERT_EQ(expected.size(), nbuckets * 8);
+  std::vector<size_t> offsets;
+  size_t bad = 0;
+  auto on_bucket = [&](size_t off, size_t len) {
+    offsets.push_back(off);
+    EXPECT_EQ(len, std::min(bucket, bytes - off));
+    uint64_t want;
+    std::memcpy(&want, expected.data() + 8 * (off / bucket), 8);
+    if (checksum64(buf.data() + off, len) != want) ++bad;
+  };
+  Status s = world().bcast_buckets(buf.data(), bytes, root, bucket, milliseconds(60000), on_bucket);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  EXPECT_EQ(bad, 0u) << "buckets with a checksum mismatch on rank " << world().rank();
+  ASSERT_EQ(offsets.size(), nbuckets);
+  for (size_t k = 0; k < nbuckets; ++k) EXPECT_EQ(offsets[k], k * bucket);
+  // The whole transfer is identical everywhere.
+  uint64_t total = checksum64_parallel(buf.data(), bytes, 2);
+  auto all = world().allgather_strings(std::to_string(total));
+  ASSERT_TRUE(all.ok());
+  for (const auto& c : *all) EXPECT_EQ(c, (*all)[0]);
+}
+
+TEST(MpiGroup, BcastBuckets200MiBIn16MiBBuckets) {
+  bucketed_roundtrip(size_t{200} << 20, size_t{16} << 20, 0, 1);
+}
+
+TEST(MpiGroup, BcastBucketsOddSizesAndRoots) {
+  const int last = world().size() - 1;
+  bucketed_roundtrip((size_t{1} << 20) + 13, size_t{64} << 10, last, 2);  // ragged last bucket
+  bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                        // one bucket, smaller
+  bucketed_roundtrip(3 * 4096, 4096, 0, 4);                                // exact multiple
+}
+
+TEST(MpiGroup, BcastBucketsZeroBytesCallsNothing) {
+  int calls = 0;
+  Status s = world().bcast_buckets(nullptr, 0, 0, MpiGroup::kDefaultBucketBytes, milliseconds(1000),
+                                   [&](size_t, size_t) { ++calls; });
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  EXPECT_EQ(calls, 0);
+}
+
+TEST(MpiGroup, BcastBucketsRejectsBadArgumentsOnEveryRank) {
+  std::vector<char> buf(4096);
+  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), world().size(), 1024, milliseconds(100)).code,
+            ErrorCode::invalid_argument);
+  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 100, milliseconds(100)).code,
+            ErrorCode::invalid_argument);
+  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 1024, milliseconds(0)).code,
+            ErrorCode::invalid_argument);
+  EXPECT_FALSE(world().poisoned());
+  EXPECT_TRUE(world().barrier().ok());
+}
+
+TEST(MpiGroup, OnBucketExceptionPropagatesAndPoisonsTheGroup) {
+  auto sub = world().split(0, world().rank());
+  ASSERT_TRUE(sub.ok());
+  std::vector<char> buf(4 * 4096);
+  // Every rank throws at bucket 0 of 4: each posted 2 broadcasts, matched everywhere.
+  EXPECT_THROW(sub->bcast_buckets(buf.data(), buf.size(), 0, 4096, milliseconds(10000),
+                                  [](size_t, size_t) { throw std::runtime_error("verify failed"); }),
+               std::runtime_error);
+  EXPECT_TRUE(sub->poisoned());
+  EXPECT_TRUE(sub->drain(milliseconds(10000)).ok());
+  Status again = sub->barrier();
+  EXPECT_EQ(again.code, ErrorCode::unavailable);
+  EXPECT_NE(again.message.find("on_bucket threw"), std::string::npos) << again.message;
+  EXPECT_TRUE(world().barrier().ok());
+}
+
+}  // namespace
+}  // namespace zr

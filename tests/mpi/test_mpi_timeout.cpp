@@ -1,0 +1,104 @@
+// bcast_buckets deadlines under mpirun (np = 2 and 3). MPI cannot cancel a collective, so each
+// test runs on its own sub-group, lets one side time out, then has the late side call after all
+// so the timed-out side can drain() its posted broadcasts and every rank leaves cleanly.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tests/mpi/mpi_test_env.h"
+
+namespace zr {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using testing::world;
+
+constexpr size_t kBucket = size_t{1} << 20;  // above the shared-memory eager limit: needs the peer
+constexpr size_t kBytes = 2 * kBucket;       // two buckets: a timed-out rank has posted both
+constexpr milliseconds kDeadline{300};
+constexpr milliseconds kGenerous{20000};
+
+std::vector<char> pattern() {
+  std::vector<char> v(kBytes);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<char>(i * 7 + 1);
+  return v;
+}
+
+// The side that waits in vain: times out within the deadline with a named diagnostic.
+void expect_timeout(MpiGroup& g, std::vector<char>& buf, int root) {
+  int calls = 0;
+  auto t0 = Clock::now();
+  Status s = g.bcast_buckets(buf.data(), buf.size(), root, kBucket, kDeadline, [&](size_t, size_t) { ++calls; });
+  auto waited = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+  EXPECT_EQ(s.code, ErrorCode::timeout) << s.to_string();
+  EXPECT_GE(waited.count(), kDeadline.count());
+  EXPECT_LT(waited.count(), kDeadline.count() + 5000) << "deadline overshot";
+  const std::string want =
+      "broadcast of bucket 1/2 (1 MiB at offset 0) from rank " + std::to_string(root) + " did not complete within 300 ms";
+  EXPECT_EQ(s.message, want);
+  EXPECT_EQ(calls, 0);
+  EXPECT_TRUE(g.poisoned());
+  EXPECT_EQ(g.barrier().code, ErrorCode::unavailable);  // refuses without touching MPI
+}
+
+TEST(MpiTimeout, ReceiversTimeOutWhenTheRootIsLateThenDrain) {
+  auto sub = world().split(0, world().rank());
+  ASSERT_TRUE(sub.ok());
+  const bool root = sub->rank() == 0;
+  std::vector<char> buf = root ? pattern() : std::vector<char>(kBytes, 0);
+  if (!root) expect_timeout(*sub, buf, 0);
+  ASSERT_TRUE(world().barrier().ok());  // every receiver has timed out
+  if (root) {
+    Status s = sub->bcast_buckets(buf.data(), buf.size(), 0, kBucket, kGenerous);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+  } else {
+    Status d = sub->drain(kGenerous);
+    EXPECT_TRUE(d.ok()) << d.to_string();
+    EXPECT_TRUE(buf == pattern()) << "the late broadcast landed in the buffer";
+    EXPECT_TRUE(sub->poisoned());  // still: out of step as far as this rank can know
+  }
+  ASSERT_TRUE(world().barrier().ok());
+}
+
+TEST(MpiTimeout, RootTimesOutWhenReceiversAreLateThenDrains) {
+  auto sub = world().split(0, world().rank());
+  ASSERT_TRUE(sub.ok());
+  const bool root = sub->rank() == 0;
+  std::vector<char> buf = root ? pattern() : std::vector<char>(kBytes, 0);
+  if (root) expect_timeout(*sub, buf, 0);
+  ASSERT_TRUE(world().barrier().ok());
+  if (root) {
+    Status d = sub->drain(kGenerous);
+    EXPECT_TRUE(d.ok()) << d.to_string();
+  } else {
+    Status s = sub->bcast_buckets(buf.data(), buf.size(), 0, kBucket, kGenerous);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    EXPECT_TRUE(buf == pattern());
+  }
+  ASSERT_TRUE(world().barrier().ok());
+}
+
+TEST(MpiTimeout, DrainItselfHasADeadline) {
+  auto sub = world().split(0, world().rank());
+  ASSERT_TRUE(sub.ok());
+  const bool root = sub->rank() == 0;
+  std::vector<char> buf = root ? pattern() : std::vector<char>(kBytes, 0);
+  if (!root) {
+    expect_timeout(*sub, buf, 0);
+    auto t0 = Clock::now();
+    Status d = sub->drain(milliseconds(200));  // root still absent
+    EXPECT_EQ(d.code, ErrorCode::timeout) << d.to_string();
+    EXPECT_LT(std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count(), 5000);
+  }
+  ASSERT_TRUE(world().barrier().ok());
+  if (root) EXPECT_TRUE(sub->bcast_buckets(buf.data(), buf.size(), 0, kBucket, kGenerous).ok());
+  else EXPECT_TRUE(sub->drain(kGenerous).ok());
+  ASSERT_TRUE(world().barrier().ok());
+}
+
+}  // namespace
+}  // namespace zr
