@@ -31,7 +31,9 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
   if (!w.ok()) return w.status();
   auto tok = Tokenizer::load(dir + "/tokenizer.model");
   if (!tok.ok()) return tok.status();
-  return std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));
+  auto eng = std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));
+  eng->model_dir_ = dir;
+  return eng;
 }
 
 Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
@@ -58,6 +60,7 @@ Status Engine::check_rid(const std::string& rid) const {
 }
 
 Status Engine::submit(GenerateRequest req) {
+  ZR_RETURN_IF_ERROR(serving_check());
   if (req.text && !req.input_ids.empty())
     return make_error(ErrorCode::invalid_argument, "text: give either text or input_ids, not both");
   std::shared_ptr<Session> session;
@@ -102,6 +105,7 @@ Status Engine::submit(GenerateRequest req) {
 }
 
 Status Engine::submit_score(ScoreRequest req) {
+  ZR_RETURN_IF_ERROR(serving_check());
   ZR_RETURN_IF_ERROR(validate_score(req, config()));
   ZR_RETURN_IF_ERROR(check_rid(req.rid));
   int total = static_cast<int>(req.input_ids.size() + req.completion_ids.size());
@@ -225,6 +229,8 @@ bool Engine::apply_token(Sequence& s, const SampledToken& t, StepOutputs& out) {
   const Request& r = *s.req;
   const SamplingParams& sp = r.gen.sampling_params;
   s.tokens.push_back(t.token);
+  auto& spans = s.meta.weight_version_spans;  // the weights that produced each token
+  if (spans.empty() || spans.back().version != weight_version_) spans.push_back({s.num_outputs() - 1, weight_version_});
   if (r.gen.return_logprob) {
     s.meta.output_token_logprobs.push_back(to_token_lp(t.token, t.logprob));
     if (r.gen.top_logprobs_num > 0) s.meta.output_top_logprobs.push_back(to_list(t.top));
@@ -278,7 +284,6 @@ void Engine::finish(Sequence& s, FinishReason why, StepOutputs& out) {
   m.prompt_tokens = s.prompt_len;
   m.completion_tokens = static_cast<int>(o.output_ids.size());
   m.weight_version = weight_version_;
-  m.weight_version_spans = {{0, weight_version_}};
   m.e2e_latency = std::chrono::duration<double>(Clock::now() - r.start).count();
   o.return_logprob = r.gen.return_logprob;
   o.has_top = r.gen.top_logprobs_num > 0;
@@ -338,6 +343,7 @@ std::unordered_set<int64_t> Engine::apply_results(std::vector<SampleJob>& jobs, 
 }
 
 void Engine::step(StepOutputs& out) {
+  maybe_commit(out);
   StepPlan plan = sched_.schedule();
   preemptions_ += static_cast<int64_t>(plan.preempted.size());
   drop_starved(plan, out);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "actors/scheduler.h"
+#include "actors/weight_staging.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/kv_cache.h"
@@ -39,6 +40,7 @@ struct StepOutputs {
   std::vector<ScoreOutput> scores;
   std::vector<StreamChunk> chunks;          // stream: true requests, what each sample gained
   std::vector<std::string> aborted_scores;  // score requests removed by abort()
+  std::vector<std::pair<int64_t, Status>> committed;  // weight updates committed (or failed) this step
   int tokens_processed = 0;  // rows through the forward this step
   int tokens_generated = 0;
 };
@@ -58,7 +60,25 @@ class Engine : private KvBudget {
   Status submit(GenerateRequest req);
   Status submit_score(ScoreRequest req);
   void step(StepOutputs& out);
-  bool idle() const { return sched_.idle(); }
+  bool idle() const { return sched_.idle() && !pending_update_; }
+
+  // ---- weights: versioned, atomic updates
+  struct UpdateOptions {
+    InFlightPolicy policy = InFlightPolicy::drain;
+    bool flush_cache = false;
+  };
+  // Queues verified weights; they commit between two steps per `policy`: drain (finish the running
+  // batch on the old weights, admit nothing new meanwhile), abort (running requests return partial
+  // outputs now, in `out`), continue (running requests keep their KV and go on with the new
+  // weights), recompute (running requests drop their KV and re-prefill on the new weights). Every
+  // commit appears in StepOutputs::committed. Errors: the version must grow; one update at a time.
+  Status request_update(StagedWeights w, UpdateOptions opt, StepOutputs& out);
+  bool update_pending() const { return pending_update_ != nullptr; }
+  const ModelWeights& weights() const { return weights_; }
+  const std::string& model_dir() const { return model_dir_; }
+  // release_memory / resume_memory. Releasing needs an idle engine; returns the bytes released.
+  Result<size_t> release_memory(bool weights, bool kv_cache);
+  Status resume_memory(bool weights, bool kv_cache);
 
   // Stops matching requests now: each sample returns its partial output with finish_reason abort
   // (in `out`). Returns the aborted rids.
@@ -81,6 +101,7 @@ class Engine : private KvBudget {
   struct Sequence;
   struct SampleJob;
   struct Session;
+  struct PendingUpdate;
 
   Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt);
   bool reserve(int64_t seq, int computed, int new_len) override;
@@ -99,6 +120,8 @@ class Engine : private KvBudget {
   void detach_session(Sequence& s, bool keep_kv);
   bool evict_idle_session();
   void abort_sequence(Sequence& s, StepOutputs& out);
+  void maybe_commit(StepOutputs& out);
+  Status serving_check() const;
   void finish(Sequence& s, FinishReason why, StepOutputs& out);
   void finish_score(Sequence& s, StepOutputs& out);
   void drop_starved(const StepPlan& plan, StepOutputs& out);
@@ -121,6 +144,9 @@ class Engine : private KvBudget {
   int64_t next_seq_id_ = 0;
   int64_t weight_version_ = 0;
   int64_t preemptions_ = 0;
+  std::unique_ptr<PendingUpdate> pending_update_;
+  std::string model_dir_;
+  bool weights_released_ = false, kv_released_ = false;
 };
 
 }  // namespace zr

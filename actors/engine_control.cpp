@@ -116,6 +116,10 @@ Status Engine::attach_session(GenerateRequest& req, std::shared_ptr<Session>& se
   if (req.sampling_params.n != 1)
     return make_error(ErrorCode::invalid_argument, "sampling_params.n: must be 1 in a session");
   session = it->second;
+  if (session->kv_version != weight_version_) {  // KV from other weights is never reused
+    kv_->free_table(session->table);
+    session->computed = 0;
+  }
   const int prior = static_cast<int>(session->tokens.size());
   if (req.logprob_start_len >= 0) req.logprob_start_len += prior;  // relative to this turn's input
   std::vector<int> full = session->tokens;
@@ -135,6 +139,7 @@ void Engine::detach_session(Sequence& s, bool keep_kv) {
     ses.table = std::move(s.table);
     s.table.clear();
     ses.computed = static_cast<int>(ses.tokens.size()) - 1;  // the last sampled token has no KV yet
+    ses.kv_version = weight_version_;
   } else {
     ses.computed = 0;
   }

@@ -19,6 +19,7 @@ struct Engine::Session {
   std::vector<int> tokens;
   std::vector<int> table;  // KV blocks; empty after flush_cache (the next turn recomputes)
   int computed = 0;
+  int64_t kv_version = 0;  // weights that computed the KV; other versions never reuse it
   bool busy = false;       // a turn is in flight
   Clock::time_point last_used;
 };
@@ -62,6 +63,11 @@ struct Engine::Sequence {
   size_t streamed_text = 0;  // bytes of text already sent in stream chunks
   size_t streamed_ids = 0;   // output ids already sent
   int num_outputs() const { return static_cast<int>(tokens.size()) - prompt_len; }
+};
+
+struct Engine::PendingUpdate {
+  StagedWeights weights;
+  UpdateOptions opt;
 };
 
 struct Engine::SampleJob {

@@ -30,6 +30,7 @@ RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, Rollout
   actor_.set_tick([this] { return tick(); });
   actor_.set_on_stop([this] { drain_on_stop(); });
   register_handlers();
+  register_weight_handlers();
 }
 
 RolloutActor::~RolloutActor() { actor_.stop(); }
@@ -146,7 +147,8 @@ void RolloutActor::on_abort(Frame& f, const ReplyTo& from) {
 }
 
 bool RolloutActor::tick() {
-  if (engine_->idle()) return false;
+  if (weight_job_) poll_weight_job();
+  if (engine_->idle()) return weight_job_ != nullptr;
   StepOutputs out;
   engine_->step(out);
   if (out.tokens_generated > 0) generated_.emplace_back(SteadyClock::now(), out.tokens_generated);
@@ -155,6 +157,7 @@ bool RolloutActor::tick() {
 }
 
 void RolloutActor::route(StepOutputs& out) {
+  for (const auto& c : out.committed) on_committed(c);
   for (const StreamChunk& ch : out.chunks) {
     auto it = call_of_rid_.find(ch.rid);
     if (it != call_of_rid_.end()) actor_.send(it->second->to, "generate.chunk", wire::encode_chunk(it->second->req_id, ch));

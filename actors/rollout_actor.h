@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <deque>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -26,6 +27,7 @@ struct RolloutActorOptions {
   std::string name = "rollout";
   std::optional<int> rank;
   std::string model_path;  // reported by get_model_info
+  int weight_rank = 0;     // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
 };
 
@@ -54,7 +56,23 @@ class RolloutActor {
     Status error;     // set when a score of the call was aborted
   };
 
+  // A weight update between its message and its ack: staged on a worker thread (generation goes
+  // on meanwhile), then handed to the engine, which commits it at a step boundary.
+  struct WeightJob {
+    UpdateWeightsCall call;
+    ReplyTo to;
+    std::future<Result<StagedWeights>> staged;
+    std::chrono::steady_clock::time_point start, staged_at;
+    uint64_t bytes = 0;
+    int zero_copy = 0;
+    bool handed_to_engine = false;
+  };
+
   void register_handlers();
+  void register_weight_handlers();
+  void on_update_weights(Frame& f, const ReplyTo& from);
+  void poll_weight_job();
+  void on_committed(const std::pair<int64_t, Status>& c);
   void on_generate(Frame& f, const ReplyTo& from);
   void on_score(Frame& f, const ReplyTo& from);
   void on_abort(Frame& f, const ReplyTo& from);
@@ -70,6 +88,7 @@ class RolloutActor {
   Actor actor_;
   std::unordered_map<std::string, std::shared_ptr<Call>> call_of_rid_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, int>> generated_;  // for tokens_per_s
+  std::unique_ptr<WeightJob> weight_job_;  // at most one update at a time
 };
 
 }  // namespace zr

@@ -18,7 +18,7 @@ void Scheduler::add(int64_t id, int total, int computed) {
 
 void Scheduler::add_running(int64_t id, int computed, int total, int64_t arrival) {
   ZR_CHECK(!seqs_.count(id));
-  seqs_[id] = Seq{computed, total, arrival, 0};
+  seqs_[id] = Seq{computed, total, arrival, 0, true};
   auto pos = std::upper_bound(running_.begin(), running_.end(), seqs_[id].arrival,
                               [this](int64_t a, int64_t other) { return a < seqs_.at(other).arrival; });
   running_.insert(pos, id);
@@ -73,21 +73,39 @@ StepPlan Scheduler::schedule() {
     }
     ++i;
   }
-  while (!waiting_.empty() && budget > 0 && static_cast<int>(running_.size()) < cfg_.max_running) {
-    int64_t id = waiting_.front();
+  for (auto it = waiting_.begin(); it != waiting_.end() && budget > 0 &&
+                                   static_cast<int>(running_.size()) < cfg_.max_running;) {
+    int64_t id = *it;
     Seq& s = seqs_[id];
+    if (!admit_ && !s.ran) {  // closed for new work: look further for preempted sequences
+      ++it;
+      continue;
+    }
     int take = take_for(s, budget);
     if (!budget_->reserve(id, s.computed, s.computed + take)) {
       if (running_.empty()) plan.starved.push_back(id);
       break;  // FIFO: later arrivals do not overtake a request waiting for memory
     }
-    waiting_.pop_front();
+    it = waiting_.erase(it);
     running_.push_back(id);
     s.scheduled = take;
+    s.ran = true;
     budget -= take;
     plan.seqs.push_back({id, s.computed, take});
   }
   return plan;
+}
+
+std::vector<int64_t> Scheduler::preempt_all() {
+  std::vector<int64_t> ids = running_;
+  StepPlan scratch;
+  int budget = 0;
+  while (!running_.empty()) preempt(running_.back(), scratch, budget);
+  return ids;
+}
+
+bool Scheduler::is_running(int64_t id) const {
+  return std::find(running_.begin(), running_.end(), id) != running_.end();
 }
 
 void Scheduler::update_from_output(const std::vector<SeqUpdate>& updates) {

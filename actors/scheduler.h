@@ -68,6 +68,12 @@ class Scheduler {
   void remove(int64_t id);
 
   StepPlan schedule();
+  // While admission is closed (a drain before a weight update), sequences that never ran stay
+  // waiting; ones that already ran (preempted) may come back so the running batch can finish.
+  void set_admit(bool open) { admit_ = open; }
+  // Releases the KV of every running sequence (they recompute from their tokens); returns them.
+  std::vector<int64_t> preempt_all();
+  bool is_running(int64_t id) const;
   void update_from_output(const std::vector<SeqUpdate>& updates);
 
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -81,6 +87,7 @@ class Scheduler {
     int total = 0;
     int64_t arrival = 0;
     int scheduled = 0;  // tokens planned in the current step
+    bool ran = false;   // admitted at least once
   };
   int take_for(const Seq& s, int budget) const;
   void preempt(int64_t victim, StepPlan& plan, int& budget);
@@ -91,6 +98,7 @@ class Scheduler {
   std::vector<int64_t> running_;  // arrival order
   std::deque<int64_t> waiting_;   // arrival order
   int64_t next_arrival_ = 0;
+  bool admit_ = true;
 };
 
 }  // namespace zr

@@ -11,6 +11,8 @@
 #include <variant>
 #include <vector>
 
+#include "comm/weight_transfer.h"
+
 namespace zr {
 
 enum class LogprobMode { default_mode, raw, processed };
@@ -225,5 +227,68 @@ struct SimpleReply {  // replies that carry only an acknowledgement and one opti
   std::string session_id;
   int64_t value = 0;
 };
+
+// ---- Weight operations
+
+// op "update_weights" -> "update_weights.reply" (UpdateWeightsReply) or "error" naming the tensor
+// and the rank. The bytes never travel in this message: path broadcast (MPI buckets from the
+// trainer rank), ipc (a POSIX shared-memory segment named shm_name), disk (a checkpoint folder).
+struct UpdateWeightsCall {
+  uint64_t req_id = 0;
+  int64_t version = 0;          // must be greater than the serving version
+  std::string path;             // "broadcast" | "ipc" | "disk"
+  std::vector<TensorMeta> tensors;  // broadcast / ipc: what arrives, in transfer order
+  std::string in_flight = "drain";  // "drain" | "abort" | "continue" | "recompute"
+  bool flush_cache = false;
+  std::string shm_name;         // ipc
+  uint64_t shm_bytes = 0;       // ipc: size of the segment
+  std::string disk_path;        // disk
+  uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
+  int root = 0;                 // broadcast: the sender's rank in the weight group
+};
+struct UpdateWeightsReply {
+  uint64_t req_id = 0;
+  int64_t version = 0;     // now serving
+  uint64_t bytes = 0;      // bytes received and verified
+  double stage_seconds = 0;   // receive + verify
+  double commit_seconds = 0;  // waiting for the step boundary (drain: the running batch) + swap
+  int zero_copy_tensors = 0;  // tensors served in place from the transfer buffer
+};
+
+// op "get_weight_version" {req_id} -> "get_weight_version.reply" {req_id, version}
+struct WeightVersionReply {
+  uint64_t req_id = 0;
+  int64_t version = 0;
+};
+
+// op "get_weights_checksum" {req_id, names?} -> "get_weights_checksum.reply"
+struct TensorChecksum {
+  std::string name;
+  std::string dtype;   // as served (matrices keep f32/bf16; norms and biases are f32)
+  uint64_t checksum = 0;  // checksum64 of the served bytes
+};
+struct WeightsChecksumCall {
+  uint64_t req_id = 0;
+  std::vector<std::string> names;  // empty: every tensor
+};
+struct WeightsChecksumReply {
+  uint64_t req_id = 0;
+  int rank = 0;
+  int64_t version = 0;
+  std::vector<TensorChecksum> tensors;
+};
+
+// op "release_memory" / "resume_memory" {req_id, tags: ["weights", "kv_cache"]}
+//   -> "<op>.reply" {req_id, bytes} (bytes released; 0 for resume)
+struct MemoryCall {
+  uint64_t req_id = 0;
+  std::vector<std::string> tags;
+};
+struct MemoryReply {
+  uint64_t req_id = 0;
+  uint64_t bytes = 0;
+};
+
+// op "shutdown" {req_id} -> "shutdown.reply" {req_id}; the server drains and exits 0.
 
 }  // namespace zr

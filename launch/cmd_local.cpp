@@ -190,7 +190,7 @@ void Driver::summary(const std::string& model) const {
               errors_);
   std::printf("  %-10s %-9s %-13s %-10s\n", "engine", "requests", "generated tok", "share");
   for (size_t i = 0; i < engines_.size(); ++i)
-    std::printf("  %-10zu %-9d %-13lld %-9.0f%%\n", i, engines_[i].requests, static_cast<long long>(engines_[i].tokens),
+    std::printf("  %-10zu %-9d %-13lld %3.0f%%\n", i, engines_[i].requests, static_cast<long long>(engines_[i].tokens),
                 100.0 * engines_[i].tokens / std::max<int64_t>(1, tokens_));
 }
 

@@ -12,5 +12,6 @@ void add_score(CLI::App& app);
 void add_serve(CLI::App& app);
 void add_client(CLI::App& app);
 void add_local(CLI::App& app);
+void add_trainer(CLI::App& app);
 
 }  // namespace zr::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   zr::cli::add_serve(app);
   zr::cli::add_client(app);
   zr::cli::add_local(app);
+  zr::cli::add_trainer(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -43,6 +43,12 @@ float* KvCache::values(int layer, int block) {
   return data_ + layer * layer_stride + half + static_cast<size_t>(block) * block_size_ * kv_dim_;
 }
 
+size_t KvCache::release_pages() {
+  ZR_CHECK(num_used() == 0);
+  madvise(data_, bytes_, MADV_DONTNEED);
+  return bytes_;
+}
+
 int KvCache::allocate() {
   if (free_.empty()) return -1;
   int b = free_.back();

@@ -51,6 +51,10 @@ class KvCache {
   // New table sharing all blocks of `table` (refcounts + 1).
   std::vector<int> share(const std::vector<int>& table);
 
+  // Returns the pool's pages to the OS (release_memory kv_cache); every block must be free. The
+  // pool stays mapped and pages come back zeroed on first use.
+  size_t release_pages();
+
   float* keys(int layer, int block);    // (kv_dim, block_size)
   float* values(int layer, int block);  // (block_size, kv_dim)
 

@@ -216,4 +216,19 @@ size_t ModelWeights::total_bytes() const {
   return n;
 }
 
+size_t ModelWeights::release_all() {
+  size_t bytes = total_bytes();
+  for (Weight& w : weights_) {
+    w.data = nullptr;
+    w.owner.reset();
+  }
+  return bytes;
+}
+
+bool ModelWeights::complete() const {
+  for (size_t i = 0; i < specs_.size(); ++i)
+    if (!weights_[i].data && !(specs_[i].optional && cfg_.tie_word_embeddings)) return false;
+  return true;
+}
+
 }  // namespace zr

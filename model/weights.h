@@ -81,6 +81,10 @@ class ModelWeights {
   // Swaps in already-validated weights by name (all or nothing). Keeps lm_head tied to embed.
   Status replace(const std::vector<std::pair<std::string, Weight>>& staged);
   size_t total_bytes() const;
+  // Drops every weight's bytes (the registry stays, so updates can still be validated and staged);
+  // returns the bytes released. complete() is false until every required tensor has bytes again.
+  size_t release_all();
+  bool complete() const;
 
  private:
   void bind_tied_head();

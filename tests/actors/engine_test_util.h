@@ -56,7 +56,9 @@ inline void expect_identical(const SampleOutput& a, const SampleOutput& b, const
     const auto& x = a.meta_info.input_token_logprobs[i].logprob;
     const auto& y = b.meta_info.input_token_logprobs[i].logprob;
     ASSERT_EQ(x.has_value(), y.has_value());
-    if (x) ASSERT_TRUE(same_bits(*x, *y)) << what << " input " << i;
+    if (x) {
+      ASSERT_TRUE(same_bits(*x, *y)) << what << " input " << i;
+    }
   }
 }
 

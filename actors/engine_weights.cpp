@@ -1,0 +1,90 @@
+// Weight updates and memory release on the engine: what commits when, and what in-flight requests
+// see. The bytes were staged and verified before (actors/weight_staging); this file only decides
+// the moment of the swap, which is always between two steps.
+#include <spdlog/spdlog.h>
+
+#include "actors/engine_state.h"
+
+namespace zr {
+
+Status Engine::serving_check() const {
+  if (weights_released_) return make_error(ErrorCode::unavailable, "weights are released: resume_memory first");
+  if (kv_released_) return make_error(ErrorCode::unavailable, "kv_cache is released: resume_memory first");
+  return {};
+}
+
+Status Engine::request_update(StagedWeights w, UpdateOptions opt, StepOutputs& out) {
+  if (pending_update_)
+    return make_error(ErrorCode::unavailable, "version: update to " + std::to_string(pending_update_->weights.version) +
+                                                  " is still pending");
+  if (w.version <= weight_version_)
+    return make_error(ErrorCode::invalid_argument, "version: " + std::to_string(w.version) +
+                                                       " must be greater than the serving version " +
+                                                       std::to_string(weight_version_));
+  if (opt.policy == InFlightPolicy::abort) {
+    std::vector<std::string> running;
+    for (const auto& [id, s] : seqs_)
+      if (sched_.is_running(id)) running.push_back(s->req->is_score ? s->req->score.rid : s->req->gen.rid);
+    for (const auto& rid : running) abort(AbortCall{0, rid, "", false}, out);
+  }
+  if (opt.policy == InFlightPolicy::drain) sched_.set_admit(false);
+  pending_update_ = std::make_unique<PendingUpdate>(PendingUpdate{std::move(w), opt});
+  maybe_commit(out);  // nothing running: commit now
+  return {};
+}
+
+// Commits the pending update if its policy allows it at this step boundary.
+void Engine::maybe_commit(StepOutputs& out) {
+  if (!pending_update_) return;
+  PendingUpdate& u = *pending_update_;
+  if (u.opt.policy == InFlightPolicy::drain && sched_.num_running() > 0) return;
+  Status st = weights_.replace(u.weights.tensors);
+  if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
+  if (st.ok()) {
+    weight_version_ = u.weights.version;
+    if (u.opt.policy == InFlightPolicy::recompute) preemptions_ += static_cast<int64_t>(sched_.preempt_all().size());
+    if (u.opt.flush_cache) flush_cache();
+    for (auto& [id, ses] : sessions_)  // idle sessions' KV belongs to the old weights
+      if (!ses->busy) {
+        kv_->free_table(ses->table);
+        ses->computed = 0;
+      }
+    spdlog::info("weights: version {} committed ({} tensors, {:.1f} MiB, in-flight policy {})", weight_version_,
+                 u.weights.tensors.size(), u.weights.bytes / 1048576.0, static_cast<int>(u.opt.policy));
+  }
+  sched_.set_admit(true);
+  out.committed.emplace_back(u.weights.version, st);
+  pending_update_.reset();
+}
+
+Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
+  if (!idle())
+    return make_error(ErrorCode::unavailable, "release_memory: requests are in flight (abort or let them finish)");
+  size_t bytes = 0;
+  if (kv_cache && !kv_released_) {
+    while (evict_idle_session()) {
+    }
+    bytes += kv_->release_pages();
+    kv_released_ = true;
+  }
+  if (weights && !weights_released_) {
+    bytes += weights_.release_all();
+    weights_released_ = true;
+  }
+  return bytes;
+}
+
+Status Engine::resume_memory(bool weights, bool kv_cache) {
+  if (kv_cache) kv_released_ = false;
+  if (weights && weights_released_) {
+    if (!weights_.complete()) {  // nothing pushed meanwhile: reload the checkpoint
+      auto staged = stage_from_disk(weights_, model_dir_, weight_version_);
+      if (!staged.ok()) return staged.status();
+      ZR_RETURN_IF_ERROR(weights_.replace(staged->tensors));
+    }
+    weights_released_ = false;
+  }
+  return {};
+}
+
+}  // namespace zr

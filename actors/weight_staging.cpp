@@ -1,0 +1,113 @@
+#include "actors/weight_staging.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "comm/checksum.h"
+
+namespace zr {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+const TensorSpec* spec_of(const ModelWeights& w, const std::string& name) {
+  for (const TensorSpec& s : w.specs())
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+// Copies `w` into a heap buffer of dtype `want` (bf16 <-> f32).
+Weight convert(const Weight& w, DType want) {
+  size_t n = w.nbytes() / dtype_size(w.dtype);
+  auto buf = std::shared_ptr<uint8_t[]>(new uint8_t[n * dtype_size(want)]);
+  if (want == DType::f32) {
+    float* out = reinterpret_cast<float*>(buf.get());
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(w.bf16()[i]);
+  } else {
+    uint16_t* out = reinterpret_cast<uint16_t*>(buf.get());
+    for (size_t i = 0; i < n; ++i) out[i] = f32_to_bf16(w.f32()[i]);
+  }
+  Weight c;
+  c.dtype = want;
+  c.shape = w.shape;
+  c.data = buf.get();
+  c.owner = std::shared_ptr<const void>(buf, buf.get());
+  return c;
+}
+
+}  // namespace
+
+Status validate_update_meta(const ModelWeights& current, const std::vector<TensorMeta>& metas, uint64_t buffer_bytes) {
+  if (metas.empty()) return make_error(ErrorCode::invalid_argument, "tensors: empty update");
+  std::unordered_set<std::string> seen;
+  for (const TensorMeta& m : metas) {
+    const TensorSpec* spec = spec_of(current, m.name);
+    if (!spec) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": not a tensor of this model");
+    if (!seen.insert(m.name).second) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": listed twice");
+    if (m.shape != spec->shape)
+      return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": expected shape " + shape_str(spec->shape) +
+                                                        ", got " + shape_str(m.shape));
+    auto dt = dtype_from_name(m.dtype);
+    if (!dt) return make_error(ErrorCode::unsupported, "tensor " + m.name + ": dtype '" + m.dtype + "'");
+    uint64_t numel = 1;
+    for (int64_t d : m.shape) numel *= static_cast<uint64_t>(d);
+    if (m.nbytes != numel * dtype_size(*dt))
+      return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": nbytes " + std::to_string(m.nbytes) +
+                                                        " does not match dtype and shape");
+    if (m.offset + m.nbytes > buffer_bytes || m.offset + m.nbytes < m.offset)
+      return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": bytes outside the transfer");
+  }
+  return {};
+}
+
+Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
+                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version) {
+  StagedWeights out;
+  out.version = version;
+  for (const TensorMeta& m : metas) {
+    const uint8_t* p = base + m.offset;
+    if (uint64_t sum = checksum64(p, m.nbytes); sum != m.checksum)
+      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
+                                                          " != " + std::to_string(m.checksum));
+    TensorView view{m.name, *dtype_from_name(m.dtype), m.shape, p, m.nbytes, owner};
+    auto w = ModelWeights::make_weight(*spec_of(current, m.name), view);
+    if (!w.ok()) return w.status();
+    const Weight* cur = current.find(m.name);
+    Weight staged = std::move(w).value();
+    if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
+    out.zero_copy += staged.data == p;
+    out.bytes += m.nbytes;
+    out.tensors.emplace_back(m.name, std::move(staged));
+  }
+  return out;
+}
+
+Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version) {
+  auto cfg = ModelConfig::from_dir(dir);
+  if (!cfg.ok()) return cfg.status();
+  auto loaded = ModelWeights::load_dir(*cfg, dir);
+  if (!loaded.ok()) return loaded.status();
+  StagedWeights out;
+  out.version = version;
+  for (const TensorSpec& s : loaded->specs()) {
+    const TensorSpec* mine = spec_of(current, s.name);
+    if (!mine) return make_error(ErrorCode::weight_mismatch, "tensor " + s.name + ": not a tensor of this model");
+    if (mine->shape != s.shape)
+      return make_error(ErrorCode::weight_mismatch, "tensor " + s.name + ": expected shape " + shape_str(mine->shape) +
+                                                        ", got " + shape_str(s.shape) + " in " + dir);
+    const Weight& w = loaded->get(s.role, s.layer);
+    const Weight* cur = current.find(s.name);
+    Weight staged = w;
+    if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
+    out.bytes += staged.nbytes();
+    out.tensors.emplace_back(s.name, std::move(staged));
+  }
+  return out;
+}
+
+}  // namespace zr

@@ -1,0 +1,39 @@
+// Staging of weight updates: turn bytes that arrived (an MPI broadcast buffer, a shared-memory
+// segment, a checkpoint folder) into verified Weights ready to commit. Nothing here touches the
+// serving weights: a failed stage changes nothing and says which tensor failed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/status.h"
+#include "comm/weight_transfer.h"
+#include "model/weights.h"
+
+namespace zr {
+
+struct StagedWeights {
+  int64_t version = 0;
+  std::vector<std::pair<std::string, Weight>> tensors;  // validated against the registry
+  size_t bytes = 0;
+  int zero_copy = 0;  // tensors served in place from the transfer buffer
+};
+
+// Names known to the model, shapes equal, dtype supported, byte ranges inside the buffer, nbytes
+// consistent with dtype and shape, no duplicates. Errors (weight_mismatch) name the tensor.
+Status validate_update_meta(const ModelWeights& current, const std::vector<TensorMeta>& metas,
+                            uint64_t buffer_bytes);
+
+// Builds the weights from `base` (tensor i at metas[i].offset), verifying each checksum64
+// (checksum_mismatch names the tensor). f32/bf16 matrices in the serving dtype are used in place
+// (zero-copy: `owner` keeps the buffer alive as long as they serve); others are converted once.
+Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
+                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version);
+
+// Every tensor of a checkpoint folder whose config matches the serving model's shapes.
+Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version);
+
+}  // namespace zr

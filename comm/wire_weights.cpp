@@ -1,0 +1,183 @@
+#include "comm/wire_weights.h"
+
+#include "comm/wire_fields.h"
+
+namespace zr::wire {
+
+using detail::field_error;
+using detail::FieldReader;
+
+namespace {
+
+Status read_tensor(const json& j, const std::string& prefix, TensorMeta& m) {
+  FieldReader f(j, prefix, true);
+  f.get("name", m.name);
+  f.get("dtype", m.dtype);
+  f.get("shape", m.shape);
+  f.get("nbytes", m.nbytes);
+  f.get("checksum", m.checksum);
+  f.get("offset", m.offset);
+  ZR_RETURN_IF_ERROR(f.finish());
+  if (m.name.empty()) return field_error(prefix + "name", "required");
+  return {};
+}
+
+json tensor_json(const TensorMeta& m) {
+  return {{"name", m.name}, {"dtype", m.dtype}, {"shape", m.shape}, {"nbytes", m.nbytes},
+          {"checksum", m.checksum}, {"offset", m.offset}};
+}
+
+}  // namespace
+
+std::optional<InFlightPolicy> in_flight_from_name(std::string_view s) {
+  if (s == "drain") return InFlightPolicy::drain;
+  if (s == "abort") return InFlightPolicy::abort;
+  if (s == "continue") return InFlightPolicy::continue_;
+  if (s == "recompute") return InFlightPolicy::recompute;
+  return std::nullopt;
+}
+
+const char* in_flight_name(InFlightPolicy p) {
+  switch (p) {
+    case InFlightPolicy::drain: return "drain";
+    case InFlightPolicy::abort: return "abort";
+    case InFlightPolicy::continue_: return "continue";
+    case InFlightPolicy::recompute: return "recompute";
+  }
+  return "drain";
+}
+
+Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
+  auto j = unpack_body(body);
+  if (!j.ok()) return j.status();
+  UpdateWeightsCall c;
+  FieldReader f(*j, "", true);
+  f.get("req_id", c.req_id);
+  f.get("version", c.version);
+  f.get("path", c.path);
+  f.get("in_flight", c.in_flight);
+  f.get("flush_cache", c.flush_cache);
+  f.get("shm_name", c.shm_name);
+  f.get("shm_bytes", c.shm_bytes);
+  f.get("disk_path", c.disk_path);
+  f.get("bucket_bytes", c.bucket_bytes);
+  f.get("root", c.root);
+  if (const json* t = f.take("tensors")) {
+    if (!t->is_array()) f.fail("tensors", "expected an array");
+    for (size_t i = 0; f.ok() && t->is_array() && i < t->size(); ++i) {
+      TensorMeta m;
+      f.fail_status(read_tensor((*t)[i], "tensors[" + std::to_string(i) + "].", m));
+      c.tensors.push_back(std::move(m));
+    }
+  }
+  ZR_RETURN_IF_ERROR(f.finish());
+  if (c.path != "broadcast" && c.path != "ipc" && c.path != "disk")
+    return field_error("path", "expected 'broadcast', 'ipc' or 'disk'");
+  if (!in_flight_from_name(c.in_flight)) return field_error("in_flight", "expected drain, abort, continue or recompute");
+  if (c.path == "disk" && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
+  if (c.path == "ipc" && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
+  if (c.path != "disk" && c.tensors.empty()) return field_error("tensors", "required for path " + c.path);
+  if (c.bucket_bytes == 0) return field_error("bucket_bytes", "must be > 0");
+  return c;
+}
+
+Result<WeightsChecksumCall> decode_weights_checksum(std::string_view body) {
+  auto j = unpack_body(body);
+  if (!j.ok()) return j.status();
+  WeightsChecksumCall c;
+  FieldReader f(*j, "", true);
+  f.get("req_id", c.req_id);
+  f.get("names", c.names);
+  ZR_RETURN_IF_ERROR(f.finish());
+  return c;
+}
+
+Result<MemoryCall> decode_memory(std::string_view body) {
+  auto j = unpack_body(body);
+  if (!j.ok()) return j.status();
+  MemoryCall c;
+  FieldReader f(*j, "", true);
+  f.get("req_id", c.req_id);
+  f.get("tags", c.tags);
+  ZR_RETURN_IF_ERROR(f.finish());
+  if (c.tags.empty()) return field_error("tags", "give at least one of 'weights', 'kv_cache'");
+  for (size_t i = 0; i < c.tags.size(); ++i)
+    if (c.tags[i] != "weights" && c.tags[i] != "kv_cache")
+      return field_error("tags[" + std::to_string(i) + "]", "expected 'weights' or 'kv_cache'");
+  return c;
+}
+
+std::string encode(const UpdateWeightsCall& c) {
+  json tensors = json::array();
+  for (const auto& m : c.tensors) tensors.push_back(tensor_json(m));
+  return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", c.path}, {"tensors", tensors},
+                    {"in_flight", c.in_flight}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
+                    {"shm_bytes", c.shm_bytes}, {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes},
+                    {"root", c.root}});
+}
+std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
+std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }
+std::string encode(const UpdateWeightsReply& r) {
+  return pack_body({{"req_id", r.req_id}, {"version", r.version}, {"bytes", r.bytes}, {"stage_seconds", r.stage_seconds},
+                    {"commit_seconds", r.commit_seconds}, {"zero_copy_tensors", r.zero_copy_tensors}});
+}
+std::string encode(const WeightVersionReply& r) { return pack_body({{"req_id", r.req_id}, {"version", r.version}}); }
+std::string encode(const WeightsChecksumReply& r) {
+  json tensors = json::array();
+  for (const auto& t : r.tensors) tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"checksum", t.checksum}});
+  return pack_body({{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tensors", tensors}});
+}
+std::string encode(const MemoryReply& r) { return pack_body({{"req_id", r.req_id}, {"bytes", r.bytes}}); }
+
+Result<UpdateWeightsReply> update_weights_reply_from_json(const json& j) {
+  UpdateWeightsReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("version", r.version);
+  f.get("bytes", r.bytes);
+  f.get("stage_seconds", r.stage_seconds);
+  f.get("commit_seconds", r.commit_seconds);
+  f.get("zero_copy_tensors", r.zero_copy_tensors);
+  ZR_RETURN_IF_ERROR(f.finish());
+  return r;
+}
+
+Result<WeightVersionReply> weight_version_reply_from_json(const json& j) {
+  WeightVersionReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("version", r.version);
+  ZR_RETURN_IF_ERROR(f.finish());
+  return r;
+}
+
+Result<WeightsChecksumReply> weights_checksum_reply_from_json(const json& j) {
+  WeightsChecksumReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("rank", r.rank);
+  f.get("version", r.version);
+  if (const json* t = f.take("tensors"); t && t->is_array())
+    for (size_t i = 0; i < t->size(); ++i) {
+      TensorChecksum c;
+      FieldReader g((*t)[i], "tensors[" + std::to_string(i) + "].", false);
+      g.get("name", c.name);
+      g.get("dtype", c.dtype);
+      g.get("checksum", c.checksum);
+      f.fail_status(g.finish());
+      r.tensors.push_back(std::move(c));
+    }
+  ZR_RETURN_IF_ERROR(f.finish());
+  return r;
+}
+
+Result<MemoryReply> memory_reply_from_json(const json& j) {
+  MemoryReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("bytes", r.bytes);
+  ZR_RETURN_IF_ERROR(f.finish());
+  return r;
+}
+
+}  // namespace zr::wire

@@ -1,0 +1,123 @@
+// `zrollout trainer`: in one invocation and in this order, whichever are given: publish a
+// checkpoint folder's weights (--push DIR --path ipc|disk --version V), run generate requests
+// through the engines (--input/--output, the JSONL of `zrollout generate`), stop the engines
+// (--shutdown). Engines are addressed with --connect (repeatable).
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+
+#include "actors/trainer.h"
+#include "comm/json_codec.h"
+#include "comm/wire_weights.h"
+#include "launch/commands.h"
+#include "launch/engine_options.h"
+
+namespace zr::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct TrainerJob {
+  std::vector<std::string> connect;
+  std::string push, path = "ipc", in_flight = "drain", input, output, log_level = "info";
+  std::vector<std::string> only;
+  int64_t version = 0;
+  bool shutdown = false, flush_cache = false;
+};
+
+int run_push(Trainer& t, const TrainerJob& job) {
+  PublishOptions opt;
+  opt.path = job.path;
+  opt.in_flight = *wire::in_flight_from_name(job.in_flight);
+  opt.only = job.only;
+  opt.flush_cache = job.flush_cache;
+  auto res = t.publish(job.push, job.version, opt);
+  if (!res.ok()) {
+    spdlog::error("push refused: {}", res.status().to_string());
+    return 2;
+  }
+  for (size_t i = 0; i < res->acks.size(); ++i)
+    spdlog::info("engine {}: serving v{} ({:.1f} MiB, stage {:.1f} ms, commit {:.1f} ms, {} tensors zero-copy)", i,
+                 res->acks[i].version, res->acks[i].bytes / 1048576.0, res->acks[i].stage_seconds * 1e3,
+                 res->acks[i].commit_seconds * 1e3, res->acks[i].zero_copy_tensors);
+  spdlog::info("published v{} by {} to {} engine(s) in {:.1f} ms", job.version, job.path, res->acks.size(),
+               res->seconds * 1e3);
+  return 0;
+}
+
+int run_requests(Trainer& t, const TrainerJob& job) {
+  std::ifstream in(job.input);
+  std::ofstream out(job.output);
+  if (!in || !out) return spdlog::error("cannot open {} / {}", job.input, job.output), 1;
+  std::vector<json> lines;  // output per input line, in order
+  std::vector<GenerateRequest> reqs;
+  std::vector<size_t> line_of_req;
+  size_t index = 0;
+  for (std::string line; std::getline(in, line); ++index) {
+    json j = json::parse(line, nullptr, false);
+    if (j.is_object() && !j.contains("rid")) j["rid"] = std::to_string(index);
+    auto req = j.is_discarded() ? Result<GenerateRequest>(make_error(ErrorCode::bad_message, "not valid JSON"))
+                                : generate_request_from_json(j);
+    if (!req.ok()) {
+      lines.push_back(error_to_json(std::to_string(index), req.status()));
+      continue;
+    }
+    lines.push_back(nullptr);
+    line_of_req.push_back(lines.size() - 1);
+    reqs.push_back(std::move(req).value());
+  }
+  auto samples = t.generate(reqs);
+  if (!samples.ok()) return spdlog::error("{}", samples.status().to_string()), 1;
+  std::map<std::string, std::vector<json>> by_rid;
+  for (const auto& s : *samples) by_rid[s.rid].push_back(to_json(s));
+  for (size_t i = 0; i < reqs.size(); ++i) lines[line_of_req[i]] = json(by_rid[reqs[i].rid]);
+  for (const auto& l : lines) {
+    if (l.is_array()) for (const auto& s : l) out << s.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+    else out << l.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+  }
+  spdlog::info("{} samples written to {}", samples->size(), job.output);
+  return 0;
+}
+
+int run_trainer(const TrainerJob& job) {
+  set_process_logger("trainer", job.log_level);
+  if (job.connect.empty()) return spdlog::error("--connect: give at least one engine endpoint"), 1;
+  auto t = Trainer::connect(job.connect);
+  if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
+  if (!job.push.empty())
+    if (int rc = run_push(**t, job); rc != 0) return rc;
+  if (!job.input.empty())
+    if (int rc = run_requests(**t, job); rc != 0) return rc;
+  if (job.shutdown) {
+    if (Status st = (*t)->shutdown_engines(); !st.ok()) return spdlog::error("{}", st.to_string()), 1;
+    spdlog::info("engines asked to shut down");
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_trainer(CLI::App& app) {
+  auto job = std::make_shared<TrainerJob>();
+  CLI::App* cmd = app.add_subcommand("trainer", "publish weights, run requests, stop engines");
+  cmd->add_option("--connect", job->connect, "engine endpoint (repeatable)");
+  cmd->add_option("--push", job->push, "checkpoint folder whose weights to publish");
+  cmd->add_option("--path", job->path, "ipc | disk")->capture_default_str()->check(CLI::IsMember({"ipc", "disk", "broadcast"}));
+  cmd->add_option("--version", job->version, "new weight version (must grow)");
+  cmd->add_option("--in-flight", job->in_flight, "drain | abort | continue | recompute")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"drain", "abort", "continue", "recompute"}));
+  cmd->add_option("--only", job->only, "publish only these tensor names");
+  cmd->add_flag("--flush-cache", job->flush_cache, "drop cached KV with the update");
+  cmd->add_option("--input", job->input, "generate requests (JSONL)");
+  cmd->add_option("--output", job->output, "results (JSONL)");
+  cmd->add_flag("--shutdown", job->shutdown, "stop the engines at the end");
+  cmd->add_option("--log-level", job->log_level)->capture_default_str();
+  cmd->callback([job] {
+    if (!job->push.empty() && job->version <= 0) throw CLI::ValidationError("--version", "give a version > 0 with --push");
+    if (int rc = run_trainer(*job); rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace zr::cli

@@ -1,0 +1,231 @@
+// Weight updates end to end: a random engine shaped like stories260K receives the real weights by
+// each path and then matches reference.json; refused pushes leave the old version serving; the
+// in-flight policies; subset updates; release/resume.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "actors/rollout_actor.h"
+#include "actors/trainer.h"
+#include "comm/checksum.h"
+#include "comm/shm_segment.h"
+#include "comm/wire_weights.h"
+#include "model/make_model.h"
+#include "tests/actors/engine_test_util.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+using testing::run_to_completion;
+
+class WeightSync : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = zr::testing::shared_model_dir("stories260K");
+    if (!d) GTEST_SKIP() << "shared model 'stories260K' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models";
+    real_ = *d;
+    MakeModelOptions mo;
+    mo.like_dir = real_;
+    mo.seed = 3;
+    mo.out_dir = tmp_.path() + "/random";
+    ASSERT_TRUE(make_model(mo).ok());
+    std::ifstream f(real_ + "/reference.json");
+    ref_ = nlohmann::json::parse(f)["cases"][0];
+  }
+  GenerateRequest greedy(const std::string& rid, int max_new = 32) {
+    GenerateRequest r;
+    r.rid = rid;
+    r.input_ids = ref_["prompt_ids"].get<std::vector<int>>();
+    r.sampling_params.temperature = 0;
+    r.sampling_params.max_new_tokens = max_new;
+    r.sampling_params.ignore_eos = true;
+    r.return_logprob = true;
+    return r;
+  }
+  std::vector<int> expected() const { return ref_["greedy_ids"].get<std::vector<int>>(); }
+  // A served random engine and a trainer connected to it over inproc.
+  void serve() {
+    RolloutActorOptions ro;
+    actor_ = std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), ro);
+    ASSERT_TRUE(actor_->bind("inproc://ws-" + std::to_string(reinterpret_cast<uintptr_t>(this))).ok());
+    actor_->start();
+    trainer_ = std::move(Trainer::connect({actor_->endpoint()}, &ctx_.zmq())).value();
+  }
+  std::vector<int> served_greedy(const std::string& rid) {
+    auto out = trainer_->generate({greedy(rid)});
+    EXPECT_TRUE(out.ok()) << out.status().to_string();
+    return out.ok() ? out->at(0).output_ids : std::vector<int>{};
+  }
+  std::string mo_dir() const { return tmp_.path() + "/random"; }
+
+  zr::testing::TempDir tmp_;
+  std::string real_;
+  nlohmann::json ref_;
+  Context ctx_;
+  std::unique_ptr<RolloutActor> actor_;
+  std::unique_ptr<Trainer> trainer_;
+};
+
+TEST_F(WeightSync, IpcPushMakesTheEngineMatchTheReference) {
+  serve();
+  EXPECT_NE(served_greedy("before"), expected());
+  auto res = trainer_->publish(real_, 1, PublishOptions{});
+  ASSERT_TRUE(res.ok()) << res.status().to_string();
+  EXPECT_EQ(res->acks.at(0).version, 1);
+  EXPECT_GT(res->acks.at(0).zero_copy_tensors, 0);  // f32 matrices served in place from the segment
+  EXPECT_EQ(served_greedy("after"), expected());
+  EXPECT_EQ(*trainer_->weight_version(), 1);
+  actor_->stop();
+}
+
+TEST_F(WeightSync, DiskPushAndBf16IntoF32Engine) {
+  serve();
+  PublishOptions disk;
+  disk.path = "disk";
+  ASSERT_TRUE(trainer_->publish(real_, 5, disk).ok());
+  EXPECT_EQ(served_greedy("disk"), expected());
+  auto bf = zr::testing::shared_model_dir("stories260K-bf16");
+  if (bf) {  // bf16 bytes converted once into the f32 engine: the bf16 model's greedy ids
+    ASSERT_TRUE(trainer_->publish(*bf, 6, PublishOptions{}).ok());
+    EXPECT_EQ(served_greedy("bf16"), expected());
+  }
+  actor_->stop();
+}
+
+TEST_F(WeightSync, RefusedPushesLeaveTheOldVersionServing) {
+  serve();
+  ASSERT_TRUE(trainer_->publish(real_, 1, PublishOptions{}).ok());
+  auto before = served_greedy("v1");
+  // Stale version.
+  auto stale = trainer_->publish(real_, 1, PublishOptions{});
+  ASSERT_FALSE(stale.ok());
+  EXPECT_NE(stale.status().message.find("version"), std::string::npos);
+  // Wrong shape and corrupted checksum, by hand through a segment.
+  Client& c = trainer_->client(0);
+  auto send = [&](UpdateWeightsCall call) {
+    call.req_id = c.next_req_id();
+    auto fut = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30));
+    auto r = fut.get();
+    EXPECT_TRUE(r.ok());
+    return wire::status_from_error_json(r->json);
+  };
+  std::vector<float> bytes(64, 0.5f);
+  auto seg = std::move(ShmSegment::create("zr-test", 4096)).value();
+  std::memcpy(seg.data(), bytes.data(), 256);
+  UpdateWeightsCall bad{0, 2, "ipc", {{"model.norm.weight", "F32", {32}, 128, checksum64(seg.data(), 128), 0}}};
+  bad.shm_name = seg.name();
+  bad.shm_bytes = 4096;
+  Status st = send(bad);
+  EXPECT_EQ(st.code, ErrorCode::weight_mismatch) << st.to_string();
+  EXPECT_NE(st.message.find("model.norm.weight"), std::string::npos);
+  EXPECT_NE(st.message.find("rank"), std::string::npos);
+  bad.tensors[0] = {"model.norm.weight", "F32", {64}, 256, 12345, 0};
+  st = send(bad);
+  EXPECT_EQ(st.code, ErrorCode::checksum_mismatch) << st.to_string();
+  EXPECT_NE(st.message.find("model.norm.weight"), std::string::npos);
+  EXPECT_EQ(*trainer_->weight_version(), 1);
+  EXPECT_EQ(served_greedy("still-v1"), before);
+  actor_->stop();
+}
+
+TEST_F(WeightSync, SubsetUpdates) {
+  serve();
+  PublishOptions all_but_last;
+  PublishOptions last;
+  auto cfg = ModelConfig::from_dir(real_);
+  for (const TensorSpec& s : model_tensor_specs(*cfg)) {
+    if (s.optional) continue;
+    (s.layer == cfg->num_layers - 1 ? last.only : all_but_last.only).push_back(s.name);
+  }
+  ASSERT_TRUE(trainer_->publish(real_, 1, all_but_last).ok());
+  EXPECT_NE(served_greedy("partial"), expected());  // the last layer is still random
+  auto r = trainer_->publish(real_, 2, last);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(served_greedy("complete"), expected());
+  actor_->stop();
+}
+
+// The in-flight policies, stepped by hand on the engine.
+struct PolicyRun {
+  std::map<std::string, std::vector<SampleOutput>> samples;
+  int64_t preemptions = 0;
+  bool committed = false;
+};
+
+PolicyRun run_policy(const std::string& model, const std::string& real, InFlightPolicy policy,
+                     const std::vector<GenerateRequest>& reqs, const GenerateRequest& late) {
+  auto eng = testing::load_engine(model);
+  for (const auto& r : reqs) EXPECT_TRUE(eng->submit(r).ok());
+  PolicyRun run;
+  StepOutputs out;
+  for (int i = 0; i < 6; ++i) eng->step(out);  // everyone has produced a few tokens
+  auto staged = stage_from_disk(eng->weights(), real, 1);
+  EXPECT_TRUE(staged.ok());
+  EXPECT_TRUE(eng->request_update(std::move(staged).value(), {policy, false}, out).ok());
+  EXPECT_TRUE(eng->submit(late).ok());
+  while (!eng->idle()) eng->step(out);
+  for (auto& o : out.finished) run.samples[o.rid].push_back(o);
+  for (auto& c : out.committed) run.committed |= c.first == 1 && c.second.ok();
+  run.preemptions = eng->stats().preemptions;
+  return run;
+}
+
+TEST_F(WeightSync, InFlightPolicies) {
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    auto r = greedy("r" + std::to_string(i), 20 + i);
+    r.sampling_params.temperature = i % 2 ? 0.8f : 0.0f;
+    r.sampling_params.seed = i;
+    reqs.push_back(r);
+  }
+  auto late = greedy("late");
+  for (InFlightPolicy p : {InFlightPolicy::drain, InFlightPolicy::abort, InFlightPolicy::continue_, InFlightPolicy::recompute}) {
+    SCOPED_TRACE(wire::in_flight_name(p));
+    PolicyRun run = run_policy(mo_dir(), real_, p, reqs, late);
+    EXPECT_TRUE(run.committed);
+    ASSERT_EQ(run.samples.size(), 5u);  // no request lost
+    const auto& late_spans = run.samples["late"][0].meta_info.weight_version_spans;
+    ASSERT_EQ(late_spans.size(), 1u);
+    EXPECT_EQ(late_spans[0].version, 1);  // queued work runs on the new weights
+    EXPECT_EQ(run.samples["late"][0].output_ids, expected());
+    for (const auto& r : reqs) {
+      const SampleOutput& o = run.samples[r.rid].at(0);
+      const auto& spans = o.meta_info.weight_version_spans;
+      ASSERT_FALSE(spans.empty());
+      EXPECT_EQ(spans[0].first_token_index, 0);
+      EXPECT_EQ(spans[0].version, 0);
+      if (p == InFlightPolicy::drain) {
+        EXPECT_EQ(spans.size(), 1u);  // finished entirely on the old weights
+        EXPECT_EQ(o.output_ids.size(), static_cast<size_t>(r.sampling_params.max_new_tokens));
+      } else if (p == InFlightPolicy::abort) {
+        EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::abort);
+        EXPECT_EQ(spans.size(), 1u);
+      } else {
+        ASSERT_EQ(spans.size(), 2u);  // the switch is recorded at the first new-weights token
+        EXPECT_EQ(spans[1].version, 1);
+        EXPECT_GT(spans[1].first_token_index, 0);
+        EXPECT_EQ(o.output_ids.size(), static_cast<size_t>(r.sampling_params.max_new_tokens));
+      }
+    }
+    if (p == InFlightPolicy::recompute) EXPECT_GE(run.preemptions, 4);
+    if (p == InFlightPolicy::continue_) EXPECT_EQ(run.preemptions, 0);
+  }
+}
+
+TEST_F(WeightSync, ReleaseAndResumeRoundTrip) {
+  auto eng = testing::load_engine(real_);
+  ASSERT_TRUE(eng->submit(greedy("a")).ok());
+  auto before = run_to_completion(*eng).samples.at("a").at(0).output_ids;
+  auto freed = eng->release_memory(true, true);
+  ASSERT_TRUE(freed.ok());
+  EXPECT_GT(*freed, 1000000u);  // ~1 MiB of weights + the KV pool
+  EXPECT_EQ(eng->submit(greedy("b")).code, ErrorCode::unavailable);
+  ASSERT_TRUE(eng->resume_memory(true, true).ok());
+  ASSERT_TRUE(eng->submit(greedy("c")).ok());
+  EXPECT_EQ(run_to_completion(*eng).samples.at("c").at(0).output_ids, before);
+}
+
+}  // namespace
+}  // namespace zr
