@@ -97,6 +97,34 @@ void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool) 
   matmul(x, M, K, K, w.data, w.dtype, 0, N, y, N, pool);
 }
 
+void matmul_group(const float* x, int M, std::initializer_list<MatmulOut> outs, ThreadPool* pool) {
+  auto block = using_avx512() ? detail::matmul_avx512 : detail::matmul_portable;
+  struct Piece {
+    const Weight* w;
+    float* y;
+    int begin;  // first column of this weight in the combined range
+  };
+  std::vector<Piece> pieces;
+  int total = 0;
+  for (const MatmulOut& o : outs) {
+    pieces.push_back({o.w, o.y, total});
+    total += static_cast<int>(o.w->shape[0]);
+  }
+  const int K = static_cast<int>(pieces[0].w->shape[1]);
+  int tasks = pool ? std::min(pool->size() * 2, std::max(1, total / 48)) : 1;
+  int per = ((total + tasks - 1) / tasks + 47) / 48 * 48;
+  auto run = [&](int t) {
+    int a = t * per, b = std::min(total, a + per);
+    for (const Piece& p : pieces) {  // the part of [a, b) that falls in this weight
+      int n = static_cast<int>(p.w->shape[0]);
+      int lo = std::max(a, p.begin) - p.begin, hi = std::min(b, p.begin + n) - p.begin;
+      if (lo < hi) block(x, M, K, K, p.w->data, p.w->dtype, lo, hi, p.y, n);
+    }
+  };
+  if (tasks <= 1) return run(0);
+  pool->parallel_for(tasks, run);
+}
+
 float dot(const float* a, const float* b, int n) {
   return using_avx512() ? detail::dot_avx512(a, b, n) : dot_portable(a, b, n);
 }

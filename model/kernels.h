@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "model/thread_pool.h"
 #include "model/weights.h"
@@ -28,6 +29,15 @@ void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, 
             int n_end, float* y, int ldy, ThreadPool* pool);
 // Convenience: full weight, contiguous x and y.
 void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool);
+
+// Several products of the same x in one parallel section: y_i = x * w_i^T (e.g. Q, K and V, or
+// gate and up). One pool synchronisation instead of one per weight; the same bits as separate
+// matmul calls.
+struct MatmulOut {
+  const Weight* w;
+  float* y;  // (M, w.rows) row-major
+};
+void matmul_group(const float* x, int M, std::initializer_list<MatmulOut> outs, ThreadPool* pool);
 
 // Dot product with the invariant recipe above (f32 both sides).
 float dot(const float* a, const float* b, int n);

@@ -137,9 +137,10 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   for (int l = 0; l < c.num_layers; ++l) {
     const float* an = w_->get(TensorRole::attn_norm, l).f32();
     for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], an, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
-    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wq, l), q_.data(), pool_);
-    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wk, l), k_.data(), pool_);
-    kernels::matmul(xb_.data(), T, w_->get(TensorRole::wv, l), v_.data(), pool_);
+    kernels::matmul_group(xb_.data(), T,
+                          {{&w_->get(TensorRole::wq, l), q_.data()}, {&w_->get(TensorRole::wk, l), k_.data()},
+                           {&w_->get(TensorRole::wv, l), v_.data()}},
+                          pool_);
     if (c.qkv_bias) {
       add_bias(q_.data(), T, c.q_dim(), w_->get(TensorRole::bq, l));
       add_bias(k_.data(), T, c.kv_dim(), w_->get(TensorRole::bk, l));
@@ -158,8 +159,9 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
 
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
     for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], fn, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
-    kernels::matmul(xb_.data(), T, w_->get(TensorRole::w_gate, l), hb_.data(), pool_);
-    kernels::matmul(xb_.data(), T, w_->get(TensorRole::w_up, l), hb2_.data(), pool_);
+    kernels::matmul_group(xb_.data(), T,
+                          {{&w_->get(TensorRole::w_gate, l), hb_.data()}, {&w_->get(TensorRole::w_up, l), hb2_.data()}},
+                          pool_);
     size_t ffn_elems = static_cast<size_t>(T) * c.intermediate_size;
     kernels::silu_mul(hb_.data(), hb2_.data(), static_cast<int>(ffn_elems), hb_.data());
     kernels::matmul(hb_.data(), T, w_->get(TensorRole::w_down, l), xb_.data(), pool_);

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <random>
 
@@ -130,6 +131,30 @@ TEST(Kernels, MatmulRowInvariantAcrossShapesAndPaths) {
       }
     }
   }
+}
+
+// Grouped products (Q/K/V, gate/up in one parallel section) give the bits of separate calls.
+TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int K = 200, M = 9;
+  std::vector<std::vector<float>> ws = {std::vector<float>(97 * K), std::vector<float>(50 * K), std::vector<float>(130 * K)};
+  std::vector<Weight> w(3);
+  for (int i = 0; i < 3; ++i) {
+    for (auto& v : ws[i]) v = nd(rng);
+    w[i] = Weight{DType::f32, {static_cast<int64_t>(ws[i].size() / K), K}, ws[i].data(), nullptr};
+  }
+  std::vector<float> x(M * K);
+  for (auto& v : x) v = nd(rng);
+  ThreadPool pool(2);
+  std::vector<std::vector<float>> sep(3), grp(3);
+  for (int i = 0; i < 3; ++i) {
+    sep[i].resize(M * w[i].shape[0]);
+    grp[i].resize(sep[i].size());
+    kernels::matmul(x.data(), M, w[i], sep[i].data(), &pool);
+  }
+  kernels::matmul_group(x.data(), M, {{&w[0], grp[0].data()}, {&w[1], grp[1].data()}, {&w[2], grp[2].data()}}, &pool);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(sep[i].data(), grp[i].data(), sep[i].size() * 4)) << i;
 }
 
 }  // namespace
