@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "actors/engine.h"
+#include "comm/mpi_group.h"
 #include "runtime/actor.h"
 #include "runtime/context.h"
 
@@ -42,6 +43,8 @@ class RolloutActor {
   void stop() { actor_.stop(); }
   bool run_once(std::chrono::milliseconds max_wait = std::chrono::milliseconds{0}) { return actor_.run_once(max_wait); }
   Engine& engine() { return *engine_; }
+  // The MPI group for path broadcast (trainer + engines); not owned, must outlive the actor.
+  void set_weight_group(MpiGroup* group) { weight_group_ = group; }
 
  private:
   // One generate or score call: where to reply and what is still missing.
@@ -71,6 +74,7 @@ class RolloutActor {
   void register_handlers();
   void register_weight_handlers();
   void on_update_weights(Frame& f, const ReplyTo& from);
+  void start_broadcast_receive(WeightJob& job);
   void poll_weight_job();
   void on_committed(const std::pair<int64_t, Status>& c);
   void on_generate(Frame& f, const ReplyTo& from);
@@ -89,6 +93,8 @@ class RolloutActor {
   std::unordered_map<std::string, std::shared_ptr<Call>> call_of_rid_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, int>> generated_;  // for tokens_per_s
   std::unique_ptr<WeightJob> weight_job_;  // at most one update at a time
+  MpiGroup* weight_group_ = nullptr;
+  StagingPool staging_;
 };
 
 }  // namespace zr

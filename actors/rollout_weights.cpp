@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "actors/rollout_actor.h"
+#include "actors/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
 #include "comm/wire_weights.h"
@@ -78,12 +79,12 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
   if (weight_job_)
     return reply_error(from, call->req_id, make_error(ErrorCode::unavailable, "version: another update is in progress"));
-  if (call->version <= engine_->weight_version())
+  if (call->version <= engine_->weight_version() && call->path != "broadcast")
     return reply_error(from, call->req_id,
                        make_error(ErrorCode::invalid_argument, "version: " + std::to_string(call->version) +
                                                                    " must be greater than " +
                                                                    std::to_string(engine_->weight_version())));
-  if (call->path == "broadcast")
+  if (call->path == "broadcast" && !weight_group_)
     return reply_error(from, call->req_id,
                        make_error(ErrorCode::unsupported, "path: broadcast needs the MPI weight group (cluster launch)"));
   auto job = std::make_unique<WeightJob>();
@@ -92,7 +93,9 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   job->start = SteadyClock::now();
   const ModelWeights* current = &engine_->weights();
   const UpdateWeightsCall& c = job->call;
-  if (c.path == "disk") {
+  if (c.path == "broadcast") {
+    start_broadcast_receive(*job);
+  } else if (c.path == "disk") {
     job->staged = std::async(std::launch::async, [current, dir = c.disk_path, v = c.version] {
       return stage_from_disk(*current, dir, v);
     });
@@ -109,6 +112,32 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
     job->bytes = c.shm_bytes;
   }
   weight_job_ = std::move(job);
+}
+
+// Joins the trainer's bucketed MPI broadcast on a worker thread; checksums are verified bucket by
+// bucket as bytes arrive. A rank that will refuse the update (bad metadata, stale version) still
+// takes part, into a scratch buffer, so the collective never hangs the other ranks.
+void RolloutActor::start_broadcast_receive(WeightJob& job) {
+  const UpdateWeightsCall& c = job.call;
+  const uint64_t bytes = transfer_bytes(c.tensors);
+  Status refuse = validate_update_meta(engine_->weights(), c.tensors, bytes);
+  if (refuse.ok() && c.version <= engine_->weight_version())
+    refuse = make_error(ErrorCode::invalid_argument, "version: " + std::to_string(c.version) + " must be greater than " +
+                                                         std::to_string(engine_->weight_version()));
+  std::shared_ptr<uint8_t> buf = staging_.get(std::max<uint64_t>(bytes, 64));
+  const ModelWeights* current = &engine_->weights();
+  job.bytes = bytes;
+  job.staged = std::async(std::launch::async, [this, buf, bytes, current, refuse, c]() -> Result<StagedWeights> {
+    if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(bytes) + " bytes");
+    TransferVerifier verifier(c.tensors);
+    Status st = weight_group_->bcast_buckets(buf.get(), bytes, c.root, c.bucket_bytes, std::chrono::seconds(60),
+                                             [&](size_t off, size_t len) { verifier.add(buf.get(), off, len); });
+    if (!st.ok()) return st;
+    if (!refuse.ok()) return refuse;
+    ZR_RETURN_IF_ERROR(verifier.verify());
+    return stage_from_buffer(*current, c.tensors, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
+                             /*verify_checksums=*/false);
+  });
 }
 
 // Hands a finished stage to the engine (from tick, on the actor thread).

@@ -83,34 +83,86 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
   return send_update(std::move(call), opt.timeout);
 }
 
+Result<Trainer::Layout> Trainer::layout(const SafetensorsArchive& ar, const std::vector<std::string>& only,
+                                        const std::string& dir) {
+  Layout l;
+  for (const auto& [name, v] : ar.tensors()) {
+    if (!wanted(name, only) || name.ends_with("rotary_emb.inv_freq")) continue;
+    l.metas.push_back({name, dtype_name(v.dtype), v.shape, v.nbytes, 0, 0});
+    l.src.push_back(v.data);
+  }
+  if (l.metas.empty()) return make_error(ErrorCode::invalid_argument, "only: no tensor of " + dir + " matches");
+  l.bytes = assign_transfer_offsets(l.metas);
+  return l;
+}
+
+void Trainer::Layout::fill(uint8_t* dst) {
+  for (size_t i = 0; i < metas.size(); ++i) {
+    std::memcpy(dst + metas[i].offset, src[i], metas[i].nbytes);
+    metas[i].checksum = checksum64(dst + metas[i].offset, metas[i].nbytes);
+  }
+}
+
 // Lays the checkpoint's tensors out in one shared-memory segment, checksums them, and sends only
 // the segment's name and the tensor list; engines map it and serve from it in place.
 Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t version, const PublishOptions& opt) {
   auto ar = SafetensorsArchive::open_dir(dir);
   if (!ar.ok()) return ar.status();
+  auto l = layout(*ar, opt.only, dir);
+  if (!l.ok()) return l.status();
+  auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), l->bytes);
+  if (!seg.ok()) return seg.status();
+  l->fill(static_cast<uint8_t*>(seg->data()));
   UpdateWeightsCall call;
   call.version = version;
   call.path = "ipc";
   call.in_flight = wire::in_flight_name(opt.in_flight);
   call.flush_cache = opt.flush_cache;
-  std::vector<const TensorView*> views;
-  for (const auto& [name, v] : ar->tensors()) {
-    if (!wanted(name, opt.only) || name.ends_with("rotary_emb.inv_freq")) continue;
-    call.tensors.push_back({name, dtype_name(v.dtype), v.shape, v.nbytes, 0, 0});
-    views.push_back(&v);
-  }
-  if (call.tensors.empty()) return make_error(ErrorCode::invalid_argument, "only: no tensor of " + dir + " matches");
-  call.shm_bytes = assign_transfer_offsets(call.tensors);
-  auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), call.shm_bytes);
-  if (!seg.ok()) return seg.status();
-  auto* base = static_cast<uint8_t*>(seg->data());
-  for (size_t i = 0; i < views.size(); ++i) {
-    std::memcpy(base + call.tensors[i].offset, views[i]->data, views[i]->nbytes);
-    call.tensors[i].checksum = checksum64(base + call.tensors[i].offset, views[i]->nbytes);
-  }
+  call.tensors = l->metas;
   call.shm_name = seg->name();
+  call.shm_bytes = l->bytes;
   auto res = send_update(std::move(call), opt.timeout);
   seg->unlink();  // every engine has mapped it (or failed); mappings outlive the name
+  return res;
+}
+
+Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,
+                                                 MpiGroup& group) {
+  auto ar = SafetensorsArchive::open_dir(dir);
+  if (!ar.ok()) return ar.status();
+  auto l = layout(*ar, opt.only, dir);
+  if (!l.ok()) return l.status();
+  std::vector<uint8_t> buf(l->bytes);
+  l->fill(buf.data());
+  UpdateWeightsCall call;
+  call.version = version;
+  call.path = "broadcast";
+  call.in_flight = wire::in_flight_name(opt.in_flight);
+  call.flush_cache = opt.flush_cache;
+  call.tensors = l->metas;
+  call.bucket_bytes = opt.bucket_bytes;
+  call.root = group.rank();
+  // The acks come after the bytes: send the metadata, then broadcast, then collect.
+  auto t0 = Clock::now();
+  std::vector<std::future<Result<Client::RawReply>>> futs;
+  for (auto& c : clients_) {
+    call.req_id = c->next_req_id();
+    futs.push_back(c->call_raw("update_weights", wire::encode(call), {}, call.req_id, opt.timeout));
+  }
+  Status st = group.bcast_buckets(buf.data(), buf.size(), group.rank(), opt.bucket_bytes, std::chrono::seconds(60));
+  if (!st.ok()) return make_error(st.code, "broadcast: " + st.message);
+  double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  PublishResult res;
+  res.version = version;
+  res.bytes = buf.size();
+  for (size_t i = 0; i < futs.size(); ++i) {
+    auto ack = await_reply<UpdateWeightsReply>(futs[i], endpoints_[i], wire::update_weights_reply_from_json);
+    if (!ack.ok()) return ack.status();
+    res.acks.push_back(*ack);
+  }
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  spdlog::info("broadcast of {:.1f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms", buf.size() / 1048576.0,
+               bcast_s * 1e3, buf.size() / bcast_s / 1e9, res.seconds * 1e3);
   return res;
 }
 

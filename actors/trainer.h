@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "comm/client.h"
+#include "comm/mpi_group.h"
 #include "comm/messages.h"
 #include "comm/status.h"
+#include "model/safetensors.h"
 
 namespace zr {
 
@@ -21,6 +23,7 @@ struct PublishOptions {
   InFlightPolicy in_flight = InFlightPolicy::drain;
   bool flush_cache = false;
   std::vector<std::string> only;   // publish only these tensors (empty: all)
+  uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
 
@@ -41,6 +44,10 @@ class Trainer {
   // unlinked once every engine acked) mapped by each engine on this host; disk: each engine reads
   // the folder. All engines or an error naming the engine that refused.
   Result<PublishResult> publish(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt);
+  // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
+  // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive.
+  Result<PublishResult> publish_broadcast(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt,
+                                          MpiGroup& group);
   // Runs requests across the engines (round robin by request) and returns every sample.
   Result<std::vector<SampleOutput>> generate(const std::vector<GenerateRequest>& reqs,
                                              std::chrono::milliseconds timeout = std::chrono::minutes(10));
@@ -51,6 +58,15 @@ class Trainer {
 
  private:
   Result<PublishResult> publish_ipc(const std::string& dir, int64_t version, const PublishOptions& opt);
+  // Tensors of a checkpoint (filtered by `only`) laid out for a transfer; the bytes are copied
+  // into `dst` by fill() once its size is known.
+  struct Layout {
+    std::vector<TensorMeta> metas;
+    std::vector<const void*> src;
+    uint64_t bytes = 0;
+    void fill(uint8_t* dst);
+  };
+  static Result<Layout> layout(const SafetensorsArchive& ar, const std::vector<std::string>& only, const std::string& dir);
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
 
   std::vector<std::string> endpoints_;

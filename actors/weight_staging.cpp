@@ -1,5 +1,8 @@
 #include "actors/weight_staging.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -66,12 +69,13 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 }
 
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
-                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version) {
+                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
+                                        bool verify_checksums) {
   StagedWeights out;
   out.version = version;
   for (const TensorMeta& m : metas) {
     const uint8_t* p = base + m.offset;
-    if (uint64_t sum = checksum64(p, m.nbytes); sum != m.checksum)
+    if (uint64_t sum = verify_checksums ? checksum64(p, m.nbytes) : m.checksum; sum != m.checksum)
       return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
                                                           " != " + std::to_string(m.checksum));
     TensorView view{m.name, *dtype_from_name(m.dtype), m.shape, p, m.nbytes, owner};
@@ -85,6 +89,26 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
     out.tensors.emplace_back(m.name, std::move(staged));
   }
   return out;
+}
+
+uint64_t transfer_bytes(const std::vector<TensorMeta>& metas) {
+  uint64_t end = 0;
+  for (const TensorMeta& m : metas) end = std::max(end, m.offset + m.nbytes);
+  return end;
+}
+
+std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes) {
+  for (auto& [buf, size] : buffers_)
+    if (buf.use_count() == 1 && size >= bytes) return buf;  // no served weight points into it
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
+  buffers_.emplace_back(buf, bytes);
+  if (buffers_.size() > 2) {  // keep at most two idle buffers (double buffering)
+    auto idle = std::find_if(buffers_.begin(), buffers_.end(), [&](const auto& b) { return b.first.use_count() == 1 && b.first != buf; });
+    if (idle != buffers_.end()) buffers_.erase(idle);
+  }
+  return buf;
 }
 
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version) {

@@ -30,8 +30,22 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 // Builds the weights from `base` (tensor i at metas[i].offset), verifying each checksum64
 // (checksum_mismatch names the tensor). f32/bf16 matrices in the serving dtype are used in place
 // (zero-copy: `owner` keeps the buffer alive as long as they serve); others are converted once.
+// verify_checksums = false when the bytes were already verified as they arrived (TransferVerifier).
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
-                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version);
+                                        const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
+                                        bool verify_checksums = true);
+
+// Bytes a transfer of these tensors spans (the end of the last one).
+uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
+
+// A page-aligned, pre-faulted receive buffer for weight transfers. Weights served zero-copy keep it
+// alive through their owner; it can be reused once nothing but the pool holds it.
+class StagingPool {
+ public:
+  std::shared_ptr<uint8_t> get(uint64_t bytes);
+ private:
+  std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers_;
+};
 
 // Every tensor of a checkpoint folder whose config matches the serving model's shapes.
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version);

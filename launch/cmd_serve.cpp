@@ -9,6 +9,7 @@
 #include "actors/rollout_actor.h"
 #include "comm/client.h"
 #include "comm/json_codec.h"
+#include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
 #include "runtime/signals.h"
@@ -21,12 +22,18 @@ using nlohmann::json;
 
 struct ServeJob {
   EngineCliOptions engine;
-  std::string bind;
+  std::string bind, advertise_host;
   int drain_timeout_s = 30;
 };
 
 int run_serve(const ServeJob& job) {
   install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  std::optional<MpiGroup> world;  // under mpirun: endpoint exchange and the weight-sync group
+  if (under_mpirun()) {
+    auto w = MpiGroup::init(nullptr, nullptr);
+    if (!w.ok()) return spdlog::error("MPI: {}", w.status().to_string()), 1;
+    world.emplace(std::move(w).value());
+  }
   log_startup("serve", job.engine);
   auto engine = Engine::load(job.engine.model, job.engine.engine_options());
   if (!engine.ok()) {
@@ -36,11 +43,20 @@ int run_serve(const ServeJob& job) {
   Context ctx;
   RolloutActorOptions opt;
   opt.model_path = job.engine.model;
+  if (world) opt.rank = opt.weight_rank = world->world_rank();
   opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
   RolloutActor actor(ctx, std::move(engine).value(), opt);
   if (Status st = actor.bind(job.bind); !st.ok()) {
     spdlog::error("bind {}: {}", job.bind, st.to_string());
     return 1;
+  }
+  if (world) {
+    std::string ep = advertised_endpoint(actor.endpoint(), job.advertise_host);
+    auto roles = exchange_roles(*world, "serve", ep);
+    if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+    actor.set_weight_group(&*world);
+    spdlog::info("rank {} of {}: engine at {} (trainer rank {})", world->world_rank(), world->size(), ep,
+                 roles->trainer_rank);
   }
   actor.start();
   spdlog::info("serving on {}", actor.endpoint());
@@ -128,6 +144,8 @@ void add_serve(CLI::App& app) {
   add_engine_options(cmd, job->engine);
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
   cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")->capture_default_str();
+  cmd->add_option("--advertise-host", job->advertise_host,
+                  "host or IP that other ranks dial when --bind uses 0.0.0.0 or * (default: first non-loopback IPv4)");
   cmd->callback([job] {
     if (int rc = run_serve(*job); rc != 0) throw CLI::RuntimeError(rc);
   });

@@ -9,6 +9,7 @@
 #include "actors/trainer.h"
 #include "comm/json_codec.h"
 #include "comm/wire_weights.h"
+#include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
 
@@ -26,13 +27,16 @@ struct TrainerJob {
   bool shutdown = false, flush_cache = false;
 };
 
-int run_push(Trainer& t, const TrainerJob& job) {
+int run_push(Trainer& t, const TrainerJob& job, MpiGroup* world) {
   PublishOptions opt;
   opt.path = job.path;
   opt.in_flight = *wire::in_flight_from_name(job.in_flight);
   opt.only = job.only;
   opt.flush_cache = job.flush_cache;
-  auto res = t.publish(job.push, job.version, opt);
+  if (job.path == "broadcast" && !world)
+    return spdlog::error("push refused: --path broadcast needs the mpirun launch (trainer and engines in one job)"), 2;
+  auto res = job.path == "broadcast" ? t.publish_broadcast(job.push, job.version, opt, *world)
+                                     : t.publish(job.push, job.version, opt);
   if (!res.ok()) {
     spdlog::error("push refused: {}", res.status().to_string());
     return 2;
@@ -81,12 +85,30 @@ int run_requests(Trainer& t, const TrainerJob& job) {
 }
 
 int run_trainer(const TrainerJob& job) {
+  std::optional<MpiGroup> world;
+  std::vector<std::string> endpoints = job.connect;
+  if (under_mpirun()) {  // the engines are the "serve" ranks of this mpirun job
+    auto w = MpiGroup::init(nullptr, nullptr);
+    if (!w.ok()) return std::fprintf(stderr, "MPI: %s\n", w.status().to_string().c_str()), 1;
+    world.emplace(std::move(w).value());
+  }
   set_process_logger("trainer", job.log_level);
-  if (job.connect.empty()) return spdlog::error("--connect: give at least one engine endpoint"), 1;
-  auto t = Trainer::connect(job.connect);
+  if (world) {
+    auto roles = exchange_roles(*world, "trainer", "");
+    if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+    endpoints.insert(endpoints.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
+    spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
+  }
+  if (endpoints.empty()) return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
+  auto t = Trainer::connect(endpoints);
   if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
   if (!job.push.empty())
-    if (int rc = run_push(**t, job); rc != 0) return rc;
+    if (int rc = run_push(**t, job, world ? &*world : nullptr); rc != 0) {
+      // A refused push leaves the engines serving the old version; with --shutdown they still stop,
+      // so an mpirun job ends instead of waiting on them.
+      if (job.shutdown) (void)(*t)->shutdown_engines();
+      return rc;
+    }
   if (!job.input.empty())
     if (int rc = run_requests(**t, job); rc != 0) return rc;
   if (job.shutdown) {
@@ -103,7 +125,7 @@ void add_trainer(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("trainer", "publish weights, run requests, stop engines");
   cmd->add_option("--connect", job->connect, "engine endpoint (repeatable)");
   cmd->add_option("--push", job->push, "checkpoint folder whose weights to publish");
-  cmd->add_option("--path", job->path, "ipc | disk")->capture_default_str()->check(CLI::IsMember({"ipc", "disk", "broadcast"}));
+  cmd->add_option("--path", job->path, "broadcast (under mpirun) | ipc | disk")->capture_default_str()->check(CLI::IsMember({"ipc", "disk", "broadcast"}));
   cmd->add_option("--version", job->version, "new weight version (must grow)");
   cmd->add_option("--in-flight", job->in_flight, "drain | abort | continue | recompute")
       ->capture_default_str()
