@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "actors/rollout_actor.h"
+#include "actors/trainer.h"
 #include "comm/json_codec.h"
 #include "comm/wire_codec.h"
 #include "launch/commands.h"
@@ -36,6 +37,8 @@ constexpr const char* kBuiltinPrompts[] = {
 struct LocalJob {
   std::string model, prompts, output, log_level = "warn";
   int engines = 2, n = 4, max_new_tokens = 64, threads = 0, kv_cache_mb = 256;
+  int steps = 1;     // rollout steps; a weight push between two steps
+  std::string push;  // checkpoint published after each step (default: --model itself)
   float temperature = 1.0f;
   uint64_t seed = 0;
 };
@@ -72,8 +75,8 @@ Result<std::vector<std::string>> load_prompts(const std::string& path) {
 // in flight. Runs on the main thread, stepped with run_once().
 class Driver {
  public:
-  Driver(Context& ctx, const LocalJob& job, std::vector<std::string> prompts)
-      : job_(job), prompts_(std::move(prompts)), actor_(ctx, "driver") {
+  Driver(Context& ctx, const LocalJob& job, std::vector<std::string> prompts, int step)
+      : job_(job), prompts_(std::move(prompts)), step_(step), actor_(ctx, "driver") {
     actor_.set_error_body(wire::error_body);
     actor_.on("generate.reply", [this](Frame& f, const ReplyTo& from) { on_reply(f, from.peer); });
     actor_.on("error", [this](Frame& f, const ReplyTo& from) { on_error(f, from.peer); });
@@ -98,6 +101,8 @@ class Driver {
     std::fprintf(stderr, "\n");
   }
   void summary(const std::string& model) const;
+  int64_t tokens() const { return tokens_; }
+  double seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
   const std::vector<SampleOutput>& samples() const { return samples_; }
   size_t errors() const { return errors_; }
 
@@ -118,7 +123,7 @@ class Driver {
     r.sampling_params.n = job_.n;
     r.sampling_params.max_new_tokens = job_.max_new_tokens;
     r.sampling_params.temperature = job_.temperature;
-    r.sampling_params.seed = job_.seed + next_ * 1000003ull;
+    r.sampling_params.seed = job_.seed + next_ * 1000003ull + step_ * 7919ull;
     r.return_logprob = true;
     actor_.send_peer(e->peer, "generate", wire::encode(GenerateCall{next_, {r}}));
     ++e->in_flight;
@@ -171,6 +176,7 @@ class Driver {
 
   const LocalJob& job_;
   std::vector<std::string> prompts_;
+  int step_;
   Actor actor_;
   std::vector<EngineUse> engines_;
   std::vector<SampleOutput> samples_;
@@ -223,17 +229,45 @@ int run_local(LocalJob job) {
     engines.back()->start();
     endpoints.push_back(ep);
   }
-  Driver driver(ctx, job, std::move(prompts).value());
-  if (Status st = driver.connect(endpoints); !st.ok()) return spdlog::error("{}", st.to_string()), 1;
-  driver.run();
+  // Rollout steps; between two steps the trainer publishes weights (ipc: one shared-memory segment
+  // mapped by every engine) under the next version, as an RL loop does after each training step.
+  auto trainer = Trainer::connect(endpoints, &ctx.zmq());
+  if (!trainer.ok()) return spdlog::error("{}", trainer.status().to_string()), 1;
+  std::vector<SampleOutput> samples;
+  size_t errors = 0;
+  std::vector<std::string> rows;
+  for (int step = 0; step < job.steps; ++step) {
+    Driver driver(ctx, job, *prompts, step);
+    if (Status st = driver.connect(endpoints); !st.ok()) return spdlog::error("{}", st.to_string()), 1;
+    driver.run();
+    errors += driver.errors();
+    samples.insert(samples.end(), driver.samples().begin(), driver.samples().end());
+    double push_ms = 0;
+    if (step + 1 < job.steps) {
+      auto res = (*trainer)->publish(job.push.empty() ? job.model : job.push, step + 1, PublishOptions{});
+      if (!res.ok()) return spdlog::error("push: {}", res.status().to_string()), 1;
+      push_ms = res->seconds * 1e3;
+    }
+    char row[160];
+    std::snprintf(row, sizeof row, "  %-6d %-8d %-8zu %-10lld %-10.1f %s", step, step, driver.samples().size(),
+                  static_cast<long long>(driver.tokens()), driver.tokens() / std::max(driver.seconds(), 1e-9),
+                  step + 1 < job.steps ? (std::to_string(static_cast<int>(push_ms * 10) / 10.0).substr(0, 5) + " (v" +
+                                          std::to_string(step + 1) + " by ipc)").c_str()
+                                       : "-");
+    rows.push_back(row);
+    if (step + 1 == job.steps) driver.summary(job.model);
+  }
+  if (job.steps > 1) {
+    std::printf("  %-6s %-8s %-8s %-10s %-10s %s\n", "step", "version", "samples", "tokens", "tok/s", "push ms after");
+    for (const auto& r : rows) std::printf("%s\n", r.c_str());
+  }
   for (auto& e : engines) e->stop();
-  driver.summary(job.model);
   if (!job.output.empty()) {
     std::ofstream out(job.output);
-    for (const auto& s : driver.samples()) out << to_json(s).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
-    std::printf("  samples written to %s\n", job.output.c_str());
+    for (const auto& s : samples) out << to_json(s).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+    std::printf("  %zu samples written to %s\n", samples.size(), job.output.c_str());
   }
-  return driver.errors() == 0 ? 0 : 1;
+  return errors == 0 ? 0 : 1;
 }
 
 }  // namespace
@@ -251,6 +285,10 @@ void add_local(CLI::App& app) {
   cmd->add_option("--threads", job->threads, "threads per engine (0 = cores / engines)")->capture_default_str();
   cmd->add_option("--kv-cache-mb", job->kv_cache_mb, "KV budget per engine")->capture_default_str();
   cmd->add_option("--output", job->output, "write every sample as JSONL");
+  cmd->add_option("--steps", job->steps, "rollout steps, with a weight push (next version) between two")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--push", job->push, "checkpoint pushed between steps (default: the model itself)");
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (int rc = run_local(*job); rc != 0) throw CLI::RuntimeError(rc);

@@ -17,8 +17,8 @@ if [[ ! -f "$MODEL/config.json" ]]; then
   "$ZROLLOUT" make-model --preset tiny --out "$MODEL"
 fi
 
-echo "== the main job: zrollout local (2 rollout actors + a driver over inproc, n=4 samples per prompt)"
-"$ZROLLOUT" local --model "$MODEL" --engines 2 --n 4 --max-new-tokens 48 --prompts "$PROMPTS" --output "$OUT"
+echo "== the main job: zrollout local (2 rollout actors + a driver over inproc, n=4 samples per prompt, 2 rollout steps with a weight push between)"
+"$ZROLLOUT" local --model "$MODEL" --engines 2 --n 4 --max-new-tokens 48 --steps 2 --prompts "$PROMPTS" --output "$OUT"
 
 # First sample, without jq/python: the "text" of the first line (JSON string, unescaped only for
 # \" and \\ and \n; good enough for a glance).
