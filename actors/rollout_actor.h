@@ -30,6 +30,7 @@ struct RolloutActorOptions {
   std::string model_path;  // reported by get_model_info
   int weight_rank = 0;     // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
+  std::chrono::milliseconds transfer_timeout{60000};  // broadcast: no bucket for this long = sender lost
 };
 
 class RolloutActor {

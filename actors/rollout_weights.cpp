@@ -130,7 +130,7 @@ void RolloutActor::start_broadcast_receive(WeightJob& job) {
   job.staged = std::async(std::launch::async, [this, buf, bytes, current, refuse, c]() -> Result<StagedWeights> {
     if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(bytes) + " bytes");
     TransferVerifier verifier(c.tensors);
-    Status st = weight_group_->bcast_buckets(buf.get(), bytes, c.root, c.bucket_bytes, std::chrono::seconds(60),
+    Status st = weight_group_->bcast_buckets(buf.get(), bytes, c.root, c.bucket_bytes, opt_.transfer_timeout,
                                              [&](size_t off, size_t len) { verifier.add(buf.get(), off, len); });
     if (!st.ok()) return st;
     if (!refuse.ok()) return refuse;

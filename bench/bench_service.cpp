@@ -1,0 +1,175 @@
+// The rollout service against its own limits, measured in the same run:
+//   1. request overhead: a 1-token generate round trip over tcp loopback vs a raw ZeroMQ
+//      REQ/REP round trip (64 bytes) and vs the engine step alone;
+//   2. service throughput: 64 concurrent clients over tcp vs the engine's own batch-64 throughput
+//      (the same requests submitted to an Engine directly, prefill included in both).
+// Usage: bench_service [--model DIR] [--rounds 2] [--gen 64]
+//        (default model: a stories15M-shape model made by make-model into ./bench_models/).
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "actors/rollout_actor.h"
+#include "comm/client.h"
+#include "model/make_model.h"
+
+namespace zr {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double raw_zmq_round_trip_us() {
+  zmq::context_t ctx;
+  zmq::socket_t rep(ctx, zmq::socket_type::rep);
+  rep.bind("tcp://127.0.0.1:*");
+  std::string ep = rep.get(zmq::sockopt::last_endpoint);
+  const int n = 2000;
+  std::thread server([&] {
+    for (int i = 0; i < n; ++i) {
+      zmq::message_t m;
+      (void)rep.recv(m);
+      rep.send(m, zmq::send_flags::none);
+    }
+  });
+  zmq::socket_t req(ctx, zmq::socket_type::req);
+  req.connect(ep);
+  std::string payload(64, 'x');
+  std::vector<double> t;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = Clock::now();
+    req.send(zmq::buffer(payload));
+    zmq::message_t m;
+    (void)req.recv(m);
+    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  server.join();
+  return median(t);
+}
+
+GenerateRequest request(const std::string& rid, int vocab, int prompt, int gen, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  GenerateRequest r;
+  r.rid = rid;
+  r.input_ids.push_back(1);
+  while (static_cast<int>(r.input_ids.size()) < prompt) r.input_ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
+  r.sampling_params.max_new_tokens = gen;
+  r.sampling_params.temperature = 1.0f;
+  r.sampling_params.seed = seed;
+  r.sampling_params.ignore_eos = true;
+  return r;
+}
+
+EngineOptions engine_options() {
+  EngineOptions o;
+  o.kv_cache_bytes = size_t{1} << 30;
+  return o;
+}
+
+// Engine alone: 64 requests at once, run to completion.
+double engine_tok_s(const std::string& model, int clients, int gen) {
+  auto eng = std::move(Engine::load(model, engine_options())).value();
+  int vocab = eng->config().vocab_size;
+  for (int i = 0; i < clients; ++i) (void)eng->submit(request("e" + std::to_string(i), vocab, 16, gen, i));
+  auto t0 = Clock::now();
+  int64_t tokens = 0;
+  while (!eng->idle()) {
+    StepOutputs out;
+    eng->step(out);
+    tokens += out.tokens_generated;
+  }
+  return tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+}  // namespace zr
+
+int main(int argc, char** argv) {
+  using namespace zr;
+  CLI::App app{"zrollout service benchmark"};
+  std::string model;
+  int rounds = 2, gen = 64, clients = 64;
+  app.add_option("--model", model);
+  app.add_option("--rounds", rounds, "requests per client")->capture_default_str();
+  app.add_option("--gen", gen, "new tokens per request")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  if (model.empty()) {
+    model = "bench_models/stories15M";
+    if (!std::filesystem::exists(model + "/config.json")) {
+      MakeModelOptions mo;
+      mo.preset = "stories15M";
+      mo.out_dir = model;
+      if (Status st = make_model(mo); !st.ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
+    }
+  }
+  Context ctx;
+  RolloutActor actor(ctx, std::move(Engine::load(model, engine_options())).value(), RolloutActorOptions{});
+  if (!actor.bind("tcp://127.0.0.1:*").ok()) return 1;
+  actor.start();
+  const std::string ep = actor.endpoint();
+  const int vocab = actor.engine().config().vocab_size;
+
+  // 1. Request overhead.
+  double raw_us = raw_zmq_round_trip_us();
+  auto client = std::move(Client::connect(ep)).value();
+  std::vector<double> rt;
+  for (int i = 0; i < 200; ++i) {
+    auto t0 = Clock::now();
+    auto r = client->generate({request("o" + std::to_string(i), vocab, 4, 1, i)});
+    rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
+  }
+  double engine_only_us;
+  {
+    auto eng = std::move(Engine::load(model, engine_options())).value();
+    std::vector<double> t;
+    for (int i = 0; i < 200; ++i) {
+      auto t0 = Clock::now();
+      (void)eng->submit(request("x" + std::to_string(i), vocab, 4, 1, i));
+      while (!eng->idle()) {
+        StepOutputs out;
+        eng->step(out);
+      }
+      t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    }
+    engine_only_us = median(t);
+  }
+  double gen_us = median(rt);
+  std::printf("zrollout bench_service: %s\n", model.c_str());
+  std::printf("request overhead (tcp loopback, median of 200):\n");
+  std::printf("  1-token generate round trip   %8.1f us\n", gen_us);
+  std::printf("  engine alone, same request    %8.1f us\n", engine_only_us);
+  std::printf("  service overhead              %8.1f us  (= %.1fx a raw ZeroMQ REQ/REP round trip of %.1f us)\n",
+              gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
+
+  // 2. Throughput: clients x rounds requests over tcp vs the engine alone on the same batch.
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> tokens{0};
+  auto t0 = Clock::now();
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      auto cl = std::move(Client::connect(ep)).value();
+      for (int r = 0; r < rounds; ++r) {
+        auto rep = cl->generate({request("c" + std::to_string(c) + "-" + std::to_string(r), vocab, 16, gen, c)});
+        if (rep.ok()) tokens += rep->outputs[0].meta_info.completion_tokens;
+      }
+    });
+  for (auto& t : threads) t.join();
+  double service = tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+  actor.stop();
+  double engine = engine_tok_s(model, clients, gen);
+  std::printf("throughput, %d concurrent clients x %d requests (16-token prompts, %d new tokens):\n", clients, rounds, gen);
+  std::printf("  service over tcp   %8.1f tok/s\n  engine alone       %8.1f tok/s (batch %d, same run)\n  ratio              %7.0f%%  (target >= 90%%)\n",
+              service, engine, clients, 100 * service / engine);
+  return 0;
+}

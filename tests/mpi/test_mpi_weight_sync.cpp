@@ -1,0 +1,126 @@
+// Weight sync by MPI broadcast into a RolloutActor, with rank 0 as the trainer: a good broadcast
+// commits on every engine rank; a trainer lost during the transfer (it announced the update and
+// sent no bytes) leaves every engine serving the old version, with a timeout error naming the
+// bucket and the rank. Each test uses its own sub-communicator: MPI cannot cancel an abandoned
+// collective, so the group it poisons is left behind instead of the world.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "actors/rollout_actor.h"
+#include "comm/checksum.h"
+#include "comm/client.h"
+#include "comm/wire_weights.h"
+#include "model/safetensors.h"
+#include "tests/mpi/mpi_test_env.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Every tensor of a checkpoint, laid out for a transfer.
+std::vector<uint8_t> layout(const std::string& dir, std::vector<TensorMeta>& metas) {
+  auto ar = std::move(SafetensorsArchive::open_dir(dir)).value();
+  for (const auto& [name, v] : ar.tensors()) metas.push_back({name, dtype_name(v.dtype), v.shape, v.nbytes, 0, 0});
+  std::vector<uint8_t> buf(assign_transfer_offsets(metas));
+  for (auto& m : metas) {
+    std::memcpy(buf.data() + m.offset, ar.find(m.name)->data, m.nbytes);
+    m.checksum = checksum64(buf.data() + m.offset, m.nbytes);
+  }
+  return buf;
+}
+
+// Rank 0: the trainer. Other ranks: one engine each (a RolloutActor on tcp loopback).
+class MpiWeightSync : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = zr::testing::shared_model_dir("stories260K");
+    if (!d) GTEST_SKIP() << "shared model 'stories260K' not found";
+    dir_ = *d;
+    MpiGroup& w = zr::testing::world();
+    weights_ = std::make_unique<MpiGroup>(std::move(w.split(0, w.rank())).value());
+    std::string ep;
+    if (w.rank() != 0) {
+      RolloutActorOptions ro;
+      ro.transfer_timeout = 1500ms;
+      ro.weight_rank = w.rank();
+      EngineOptions eo;
+      eo.threads = 1;
+      eo.kv_cache_bytes = size_t{16} << 20;
+      actor_ = std::make_unique<RolloutActor>(ctx_, std::move(Engine::load(dir_, eo)).value(), ro);
+      ASSERT_TRUE(actor_->bind("tcp://127.0.0.1:*").ok());
+      actor_->set_weight_group(weights_.get());
+      actor_->start();
+      ep = actor_->endpoint();
+    }
+    endpoints_ = std::move(w.allgather_strings(ep)).value();
+  }
+  void TearDown() override {
+    ASSERT_TRUE(zr::testing::world().barrier().ok());  // engines stay up until the trainer is done
+    if (actor_) actor_->stop();
+    if (weights_ && weights_->poisoned()) weights_.release();  // leaked on purpose: see the top
+  }
+  // Trainer side: send update_weights to every engine, then broadcast the bytes (unless it plays a
+  // trainer lost before its bytes went out). Returns each engine's reply.
+  std::vector<Result<Client::RawReply>> push(int64_t version, bool send_bytes) {
+    std::vector<TensorMeta> metas;
+    std::vector<uint8_t> buf = layout(dir_, metas);
+    UpdateWeightsCall call{0, version, "broadcast", metas};
+    call.bucket_bytes = 256 << 10;  // several buckets for a 1 MiB model
+    std::vector<std::unique_ptr<Client>> clients;
+    std::vector<std::future<Result<Client::RawReply>>> futs;
+    for (size_t r = 1; r < endpoints_.size(); ++r) {
+      clients.push_back(std::move(Client::connect(endpoints_[r])).value());
+      call.req_id = clients.back()->next_req_id();
+      futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
+    }
+    if (send_bytes) EXPECT_TRUE(weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s).ok());
+    std::vector<Result<Client::RawReply>> replies;
+    for (auto& f : futs) replies.push_back(f.get());
+    return replies;
+  }
+  Result<int64_t> version_of(int rank) {
+    auto c = std::move(Client::connect(endpoints_[rank])).value();
+    uint64_t id = c->next_req_id();
+    auto r = c->call_raw("get_weight_version", wire::encode_req_id_only(id), {}, id, 10s).get();
+    if (!r.ok()) return r.status();
+    return r->json["version"].get<int64_t>();
+  }
+  Context ctx_;
+  std::string dir_;
+  std::unique_ptr<MpiGroup> weights_;  // destroyed after the actor that uses it
+  std::unique_ptr<RolloutActor> actor_;
+  std::vector<std::string> endpoints_;
+};
+
+TEST_F(MpiWeightSync, BroadcastCommitsOnEveryEngine) {
+  if (zr::testing::world().rank() != 0) return;
+  auto replies = push(1, true);
+  for (auto& r : replies) {
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->op, "update_weights.reply") << r->json.dump();
+    EXPECT_EQ(r->json["version"], 1);
+  }
+  for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_EQ(*version_of(static_cast<int>(r)), 1);
+}
+
+TEST_F(MpiWeightSync, TrainerLostDuringTransferLeavesTheOldVersionServing) {
+  if (zr::testing::world().rank() != 0) return;
+  auto replies = push(7, false);
+  for (auto& r : replies) {
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->op, "error");
+    EXPECT_EQ(r->json["code"], "timeout") << r->json.dump();
+    std::string msg = r->json["message"];
+    EXPECT_NE(msg.find("bucket"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rank"), std::string::npos) << msg;
+  }
+  for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_NE(*version_of(static_cast<int>(r)), 7);
+}
+
+}  // namespace
+}  // namespace zr
