@@ -1,6 +1,8 @@
 // The RolloutActor's weight operations: update_weights by ipc or disk (broadcast arrives with the
 // MPI weight group), get_weight_version, get_weights_checksum, release/resume_memory, shutdown.
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "actors/rollout_actor.h"
@@ -14,6 +16,10 @@ namespace zr {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// Staging runs beside generation on the same cores: below the compute threads' priority, so a
+// push slows decoding as little as possible (the commit itself is a pointer swap).
+void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10); }
 
 double seconds_since(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
@@ -97,6 +103,7 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
     start_broadcast_receive(*job);
   } else if (c.path == "disk") {
     job->staged = std::async(std::launch::async, [current, dir = c.disk_path, v = c.version] {
+      lower_priority();
       return stage_from_disk(*current, dir, v);
     });
   } else {  // ipc: map the trainer's segment and use its bytes in place where layout allows
@@ -106,6 +113,7 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
     if (!seg.ok()) return reply_error(from, c.req_id, on_rank(seg.status(), opt_.weight_rank));
     auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
     job->staged = std::async(std::launch::async, [current, owner, metas = c.tensors, v = c.version] {
+      lower_priority();
       auto base = static_cast<const uint8_t*>(owner->data());
       return stage_from_buffer(*current, metas, base, std::shared_ptr<const void>(owner, owner->data()), v);
     });
@@ -128,6 +136,7 @@ void RolloutActor::start_broadcast_receive(WeightJob& job) {
   const ModelWeights* current = &engine_->weights();
   job.bytes = bytes;
   job.staged = std::async(std::launch::async, [this, buf, bytes, current, refuse, c]() -> Result<StagedWeights> {
+    lower_priority();
     if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(bytes) + " bytes");
     TransferVerifier verifier(c.tensors);
     Status st = weight_group_->bcast_buckets(buf.get(), bytes, c.root, c.bucket_bytes, opt_.transfer_timeout,

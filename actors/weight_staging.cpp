@@ -75,7 +75,7 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
   out.version = version;
   for (const TensorMeta& m : metas) {
     const uint8_t* p = base + m.offset;
-    if (uint64_t sum = verify_checksums ? checksum64(p, m.nbytes) : m.checksum; sum != m.checksum)
+    if (uint64_t sum = verify_checksums ? checksum64_parallel(p, m.nbytes, 2) : m.checksum; sum != m.checksum)
       return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
                                                           " != " + std::to_string(m.checksum));
     TensorView view{m.name, *dtype_from_name(m.dtype), m.shape, p, m.nbytes, owner};
