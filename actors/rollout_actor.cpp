@@ -83,27 +83,30 @@ void RolloutActor::register_handlers() {
   });
 }
 
+// A call is all or nothing: when request k is refused, the ones before it are withdrawn silently
+// and the call gets one error.
+void RolloutActor::refuse_call(const Call& c, const Status& st) {
+  StepOutputs discard;
+  for (const auto& done : c.rids) {
+    engine_->abort(AbortCall{0, done, "", false}, discard);
+    call_of_rid_.erase(done);
+  }
+  reply_error(c.to, c.req_id, st);
+}
+
 void RolloutActor::on_generate(Frame& f, const ReplyTo& from) {
   auto call = wire::decode_generate(f.body);
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
   auto c = std::make_shared<Call>();
   c->req_id = call->req_id;
   c->to = from;
-  // All or nothing: if request k is refused, the ones before it are withdrawn silently.
   for (size_t k = 0; k < call->batch.size(); ++k) {
     GenerateRequest& r = call->batch[k];
     const std::string rid = r.rid;
     const int n = r.sampling_params.n;
     Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
                                         : engine_->submit(std::move(r));
-    if (!st.ok()) {
-      StepOutputs discard;
-      for (const auto& done : c->rids) {
-        engine_->abort(AbortCall{0, done, "", false}, discard);
-        call_of_rid_.erase(done);
-      }
-      return reply_error(from, c->req_id, in_batch(st, k, call->batch.size()));
-    }
+    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call->batch.size()));
     c->rids.push_back(rid);
     c->samples[rid].resize(n);
     c->pending += n;
@@ -122,14 +125,7 @@ void RolloutActor::on_score(Frame& f, const ReplyTo& from) {
     const std::string rid = call->batch[k].rid;
     Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
                                         : engine_->submit_score(std::move(call->batch[k]));
-    if (!st.ok()) {
-      StepOutputs discard;
-      for (const auto& done : c->rids) {
-        engine_->abort(AbortCall{0, done, "", false}, discard);
-        call_of_rid_.erase(done);
-      }
-      return reply_error(from, c->req_id, in_batch(st, k, call->batch.size()));
-    }
+    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call->batch.size()));
     c->rids.push_back(rid);
     c->scores[rid];
     ++c->pending;

@@ -81,6 +81,7 @@ class RolloutActor {
   void on_generate(Frame& f, const ReplyTo& from);
   void on_score(Frame& f, const ReplyTo& from);
   void on_abort(Frame& f, const ReplyTo& from);
+  void refuse_call(const Call& c, const Status& st);
   bool tick();
   void drain_on_stop();
   void route(StepOutputs& out);

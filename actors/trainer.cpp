@@ -74,13 +74,20 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
   if (opt.path == "ipc") return publish_ipc(dir, version, opt);
   if (opt.path != "disk") return make_error(ErrorCode::invalid_argument, "path: '" + opt.path + "' (ipc or disk here)");
   if (!opt.only.empty()) return make_error(ErrorCode::invalid_argument, "only: a disk update loads the whole folder");
+  UpdateWeightsCall call = base_call("disk", version, opt);
+  call.disk_path = dir;
+  return send_update(std::move(call), opt.timeout);
+}
+
+// The fields every update of a publish carries.
+UpdateWeightsCall Trainer::base_call(const char* path, int64_t version, const PublishOptions& opt) {
   UpdateWeightsCall call;
   call.version = version;
-  call.path = "disk";
-  call.disk_path = dir;
+  call.path = path;
   call.in_flight = wire::in_flight_name(opt.in_flight);
   call.flush_cache = opt.flush_cache;
-  return send_update(std::move(call), opt.timeout);
+  call.bucket_bytes = opt.bucket_bytes;
+  return call;
 }
 
 Result<Trainer::Layout> Trainer::layout(const SafetensorsArchive& ar, const std::vector<std::string>& only,
@@ -113,11 +120,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), l->bytes);
   if (!seg.ok()) return seg.status();
   l->fill(static_cast<uint8_t*>(seg->data()));
-  UpdateWeightsCall call;
-  call.version = version;
-  call.path = "ipc";
-  call.in_flight = wire::in_flight_name(opt.in_flight);
-  call.flush_cache = opt.flush_cache;
+  UpdateWeightsCall call = base_call("ipc", version, opt);
   call.tensors = l->metas;
   call.shm_name = seg->name();
   call.shm_bytes = l->bytes;
@@ -134,13 +137,8 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
   if (!l.ok()) return l.status();
   std::vector<uint8_t> buf(l->bytes);
   l->fill(buf.data());
-  UpdateWeightsCall call;
-  call.version = version;
-  call.path = "broadcast";
-  call.in_flight = wire::in_flight_name(opt.in_flight);
-  call.flush_cache = opt.flush_cache;
+  UpdateWeightsCall call = base_call("broadcast", version, opt);
   call.tensors = l->metas;
-  call.bucket_bytes = opt.bucket_bytes;
   call.root = group.rank();
   // The acks come after the bytes: send the metadata, then broadcast, then collect.
   auto t0 = Clock::now();

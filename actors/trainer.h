@@ -68,6 +68,7 @@ class Trainer {
   };
   static Result<Layout> layout(const SafetensorsArchive& ar, const std::vector<std::string>& only, const std::string& dir);
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
+  static UpdateWeightsCall base_call(const char* path, int64_t version, const PublishOptions& opt);
 
   std::vector<std::string> endpoints_;
   std::vector<std::unique_ptr<Client>> clients_;

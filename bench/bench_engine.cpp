@@ -22,7 +22,7 @@
 #include "actors/engine.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
-#include "model/make_model.h"
+#include "bench/bench_models.h"
 
 namespace zr {
 namespace {
@@ -168,15 +168,8 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  if (model.empty()) {
-    model = "bench_models/stories110M";
-    if (!std::filesystem::exists(model + "/config.json")) {
-      MakeModelOptions mo;
-      mo.preset = "stories110M";
-      mo.out_dir = model;
-      if (Status st = make_model(mo); !st.ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
-    }
-  }
+  if (model.empty()) model = bench::default_model("stories110M");
+  if (model.empty()) return 1;
   auto cfg = ModelConfig::from_dir(model);
   auto w = ModelWeights::load_dir(*cfg, model);
   const double params = static_cast<double>(cfg->num_params());

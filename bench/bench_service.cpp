@@ -16,7 +16,7 @@
 
 #include "actors/rollout_actor.h"
 #include "comm/client.h"
-#include "model/make_model.h"
+#include "bench/bench_models.h"
 
 namespace zr {
 namespace {
@@ -103,15 +103,8 @@ int main(int argc, char** argv) {
   app.add_option("--gen", gen, "new tokens per request")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  if (model.empty()) {
-    model = "bench_models/stories15M";
-    if (!std::filesystem::exists(model + "/config.json")) {
-      MakeModelOptions mo;
-      mo.preset = "stories15M";
-      mo.out_dir = model;
-      if (Status st = make_model(mo); !st.ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
-    }
-  }
+  if (model.empty()) model = bench::default_model("stories15M");
+  if (model.empty()) return 1;
   Context ctx;
   RolloutActor actor(ctx, std::move(Engine::load(model, engine_options())).value(), RolloutActorOptions{});
   if (!actor.bind("tcp://127.0.0.1:*").ok()) return 1;

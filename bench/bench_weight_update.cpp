@@ -19,7 +19,7 @@
 
 #include "actors/rollout_actor.h"
 #include "actors/trainer.h"
-#include "model/make_model.h"
+#include "bench/bench_models.h"
 
 namespace zr {
 namespace {
@@ -56,15 +56,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", model);
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  if (model.empty()) {
-    model = "bench_models/stories110M";
-    if (!std::filesystem::exists(model + "/config.json")) {
-      MakeModelOptions mo;
-      mo.preset = "stories110M";
-      mo.out_dir = model;
-      if (Status st = make_model(mo); !st.ok()) return std::fprintf(stderr, "%s\n", st.to_string().c_str()), 1;
-    }
-  }
+  if (model.empty()) model = bench::default_model("stories110M");
+  if (model.empty()) return 1;
   Context ctx;
   EngineOptions eo;
   eo.kv_cache_bytes = size_t{256} << 20;
