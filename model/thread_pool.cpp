@@ -25,10 +25,12 @@ void ThreadPool::run_tasks(uint32_t job) {
   for (;;) {
     uint64_t c = claim_.load(std::memory_order_acquire);
     if (static_cast<uint32_t>(c >> 32) != job) return;
-    int i = static_cast<int>(c & 0xffffffffu);
-    if (i >= n_tasks_) return;
-    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) continue;
-    (*fn_)(i);
+    uint32_t left = static_cast<uint32_t>(c);
+    if (left == 0) return;  // every task of `job` is claimed; fn_ may already belong to the next job
+    if (!claim_.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel)) continue;
+    // Task `left - 1` of `job` was unclaimed until now, so the caller is still waiting for it:
+    // fn_ is this job's and stays valid until our done_ increment below.
+    (*fn_)(static_cast<int>(left - 1));
     done_.fetch_add(1, std::memory_order_release);
   }
 }
@@ -58,10 +60,9 @@ void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
     return;
   }
   fn_ = &fn;
-  n_tasks_ = n;
   done_.store(0, std::memory_order_relaxed);
   ++job_;
-  claim_.store(static_cast<uint64_t>(job_) << 32, std::memory_order_release);
+  claim_.store((static_cast<uint64_t>(job_) << 32) | static_cast<uint32_t>(n), std::memory_order_release);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
   run_tasks(job_);

@@ -29,14 +29,16 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> generation_{0};  // bumped to wake sleeping workers
-  // (job << 32) | next task index. A task is claimed by a CAS that also checks the job, so a worker
-  // that wakes late can never run a task of a job that has moved on. The caller waits for tasks,
-  // not for workers: a worker that is still asleep when every task is done costs nothing.
+  // (job << 32) | number of tasks of that job not yet claimed. A task is claimed by a CAS that
+  // decrements the count and also checks the job, so a worker that wakes late can never run a task
+  // of a job that has moved on. The bound lives in the same word: a worker never reads a task count
+  // the caller may already be rewriting for the next job (a stale (job, 0) just fails or returns).
+  // The caller waits for tasks, not for workers: a worker still asleep when every task is done
+  // costs nothing.
   std::atomic<uint64_t> claim_{0};
   std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
   uint32_t job_ = 0;
-  int n_tasks_ = 0;
   const std::function<void(int)>* fn_ = nullptr;
 };
 
