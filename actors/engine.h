@@ -9,6 +9,7 @@
 #pragma once
 
 #include <chrono>
+#include <future>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -146,6 +147,7 @@ class Engine : private KvBudget {
   int64_t preemptions_ = 0;
   std::unique_ptr<PendingUpdate> pending_update_;
   std::string model_dir_;
+  std::future<void> reclaim_;  // drops replaced weights' bytes off the engine thread
   bool weights_released_ = false, kv_released_ = false;
 };
 

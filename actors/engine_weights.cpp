@@ -38,7 +38,12 @@ void Engine::maybe_commit(StepOutputs& out) {
   if (!pending_update_) return;
   PendingUpdate& u = *pending_update_;
   if (u.opt.policy == InFlightPolicy::drain && sched_.num_running() > 0) return;
-  Status st = weights_.replace(u.weights.tensors);
+  std::vector<Weight> old;
+  Status st = weights_.replace(u.weights.tensors, &old);
+  // The old version's mapping may be the last reference to hundreds of MB: unmap it elsewhere so
+  // the commit stays a pointer swap. One reclaim at a time.
+  if (reclaim_.valid()) reclaim_.wait();
+  reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
   if (st.ok()) {
     weight_version_ = u.weights.version;

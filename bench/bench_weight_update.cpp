@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   std::printf("  engine: map + verify + commit (ack)   %8.1f ms  = %.2fx memcpy  (%d tensors zero-copy)\n",
               median(ack_ms), median(ack_ms) / mc, zero_copy);
   std::printf("  send -> ack, as the trainer sees it    %8.1f ms  = %.2fx memcpy\n", median(total_ms), median(total_ms) / mc);
+  std::printf("  of which staging (map + verify)        %8.1f ms\n", median(stage_ms));
 
   // 2. Generation pause under continue.
   std::mutex mu;

@@ -186,7 +186,7 @@ const Weight* ModelWeights::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : &weights_[it->second];
 }
 
-Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& staged) {
+Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& staged, std::vector<Weight>* replaced) {
   std::vector<size_t> idx;
   std::unordered_set<size_t> seen;
   for (const auto& [name, w] : staged) {
@@ -202,7 +202,10 @@ Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& 
     if (!w.data) return make_error(ErrorCode::weight_mismatch, "tensor " + name + ": no data");
     idx.push_back(i);
   }
-  for (size_t k = 0; k < staged.size(); ++k) weights_[idx[k]] = staged[k].second;
+  for (size_t k = 0; k < staged.size(); ++k) {
+    if (replaced) replaced->push_back(std::move(weights_[idx[k]]));
+    weights_[idx[k]] = staged[k].second;
+  }
   // The tied head follows the embedding; a staged lm_head is validated above and then ignored.
   if (cfg_.tie_word_embeddings) bind_tied_head();
   return Status::ok_status();

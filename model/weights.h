@@ -79,7 +79,9 @@ class ModelWeights {
   // Converts one on-disk tensor into the in-memory form for `spec` (validates shape and dtype).
   static Result<Weight> make_weight(const TensorSpec& spec, const TensorView& view);
   // Swaps in already-validated weights by name (all or nothing). Keeps lm_head tied to embed.
-  Status replace(const std::vector<std::pair<std::string, Weight>>& staged);
+  // The weights it replaced are moved into `replaced` when given, so the caller can drop their
+  // bytes (an munmap of hundreds of MB) off the serving thread.
+  Status replace(const std::vector<std::pair<std::string, Weight>>& staged, std::vector<Weight>* replaced = nullptr);
   size_t total_bytes() const;
   // Drops every weight's bytes (the registry stays, so updates can still be validated and staged);
   // returns the bytes released. complete() is false until every required tensor has bytes again.
