@@ -109,7 +109,7 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   } else {  // ipc: map the trainer's segment and use its bytes in place where layout allows
     Status st = validate_update_meta(*current, c.tensors, c.shm_bytes);
     if (!st.ok()) return reply_error(from, c.req_id, on_rank(st, opt_.weight_rank));
-    auto seg = ShmSegment::open(c.shm_name, c.shm_bytes, /*read_only=*/true);
+    auto seg = ShmSegment::open(c.shm_name, c.shm_bytes, /*read_only=*/true, /*populate=*/false);
     if (!seg.ok()) return reply_error(from, c.req_id, on_rank(seg.status(), opt_.weight_rank));
     auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
     job->staged = std::async(std::launch::async, [current, owner, metas = c.tensors, v = c.version] {
