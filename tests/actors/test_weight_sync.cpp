@@ -114,7 +114,10 @@ TEST_F(WeightSync, RefusedPushesLeaveTheOldVersionServing) {
   std::vector<float> bytes(64, 0.5f);
   auto seg = std::move(ShmSegment::create("zr-test", 4096)).value();
   std::memcpy(seg.data(), bytes.data(), 256);
-  UpdateWeightsCall bad{0, 2, "ipc", {{"model.norm.weight", "F32", {32}, 128, checksum64(seg.data(), 128), 0}}};
+  UpdateWeightsCall bad;
+  bad.version = 2;
+  bad.path = "ipc";
+  bad.tensors = {{"model.norm.weight", "F32", {32}, 128, checksum64(seg.data(), 128), 0}};
   bad.shm_name = seg.name();
   bad.shm_bytes = 4096;
   Status st = send(bad);
@@ -209,8 +212,12 @@ TEST_F(WeightSync, InFlightPolicies) {
         EXPECT_EQ(o.output_ids.size(), static_cast<size_t>(r.sampling_params.max_new_tokens));
       }
     }
-    if (p == InFlightPolicy::recompute) EXPECT_GE(run.preemptions, 4);
-    if (p == InFlightPolicy::continue_) EXPECT_EQ(run.preemptions, 0);
+    if (p == InFlightPolicy::recompute) {
+      EXPECT_GE(run.preemptions, 4);
+    }
+    if (p == InFlightPolicy::continue_) {
+      EXPECT_EQ(run.preemptions, 0);
+    }
   }
 }
 

@@ -69,7 +69,10 @@ class MpiWeightSync : public ::testing::Test {
   std::vector<Result<Client::RawReply>> push(int64_t version, bool send_bytes) {
     std::vector<TensorMeta> metas;
     std::vector<uint8_t> buf = layout(dir_, metas);
-    UpdateWeightsCall call{0, version, "broadcast", metas};
+    UpdateWeightsCall call;
+    call.version = version;
+    call.path = "broadcast";
+    call.tensors = metas;
     call.bucket_bytes = 256 << 10;  // several buckets for a 1 MiB model
     std::vector<std::unique_ptr<Client>> clients;
     std::vector<std::future<Result<Client::RawReply>>> futs;
@@ -78,7 +81,9 @@ class MpiWeightSync : public ::testing::Test {
       call.req_id = clients.back()->next_req_id();
       futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
     }
-    if (send_bytes) EXPECT_TRUE(weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s).ok());
+    if (send_bytes) {
+      EXPECT_TRUE(weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s).ok());
+    }
     std::vector<Result<Client::RawReply>> replies;
     for (auto& f : futs) replies.push_back(f.get());
     return replies;
