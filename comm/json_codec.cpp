@@ -1,89 +1,19 @@
 #include "comm/json_codec.h"
 
+#include "comm/wire_fields.h"
+
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
-#include <set>
 #include <sstream>
 
 namespace zr {
 
 using nlohmann::json;
+using wire::detail::FieldReader;
+using wire::detail::read_value;
 
 namespace {
-
-// Reads the fields of one JSON object, remembering the first error and which keys were used.
-class Fields {
- public:
-  Fields(const json& j, std::string prefix) : j_(j), prefix_(std::move(prefix)) {
-    if (!j.is_object()) err_ = make_error(ErrorCode::invalid_argument, where("") + "expected an object");
-  }
-  bool has(const char* name) const { return err_.ok() && j_.contains(name) && !j_.at(name).is_null(); }
-  const json& at(const char* name) { used_.insert(name); return j_.at(name); }
-  void mark(const char* name) { used_.insert(name); }
-
-  template <class T>
-  void get(const char* name, T& out) {
-    used_.insert(name);
-    if (!has(name)) return;
-    const json& v = j_.at(name);
-    if constexpr (std::is_same_v<T, bool>) {
-      if (!v.is_boolean()) return fail(name, "expected true or false");
-      out = v.get<bool>();
-    } else if constexpr (std::is_integral_v<T>) {
-      if (!v.is_number_integer()) return fail(name, "expected an integer");
-      if (v.is_number_unsigned() && std::is_signed_v<T> && v.get<uint64_t>() > uint64_t(std::numeric_limits<T>::max()))
-        return fail(name, "integer out of range");
-      if (std::is_signed_v<T> && v.is_number_integer() && !v.is_number_unsigned() &&
-          (v.get<int64_t>() < int64_t(std::numeric_limits<T>::min()) || v.get<int64_t>() > int64_t(std::numeric_limits<T>::max())))
-        return fail(name, "integer out of range");
-      if (std::is_unsigned_v<T> && !v.is_number_unsigned()) return fail(name, "expected a non-negative integer");
-      out = v.get<T>();
-    } else if constexpr (std::is_floating_point_v<T>) {
-      if (!v.is_number()) return fail(name, "expected a number");
-      out = v.get<T>();
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      if (!v.is_string()) return fail(name, "expected a string");
-      out = v.get<std::string>();
-    } else if constexpr (std::is_same_v<T, std::vector<int>>) {
-      if (!v.is_array()) return fail(name, "expected an array of integers");
-      out.clear();
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (!v[i].is_number_integer() || v[i].get<int64_t>() < INT32_MIN || v[i].get<int64_t>() > INT32_MAX)
-          return fail((std::string(name) + "[" + std::to_string(i) + "]").c_str(), "expected an integer");
-        out.push_back(v[i].get<int>());
-      }
-    } else {
-      static_assert(sizeof(T) == 0, "unsupported field type");
-    }
-  }
-  void get_optional(const char* name, std::optional<std::string>& out) {
-    if (has(name)) { std::string s; get(name, s); out = s; } else used_.insert(name);
-  }
-  void get_optional(const char* name, std::optional<uint64_t>& out) {
-    if (has(name)) { uint64_t s = 0; get(name, s); out = s; } else used_.insert(name);
-  }
-  void fail(const std::string& name, const std::string& what) {
-    if (err_.ok()) err_ = make_error(ErrorCode::invalid_argument, where(name) + what);
-  }
-  void fail_status(Status st) { if (err_.ok() && !st.ok()) err_ = std::move(st); }
-  std::string where(const std::string& name) const { return prefix_ + name + (name.empty() && prefix_.empty() ? "" : ": "); }
-  // Unknown fields are errors (a typo must not be silently ignored).
-  Status finish() {
-    if (!err_.ok()) return err_;
-    for (auto it = j_.begin(); it != j_.end(); ++it)
-      if (!used_.count(it.key())) return make_error(ErrorCode::invalid_argument, where(it.key()) + "unknown field");
-    return {};
-  }
-  bool ok() const { return err_.ok(); }
-  const std::string& prefix() const { return prefix_; }
-
- private:
-  const json& j_;
-  std::string prefix_;
-  std::set<std::string> used_;
-  Status err_;
-};
 
 // "rl_action_mask:1,2,3" or "disallowed_tokens:4,5".
 Status parse_custom_processor(const std::string& s, LogitProcessors& lp) {
@@ -108,15 +38,15 @@ Status parse_custom_processor(const std::string& s, LogitProcessors& lp) {
 }
 
 Status parse_processors(const json& j, LogitProcessors& lp) {
-  Fields f(j, "logit_processors.");
-  if (f.has("allowed_token_ids")) {
+  FieldReader f(j, "logit_processors.", true);
+  if (const json* v = f.take("allowed_token_ids")) {
     std::vector<int> ids;
-    f.get("allowed_token_ids", ids);
+    f.fail_status(read_value(*v, f.path("allowed_token_ids"), ids));
     lp.allowed_token_ids = ids;
   }
   f.get("disallowed_token_ids", lp.disallowed_token_ids);
-  if (f.has("temperature_schedule")) {
-    Fields t(f.at("temperature_schedule"), "logit_processors.temperature_schedule.");
+  if (const json* v = f.take("temperature_schedule")) {
+    FieldReader t(*v, "logit_processors.temperature_schedule.", true);
     TemperatureSchedule s;
     t.get("initial", s.initial);
     t.get("final", s.final);
@@ -127,9 +57,10 @@ Status parse_processors(const json& j, LogitProcessors& lp) {
   return f.finish();
 }
 
-Status parse_stop(Fields& f, SamplingParams& p) {
-  if (!f.has("stop")) { f.mark("stop"); return {}; }
-  const json& v = f.at("stop");
+Status parse_stop(FieldReader& f, SamplingParams& p) {
+  const json* stop = f.take("stop");
+  if (!stop) return {};
+  const json& v = *stop;
   if (v.is_string()) p.stop = {v.get<std::string>()};
   else if (v.is_array()) {
     for (size_t i = 0; i < v.size(); ++i) {
@@ -141,9 +72,10 @@ Status parse_stop(Fields& f, SamplingParams& p) {
   return {};
 }
 
-Status parse_logit_bias(Fields& f, SamplingParams& p) {
-  if (!f.has("logit_bias")) { f.mark("logit_bias"); return {}; }
-  const json& v = f.at("logit_bias");
+Status parse_logit_bias(FieldReader& f, SamplingParams& p) {
+  const json* bias = f.take("logit_bias");
+  if (!bias) return {};
+  const json& v = *bias;
   if (!v.is_object()) return make_error(ErrorCode::invalid_argument, "sampling_params.logit_bias: expected an object {\"token_id\": bias}");
   for (auto it = v.begin(); it != v.end(); ++it) {
     int id = 0;
@@ -199,7 +131,7 @@ double json_float(float f) {
 
 Result<SamplingParams> sampling_params_from_json(const json& j) {
   SamplingParams p;
-  Fields f(j, "sampling_params.");
+  FieldReader f(j, "sampling_params.", true);
   f.get("max_new_tokens", p.max_new_tokens);
   f.get("min_new_tokens", p.min_new_tokens);
   f.get("temperature", p.temperature);
@@ -213,7 +145,11 @@ Result<SamplingParams> sampling_params_from_json(const json& j) {
   f.get("ignore_eos", p.ignore_eos);
   f.get("skip_special_tokens", p.skip_special_tokens);
   f.get("n", p.n);
-  f.get_optional("seed", p.seed);
+  if (const json* v = f.take("seed")) {
+    uint64_t seed = 0;
+    f.fail_status(read_value(*v, f.path("seed"), seed));
+    p.seed = seed;
+  }
   if (f.ok()) f.fail_status(parse_stop(f, p));
   if (f.ok()) f.fail_status(parse_logit_bias(f, p));
   Status st = f.finish();
@@ -223,9 +159,13 @@ Result<SamplingParams> sampling_params_from_json(const json& j) {
 
 Result<GenerateRequest> generate_request_from_json(const json& j) {
   GenerateRequest r;
-  Fields f(j, "");
+  FieldReader f(j, "", true);
   f.get("rid", r.rid);
-  f.get_optional("text", r.text);
+  if (const json* v = f.take("text")) {
+    std::string text;
+    f.fail_status(read_value(*v, f.path("text"), text));
+    r.text = std::move(text);
+  }
   f.get("input_ids", r.input_ids);
   f.get("return_logprob", r.return_logprob);
   f.get("logprob_start_len", r.logprob_start_len);
@@ -238,17 +178,14 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
   if (mode == "raw") r.logprob_mode = LogprobMode::raw;
   else if (mode == "processed") r.logprob_mode = LogprobMode::processed;
   else if (mode != "default") f.fail("logprob_mode", "expected 'default', 'raw' or 'processed'");
-  if (f.ok() && f.has("sampling_params")) {
-    auto sp = sampling_params_from_json(f.at("sampling_params"));
+  if (const json* v = f.take("sampling_params")) {
+    auto sp = sampling_params_from_json(*v);
     if (!sp.ok()) return sp.status();
     r.sampling_params = std::move(sp).value();
-  } else {
-    f.mark("sampling_params");
   }
-  f.mark("logit_processors");
-  if (f.ok() && f.has("logit_processors")) f.fail_status(parse_processors(f.at("logit_processors"), r.sampling_params.processors));
-  if (f.ok() && f.has("custom_logit_processor")) {
-    const json& c = f.at("custom_logit_processor");
+  if (const json* v = f.take("logit_processors")) f.fail_status(parse_processors(*v, r.sampling_params.processors));
+  if (const json* cp = f.take("custom_logit_processor"); cp && f.ok()) {
+    const json& c = *cp;
     if (c.is_string()) f.fail_status(parse_custom_processor(c.get<std::string>(), r.sampling_params.processors));
     else if (c.is_array()) {
       for (const json& e : c) {
@@ -256,8 +193,6 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
         f.fail_status(parse_custom_processor(e.get<std::string>(), r.sampling_params.processors));
       }
     } else f.fail("custom_logit_processor", "expected a string or an array of strings");
-  } else {
-    f.mark("custom_logit_processor");
   }
   Status st = f.finish();
   if (!st.ok()) return st;
@@ -267,7 +202,7 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
 
 Result<ScoreRequest> score_request_from_json(const json& j) {
   ScoreRequest r;
-  Fields f(j, "");
+  FieldReader f(j, "", true);
   f.get("rid", r.rid);
   f.get("input_ids", r.input_ids);
   f.get("completion_ids", r.completion_ids);

@@ -1,5 +1,5 @@
-// Internal to the wire codec (wire_codec.cpp, wire_replies.cpp): typed reads of JSON values that
-// report the field path, and a reader for one JSON object. Not part of the public API.
+// Internal to the codecs (json_codec, wire_codec, wire_replies, wire_weights): typed reads of JSON
+// values that report the field path, and a reader for one JSON object. Not part of the public API.
 // Thread-safety: pure functions and a reader object owned by one call.
 #pragma once
 
