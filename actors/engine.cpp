@@ -8,6 +8,7 @@
 
 #include "actors/engine_state.h"
 #include "actors/request_validation.h"
+#include "actors/tp_group.h"
 
 namespace zr {
 
@@ -27,7 +28,8 @@ std::vector<TokenLogprob> to_list(const std::vector<std::pair<int, float>>& v) {
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const EngineOptions& opt) {
   auto cfg = ModelConfig::from_dir(dir);
   if (!cfg.ok()) return cfg.status();
-  auto w = ModelWeights::load_dir(*cfg, dir);
+  TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
+  auto w = ModelWeights::load_dir(*cfg, dir, shard);
   if (!w.ok()) return w.status();
   auto tok = Tokenizer::load(dir + "/tokenizer.model");
   if (!tok.ok()) return tok.status();
@@ -40,13 +42,18 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
     : weights_(std::move(w)), tok_(std::move(tok)), opt_(opt), sched_(opt.scheduler, this) {
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(threads);
-  kv_ = std::make_unique<KvCache>(weights_.config(), opt.kv_block_size, opt.kv_cache_bytes);
-  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get());
-  spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}", threads,
-               kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running);
+  const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
+  kv_ = std::make_unique<KvCache>(local_config(weights_.config(), shard), opt.kv_block_size, opt.kv_cache_bytes);
+  kv_->log_copies(opt.tp != nullptr);  // followers replay the copy-on-write copies
+  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp);
+  spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
+               kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running,
+               opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
 }
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::shutdown, 0, {}, {}});
+}
 
 EngineStats Engine::stats() const {
   return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks(), preemptions_};
@@ -353,6 +360,7 @@ void Engine::step(StepOutputs& out) {
   chunks.reserve(plan.seqs.size());
   for (const ScheduledSeq& p : plan.seqs) chunks.push_back(make_chunk(*seqs_.at(p.id), p.start, p.count));
   logits_.clear();
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::forward, 0, encode_forward(chunks, kv_->take_copies()), {}});
   tf_->forward(chunks, logits_);
 
   std::vector<SampleJob> jobs;

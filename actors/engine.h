@@ -29,11 +29,16 @@
 
 namespace zr {
 
+class TpGroup;
+
 struct EngineOptions {
   int threads = 0;                        // compute threads; 0 = all hardware threads
-  size_t kv_cache_bytes = size_t{512} << 20;
+  size_t kv_cache_bytes = size_t{512} << 20;  // per rank under tensor parallelism
   int kv_block_size = 16;
   SchedulerConfig scheduler;
+  // Tensor parallelism: this engine is rank 0 (the leader) of `tp`; the other ranks run TpFollower
+  // (actors/tp_follower.h). The leader sends them every forward, commit and memory operation.
+  TpGroup* tp = nullptr;
 };
 
 struct StepOutputs {
@@ -96,6 +101,7 @@ class Engine : private KvBudget {
   const Tokenizer& tokenizer() const { return tok_; }
   int64_t weight_version() const { return weight_version_; }
   int threads() const { return pool_->size(); }
+  TpGroup* tp() const { return opt_.tp; }
 
  private:
   struct Request;

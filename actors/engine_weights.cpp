@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/engine_state.h"
+#include "actors/tp_group.h"
 
 namespace zr {
 
@@ -45,6 +46,8 @@ void Engine::maybe_commit(StepOutputs& out) {
   if (reclaim_.valid()) reclaim_.wait();
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
+  if (opt_.tp)  // every rank swaps before the next forward (followers staged this version already)
+    opt_.tp->send(TpCommand{st.ok() ? TpCommand::Kind::commit : TpCommand::Kind::drop_staged, u.weights.version, {}, {}});
   if (st.ok()) {
     weight_version_ = u.weights.version;
     if (u.opt.policy == InFlightPolicy::recompute) preemptions_ += static_cast<int64_t>(sched_.preempt_all().size());
@@ -76,6 +79,7 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
     bytes += weights_.release_all();
     weights_released_ = true;
   }
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::release, 0, {weights, kv_cache}, {}});
   return bytes;
 }
 
@@ -89,6 +93,7 @@ Status Engine::resume_memory(bool weights, bool kv_cache) {
     }
     weights_released_ = false;
   }
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::resume, weight_version_, {weights, kv_cache}, {}});
   return {};
 }
 

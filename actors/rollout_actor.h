@@ -75,7 +75,6 @@ class RolloutActor {
   void register_handlers();
   void register_weight_handlers();
   void on_update_weights(Frame& f, const ReplyTo& from);
-  void start_broadcast_receive(WeightJob& job);
   void poll_weight_job();
   void on_committed(const std::pair<int64_t, Status>& c);
   void on_generate(Frame& f, const ReplyTo& from);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "actors/rollout_actor.h"
+#include "actors/tp_group.h"
 #include "actors/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
@@ -16,10 +17,6 @@ namespace zr {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-
-// Staging runs beside generation on the same cores: below the compute threads' priority, so a
-// push slows decoding as little as possible (the commit itself is a pointer swap).
-void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10); }
 
 double seconds_since(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
@@ -43,13 +40,18 @@ void RolloutActor::register_weight_handlers() {
   actor_.on("get_weights_checksum", [this](Frame& f, const ReplyTo& from) {
     auto c = wire::decode_weights_checksum(f.body);
     if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
-    WeightsChecksumReply r{c->req_id, opt_.weight_rank, engine_->weight_version(), {}};
-    const ModelWeights& w = engine_->weights();
-    for (const TensorSpec& s : w.specs()) {
-      if (!c->names.empty() && std::find(c->names.begin(), c->names.end(), s.name) == c->names.end()) continue;
-      const Weight* t = w.find(s.name);
-      if (!t || !t->data) continue;
-      r.tensors.push_back({s.name, dtype_name(t->dtype), checksum64(t->data, t->nbytes())});
+    WeightsChecksumReply r{c->req_id, opt_.weight_rank, engine_->weight_version(), 1, {}};
+    r.tensors = shard_checksums(engine_->weights(), c->names);
+    if (TpGroup* tp = engine_->tp()) {  // every rank's shard, in TP rank order
+      std::string names;
+      for (const auto& n : c->names) names += n + "\n";
+      tp->send(TpCommand{TpCommand::Kind::checksum, 0, {}, names});
+      std::vector<std::string> all = tp->gather_strings(format_checksums(r.tensors));
+      r.tp_size = static_cast<int>(all.size());
+      for (size_t k = 1; k < all.size(); ++k) {
+        std::vector<TensorChecksum> theirs = parse_checksums(all[k], static_cast<int>(k));
+        r.tensors.insert(r.tensors.end(), theirs.begin(), theirs.end());
+      }
     }
     actor_.send(from, "get_weights_checksum.reply", wire::encode(r));
   });
@@ -85,68 +87,18 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
   if (weight_job_)
     return reply_error(from, call->req_id, make_error(ErrorCode::unavailable, "version: another update is in progress"));
-  if (call->version <= engine_->weight_version() && call->path != "broadcast")
-    return reply_error(from, call->req_id,
-                       make_error(ErrorCode::invalid_argument, "version: " + std::to_string(call->version) +
-                                                                   " must be greater than " +
-                                                                   std::to_string(engine_->weight_version())));
-  if (call->path == "broadcast" && !weight_group_)
-    return reply_error(from, call->req_id,
-                       make_error(ErrorCode::unsupported, "path: broadcast needs the MPI weight group (cluster launch)"));
   auto job = std::make_unique<WeightJob>();
   job->call = std::move(call).value();
   job->to = from;
   job->start = SteadyClock::now();
-  const ModelWeights* current = &engine_->weights();
-  const UpdateWeightsCall& c = job->call;
-  if (c.path == "broadcast") {
-    start_broadcast_receive(*job);
-  } else if (c.path == "disk") {
-    job->staged = std::async(std::launch::async, [current, dir = c.disk_path, v = c.version] {
-      lower_priority();
-      return stage_from_disk(*current, dir, v);
-    });
-  } else {  // ipc: map the trainer's segment and use its bytes in place where layout allows
-    Status st = validate_update_meta(*current, c.tensors, c.shm_bytes);
-    if (!st.ok()) return reply_error(from, c.req_id, on_rank(st, opt_.weight_rank));
-    auto seg = ShmSegment::open(c.shm_name, c.shm_bytes, /*read_only=*/true, /*populate=*/false);
-    if (!seg.ok()) return reply_error(from, c.req_id, on_rank(seg.status(), opt_.weight_rank));
-    auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
-    job->staged = std::async(std::launch::async, [current, owner, metas = c.tensors, v = c.version] {
-      lower_priority();
-      auto base = static_cast<const uint8_t*>(owner->data());
-      return stage_from_buffer(*current, metas, base, std::shared_ptr<const void>(owner, owner->data()), v);
-    });
-    job->bytes = c.shm_bytes;
-  }
+  StageSources src{weight_group_, &staging_, opt_.transfer_timeout};
+  auto started = begin_stage(job->call, engine_->weights(), engine_->weight_version(), src, &job->bytes);
+  if (!started.ok()) return reply_error(from, job->call.req_id, on_rank(started.status(), opt_.weight_rank));
+  job->staged = std::move(started).value();
+  // Tensor parallelism: every rank stages its own shard of the same update (a broadcast needs
+  // every rank of the weight group anyway).
+  if (TpGroup* tp = engine_->tp()) tp->send(TpCommand{TpCommand::Kind::stage, job->call.version, {}, f.body});
   weight_job_ = std::move(job);
-}
-
-// Joins the trainer's bucketed MPI broadcast on a worker thread; checksums are verified bucket by
-// bucket as bytes arrive. A rank that will refuse the update (bad metadata, stale version) still
-// takes part, into a scratch buffer, so the collective never hangs the other ranks.
-void RolloutActor::start_broadcast_receive(WeightJob& job) {
-  const UpdateWeightsCall& c = job.call;
-  const uint64_t bytes = transfer_bytes(c.tensors);
-  Status refuse = validate_update_meta(engine_->weights(), c.tensors, bytes);
-  if (refuse.ok() && c.version <= engine_->weight_version())
-    refuse = make_error(ErrorCode::invalid_argument, "version: " + std::to_string(c.version) + " must be greater than " +
-                                                         std::to_string(engine_->weight_version()));
-  std::shared_ptr<uint8_t> buf = staging_.get(std::max<uint64_t>(bytes, 64));
-  const ModelWeights* current = &engine_->weights();
-  job.bytes = bytes;
-  job.staged = std::async(std::launch::async, [this, buf, bytes, current, refuse, c]() -> Result<StagedWeights> {
-    lower_priority();
-    if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(bytes) + " bytes");
-    TransferVerifier verifier(c.tensors);
-    Status st = weight_group_->bcast_buckets(buf.get(), bytes, c.root, c.bucket_bytes, opt_.transfer_timeout,
-                                             [&](size_t off, size_t len) { verifier.add(buf.get(), off, len); });
-    if (!st.ok()) return st;
-    if (!refuse.ok()) return refuse;
-    ZR_RETURN_IF_ERROR(verifier.verify());
-    return stage_from_buffer(*current, c.tensors, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
-                             /*verify_checksums=*/false);
-  });
 }
 
 // Hands a finished stage to the engine (from tick, on the actor thread).
@@ -155,8 +107,18 @@ void RolloutActor::poll_weight_job() {
   if (job.handed_to_engine || job.staged.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
   Result<StagedWeights> staged = job.staged.get();
   job.staged_at = SteadyClock::now();
-  if (!staged.ok()) {
-    reply_error(job.to, job.call.req_id, on_rank(staged.status(), opt_.weight_rank));
+  Status st = staged.ok() ? Status{} : on_rank(staged.status(), opt_.weight_rank);
+  if (TpGroup* tp = engine_->tp()) {  // all ranks staged, or nobody commits
+    tp->send(TpCommand{TpCommand::Kind::stage_result, job.call.version, {}, {}});
+    std::vector<std::string> lines = tp->gather_strings(status_line(st));
+    for (size_t r = 1; r < lines.size() && st.ok(); ++r)
+      if (Status fst = status_from_line(lines[r]); !fst.ok())
+        st = make_error(fst.code, fst.message + " (rank " + std::to_string(opt_.weight_rank) + ", tp rank " +
+                                      std::to_string(r) + ")");
+    if (!st.ok()) tp->send(TpCommand{TpCommand::Kind::drop_staged, job.call.version, {}, {}});
+  }
+  if (!st.ok()) {
+    reply_error(job.to, job.call.req_id, st);
     weight_job_.reset();
     return;
   }
@@ -165,8 +127,9 @@ void RolloutActor::poll_weight_job() {
   job.handed_to_engine = true;
   Engine::UpdateOptions uo{*wire::in_flight_from_name(job.call.in_flight), job.call.flush_cache};
   StepOutputs out;
-  Status st = engine_->request_update(std::move(staged).value(), uo, out);
+  st = engine_->request_update(std::move(staged).value(), uo, out);
   if (!st.ok()) {
+    if (TpGroup* tp = engine_->tp()) tp->send(TpCommand{TpCommand::Kind::drop_staged, job.call.version, {}, {}});
     reply_error(job.to, job.call.req_id, st);
     weight_job_.reset();
   }

@@ -1,6 +1,9 @@
 #include "actors/weight_staging.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <thread>
@@ -8,10 +11,15 @@
 #include <unordered_set>
 
 #include "comm/checksum.h"
+#include "comm/shm_segment.h"
 
 namespace zr {
 
 namespace {
+
+// Staging runs beside generation on the same cores: below the compute threads' priority, so a
+// push slows decoding as little as possible (the commit itself is a pointer swap).
+void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10); }
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -99,12 +107,13 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
       return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
                                                           " != " + std::to_string(m.checksum));
     TensorView view{m.name, *dtype_from_name(m.dtype), m.shape, p, m.nbytes, owner};
-    auto w = ModelWeights::make_weight(*spec_of(current, m.name), view);
+    auto w = current.make_local(*spec_of(current, m.name), view);  // this rank's shard under TP
     if (!w.ok()) return w.status();
     const Weight* cur = current.find(m.name);
     Weight staged = std::move(w).value();
     if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
-    out.zero_copy += staged.data == p;
+    const auto* at = static_cast<const uint8_t*>(staged.data);
+    out.zero_copy += at >= p && at < p + m.nbytes;
     out.bytes += m.nbytes;
     out.tensors.emplace_back(m.name, std::move(staged));
   }
@@ -146,12 +155,61 @@ Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::st
                                                         ", got " + shape_str(s.shape) + " in " + dir);
     const Weight& w = loaded->get(s.role, s.layer);
     const Weight* cur = current.find(s.name);
-    Weight staged = w;
+    Weight staged = shard_weight(s, w, *cfg, current.shard());
     if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
     out.bytes += staged.nbytes();
     out.tensors.emplace_back(s.name, std::move(staged));
   }
   return out;
+}
+
+Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& c, const ModelWeights& current,
+                                                       int64_t serving_version, const StageSources& src,
+                                                       uint64_t* bytes) {
+  const ModelWeights* cur = &current;
+  auto stale = [&] {
+    return make_error(ErrorCode::invalid_argument, "version: " + std::to_string(c.version) + " must be greater than " +
+                                                       std::to_string(serving_version));
+  };
+  if (c.path == "broadcast") {
+    if (!src.weight_group || !src.pool)
+      return make_error(ErrorCode::unsupported, "path: broadcast needs the MPI weight group (cluster launch)");
+    const uint64_t n = transfer_bytes(c.tensors);
+    *bytes = n;
+    Status refuse = validate_update_meta(current, c.tensors, n);
+    if (refuse.ok() && c.version <= serving_version) refuse = stale();
+    std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
+    return std::async(std::launch::async, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
+      lower_priority();
+      if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
+      TransferVerifier verifier(c.tensors);  // checksums as buckets arrive
+      Status st = src.weight_group->bcast_buckets(buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
+                                                  [&](size_t off, size_t len) { verifier.add(buf.get(), off, len); });
+      if (!st.ok()) return st;
+      if (!refuse.ok()) return refuse;
+      ZR_RETURN_IF_ERROR(verifier.verify());
+      return stage_from_buffer(*cur, c.tensors, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
+                               /*verify_checksums=*/false);
+    });
+  }
+  if (c.version <= serving_version) return stale();
+  if (c.path == "disk") {
+    return std::async(std::launch::async, [cur, dir = c.disk_path, v = c.version] {
+      lower_priority();
+      return stage_from_disk(*cur, dir, v);
+    });
+  }
+  // ipc: map the trainer's segment and use its bytes in place where layout allows
+  ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, c.shm_bytes));
+  auto seg = ShmSegment::open(c.shm_name, c.shm_bytes, /*read_only=*/true, /*populate=*/false);
+  if (!seg.ok()) return seg.status();
+  *bytes = c.shm_bytes;
+  auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
+  return std::async(std::launch::async, [cur, owner, metas = c.tensors, v = c.version] {
+    lower_priority();
+    auto base = static_cast<const uint8_t*>(owner->data());
+    return stage_from_buffer(*cur, metas, base, std::shared_ptr<const void>(owner, owner->data()), v);
+  });
 }
 
 }  // namespace zr

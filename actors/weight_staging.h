@@ -3,12 +3,16 @@
 // serving weights: a failed stage changes nothing and says which tensor failed.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "comm/messages.h"
+#include "comm/mpi_group.h"
 #include "comm/status.h"
 #include "comm/weight_transfer.h"
 #include "model/weights.h"
@@ -49,5 +53,22 @@ class StagingPool {
 
 // Every tensor of a checkpoint folder whose config matches the serving model's shapes.
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version);
+
+// Where the bytes of a broadcast come from, and how long a stalled sender is waited for.
+struct StageSources {
+  MpiGroup* weight_group = nullptr;  // broadcast: the trainer + engines group (null: not in a cluster)
+  StagingPool* pool = nullptr;       // broadcast receive buffers
+  std::chrono::milliseconds transfer_timeout{60000};
+};
+
+// Starts staging an update_weights call on a worker thread below the compute threads' priority;
+// `bytes` gets the transfer size. Immediate refusals (ipc metadata, a segment that cannot be
+// mapped, a stale version, broadcast without a group) come back as an error and start nothing, except
+// on the broadcast path: a rank must take part in the collective whatever it thinks of the update
+// (else the other ranks hang), so it receives into a scratch buffer and its refusal comes out of the
+// future. `current` must outlive the future.
+Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& c, const ModelWeights& current,
+                                                       int64_t serving_version, const StageSources& src,
+                                                       uint64_t* bytes);
 
 }  // namespace zr

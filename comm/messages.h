@@ -266,6 +266,7 @@ struct TensorChecksum {
   std::string name;
   std::string dtype;   // as served (matrices keep f32/bf16; norms and biases are f32)
   uint64_t checksum = 0;  // checksum64 of the served bytes
+  int tp_rank = 0;        // tensor parallelism: the rank whose shard this is (model/tp.h)
 };
 struct WeightsChecksumCall {
   uint64_t req_id = 0;
@@ -275,6 +276,7 @@ struct WeightsChecksumReply {
   uint64_t req_id = 0;
   int rank = 0;
   int64_t version = 0;
+  int tp_size = 1;  // > 1: each tensor appears once per TP rank, checksum of that rank's shard
   std::vector<TensorChecksum> tensors;
 };
 

@@ -360,6 +360,54 @@ Status MpiGroup::bcast_small(std::string& value, int root) {
   return mpi_status(MPI_Bcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm), "MPI_Bcast");
 }
 
+Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep) {
+  ZR_RETURN_IF_ERROR(usable("bcast_small_idle"));
+  if (root < 0 || root >= impl_->size)
+    return make_error(ErrorCode::invalid_argument, "bcast_small_idle: root " + std::to_string(root) + " not in the group");
+  unsigned long long len = value.size();
+  MPI_Request req;
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, impl_->comm, &req), "MPI_Ibcast"));
+  auto sleep = std::chrono::microseconds(1);
+  for (int spins = 0;; ++spins) {
+    int done = 0;
+    ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test"));
+    if (done) break;
+    if (spins < 2000) continue;  // the next step usually follows within microseconds
+    std::this_thread::sleep_for(sleep);
+    sleep = std::min(max_sleep, sleep * 2);
+  }
+  if (len > INT_MAX) return make_error(ErrorCode::invalid_argument, "bcast_small_idle: value over 2 GiB");
+  value.resize(static_cast<size_t>(len));
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm, &req),
+                                "MPI_Ibcast"));
+  return mpi_status(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
+}
+
+Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out) {
+  ZR_RETURN_IF_ERROR(usable("allgather_bytes"));
+  if (bytes > INT_MAX) return make_error(ErrorCode::invalid_argument, "allgather_bytes: over 2 GiB");
+  return mpi_status(MPI_Allgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE,
+                                  impl_->comm),
+                    "MPI_Allgather");
+}
+
+Status MpiGroup::gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root) {
+  ZR_RETURN_IF_ERROR(usable("gather_bytes"));
+  if (counts.size() != static_cast<size_t>(impl_->size))
+    return make_error(ErrorCode::invalid_argument, "gather_bytes: one count per rank");
+  std::vector<int> c(counts.size()), displs(counts.size());
+  size_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    displs[i] = static_cast<int>(total);
+    c[i] = static_cast<int>(counts[i]);
+    total += counts[i];
+  }
+  if (total > INT_MAX) return make_error(ErrorCode::invalid_argument, "gather_bytes: over 2 GiB");
+  return mpi_status(MPI_Gatherv(in, c[static_cast<size_t>(impl_->rank)], MPI_BYTE, out, c.data(), displs.data(),
+                                MPI_BYTE, root, impl_->comm),
+                    "MPI_Gatherv");
+}
+
 Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
                                const BucketCallback& on_bucket) {
   ZR_RETURN_IF_ERROR(usable("bcast_buckets"));

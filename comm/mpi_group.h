@@ -77,6 +77,15 @@ class MpiGroup {
 
   // Root's `value` replaces `value` on every other rank (metadata: update_weights headers).
   Status bcast_small(std::string& value, int root);
+  // bcast_small for a receiver that may wait long (a tensor-parallel follower between steps):
+  // spins briefly, then sleeps in steps growing up to `max_sleep`, so an idle wait costs no core.
+  Status bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep);
+
+  // Every rank sends `bytes` bytes; `out` (size() * bytes) receives them by rank on every rank.
+  Status allgather_bytes(const void* in, size_t bytes, void* out);
+  // Rank r sends counts[r] bytes; root receives them concatenated by rank in `out` (ignored on the
+  // other ranks).
+  Status gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root);
 
   // on_bucket(offset, length): a bucket of the transfer [offset, offset + length) is complete on
   // this rank (received, or on the root sent) and may be read (e.g. checksummed).

@@ -124,8 +124,10 @@ std::string encode(const UpdateWeightsReply& r) {
 std::string encode(const WeightVersionReply& r) { return pack_body({{"req_id", r.req_id}, {"version", r.version}}); }
 std::string encode(const WeightsChecksumReply& r) {
   json tensors = json::array();
-  for (const auto& t : r.tensors) tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"checksum", t.checksum}});
-  return pack_body({{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tensors", tensors}});
+  for (const auto& t : r.tensors)
+    tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"checksum", t.checksum}, {"tp_rank", t.tp_rank}});
+  return pack_body({{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tp_size", r.tp_size},
+                    {"tensors", tensors}});
 }
 std::string encode(const MemoryReply& r) { return pack_body({{"req_id", r.req_id}, {"bytes", r.bytes}}); }
 
@@ -157,6 +159,7 @@ Result<WeightsChecksumReply> weights_checksum_reply_from_json(const json& j) {
   f.get("req_id", r.req_id);
   f.get("rank", r.rank);
   f.get("version", r.version);
+  f.get("tp_size", r.tp_size);
   if (const json* t = f.take("tensors"); t && t->is_array())
     for (size_t i = 0; i < t->size(); ++i) {
       TensorChecksum c;
@@ -164,6 +167,7 @@ Result<WeightsChecksumReply> weights_checksum_reply_from_json(const json& j) {
       g.get("name", c.name);
       g.get("dtype", c.dtype);
       g.get("checksum", c.checksum);
+      g.get("tp_rank", c.tp_rank);
       f.fail_status(g.finish());
       r.tensors.push_back(std::move(c));
     }

@@ -41,21 +41,66 @@ std::string advertised_endpoint(const std::string& bound, const std::string& adv
   return tcp + (advertise_host.empty() ? first_ipv4() : advertise_host) + bound.substr(colon);
 }
 
-Result<ClusterRoles> exchange_roles(MpiGroup& world, const std::string& role, const std::string& endpoint) {
-  auto all = world.allgather_strings(role + " " + endpoint);
+Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {
+  auto all = world.allgather_strings(role + " " + std::to_string(tp));
   if (!all.ok()) return all.status();
-  ClusterRoles roles;
+  ClusterPlan plan;
+  int serve = 0, tp_all = 0;
   for (int r = 0; r < static_cast<int>(all->size()); ++r) {
     std::istringstream in((*all)[r]);
-    std::string what, ep;
-    in >> what >> ep;
-    if (what == "trainer") roles.trainer_rank = r;
-    else if (what == "serve") {
-      roles.engine_endpoints.push_back(ep);
-      roles.engine_ranks.push_back(r);
+    std::string what;
+    int t = 1;
+    in >> what >> t;
+    if (what == "trainer") {
+      plan.trainer_rank = r;
+      continue;
     }
+    if (what != "serve") continue;
+    if (tp_all == 0) tp_all = t;
+    if (t != tp_all)
+      return make_error(ErrorCode::invalid_argument, "tp: every serve rank must give the same --tp (rank " +
+                                                         std::to_string(r) + " gave " + std::to_string(t) + ", not " +
+                                                         std::to_string(tp_all) + ")");
+    if (r == world.rank()) {
+      plan.engine = serve / t;
+      plan.tp_rank = serve % t;
+    }
+    ++serve;
   }
-  return roles;
+  plan.tp_size = std::max(tp_all, 1);
+  if (serve % plan.tp_size != 0)
+    return make_error(ErrorCode::invalid_argument, "tp: " + std::to_string(serve) + " serve ranks are not a multiple of --tp " +
+                                                       std::to_string(plan.tp_size));
+  plan.num_engines = serve / plan.tp_size;
+  return plan;
+}
+
+Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan) {
+  return world.split(plan.engine >= 0 ? plan.engine : MpiGroup::kNoColor, world.rank());
+}
+
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint) {
+  const bool leader = plan.engine >= 0 && plan.tp_rank == 0;
+  auto all = world.allgather_strings(leader ? endpoint : std::string());
+  if (!all.ok()) return all.status();
+  auto roles = world.allgather_strings(leader ? "leader" : "-");
+  if (!roles.ok()) return roles.status();
+  ClusterRoles out;
+  out.trainer_rank = plan.trainer_rank;
+  for (int r = 0; r < static_cast<int>(all->size()); ++r) {
+    if ((*roles)[r] != "leader") continue;
+    out.engine_endpoints.push_back((*all)[r]);
+    out.engine_ranks.push_back(r);
+  }
+  return out;
+}
+
+Result<ClusterRoles> exchange_roles(MpiGroup& world, const std::string& role, const std::string& endpoint) {
+  auto plan = plan_cluster(world, role, 1);
+  if (!plan.ok()) return plan.status();
+  auto group = split_engines(world, *plan);
+  if (!group.ok()) return group.status();
+  return exchange_endpoints(world, *plan, endpoint);
 }
 
 }  // namespace zr::cli

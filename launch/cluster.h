@@ -20,13 +20,30 @@ bool under_mpirun();
 std::string advertised_endpoint(const std::string& bound, const std::string& advertise_host);
 
 struct ClusterRoles {
-  std::vector<std::string> engine_endpoints;  // "serve" ranks, in rank order
-  std::vector<int> engine_ranks;
+  std::vector<std::string> engine_endpoints;  // one per engine (its leader's), in rank order
+  std::vector<int> engine_ranks;              // the engines' leader ranks
   int trainer_rank = -1;
 };
 
-// Collective: every rank calls it once with its role ("trainer" | "serve") and endpoint ("" for
-// the trainer).
+// Who is who, from one allgather of each rank's role and --tp: the "serve" ranks, in rank order,
+// form engines of tp consecutive ranks (serve ranks K must be a multiple of tp: K / tp engines).
+struct ClusterPlan {
+  int num_engines = 0;
+  int engine = -1;   // this rank's engine (-1: not a serve rank)
+  int tp_rank = 0;   // within its engine; 0 is the leader
+  int tp_size = 1;
+  int trainer_rank = -1;
+};
+
+// Start-up sequence, collective over the world, called by every rank in this order:
+//   1. plan_cluster(role, tp)
+//   2. split_engines(plan): each engine's ranks get their TP group (others an invalid group)
+//   3. exchange_endpoints(plan, endpoint): leaders give their endpoint, everyone learns them all
+// exchange_roles() runs the three for a rank outside any engine (the trainer, or a serve rank
+// without tensor parallelism that needs no group).
+Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp);
+Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan);
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint);
 Result<ClusterRoles> exchange_roles(MpiGroup& world, const std::string& role, const std::string& endpoint);
 
 }  // namespace zr::cli

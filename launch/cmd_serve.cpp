@@ -7,6 +7,8 @@
 #include <future>
 
 #include "actors/rollout_actor.h"
+#include "actors/tp_follower.h"
+#include "actors/tp_group.h"
 #include "comm/client.h"
 #include "comm/json_codec.h"
 #include "launch/cluster.h"
@@ -24,7 +26,22 @@ struct ServeJob {
   EngineCliOptions engine;
   std::string bind, advertise_host;
   int drain_timeout_s = 30;
+  int tp = 1;
 };
+
+// A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
+int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiGroup& world) {
+  EngineOptions eo = job.engine.engine_options();
+  auto f = TpFollower::load(job.engine.model, eo, tp, &world);
+  if (!f.ok()) {
+    spdlog::critical("tp rank {}: {}; ending the job", tp.shard().rank, f.status().to_string());
+    world.abort_group(1);  // the leader would wait for this rank forever
+  }
+  if (auto roles = exchange_endpoints(world, plan, ""); !roles.ok())  // a follower has no endpoint
+    return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+  (*f)->run();
+  return 0;
+}
 
 int run_serve(const ServeJob& job) {
   install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
@@ -33,9 +50,32 @@ int run_serve(const ServeJob& job) {
     auto w = MpiGroup::init(nullptr, nullptr);
     if (!w.ok()) return spdlog::error("MPI: {}", w.status().to_string()), 1;
     world.emplace(std::move(w).value());
+  } else if (job.tp > 1) {
+    set_process_logger("serve", job.engine.log_level);
+    spdlog::error("--tp {}: tensor parallelism spans MPI ranks; launch with mpirun -np {} (or more)", job.tp, job.tp);
+    return 2;
   }
-  log_startup("serve", job.engine);
-  auto engine = Engine::load(job.engine.model, job.engine.engine_options());
+  std::optional<ClusterPlan> plan;
+  std::optional<TpGroup> tp;  // this engine's ranks, when --tp > 1
+  if (world) {
+    auto p = plan_cluster(*world, "serve", job.tp);
+    if (!p.ok()) return spdlog::error("cluster: {}", p.status().to_string()), 2;
+    plan = *p;
+    auto g = split_engines(*world, *plan);
+    if (!g.ok()) return spdlog::error("cluster: {}", g.status().to_string()), 1;
+    if (plan->tp_size > 1) tp.emplace(std::move(g).value());
+  }
+  log_startup(plan && plan->tp_rank > 0 ? "tp-follower" : "serve", job.engine);
+  if (plan) spdlog::info("engine {} of {}, tp rank {} of {}", plan->engine, plan->num_engines, plan->tp_rank, plan->tp_size);
+  if (tp) {
+    if (tp->mpi().thread_level() != MpiGroup::ThreadLevel::multiple)
+      spdlog::warn("MPI gives {}: weight broadcasts while serving need MPI_THREAD_MULTIPLE",
+                   MpiGroup::thread_level_name(tp->mpi().thread_level()));
+    if (plan->tp_rank > 0) return run_follower(job, *plan, *tp, *world);
+  }
+  EngineOptions eo = job.engine.engine_options();
+  eo.tp = tp ? &*tp : nullptr;
+  auto engine = Engine::load(job.engine.model, eo);
   if (!engine.ok()) {
     spdlog::error("{}", engine.status().to_string());
     return 1;
@@ -52,7 +92,7 @@ int run_serve(const ServeJob& job) {
   }
   if (world) {
     std::string ep = advertised_endpoint(actor.endpoint(), job.advertise_host);
-    auto roles = exchange_roles(*world, "serve", ep);
+    auto roles = exchange_endpoints(*world, *plan, ep);
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
     actor.set_weight_group(&*world);
     spdlog::info("rank {} of {}: engine at {} (trainer rank {})", world->world_rank(), world->size(), ep,
@@ -144,6 +184,9 @@ void add_serve(CLI::App& app) {
   add_engine_options(cmd, job->engine);
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
   cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")->capture_default_str();
+  cmd->add_option("--tp", job->tp, "tensor parallelism: ranks per engine (under mpirun; serve ranks form engines of --tp consecutive ranks)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--advertise-host", job->advertise_host,
                   "host or IP that other ranks dial when --bind uses 0.0.0.0 or * (default: first non-loopback IPv4)");
   cmd->callback([job] {

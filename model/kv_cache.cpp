@@ -68,6 +68,7 @@ void KvCache::release(int block) {
 }
 
 void KvCache::copy_block(int src, int dst) {
+  if (log_copies_) copies_.emplace_back(src, dst);
   size_t n = static_cast<size_t>(block_size_) * kv_dim_ * sizeof(float);
   for (int l = 0; l < num_layers_; ++l) {
     std::memcpy(keys(l, dst), keys(l, src), n);

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -58,14 +59,22 @@ class KvCache {
   float* keys(int layer, int block);    // (kv_dim, block_size)
   float* values(int layer, int block);  // (block_size, kv_dim)
 
- private:
+  // Tensor parallelism: the leader's cache decides which blocks hold what and the other ranks'
+  // caches (their KV heads, same block ids) follow. With logging on, every copy-on-write copy is
+  // recorded so the leader can send it with the next step; followers replay it with copy_block.
+  void log_copies(bool on) { log_copies_ = on; }
+  std::vector<std::pair<int, int>> take_copies() { return std::exchange(copies_, {}); }
   void copy_block(int src, int dst);
+
+ private:
 
   int num_layers_, kv_dim_, block_size_, num_blocks_;
   size_t bytes_ = 0;
   float* data_ = nullptr;  // mmap'd: [layer][k|v][block][pos][kv_dim]
   std::vector<int> refs_;
   std::vector<int> free_;  // stack of free block ids
+  bool log_copies_ = false;
+  std::vector<std::pair<int, int>> copies_;  // (src, dst) since the last take_copies()
 };
 
 }  // namespace zr

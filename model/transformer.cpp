@@ -27,9 +27,12 @@ void embed_row(const Weight& emb, int token, int d, float* out) {
 
 }  // namespace
 
-Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool)
-    : w_(weights), kv_(kv), pool_(pool) {
+Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp)
+    : w_(weights), kv_(kv), pool_(pool), tp_(tp) {
   const ModelConfig& c = weights->config();
+  const TpShard shard = tp ? tp->shard() : TpShard{};
+  lc_ = local_config(c, shard);
+  layout_ = tp_layout(c, shard);
   int half = c.head_dim / 2;
   rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
   rope_sin_.resize(rope_cos_.size());
@@ -44,7 +47,7 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
 }
 
 void Transformer::resize(int rows) {
-  const ModelConfig& c = w_->config();
+  const ModelConfig& c = lc_;
   auto grow = [rows](std::vector<float>& v, int width) {
     size_t need = static_cast<size_t>(rows) * width;
     if (v.size() < need) v.resize(need);
@@ -60,7 +63,7 @@ void Transformer::resize(int rows) {
 }
 
 void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
-  const int kvd = w_->config().kv_dim(), bs = kv_->block_size();
+  const int kvd = lc_.kv_dim(), bs = kv_->block_size();
   for (size_t r = 0; r < rows_.size(); ++r) {
     const SeqChunk& ch = batch[rows_[r].seq];
     int pos = rows_[r].pos;
@@ -74,7 +77,7 @@ void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
 // Causal attention of one query row and head over positions [0, pos] of its sequence.
 // scratch: at least pos + 1 floats for scores plus room for the block pointers.
 void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, int head, AttnScratch& sc) {
-  const ModelConfig& c = w_->config();
+  const ModelConfig& c = lc_;
   const int hd = c.head_dim, kvd = c.kv_dim(), bs = kv_->block_size();
   const int kvh = head / (c.num_heads / c.num_kv_heads);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
@@ -104,7 +107,7 @@ void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, in
 }
 
 void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
-  const ModelConfig& c = w_->config();
+  const ModelConfig& c = lc_;
   const int n_rows = static_cast<int>(rows_.size());
   const int total = n_rows * c.num_heads;
   const int tasks = std::min(total, pool_->size() * 8);
@@ -120,7 +123,7 @@ void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
 }
 
 void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& logits) {
-  const ModelConfig& c = w_->config();
+  const ModelConfig& c = lc_;
   const int d = c.hidden_size, hd = c.head_dim, half = hd / 2;
   rows_.clear();
   for (size_t s = 0; s < batch.size(); ++s)
@@ -155,6 +158,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     write_kv(l, batch);
     attention_layer(l, batch);
     kernels::matmul(att_.data(), T, w_->get(TensorRole::wo, l), xb_.data(), pool_);
+    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
     for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
 
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
@@ -165,6 +169,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     size_t ffn_elems = static_cast<size_t>(T) * c.intermediate_size;
     kernels::silu_mul(hb_.data(), hb2_.data(), static_cast<int>(ffn_elems), hb_.data());
     kernels::matmul(hb_.data(), T, w_->get(TensorRole::w_down, l), xb_.data(), pool_);
+    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
     for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
   }
 
@@ -177,9 +182,37 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     r0 += ch.num_tokens;
   }
   if (out_rows == 0) return;
+  project_logits(out_rows, logits);
+}
+
+// The vocabulary projection of the first out_rows rows of xb_. Under TP each rank computes its
+// vocabulary slice; rank 0 gathers the slices and interleaves them into full rows.
+void Transformer::project_logits(int out_rows, std::vector<float>& logits) {
+  const int V = lc_.vocab_size;
+  const Weight& head = w_->get(TensorRole::lm_head);
+  if (!tp_) {
+    size_t base = logits.size();
+    logits.resize(base + static_cast<size_t>(out_rows) * V);
+    kernels::matmul(xb_.data(), out_rows, head, logits.data() + base, pool_);
+    return;
+  }
+  const int vr = layout_.vocab.size;
+  local_logits_.resize(static_cast<size_t>(out_rows) * vr);
+  kernels::matmul(xb_.data(), out_rows, head, local_logits_.data(), pool_);
+  const TpShard sh = tp_->shard();
+  std::vector<size_t> counts(sh.size);
+  for (int r = 0; r < sh.size; ++r) counts[r] = static_cast<size_t>(out_rows) * split_range(V, {r, sh.size}).size;
+  if (sh.rank != 0) return tp_->gather_to_leader(local_logits_.data(), counts, nullptr);
+  gathered_.resize(static_cast<size_t>(out_rows) * V);
+  tp_->gather_to_leader(local_logits_.data(), counts, gathered_.data());
   size_t base = logits.size();
-  logits.resize(base + static_cast<size_t>(out_rows) * c.vocab_size);
-  kernels::matmul(xb_.data(), out_rows, w_->get(TensorRole::lm_head), logits.data() + base, pool_);
+  logits.resize(base + static_cast<size_t>(out_rows) * V);
+  const float* src = gathered_.data();
+  for (int r = 0; r < sh.size; ++r) {  // rank r's block: (out_rows, its slice) row-major
+    const Range slice = split_range(V, {r, sh.size});
+    for (int i = 0; i < out_rows; ++i, src += slice.size)
+      std::copy_n(src, slice.size, logits.data() + base + static_cast<size_t>(i) * V + slice.begin);
+  }
 }
 
 }  // namespace zr

@@ -12,6 +12,7 @@
 
 #include "model/kv_cache.h"
 #include "model/thread_pool.h"
+#include "model/tp.h"
 #include "model/weights.h"
 
 namespace zr {
@@ -27,9 +28,13 @@ struct SeqChunk {
 
 class Transformer {
  public:
-  Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool);
+  // Tensor parallelism: with `tp` (weights and cache holding this rank's shard, model/tp.h) every
+  // rank of the engine calls forward() with the same batch; partial sums meet in tp->allreduce_sum
+  // and the logits slices on rank 0.
+  Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp = nullptr);
 
-  // Appends to `logits` one row of vocab_size floats per requested row, in batch order.
+  // Appends to `logits` one row of vocab_size floats per requested row, in batch order (on TP
+  // ranks other than 0 `logits` is left unchanged).
   void forward(std::span<const SeqChunk> batch, std::vector<float>& logits);
   void set_weights(const ModelWeights* weights) { w_ = weights; }
   const ModelConfig& config() const { return w_->config(); }
@@ -48,9 +53,15 @@ class Transformer {
   void attend_row(int layer, const SeqChunk& chunk, int row, int pos, int head, AttnScratch& sc);
   void write_kv(int layer, std::span<const SeqChunk> batch);
 
+  void project_logits(int out_rows, std::vector<float>& logits);
+
   const ModelWeights* w_;
   KvCache* kv_;
   ThreadPool* pool_;
+  TpComm* tp_;
+  ModelConfig lc_;  // this rank's dimensions (heads, KV heads, intermediate); the full config without TP
+  TpLayout layout_;
+  std::vector<float> local_logits_, gathered_;
   std::vector<float> rope_cos_, rope_sin_;  // (max_position_embeddings, head_dim / 2)
   std::vector<Row> rows_;
   // Activations, (rows, width) row-major.

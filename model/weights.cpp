@@ -120,9 +120,17 @@ Result<Weight> ModelWeights::make_weight(const TensorSpec& spec, const TensorVie
   return w;
 }
 
-Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const SafetensorsArchive& ar) {
+Result<Weight> ModelWeights::make_local(const TensorSpec& spec, const TensorView& view) const {
+  auto w = make_weight(spec, view);
+  if (!w.ok() || !shard_.enabled()) return w;
+  return shard_weight(spec, *w, cfg_, shard_);
+}
+
+Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const SafetensorsArchive& ar, TpShard shard) {
+  ZR_RETURN_IF_ERROR(check_tp(cfg, shard.size));
   ModelWeights mw;
   mw.cfg_ = cfg;
+  mw.shard_ = shard;
   mw.specs_ = model_tensor_specs(cfg);
   mw.weights_.resize(mw.specs_.size());
   mw.slot_.assign(static_cast<size_t>(cfg.num_layers) + 1, {});
@@ -145,7 +153,7 @@ Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const Sa
       if (view->shape != mw.specs_[i].shape) return shape_error(view->name, mw.specs_[i].shape, view->shape);
       continue;
     }
-    auto w = make_weight(mw.specs_[i], *view);
+    auto w = mw.make_local(mw.specs_[i], *view);
     if (!w.ok()) return w.status();
     mw.weights_[i] = std::move(*w);
   }
@@ -153,10 +161,10 @@ Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const Sa
   return mw;
 }
 
-Result<ModelWeights> ModelWeights::load_dir(const ModelConfig& cfg, const std::string& dir) {
+Result<ModelWeights> ModelWeights::load_dir(const ModelConfig& cfg, const std::string& dir, TpShard shard) {
   auto ar = SafetensorsArchive::open_dir(dir);
   if (!ar.ok()) return ar.status();
-  auto mw = from_archive(cfg, *ar);
+  auto mw = from_archive(cfg, *ar, shard);
   if (!mw.ok()) return make_error(mw.status().code, dir + ": " + mw.status().message);
   spdlog::info("loaded {} tensors ({:.1f} MiB) from {}", mw->specs_.size(),
                static_cast<double>(mw->total_bytes()) / (1 << 20), dir);
@@ -167,7 +175,9 @@ void ModelWeights::bind_tied_head() {
   const int embed = slot_[0][static_cast<int>(TensorRole::embed)];
   const int head = slot_[0][static_cast<int>(TensorRole::lm_head)];
   ZR_CHECK(embed >= 0 && head >= 0);
-  weights_[static_cast<size_t>(head)] = weights_[static_cast<size_t>(embed)];
+  // The embedding is replicated; the head is this rank's rows of it (a view).
+  weights_[static_cast<size_t>(head)] =
+      shard_weight(specs_[static_cast<size_t>(head)], weights_[static_cast<size_t>(embed)], cfg_, shard_);
 }
 
 const Weight& ModelWeights::get(TensorRole role, int layer) const {
@@ -195,7 +205,7 @@ Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& 
     const size_t i = it->second;
     const Weight& cur = weights_[i];
     if (!seen.insert(i).second) return make_error(ErrorCode::weight_mismatch, "duplicate tensor " + name);
-    if (w.shape != specs_[i].shape) return shape_error(name, specs_[i].shape, w.shape);
+    if (w.shape != local_shape(specs_[i], cfg_, shard_)) return shape_error(name, local_shape(specs_[i], cfg_, shard_), w.shape);
     if (w.dtype != cur.dtype)
       return make_error(ErrorCode::weight_mismatch, "tensor " + name + ": expected dtype " + dtype_name(cur.dtype) +
                                                         ", got " + dtype_name(w.dtype));
@@ -214,8 +224,11 @@ Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& 
 size_t ModelWeights::total_bytes() const {
   std::unordered_set<const void*> counted;
   size_t n = 0;
-  for (const auto& w : weights_)
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    const Weight& w = weights_[i];
+    if (specs_[i].optional && cfg_.tie_word_embeddings) continue;  // a view into the embedding
     if (w.data && counted.insert(w.data).second) n += w.nbytes();
+  }
   return n;
 }
 

@@ -18,6 +18,7 @@
 #include "model/config.h"
 #include "model/dtype.h"
 #include "model/safetensors.h"
+#include "model/tp.h"
 
 namespace zr {
 
@@ -67,8 +68,10 @@ class ModelWeights {
   ModelWeights() = default;
   // Validates names, shapes and dtypes against model_tensor_specs(cfg). Errors: weight_mismatch
   // (missing / extra tensor, wrong shape: the message names the tensor), unsupported (dtype).
-  static Result<ModelWeights> from_archive(const ModelConfig& cfg, const SafetensorsArchive& ar);
-  static Result<ModelWeights> load_dir(const ModelConfig& cfg, const std::string& dir);
+  // With tensor parallelism (shard.size > 1) each tensor is cut to this rank's part (model/tp.h):
+  // specs() keep the full shapes (what checkpoints and weight updates carry), get() the local ones.
+  static Result<ModelWeights> from_archive(const ModelConfig& cfg, const SafetensorsArchive& ar, TpShard shard = {});
+  static Result<ModelWeights> load_dir(const ModelConfig& cfg, const std::string& dir, TpShard shard = {});
 
   const ModelConfig& config() const { return cfg_; }
   const std::vector<TensorSpec>& specs() const { return specs_; }
@@ -78,6 +81,9 @@ class ModelWeights {
 
   // Converts one on-disk tensor into the in-memory form for `spec` (validates shape and dtype).
   static Result<Weight> make_weight(const TensorSpec& spec, const TensorView& view);
+  // make_weight, then this rank's shard of it.
+  Result<Weight> make_local(const TensorSpec& spec, const TensorView& view) const;
+  TpShard shard() const { return shard_; }
   // Swaps in already-validated weights by name (all or nothing). Keeps lm_head tied to embed.
   // The weights it replaced are moved into `replaced` when given, so the caller can drop their
   // bytes (an munmap of hundreds of MB) off the serving thread.
@@ -91,6 +97,7 @@ class ModelWeights {
  private:
   void bind_tied_head();
   ModelConfig cfg_;
+  TpShard shard_;
   std::vector<TensorSpec> specs_;
   std::vector<Weight> weights_;  // parallel to specs_
   std::unordered_map<std::string, size_t> by_name_;
