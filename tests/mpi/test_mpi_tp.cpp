@@ -1,0 +1,279 @@
+// Tensor parallelism under mpirun: every rank of the job is one engine's TP rank (rank 0 leads,
+// the others run TpFollower). Checked on the shared reference model:
+//   - greedy tokens equal the independent reference, logprobs within 1e-4 (TP=2 and TP=4);
+//   - the same requests through a TP=1 engine: tokens equal, logprobs within 1e-4;
+//   - n > 1 samples share prompt KV blocks (copy-on-write replayed on every rank);
+//   - within one TP configuration: batch invariance and score == generate, bit for bit;
+//   - weight updates by ipc and disk reach every rank (per-shard checksums) and change outputs.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <random>
+
+#include "actors/rollout_actor.h"
+#include "actors/tp_follower.h"
+#include "actors/tp_group.h"
+#include "actors/trainer.h"
+#include "comm/checksum.h"
+#include "comm/wire_weights.h"
+#include "model/make_model.h"
+#include "tests/actors/engine_test_util.h"
+#include "tests/mpi/mpi_test_env.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+EngineOptions small_options() {
+  EngineOptions eo;
+  eo.threads = 1;
+  eo.kv_cache_bytes = size_t{16} << 20;
+  return eo;
+}
+
+GenerateRequest greedy(const std::string& rid, std::vector<int> ids, int max_new) {
+  GenerateRequest r;
+  r.rid = rid;
+  r.input_ids = std::move(ids);
+  r.sampling_params.temperature = 0.0f;
+  r.sampling_params.max_new_tokens = max_new;
+  r.sampling_params.ignore_eos = true;
+  r.return_logprob = true;
+  r.logprob_start_len = 0;
+  r.top_logprobs_num = 5;
+  return r;
+}
+
+// Sampled requests of assorted lengths and settings (seeded, so reproducible).
+std::vector<GenerateRequest> mixed(int vocab, int count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<GenerateRequest> out;
+  for (int i = 0; i < count; ++i) {
+    GenerateRequest r;
+    r.rid = "m" + std::to_string(i);
+    int len = 1 + static_cast<int>(rng() % 40);
+    r.input_ids.push_back(1);
+    for (int k = 1; k < len; ++k) r.input_ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
+    r.sampling_params.temperature = 0.6f + 0.1f * static_cast<float>(i % 5);
+    r.sampling_params.top_p = i % 3 == 0 ? 0.9f : 1.0f;
+    r.sampling_params.max_new_tokens = 4 + static_cast<int>(rng() % 20);
+    r.sampling_params.seed = rng();
+    r.sampling_params.n = i % 4 == 0 ? 2 : 1;
+    r.return_logprob = true;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+json reference(const std::string& dir) {
+  std::ifstream f(dir + "/reference.json");
+  return json::parse(f);
+}
+
+// One TP engine over the whole world. The body runs on rank 0 with the leader engine; the other
+// ranks serve as followers until rank 0's engine is destroyed (which sends them shutdown).
+class TpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto d = testing::shared_model_dir("stories260K");
+    if (!d) GTEST_SKIP() << "shared model 'stories260K' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models";
+    dir_ = *d;
+    MpiGroup& w = testing::world();
+    tp_ = std::make_unique<TpGroup>(std::move(w.split(0, w.rank())).value());
+  }
+  void TearDown() override { ASSERT_TRUE(testing::world().barrier().ok()); }
+  bool leader() const { return tp_ && tp_->leader(); }
+  // Followers: serve until shutdown. Leader: an engine over `dir`.
+  std::unique_ptr<Engine> start(const std::string& dir) {
+    EngineOptions eo = small_options();
+    eo.tp = tp_.get();
+    if (!leader()) {
+      auto f = TpFollower::load(dir, eo, *tp_, nullptr);
+      EXPECT_TRUE(f.ok()) << f.status().to_string();
+      if (f.ok()) (*f)->run();
+      return nullptr;
+    }
+    auto e = Engine::load(dir, eo);
+    EXPECT_TRUE(e.ok()) << e.status().to_string();
+    return e.ok() ? std::move(e).value() : nullptr;
+  }
+  int T() const { return tp_->shard().size; }
+  std::string dir_;
+  std::unique_ptr<TpGroup> tp_;
+};
+
+TEST_F(TpTest, GreedyMatchesReferenceAndTp1) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  auto single = testing::load_engine(dir_, small_options());
+  json ref = reference(dir_);
+  int i = 0;
+  for (const auto& cs : ref["cases"]) {
+    std::string rid = "case" + std::to_string(i++);
+    if (cs["kind"] == "greedy") {
+      auto req = greedy(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()));
+      ASSERT_TRUE(eng->submit(req).ok());
+      ASSERT_TRUE(single->submit(req).ok());
+    } else {
+      ScoreRequest s{rid, cs["prompt_ids"], cs["completion_ids"], 1.0f, 0};
+      ASSERT_TRUE(eng->submit_score(s).ok());
+    }
+  }
+  auto tp = testing::run_to_completion(*eng);
+  auto one = testing::run_to_completion(*single);
+  i = 0;
+  double max_diff = 0;
+  for (const auto& cs : ref["cases"]) {
+    std::string rid = "case" + std::to_string(i++);
+    if (cs["kind"] != "greedy") {
+      const auto& expect = cs["logprobs_T1.0"];
+      const ScoreOutput& s = tp.scores.at(rid);
+      ASSERT_EQ(s.logprobs.size(), expect.size());
+      for (size_t k = 0; k < expect.size(); ++k) EXPECT_NEAR(s.logprobs[k], expect[k].get<double>(), 1e-4);
+      continue;
+    }
+    const SampleOutput& o = tp.samples.at(rid).at(0);
+    const SampleOutput& o1 = one.samples.at(rid).at(0);
+    std::vector<int> expect = cs["greedy_ids"];
+    EXPECT_EQ(o.output_ids, expect) << "TP=" << T();
+    EXPECT_EQ(o.output_ids, o1.output_ids);
+    EXPECT_EQ(o.text, cs["text"].get<std::string>());
+    for (size_t k = 0; k < expect.size(); ++k) {
+      float lp = *o.meta_info.output_token_logprobs[k].logprob;
+      EXPECT_NEAR(lp, cs["greedy_logprobs"][k].get<double>(), 1e-4);
+      max_diff = std::max(max_diff, std::abs(static_cast<double>(lp) - *o1.meta_info.output_token_logprobs[k].logprob));
+      for (int j = 0; j < 5; ++j) {
+        EXPECT_EQ(o.meta_info.output_top_logprobs[k][j].token_id, cs["top5"][k][j][0].get<int>());
+        EXPECT_NEAR(*o.meta_info.output_top_logprobs[k][j].logprob, cs["top5"][k][j][1].get<double>(), 1e-4);
+      }
+    }
+    const auto& ipl = cs["input_token_logprobs"];
+    ASSERT_EQ(o.meta_info.input_token_logprobs.size(), ipl.size());
+    for (size_t k = 1; k < ipl.size(); ++k)
+      EXPECT_NEAR(*o.meta_info.input_token_logprobs[k].logprob, ipl[k].get<double>(), 1e-4);
+  }
+  EXPECT_LE(max_diff, 1e-4);
+  std::printf("TP=%d vs TP=1: max |logprob difference| %.3g\n", T(), max_diff);
+}
+
+// n samples share the prompt's KV blocks; the first write into the shared last block copies it
+// (copy-on-write) on the leader, and every follower must replay that copy.
+TEST_F(TpTest, SharedPromptBlocksAreCopiedOnEveryRank) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  auto single = testing::load_engine(dir_, small_options());
+  GenerateRequest r = greedy("n3", {1, 403, 407, 261, 378, 300, 301}, 40);  // 7 tokens: a partial block
+  r.sampling_params.n = 3;
+  ASSERT_TRUE(eng->submit(r).ok());
+  ASSERT_TRUE(single->submit(r).ok());
+  auto tp = testing::run_to_completion(*eng);
+  auto one = testing::run_to_completion(*single);
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_EQ(tp.samples.at("n3").at(k).output_ids, one.samples.at("n3").at(k).output_ids) << "sample " << k;
+    EXPECT_EQ(tp.samples.at("n3").at(k).output_ids, tp.samples.at("n3").at(0).output_ids);
+  }
+}
+
+TEST_F(TpTest, BatchInvariantAndScoreEqualsGenerateBitwise) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  auto reqs = mixed(eng->config().vocab_size, 24, 11);
+  for (const auto& r : reqs) ASSERT_TRUE(eng->submit(r).ok());
+  auto batched = testing::run_to_completion(*eng);
+  for (const auto& r : reqs) {  // each alone
+    ASSERT_TRUE(eng->submit(r).ok());
+    auto alone = testing::run_to_completion(*eng);
+    for (int k = 0; k < r.sampling_params.n; ++k)
+      testing::expect_identical(alone.samples.at(r.rid).at(k), batched.samples.at(r.rid).at(k), r.rid);
+  }
+  // score(prompt, completion) at the sampling temperature == generate's logprobs, bit for bit.
+  for (const auto& r : reqs) {
+    const SampleOutput& o = batched.samples.at(r.rid).at(0);
+    ASSERT_TRUE(eng->submit_score(ScoreRequest{"s" + r.rid, r.input_ids, o.output_ids, r.sampling_params.temperature, 0}).ok());
+  }
+  auto scored = testing::run_to_completion(*eng);
+  for (const auto& r : reqs) {
+    const SampleOutput& o = batched.samples.at(r.rid).at(0);
+    const ScoreOutput& s = scored.scores.at("s" + r.rid);
+    ASSERT_EQ(s.logprobs.size(), o.output_ids.size());
+    for (size_t k = 0; k < s.logprobs.size(); ++k)
+      ASSERT_TRUE(testing::same_bits(s.logprobs[k], *o.meta_info.output_token_logprobs[k].logprob)) << r.rid << " " << k;
+  }
+}
+
+// Weight updates through the rollout actor: every rank stages its shard, checksums per shard, one
+// commit for all ranks; outputs then equal a TP=1 engine loaded from the new checkpoint.
+TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
+  testing::TempDir tmp;
+  std::string dirs[2];
+  std::string root;
+  if (leader()) root = tmp.path();
+  ASSERT_TRUE(tp_->mpi().bcast_small(root, 0).ok());
+  for (int k = 0; k < 2; ++k) {
+    dirs[k] = root + "/v" + std::to_string(k + 1);
+    if (leader()) {
+      MakeModelOptions mo;
+      mo.like_dir = dir_;
+      mo.seed = 100 + k;
+      mo.out_dir = dirs[k];
+      ASSERT_TRUE(make_model(mo).ok());
+    }
+  }
+  ASSERT_TRUE(tp_->mpi().barrier().ok());
+  auto eng = start(dir_);
+  if (!eng) return;
+  Context ctx;
+  RolloutActor actor(ctx, std::move(eng), {});
+  ASSERT_TRUE(actor.bind("inproc://tp-actor").ok());
+  actor.start();
+  auto trainer = std::move(Trainer::connect({"inproc://tp-actor"}, &ctx.zmq())).value();
+  auto client = std::move(Client::connect("inproc://tp-actor", &ctx.zmq())).value();
+  GenerateRequest probe = greedy("p", {1, 403, 407, 261, 378}, 24);
+  auto before = client->generate({probe});
+  ASSERT_TRUE(before.ok());
+  const char* paths[2] = {"ipc", "disk"};
+  for (int k = 0; k < 2; ++k) {
+    PublishOptions po;
+    po.path = paths[k];
+    auto pub = trainer->publish(dirs[k], k + 1, po);
+    ASSERT_TRUE(pub.ok()) << paths[k] << ": " << pub.status().to_string();
+    // Per-shard checksums: rank r's bytes are its shard of the new tensor.
+    uint64_t id = client->next_req_id();
+    auto sums = client->call_raw("get_weights_checksum", wire::encode(WeightsChecksumCall{id, {}}), {}, id, 30s).get();
+    ASSERT_TRUE(sums.ok());
+    ASSERT_EQ(sums->json["tp_size"], T());
+    ASSERT_EQ(sums->json["version"], k + 1);
+    auto cfg = std::move(ModelConfig::from_dir(dirs[k])).value();
+    auto full = std::move(ModelWeights::load_dir(cfg, dirs[k])).value();
+    int checked = 0;
+    for (const auto& t : sums->json["tensors"]) {
+      const std::string name = t["name"];
+      const TensorSpec* spec = nullptr;
+      for (const auto& s : full.specs())
+        if (s.name == name) spec = &s;
+      ASSERT_NE(spec, nullptr) << name;
+      const int rank = t["tp_rank"].get<int>();
+      Weight shard = shard_weight(*spec, *full.find(name), cfg, TpShard{rank, T()});
+      EXPECT_EQ(t["checksum"].get<uint64_t>(), checksum64(shard.data, shard.nbytes())) << name << " tp rank " << t["tp_rank"];
+      ++checked;
+    }
+    EXPECT_EQ(checked, static_cast<int>(full.specs().size()) * T());
+    // Outputs follow the new weights on every shard: equal to a TP=1 engine on that checkpoint.
+    auto after = client->generate({probe});
+    ASSERT_TRUE(after.ok());
+    auto single = testing::load_engine(dirs[k], small_options());
+    ASSERT_TRUE(single->submit(probe).ok());
+    auto one = testing::run_to_completion(*single);
+    EXPECT_EQ(after->outputs[0].output_ids, one.samples.at("p").at(0).output_ids) << paths[k];
+    EXPECT_NE(after->outputs[0].output_ids, before->outputs[0].output_ids) << paths[k];
+    EXPECT_EQ(after->outputs[0].meta_info.weight_version, k + 1);
+  }
+  actor.stop();
+}
+
+}  // namespace
+}  // namespace zr
