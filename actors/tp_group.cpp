@@ -15,6 +15,17 @@ namespace {
 
 constexpr auto kFollowerMaxSleep = std::chrono::microseconds(2000);
 
+// Adds the scope's duration to a Stats counter.
+class Timed {
+ public:
+  explicit Timed(double& sink) : sink_(sink), t0_(std::chrono::steady_clock::now()) {}
+  ~Timed() { sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+
+ private:
+  double& sink_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
 struct WireCommand {
   int kind = 0;
   int64_t version = 0;
@@ -82,6 +93,9 @@ void TpGroup::fail(const Status& st, const char* what) {
 }
 
 void TpGroup::allreduce_sum(float* data, size_t n) {
+  Timed t(stats_.allreduce_s);
+  ++stats_.allreduce_calls;
+  stats_.allreduce_bytes += n * sizeof(float);
   const int T = group_.size();
   parts_.resize(n * T);
   if (Status st = group_.allgather_bytes(data, n * sizeof(float), parts_.data()); !st.ok()) fail(st, "allreduce");
@@ -93,12 +107,14 @@ void TpGroup::allreduce_sum(float* data, size_t n) {
 }
 
 void TpGroup::gather_to_leader(const float* local, std::span<const size_t> counts, float* out) {
+  Timed t(stats_.gather_s);
   std::vector<size_t> bytes(counts.begin(), counts.end());
   for (size_t& b : bytes) b *= sizeof(float);
   if (Status st = group_.gather_bytes(local, bytes, out, 0); !st.ok()) fail(st, "logits gather");
 }
 
 void TpGroup::send(const TpCommand& cmd) {
+  Timed t(stats_.command_s);
   msgpack::sbuffer buf;
   msgpack::pack(buf, WireCommand{static_cast<int>(cmd.kind), cmd.version, cmd.ints, cmd.blob});
   std::string s(buf.data(), buf.size());

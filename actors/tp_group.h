@@ -69,10 +69,20 @@ class TpGroup final : public TpComm {
   std::vector<std::string> gather_strings(const std::string& local);
   MpiGroup& mpi() { return group_; }
 
+  // Time this rank spent inside each kind of collective (for benchmarks: the allreduce share).
+  struct Stats {
+    double allreduce_s = 0, gather_s = 0, command_s = 0;
+    int64_t allreduce_calls = 0;
+    uint64_t allreduce_bytes = 0;  // payload per rank (n floats), summed over calls
+  };
+  const Stats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+
  private:
   [[noreturn]] void fail(const Status& st, const char* what);
   MpiGroup group_;
   std::vector<float> parts_;
+  Stats stats_;
 };
 
 // checksum64 of the bytes this rank serves for each named tensor (all when `names` is empty), and
