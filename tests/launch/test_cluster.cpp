@@ -52,10 +52,65 @@ class Cluster : public ::testing::Test {
     return mpirun_prefix() + " -np 1 " + bin + " trainer " + trainer_args + " : -np 2 " + bin + " serve --model " +
            (tmp_ / "random") + " --bind tcp://127.0.0.1:* --threads 1";
   }
+  // 2 engines x TP=2: serve ranks 1-2 are engine 0, ranks 3-4 engine 1 (rank 0 the trainer).
+  std::string launch_tp(const std::string& trainer_args) {
+    const std::string bin = ZR_ZROLLOUT_BIN;
+    return mpirun_prefix() + " -np 1 " + bin + " trainer " + trainer_args + " : -np 4 " + bin + " serve --model " +
+           (tmp_ / "random") + " --tp 2 --bind tcp://127.0.0.1:* --threads 1 --kv-cache-mb 64";
+  }
   zr::testing::TempDir tmp_;
   std::string real_;
   json ref_;
 };
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Engines start on random weights; the trainer publishes the real checkpoint by each path. Both
+// engines' answers equal the independent reference only if every TP rank of each took the update.
+TEST_F(Cluster, TwoEnginesOfTp2TakeUpdatesByEveryPath) {
+  json req = {{"input_ids", ref_["prompt_ids"]}, {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}};
+  {
+    std::ofstream in(tmp_ / "in2.jsonl");
+    for (int i = 0; i < 4; ++i) {
+      req["rid"] = "g" + std::to_string(i);
+      in << req.dump() << "\n";
+    }
+  }
+  for (const char* path : {"broadcast", "ipc", "disk"}) {
+    SCOPED_TRACE(path);
+    int rc = run(launch_tp("--push " + real_ + " --path " + path + " --version 1 --input " + (tmp_ / "in2.jsonl") +
+                           " --output " + (tmp_ / "out2.jsonl") + " --shutdown"),
+                 tmp_ / "log");
+    std::string log = slurp(tmp_ / "log");
+    ASSERT_EQ(rc, 0) << log;
+    EXPECT_NE(log.find("2 engine(s) found through MPI"), std::string::npos) << log;
+    EXPECT_EQ(count(log, "tp rank 1: weights version 1 committed"), 2u) << log;  // each engine's follower
+    std::ifstream out(tmp_ / "out2.jsonl");
+    std::string line;
+    int lines = 0;
+    while (std::getline(out, line)) {
+      json o = json::parse(line);
+      EXPECT_EQ(o["output_ids"], ref_["greedy_ids"]) << o.dump();
+      EXPECT_EQ(o["meta_info"]["weight_version"], 1);
+      ++lines;
+    }
+    EXPECT_EQ(lines, 4);
+  }
+}
+
+TEST_F(Cluster, ServeRanksNotAMultipleOfTpAreRefused) {
+  const std::string bin = ZR_ZROLLOUT_BIN;
+  int rc = run(mpirun_prefix() + " -np 3 " + bin + " serve --model " + (tmp_ / "random") +
+                   " --tp 2 --bind tcp://127.0.0.1:* --threads 1",
+               tmp_ / "log");
+  EXPECT_NE(rc, 0);
+  std::string log = slurp(tmp_ / "log");
+  EXPECT_NE(log.find("not a multiple of --tp 2"), std::string::npos) << log;
+}
 
 TEST_F(Cluster, BroadcastPushThenGenerateMatchesReference) {
   int rc = run(launch("--push " + real_ + " --path broadcast --version 1 --input " + (tmp_ / "in.jsonl") +
