@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <cstdlib>
+#include <optional>
 #include <sstream>
 
 namespace zr::cli {
@@ -13,18 +14,16 @@ bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv(
 
 namespace {
 
-std::string first_ipv4() {
+// The IPv4 address of interface `name`, or of the first non-loopback interface when name is empty.
+std::optional<std::string> interface_ipv4(const std::string& name) {
   ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return "127.0.0.1";
-  std::string ip = "127.0.0.1";
-  for (ifaddrs* a = list; a; a = a->ifa_next) {
+  if (getifaddrs(&list) != 0) return std::nullopt;
+  std::optional<std::string> ip;
+  for (ifaddrs* a = list; a && !ip; a = a->ifa_next) {
     if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
     char buf[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, buf, sizeof buf);
-    if (std::string(buf).rfind("127.", 0) != 0) {
-      ip = buf;
-      break;
-    }
+    if (name.empty() ? std::string(buf).rfind("127.", 0) != 0 : name == a->ifa_name) ip = buf;
   }
   freeifaddrs(list);
   return ip;
@@ -32,13 +31,20 @@ std::string first_ipv4() {
 
 }  // namespace
 
-std::string advertised_endpoint(const std::string& bound, const std::string& advertise_host) {
+Result<std::string> advertised_endpoint(const std::string& bound, const std::string& advertise_host,
+                                        const std::string& advertise_interface) {
   const std::string tcp = "tcp://";
   if (bound.rfind(tcp, 0) != 0) return bound;  // ipc:// and inproc:// are host-local anyway
   size_t colon = bound.rfind(':');
   std::string host = bound.substr(tcp.size(), colon - tcp.size());
   if (host != "0.0.0.0" && host != "*") return bound;
-  return tcp + (advertise_host.empty() ? first_ipv4() : advertise_host) + bound.substr(colon);
+  if (!advertise_host.empty()) return tcp + advertise_host + bound.substr(colon);
+  auto ip = interface_ipv4(advertise_interface);
+  if (!ip && !advertise_interface.empty())
+    return make_error(ErrorCode::invalid_argument, "advertise-interface: no IPv4 address on interface '" +
+                                                       advertise_interface + "'");
+  // A host with no network but loopback (a laptop, a CI container): only local peers can dial it.
+  return tcp + ip.value_or("127.0.0.1") + bound.substr(colon);
 }
 
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {

@@ -16,8 +16,11 @@ namespace zr::cli {
 bool under_mpirun();
 
 // The endpoint other hosts should dial: a wildcard or 0.0.0.0 host is replaced by
-// `advertise_host`, else by this host's first non-loopback IPv4 address.
-std::string advertised_endpoint(const std::string& bound, const std::string& advertise_host);
+// `advertise_host`, else by the IPv4 address of `advertise_interface` (e.g. "eth1" on a host with
+// several networks), else by this host's first non-loopback IPv4 address.
+// Errors: the named interface has no IPv4 address.
+Result<std::string> advertised_endpoint(const std::string& bound, const std::string& advertise_host,
+                                        const std::string& advertise_interface = "");
 
 struct ClusterRoles {
   std::vector<std::string> engine_endpoints;  // one per engine (its leader's), in rank order

@@ -24,7 +24,7 @@ using nlohmann::json;
 
 struct ServeJob {
   EngineCliOptions engine;
-  std::string bind, advertise_host;
+  std::string bind, advertise_host, advertise_interface;
   int drain_timeout_s = 30;
   int tp = 1;
 };
@@ -91,7 +91,12 @@ int run_serve(const ServeJob& job) {
     return 1;
   }
   if (world) {
-    std::string ep = advertised_endpoint(actor.endpoint(), job.advertise_host);
+    auto advertised = advertised_endpoint(actor.endpoint(), job.advertise_host, job.advertise_interface);
+    if (!advertised.ok()) {
+      spdlog::critical("{}; ending the job", advertised.status().to_string());
+      world->abort_group(2);  // the other ranks wait for this endpoint
+    }
+    const std::string ep = *advertised;
     auto roles = exchange_endpoints(*world, *plan, ep);
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
     actor.set_weight_group(&*world);
@@ -184,6 +189,8 @@ void add_serve(CLI::App& app) {
   add_engine_options(cmd, job->engine);
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
   cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")->capture_default_str();
+  cmd->add_option("--advertise-interface", job->advertise_interface,
+                  "network interface whose IPv4 address other ranks dial (when --bind uses 0.0.0.0 or *)");
   cmd->add_option("--tp", job->tp, "tensor parallelism: ranks per engine (under mpirun; serve ranks form engines of --tp consecutive ranks)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -141,4 +141,25 @@ TEST_F(Cluster, RefusedBroadcastExitsNonZeroAndNamesTensorAndRank) {
   EXPECT_NE(log.find("rank"), std::string::npos) << log;
 }
 
+// Wildcard binds advertise a routable address: the one of --advertise-interface here.
+TEST_F(Cluster, WildcardBindAdvertisesTheInterfaceAddress) {
+  const std::string bin = ZR_ZROLLOUT_BIN;
+  int rc = run(mpirun_prefix() + " -np 1 " + bin + " trainer --input " + (tmp_ / "in.jsonl") + " --output " +
+                   (tmp_ / "out.jsonl") + " --shutdown : -np 2 " + bin + " serve --model " + real_ +
+                   " --bind 'tcp://0.0.0.0:*' --advertise-interface lo --threads 1 --kv-cache-mb 64",
+               tmp_ / "log");
+  std::string log = slurp(tmp_ / "log");
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_EQ(count(log, "engine at tcp://127.0.0.1:"), 2u) << log;
+  std::ifstream out(tmp_ / "out.jsonl");
+  EXPECT_EQ(json::parse(out)["output_ids"], ref_["greedy_ids"]);
+
+  rc = run(mpirun_prefix() + " -np 1 " + bin + " serve --model " + real_ +
+               " --bind 'tcp://0.0.0.0:*' --advertise-interface no-such-if0 --threads 1",
+           tmp_ / "log");
+  log = slurp(tmp_ / "log");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(log.find("no IPv4 address on interface 'no-such-if0'"), std::string::npos) << log;
+}
+
 }  // namespace
