@@ -102,15 +102,24 @@ class TpTest : public ::testing::Test {
     return e.ok() ? std::move(e).value() : nullptr;
   }
   int T() const { return tp_->shard().size; }
+  void check_golden(const std::string& dir);
   std::string dir_;
   std::unique_ptr<TpGroup> tp_;
 };
 
-TEST_F(TpTest, GreedyMatchesReferenceAndTp1) {
-  auto eng = start(dir_);
+TEST_F(TpTest, GreedyMatchesReferenceAndTp1) { check_golden(dir_); }
+
+TEST_F(TpTest, GreedyMatchesReferenceAndTp1Bf16) {
+  auto d = testing::shared_model_dir("stories260K-bf16");
+  if (!d) GTEST_SKIP() << "shared model 'stories260K-bf16' not found";
+  check_golden(*d);
+}
+
+void TpTest::check_golden(const std::string& dir) {
+  auto eng = start(dir);
   if (!eng) return;
-  auto single = testing::load_engine(dir_, small_options());
-  json ref = reference(dir_);
+  auto single = testing::load_engine(dir, small_options());
+  json ref = reference(dir);
   int i = 0;
   for (const auto& cs : ref["cases"]) {
     std::string rid = "case" + std::to_string(i++);
@@ -273,6 +282,24 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
     EXPECT_EQ(after->outputs[0].meta_info.weight_version, k + 1);
   }
   actor.stop();
+}
+
+// release_memory drops weights and KV on every rank; resume reloads every rank's shard; outputs
+// are the same bits as before.
+TEST_F(TpTest, ReleaseAndResumeMemoryOnEveryRank) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  GenerateRequest probe = greedy("p", {1, 403, 407, 261, 378}, 24);
+  ASSERT_TRUE(eng->submit(probe).ok());
+  auto before = testing::run_to_completion(*eng);
+  auto released = eng->release_memory(true, true);
+  ASSERT_TRUE(released.ok()) << released.status().to_string();
+  EXPECT_GT(*released, 0u);
+  EXPECT_EQ(eng->submit(probe).code, ErrorCode::unavailable);
+  ASSERT_TRUE(eng->resume_memory(true, true).ok());
+  ASSERT_TRUE(eng->submit(probe).ok());
+  auto after = testing::run_to_completion(*eng);
+  testing::expect_identical(after.samples.at("p").at(0), before.samples.at("p").at(0), "after resume");
 }
 
 }  // namespace
