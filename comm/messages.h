@@ -293,4 +293,27 @@ struct MemoryReply {
 
 // op "shutdown" {req_id} -> "shutdown.reply" {req_id}; the server drains and exits 0.
 
+// ---- Router operations (a router answers every op above like an engine, plus this one)
+
+// One engine behind a router, as the router sees it.
+struct EngineState {
+  int index = 0;
+  std::string endpoint;
+  bool alive = true;      // false once it stopped answering heartbeats (never used again)
+  bool updating = false;  // a weight update is in flight to it: new requests go elsewhere
+  std::string status;     // its last health status ("serving", "draining", "released"; "" before any)
+  int in_flight = 0;      // requests the router has on it (a re-routed sample counts as one)
+  int in_flight_samples = 0;
+  int waiting = 0, running = 0;  // its last get_load
+  int64_t weight_version = 0;    // its last health reply
+  int rerouted = 0;       // requests moved to other engines when it stopped answering
+  int finished = 0;       // requests (or re-routed samples) it completed for the router
+  int sessions = 0;       // sessions open on it through the router
+};
+// op "get_engines" {req_id} -> "get_engines.reply" {req_id, engines: [EngineState]}
+struct EnginesReply {
+  uint64_t req_id = 0;
+  std::vector<EngineState> engines;
+};
+
 }  // namespace zr

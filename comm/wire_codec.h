@@ -110,6 +110,7 @@ json to_json(const ErrorReply& r);
 // SimpleReply's wire form depends on the op it answers: "flush_cache" -> {req_id, freed_blocks},
 // "open_session" -> {req_id, session_id}, anything else -> {req_id}.
 json simple_reply_to_json(std::string_view op, const SimpleReply& r);
+json to_json(const EnginesReply& r);  // "get_engines.reply" (routers)
 
 std::string encode(const GenerateReply& r);
 std::string encode_chunk(uint64_t req_id, const StreamChunk& c);
@@ -120,6 +121,7 @@ std::string encode(const HealthReply& r);
 std::string encode(const ModelInfoReply& r);
 std::string encode(const ErrorReply& r);
 std::string encode_simple_reply(std::string_view op, const SimpleReply& r);
+std::string encode(const EnginesReply& r);
 // The body of an op "error" frame: {req_id, code: error_code_name(st.code), message}.
 std::string error_body(uint64_t req_id, const Status& st);
 
@@ -134,6 +136,7 @@ Result<HealthReply> health_reply_from_json(const json& j);
 Result<ModelInfoReply> model_info_reply_from_json(const json& j);
 Result<SimpleReply> simple_reply_from_json(std::string_view op, const json& j);
 Result<ErrorReply> error_reply_from_json(const json& j);
+Result<EnginesReply> engines_reply_from_json(const json& j);
 // The Status an "error" body stands for (an unknown code reads as internal, the name kept in the
 // message). A body that cannot be read is bad_message.
 Status status_from_error_json(const json& j);

@@ -232,6 +232,16 @@ json simple_reply_to_json(std::string_view op, const SimpleReply& r) {
   return j;
 }
 
+json to_json(const EnginesReply& r) {
+  json engines = json::array();
+  for (const EngineState& e : r.engines)
+    engines.push_back({{"index", e.index}, {"endpoint", e.endpoint}, {"alive", e.alive}, {"updating", e.updating},
+                       {"status", e.status}, {"in_flight", e.in_flight}, {"in_flight_samples", e.in_flight_samples},
+                       {"waiting", e.waiting}, {"running", e.running}, {"weight_version", e.weight_version},
+                       {"rerouted", e.rerouted}, {"finished", e.finished}, {"sessions", e.sessions}});
+  return {{"req_id", r.req_id}, {"engines", std::move(engines)}};
+}
+
 std::string encode(const GenerateReply& r) { return pack_body(to_json(r)); }
 std::string encode_chunk(uint64_t req_id, const StreamChunk& c) { return pack_body(chunk_to_json(req_id, c)); }
 std::string encode(const ScoreReply& r) { return pack_body(to_json(r)); }
@@ -241,6 +251,7 @@ std::string encode(const HealthReply& r) { return pack_body(to_json(r)); }
 std::string encode(const ModelInfoReply& r) { return pack_body(to_json(r)); }
 std::string encode(const ErrorReply& r) { return pack_body(to_json(r)); }
 std::string encode_simple_reply(std::string_view op, const SimpleReply& r) { return pack_body(simple_reply_to_json(op, r)); }
+std::string encode(const EnginesReply& r) { return pack_body(to_json(r)); }
 
 std::string error_body(uint64_t req_id, const Status& st) {
   return encode(ErrorReply{req_id, error_code_name(st.code), st.message});
@@ -347,6 +358,35 @@ Result<ErrorReply> error_reply_from_json(const json& j) {
   f.get("req_id", r.req_id);
   f.get("code", r.code);
   f.get("message", r.message);
+  return done(f, std::move(r));
+}
+
+Result<EnginesReply> engines_reply_from_json(const json& j) {
+  EnginesReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  if (const json* v = f.take("engines")) {
+    if (!v->is_array()) return field_error("engines", "expected an array");
+    r.engines.resize(v->size());
+    for (size_t i = 0; i < v->size(); ++i) {
+      EngineState& e = r.engines[i];
+      FieldReader g((*v)[i], at("engines", i) + ".", false);
+      g.get("index", e.index);
+      g.get("endpoint", e.endpoint);
+      g.get("alive", e.alive);
+      g.get("updating", e.updating);
+      g.get("status", e.status);
+      g.get("in_flight", e.in_flight);
+      g.get("in_flight_samples", e.in_flight_samples);
+      g.get("waiting", e.waiting);
+      g.get("running", e.running);
+      g.get("weight_version", e.weight_version);
+      g.get("rerouted", e.rerouted);
+      g.get("finished", e.finished);
+      g.get("sessions", e.sessions);
+      ZR_RETURN_IF_ERROR(g.finish());
+    }
+  }
   return done(f, std::move(r));
 }
 
