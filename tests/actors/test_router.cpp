@@ -1,0 +1,795 @@
+// The router: its pure core stepped by hand with fake engines and fake time (balancing, updating
+// engines, a dead engine's requests re-routed with their partial output, sessions, all-or-nothing
+// batches, abort order), then real engines over inproc: load spread, sticky sessions, an engine
+// that stops answering under load (every request finishes exactly as one healthy engine would
+// produce it, and the router says which engine died), and a router that a client cannot tell from
+// an engine.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "actors/rollout_actor.h"
+#include "actors/router.h"
+#include "comm/client.h"
+#include "comm/wire_codec.h"
+#include "comm/wire_weights.h"
+#include "model/make_model.h"
+#include "model/tokenizer.h"
+#include "tests/actors/engine_test_util.h"
+#include "tests/test_util.h"
+
+namespace zr {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using testing::expect_identical;
+
+// ================================================================================================
+// The core, with fake engines
+// ================================================================================================
+
+class RouterCore : public ::testing::Test {
+ protected:
+  void make(int engines) {
+    RouterOptions opt;
+    opt.heartbeat_interval = 100ms;
+    opt.heartbeat_liveness = 3;
+    std::vector<std::string> eps;
+    for (int k = 0; k < engines; ++k) eps.push_back("inproc://fake-" + std::to_string(k));
+    router_ = std::make_unique<Router>(eps, opt, now_);
+    for (int k = 0; k < engines; ++k) beat(k);
+  }
+  void drain() {
+    for (auto& m : router_->take_outbox()) (m.engine >= 0 ? sent_ : got_).push_back(std::move(m));
+  }
+  void from_engine(int k, const std::string& op, std::string body) {
+    router_->on_engine_message(k, op, std::move(body), now_);
+    drain();
+  }
+  // Answers every heartbeat sent to engine k: serving, idle, the tiny model's info (EOS 2).
+  void beat(int k) {
+    drain();
+    std::vector<RouterMessage> rest, beats;
+    for (auto& m : sent_) (m.engine == k && (m.op == "health" || m.op == "get_load" || m.op == "get_model_info") ? beats : rest).push_back(m);
+    sent_ = rest;
+    for (const auto& m : beats) {
+      const uint64_t id = wire::peek_req_id(m.body);
+      if (m.op == "health") from_engine(k, "health.reply", wire::encode(HealthReply{id, "serving", 3}));
+      else if (m.op == "get_load") from_engine(k, "get_load.reply", wire::encode(LoadReply{id, 0, 0, 0, 0, 0}));
+      else from_engine(k, "get_model_info.reply", wire::encode(ModelInfoReply{id, "LlamaForCausalLM", 1024, 1024, 1, {2}, -1, 3, ""}));
+    }
+  }
+  // Time passes in half intervals; the engines in `alive` answer their heartbeats.
+  void pass(Millis d, const std::vector<int>& alive) {
+    for (Millis t{0}; t < d; t += 50ms) {
+      now_ += 50ms;
+      for (int k : alive) beat(k);
+      router_->tick(now_);
+      drain();
+    }
+  }
+  void call(const std::string& op, std::string body) {
+    router_->on_call("caller", op, std::move(body), now_);
+    drain();
+  }
+  // Takes the messages with `op` sent to engine k.
+  std::vector<RouterMessage> take(int k, const std::string& op) {
+    drain();
+    std::vector<RouterMessage> out, rest;
+    for (auto& m : sent_) (m.engine == k && m.op == op ? out : rest).push_back(std::move(m));
+    sent_ = rest;
+    return out;
+  }
+  std::vector<GenerateCall> generates(int k) {
+    std::vector<GenerateCall> out;
+    for (const auto& m : take(k, "generate")) out.push_back(wire::decode_generate(m.body).value());
+    return out;
+  }
+  // The replies to the caller, by op.
+  std::vector<json> replies(const std::string& op) {
+    std::vector<json> out, all;
+    std::vector<RouterMessage> rest;
+    for (auto& m : got_) {
+      if (m.op == op) out.push_back(wire::unpack_body(m.body).value());
+      else rest.push_back(std::move(m));
+    }
+    got_ = rest;
+    return out;
+  }
+  static GenerateRequest req(const std::string& rid, std::vector<int> ids, int max_new, int n = 1) {
+    GenerateRequest r;
+    r.rid = rid;
+    r.input_ids = std::move(ids);
+    r.sampling_params.max_new_tokens = max_new;
+    r.sampling_params.n = n;
+    return r;
+  }
+  static SampleOutput output(const std::string& rid, int index, std::vector<int> ids, int prompt_tokens) {
+    SampleOutput o;
+    o.rid = rid;
+    o.index = index;
+    o.output_ids = std::move(ids);
+    o.text = "<" + std::to_string(o.output_ids.size()) + ">";
+    o.meta_info.id = rid;
+    o.meta_info.finish_reason = FinishReason{FinishReason::Type::length, {}, static_cast<int>(o.output_ids.size()), {}};
+    o.meta_info.prompt_tokens = prompt_tokens;
+    o.meta_info.completion_tokens = static_cast<int>(o.output_ids.size());
+    o.meta_info.weight_version = 3;
+    o.meta_info.weight_version_spans = {{0, 3}};
+    return o;
+  }
+
+  TimePoint now_ = SteadyClock::now();
+  std::unique_ptr<Router> router_;
+  std::vector<RouterMessage> sent_, got_;
+};
+
+TEST_F(RouterCore, PicksTheLeastLoadedEngineAndAvoidsUpdatingOnes) {
+  make(2);
+  auto engine_of = [&](const std::string& rid, int n) {
+    call("generate", wire::encode(GenerateCall{1, {req(rid, {1, 5}, 4, n)}}));
+    for (int k = 0; k < 2; ++k)
+      for (const auto& g : generates(k))
+        if (g.batch.at(0).rid == rid) return k;
+    return -1;
+  };
+  EXPECT_EQ(engine_of("r1", 1), 0);  // tie: lower index
+  EXPECT_EQ(engine_of("r2", 1), 1);
+  EXPECT_EQ(engine_of("r3", 4), 0);  // 1 sample each: lower index; engine 0 now has 5
+  EXPECT_EQ(engine_of("r4", 1), 1);
+  router_->mark_updating(1, true);
+  EXPECT_EQ(engine_of("r5", 1), 0);  // 6 samples against 2, but engine 1 is updating
+  router_->mark_updating(0, true);
+  EXPECT_EQ(engine_of("r6", 1), 1);  // every engine updating: the least loaded anyway
+  auto st = router_->engines();
+  EXPECT_TRUE(st[0].updating && st[1].updating);
+  EXPECT_EQ(st[0].in_flight, 3);
+  EXPECT_EQ(st[0].in_flight_samples, 6);
+  EXPECT_EQ(st[1].in_flight_samples, 3);
+  // An update sent through the router marks its engine until the engine answers.
+  router_->mark_updating(0, false);
+  router_->mark_updating(1, false);
+  UpdateWeightsCall u;
+  u.req_id = 77;
+  u.version = 4;
+  u.path = "disk";
+  u.disk_path = "/nowhere";
+  router_->call_engine(1, "caller", "update_weights", wire::encode(u), now_);
+  auto sent = take(1, "update_weights");
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_TRUE(router_->engines()[1].updating);
+  EXPECT_EQ(engine_of("r7", 1), 0);
+  from_engine(1, "update_weights.reply", wire::encode(UpdateWeightsReply{wire::peek_req_id(sent[0].body), 4, 10, 0, 0, 0}));
+  EXPECT_FALSE(router_->engines()[1].updating);
+  auto acks = replies("update_weights.reply");
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0]["req_id"], 77);  // the caller's req_id, not the router's
+}
+
+TEST_F(RouterCore, ADeadEnginesSamplesContinueElsewhereWithTheirPartialOutput) {
+  make(2);
+  GenerateRequest a = req("a", {1, 10, 11}, 10, 2);
+  a.sampling_params.temperature = 0.7f;
+  a.sampling_params.seed = 7;
+  a.return_logprob = true;
+  a.top_logprobs_num = 2;
+  call("generate", wire::encode(GenerateCall{1, {a}}));
+  auto g = generates(0);
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_TRUE(g[0].batch[0].stream);  // the router follows every token
+  auto chunk = [&](int index, std::vector<int> ids, std::vector<float> lps, const std::string& text) {
+    StreamChunk c{"a", index, text, ids, {}};
+    for (size_t i = 0; i < ids.size(); ++i) c.output_token_logprobs.push_back({lps[i], ids[i], {}});
+    from_engine(0, "generate.chunk", wire::encode_chunk(g[0].req_id, c));
+  };
+  chunk(0, {5, 6}, {-0.5f, -0.6f}, "ab");
+  chunk(1, {8}, {-0.8f}, "d");
+  chunk(0, {7}, {-0.7f}, "c");
+  pass(250ms, {0, 1});
+  EXPECT_TRUE(router_->engines()[0].alive);
+  pass(600ms, {1});  // engine 0 is silent for more than 3 intervals
+  auto st = router_->engines();
+  EXPECT_FALSE(st[0].alive);
+  EXPECT_TRUE(st[1].alive);
+  EXPECT_EQ(st[0].rerouted, 1);
+  EXPECT_EQ(take(0, "abort").size(), 1u);  // in case it only seemed dead
+  auto conts = generates(1);
+  ASSERT_EQ(conts.size(), 2u);
+  std::sort(conts.begin(), conts.end(), [](auto& x, auto& y) { return x.batch[0].input_ids.size() > y.batch[0].input_ids.size(); });
+  const GenerateRequest& c0 = conts[0].batch.at(0);
+  const GenerateRequest& c1 = conts[1].batch.at(0);
+  EXPECT_EQ(c0.input_ids, (std::vector<int>{1, 10, 11, 5, 6, 7}));
+  EXPECT_EQ(c1.input_ids, (std::vector<int>{1, 10, 11, 8}));
+  EXPECT_EQ(c0.sampling_params.n, 1);
+  EXPECT_EQ(c0.sampling_params.max_new_tokens, 7);
+  EXPECT_EQ(c1.sampling_params.max_new_tokens, 9);
+  EXPECT_EQ(*c0.sampling_params.seed, 7u);  // the engine's seed of sample i: seed + i
+  EXPECT_EQ(*c1.sampling_params.seed, 8u);
+  EXPECT_EQ(c0.logprob_start_len, 3);  // the partial tokens' top lists come back as prompt lists
+  EXPECT_NE(c0.rid, "a");
+  EXPECT_NE(c0.rid, c1.rid);
+  EXPECT_TRUE(replies("generate.reply").empty());
+  // Engine 1 finishes both continuations.
+  auto finish = [&](const GenerateCall& call, int index_in_prompt, std::vector<int> ids) {
+    const GenerateRequest& r = call.batch[0];
+    SampleOutput o = output(r.rid, 0, ids, static_cast<int>(r.input_ids.size()));
+    o.return_logprob = o.has_top = o.has_input_logprobs = true;
+    for (int id : ids) {
+      o.meta_info.output_token_logprobs.push_back({-1.0f, id, {}});
+      o.meta_info.output_top_logprobs.push_back({{-1.0f, id, {}}, {-2.0f, 99, {}}});
+    }
+    for (size_t p = 3; p < r.input_ids.size(); ++p) {
+      o.meta_info.input_token_logprobs.push_back({-0.25f, r.input_ids[p], {}});
+      o.meta_info.input_top_logprobs.push_back({{-0.25f, r.input_ids[p], {}}, {-3.0f, 98 + index_in_prompt, {}}});
+    }
+    from_engine(1, "generate.reply", wire::encode(GenerateReply{call.req_id, {o}}));
+  };
+  finish(conts[0], 0, {20, 21, 22, 23, 24, 25, 26});
+  EXPECT_TRUE(replies("generate.reply").empty());  // sample 1 still runs
+  finish(conts[1], 1, {30, 31, 32, 33, 34, 35, 36, 37, 38});
+  auto done = replies("generate.reply");
+  ASSERT_EQ(done.size(), 1u);
+  auto rep = wire::generate_reply_from_json(done[0]).value();
+  EXPECT_EQ(rep.req_id, 1u);
+  ASSERT_EQ(rep.outputs.size(), 2u);
+  const SampleOutput& s0 = rep.outputs[0];
+  EXPECT_EQ(s0.rid, "a");
+  EXPECT_EQ(s0.index, 0);
+  EXPECT_EQ(s0.output_ids, (std::vector<int>{5, 6, 7, 20, 21, 22, 23, 24, 25, 26}));
+  EXPECT_EQ(s0.text, "abc<7>");  // no tokenizer here: the streamed text, then the continuation's
+  EXPECT_EQ(s0.meta_info.prompt_tokens, 3);
+  EXPECT_EQ(s0.meta_info.completion_tokens, 10);
+  EXPECT_EQ(s0.meta_info.finish_reason.type, FinishReason::Type::length);
+  EXPECT_EQ(s0.meta_info.finish_reason.length, 10);
+  ASSERT_EQ(s0.meta_info.output_token_logprobs.size(), 10u);
+  EXPECT_EQ(*s0.meta_info.output_token_logprobs[1].logprob, -0.6f);  // from the dead engine's chunks
+  EXPECT_EQ(*s0.meta_info.output_token_logprobs[3].logprob, -1.0f);
+  ASSERT_EQ(s0.meta_info.output_top_logprobs.size(), 10u);
+  EXPECT_EQ(s0.meta_info.output_top_logprobs[2].at(0).token_id, 7);  // the continuation's prompt list
+  EXPECT_EQ(s0.meta_info.output_top_logprobs[2].at(1).token_id, 98);
+  EXPECT_EQ(s0.meta_info.output_top_logprobs[3].at(1).token_id, 99);
+  EXPECT_FALSE(s0.has_input_logprobs);  // not asked for: the continuation's prompt lists stay inside
+  ASSERT_EQ(s0.meta_info.weight_version_spans.size(), 1u);  // both engines served version 3
+  const SampleOutput& s1 = rep.outputs[1];
+  EXPECT_EQ(s1.index, 1);
+  EXPECT_EQ(s1.output_ids.size(), 10u);
+  EXPECT_EQ(s1.output_ids[0], 8);
+  EXPECT_EQ(s1.meta_info.output_top_logprobs[0].at(1).token_id, 99);
+  EXPECT_EQ(router_->engines()[1].finished, 2);
+  EXPECT_EQ(router_->calls_in_flight(), 0u);
+}
+
+// With the model's tokenizer the router rebuilds a re-routed sample's text from all its ids, and
+// finds a stop string that only completes across the seam (no engine could see it).
+TEST_F(RouterCore, AStopStringAcrossTheSeamEndsTheSample) {
+  zr::testing::TempDir tmp;
+  MakeModelOptions mo;
+  mo.out_dir = tmp.path() + "/tiny";
+  ASSERT_TRUE(make_model(mo).ok());
+  auto tok = std::move(Tokenizer::load(mo.out_dir + "/tokenizer.model")).value();
+  const std::vector<int> ids = tok.encode("Once upon a time there was a little cat", false);
+  ASSERT_GE(ids.size(), 6u);
+  IncrementalDetokenizer d(tok, true);
+  std::string t3, t4;
+  for (int i = 0; i < 4; ++i) (i < 3 ? t3 : t4) += d.push(ids[i]);
+  t4 = t3 + t4;
+  const std::string stop = t4.substr(t3.size() - 1);  // the last character before the seam and after it
+  ASSERT_EQ(t4.find(stop), t3.size() - 1);
+  RouterOptions opt;
+  opt.heartbeat_interval = 100ms;
+  opt.heartbeat_liveness = 3;
+  opt.tokenizer = mo.out_dir;
+  router_ = std::make_unique<Router>(std::vector<std::string>{"inproc://f0", "inproc://f1"}, opt, now_);
+  beat(0);
+  beat(1);
+  GenerateRequest g = req("s", {1, 5}, 20);
+  g.sampling_params.stop = {stop};
+  g.stream = true;
+  call("generate", wire::encode(GenerateCall{40, {g}}));
+  auto sent = generates(0);
+  ASSERT_EQ(sent.size(), 1u);
+  from_engine(0, "generate.chunk", wire::encode_chunk(sent[0].req_id, StreamChunk{"s", 0, "", {ids[0], ids[1], ids[2]}, {}}));
+  pass(600ms, {1});
+  auto cont = generates(1);
+  ASSERT_EQ(cont.size(), 1u);
+  const std::string crid = cont[0].batch[0].rid;
+  from_engine(1, "generate.chunk", wire::encode_chunk(cont[0].req_id, StreamChunk{crid, 0, "", {ids[3]}, {}}));
+  auto stops = take(1, "abort");  // the engine goes on past the stop string: stopped
+  ASSERT_EQ(stops.size(), 1u);
+  EXPECT_EQ(wire::decode_abort(stops[0].body)->rid, crid);
+  from_engine(1, "generate.chunk", wire::encode_chunk(cont[0].req_id, StreamChunk{crid, 0, "", {ids[4]}, {}}));
+  SampleOutput o = output(crid, 0, {ids[3], ids[4]}, 5);
+  o.meta_info.finish_reason = FinishReason{FinishReason::Type::abort, {}, 0, "aborted by request"};
+  from_engine(1, "generate.reply", wire::encode(GenerateReply{cont[0].req_id, {o}}));
+  std::string streamed_text;
+  std::vector<int> streamed_ids;
+  for (const auto& ch : replies("generate.chunk")) {
+    streamed_text += ch["text"].get<std::string>();
+    for (int id : ch["output_ids"]) streamed_ids.push_back(id);
+  }
+  auto done = replies("generate.reply");
+  ASSERT_EQ(done.size(), 1u);
+  auto out = wire::generate_reply_from_json(done[0])->outputs.at(0);
+  EXPECT_EQ(out.output_ids, (std::vector<int>{ids[0], ids[1], ids[2], ids[3]}));
+  EXPECT_EQ(out.text, t3.substr(0, t3.size() - 1));
+  EXPECT_EQ(out.meta_info.finish_reason.type, FinishReason::Type::stop);
+  EXPECT_EQ(std::get<std::string>(out.meta_info.finish_reason.matched), stop);
+  EXPECT_EQ(out.meta_info.completion_tokens, 4);
+  EXPECT_EQ(streamed_text, out.text);
+  EXPECT_EQ(streamed_ids, out.output_ids);
+}
+
+TEST_F(RouterCore, ASampleThatHadFinishedOnTheDeadEngineIsNotContinued) {
+  make(2);
+  call("generate", wire::encode(GenerateCall{5, {req("e", {1, 3}, 10)}}));
+  auto g = generates(0);
+  ASSERT_EQ(g.size(), 1u);
+  from_engine(0, "generate.chunk", wire::encode_chunk(g[0].req_id, StreamChunk{"e", 0, "x", {5, 2}, {}}));  // 2 = EOS
+  pass(600ms, {1});
+  EXPECT_TRUE(generates(1).empty());
+  auto done = replies("generate.reply");
+  ASSERT_EQ(done.size(), 1u);
+  auto o = wire::generate_reply_from_json(done[0])->outputs.at(0);
+  EXPECT_EQ(o.output_ids, (std::vector<int>{5, 2}));
+  EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::stop);
+  EXPECT_EQ(std::get<int>(o.meta_info.finish_reason.matched), 2);
+  // Untouched requests go again whole: n samples, one prefill.
+  call("generate", wire::encode(GenerateCall{6, {req("f", {1, 3}, 10, 3)}}));
+  auto f = generates(1);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].batch[0].sampling_params.n, 3);
+}
+
+TEST_F(RouterCore, SessionsStayOnTheirEngineAndDieWithIt) {
+  make(2);
+  auto open = [&](int expect_engine) {
+    call("open_session", wire::encode_req_id_only(9));
+    auto o = take(expect_engine, "open_session");
+    EXPECT_EQ(o.size(), 1u);
+    if (o.empty()) return std::string();
+    from_engine(expect_engine, "open_session.reply",
+                wire::encode_simple_reply("open_session", SimpleReply{wire::peek_req_id(o[0].body), "session-0", 0}));
+    auto r = replies("open_session.reply");
+    return r.at(0)["session_id"].get<std::string>();
+  };
+  const std::string s0 = open(0), s1 = open(1);  // sessions spread over the engines
+  EXPECT_NE(s0, s1);
+  GenerateRequest t = req("t1", {7}, 8);
+  t.session_id = s0;
+  call("generate", wire::encode(GenerateCall{10, {t}}));
+  auto g = generates(0);
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_EQ(g[0].batch[0].session_id, "session-0");  // the engine's own id
+  from_engine(0, "generate.chunk", wire::encode_chunk(g[0].req_id, StreamChunk{"t1", 0, "", {4, 4}, {}}));
+  pass(600ms, {1});
+  auto done = replies("generate.reply");
+  ASSERT_EQ(done.size(), 1u);  // its KV is gone: it ends here, with what it had
+  auto o = wire::generate_reply_from_json(done[0])->outputs.at(0);
+  EXPECT_EQ(o.output_ids, (std::vector<int>{4, 4}));
+  EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::abort);
+  EXPECT_NE(o.meta_info.finish_reason.message.find(s0), std::string::npos) << o.meta_info.finish_reason.message;
+  t.rid = "t2";
+  call("generate", wire::encode(GenerateCall{11, {t}}));
+  auto err = replies("error");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_EQ(err[0]["code"], "unavailable");
+  EXPECT_NE(err[0]["message"].get<std::string>().find("session_id: session '" + s0 + "'"), std::string::npos);
+  t.session_id = s1;
+  call("generate", wire::encode(GenerateCall{12, {t}}));
+  auto g1 = generates(1);
+  ASSERT_EQ(g1.size(), 1u);
+  EXPECT_EQ(g1[0].batch[0].session_id, "session-0");
+  call("close_session", wire::encode(SessionCall{13, s0}));  // lost: closing forgets it
+  EXPECT_EQ(replies("close_session.reply").size(), 1u);
+  call("close_session", wire::encode(SessionCall{14, s0}));
+  err = replies("error");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_EQ(err[0]["code"], "not_found");
+}
+
+TEST_F(RouterCore, ABatchStaysAllOrNothingAcrossEngines) {
+  make(2);
+  call("generate", wire::encode(GenerateCall{20, {req("x", {1, 2}, 8), req("y", {1, 999}, 8)}}));
+  auto gx = generates(0), gy = generates(1);
+  ASSERT_EQ(gx.size(), 1u);
+  ASSERT_EQ(gy.size(), 1u);
+  from_engine(1, "error",
+              wire::error_body(gy[0].req_id, make_error(ErrorCode::out_of_range,
+                                                        "input_ids[1]: token id 999 is outside the vocabulary [0, 512)")));
+  auto aborts = take(0, "abort");
+  ASSERT_EQ(aborts.size(), 1u);  // the part that was accepted stops
+  EXPECT_EQ(wire::decode_abort(aborts[0].body)->rid, "x");
+  EXPECT_TRUE(replies("error").empty());  // once every engine has answered
+  SampleOutput o = output("x", 0, {3}, 2);
+  o.meta_info.finish_reason = FinishReason{FinishReason::Type::abort, {}, 0, "aborted by request"};
+  from_engine(0, "generate.reply", wire::encode(GenerateReply{gx[0].req_id, {o}}));
+  auto err = replies("error");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_EQ(err[0]["req_id"], 20);
+  EXPECT_EQ(err[0]["code"], "out_of_range");
+  EXPECT_EQ(err[0]["message"], "batch[1].input_ids[1]: token id 999 is outside the vocabulary [0, 512)");
+  EXPECT_TRUE(replies("generate.reply").empty());
+  call("generate", wire::encode(GenerateCall{21, {req("x", {1, 2}, 8)}}));  // the rid is free again
+  EXPECT_TRUE(replies("error").empty());
+  call("generate", wire::encode(GenerateCall{22, {req("x", {1, 2}, 8)}}));
+  err = replies("error");
+  ASSERT_EQ(err.size(), 1u);
+  EXPECT_EQ(err[0]["code"], "duplicate_rid");
+  EXPECT_EQ(err[0]["message"], "rid: 'x' is already in flight");
+}
+
+TEST_F(RouterCore, AbortRepliesAfterTheAbortedCalls) {
+  make(2);
+  call("generate", wire::encode(GenerateCall{30, {req("b", {1, 2}, 50)}}));
+  auto g = generates(0);
+  ASSERT_EQ(g.size(), 1u);
+  call("abort", wire::encode(AbortCall{31, "", "b", false}));  // by prefix
+  auto a = take(0, "abort");
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(wire::decode_abort(a[0].body)->rid, "b");
+  SampleOutput o = output("b", 0, {3, 4}, 2);
+  o.meta_info.finish_reason = FinishReason{FinishReason::Type::abort, {}, 0, "aborted by request"};
+  from_engine(0, "generate.reply", wire::encode(GenerateReply{g[0].req_id, {o}}));
+  from_engine(0, "abort.reply", wire::encode(AbortReply{wire::peek_req_id(a[0].body), {"b"}}));
+  ASSERT_EQ(got_.size(), 2u);
+  EXPECT_EQ(got_[0].op, "generate.reply");
+  EXPECT_EQ(got_[1].op, "abort.reply");
+  EXPECT_EQ(wire::unpack_body(got_[1].body).value()["aborted"], json::array({"b"}));
+}
+
+// ================================================================================================
+// Real engines over inproc
+// ================================================================================================
+
+// Stands between the router and an engine, relaying both ways, until `dark_after` chunks have gone
+// through; from then on it swallows everything: an engine that stops answering without closing
+// anything (as a hung or partitioned host does). The engine behind it goes on generating.
+class Blackhole {
+ public:
+  Blackhole(Context& ctx, const std::string& bind, const std::string& engine, int dark_after)
+      : actor_(ctx, "blackhole"), dark_after_(dark_after) {
+    EXPECT_TRUE(actor_.bind(bind).ok());
+    peer_ = actor_.connect_peer(engine).value();
+    for (const char* op : {"generate", "score", "abort", "get_load", "health", "get_model_info", "flush_cache",
+                           "open_session", "close_session", "update_weights", "get_weight_version", "shutdown",
+                           "generate.chunk", "generate.reply", "score.reply", "abort.reply", "get_load.reply",
+                           "health.reply", "get_model_info.reply", "flush_cache.reply", "open_session.reply",
+                           "close_session.reply", "update_weights.reply", "get_weight_version.reply", "error"})
+      actor_.on(op, [this, name = std::string(op)](Frame& f, const ReplyTo& from) { relay(name, f, from); });
+    actor_.start();
+  }
+  ~Blackhole() { actor_.stop(); }
+  const std::string& endpoint() const { return actor_.endpoint(); }
+  bool dark() const { return dark_.load(); }
+  // Output ids relayed per rid before it went dark: the partial output the router had.
+  int relayed(const std::string& rid) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return relayed_[rid];
+  }
+
+ private:
+  void relay(const std::string& op, Frame& f, const ReplyTo& from) {
+    if (dark_) return;
+    if (from.via_router()) {
+      caller_ = from.routing_id;
+      actor_.send_peer(peer_, op, std::move(f.body));
+      return;
+    }
+    if (op == "generate.chunk") {
+      auto ch = wire::stream_chunk_from_json(wire::unpack_body(f.body).value()).value();
+      std::lock_guard<std::mutex> lock(mu_);
+      relayed_[ch.rid] += static_cast<int>(ch.output_ids.size());
+    }
+    actor_.send_to(caller_, op, std::move(f.body));
+    if (op == "generate.chunk" && ++chunks_ >= dark_after_) dark_ = true;
+  }
+
+  Actor actor_;
+  PeerId peer_ = 0;
+  std::string caller_;
+  int dark_after_ = 0, chunks_ = 0;
+  std::atomic<bool> dark_{false};
+  std::mutex mu_;
+  std::map<std::string, int> relayed_;
+};
+
+class RouterService : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MakeModelOptions mo;
+    mo.preset = "tiny";
+    mo.seed = 5;
+    mo.out_dir = dir();
+    ASSERT_TRUE(make_model(mo).ok());
+  }
+  std::string dir() const { return tmp_.path() + "/tiny"; }
+  std::string ep(const std::string& name) const {
+    return "inproc://rt-" + name + "-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+  }
+  // A rollout engine on its own thread at ep(name).
+  std::string engine(const std::string& name) {
+    EngineOptions eo;
+    eo.threads = 1;
+    eo.kv_cache_bytes = size_t{16} << 20;
+    RolloutActorOptions ro;
+    ro.name = name;
+    ro.model_path = dir();  // the router finds the tokenizer through get_model_info
+    engines_.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(dir(), eo), ro));
+    EXPECT_TRUE(engines_.back()->bind(ep(name)).ok());
+    engines_.back()->start();
+    return ep(name);
+  }
+  static RouterOptions fast_heartbeats() {
+    RouterOptions o;
+    o.heartbeat_interval = 50ms;
+    o.heartbeat_liveness = 10;
+    return o;
+  }
+  std::unique_ptr<RouterActor> router(const std::vector<std::string>& engines) {
+    RouterActorOptions o;
+    o.router = fast_heartbeats();
+    auto r = std::move(RouterActor::create(ctx_, engines, o)).value();
+    EXPECT_TRUE(r->bind(ep("router")).ok());
+    r->start();
+    return r;
+  }
+  std::unique_ptr<Client> client(const std::string& endpoint) {
+    return std::move(Client::connect(endpoint, &ctx_.zmq())).value();
+  }
+  static EnginesReply get_engines(Client& c) {
+    const uint64_t id = c.next_req_id();
+    auto raw = c.call_raw("get_engines", wire::encode_req_id_only(id), {}, id, 30s).get();
+    EXPECT_TRUE(raw.ok());
+    EXPECT_EQ(raw->op, "get_engines.reply");
+    return wire::engines_reply_from_json(raw->json).value();
+  }
+  static GenerateRequest greedy(const std::string& rid, std::vector<int> ids, int max_new) {
+    GenerateRequest r;
+    r.rid = rid;
+    r.input_ids = std::move(ids);
+    r.sampling_params.temperature = 0;
+    r.sampling_params.max_new_tokens = max_new;
+    r.sampling_params.ignore_eos = true;
+    r.return_logprob = true;
+    return r;
+  }
+  // Samples keyed "rid/index".
+  static std::map<std::string, SampleOutput> by_key(const std::vector<SampleOutput>& v) {
+    std::map<std::string, SampleOutput> m;
+    for (const auto& o : v) m[o.rid + "/" + std::to_string(o.index)] = o;
+    return m;
+  }
+
+  Context ctx_;
+  zr::testing::TempDir tmp_;
+  std::vector<std::unique_ptr<RolloutActor>> engines_;
+};
+
+TEST_F(RouterService, SpreadsABatchOverTheEngines) {
+  auto r = router({engine("a"), engine("b")});
+  auto c = client(r->endpoint());
+  auto direct = client(engine("ref"));
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 12; ++i) reqs.push_back(greedy("q" + std::to_string(i), {1, 40 + i, 7 * i + 3}, 12));
+  auto got = c->generate(reqs, 120s);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  auto want = direct->generate(reqs, 120s);
+  ASSERT_TRUE(want.ok());
+  ASSERT_EQ(got->outputs.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) {
+    EXPECT_EQ(got->outputs[i].rid, reqs[i].rid);  // request order, as from an engine
+    expect_identical(got->outputs[i], want->outputs[i], reqs[i].rid);
+  }
+  auto st = get_engines(*c);
+  ASSERT_EQ(st.engines.size(), 2u);
+  EXPECT_EQ(st.engines[0].finished, 6);
+  EXPECT_EQ(st.engines[1].finished, 6);
+  EXPECT_EQ(st.engines[0].in_flight + st.engines[1].in_flight, 0);
+}
+
+TEST_F(RouterService, SessionsStickToTheirEngine) {
+  auto r = router({engine("a"), engine("b")});
+  auto c = client(r->endpoint());
+  auto direct = client(engine("ref"));
+  auto s1 = c->open_session(), s2 = c->open_session(), d1 = direct->open_session();
+  ASSERT_TRUE(s1.ok() && s2.ok() && d1.ok());
+  EXPECT_NE(*s1, *s2);
+  auto st = get_engines(*c);
+  EXPECT_EQ(st.engines[0].sessions, 1);
+  EXPECT_EQ(st.engines[1].sessions, 1);
+  const std::vector<std::vector<int>> turns = {{1, 300, 301}, {400}, {500, 501}};
+  for (size_t t = 0; t < turns.size(); ++t) {
+    auto a = greedy("s1-" + std::to_string(t), turns[t], 6);
+    a.session_id = *s1;
+    auto b = greedy("s2-" + std::to_string(t), turns[turns.size() - 1 - t], 6);
+    b.session_id = *s2;
+    auto fa = c->generate_async({a}, 60s);
+    auto fb = c->generate_async({b}, 60s);
+    a.session_id = *d1;
+    auto want = direct->generate({a}, 60s);
+    auto got = fa.get();
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    ASSERT_TRUE(fb.get().ok());
+    ASSERT_TRUE(want.ok());
+    expect_identical(got->outputs.at(0), want->outputs.at(0), a.rid);  // the turn saw its session's tokens
+    EXPECT_EQ(got->outputs[0].meta_info.prompt_tokens, want->outputs[0].meta_info.prompt_tokens);
+    EXPECT_EQ(got->outputs[0].meta_info.cached_tokens, want->outputs[0].meta_info.cached_tokens);
+  }
+  st = get_engines(*c);
+  EXPECT_EQ(st.engines[0].finished, 3);  // each session's three turns ran where it lives
+  EXPECT_EQ(st.engines[1].finished, 3);
+  ASSERT_TRUE(c->close_session(*s1).ok());
+  auto gone = greedy("late", {1, 2}, 2);
+  gone.session_id = *s1;
+  auto e = c->generate({gone}, 30s);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code, ErrorCode::not_found);
+  EXPECT_EQ(e.status().message, "session_id: no session '" + *s1 + "'");
+}
+
+// The requests of the tests below: greedy and ignore_eos, so every one runs its max_new_tokens and
+// the tokens after a re-route are what one healthy engine produces. Split by load over two idle
+// engines, engine 0 gets d0 (n=2: each sample continues on its own), d3 (top logprobs: the partial
+// tokens' lists come back as prompt lists) and d5 (a text prompt: the router tokenizes it).
+std::vector<GenerateRequest> load_for_death(int max_new) {
+  std::vector<GenerateRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    GenerateRequest r;
+    r.rid = "d" + std::to_string(i);
+    if (i == 5) r.text = "Once upon a time there was";
+    else r.input_ids = {1, 20 + i, 300 + 11 * i, 5};
+    r.sampling_params.temperature = 0;
+    r.sampling_params.max_new_tokens = max_new;
+    r.sampling_params.ignore_eos = true;
+    r.sampling_params.n = i == 0 ? 2 : 1;
+    r.return_logprob = true;
+    if (i == 3) r.top_logprobs_num = 3;
+    reqs.push_back(std::move(r));
+  }
+  return reqs;
+}
+
+void expect_like_one_healthy_engine(const std::vector<SampleOutput>& got, const std::vector<SampleOutput>& want,
+                                    int max_new) {
+  auto g = std::map<std::string, SampleOutput>(), w = g;
+  for (const auto& o : got) g[o.rid + "/" + std::to_string(o.index)] = o;
+  for (const auto& o : want) w[o.rid + "/" + std::to_string(o.index)] = o;
+  ASSERT_EQ(g.size(), w.size());
+  for (const auto& [key, o] : w) {
+    ASSERT_TRUE(g.count(key)) << key;
+    const SampleOutput& x = g.at(key);
+    expect_identical(x, o, key);
+    EXPECT_EQ(x.meta_info.completion_tokens, max_new) << key;
+    EXPECT_EQ(x.meta_info.finish_reason.type, FinishReason::Type::length) << key;
+    EXPECT_EQ(x.meta_info.finish_reason.length, max_new) << key;
+    EXPECT_EQ(x.meta_info.prompt_tokens, o.meta_info.prompt_tokens) << key;
+    EXPECT_EQ(x.meta_info.output_top_logprobs.size(), o.meta_info.output_top_logprobs.size()) << key;
+    for (size_t t = 0; t < o.meta_info.output_top_logprobs.size(); ++t) {
+      ASSERT_EQ(x.meta_info.output_top_logprobs[t].size(), o.meta_info.output_top_logprobs[t].size()) << key;
+      for (size_t k = 0; k < o.meta_info.output_top_logprobs[t].size(); ++k)
+        EXPECT_EQ(x.meta_info.output_top_logprobs[t][k].token_id, o.meta_info.output_top_logprobs[t][k].token_id)
+            << key << " position " << t;
+    }
+  }
+}
+
+TEST_F(RouterService, AnEngineThatStopsAnsweringUnderLoadIsReRouted) {
+  constexpr int kMaxNew = 48;
+  Blackhole hole(ctx_, ep("hole"), engine("a"), /*dark_after=*/40);  // well before a's requests end
+  auto r = router({hole.endpoint(), engine("b")});
+  auto c = client(r->endpoint());
+  auto direct = client(engine("ref"));
+  auto reqs = load_for_death(kMaxNew);
+  std::mutex mu;
+  std::map<std::string, std::pair<std::string, std::vector<int>>> streamed;  // rid/index -> text, ids
+  auto got = c->generate_stream(reqs, [&](const StreamChunk& ch) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto& s = streamed[ch.rid + "/" + std::to_string(ch.index)];
+    s.first += ch.text;
+    s.second.insert(s.second.end(), ch.output_ids.begin(), ch.output_ids.end());
+  }, 120s);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  EXPECT_TRUE(hole.dark());
+  auto want = direct->generate(reqs, 120s);
+  ASSERT_TRUE(want.ok());
+  expect_like_one_healthy_engine(got->outputs, want->outputs, kMaxNew);
+  for (const auto& o : got->outputs) {  // the stream of a re-routed sample still adds up
+    const auto& s = streamed[o.rid + "/" + std::to_string(o.index)];
+    EXPECT_EQ(s.first, o.text) << o.rid;
+    EXPECT_EQ(s.second, o.output_ids) << o.rid;
+  }
+  for (const char* rid : {"d0", "d3", "d5"}) {  // they had begun on the engine that went silent
+    EXPECT_GT(hole.relayed(rid), 0) << rid;
+    EXPECT_LT(hole.relayed(rid), kMaxNew) << rid;
+  }
+  auto st = get_engines(*c);
+  ASSERT_EQ(st.engines.size(), 2u);
+  EXPECT_FALSE(st.engines[0].alive);  // the router says which engine died
+  EXPECT_EQ(st.engines[0].endpoint, hole.endpoint());
+  EXPECT_EQ(st.engines[0].rerouted, 3);
+  EXPECT_TRUE(st.engines[1].alive);
+  // Nothing goes to the dead engine any more.
+  auto after = c->generate({greedy("after", {1, 2, 3}, 4)}, 60s);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(get_engines(*c).engines[1].finished, st.engines[1].finished + 1);
+}
+
+// The same bodies to an engine and to a router in front of two engines: the same answers.
+TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
+  auto r = router({engine("a"), engine("b")});
+  auto via = client(r->endpoint());
+  auto direct = client(engine("ref"));
+  uint64_t id = 1000;
+  auto both = [&](const std::string& op, const json& body) {
+    json b = body;
+    b["req_id"] = ++id;
+    auto x = direct->call_raw(op, wire::pack_body(b), {}, id, 60s).get();
+    auto y = via->call_raw(op, wire::pack_body(b), {}, id, 60s).get();
+    EXPECT_TRUE(x.ok() && y.ok());
+    auto strip = [](json j) {  // timings differ
+      if (j.contains("outputs"))
+        for (auto& o : j["outputs"])
+          if (o.contains("meta_info")) o["meta_info"].erase("e2e_latency");
+      return j;
+    };
+    EXPECT_EQ(x->op, y->op) << op << " " << body.dump();
+    EXPECT_EQ(strip(x->json), strip(y->json)) << op << " " << body.dump();
+    return strip(y->json);
+  };
+  GenerateRequest a = greedy("ga", {1, 33, 44, 55}, 10);
+  a.logprob_start_len = 0;
+  a.top_logprobs_num = 3;
+  a.token_ids_logprob = {5, 6};
+  GenerateRequest b;
+  b.rid = "gb";
+  b.text = "Once upon a time";
+  b.sampling_params.n = 3;
+  b.sampling_params.temperature = 0.8f;
+  b.sampling_params.top_p = 0.9f;
+  b.sampling_params.seed = 11;
+  b.sampling_params.max_new_tokens = 12;
+  b.return_logprob = true;
+  auto gen = both("generate", wire::to_json(GenerateCall{0, {a, b}}));
+  EXPECT_EQ(gen["outputs"].size(), 4u);
+  ScoreRequest s{"sc", {1, 33, 44}, {55, 66, 77}, 0.7f, 2};
+  both("score", wire::to_json(ScoreCall{0, {s, ScoreRequest{"sd", {1, 2}, {3}, 1.0f, 0}}}));
+  // Errors name the same field, with the same code.
+  both("generate", json{{"rid", "x"}, {"input_ids", {1, 2}}, {"sampling_params", {{"top_k", "x"}}}});
+  both("generate", json{{"batch", {{{"rid", "ok"}, {"input_ids", {1, 2}}}, {{"rid", "bad"}, {"input_ids", {1, 5000}}}}}});
+  both("generate", json{{"batch", {{{"rid", "twice"}, {"input_ids", {1, 2}}}, {{"rid", "twice"}, {"input_ids", {1, 3}}}}}});
+  both("generate", json{{"rid", "s"}, {"input_ids", {1, 2}}, {"session_id", "nope"}});
+  both("generate", json{{"rid", ""}, {"input_ids", {1, 2}}});
+  both("nonsense", json::object());
+  both("generate.reply", json::object());
+  both("abort", json::object());
+  both("close_session", json{{"session_id", "nope"}});
+  both("open_session", json{{"session_id", "mine"}});
+  both("score", json{{"rid", "t"}, {"input_ids", {1, 2}}, {"completion_ids", {3}}, {"temperature", 0}});
+  // Abort mid-stream: the partial output comes back with finish_reason abort, then abort.reply.
+  for (Client* cl : {direct.get(), via.get()}) {
+    GenerateRequest l = greedy("long", {1, 403}, 400);
+    std::atomic<int> chunks{0};
+    auto fut = cl->generate_stream_async({l}, [&](const StreamChunk&) { ++chunks; }, 60s);
+    while (chunks < 5) std::this_thread::sleep_for(1ms);
+    auto ab = cl->abort("long", 30s);
+    ASSERT_TRUE(ab.ok());
+    EXPECT_EQ(ab->aborted, std::vector<std::string>{"long"});
+    auto out = fut.get();
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(out->outputs.at(0).meta_info.finish_reason.type, FinishReason::Type::abort);
+    EXPECT_GE(out->outputs[0].output_ids.size(), 5u);
+    EXPECT_LT(out->outputs[0].output_ids.size(), 400u);
+    auto none = cl->abort("long", 30s);  // nothing left to abort: not an error
+    ASSERT_TRUE(none.ok());
+    EXPECT_TRUE(none->aborted.empty());
+  }
+}
+
+}  // namespace
+}  // namespace zr
