@@ -7,6 +7,7 @@
 
 #include "actors/weight_staging.h"
 #include "comm/checksum.h"
+#include "comm/frame.h"
 #include "comm/shm_segment.h"
 #include "comm/wire_weights.h"
 #include "model/safetensors.h"
@@ -17,16 +18,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The reply of a raw call as T, or the error it carried (naming the engine).
+const std::string kCaller = "trainer";  // the Trainer's calls, as the embedded router sees them
+
+// The reply to one of the trainer's calls as T, or the error it carried (naming the engine).
 template <class T, class F>
-Result<T> await_reply(std::future<Result<Client::RawReply>>& fut, const std::string& engine, F parse) {
-  Result<Client::RawReply> raw = fut.get();
-  if (!raw.ok()) return make_error(raw.status().code, "engine " + engine + ": " + raw.status().message);
-  if (raw->op == "error") {
-    Status st = wire::status_from_error_json(raw->json);
+Result<T> parse_reply(const Result<RouterMessage>& m, const std::string& engine, F parse) {
+  if (!m.ok()) return make_error(m.status().code, "engine " + engine + ": " + m.status().message);
+  auto j = wire::unpack_body(m->body);
+  if (!j.ok()) return make_error(j.status().code, "engine " + engine + ": " + j.status().message);
+  if (m->op == "error") {
+    Status st = wire::status_from_error_json(*j);
     return make_error(st.code, "engine " + engine + ": " + st.message);
   }
-  return parse(raw->json);
+  return parse(*j);
 }
 
 bool wanted(const std::string& name, const std::vector<std::string>& only) {
@@ -35,37 +39,171 @@ bool wanted(const std::string& name, const std::vector<std::string>& only) {
 
 }  // namespace
 
-Result<std::unique_ptr<Trainer>> Trainer::connect(const std::vector<std::string>& endpoints, zmq::context_t* context) {
-  auto t = std::unique_ptr<Trainer>(new Trainer());
+Trainer::Trainer(zmq::context_t* context, const std::vector<std::string>& endpoints, TrainerOptions opt)
+    : owned_context_(context ? nullptr : std::make_unique<zmq::context_t>()),
+      context_(context ? context : owned_context_.get()),
+      endpoints_(endpoints),
+      unsent_(endpoints.size()),
+      heartbeat_interval_(opt.router.heartbeat_interval),
+      router_(std::make_unique<Router>(endpoints, std::move(opt.router), SteadyClock::now())),
+      last_pump_(SteadyClock::now()) {}
+
+Trainer::~Trainer() = default;
+
+Result<std::unique_ptr<Trainer>> Trainer::connect(const std::vector<std::string>& endpoints, zmq::context_t* context,
+                                                  TrainerOptions opt) {
+  if (endpoints.empty()) return make_error(ErrorCode::invalid_argument, "engines: give at least one endpoint");
+  auto t = std::unique_ptr<Trainer>(new Trainer(context, endpoints, std::move(opt)));
   for (const auto& e : endpoints) {
     auto c = Client::connect(e, context);
     if (!c.ok()) return make_error(c.status().code, "engine " + e + ": " + c.status().message);
-    t->endpoints_.push_back(e);
     t->clients_.push_back(std::move(c).value());
+    zmq::socket_t link(*t->context_, zmq::socket_type::dealer);
+    link.set(zmq::sockopt::linger, 0);
+    link.set(zmq::sockopt::sndhwm, 0);
+    link.set(zmq::sockopt::rcvhwm, 0);
+    try {
+      link.connect(e);
+    } catch (const zmq::error_t& err) {
+      return make_error(ErrorCode::invalid_argument, "engine " + e + ": " + err.what());
+    }
+    t->links_.push_back(std::move(link));
   }
   return t;
 }
 
-Result<PublishResult> Trainer::send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout) {
-  auto t0 = Clock::now();
-  std::vector<std::future<Result<Client::RawReply>>> futs;
-  for (auto& c : clients_) {
-    call.req_id = c->next_req_id();
-    futs.push_back(c->call_raw("update_weights", wire::encode(call), {}, call.req_id, timeout));
-  }
-  PublishResult res;
-  res.version = call.version;
-  Status first_error;
-  for (size_t i = 0; i < futs.size(); ++i) {
-    auto ack = await_reply<UpdateWeightsReply>(futs[i], endpoints_[i], wire::update_weights_reply_from_json);
-    if (!ack.ok()) {
-      if (first_error.ok()) first_error = ack.status();
+// ---- the embedded router
+
+// What the router queued: engine messages go out on the DEALERs (a DEALER with no peer yet keeps
+// them for later; one to a dead engine is dropped), answers to the trainer's calls are kept.
+void Trainer::flush() {
+  for (RouterMessage& m : router_->take_outbox()) {
+    if (m.engine < 0) {
+      const uint64_t id = wire::peek_req_id(m.body);
+      if (m.op != "generate.chunk" && awaiting_.erase(id)) replies_[id] = std::move(m);
       continue;
     }
-    res.bytes = std::max(res.bytes, ack->bytes);
-    res.acks.push_back(*ack);
+    unsent_[m.engine].push_back(std::move(m));
+  }
+  for (size_t k = 0; k < links_.size(); ++k) {
+    auto& q = unsent_[k];
+    size_t sent = 0;
+    while (sent < q.size() && (links_[k].get(zmq::sockopt::events) & ZMQ_POLLOUT)) {
+      Frame f{{}, std::move(q[sent].op), std::move(q[sent].body), {}};
+      send_frame(links_[k], false, f);
+      ++sent;
+    }
+    q.erase(q.begin(), q.begin() + static_cast<long>(sent));
+    if (!router_->alive(static_cast<int>(k))) q.clear();
+  }
+}
+
+Status Trainer::pump(const std::function<bool()>& done, SteadyClock::time_point deadline) {
+  auto now = SteadyClock::now();
+  if (now - last_pump_ > heartbeat_interval_) router_->restart_heartbeats(now);
+  flush();
+  while (!done()) {
+    now = SteadyClock::now();
+    if (now >= deadline) {
+      last_pump_ = now;
+      return make_error(ErrorCode::timeout, "no reply before the deadline");
+    }
+    const auto until = std::min(deadline, router_->next_tick());
+    Millis wait = std::chrono::ceil<Millis>(until - now);
+    bool pending = false;
+    for (const auto& q : unsent_) pending = pending || !q.empty();
+    wait = std::clamp(wait, Millis{0}, pending ? Millis{10} : Millis{1000});
+    std::vector<zmq::pollitem_t> items;
+    for (auto& l : links_) items.push_back({l.handle(), 0, ZMQ_POLLIN, 0});
+    try {
+      zmq::poll(items, wait);
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+    now = SteadyClock::now();
+    for (size_t k = 0; k < links_.size(); ++k) {
+      Frame f;
+      Status err;
+      while (recv_frame(links_[k], false, f, err))
+        if (err.ok()) router_->on_engine_message(static_cast<int>(k), f.op, std::move(f.body), now);
+    }
+    router_->tick(now);
+    flush();
+  }
+  last_pump_ = SteadyClock::now();
+  return {};
+}
+
+Result<RouterMessage> Trainer::call(int engine, const std::string& op, std::string body, uint64_t req_id,
+                                    std::chrono::milliseconds timeout) {
+  awaiting_.insert(req_id);
+  if (engine < 0) router_->on_call(kCaller, op, std::move(body), SteadyClock::now());
+  else router_->call_engine(engine, kCaller, op, std::move(body), SteadyClock::now());
+  Status st = pump([&] { return answered(req_id); }, SteadyClock::now() + timeout);
+  if (!st.ok()) {
+    awaiting_.erase(req_id);
+    return make_error(st.code, op + ": no reply within " + std::to_string(timeout.count()) + " ms");
+  }
+  RouterMessage m = std::move(replies_.at(req_id));
+  replies_.erase(req_id);
+  return m;
+}
+
+// ---- weights
+
+std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall call, PublishResult& res) {
+  std::vector<std::pair<int, uint64_t>> sent;
+  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
+    if (!router_->alive(k)) {
+      spdlog::warn("publish v{}: skipping engine {} ({}): it stopped answering heartbeats", call.version, k,
+                   endpoints_[k]);
+      res.dead.push_back(k);
+      continue;
+    }
+    call.req_id = next_id_++;
+    awaiting_.insert(call.req_id);
+    router_->call_engine(k, kCaller, "update_weights", wire::encode(call), SteadyClock::now());
+    sent.emplace_back(k, call.req_id);
+  }
+  return sent;
+}
+
+Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, SteadyClock::time_point deadline,
+                             PublishResult& res) {
+  (void)pump([&] { return std::all_of(sent.begin(), sent.end(), [&](auto& s) { return answered(s.second); }); },
+             deadline);
+  Status first_error;
+  for (const auto& [k, id] : sent) {
+    auto it = replies_.find(id);
+    Result<RouterMessage> m = it != replies_.end() ? Result<RouterMessage>(std::move(it->second))
+                                                   : Result<RouterMessage>(make_error(ErrorCode::timeout, "no ack before the deadline"));
+    if (it != replies_.end()) replies_.erase(it);
+    awaiting_.erase(id);
+    auto ack = parse_reply<UpdateWeightsReply>(m, endpoints_[k], wire::update_weights_reply_from_json);
+    if (ack.ok()) {
+      res.bytes = std::max(res.bytes, ack->bytes);
+      res.acks.push_back(*ack);
+      res.acked.push_back(k);
+    } else if (!router_->alive(k)) {  // died during the publish: dropped, like an engine dead before it
+      spdlog::warn("publish v{}: engine {} ({}) stopped answering heartbeats before it acked", res.version, k,
+                   endpoints_[k]);
+      res.dead.push_back(k);
+    } else if (first_error.ok()) {
+      first_error = ack.status();
+    }
   }
   if (!first_error.ok()) return first_error;
+  if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
+  return {};
+}
+
+Result<PublishResult> Trainer::send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout) {
+  auto t0 = Clock::now();
+  PublishResult res;
+  res.version = call.version;
+  auto sent = start_update(std::move(call), res);
+  if (sent.empty()) return make_error(ErrorCode::unavailable, "publish: every engine stopped answering heartbeats");
+  ZR_RETURN_IF_ERROR(collect_acks(sent, SteadyClock::now() + timeout, res));
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return res;
 }
@@ -140,24 +278,25 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
   UpdateWeightsCall call = base_call("broadcast", version, opt);
   call.tensors = l->metas;
   call.root = group.rank();
+  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
+    if (!router_->alive(k))
+      return make_error(ErrorCode::unavailable, "broadcast: engine " + std::to_string(k) + " (" + endpoints_[k] +
+                                                    ") stopped answering heartbeats; an MPI broadcast needs every "
+                                                    "engine's rank");
   // The acks come after the bytes: send the metadata, then broadcast, then collect.
   auto t0 = Clock::now();
-  std::vector<std::future<Result<Client::RawReply>>> futs;
-  for (auto& c : clients_) {
-    call.req_id = c->next_req_id();
-    futs.push_back(c->call_raw("update_weights", wire::encode(call), {}, call.req_id, opt.timeout));
-  }
-  Status st = group.bcast_buckets(buf.data(), buf.size(), group.rank(), opt.bucket_bytes, std::chrono::seconds(60));
-  if (!st.ok()) return make_error(st.code, "broadcast: " + st.message);
-  double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
   PublishResult res;
   res.version = version;
   res.bytes = buf.size();
-  for (size_t i = 0; i < futs.size(); ++i) {
-    auto ack = await_reply<UpdateWeightsReply>(futs[i], endpoints_[i], wire::update_weights_reply_from_json);
-    if (!ack.ok()) return ack.status();
-    res.acks.push_back(*ack);
+  auto sent = start_update(std::move(call), res);
+  (void)pump([] { return true; }, SteadyClock::now());  // the metadata goes out now
+  Status st = group.bcast_buckets(buf.data(), buf.size(), group.rank(), opt.bucket_bytes, std::chrono::seconds(60));
+  if (!st.ok()) {
+    for (const auto& s : sent) awaiting_.erase(s.second);
+    return make_error(st.code, "broadcast: " + st.message);
   }
+  double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  ZR_RETURN_IF_ERROR(collect_acks(sent, SteadyClock::now() + opt.timeout, res));
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   spdlog::info("broadcast of {:.1f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms", buf.size() / 1048576.0,
                bcast_s * 1e3, buf.size() / bcast_s / 1e9, res.seconds * 1e3);
@@ -166,33 +305,77 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
 
 Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRequest>& reqs,
                                                     std::chrono::milliseconds timeout) {
-  std::vector<std::future<Result<GenerateReply>>> futs;
-  for (size_t i = 0; i < reqs.size(); ++i) futs.push_back(clients_[i % clients_.size()]->generate_async({reqs[i]}, timeout));
+  std::vector<uint64_t> ids;
+  for (const GenerateRequest& r : reqs) {
+    const uint64_t id = next_id_++;
+    awaiting_.insert(id);
+    router_->on_call(kCaller, "generate", wire::encode(GenerateCall{id, {r}}), SteadyClock::now());
+    ids.push_back(id);
+  }
+  Status st = pump([&] { return std::all_of(ids.begin(), ids.end(), [&](uint64_t id) { return answered(id); }); },
+                   SteadyClock::now() + timeout);
   std::vector<SampleOutput> out;
-  for (size_t i = 0; i < futs.size(); ++i) {
-    Result<GenerateReply> r = futs[i].get();
-    if (!r.ok()) return make_error(r.status().code, "rid " + reqs[i].rid + ": " + r.status().message);
+  Status first;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = replies_.find(ids[i]);
+    if (it == replies_.end()) {
+      awaiting_.erase(ids[i]);
+      if (first.ok()) first = make_error(st.code, "rid " + reqs[i].rid + ": no reply within " + std::to_string(timeout.count()) + " ms");
+      continue;
+    }
+    RouterMessage m = std::move(it->second);
+    replies_.erase(it);
+    auto j = wire::unpack_body(m.body);
+    Result<GenerateReply> r = !j.ok()            ? Result<GenerateReply>(j.status())
+                              : m.op == "error" ? Result<GenerateReply>(wire::status_from_error_json(*j))
+                                                : wire::generate_reply_from_json(*j);
+    if (!r.ok()) {
+      if (first.ok()) first = make_error(r.status().code, "rid " + reqs[i].rid + ": " + r.status().message);
+      continue;
+    }
     for (auto& o : r->outputs) out.push_back(std::move(o));
+  }
+  if (!first.ok()) {  // what is still running is not wanted any more
+    if (!st.ok()) router_->on_call(kCaller, "abort", wire::encode(AbortCall{next_id_++, "", "", true}), SteadyClock::now());
+    flush();
+    return first;
   }
   return out;
 }
 
 Result<int64_t> Trainer::weight_version(int engine) {
-  Client& c = *clients_.at(engine);
-  uint64_t id = c.next_req_id();
-  auto fut = c.call_raw("get_weight_version", wire::encode_req_id_only(id), {}, id, std::chrono::seconds(30));
-  auto r = await_reply<WeightVersionReply>(fut, endpoints_[engine], wire::weight_version_reply_from_json);
+  if (engine < 0 || engine >= static_cast<int>(endpoints_.size()))
+    return make_error(ErrorCode::invalid_argument, "engine: no engine " + std::to_string(engine));
+  const uint64_t id = next_id_++;
+  auto m = call(engine, "get_weight_version", wire::encode_req_id_only(id), id, std::chrono::seconds(30));
+  auto r = parse_reply<WeightVersionReply>(m, endpoints_[engine], wire::weight_version_reply_from_json);
   if (!r.ok()) return r.status();
   return r->version;
 }
 
 Status Trainer::shutdown_engines() {
+  std::vector<std::pair<int, uint64_t>> sent;
+  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
+    if (!router_->alive(k)) {
+      spdlog::warn("shutdown: skipping engine {} ({}): it stopped answering heartbeats", k, endpoints_[k]);
+      continue;
+    }
+    const uint64_t id = next_id_++;
+    awaiting_.insert(id);
+    router_->call_engine(k, kCaller, "shutdown", wire::encode_req_id_only(id), SteadyClock::now());
+    sent.emplace_back(k, id);
+  }
+  (void)pump([&] { return std::all_of(sent.begin(), sent.end(), [&](auto& s) { return answered(s.second); }); },
+             SteadyClock::now() + std::chrono::seconds(30));
   Status first;
-  for (size_t i = 0; i < clients_.size(); ++i) {
-    uint64_t id = clients_[i]->next_req_id();
-    auto fut = clients_[i]->call_raw("shutdown", wire::encode_req_id_only(id), {}, id, std::chrono::seconds(30));
-    auto r = fut.get();
-    if (!r.ok() && first.ok()) first = make_error(r.status().code, "engine " + endpoints_[i] + ": " + r.status().message);
+  for (const auto& [k, id] : sent) {
+    auto it = replies_.find(id);
+    Result<RouterMessage> m = it != replies_.end() ? Result<RouterMessage>(std::move(it->second))
+                                                   : Result<RouterMessage>(make_error(ErrorCode::timeout, "no reply"));
+    if (it != replies_.end()) replies_.erase(it);
+    awaiting_.erase(id);
+    auto r = parse_reply<bool>(m, endpoints_[k], [](const nlohmann::json&) -> Result<bool> { return true; });
+    if (!r.ok() && first.ok()) first = r.status();
   }
   return first;
 }

@@ -1,15 +1,26 @@
 // Trainer: the trainer side of the RL loop. Drives rollouts on engines (generate batches, collect
 // results) and publishes weights under new integer versions: all tensors of a checkpoint, or a
-// subset by name. One Client per engine; every call has a timeout, so a dead engine yields an
-// error naming it instead of a hang.
+// subset by name.
+//
+// Every call to the engines goes through an embedded Router (actors/router.h): requests are
+// balanced by load, and an engine that stops answering heartbeats is declared dead (a warning
+// "engine K (endpoint) stopped answering heartbeats: N requests re-routed"), its requests finish
+// on the others with their partial output kept, engines() reports it, and publishes skip it. The
+// router runs only inside the Trainer's calls (generate, publish, ...), on the calling thread:
+// liveness is watched while the trainer waits for engines, and a pause between two calls is
+// never taken for an engine's silence.
 // Thread-safety: one thread uses a Trainer.
 #pragma once
 
 #include <chrono>
+#include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "actors/router.h"
 #include "comm/client.h"
 #include "comm/mpi_group.h"
 #include "comm/messages.h"
@@ -31,29 +42,47 @@ struct PublishResult {
   int64_t version = 0;
   uint64_t bytes = 0;
   double seconds = 0;  // publish to last ack
-  std::vector<UpdateWeightsReply> acks;  // one per engine
+  std::vector<UpdateWeightsReply> acks;  // one per engine that acked
+  std::vector<int> acked;                // the engine of each ack
+  std::vector<int> dead;                 // engines skipped (dead before) or lost during the publish
+};
+
+struct TrainerOptions {
+  RouterOptions router;
 };
 
 class Trainer {
  public:
   // Connects to every engine endpoint (tcp://, ipc://; inproc:// with the engines' context).
   static Result<std::unique_ptr<Trainer>> connect(const std::vector<std::string>& endpoints,
-                                                  zmq::context_t* context = nullptr);
+                                                  zmq::context_t* context = nullptr, TrainerOptions opt = {});
+  ~Trainer();
 
   // Publishes the tensors of a checkpoint folder. ipc: one shared-memory segment (mode 0600,
   // unlinked once every engine acked) mapped by each engine on this host; disk: each engine reads
-  // the folder. All engines or an error naming the engine that refused.
+  // the folder. Every live engine or an error naming the engine that refused. Engines already
+  // dead are skipped, and one that dies during the publish is dropped: both are listed in `dead`
+  // (the publish fails only when no engine is left). Each engine counts as updating (new
+  // requests go elsewhere) until it acks.
   Result<PublishResult> publish(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt);
   // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
-  // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive.
+  // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. Refused
+  // (unavailable, naming it) when an engine is known dead: a collective needs every rank.
   Result<PublishResult> publish_broadcast(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt,
                                           MpiGroup& group);
-  // Runs requests across the engines (round robin by request) and returns every sample.
+  // Runs requests across the engines (one call per request, each to the least loaded live engine;
+  // re-routed if its engine dies) and returns every sample, in request order.
   Result<std::vector<SampleOutput>> generate(const std::vector<GenerateRequest>& reqs,
                                              std::chrono::milliseconds timeout = std::chrono::minutes(10));
   Result<int64_t> weight_version(int engine = 0);
+  // Asks every live engine to shut down (dead ones are skipped).
   Status shutdown_engines();
   size_t num_engines() const { return clients_.size(); }
+  // Index, endpoint, alive, updating, requests in flight... of every engine, as the router sees them.
+  std::vector<EngineState> engines() const { return router_->engines(); }
+  // Engines updated by other means than publish: keep new requests off them meanwhile.
+  void mark_updating(int engine, bool updating) { router_->mark_updating(engine, updating); }
+  // A direct connection to engine k (raw calls; not routed, not watched).
   Client& client(int engine) { return *clients_.at(engine); }
 
  private:
@@ -68,10 +97,34 @@ class Trainer {
   };
   static Result<Layout> layout(const SafetensorsArchive& ar, const std::vector<std::string>& only, const std::string& dir);
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
+  // Sends update_weights to every live engine (dead ones go to res.dead); returns (engine, req_id).
+  std::vector<std::pair<int, uint64_t>> start_update(UpdateWeightsCall call, PublishResult& res);
+  Status collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, SteadyClock::time_point deadline,
+                      PublishResult& res);
   static UpdateWeightsCall base_call(const char* path, int64_t version, const PublishOptions& opt);
 
+  // ---- the embedded router, run on the caller's thread
+  Trainer(zmq::context_t* context, const std::vector<std::string>& endpoints, TrainerOptions opt);
+  // Feeds the router with what the engines sent until done() or the deadline (timeout).
+  Status pump(const std::function<bool()>& done, SteadyClock::time_point deadline);
+  void flush();
+  // One call through the router to engine k (or to the router with engine -1), awaited.
+  Result<RouterMessage> call(int engine, const std::string& op, std::string body, uint64_t req_id,
+                             std::chrono::milliseconds timeout);
+  bool answered(uint64_t req_id) const { return replies_.count(req_id) > 0; }
+
+  std::unique_ptr<zmq::context_t> owned_context_;  // first: destroyed after the sockets
+  zmq::context_t* context_;
   std::vector<std::string> endpoints_;
   std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<zmq::socket_t> links_;                 // DEALER per engine, read only in pump()
+  std::vector<std::vector<RouterMessage>> unsent_;   // per engine: not writable yet
+  Millis heartbeat_interval_;
+  std::unique_ptr<Router> router_;
+  std::set<uint64_t> awaiting_;                      // req_ids of the trainer's calls in flight
+  std::map<uint64_t, RouterMessage> replies_;        // their final answers
+  uint64_t next_id_ = 1;
+  SteadyClock::time_point last_pump_;
 };
 
 }  // namespace zr

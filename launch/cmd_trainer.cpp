@@ -42,9 +42,10 @@ int run_push(Trainer& t, const TrainerJob& job, MpiGroup* world) {
     return 2;
   }
   for (size_t i = 0; i < res->acks.size(); ++i)
-    spdlog::info("engine {}: serving v{} ({:.1f} MiB, stage {:.1f} ms, commit {:.1f} ms, {} tensors zero-copy)", i,
-                 res->acks[i].version, res->acks[i].bytes / 1048576.0, res->acks[i].stage_seconds * 1e3,
+    spdlog::info("engine {}: serving v{} ({:.1f} MiB, stage {:.1f} ms, commit {:.1f} ms, {} tensors zero-copy)",
+                 res->acked[i], res->acks[i].version, res->acks[i].bytes / 1048576.0, res->acks[i].stage_seconds * 1e3,
                  res->acks[i].commit_seconds * 1e3, res->acks[i].zero_copy_tensors);
+  for (int k : res->dead) spdlog::warn("engine {}: not updated (it stopped answering heartbeats)", k);
   spdlog::info("published v{} by {} to {} engine(s) in {:.1f} ms", job.version, job.path, res->acks.size(),
                res->seconds * 1e3);
   return 0;

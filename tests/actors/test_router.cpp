@@ -2,8 +2,8 @@
 // engines, a dead engine's requests re-routed with their partial output, sessions, all-or-nothing
 // batches, abort order), then real engines over inproc: load spread, sticky sessions, an engine
 // that stops answering under load (every request finishes exactly as one healthy engine would
-// produce it, and the router says which engine died), and a router that a client cannot tell from
-// an engine.
+// produce it, and the router and the trainer say which engine died), and a router that a client
+// cannot tell from an engine.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +15,7 @@
 
 #include "actors/rollout_actor.h"
 #include "actors/router.h"
+#include "actors/trainer.h"
 #include "comm/client.h"
 #include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
@@ -718,6 +719,36 @@ TEST_F(RouterService, AnEngineThatStopsAnsweringUnderLoadIsReRouted) {
   auto after = c->generate({greedy("after", {1, 2, 3}, 4)}, 60s);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(get_engines(*c).engines[1].finished, st.engines[1].finished + 1);
+}
+
+TEST_F(RouterService, TheTrainerIsToldWhichEngineDied) {
+  constexpr int kMaxNew = 48;
+  Blackhole hole(ctx_, ep("hole"), engine("a"), /*dark_after=*/40);
+  TrainerOptions to;
+  to.router = fast_heartbeats();
+  auto t = std::move(Trainer::connect({hole.endpoint(), engine("b")}, &ctx_.zmq(), to)).value();
+  auto direct = client(engine("ref"));
+  auto reqs = load_for_death(kMaxNew);
+  auto got = t->generate(reqs, 120s);
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  auto want = direct->generate(reqs, 120s);
+  ASSERT_TRUE(want.ok());
+  expect_like_one_healthy_engine(*got, want->outputs, kMaxNew);
+  for (const char* rid : {"d0", "d3", "d5"}) EXPECT_GT(hole.relayed(rid), 0) << rid;
+  auto st = t->engines();
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_FALSE(st[0].alive);
+  EXPECT_EQ(st[0].rerouted, 3);
+  EXPECT_TRUE(st[1].alive);
+  // A publish skips the dead engine instead of waiting for it, and says so.
+  auto pub = t->publish(dir(), 1, PublishOptions{});
+  ASSERT_TRUE(pub.ok()) << pub.status().to_string();
+  EXPECT_EQ(pub->dead, std::vector<int>{0});
+  EXPECT_EQ(pub->acked, std::vector<int>{1});
+  EXPECT_EQ(*t->weight_version(1), 1);
+  auto v0 = t->weight_version(0);
+  ASSERT_FALSE(v0.ok());
+  EXPECT_EQ(v0.status().code, ErrorCode::unavailable);
 }
 
 // The same bodies to an engine and to a router in front of two engines: the same answers.
