@@ -13,5 +13,6 @@ void add_serve(CLI::App& app);
 void add_client(CLI::App& app);
 void add_local(CLI::App& app);
 void add_trainer(CLI::App& app);
+void add_router(CLI::App& app);
 
 }  // namespace zr::cli

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   zr::cli::add_client(app);
   zr::cli::add_local(app);
   zr::cli::add_trainer(app);
+  zr::cli::add_router(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

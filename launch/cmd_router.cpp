@@ -1,0 +1,72 @@
+// `zrollout router`: a Router (actors/router.h) in front of rollout engines, speaking their
+// protocol (docs/protocol.md §10), until SIGINT/SIGTERM or op shutdown. It balances requests by
+// load, keeps sessions on their engine, and re-routes the requests of an engine that stops
+// answering heartbeats; `get_engines` tells which engine died.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "actors/router.h"
+#include "launch/commands.h"
+#include "launch/engine_options.h"
+#include "runtime/signals.h"
+
+namespace zr::cli {
+
+namespace {
+
+struct RouterJob {
+  std::string bind, tokenizer, log_level = "info";
+  std::vector<std::string> engines;
+  int heartbeat_ms = static_cast<int>(kRouterHeartbeatInterval.count());
+  int heartbeat_liveness = kRouterHeartbeatLiveness;
+};
+
+int run_router(const RouterJob& job) {
+  install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  set_process_logger("router", job.log_level);
+  spdlog::info("router: {} engine(s), heartbeat every {} ms, dead after {} silent heartbeats, tokenizer {}",
+               job.engines.size(), job.heartbeat_ms, job.heartbeat_liveness,
+               job.tokenizer.empty() ? "from the engines' model_path" : job.tokenizer);
+  Context ctx;
+  RouterActorOptions opt;
+  opt.router.heartbeat_interval = Millis{job.heartbeat_ms};
+  opt.router.heartbeat_liveness = job.heartbeat_liveness;
+  opt.router.tokenizer = job.tokenizer;
+  opt.on_shutdown = [] { kill(getpid(), SIGTERM); };  // the wait below then stops the router
+  auto router = RouterActor::create(ctx, job.engines, opt);
+  if (!router.ok()) return spdlog::error("{}", router.status().to_string()), 1;
+  if (Status st = (*router)->bind(job.bind); !st.ok()) return spdlog::error("bind {}: {}", job.bind, st.to_string()), 1;
+  (*router)->start();
+  std::string engines;
+  for (const auto& e : job.engines) engines += (engines.empty() ? "" : ", ") + e;
+  spdlog::info("routing on {} to {}", (*router)->endpoint(), engines);
+  auto sig = wait_for_shutdown_signal();
+  spdlog::info("signal {}: shutting down", sig.value_or(0));
+  (*router)->stop();  // calls in flight answer with their partial outputs
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+void add_router(CLI::App& app) {
+  auto job = std::make_shared<RouterJob>();
+  CLI::App* cmd = app.add_subcommand("router", "balance requests across engines, re-route those of a dead engine");
+  cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
+  cmd->add_option("--engine", job->engines, "engine endpoint (repeatable)")->required();
+  cmd->add_option("--heartbeat-ms", job->heartbeat_ms, "health ping interval per engine")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--heartbeat-liveness", job->heartbeat_liveness, "silent intervals before an engine is dead")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--tokenizer", job->tokenizer,
+                  "tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
+  cmd->add_option("--log-level", job->log_level)->capture_default_str();
+  cmd->callback([job] {
+    if (int rc = run_router(*job); rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace zr::cli
