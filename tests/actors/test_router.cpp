@@ -734,7 +734,8 @@ TEST_F(RouterService, TheTrainerIsToldWhichEngineDied) {
   auto want = direct->generate(reqs, 120s);
   ASSERT_TRUE(want.ok());
   expect_like_one_healthy_engine(*got, want->outputs, kMaxNew);
-  for (const char* rid : {"d0", "d3", "d5"}) EXPECT_GT(hole.relayed(rid), 0) << rid;
+  EXPECT_GT(hole.relayed("d0"), 0);  // the first request engine 0 got had begun there (one call per
+                                     // request: whether the later ones had is up to its scheduler)
   auto st = t->engines();
   ASSERT_EQ(st.size(), 2u);
   EXPECT_FALSE(st[0].alive);
@@ -804,10 +805,10 @@ TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
   both("score", json{{"rid", "t"}, {"input_ids", {1, 2}}, {"completion_ids", {3}}, {"temperature", 0}});
   // Abort mid-stream: the partial output comes back with finish_reason abort, then abort.reply.
   for (Client* cl : {direct.get(), via.get()}) {
-    GenerateRequest l = greedy("long", {1, 403}, 400);
+    GenerateRequest l = greedy("long", {1, 403}, 1000);
     std::atomic<int> chunks{0};
     auto fut = cl->generate_stream_async({l}, [&](const StreamChunk&) { ++chunks; }, 60s);
-    while (chunks < 5) std::this_thread::sleep_for(1ms);
+    for (int i = 0; i < 30000 && chunks < 5; ++i) std::this_thread::sleep_for(1ms);
     auto ab = cl->abort("long", 30s);
     ASSERT_TRUE(ab.ok());
     EXPECT_EQ(ab->aborted, std::vector<std::string>{"long"});
@@ -815,7 +816,7 @@ TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
     ASSERT_TRUE(out.ok());
     EXPECT_EQ(out->outputs.at(0).meta_info.finish_reason.type, FinishReason::Type::abort);
     EXPECT_GE(out->outputs[0].output_ids.size(), 5u);
-    EXPECT_LT(out->outputs[0].output_ids.size(), 400u);
+    EXPECT_LT(out->outputs[0].output_ids.size(), 1000u);
     auto none = cl->abort("long", 30s);  // nothing left to abort: not an error
     ASSERT_TRUE(none.ok());
     EXPECT_TRUE(none->aborted.empty());
