@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
+#include <regex>
 
 #include "model/make_model.h"
 #include "tests/test_util.h"
@@ -160,6 +162,72 @@ TEST_F(Cluster, WildcardBindAdvertisesTheInterfaceAddress) {
   log = slurp(tmp_ / "log");
   EXPECT_NE(rc, 0);
   EXPECT_NE(log.find("no IPv4 address on interface 'no-such-if0'"), std::string::npos) << log;
+}
+
+// One engine's TP ranks are killed (SIGKILL) while the trainer's batch runs on both engines. The
+// trainer's router declares it dead, re-routes its requests with their partial output, and every
+// request finishes exactly as in a run where nothing died (greedy: same tokens and logprobs bits,
+// batch-invariant engines). mpirun keeps the other ranks alive with orte_enable_recovery.
+TEST_F(Cluster, KillingOneTp2EngineUnderLoadReRoutesEveryRequest) {
+  const std::string bin = ZR_ZROLLOUT_BIN;
+  {
+    std::ofstream in(tmp_ / "load.jsonl");
+    for (int i = 0; i < 48; ++i) {
+      json req = {{"rid", "r" + std::to_string(i)},
+                  {"input_ids", {1, 403, 407, 261 + i}},
+                  {"sampling_params", {{"max_new_tokens", 500}, {"temperature", 0}, {"ignore_eos", true}}},
+                  {"return_logprob", true}};
+      in << req.dump() << "\n";
+    }
+  }
+  // Engine 0 is the first app context, engine 1 the second (told apart by its --kv-cache-mb).
+  auto cmd = [&](const std::string& out) {
+    return mpirun_prefix() + " --mca orte_enable_recovery 1 -np 1 " + bin + " trainer --input " + (tmp_ / "load.jsonl") +
+           " --output " + out + " --shutdown : -np 2 " + bin + " serve --model " + real_ +
+           " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " + bin + " serve --model " + real_ +
+           " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
+  };
+  ASSERT_EQ(run(cmd(tmp_ / "healthy.jsonl"), tmp_ / "healthy.log"), 0) << slurp(tmp_ / "healthy.log");
+
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::system((cmd(tmp_ / "killed.jsonl") + " > " + (tmp_ / "killed.log") + " 2>&1").c_str());
+    _exit(0);
+  }
+  // Once the trainer found both engines, give generation a moment, then kill engine 1's ranks.
+  for (int i = 0; i < 200 && slurp(tmp_ / "killed.log").find("engine(s) found through MPI") == std::string::npos; ++i)
+    usleep(50000);
+  usleep(800000);
+  std::string kill = "pkill -9 -f '^" + bin + " serve .*--kv-cache-mb 65'";
+  EXPECT_EQ(std::system(kill.c_str()), 0) << "no engine-1 process to kill";
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string log = slurp(tmp_ / "killed.log");
+  EXPECT_NE(log.find("engine 1 ("), std::string::npos) << log;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("stopped answering heartbeats: ([0-9]+) requests re-routed"))) << log;
+  EXPECT_GT(std::stoi(m[1]), 0) << log;  // it died with work in flight
+
+  auto read = [](const std::string& path) {
+    std::map<std::string, json> by_rid;
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      json o = json::parse(line);
+      by_rid[o["meta_info"]["id"].get<std::string>()] = o;
+    }
+    return by_rid;
+  };
+  auto healthy = read(tmp_ / "healthy.jsonl"), killed = read(tmp_ / "killed.jsonl");
+  ASSERT_EQ(healthy.size(), 48u);
+  ASSERT_EQ(killed.size(), 48u) << log;
+  for (const auto& [rid, h] : healthy) {
+    const json& k = killed.at(rid);
+    EXPECT_EQ(k["output_ids"].size(), 500u) << rid;
+    EXPECT_EQ(k["meta_info"]["finish_reason"]["type"], "length") << rid;
+    EXPECT_EQ(k["output_ids"], h["output_ids"]) << rid;
+    EXPECT_EQ(k["meta_info"]["output_token_logprobs"], h["meta_info"]["output_token_logprobs"]) << rid;
+  }
 }
 
 }  // namespace
