@@ -28,6 +28,8 @@ class TpFollower {
   // Serves commands until the leader sends shutdown.
   void run();
   int64_t weight_version() const { return version_; }
+  // The cluster's weight-broadcast group (set before run(); must outlive it).
+  void set_weight_group(MpiGroup* group) { sources_.weight_group = group; }
 
  private:
   TpFollower(ModelWeights w, const EngineOptions& opt, TpGroup& tp);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -244,6 +245,38 @@ Result<MpiGroup> MpiGroup::init(int* argc, char*** argv) {
   return MpiGroup(std::move(impl));
 }
 
+MpiGroup::MpiGroup() = default;
+
+namespace {
+
+// MPI_Finalize synchronizes with every rank of the job; when a rank died (a killed engine, with
+// mpirun's orte_enable_recovery keeping the rest alive) it never returns. This process has done its
+// work by then, so after kFinalizeDeadline it exits without it.
+constexpr auto kFinalizeDeadline = std::chrono::seconds(10);
+
+void finalize_with_deadline() {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread watchdog([&] {
+    std::unique_lock lock(m);
+    if (cv.wait_for(lock, kFinalizeDeadline, [&] { return done; })) return;
+    spdlog::warn("MPI_Finalize did not return within {} s (did a rank of the job die?): exiting without it",
+                 kFinalizeDeadline.count());
+    spdlog::default_logger()->flush();
+    std::_Exit(0);
+  });
+  MPI_Finalize();
+  {
+    std::lock_guard lock(m);
+    done = true;
+  }
+  cv.notify_one();
+  watchdog.join();
+}
+
+}  // namespace
+
 MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
@@ -259,7 +292,7 @@ MpiGroup::~MpiGroup() {
                  g.poison_reason);
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (g.finalize_on_destroy && !finalized) MPI_Finalize();
+  if (g.finalize_on_destroy && !finalized) finalize_with_deadline();
   g_world_alive = false;
 }
 

@@ -4,7 +4,8 @@
 // No MPI type appears here (mpi.h is included by comm/mpi_group.cpp only).
 //
 // Ownership: move-only RAII. init() returns the world group; its destructor calls MPI_Finalize
-// (once, and only if init() called MPI_Init_thread). split() returns sub-groups owning their
+// (once, and only if init() called MPI_Init_thread). MPI_Finalize waits for every rank of the job,
+// so when one died it would hang: after 10 s the process exits (code 0, a warning logged) instead. split() returns sub-groups owning their
 // communicator (freed by the destructor). Destroy every sub-group before the world group.
 //
 // Thread-safety: a group is not thread-safe: one thread at a time calls into it, and collectives
@@ -49,6 +50,7 @@ class MpiGroup {
   // init() while a world group is alive fails (invalid_argument).
   static Result<MpiGroup> init(int* argc, char*** argv);
 
+  MpiGroup();  // an invalid (empty) group, like a kNoColor split result
   MpiGroup(MpiGroup&& other) noexcept;
   MpiGroup& operator=(MpiGroup&& other) noexcept;
   MpiGroup(const MpiGroup&) = delete;

@@ -91,7 +91,11 @@ Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan
   if (!all.ok()) return all.status();
   auto roles = world.allgather_strings(leader ? "leader" : "-");
   if (!roles.ok()) return roles.status();
+  const bool in_weights = plan.engine >= 0 || world.rank() == plan.trainer_rank;
+  auto weights = world.split(in_weights ? 0 : MpiGroup::kNoColor, world.rank());
+  if (!weights.ok()) return weights.status();
   ClusterRoles out;
+  out.weight_group = std::move(weights).value();
   out.trainer_rank = plan.trainer_rank;
   for (int r = 0; r < static_cast<int>(all->size()); ++r) {
     if ((*roles)[r] != "leader") continue;

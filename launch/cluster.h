@@ -26,6 +26,9 @@ struct ClusterRoles {
   std::vector<std::string> engine_endpoints;  // one per engine (its leader's), in rank order
   std::vector<int> engine_ranks;              // the engines' leader ranks
   int trainer_rank = -1;
+  // The weight-broadcast group: the trainer and every serve rank (TP followers included); other
+  // roles (a router) get an invalid group. Destroy before the world group.
+  MpiGroup weight_group;
 };
 
 // Who is who, from one allgather of each rank's role and --tp: the "serve" ranks, in rank order,
@@ -42,8 +45,8 @@ struct ClusterPlan {
 //   1. plan_cluster(role, tp)
 //   2. split_engines(plan): each engine's ranks get their TP group (others an invalid group)
 //   3. exchange_endpoints(plan, endpoint): leaders give their endpoint, everyone learns them all
-// exchange_roles() runs the three for a rank outside any engine (the trainer, or a serve rank
-// without tensor parallelism that needs no group).
+// exchange_roles() runs the three for a rank outside any engine (the trainer, a router).
+// Roles: "trainer" | "serve" | "router" (a standalone router that finds the engines this way).
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp);
 Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan);
 Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint);

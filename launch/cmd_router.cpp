@@ -3,10 +3,13 @@
 // load, keeps sessions on their engine, and re-routes the requests of an engine that stops
 // answering heartbeats; `get_engines` tells which engine died.
 #include <signal.h>
+#include <cstdio>
+#include <optional>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include "actors/router.h"
+#include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
 #include "runtime/signals.h"
@@ -22,9 +25,22 @@ struct RouterJob {
   int heartbeat_liveness = kRouterHeartbeatLiveness;
 };
 
-int run_router(const RouterJob& job) {
+int run_router(RouterJob job) {
   install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  std::optional<MpiGroup> world;  // under mpirun: the engines are the job's serve ranks
+  if (under_mpirun()) {
+    auto w = MpiGroup::init(nullptr, nullptr);
+    if (!w.ok()) return std::fprintf(stderr, "MPI: %s\n", w.status().to_string().c_str()), 1;
+    world.emplace(std::move(w).value());
+  }
   set_process_logger("router", job.log_level);
+  if (world) {
+    auto roles = exchange_roles(*world, "router", "");
+    if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+    job.engines.insert(job.engines.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
+    spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
+  }
+  if (job.engines.empty()) return spdlog::error("--engine: give at least one engine endpoint (or launch under mpirun)"), 1;
   spdlog::info("router: {} engine(s), heartbeat every {} ms, dead after {} silent heartbeats, tokenizer {}",
                job.engines.size(), job.heartbeat_ms, job.heartbeat_liveness,
                job.tokenizer.empty() ? "from the engines' model_path" : job.tokenizer);
@@ -54,7 +70,7 @@ void add_router(CLI::App& app) {
   auto job = std::make_shared<RouterJob>();
   CLI::App* cmd = app.add_subcommand("router", "balance requests across engines, re-route those of a dead engine");
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
-  cmd->add_option("--engine", job->engines, "engine endpoint (repeatable)")->required();
+  cmd->add_option("--engine", job->engines, "engine endpoint (repeatable; under mpirun the job's serve ranks are added)");
   cmd->add_option("--heartbeat-ms", job->heartbeat_ms, "health ping interval per engine")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

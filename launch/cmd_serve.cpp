@@ -32,13 +32,14 @@ struct ServeJob {
 // A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
 int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiGroup& world) {
   EngineOptions eo = job.engine.engine_options();
-  auto f = TpFollower::load(job.engine.model, eo, tp, &world);
+  auto f = TpFollower::load(job.engine.model, eo, tp, nullptr);
   if (!f.ok()) {
     spdlog::critical("tp rank {}: {}; ending the job", tp.shard().rank, f.status().to_string());
     world.abort_group(1);  // the leader would wait for this rank forever
   }
-  if (auto roles = exchange_endpoints(world, plan, ""); !roles.ok())  // a follower has no endpoint
-    return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+  auto roles = exchange_endpoints(world, plan, "");  // a follower has no endpoint
+  if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+  (*f)->set_weight_group(&roles->weight_group);
   (*f)->run();
   return 0;
 }
@@ -80,6 +81,7 @@ int run_serve(const ServeJob& job) {
     spdlog::error("{}", engine.status().to_string());
     return 1;
   }
+  std::optional<ClusterRoles> roles;  // holds the weight group: outlives the actor below
   Context ctx;
   RolloutActorOptions opt;
   opt.model_path = job.engine.model;
@@ -97,9 +99,10 @@ int run_serve(const ServeJob& job) {
       world->abort_group(2);  // the other ranks wait for this endpoint
     }
     const std::string ep = *advertised;
-    auto roles = exchange_endpoints(*world, *plan, ep);
-    if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
-    actor.set_weight_group(&*world);
+    auto r = exchange_endpoints(*world, *plan, ep);
+    if (!r.ok()) return spdlog::error("MPI endpoint exchange: {}", r.status().to_string()), 1;
+    roles.emplace(std::move(r).value());
+    actor.set_weight_group(&roles->weight_group);
     spdlog::info("rank {} of {}: engine at {} (trainer rank {})", world->world_rank(), world->size(), ep,
                  roles->trainer_rank);
   }

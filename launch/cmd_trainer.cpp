@@ -87,6 +87,7 @@ int run_requests(Trainer& t, const TrainerJob& job) {
 
 int run_trainer(const TrainerJob& job) {
   std::optional<MpiGroup> world;
+  std::optional<ClusterRoles> roles;  // its weight group (trainer + serve ranks) is the broadcast group
   std::vector<std::string> endpoints = job.connect;
   if (under_mpirun()) {  // the engines are the "serve" ranks of this mpirun job
     auto w = MpiGroup::init(nullptr, nullptr);
@@ -95,8 +96,9 @@ int run_trainer(const TrainerJob& job) {
   }
   set_process_logger("trainer", job.log_level);
   if (world) {
-    auto roles = exchange_roles(*world, "trainer", "");
-    if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+    auto r = exchange_roles(*world, "trainer", "");
+    if (!r.ok()) return spdlog::error("MPI endpoint exchange: {}", r.status().to_string()), 1;
+    roles.emplace(std::move(r).value());
     endpoints.insert(endpoints.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
@@ -104,7 +106,7 @@ int run_trainer(const TrainerJob& job) {
   auto t = Trainer::connect(endpoints);
   if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
   if (!job.push.empty())
-    if (int rc = run_push(**t, job, world ? &*world : nullptr); rc != 0) {
+    if (int rc = run_push(**t, job, roles ? &roles->weight_group : nullptr); rc != 0) {
       // A refused push leaves the engines serving the old version; with --shutdown they still stop,
       // so an mpirun job ends instead of waiting on them.
       if (job.shutdown) (void)(*t)->shutdown_engines();

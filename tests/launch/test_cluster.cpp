@@ -2,6 +2,7 @@
 // Engines are found through MPI, weights go by MPI broadcast, refused pushes exit non-zero.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -228,6 +229,46 @@ TEST_F(Cluster, KillingOneTp2EngineUnderLoadReRoutesEveryRequest) {
     EXPECT_EQ(k["output_ids"], h["output_ids"]) << rid;
     EXPECT_EQ(k["meta_info"]["output_token_logprobs"], h["meta_info"]["output_token_logprobs"]) << rid;
   }
+}
+
+// A standalone router in the same mpirun job finds the engines through MPI; a client sends it
+// requests as to one engine. SIGTERM to mpirun stops every rank.
+TEST_F(Cluster, StandaloneRouterFindsTheEnginesThroughMpi) {
+  const std::string bin = ZR_ZROLLOUT_BIN;
+  const std::string ep = "ipc://" + (tmp_ / "router.ipc");
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string cmd = mpirun_prefix() + " -np 1 " + bin + " router --bind " + ep + " : -np 4 " + bin + " serve --model " +
+                      real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 > " + (tmp_ / "log") +
+                      " 2>&1";
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), nullptr);
+    _exit(127);
+  }
+  for (int i = 0; i < 200 && slurp(tmp_ / "log").find("routing on") == std::string::npos; ++i) usleep(50000);
+  {
+    std::ofstream in(tmp_ / "in4.jsonl");
+    json req = {{"input_ids", ref_["prompt_ids"]}, {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}};
+    for (int i = 0; i < 4; ++i) {
+      req["rid"] = "c" + std::to_string(i);
+      in << req.dump() << "\n";
+    }
+  }
+  int rc = run(bin + " client --connect " + ep + " --input " + (tmp_ / "in4.jsonl") + " --output " + (tmp_ / "out4.jsonl"),
+               tmp_ / "client.log");
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::string log = slurp(tmp_ / "log");
+  ASSERT_EQ(rc, 0) << slurp(tmp_ / "client.log") << log;
+  EXPECT_NE(log.find("2 engine(s) found through MPI"), std::string::npos) << log;
+  std::ifstream out(tmp_ / "out4.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(out, line)) {
+    EXPECT_EQ(json::parse(line)["output_ids"], ref_["greedy_ids"]) << line;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 4);
 }
 
 }  // namespace
