@@ -400,14 +400,19 @@ Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::mic
   unsigned long long len = value.size();
   MPI_Request req;
   ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, impl_->comm, &req), "MPI_Ibcast"));
-  auto sleep = std::chrono::microseconds(1);
-  for (int spins = 0;; ++spins) {
+  // Between two steps of a busy engine the leader samples and schedules (micro- to milliseconds):
+  // spin briefly, then poll every 50 us (a wake-up that late delays the step by that much), and
+  // only once the leader has been quiet for 20 ms back off towards max_sleep (an idle engine).
+  const auto start = Clock::now();
+  auto sleep = std::chrono::microseconds(50);
+  for (;;) {
     int done = 0;
     ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test"));
     if (done) break;
-    if (spins < 2000) continue;  // the next step usually follows within microseconds
+    const auto idle = Clock::now() - start;
+    if (idle < std::chrono::microseconds(50)) continue;
     std::this_thread::sleep_for(sleep);
-    sleep = std::min(max_sleep, sleep * 2);
+    if (idle > milliseconds(20)) sleep = std::min(max_sleep, sleep * 2);
   }
   if (len > INT_MAX) return make_error(ErrorCode::invalid_argument, "bcast_small_idle: value over 2 GiB");
   value.resize(static_cast<size_t>(len));
