@@ -31,6 +31,8 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
   TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   auto w = ModelWeights::load_dir(*cfg, dir, shard);
   if (!w.ok()) return w.status();
+  if (opt.copy_weights)
+    if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto tok = Tokenizer::load(dir + "/tokenizer.model");
   if (!tok.ok()) return tok.status();
   auto eng = std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));

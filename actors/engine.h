@@ -36,6 +36,10 @@ struct EngineOptions {
   size_t kv_cache_bytes = size_t{512} << 20;  // per rank under tensor parallelism
   int kv_block_size = 16;
   SchedulerConfig scheduler;
+  // Serve weights from an anonymous copy in transparent huge pages (decode streams them faster
+  // than from the file's 4 KiB page-cache pages); false: straight from the file mapping (no copy,
+  // no extra memory while the page cache holds the file). Updates stage as before either way.
+  bool copy_weights = true;
   // Tensor parallelism: this engine is rank 0 (the leader) of `tp`; the other ranks run TpFollower
   // (actors/tp_follower.h). The leader sends them every forward, commit and memory operation.
   TpGroup* tp = nullptr;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -129,8 +130,14 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas) {
 std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes) {
   for (auto& [buf, size] : buffers_)
     if (buf.use_count() == 1 && size >= bytes) return buf;  // no served weight points into it
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  // Huge pages (weights served zero-copy from here are streamed every step), faulted in now rather
+  // than while the broadcast writes into them.
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return nullptr;
+#ifdef MADV_HUGEPAGE
+  madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  std::memset(p, 0, bytes);
   std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
   buffers_.emplace_back(buf, bytes);
   if (buffers_.size() > 2) {  // keep at most two idle buffers (double buffering)

@@ -48,9 +48,12 @@ struct DecodeResult {
 };
 
 // Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
+bool g_mmap_weights = false;  // --mmap-weights: serve from the file mapping (no huge-page copy)
+
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen) {
   EngineOptions opt;
   opt.threads = threads;
+  opt.copy_weights = !g_mmap_weights;
   size_t per_token = 0;
   {
     auto cfg = ModelConfig::from_dir(dir);
@@ -89,6 +92,7 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
 double run_prefill(const std::string& dir, int threads, int prompts, int prompt) {
   EngineOptions opt;
   opt.threads = threads;
+  opt.copy_weights = !g_mmap_weights;
   auto eng = std::move(Engine::load(dir, opt)).value();
   std::mt19937_64 rng(7);
   for (int i = 0; i < prompts; ++i) {
@@ -164,6 +168,7 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--gen", gen, "new tokens")->capture_default_str();
   app.add_option("--prefill-prompts", prefill_prompts, "prompts in the prefill run (0: skip)")->capture_default_str();
+  app.add_flag("--mmap-weights", g_mmap_weights, "engine serves weights from the file mapping (default: huge-page copy)");
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);

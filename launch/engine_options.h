@@ -17,6 +17,7 @@ struct EngineCliOptions {
   int max_prefill_chunk = 512;
   int kv_cache_mb = 1024;
   int kv_block_size = 16;
+  bool mmap_weights = false;
   std::string log_level = "info";
 
   EngineOptions engine_options() const;

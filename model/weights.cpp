@@ -1,6 +1,9 @@
 #include "model/weights.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
+
+#include <cstring>
 
 #include <string_view>
 #include <unordered_set>
@@ -230,6 +233,34 @@ size_t ModelWeights::total_bytes() const {
     if (w.data && counted.insert(w.data).second) n += w.nbytes();
   }
   return n;
+}
+
+Result<size_t> ModelWeights::copy_to_anonymous_memory() {
+  constexpr size_t kAlign = 4096;  // every tensor starts on a page: kernels' loads stay aligned
+  std::vector<size_t> offset(weights_.size(), SIZE_MAX);
+  size_t total = 0;
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    if (!weights_[i].data || (specs_[i].optional && cfg_.tie_word_embeddings)) continue;
+    offset[i] = total;
+    total += (weights_[i].nbytes() + kAlign - 1) / kAlign * kAlign;
+  }
+  if (total == 0) return size_t{0};
+  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return make_error(ErrorCode::unavailable, "weights: cannot map " + std::to_string(total) + " bytes");
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, total, MADV_HUGEPAGE);  // advisory: without THP the copy still works, in 4 KiB pages
+#endif
+  std::shared_ptr<const void> region(p, [total](const void* q) { ::munmap(const_cast<void*>(q), total); });
+  auto* base = static_cast<uint8_t*>(p);
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    if (offset[i] == SIZE_MAX) continue;
+    Weight& w = weights_[i];
+    std::memcpy(base + offset[i], w.data, w.nbytes());
+    w.data = base + offset[i];
+    w.owner = region;
+  }
+  if (cfg_.tie_word_embeddings) bind_tied_head();
+  return total;
 }
 
 size_t ModelWeights::release_all() {
