@@ -55,14 +55,29 @@ Weight convert(const Weight& w, DType want) {
 
 // checksum64 of every tensor, on two threads splitting the bytes evenly (the pages of a lazily
 // mapped segment are faulted in by both).
-std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint8_t* base) {
+// The checksums of the tensors this rank verifies (the others keep their expected value).
+std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint8_t* base, TpShard share) {
   std::vector<uint64_t> sums(metas.size());
+  std::vector<bool> mine(metas.size());
   uint64_t total = 0;
   for (const TensorMeta& m : metas) total += m.nbytes;
+  uint64_t before = 0;
+  for (size_t i = 0; i < metas.size(); ++i) {  // byte-balanced: tensor i goes to the rank its middle falls in
+    uint64_t mid = before + metas[i].nbytes / 2;
+    int owner = total ? static_cast<int>(std::min<uint64_t>(share.size - 1, mid * share.size / total)) : 0;
+    mine[i] = owner == share.rank;
+    sums[i] = metas[i].checksum;
+    before += metas[i].nbytes;
+  }
+  uint64_t my_total = 0;
+  for (size_t i = 0; i < metas.size(); ++i)
+    if (mine[i]) my_total += metas[i].nbytes;
   size_t split = 0;
-  for (uint64_t acc = 0; split < metas.size() && acc < total / 2; ++split) acc += metas[split].nbytes;
+  for (uint64_t acc = 0; split < metas.size() && acc < my_total / 2; ++split)
+    if (mine[split]) acc += metas[split].nbytes;
   auto run = [&](size_t a, size_t b) {
-    for (size_t i = a; i < b; ++i) sums[i] = checksum64(base + metas[i].offset, metas[i].nbytes);
+    for (size_t i = a; i < b; ++i)
+      if (mine[i]) sums[i] = checksum64(base + metas[i].offset, metas[i].nbytes);
   };
   std::thread second(run, split, metas.size());
   run(0, split);
@@ -97,10 +112,10 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
                                         const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
-                                        bool verify_checksums) {
+                                        bool verify_checksums, TpShard verify_share) {
   StagedWeights out;
   out.version = version;
-  std::vector<uint64_t> sums = verify_checksums ? checksums(metas, base) : std::vector<uint64_t>{};
+  std::vector<uint64_t> sums = verify_checksums ? checksums(metas, base, verify_share) : std::vector<uint64_t>{};
   for (size_t i = 0; i < metas.size(); ++i) {
     const TensorMeta& m = metas[i];
     const uint8_t* p = base + m.offset;
@@ -212,10 +227,13 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   if (!seg.ok()) return seg.status();
   *bytes = c.shm_bytes;
   auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
+  // The ranks of a TP engine map the same segment: each verifies its share of the tensors, and the
+  // engine commits only if every rank's share checked out (actors/tp_group.h, stage_result).
   return std::async(std::launch::async, [cur, owner, metas = c.tensors, v = c.version] {
     lower_priority();
     auto base = static_cast<const uint8_t*>(owner->data());
-    return stage_from_buffer(*cur, metas, base, std::shared_ptr<const void>(owner, owner->data()), v);
+    return stage_from_buffer(*cur, metas, base, std::shared_ptr<const void>(owner, owner->data()), v,
+                             /*verify_checksums=*/true, cur->shard());
   });
 }
 

@@ -35,9 +35,12 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 // (checksum_mismatch names the tensor). f32/bf16 matrices in the serving dtype are used in place
 // (zero-copy: `owner` keeps the buffer alive as long as they serve); others are converted once.
 // verify_checksums = false when the bytes were already verified as they arrived (TransferVerifier).
+// verify_share: the ranks of a tensor-parallel engine reading one shared segment split the
+// verification, each checksumming a byte-balanced share of the tensors (share.rank of share.size);
+// the default verifies all of them.
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
                                         const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
-                                        bool verify_checksums = true);
+                                        bool verify_checksums = true, TpShard verify_share = {});
 
 // Bytes a transfer of these tensors spans (the end of the last one).
 uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);

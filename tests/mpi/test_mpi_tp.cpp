@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <fstream>
 #include <random>
 
@@ -16,6 +17,8 @@
 #include "actors/tp_group.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
+#include "comm/shm_segment.h"
+#include "model/safetensors.h"
 #include "comm/wire_weights.h"
 #include "model/make_model.h"
 #include "tests/actors/engine_test_util.h"
@@ -300,6 +303,52 @@ TEST_F(TpTest, ReleaseAndResumeMemoryOnEveryRank) {
   ASSERT_TRUE(eng->submit(probe).ok());
   auto after = testing::run_to_completion(*eng);
   testing::expect_identical(after.samples.at("p").at(0), before.samples.at("p").at(0), "after resume");
+}
+
+// ipc: the ranks of the engine split checksum verification (byte-balanced shares of the tensors).
+// A bad checksum on the last tensor (the last rank's share) refuses the update on every rank, with
+// an error naming that rank; the old version keeps serving.
+TEST_F(TpTest, IpcChecksumFailureInAFollowersShareRefusesTheUpdate) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  Context ctx;
+  RolloutActor actor(ctx, std::move(eng), {});
+  ASSERT_TRUE(actor.bind("inproc://tp-actor2").ok());
+  actor.start();
+  auto client = std::move(Client::connect("inproc://tp-actor2", &ctx.zmq())).value();
+  auto ar = std::move(SafetensorsArchive::open_dir(dir_)).value();
+  std::vector<TensorMeta> metas;
+  for (const auto& [name, v] : ar.tensors()) metas.push_back({name, dtype_name(v.dtype), v.shape, v.nbytes, 0, 0});
+  const uint64_t bytes = assign_transfer_offsets(metas);
+  auto seg = std::move(ShmSegment::create("zrollout-tp-test", bytes)).value();
+  auto* base = static_cast<uint8_t*>(seg.data());
+  for (auto& m : metas) {
+    std::memcpy(base + m.offset, ar.find(m.name)->data, m.nbytes);
+    m.checksum = checksum64(base + m.offset, m.nbytes);
+  }
+  size_t last = 0;  // the tensor at the end of the transfer: the last rank verifies it
+  for (size_t i = 0; i < metas.size(); ++i)
+    if (metas[i].offset > metas[last].offset) last = i;
+  metas[last].checksum ^= 1;
+  UpdateWeightsCall call;
+  call.req_id = client->next_req_id();
+  call.version = 1;
+  call.path = "ipc";
+  call.tensors = metas;
+  call.shm_name = seg.name();
+  call.shm_bytes = bytes;
+  auto r = client->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s).get();
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->op, "error") << r->json.dump();
+  EXPECT_EQ(r->json["code"], "checksum_mismatch");
+  const std::string msg = r->json["message"];
+  EXPECT_NE(msg.find(metas[last].name), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tp rank " + std::to_string(T() - 1)), std::string::npos) << msg;
+  uint64_t id = client->next_req_id();
+  auto v = client->call_raw("get_weight_version", wire::encode_req_id_only(id), {}, id, 10s).get();
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(v->json["version"], 0);
+  actor.stop();
 }
 
 }  // namespace
