@@ -41,6 +41,20 @@ inline std::unique_ptr<Engine> load_engine(const std::string& dir, EngineOptions
   return e.ok() ? std::move(e).value() : nullptr;
 }
 
+// Greedy, ignore_eos, with every logprob a reference file holds: token, top-5, prompt.
+inline GenerateRequest greedy_request(const std::string& rid, std::vector<int> ids, int max_new) {
+  GenerateRequest r;
+  r.rid = rid;
+  r.input_ids = std::move(ids);
+  r.sampling_params.temperature = 0.0f;
+  r.sampling_params.max_new_tokens = max_new;
+  r.sampling_params.ignore_eos = true;
+  r.return_logprob = true;
+  r.logprob_start_len = 0;
+  r.top_logprobs_num = 5;
+  return r;
+}
+
 inline bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 // Tokens, text, finish reason and every logprob identical to the bit.

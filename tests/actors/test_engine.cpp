@@ -22,19 +22,6 @@ nlohmann::json reference(const std::string& dir) {
   return nlohmann::json::parse(f);
 }
 
-GenerateRequest greedy_request(const std::string& rid, std::vector<int> ids, int max_new) {
-  GenerateRequest r;
-  r.rid = rid;
-  r.input_ids = std::move(ids);
-  r.sampling_params.temperature = 0.0f;
-  r.sampling_params.max_new_tokens = max_new;
-  r.sampling_params.ignore_eos = true;
-  r.return_logprob = true;
-  r.logprob_start_len = 0;
-  r.top_logprobs_num = 5;
-  return r;
-}
-
 void check_golden_engine(const std::string& name) {
   ZR_REQUIRE_SHARED_MODEL(dir, name);
   auto eng = testing::load_engine(dir);
@@ -43,7 +30,7 @@ void check_golden_engine(const std::string& name) {
   for (const auto& cs : ref["cases"]) {
     std::string rid = "case" + std::to_string(i++);
     if (cs["kind"] == "greedy") {
-      ASSERT_TRUE(eng->submit(greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()))).ok());
+      ASSERT_TRUE(eng->submit(testing::greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()))).ok());
     } else {
       for (const char* t : {"1.0", "0.7"}) {
         ScoreRequest s{rid + "@" + t, cs["prompt_ids"], cs["completion_ids"], std::stof(t), 0};

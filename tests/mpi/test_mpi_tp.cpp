@@ -38,19 +38,6 @@ EngineOptions small_options() {
   return eo;
 }
 
-GenerateRequest greedy(const std::string& rid, std::vector<int> ids, int max_new) {
-  GenerateRequest r;
-  r.rid = rid;
-  r.input_ids = std::move(ids);
-  r.sampling_params.temperature = 0.0f;
-  r.sampling_params.max_new_tokens = max_new;
-  r.sampling_params.ignore_eos = true;
-  r.return_logprob = true;
-  r.logprob_start_len = 0;
-  r.top_logprobs_num = 5;
-  return r;
-}
-
 // Sampled requests of assorted lengths and settings (seeded, so reproducible).
 std::vector<GenerateRequest> mixed(int vocab, int count, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -127,7 +114,7 @@ void TpTest::check_golden(const std::string& dir) {
   for (const auto& cs : ref["cases"]) {
     std::string rid = "case" + std::to_string(i++);
     if (cs["kind"] == "greedy") {
-      auto req = greedy(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()));
+      auto req = testing::greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()));
       ASSERT_TRUE(eng->submit(req).ok());
       ASSERT_TRUE(single->submit(req).ok());
     } else {
@@ -178,7 +165,7 @@ TEST_F(TpTest, SharedPromptBlocksAreCopiedOnEveryRank) {
   auto eng = start(dir_);
   if (!eng) return;
   auto single = testing::load_engine(dir_, small_options());
-  GenerateRequest r = greedy("n3", {1, 403, 407, 261, 378, 300, 301}, 40);  // 7 tokens: a partial block
+  GenerateRequest r = testing::greedy_request("n3", {1, 403, 407, 261, 378, 300, 301}, 40);  // 7 tokens: a partial block
   r.sampling_params.n = 3;
   ASSERT_TRUE(eng->submit(r).ok());
   ASSERT_TRUE(single->submit(r).ok());
@@ -244,7 +231,7 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
   actor.start();
   auto trainer = std::move(Trainer::connect({"inproc://tp-actor"}, &ctx.zmq())).value();
   auto client = std::move(Client::connect("inproc://tp-actor", &ctx.zmq())).value();
-  GenerateRequest probe = greedy("p", {1, 403, 407, 261, 378}, 24);
+  GenerateRequest probe = testing::greedy_request("p", {1, 403, 407, 261, 378}, 24);
   auto before = client->generate({probe});
   ASSERT_TRUE(before.ok());
   const char* paths[2] = {"ipc", "disk"};
@@ -292,7 +279,7 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
 TEST_F(TpTest, ReleaseAndResumeMemoryOnEveryRank) {
   auto eng = start(dir_);
   if (!eng) return;
-  GenerateRequest probe = greedy("p", {1, 403, 407, 261, 378}, 24);
+  GenerateRequest probe = testing::greedy_request("p", {1, 403, 407, 261, 378}, 24);
   ASSERT_TRUE(eng->submit(probe).ok());
   auto before = testing::run_to_completion(*eng);
   auto released = eng->release_memory(true, true);
