@@ -64,9 +64,10 @@ class MpiWeightSync : public ::testing::Test {
     if (actor_) actor_->stop();
     if (weights_ && weights_->poisoned()) weights_.release();  // leaked on purpose: see the top
   }
-  // Trainer side: send update_weights to every engine, then broadcast the bytes (unless it plays a
-  // trainer lost before its bytes went out). Returns each engine's reply.
-  std::vector<Result<Client::RawReply>> push(int64_t version, bool send_bytes) {
+  // Trainer side: send update_weights to every engine, then broadcast the bytes. It can play a
+  // trainer lost before its bytes went out (send_bytes false) or in the middle of them (lost_after:
+  // it stops after that many buckets went out). Returns each engine's reply.
+  std::vector<Result<Client::RawReply>> push(int64_t version, bool send_bytes, int lost_after = -1) {
     std::vector<TensorMeta> metas;
     std::vector<uint8_t> buf = layout(dir_, metas);
     UpdateWeightsCall call;
@@ -81,8 +82,20 @@ class MpiWeightSync : public ::testing::Test {
       call.req_id = clients.back()->next_req_id();
       futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
     }
-    if (send_bytes) {
+    if (send_bytes && lost_after < 0) {
       EXPECT_TRUE(weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s).ok());
+    } else if (send_bytes) {  // the trainer dies mid-transfer: nothing after bucket `lost_after` is sent
+      int sent = 0;
+      struct Lost {};
+      try {
+        (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, [&](size_t, size_t) {
+          if (++sent == lost_after) throw Lost{};
+        });
+        ADD_FAILURE() << "the broadcast should have been cut";
+      } catch (const Lost&) {
+      }
+      EXPECT_TRUE(weights_->poisoned());
+      EXPECT_GT(buf.size(), static_cast<size_t>(lost_after + 2) * call.bucket_bytes) << "too few buckets to cut";
     }
     std::vector<Result<Client::RawReply>> replies;
     for (auto& f : futs) replies.push_back(f.get());
@@ -125,6 +138,22 @@ TEST_F(MpiWeightSync, TrainerLostDuringTransferLeavesTheOldVersionServing) {
     EXPECT_NE(msg.find("rank"), std::string::npos) << msg;
   }
   for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_NE(*version_of(static_cast<int>(r)), 7);
+}
+
+// The trainer sends the first bucket, then is gone: every engine times out on a later bucket, says
+// which, and keeps serving the old version.
+TEST_F(MpiWeightSync, TrainerLostMidTransferLeavesTheOldVersionServing) {
+  if (zr::testing::world().rank() != 0) return;
+  auto replies = push(9, true, /*lost_after=*/1);
+  for (auto& r : replies) {
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->op, "error");
+    EXPECT_EQ(r->json["code"], "timeout") << r->json.dump();
+    std::string msg = r->json["message"];
+    EXPECT_NE(msg.find("bucket"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("bucket 1/"), std::string::npos) << "bucket 1 was sent: " << msg;
+  }
+  for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_NE(*version_of(static_cast<int>(r)), 9);
 }
 
 }  // namespace
