@@ -25,7 +25,8 @@ class TpFollower {
                                                   MpiGroup* weight_group,
                                                   std::chrono::milliseconds transfer_timeout = std::chrono::seconds(60));
   ~TpFollower();
-  // Serves commands until the leader sends shutdown.
+  // Serves commands until the leader sends shutdown (a leader found gone ends the process: see
+  // TpGroup::set_leader_alive).
   void run();
   int64_t weight_version() const { return version_; }
   // The cluster's weight-broadcast group (set before run(); must outlive it).

@@ -393,7 +393,8 @@ Status MpiGroup::bcast_small(std::string& value, int root) {
   return mpi_status(MPI_Bcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm), "MPI_Bcast");
 }
 
-Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep) {
+Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep,
+                                  const std::function<bool()>& still_wanted) {
   ZR_RETURN_IF_ERROR(usable("bcast_small_idle"));
   if (root < 0 || root >= impl_->size)
     return make_error(ErrorCode::invalid_argument, "bcast_small_idle: root " + std::to_string(root) + " not in the group");
@@ -405,11 +406,22 @@ Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::mic
   // only once the leader has been quiet for 20 ms back off towards max_sleep (an idle engine).
   const auto start = Clock::now();
   auto sleep = std::chrono::microseconds(50);
+  auto next_check = start + std::chrono::seconds(1);
   for (;;) {
     int done = 0;
     ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test"));
     if (done) break;
-    const auto idle = Clock::now() - start;
+    const auto now = Clock::now();
+    if (still_wanted && now >= next_check) {
+      if (!still_wanted()) {
+        impl_->poisoned = true;
+        impl_->poison_reason = "bcast_small_idle abandoned: the root is gone";
+        impl_->pending.push_back(req);
+        return make_error(ErrorCode::unavailable, "bcast_small_idle: gave up waiting for rank " + std::to_string(root));
+      }
+      next_check = Clock::now() + std::chrono::seconds(1);
+    }
+    const auto idle = now - start;
     if (idle < std::chrono::microseconds(50)) continue;
     std::this_thread::sleep_for(sleep);
     if (idle > milliseconds(20)) sleep = std::min(max_sleep, sleep * 2);
@@ -421,15 +433,50 @@ Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::mic
   return mpi_status(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
 }
 
-Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out) {
-  ZR_RETURN_IF_ERROR(usable("allgather_bytes"));
-  if (bytes > INT_MAX) return make_error(ErrorCode::invalid_argument, "allgather_bytes: over 2 GiB");
-  return mpi_status(MPI_Allgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE,
-                                  impl_->comm),
-                    "MPI_Allgather");
+namespace {
+
+// Completes a nonblocking collective the way a blocking call would (spinning on MPI_Test), except
+// that once it has waited a second, still_wanted is asked once a second; false abandons it (the
+// request stays posted, the group is poisoned).
+Status wait_or_abandon(MPI_Request& req, const std::function<bool()>& still_wanted, MpiGroup::Impl& g,
+                       const char* what) {
+  if (!still_wanted) return mpi_status(MPI_Wait(&req, MPI_STATUS_IGNORE), what);
+  auto next_check = Clock::now() + std::chrono::seconds(1);
+  Backoff backoff;
+  const auto start = Clock::now();
+  for (;;) {
+    int done = 0;
+    ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what));
+    if (done) return Status::ok_status();
+    if (Clock::now() >= next_check) {
+      if (!still_wanted()) {
+        g.poisoned = true;
+        g.poison_reason = std::string(what) + " abandoned: a peer is gone";
+        g.pending.push_back(req);
+        return make_error(ErrorCode::unavailable, std::string(what) + ": gave up waiting (a peer is gone)");
+      }
+      next_check = Clock::now() + std::chrono::seconds(1);
+    }
+    backoff.pause(Clock::now() - start);
+  }
 }
 
-Status MpiGroup::gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root) {
+}  // namespace
+
+Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out, const std::function<bool()>& still_wanted) {
+  ZR_RETURN_IF_ERROR(usable("allgather_bytes"));
+  if (bytes > INT_MAX) return make_error(ErrorCode::invalid_argument, "allgather_bytes: over 2 GiB");
+  // Always the nonblocking form, also without still_wanted: a nonblocking collective never matches
+  // a blocking one, and some ranks of a group pass still_wanted while others do not.
+  MPI_Request req;
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes),
+                                               MPI_BYTE, impl_->comm, &req),
+                                "MPI_Iallgather"));
+  return wait_or_abandon(req, still_wanted, *impl_, "MPI_Iallgather");
+}
+
+Status MpiGroup::gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root,
+                              const std::function<bool()>& still_wanted) {
   ZR_RETURN_IF_ERROR(usable("gather_bytes"));
   if (counts.size() != static_cast<size_t>(impl_->size))
     return make_error(ErrorCode::invalid_argument, "gather_bytes: one count per rank");
@@ -441,9 +488,11 @@ Status MpiGroup::gather_bytes(const void* in, const std::vector<size_t>& counts,
     total += counts[i];
   }
   if (total > INT_MAX) return make_error(ErrorCode::invalid_argument, "gather_bytes: over 2 GiB");
-  return mpi_status(MPI_Gatherv(in, c[static_cast<size_t>(impl_->rank)], MPI_BYTE, out, c.data(), displs.data(),
-                                MPI_BYTE, root, impl_->comm),
-                    "MPI_Gatherv");
+  MPI_Request req;  // nonblocking form on every rank (see allgather_bytes)
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Igatherv(in, c[static_cast<size_t>(impl_->rank)], MPI_BYTE, out, c.data(),
+                                             displs.data(), MPI_BYTE, root, impl_->comm, &req),
+                                "MPI_Igatherv"));
+  return wait_or_abandon(req, still_wanted, *impl_, "MPI_Igatherv");
 }
 
 Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,

@@ -81,13 +81,20 @@ class MpiGroup {
   Status bcast_small(std::string& value, int root);
   // bcast_small for a receiver that may wait long (a tensor-parallel follower between steps):
   // spins briefly, then sleeps in steps growing up to `max_sleep`, so an idle wait costs no core.
-  Status bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep);
+  // still_wanted (optional) is asked about once a second while nothing arrives; false ends the wait
+  // with unavailable (e.g. the root's process is gone). The broadcast stays posted: the caller must
+  // not use the group again (it is poisoned).
+  Status bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep,
+                          const std::function<bool()>& still_wanted = {});
 
   // Every rank sends `bytes` bytes; `out` (size() * bytes) receives them by rank on every rank.
-  Status allgather_bytes(const void* in, size_t bytes, void* out);
+  // still_wanted: as for bcast_small_idle (asked once a second while the collective is stuck).
+  // These two use MPI's nonblocking collectives on every rank (they never match blocking ones).
+  Status allgather_bytes(const void* in, size_t bytes, void* out, const std::function<bool()>& still_wanted = {});
   // Rank r sends counts[r] bytes; root receives them concatenated by rank in `out` (ignored on the
   // other ranks).
-  Status gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root);
+  Status gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root,
+                      const std::function<bool()>& still_wanted = {});
 
   // on_bucket(offset, length): a bucket of the transfer [offset, offset + length) is complete on
   // this rank (received, or on the root sent) and may be read (e.g. checksummed).
@@ -122,8 +129,9 @@ class MpiGroup {
   // Ends the whole MPI job (MPI_Abort with `code`): the way out when a peer is stuck for good.
   [[noreturn]] void abort_group(int code);
 
+  struct Impl;  // opaque (mpi.h types), defined in comm/mpi_group.cpp
+
  private:
-  struct Impl;
   explicit MpiGroup(std::unique_ptr<Impl> impl);
   Status usable(const char* what) const;
   Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes,

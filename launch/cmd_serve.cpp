@@ -29,6 +29,8 @@ struct ServeJob {
   int tp = 1;
 };
 
+constexpr int kLeaderMisses = 3;  // health pings a follower's leader may miss (3 s each) before it is gone
+
 // A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
 int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiGroup& world) {
   EngineOptions eo = job.engine.engine_options();
@@ -40,6 +42,16 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
   auto roles = exchange_endpoints(world, plan, "");  // a follower has no endpoint
   if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
   (*f)->set_weight_group(&roles->weight_group);
+  // While idle, make sure the leader still lives (it may sit on another host): a leader that
+  // crashed must not leave this rank waiting forever and the mpirun job never ending.
+  const std::string leader = roles->engine_endpoints.at(static_cast<size_t>(plan.engine));
+  auto client = Client::connect(leader);
+  if (client.ok()) {
+    tp.set_leader_alive([c = std::shared_ptr<Client>(std::move(client).value()), misses = 0]() mutable {
+      misses = c->health(std::chrono::seconds(3)).ok() ? 0 : misses + 1;
+      return misses < kLeaderMisses;
+    });
+  }
   (*f)->run();
   return 0;
 }

@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -269,6 +271,73 @@ TEST_F(Cluster, StandaloneRouterFindsTheEnginesThroughMpi) {
     ++lines;
   }
   EXPECT_EQ(lines, 4);
+}
+
+// The world rank of a process started by mpirun (from its environment), or -1.
+int world_rank_of(pid_t pid) {
+  std::ifstream env("/proc/" + std::to_string(pid) + "/environ");
+  std::string var;
+  while (std::getline(env, var, '\0'))
+    if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) return std::stoi(var.substr(21));
+  return -1;
+}
+
+// Only the leader of engine 1 dies (its follower lives on). The router re-routes its requests, and
+// the follower notices its leader is gone and exits, so the mpirun job still ends.
+TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
+  const std::string bin = ZR_ZROLLOUT_BIN;
+  {
+    std::ofstream in(tmp_ / "load.jsonl");
+    for (int i = 0; i < 32; ++i) {
+      json req = {{"rid", "r" + std::to_string(i)},
+                  {"input_ids", {1, 403, 407, 261 + i}},
+                  {"sampling_params", {{"max_new_tokens", 500}, {"temperature", 0}, {"ignore_eos", true}}}};
+      in << req.dump() << "\n";
+    }
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string cmd = mpirun_prefix() + " --mca orte_enable_recovery 1 -np 1 " + bin + " trainer --input " +
+                      (tmp_ / "load.jsonl") + " --output " + (tmp_ / "out.jsonl") + " --shutdown : -np 2 " + bin +
+                      " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " +
+                      bin + " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " > " + (tmp_ / "log") + " 2>&1").c_str(), nullptr);
+    _exit(127);
+  }
+  for (int i = 0; i < 200 && slurp(tmp_ / "log").find("engine(s) found through MPI") == std::string::npos; ++i)
+    usleep(50000);
+  usleep(800000);
+  // Engine 1's ranks; its leader is the lower world rank.
+  std::vector<std::pair<int, pid_t>> ranks;
+  FILE* p = popen(("pgrep -f '^" + bin + " serve .*--kv-cache-mb 65'").c_str(), "r");
+  for (int q; p && std::fscanf(p, "%d", &q) == 1;) ranks.emplace_back(world_rank_of(q), q);
+  if (p) pclose(p);
+  ASSERT_EQ(ranks.size(), 2u);
+  std::sort(ranks.begin(), ranks.end());
+  ASSERT_EQ(kill(ranks[0].second, SIGKILL), 0);
+  // The job must end by itself: poll for up to 120 s.
+  int status = 0;
+  bool ended = false;
+  for (int i = 0; i < 1200 && !ended; ++i) {
+    ended = waitpid(pid, &status, WNOHANG) == pid;
+    if (!ended) usleep(100000);
+  }
+  if (!ended) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  std::string log = slurp(tmp_ / "log");
+  EXPECT_TRUE(ended) << "the mpirun job did not end: " << log;
+  EXPECT_NE(log.find("tp rank 1: the leader stopped answering"), std::string::npos) << log;
+  EXPECT_NE(log.find("stopped answering heartbeats"), std::string::npos) << log;
+  std::ifstream out(tmp_ / "out.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(out, line)) {
+    EXPECT_EQ(json::parse(line)["output_ids"].size(), 500u);
+    ++lines;
+  }
+  EXPECT_EQ(lines, 32);
 }
 
 }  // namespace
