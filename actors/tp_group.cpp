@@ -87,7 +87,7 @@ Result<ForwardPlan> decode_forward(const std::vector<int32_t>& v) {
 TpGroup::TpGroup(MpiGroup group) : group_(std::move(group)) {}
 
 void TpGroup::fail(const Status& st, const char* what) {
-  if (leader_alive_ && group_.poisoned()) leader_gone();  // abandoned: this rank's engine is gone
+  if (peers_alive_ && group_.poisoned()) peer_gone();  // abandoned: this rank's engine is gone
   spdlog::critical("tensor parallel {} failed on TP rank {}: {}; ending the job (the engine's ranks are out of step)",
                    what, group_.rank(), st.to_string());
   group_.abort_group(70);
@@ -99,7 +99,7 @@ void TpGroup::allreduce_sum(float* data, size_t n) {
   stats_.allreduce_bytes += n * sizeof(float);
   const int T = group_.size();
   parts_.resize(n * T);
-  if (Status st = group_.allgather_bytes(data, n * sizeof(float), parts_.data(), leader_alive_); !st.ok())
+  if (Status st = group_.allgather_bytes(data, n * sizeof(float), parts_.data(), peers_alive_); !st.ok())
     fail(st, "allreduce");
   std::copy_n(parts_.data(), n, data);
   for (int r = 1; r < T; ++r) {
@@ -112,7 +112,7 @@ void TpGroup::gather_to_leader(const float* local, std::span<const size_t> count
   Timed t(stats_.gather_s);
   std::vector<size_t> bytes(counts.begin(), counts.end());
   for (size_t& b : bytes) b *= sizeof(float);
-  if (Status st = group_.gather_bytes(local, bytes, out, 0, leader_alive_); !st.ok()) fail(st, "logits gather");
+  if (Status st = group_.gather_bytes(local, bytes, out, 0, peers_alive_); !st.ok()) fail(st, "logits gather");
 }
 
 void TpGroup::send(const TpCommand& cmd) {
@@ -123,17 +123,18 @@ void TpGroup::send(const TpCommand& cmd) {
   if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep); !st.ok()) fail(st, "command broadcast");
 }
 
-void TpGroup::leader_gone() {
+void TpGroup::peer_gone() {
   // Only this engine is lost: the rest of the job (other engines, the trainer) goes on, so no
-  // MPI_Abort, and no MPI_Finalize either (it would wait for the dead leader).
-  spdlog::critical("tp rank {}: the leader stopped answering; this engine is gone, exiting", group_.rank());
+  // MPI_Abort, and no MPI_Finalize either (it would wait for the dead peer).
+  spdlog::critical("tp rank {}: {} stopped answering; this engine is gone, exiting", group_.rank(),
+                   leader() ? "a follower" : "the leader");
   spdlog::default_logger()->flush();
   std::_Exit(3);
 }
 
 TpCommand TpGroup::receive() {
   std::string s;
-  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, leader_alive_); !st.ok()) fail(st, "command broadcast");
+  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok()) fail(st, "command broadcast");
   WireCommand w;
   try {
     msgpack::object_handle oh = msgpack::unpack(s.data(), s.size());

@@ -67,10 +67,11 @@ class TpGroup final : public TpComm {
   void send(const TpCommand& cmd);
   // Follower: the next command; waits without burning a core while the leader is idle.
   TpCommand receive();
-  // Follower: asked once a second while this rank waits on its leader (between steps or inside a
-  // collective); false means the leader is gone, and the process exits (code 3) rather than wait
-  // forever: its engine is lost, the rest of the job goes on.
-  void set_leader_alive(std::function<bool()> check) { leader_alive_ = std::move(check); }
+  // Asked once a second while this rank waits on the others (a follower between steps, any rank
+  // inside a collective); false means a peer is gone (a follower's leader, a leader's follower),
+  // and the process exits (code 3) rather than wait forever: its engine is lost, the rest of the
+  // job goes on (no MPI_Abort).
+  void set_peers_alive(std::function<bool()> check) { peers_alive_ = std::move(check); }
   // Every rank contributes a string; every rank gets all of them by rank.
   std::vector<std::string> gather_strings(const std::string& local);
   MpiGroup& mpi() { return group_; }
@@ -86,11 +87,11 @@ class TpGroup final : public TpComm {
 
  private:
   [[noreturn]] void fail(const Status& st, const char* what);
-  [[noreturn]] void leader_gone();
+  [[noreturn]] void peer_gone();
   MpiGroup group_;
   std::vector<float> parts_;
   Stats stats_;
-  std::function<bool()> leader_alive_;
+  std::function<bool()> peers_alive_;
 };
 
 // checksum64 of the bytes this rank serves for each named tensor (all when `names` is empty), and

@@ -2,6 +2,7 @@
 // `zrollout client`: the same JSONL as `zrollout generate`, sent to a server.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <fstream>
 #include <future>
@@ -9,6 +10,8 @@
 #include "actors/rollout_actor.h"
 #include "actors/tp_follower.h"
 #include "actors/tp_group.h"
+#include "comm/wire_codec.h"
+#include "runtime/actor.h"
 #include "comm/client.h"
 #include "comm/json_codec.h"
 #include "launch/cluster.h"
@@ -29,7 +32,32 @@ struct ServeJob {
   int tp = 1;
 };
 
-constexpr int kLeaderMisses = 3;  // health pings a follower's leader may miss (3 s each) before it is gone
+constexpr int kPeerMisses = 3;  // health pings a TP peer may miss in a row (3 s each) before it is gone
+
+// The peers' liveness check for TpGroup::set_peers_alive: every endpoint answers `health`.
+std::function<bool()> peers_answer(const std::vector<std::string>& endpoints) {
+  struct Peer {
+    std::unique_ptr<Client> client;
+    int misses = 0;
+  };
+  auto peers = std::make_shared<std::vector<Peer>>();
+  for (const auto& ep : endpoints)
+    if (auto c = Client::connect(ep); c.ok()) peers->push_back({std::move(c).value(), 0});
+  return [peers] {
+    for (Peer& p : *peers) {
+      p.misses = p.client->health(std::chrono::seconds(3)).ok() ? 0 : p.misses + 1;
+      if (p.misses >= kPeerMisses) return false;
+    }
+    return true;
+  };
+}
+
+// Where a follower answers its leader's liveness pings: --bind's host with any free port (an ipc
+// path gets a suffix).
+std::string follower_bind(const std::string& bind, int tp_rank) {
+  if (bind.rfind("tcp://", 0) == 0) return bind.substr(0, bind.rfind(':')) + ":*";
+  return bind + ".tp" + std::to_string(tp_rank);
+}
 
 // A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
 int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiGroup& world) {
@@ -39,20 +67,29 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
     spdlog::critical("tp rank {}: {}; ending the job", tp.shard().rank, f.status().to_string());
     world.abort_group(1);  // the leader would wait for this rank forever
   }
-  auto roles = exchange_endpoints(world, plan, "");  // a follower has no endpoint
-  if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
-  (*f)->set_weight_group(&roles->weight_group);
-  // While idle, make sure the leader still lives (it may sit on another host): a leader that
-  // crashed must not leave this rank waiting forever and the mpirun job never ending.
-  const std::string leader = roles->engine_endpoints.at(static_cast<size_t>(plan.engine));
-  auto client = Client::connect(leader);
-  if (client.ok()) {
-    tp.set_leader_alive([c = std::shared_ptr<Client>(std::move(client).value()), misses = 0]() mutable {
-      misses = c->health(std::chrono::seconds(3)).ok() ? 0 : misses + 1;
-      return misses < kLeaderMisses;
-    });
+  // A small actor that answers the leader's liveness pings (a follower serves no requests).
+  Context ctx;
+  Actor health(ctx, "tp-follower", ActorOptions{});
+  health.on("health", [&health](Frame& fr, const ReplyTo& from) {
+    health.send(from, "health.reply", wire::encode(HealthReply{wire::peek_req_id(fr.body), "serving", 0}));
+  });
+  std::string ep;
+  if (Status st = health.bind(follower_bind(job.bind, tp.shard().rank)); st.ok()) {
+    auto adv = advertised_endpoint(health.endpoint(), job.advertise_host, job.advertise_interface);
+    ep = adv.ok() ? *adv : health.endpoint();
+  } else {
+    spdlog::warn("tp rank {}: liveness endpoint: {}", tp.shard().rank, st.to_string());
   }
+  health.start();
+  auto roles = exchange_endpoints(world, plan, "");  // a follower serves no requests
+  if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
+  tp.gather_strings(ep);  // the leader learns where to ping its followers
+  (*f)->set_weight_group(&roles->weight_group);
+  // Make sure the leader still lives (it may sit on another host): a leader that crashed must not
+  // leave this rank waiting forever and the mpirun job never ending.
+  tp.set_peers_alive(peers_answer({roles->engine_endpoints.at(static_cast<size_t>(plan.engine))}));
   (*f)->run();
+  health.stop();
   return 0;
 }
 
@@ -115,6 +152,11 @@ int run_serve(const ServeJob& job) {
     if (!r.ok()) return spdlog::error("MPI endpoint exchange: {}", r.status().to_string()), 1;
     roles.emplace(std::move(r).value());
     actor.set_weight_group(&roles->weight_group);
+    if (tp) {  // a follower that died must not leave this leader waiting in a collective forever
+      std::vector<std::string> eps = tp->gather_strings("");
+      eps.erase(std::remove(eps.begin(), eps.end(), std::string()), eps.end());
+      tp->set_peers_alive(peers_answer(eps));
+    }
     spdlog::info("rank {} of {}: engine at {} (trainer rank {})", world->world_rank(), world->size(), ep,
                  roles->trainer_rank);
   }

@@ -63,6 +63,7 @@ class Cluster : public ::testing::Test {
     return mpirun_prefix() + " -np 1 " + bin + " trainer " + trainer_args + " : -np 4 " + bin + " serve --model " +
            (tmp_ / "random") + " --tp 2 --bind tcp://127.0.0.1:* --threads 1 --kv-cache-mb 64";
   }
+  void kill_one_rank_of_engine1(bool leader, const std::string& survivor_says);
   zr::testing::TempDir tmp_;
   std::string real_;
   json ref_;
@@ -282,9 +283,10 @@ int world_rank_of(pid_t pid) {
   return -1;
 }
 
-// Only the leader of engine 1 dies (its follower lives on). The router re-routes its requests, and
-// the follower notices its leader is gone and exits, so the mpirun job still ends.
-TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
+// One rank of engine 1 dies, its peer lives on: the router re-routes the engine's requests, and
+// the surviving rank notices (it pings its peer while waiting on it) and exits, so the mpirun job
+// still ends instead of waiting on it forever.
+void Cluster::kill_one_rank_of_engine1(bool leader, const std::string& survivor_says) {
   const std::string bin = ZR_ZROLLOUT_BIN;
   {
     std::ofstream in(tmp_ / "load.jsonl");
@@ -314,7 +316,7 @@ TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
   if (p) pclose(p);
   ASSERT_EQ(ranks.size(), 2u);
   std::sort(ranks.begin(), ranks.end());
-  ASSERT_EQ(kill(ranks[0].second, SIGKILL), 0);
+  ASSERT_EQ(kill(ranks[leader ? 0 : 1].second, SIGKILL), 0);
   // The job must end by itself: poll for up to 120 s.
   int status = 0;
   bool ended = false;
@@ -328,7 +330,7 @@ TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
   }
   std::string log = slurp(tmp_ / "log");
   EXPECT_TRUE(ended) << "the mpirun job did not end: " << log;
-  EXPECT_NE(log.find("tp rank 1: the leader stopped answering"), std::string::npos) << log;
+  EXPECT_NE(log.find(survivor_says), std::string::npos) << log;
   EXPECT_NE(log.find("stopped answering heartbeats"), std::string::npos) << log;
   std::ifstream out(tmp_ / "out.jsonl");
   std::string line;
@@ -338,6 +340,14 @@ TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
     ++lines;
   }
   EXPECT_EQ(lines, 32);
+}
+
+TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
+  kill_one_rank_of_engine1(/*leader=*/true, "tp rank 1: the leader stopped answering");
+}
+
+TEST_F(Cluster, ALeaderWhoseFollowerDiedExitsAndTheJobEnds) {
+  kill_one_rank_of_engine1(/*leader=*/false, "tp rank 0: a follower stopped answering");
 }
 
 }  // namespace
