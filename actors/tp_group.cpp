@@ -120,7 +120,7 @@ void TpGroup::send(const TpCommand& cmd) {
   msgpack::sbuffer buf;
   msgpack::pack(buf, WireCommand{static_cast<int>(cmd.kind), cmd.version, cmd.ints, cmd.blob});
   std::string s(buf.data(), buf.size());
-  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep); !st.ok()) fail(st, "command broadcast");
+  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok()) fail(st, "command broadcast");
 }
 
 void TpGroup::peer_gone() {

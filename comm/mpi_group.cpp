@@ -393,46 +393,6 @@ Status MpiGroup::bcast_small(std::string& value, int root) {
   return mpi_status(MPI_Bcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm), "MPI_Bcast");
 }
 
-Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep,
-                                  const std::function<bool()>& still_wanted) {
-  ZR_RETURN_IF_ERROR(usable("bcast_small_idle"));
-  if (root < 0 || root >= impl_->size)
-    return make_error(ErrorCode::invalid_argument, "bcast_small_idle: root " + std::to_string(root) + " not in the group");
-  unsigned long long len = value.size();
-  MPI_Request req;
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, impl_->comm, &req), "MPI_Ibcast"));
-  // Between two steps of a busy engine the leader samples and schedules (micro- to milliseconds):
-  // spin briefly, then poll every 50 us (a wake-up that late delays the step by that much), and
-  // only once the leader has been quiet for 20 ms back off towards max_sleep (an idle engine).
-  const auto start = Clock::now();
-  auto sleep = std::chrono::microseconds(50);
-  auto next_check = start + std::chrono::seconds(1);
-  for (;;) {
-    int done = 0;
-    ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test"));
-    if (done) break;
-    const auto now = Clock::now();
-    if (still_wanted && now >= next_check) {
-      if (!still_wanted()) {
-        impl_->poisoned = true;
-        impl_->poison_reason = "bcast_small_idle abandoned: the root is gone";
-        impl_->pending.push_back(req);
-        return make_error(ErrorCode::unavailable, "bcast_small_idle: gave up waiting for rank " + std::to_string(root));
-      }
-      next_check = Clock::now() + std::chrono::seconds(1);
-    }
-    const auto idle = now - start;
-    if (idle < std::chrono::microseconds(50)) continue;
-    std::this_thread::sleep_for(sleep);
-    if (idle > milliseconds(20)) sleep = std::min(max_sleep, sleep * 2);
-  }
-  if (len > INT_MAX) return make_error(ErrorCode::invalid_argument, "bcast_small_idle: value over 2 GiB");
-  value.resize(static_cast<size_t>(len));
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm, &req),
-                                "MPI_Ibcast"));
-  return mpi_status(MPI_Wait(&req, MPI_STATUS_IGNORE), "MPI_Wait");
-}
-
 namespace {
 
 // Completes a nonblocking collective the way a blocking call would (spinning on MPI_Test), except
@@ -462,6 +422,48 @@ Status wait_or_abandon(MPI_Request& req, const std::function<bool()>& still_want
 }
 
 }  // namespace
+
+Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep,
+                                  const std::function<bool()>& still_wanted) {
+  ZR_RETURN_IF_ERROR(usable("bcast_small_idle"));
+  if (root < 0 || root >= impl_->size)
+    return make_error(ErrorCode::invalid_argument, "bcast_small_idle: root " + std::to_string(root) + " not in the group");
+  unsigned long long len = value.size();
+  MPI_Request req;
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, impl_->comm, &req), "MPI_Ibcast"));
+  // Between two steps of a busy engine the leader samples and schedules (micro- to milliseconds):
+  // spin briefly, then poll every 50 us (a wake-up that late delays the step by that much), and
+  // only once the leader has been quiet for 20 ms back off towards max_sleep (an idle engine).
+  const auto start = Clock::now();
+  auto sleep = std::chrono::microseconds(50);
+  auto next_check = start + std::chrono::seconds(1);
+  for (;;) {
+    int done = 0;
+    ZR_RETURN_IF_ERROR(mpi_status(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test"));
+    if (done) break;
+    const auto now = Clock::now();
+    if (still_wanted && now >= next_check) {
+      if (!still_wanted()) {
+        impl_->poisoned = true;
+        impl_->poison_reason = "bcast_small_idle abandoned: a peer is gone";
+        impl_->pending.push_back(req);
+        return make_error(ErrorCode::unavailable, "bcast_small_idle: gave up waiting (a peer is gone)");
+      }
+      next_check = Clock::now() + std::chrono::seconds(1);
+    }
+    const auto idle = now - start;
+    if (idle < std::chrono::microseconds(50)) continue;
+    std::this_thread::sleep_for(sleep);
+    if (idle > milliseconds(20)) sleep = std::min(max_sleep, sleep * 2);
+  }
+  if (len > INT_MAX) return make_error(ErrorCode::invalid_argument, "bcast_small_idle: value over 2 GiB");
+  value.resize(static_cast<size_t>(len));
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm, &req),
+                                "MPI_Ibcast"));
+  // The value is small, but a root cannot finish sending it to a dead rank either.
+  return wait_or_abandon(req, still_wanted, *impl_, "MPI_Ibcast");
+}
+
 
 Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out, const std::function<bool()>& still_wanted) {
   ZR_RETURN_IF_ERROR(usable("allgather_bytes"));

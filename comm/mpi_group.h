@@ -81,9 +81,10 @@ class MpiGroup {
   Status bcast_small(std::string& value, int root);
   // bcast_small for a receiver that may wait long (a tensor-parallel follower between steps):
   // spins briefly, then sleeps in steps growing up to `max_sleep`, so an idle wait costs no core.
-  // still_wanted (optional) is asked about once a second while nothing arrives; false ends the wait
-  // with unavailable (e.g. the root's process is gone). The broadcast stays posted: the caller must
-  // not use the group again (it is poisoned).
+  // still_wanted (optional) is asked about once a second while the broadcast is stuck; false ends
+  // the wait with unavailable (on a receiver: the root's process is gone; on the root: a receiver's
+  // is, and the root cannot finish sending). The broadcast stays posted: the caller must not use
+  // the group again (it is poisoned).
   Status bcast_small_idle(std::string& value, int root, std::chrono::microseconds max_sleep,
                           const std::function<bool()>& still_wanted = {});
 
