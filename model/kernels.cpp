@@ -141,9 +141,9 @@ void attention_scores(const float* q, int hd, const float* const* kt_blocks, int
 }
 
 void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                      float* out) {
-  if (using_avx512()) return detail::attention_values_avx512(p, v_blocks, bs, v_stride, n, hd, out);
-  std::fill(out, out + hd, 0.0f);
+                      float* out, bool accumulate) {
+  if (using_avx512()) return detail::attention_values_avx512(p, v_blocks, bs, v_stride, n, hd, out, accumulate);
+  if (!accumulate) std::fill(out, out + hd, 0.0f);
   for (int j = 0; j < n; ++j) {
     const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride;
     for (int i = 0; i < hd; ++i) out[i] = std::fma(p[j], v[i], out[i]);

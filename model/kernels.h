@@ -49,9 +49,10 @@ float dot(const float* a, const float* b, int n);
 void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
                       float* scores);
 // out[i] = sum_j p[j] * v_j[i] (sequential FMA chain over j); value j, dim i is at
-// v_blocks[j / bs][(j % bs) * v_stride + i].
+// v_blocks[j / bs][(j % bs) * v_stride + i]. With accumulate, the chain continues from out[i]
+// (positions split into runs give the bits of one call over all of them).
 void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                      float* out);
+                      float* out, bool accumulate = false);
 
 // out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out);

@@ -152,16 +152,16 @@ void attention_scores_avx512(const float* q, int hd, const float* const* kt_bloc
 }
 
 void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                             float* out) {
+                             float* out, bool accumulate) {
   constexpr int kGroup = 8;  // up to 8 x 16 dims accumulate in registers per pass over positions
   for (int g = 0; g < hd; g += kGroup * kLanes) {
     const int chunks = std::min(kGroup, (hd - g + kLanes - 1) / kLanes);
     __m512 acc[kGroup];
     __mmask16 mask[kGroup];
     for (int c = 0; c < chunks; ++c) {
-      acc[c] = _mm512_setzero_ps();
       int lanes = std::min(kLanes, hd - g - c * kLanes);
       mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
+      acc[c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + g + c * kLanes) : _mm512_setzero_ps();
     }
     for (int j = 0; j < n; ++j) {
       const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride + g;

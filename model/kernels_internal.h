@@ -16,6 +16,6 @@ float dot_avx512(const float* a, const float* b, int n);
 void attention_scores_avx512(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
                              float* scores);
 void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                             float* out);
+                             float* out, bool accumulate);
 
 }  // namespace zr::kernels::detail

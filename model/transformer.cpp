@@ -76,48 +76,70 @@ void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
 
 // Causal attention of one query row and head over positions [0, pos] of its sequence.
 // scratch: at least pos + 1 floats for scores plus room for the block pointers.
-void Transformer::attend_row(int layer, const SeqChunk& ch, int row, int pos, int head, AttnScratch& sc) {
+// Heads [h0, h1) of one row. A KV block holds every KV head of its positions contiguously (keys
+// [kv head][dim][slot], values [slot][kv dim]), so walking the blocks once for all these heads
+// reads the sequence's K, then its V, as two linear streams (head by head they would be strided).
+// Per (row, head) the arithmetic is the one of kernels::attention_*: the same FMA chains in the
+// same order (values continue their chain across blocks), so the bits do not depend on the split.
+void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, int h0, int h1, AttnScratch& sc) {
   const ModelConfig& c = lc_;
   const int hd = c.head_dim, kvd = c.kv_dim(), bs = kv_->block_size();
-  const int kvh = head / (c.num_heads / c.num_kv_heads);
+  const int group = c.num_heads / c.num_kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const float* q = &q_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
   const int n = pos + 1, blocks = kv_->blocks_for(n);
-  sc.kt.resize(blocks);
-  sc.v.resize(blocks);
+  sc.scores.resize(static_cast<size_t>(h1 - h0) * n);
+  const float* q = &q_[static_cast<size_t>(row) * c.q_dim()];
+  float* out = &att_[static_cast<size_t>(row) * c.q_dim()];
   for (int b = 0; b < blocks; ++b) {
-    int id = (*ch.block_table)[b];
-    sc.kt[b] = kv_->keys(layer, id) + static_cast<size_t>(kvh) * hd * bs;
-    sc.v[b] = kv_->values(layer, id) + static_cast<size_t>(kvh) * hd;
+    const float* keys = kv_->keys(layer, (*ch.block_table)[b]);
+    const int nb = std::min(bs, n - b * bs);
+    for (int h = h0; h < h1; ++h) {
+      const float* kt = keys + static_cast<size_t>(h / group) * hd * bs;
+      kernels::attention_scores(q + static_cast<size_t>(h) * hd, hd, &kt, bs, nb, scale,
+                                &sc.scores[static_cast<size_t>(h - h0) * n + static_cast<size_t>(b) * bs]);
+    }
   }
-  sc.scores.resize(n);
-  float* scores = sc.scores.data();
-  kernels::attention_scores(q, hd, sc.kt.data(), bs, n, scale, scores);
-  float mx = -INFINITY;
-  for (int j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
-  double sum = 0.0;
-  for (int j = 0; j < n; ++j) {
-    scores[j] = std::exp(scores[j] - mx);
-    sum += scores[j];
+  for (int h = h0; h < h1; ++h) {
+    float* scores = &sc.scores[static_cast<size_t>(h - h0) * n];
+    float mx = -INFINITY;
+    for (int j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
+    double sum = 0.0;
+    for (int j = 0; j < n; ++j) {
+      scores[j] = std::exp(scores[j] - mx);
+      sum += scores[j];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int j = 0; j < n; ++j) scores[j] *= inv;
   }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int j = 0; j < n; ++j) scores[j] *= inv;
-  float* out = &att_[static_cast<size_t>(row) * c.q_dim() + static_cast<size_t>(head) * hd];
-  kernels::attention_values(scores, sc.v.data(), bs, kvd, n, hd, out);
+  for (int b = 0; b < blocks; ++b) {
+    const float* values = kv_->values(layer, (*ch.block_table)[b]);
+    const int nb = std::min(bs, n - b * bs);
+    for (int h = h0; h < h1; ++h) {
+      const float* v = values + static_cast<size_t>(h / group) * hd;
+      kernels::attention_values(&sc.scores[static_cast<size_t>(h - h0) * n + static_cast<size_t>(b) * bs], &v, bs,
+                                kvd, nb, hd, out + static_cast<size_t>(h) * hd, /*accumulate=*/b > 0);
+    }
+  }
 }
 
 void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
   const ModelConfig& c = lc_;
   const int n_rows = static_cast<int>(rows_.size());
-  const int total = n_rows * c.num_heads;
+  // Whole rows when there are enough of them to keep every thread busy; else rows are cut into
+  // runs of heads (a KV head's query heads stay together, they read the same K and V).
+  const int group = c.num_heads / c.num_kv_heads;
+  const int want = pool_->size() * 4;
+  const int splits = n_rows >= want ? 1 : std::min(c.num_kv_heads, (want + n_rows - 1) / n_rows);
+  const int total = n_rows * splits;
   const int tasks = std::min(total, pool_->size() * 8);
   pool_->parallel_for(tasks, [&](int t) {
     thread_local AttnScratch scratch;
     int a = static_cast<int>(static_cast<int64_t>(total) * t / tasks);
     int b = static_cast<int>(static_cast<int64_t>(total) * (t + 1) / tasks);
     for (int i = a; i < b; ++i) {
-      int r = i / c.num_heads, h = i % c.num_heads;
-      attend_row(layer, batch[rows_[r].seq], r, rows_[r].pos, h, scratch);
+      const int r = i / splits, s = i % splits;
+      const int h0 = c.num_kv_heads * s / splits * group, h1 = c.num_kv_heads * (s + 1) / splits * group;
+      attend_heads(layer, batch[rows_[r].seq], r, rows_[r].pos, h0, h1, scratch);
     }
   });
 }

@@ -47,10 +47,9 @@ class Transformer {
   void resize(int rows);
   void attention_layer(int layer, std::span<const SeqChunk> batch);
   struct AttnScratch {  // per pool thread
-    std::vector<float> scores;
-    std::vector<const float*> kt, v;  // per KV block of the sequence
+    std::vector<float> scores;  // [head - h0][position]
   };
-  void attend_row(int layer, const SeqChunk& chunk, int row, int pos, int head, AttnScratch& sc);
+  void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
   void write_kv(int layer, std::span<const SeqChunk> batch);
 
   void project_logits(int out_rows, std::vector<float>& logits);

@@ -157,5 +157,54 @@ TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(sep[i].data(), grp[i].data(), sep[i].size() * 4)) << i;
 }
 
+// Attention over a sequence's KV blocks: scores computed block by block and values accumulated
+// block by block (how the transformer walks all heads of a row at once) give the bits of one call
+// over the whole sequence, on both ISA paths, and both paths agree.
+TEST(Kernels, AttentionSplitIntoBlocksGivesTheBitsOfOneCall) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int bs : {4, 16, 32}) {
+    const int hd = 72, stride = 3 * hd, n = 5 * bs + 3, blocks = (n + bs - 1) / bs;
+    std::vector<std::vector<float>> kt(blocks, std::vector<float>(static_cast<size_t>(hd) * bs)),
+        v(blocks, std::vector<float>(static_cast<size_t>(bs) * stride));
+    std::vector<const float*> ktp, vp;
+    for (int b = 0; b < blocks; ++b) {
+      for (auto& x : kt[b]) x = nd(rng);
+      for (auto& x : v[b]) x = nd(rng);
+      ktp.push_back(kt[b].data());
+      vp.push_back(v[b].data());
+    }
+    std::vector<float> q(hd), p(n);
+    for (auto& x : q) x = nd(rng);
+    for (auto& x : p) x = std::abs(nd(rng));
+    std::vector<float> first_scores, first_out;
+    for (bool portable : {false, true}) {
+      SCOPED_TRACE(portable ? "portable" : "avx512 when available");
+      kernels::force_portable(portable);
+      std::vector<float> whole(n), split(n), out(hd), acc(hd, 123.0f);
+      kernels::attention_scores(q.data(), hd, ktp.data(), bs, n, 0.125f, whole.data());
+      kernels::attention_values(p.data(), vp.data(), bs, stride, n, hd, out.data());
+      for (int b = 0; b < blocks; ++b) {
+        const int nb = std::min(bs, n - b * bs);
+        kernels::attention_scores(q.data(), hd, &ktp[b], bs, nb, 0.125f, &split[static_cast<size_t>(b) * bs]);
+        kernels::attention_values(&p[static_cast<size_t>(b) * bs], &vp[b], bs, stride, nb, hd, acc.data(), b > 0);
+      }
+      kernels::force_portable(false);
+      EXPECT_EQ(0, std::memcmp(whole.data(), split.data(), n * sizeof(float))) << "bs=" << bs;
+      EXPECT_EQ(0, std::memcmp(out.data(), acc.data(), hd * sizeof(float))) << "bs=" << bs;
+      if (first_scores.empty()) {
+        first_scores = whole;
+        first_out = out;
+      } else {
+        EXPECT_EQ(first_scores, whole) << "bs=" << bs;
+        EXPECT_EQ(first_out, out) << "bs=" << bs;
+      }
+      double ref = 0;  // the first value dimension against double precision
+      for (int j = 0; j < n; ++j) ref += static_cast<double>(p[j]) * v[j / bs][static_cast<size_t>(j % bs) * stride];
+      EXPECT_NEAR(out[0], ref, 1e-4 * n);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace zr
