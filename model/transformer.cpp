@@ -62,16 +62,27 @@ void Transformer::resize(int rows) {
   grow(hb2_, c.intermediate_size);
 }
 
-void Transformer::write_kv(int layer, std::span<const SeqChunk> batch) {
+void Transformer::write_kv_row(int layer, const SeqChunk& ch, int r, int pos) {
   const int kvd = lc_.kv_dim(), bs = kv_->block_size();
-  for (size_t r = 0; r < rows_.size(); ++r) {
-    const SeqChunk& ch = batch[rows_[r].seq];
-    int pos = rows_[r].pos;
-    int block = (*ch.block_table)[pos / bs], off = pos % bs;
-    float* kt = kv_->keys(layer, block) + off;  // transposed: dim d of this position at kt[d * bs]
-    for (int d = 0; d < kvd; ++d) kt[static_cast<size_t>(d) * bs] = k_[r * kvd + d];
-    std::copy_n(&v_[r * kvd], kvd, kv_->values(layer, block) + static_cast<size_t>(off) * kvd);
+  int block = (*ch.block_table)[pos / bs], off = pos % bs;
+  float* kt = kv_->keys(layer, block) + off;  // transposed: dim d of this position at kt[d * bs]
+  for (int d = 0; d < kvd; ++d) kt[static_cast<size_t>(d) * bs] = k_[static_cast<size_t>(r) * kvd + d];
+  std::copy_n(&v_[static_cast<size_t>(r) * kvd], kvd, kv_->values(layer, block) + static_cast<size_t>(off) * kvd);
+}
+
+template <class F>
+void Transformer::for_rows(int rows, F&& fn) {
+  constexpr int kMinRows = 8;  // below this the rows' work (a few microseconds) is not worth a hand-off
+  if (rows < kMinRows || pool_->size() == 1) {
+    for (int r = 0; r < rows; ++r) fn(r);
+    return;
   }
+  const int tasks = std::min(rows, pool_->size() * 2);
+  pool_->parallel_for(tasks, [&](int t) {
+    const int a = static_cast<int>(static_cast<int64_t>(rows) * t / tasks);
+    const int b = static_cast<int>(static_cast<int64_t>(rows) * (t + 1) / tasks);
+    for (int r = a; r < b; ++r) fn(r);
+  });
 }
 
 // Causal attention of one query row and head over positions [0, pos] of its sequence.
@@ -159,40 +170,47 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     embed_row(emb, batch[rows_[r].seq].tokens[rows_[r].pos - batch[rows_[r].seq].start_pos], d,
               &x_[static_cast<size_t>(r) * d]);
 
+  const size_t qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.intermediate_size;
   for (int l = 0; l < c.num_layers; ++l) {
     const float* an = w_->get(TensorRole::attn_norm, l).f32();
-    for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], an, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
+    for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * size_t(d)], an, d, c.rms_norm_eps, &xb_[r * size_t(d)]); });
     kernels::matmul_group(xb_.data(), T,
                           {{&w_->get(TensorRole::wq, l), q_.data()}, {&w_->get(TensorRole::wk, l), k_.data()},
                            {&w_->get(TensorRole::wv, l), v_.data()}},
                           pool_);
-    if (c.qkv_bias) {
-      add_bias(q_.data(), T, c.q_dim(), w_->get(TensorRole::bq, l));
-      add_bias(k_.data(), T, c.kv_dim(), w_->get(TensorRole::bk, l));
-      add_bias(v_.data(), T, c.kv_dim(), w_->get(TensorRole::bv, l));
-    }
-    for (int r = 0; r < T; ++r) {
+    for_rows(T, [&](int r) {
+      float* q = &q_[r * qd];
+      float* k = &k_[r * kvd];
+      if (c.qkv_bias) {
+        add_bias(q, 1, c.q_dim(), w_->get(TensorRole::bq, l));
+        add_bias(k, 1, c.kv_dim(), w_->get(TensorRole::bk, l));
+        add_bias(&v_[r * kvd], 1, c.kv_dim(), w_->get(TensorRole::bv, l));
+      }
       const float* cs = &rope_cos_[static_cast<size_t>(rows_[r].pos) * half];
       const float* sn = &rope_sin_[static_cast<size_t>(rows_[r].pos) * half];
-      for (int h = 0; h < c.num_heads; ++h) kernels::rope_rotate(&q_[r * size_t(c.q_dim()) + h * hd], hd, cs, sn);
-      for (int h = 0; h < c.num_kv_heads; ++h) kernels::rope_rotate(&k_[r * size_t(c.kv_dim()) + h * hd], hd, cs, sn);
-    }
-    write_kv(l, batch);
+      for (int h = 0; h < c.num_heads; ++h) kernels::rope_rotate(q + h * hd, hd, cs, sn);
+      for (int h = 0; h < c.num_kv_heads; ++h) kernels::rope_rotate(k + h * hd, hd, cs, sn);
+      write_kv_row(l, batch[rows_[r].seq], r, rows_[r].pos);
+    });
     attention_layer(l, batch);
     kernels::matmul(att_.data(), T, w_->get(TensorRole::wo, l), xb_.data(), pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
-    for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
-
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
-    for (int r = 0; r < T; ++r) kernels::rmsnorm(&x_[r * size_t(d)], fn, d, c.rms_norm_eps, &xb_[r * size_t(d)]);
+    for_rows(T, [&](int r) {
+      float* x = &x_[r * size_t(d)];
+      float* xb = &xb_[r * size_t(d)];
+      for (int i = 0; i < d; ++i) x[i] += xb[i];
+      kernels::rmsnorm(x, fn, d, c.rms_norm_eps, xb);
+    });
     kernels::matmul_group(xb_.data(), T,
                           {{&w_->get(TensorRole::w_gate, l), hb_.data()}, {&w_->get(TensorRole::w_up, l), hb2_.data()}},
                           pool_);
-    size_t ffn_elems = static_cast<size_t>(T) * c.intermediate_size;
-    kernels::silu_mul(hb_.data(), hb2_.data(), static_cast<int>(ffn_elems), hb_.data());
+    for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ffn], &hb2_[r * ffn], static_cast<int>(ffn), &hb_[r * ffn]); });
     kernels::matmul(hb_.data(), T, w_->get(TensorRole::w_down, l), xb_.data(), pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
-    for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
+    for_rows(T, [&](int r) {
+      for (size_t i = r * size_t(d); i < (r + 1) * size_t(d); ++i) x_[i] += xb_[i];
+    });
   }
 
   // Final norm and the vocabulary projection, only for the rows whose logits are wanted.

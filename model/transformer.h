@@ -50,7 +50,11 @@ class Transformer {
     std::vector<float> scores;  // [head - h0][position]
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
-  void write_kv(int layer, std::span<const SeqChunk> batch);
+  void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos);
+  // fn(r) for every row r in [0, rows): on the pool when there are enough rows to pay for the
+  // hand-off, else on this thread. Row work is a pure function of the row (any split, same bits).
+  template <class F>
+  void for_rows(int rows, F&& fn);
 
   void project_logits(int out_rows, std::vector<float>& logits);
 
