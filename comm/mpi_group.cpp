@@ -98,12 +98,31 @@ struct PipelineState {
 
 constexpr size_t kMaxInFlight = 2;
 
+// How the root waits for its buckets to complete. Over shared memory (vader with CMA) a receiver
+// copies a bucket out of the root's memory itself, inside its own MPI call; the root only posts
+// buckets (kMaxInFlight, i.e. one bucket's transfer time ahead) and notices completions, so it polls
+// with short sleeps instead of spinning: a spinning root took a whole core (~128 ms of CPU per
+// 512 MiB transfer) from a receiver whose copy (MPI) and on_bucket checksum run on two threads, and
+// on a 2-core host that cost np=2 10-20% against one plain MPI_Bcast (bench/bench_weight_sync.cpp).
+// The sleep is scaled to the bucket: ~1/10 of its time at 32 GB/s, at most
+// 200 us (a tcp root then still refills its socket buffers often enough for ~20 GB/s); buckets too
+// small for a 10 us sleep keep the spinning Backoff.
+std::chrono::microseconds root_poll_interval(size_t bucket_bytes) {
+  constexpr size_t kBytesPerMicrosecond = 32 * 1000;  // 32 GB/s
+  auto us = std::chrono::microseconds(std::min<size_t>(200, bucket_bytes / kBytesPerMicrosecond / 10));
+  return us >= std::chrono::microseconds(10) ? us : std::chrono::microseconds(0);
+}
+
 // Runs on the helper thread: posts one MPI_Ibcast per bucket, keeping at most kMaxInFlight posted
 // and not yet consumed, and tests the oldest one until it completes or the deadline passes.
+// Every rank posts the first min(n, kMaxInFlight) at once: a rank that fails early has then posted
+// the same broadcasts as its peers, which drain() relies on.
 class BucketBroadcaster {
  public:
-  BucketBroadcaster(MPI_Comm comm, char* data, BucketPlan plan, int root, milliseconds timeout, PipelineState& st)
-      : comm_(comm), data_(data), plan_(plan), root_(root), timeout_(timeout), st_(st) {}
+  BucketBroadcaster(MPI_Comm comm, char* data, BucketPlan plan, int root, bool is_root, milliseconds timeout,
+                    PipelineState& st)
+      : comm_(comm), data_(data), plan_(plan), root_(root), timeout_(timeout), st_(st),
+        root_poll_(is_root ? root_poll_interval(plan.bucket) : std::chrono::microseconds(0)) {}
 
   void run() {
     const size_t n = plan_.count();
@@ -140,7 +159,8 @@ class BucketBroadcaster {
       }
       Clock::duration idle = Clock::now() - last;
       if (idle >= timeout_) return finish(make_error(ErrorCode::timeout, timeout_text()));
-      backoff.pause(idle);
+      if (root_poll_.count() > 0) std::this_thread::sleep_for(root_poll_);
+      else backoff.pause(idle);
     }
   }
 
@@ -195,6 +215,7 @@ class BucketBroadcaster {
   int root_;
   milliseconds timeout_;
   PipelineState& st_;
+  std::chrono::microseconds root_poll_;  // 0: spin with Backoff
   std::deque<MPI_Request> inflight_;
   size_t posted_ = 0;
   size_t completed_ = 0;
@@ -515,7 +536,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
                                      const BucketCallback& on_bucket) {
   BucketPlan plan{bytes, bucket_bytes};
   PipelineState st;
-  BucketBroadcaster caster(impl_->comm, data, plan, root, timeout, st);
+  BucketBroadcaster caster(impl_->comm, data, plan, root, impl_->rank == root, timeout, st);
   std::thread helper([&caster] { caster.run(); });
   std::exception_ptr thrown;
   for (size_t k = 0; k < plan.count(); ++k) {
