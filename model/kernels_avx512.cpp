@@ -120,20 +120,35 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
     for (int n = n0; n < n1; ++n) one(x, ldx, w, K, n, y, ldy);
     return;
   }
+  // Several row tiles: while the row tiles run over one column block (from L2), the next block's
+  // weights are prefetched into L2, a slice before each tile, so the first row tile of the next
+  // block does not wait on DRAM. A single row tile has nothing to hide the stream behind; it
+  // prefetches the next weight tile instead.
+  const size_t esize = bf16 ? 2 : 4;
+  const int mtiles = (M + kMR - 1) / kMR;
+  bool block_in_l2 = false;
   for (int nb = n0; nb < n1; nb += kNB) {
     int ne = std::min(nb + kNB, n1);
+    const char* next = static_cast<const char*>(w) + static_cast<size_t>(ne) * K * esize;
+    const size_t next_bytes = static_cast<size_t>(std::min(ne + kNB, n1) - ne) * K * esize;
+    const int slots = (mtiles - 1) * ((ne - nb + kNR - 1) / kNR);
+    const size_t slice = slots > 0 ? (next_bytes / 64 / slots + 1) * 64 : 0;
+    size_t fetched = 0;
     for (int m = 0; m < M; m += kMR) {
       int mr = std::min(kMR, M - m);
       const float* xm = x + static_cast<size_t>(m) * ldx;
       float* ym = y + static_cast<size_t>(m) * ldy;
       for (int n = nb; n < ne; n += kNR) {
         int nr = std::min(kNR, ne - n);
-        // The first row tile brings each weight tile in (prefetching the next one, while it
-        // exists in this slice); later row tiles find it in cache.
-        bool pf = m == 0 && n + 2 * kNR <= n1;
+        if (m > 0 && fetched < next_bytes) {
+          const size_t end = std::min(next_bytes, fetched + slice);
+          for (; fetched < end; fetched += 64) _mm_prefetch(next + fetched, _MM_HINT_T1);
+        }
+        bool pf = m == 0 && !block_in_l2 && n + 2 * kNR <= n1;
         (pf ? table_pf : table)[mr - 1][nr - 1](xm, ldx, w, K, n, ym, ldy);
       }
     }
+    block_in_l2 = mtiles > 1;
   }
 }
 
