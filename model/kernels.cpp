@@ -105,20 +105,28 @@ void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool) 
   matmul(x, M, K, K, w.data, w.dtype, 0, N, y, N, pool);
 }
 
-void matmul_group(const float* x, int M, std::initializer_list<MatmulOut> outs, ThreadPool* pool) {
+void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, ThreadPool* pool) {
+  ZR_CHECK(w.shape.size() == 2);
+  int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
+  matmul(x, M, K, ldx, w.data, w.dtype, 0, N, y, ldy, pool);
+}
+
+void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool) {
   auto block = using_avx512() ? detail::matmul_avx512 : detail::matmul_portable;
   struct Piece {
     const Weight* w;
     float* y;
+    int ldy;
     int begin;  // first column of this weight in the combined range
   };
   std::vector<Piece> pieces;
   int total = 0;
   for (const MatmulOut& o : outs) {
-    pieces.push_back({o.w, o.y, total});
+    pieces.push_back({o.w, o.y, o.ldy > 0 ? o.ldy : static_cast<int>(o.w->shape[0]), total});
     total += static_cast<int>(o.w->shape[0]);
   }
   const int K = static_cast<int>(pieces[0].w->shape[1]);
+  if (ldx <= 0) ldx = K;
   int tasks = pool ? std::min(pool->size() * tasks_per_thread(M), std::max(1, total / 48)) : 1;
   int per = ((total + tasks - 1) / tasks + 47) / 48 * 48;
   auto run = [&](int t) {
@@ -126,7 +134,7 @@ void matmul_group(const float* x, int M, std::initializer_list<MatmulOut> outs, 
     for (const Piece& p : pieces) {  // the part of [a, b) that falls in this weight
       int n = static_cast<int>(p.w->shape[0]);
       int lo = std::max(a, p.begin) - p.begin, hi = std::min(b, p.begin + n) - p.begin;
-      if (lo < hi) block(x, M, K, K, p.w->data, p.w->dtype, lo, hi, p.y, n);
+      if (lo < hi) block(x, M, K, ldx, p.w->data, p.w->dtype, lo, hi, p.y, p.ldy);
     }
   };
   if (tasks <= 1) return run(0);
@@ -146,6 +154,13 @@ void attention_scores(const float* q, int hd, const float* const* kt_blocks, int
     for (int i = 0; i < hd; ++i) acc = std::fma(q[i], kt[static_cast<size_t>(i) * bs], acc);
     scores[j] = acc * scale;
   }
+}
+
+void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int bs, int nb, float scale,
+                            float* scores, size_t score_stride) {
+  if (using_avx512()) return detail::attention_scores_heads_avx512(q, hd, heads, kt, bs, nb, scale, scores, score_stride);
+  for (int h = 0; h < heads; ++h)
+    attention_scores(q + static_cast<size_t>(h) * hd, hd, &kt[h], bs, nb, scale, scores + h * score_stride);
 }
 
 void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,

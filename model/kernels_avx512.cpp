@@ -166,25 +166,91 @@ void attention_scores_avx512(const float* q, int hd, const float* const* kt_bloc
   }
 }
 
+namespace {
+
+// Dims [g, g + dims) (at most C x 16) of out for positions [0, n): the accumulators stay in registers (C is a
+// compile-time count), and the walk goes block by block, so no division per position.
+template <int C>
+void values_chunks(const float* p, const float* const* v_blocks, int g, int bs, int v_stride, int n, int dims,
+                   float* out, bool accumulate) {
+  __m512 acc[C];
+  __mmask16 mask[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const int lanes = std::min(kLanes, dims - c * kLanes);
+    mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
+    acc[c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + c * kLanes) : _mm512_setzero_ps();
+  }
+  for (int j0 = 0, b = 0; j0 < n; j0 += bs, ++b) {
+    const float* vb = v_blocks[b] + g;
+    const int nb = std::min(bs, n - j0);
+    for (int j = 0; j < nb; ++j) {
+      const float* v = vb + static_cast<size_t>(j) * v_stride;
+      const __m512 pj = _mm512_set1_ps(p[j0 + j]);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], v + c * kLanes), acc[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(out + c * kLanes, mask[c], acc[c]);
+}
+
+// T heads at once against one block: T independent FMA chains in flight instead of one.
+template <int T>
+void scores_heads(const float* q, int hd, const float* const* kt, int bs, int nb, float scale, float* scores,
+                  size_t score_stride) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int j0 = 0; j0 < nb; j0 += kLanes) {
+    const int lanes = std::min(kLanes, nb - j0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
+    __m512 acc[T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < hd; ++i) {
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t)
+        acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(q[static_cast<size_t>(t) * hd + i]),
+                                 _mm512_maskz_loadu_ps(mask, kt[t] + static_cast<size_t>(i) * bs + j0), acc[t]);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(scores + t * score_stride + j0, mask, _mm512_mul_ps(acc[t], vscale));
+  }
+}
+
+}  // namespace
+
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int bs, int nb,
+                                   float scale, float* scores, size_t score_stride) {
+  int h = 0;
+  for (; h + 4 <= heads; h += 4)
+    scores_heads<4>(q + static_cast<size_t>(h) * hd, hd, kt + h, bs, nb, scale, scores + h * score_stride, score_stride);
+  const float* qh = q + static_cast<size_t>(h) * hd;
+  float* sh = scores + h * score_stride;
+  switch (heads - h) {
+    case 3: return scores_heads<3>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
+    case 2: return scores_heads<2>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
+    case 1: return scores_heads<1>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
+    default: return;
+  }
+}
+
 void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
                              float* out, bool accumulate) {
   constexpr int kGroup = 8;  // up to 8 x 16 dims accumulate in registers per pass over positions
   for (int g = 0; g < hd; g += kGroup * kLanes) {
-    const int chunks = std::min(kGroup, (hd - g + kLanes - 1) / kLanes);
-    __m512 acc[kGroup];
-    __mmask16 mask[kGroup];
-    for (int c = 0; c < chunks; ++c) {
-      int lanes = std::min(kLanes, hd - g - c * kLanes);
-      mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
-      acc[c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + g + c * kLanes) : _mm512_setzero_ps();
+    const int dims = std::min(kGroup * kLanes, hd - g);
+    const int chunks = (dims + kLanes - 1) / kLanes;
+    switch (chunks) {
+      case 1: values_chunks<1>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 2: values_chunks<2>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 3: values_chunks<3>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 4: values_chunks<4>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 5: values_chunks<5>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 6: values_chunks<6>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      case 7: values_chunks<7>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+      default: values_chunks<8>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
     }
-    for (int j = 0; j < n; ++j) {
-      const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride + g;
-      const __m512 pj = _mm512_set1_ps(p[j]);
-      for (int c = 0; c < chunks; ++c)
-        acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], v + c * kLanes), acc[c]);
-    }
-    for (int c = 0; c < chunks; ++c) _mm512_mask_storeu_ps(out + g + c * kLanes, mask[c], acc[c]);
   }
 }
 

@@ -33,6 +33,9 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
   const TpShard shard = tp ? tp->shard() : TpShard{};
   lc_ = local_config(c, shard);
   layout_ = tp_layout(c, shard);
+  ld_d_ = kernels::padded_stride(lc_.hidden_size);
+  ld_q_ = kernels::padded_stride(lc_.q_dim());
+  ld_ffn_ = kernels::padded_stride(lc_.intermediate_size);
   int half = c.head_dim / 2;
   rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
   rope_sin_.resize(rope_cos_.size());
@@ -52,14 +55,14 @@ void Transformer::resize(int rows) {
     size_t need = static_cast<size_t>(rows) * width;
     if (v.size() < need) v.resize(need);
   };
-  grow(x_, c.hidden_size);
-  grow(xb_, c.hidden_size);
-  grow(q_, c.q_dim());
+  grow(x_, ld_d_);
+  grow(xb_, ld_d_);
+  grow(q_, ld_q_);
   grow(k_, c.kv_dim());
   grow(v_, c.kv_dim());
-  grow(att_, c.q_dim());
-  grow(hb_, c.intermediate_size);
-  grow(hb2_, c.intermediate_size);
+  grow(att_, ld_q_);
+  grow(hb_, ld_ffn_);
+  grow(hb2_, ld_ffn_);
 }
 
 void Transformer::write_kv_row(int layer, const SeqChunk& ch, int r, int pos) {
@@ -99,16 +102,15 @@ void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const int n = pos + 1, blocks = kv_->blocks_for(n);
   sc.scores.resize(static_cast<size_t>(h1 - h0) * n);
-  const float* q = &q_[static_cast<size_t>(row) * c.q_dim()];
-  float* out = &att_[static_cast<size_t>(row) * c.q_dim()];
+  sc.kt.resize(h1 - h0);
+  const float* q = &q_[static_cast<size_t>(row) * ld_q_];
+  float* out = &att_[static_cast<size_t>(row) * ld_q_];
   for (int b = 0; b < blocks; ++b) {
     const float* keys = kv_->keys(layer, (*ch.block_table)[b]);
     const int nb = std::min(bs, n - b * bs);
-    for (int h = h0; h < h1; ++h) {
-      const float* kt = keys + static_cast<size_t>(h / group) * hd * bs;
-      kernels::attention_scores(q + static_cast<size_t>(h) * hd, hd, &kt, bs, nb, scale,
-                                &sc.scores[static_cast<size_t>(h - h0) * n + static_cast<size_t>(b) * bs]);
-    }
+    for (int h = h0; h < h1; ++h) sc.kt[h - h0] = keys + static_cast<size_t>(h / group) * hd * bs;
+    kernels::attention_scores_heads(q + static_cast<size_t>(h0) * hd, hd, h1 - h0, sc.kt.data(), bs, nb, scale,
+                                    &sc.scores[static_cast<size_t>(b) * bs], n);
   }
   for (int h = h0; h < h1; ++h) {
     float* scores = &sc.scores[static_cast<size_t>(h - h0) * n];
@@ -168,18 +170,19 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   const Weight& emb = w_->get(TensorRole::embed);
   for (int r = 0; r < T; ++r)
     embed_row(emb, batch[rows_[r].seq].tokens[rows_[r].pos - batch[rows_[r].seq].start_pos], d,
-              &x_[static_cast<size_t>(r) * d]);
+              &x_[static_cast<size_t>(r) * ld_d_]);
 
-  const size_t qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.intermediate_size;
+  const size_t ldd = ld_d_, ldq = ld_q_, ldf = ld_ffn_, kvd = c.kv_dim();
+  const int ffn = c.intermediate_size;
   for (int l = 0; l < c.num_layers; ++l) {
     const float* an = w_->get(TensorRole::attn_norm, l).f32();
-    for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * size_t(d)], an, d, c.rms_norm_eps, &xb_[r * size_t(d)]); });
-    kernels::matmul_group(xb_.data(), T,
-                          {{&w_->get(TensorRole::wq, l), q_.data()}, {&w_->get(TensorRole::wk, l), k_.data()},
+    for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an, d, c.rms_norm_eps, &xb_[r * ldd]); });
+    kernels::matmul_group(xb_.data(), T, ld_d_,
+                          {{&w_->get(TensorRole::wq, l), q_.data(), ld_q_}, {&w_->get(TensorRole::wk, l), k_.data()},
                            {&w_->get(TensorRole::wv, l), v_.data()}},
                           pool_);
     for_rows(T, [&](int r) {
-      float* q = &q_[r * qd];
+      float* q = &q_[r * ldq];
       float* k = &k_[r * kvd];
       if (c.qkv_bias) {
         add_bias(q, 1, c.q_dim(), w_->get(TensorRole::bq, l));
@@ -193,23 +196,24 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
       write_kv_row(l, batch[rows_[r].seq], r, rows_[r].pos);
     });
     attention_layer(l, batch);
-    kernels::matmul(att_.data(), T, w_->get(TensorRole::wo, l), xb_.data(), pool_);
-    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
+    kernels::matmul(att_.data(), T, ld_q_, w_->get(TensorRole::wo, l), xb_.data(), ld_d_, pool_);
+    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);  // the padding sums zeros
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
     for_rows(T, [&](int r) {
-      float* x = &x_[r * size_t(d)];
-      float* xb = &xb_[r * size_t(d)];
+      float* x = &x_[r * ldd];
+      float* xb = &xb_[r * ldd];
       for (int i = 0; i < d; ++i) x[i] += xb[i];
       kernels::rmsnorm(x, fn, d, c.rms_norm_eps, xb);
     });
-    kernels::matmul_group(xb_.data(), T,
-                          {{&w_->get(TensorRole::w_gate, l), hb_.data()}, {&w_->get(TensorRole::w_up, l), hb2_.data()}},
+    kernels::matmul_group(xb_.data(), T, ld_d_,
+                          {{&w_->get(TensorRole::w_gate, l), hb_.data(), ld_ffn_},
+                           {&w_->get(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
                           pool_);
-    for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ffn], &hb2_[r * ffn], static_cast<int>(ffn), &hb_[r * ffn]); });
-    kernels::matmul(hb_.data(), T, w_->get(TensorRole::w_down, l), xb_.data(), pool_);
-    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * d);
+    for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
+    kernels::matmul(hb_.data(), T, ld_ffn_, w_->get(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
+    if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);
     for_rows(T, [&](int r) {
-      for (size_t i = r * size_t(d); i < (r + 1) * size_t(d); ++i) x_[i] += xb_[i];
+      for (size_t i = r * ldd; i < r * ldd + d; ++i) x_[i] += xb_[i];
     });
   }
 
@@ -218,7 +222,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   int out_rows = 0, r0 = 0;
   for (const SeqChunk& ch : batch) {
     for (int i = ch.logits_begin; i < ch.num_tokens; ++i)
-      kernels::rmsnorm(&x_[(r0 + i) * size_t(d)], nw, d, c.rms_norm_eps, &xb_[out_rows++ * size_t(d)]);
+      kernels::rmsnorm(&x_[(r0 + i) * ldd], nw, d, c.rms_norm_eps, &xb_[out_rows++ * ldd]);
     r0 += ch.num_tokens;
   }
   if (out_rows == 0) return;
@@ -233,12 +237,12 @@ void Transformer::project_logits(int out_rows, std::vector<float>& logits) {
   if (!tp_) {
     size_t base = logits.size();
     logits.resize(base + static_cast<size_t>(out_rows) * V);
-    kernels::matmul(xb_.data(), out_rows, head, logits.data() + base, pool_);
+    kernels::matmul(xb_.data(), out_rows, ld_d_, head, logits.data() + base, V, pool_);
     return;
   }
   const int vr = layout_.vocab.size;
   local_logits_.resize(static_cast<size_t>(out_rows) * vr);
-  kernels::matmul(xb_.data(), out_rows, head, local_logits_.data(), pool_);
+  kernels::matmul(xb_.data(), out_rows, ld_d_, head, local_logits_.data(), vr, pool_);
   const TpShard sh = tp_->shard();
   std::vector<size_t> counts(sh.size);
   for (int r = 0; r < sh.size; ++r) counts[r] = static_cast<size_t>(out_rows) * split_range(V, {r, sh.size}).size;

@@ -48,6 +48,7 @@ class Transformer {
   void attention_layer(int layer, std::span<const SeqChunk> batch);
   struct AttnScratch {  // per pool thread
     std::vector<float> scores;  // [head - h0][position]
+    std::vector<const float*> kt;  // [head - h0]: this block's keys of the head's KV head
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
   void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos);
@@ -67,8 +68,10 @@ class Transformer {
   std::vector<float> local_logits_, gathered_;
   std::vector<float> rope_cos_, rope_sin_;  // (max_position_embeddings, head_dim / 2)
   std::vector<Row> rows_;
-  // Activations, (rows, width) row-major.
+  // Activations, (rows, width) row-major; rows that feed a matmul are kernels::padded_stride apart:
+  // x_, xb_ ld_d_ (hidden), q_, att_ ld_q_, hb_, hb2_ ld_ffn_; k_, v_ kv_dim.
   std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
+  int ld_d_ = 0, ld_q_ = 0, ld_ffn_ = 0;
 };
 
 }  // namespace zr

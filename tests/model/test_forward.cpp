@@ -6,6 +6,8 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <tuple>
+#include <utility>
 
 #include "model/kernels.h"
 #include "model/kv_cache.h"
@@ -153,8 +155,22 @@ TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
     grp[i].resize(sep[i].size());
     kernels::matmul(x.data(), M, w[i], sep[i].data(), &pool);
   }
-  kernels::matmul_group(x.data(), M, {{&w[0], grp[0].data()}, {&w[1], grp[1].data()}, {&w[2], grp[2].data()}}, &pool);
+  kernels::matmul_group(x.data(), M, 0, {{&w[0], grp[0].data()}, {&w[1], grp[1].data()}, {&w[2], grp[2].data()}}, &pool);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(sep[i].data(), grp[i].data(), sep[i].size() * 4)) << i;
+
+  // Padded row strides (how the transformer lays out its activations) change no bits.
+  const int ldx = K + 16, ldy = 97 + 5;
+  std::vector<float> xp(static_cast<size_t>(M) * ldx, 7.0f), yp(static_cast<size_t>(M) * ldy, -1.0f);
+  std::vector<float> y2(static_cast<size_t>(M) * ldy, -1.0f);
+  for (int m = 0; m < M; ++m) std::copy_n(&x[static_cast<size_t>(m) * K], K, &xp[static_cast<size_t>(m) * ldx]);
+  kernels::matmul(xp.data(), M, ldx, w[0], yp.data(), ldy, &pool);
+  kernels::matmul_group(xp.data(), M, ldx, {{&w[0], y2.data(), ldy}, {&w[1], grp[1].data()}}, &pool);
+  for (int m = 0; m < M; ++m) {
+    EXPECT_EQ(0, std::memcmp(&sep[0][static_cast<size_t>(m) * 97], &yp[static_cast<size_t>(m) * ldy], 97 * 4)) << m;
+    EXPECT_EQ(0, std::memcmp(&sep[0][static_cast<size_t>(m) * 97], &y2[static_cast<size_t>(m) * ldy], 97 * 4)) << m;
+    EXPECT_EQ(-1.0f, yp[static_cast<size_t>(m) * ldy + 97]) << "the padding is not written";
+  }
+  EXPECT_EQ(0, std::memcmp(sep[1].data(), grp[1].data(), sep[1].size() * 4));
 }
 
 // Attention over a sequence's KV blocks: scores computed block by block and values accumulated
@@ -163,8 +179,8 @@ TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
 TEST(Kernels, AttentionSplitIntoBlocksGivesTheBitsOfOneCall) {
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (int bs : {4, 16, 32}) {
-    const int hd = 72, stride = 3 * hd, n = 5 * bs + 3, blocks = (n + bs - 1) / bs;
+  for (auto [bs, hd] : {std::pair{4, 72}, {16, 72}, {32, 72}, {16, 136}}) {
+    const int stride = 3 * hd, n = 5 * bs + 3, blocks = (n + bs - 1) / bs;
     std::vector<std::vector<float>> kt(blocks, std::vector<float>(static_cast<size_t>(hd) * bs)),
         v(blocks, std::vector<float>(static_cast<size_t>(bs) * stride));
     std::vector<const float*> ktp, vp;
@@ -190,18 +206,52 @@ TEST(Kernels, AttentionSplitIntoBlocksGivesTheBitsOfOneCall) {
         kernels::attention_values(&p[static_cast<size_t>(b) * bs], &vp[b], bs, stride, nb, hd, acc.data(), b > 0);
       }
       kernels::force_portable(false);
-      EXPECT_EQ(0, std::memcmp(whole.data(), split.data(), n * sizeof(float))) << "bs=" << bs;
-      EXPECT_EQ(0, std::memcmp(out.data(), acc.data(), hd * sizeof(float))) << "bs=" << bs;
+      EXPECT_EQ(0, std::memcmp(whole.data(), split.data(), n * sizeof(float))) << "bs=" << bs << " hd=" << hd;
+      EXPECT_EQ(0, std::memcmp(out.data(), acc.data(), hd * sizeof(float))) << "bs=" << bs << " hd=" << hd;
       if (first_scores.empty()) {
         first_scores = whole;
         first_out = out;
       } else {
-        EXPECT_EQ(first_scores, whole) << "bs=" << bs;
-        EXPECT_EQ(first_out, out) << "bs=" << bs;
+        EXPECT_EQ(first_scores, whole) << "bs=" << bs << " hd=" << hd;
+        EXPECT_EQ(first_out, out) << "bs=" << bs << " hd=" << hd;
       }
       double ref = 0;  // the first value dimension against double precision
       for (int j = 0; j < n; ++j) ref += static_cast<double>(p[j]) * v[j / bs][static_cast<size_t>(j % bs) * stride];
       EXPECT_NEAR(out[0], ref, 1e-4 * n);
+    }
+  }
+}
+
+// Several heads' scores against one block in one call (independent chains side by side) give the
+// bits of one head at a time, on both ISA paths, for head counts that exercise every remainder.
+TEST(Kernels, AttentionScoresOfSeveralHeadsAreThoseOfOneHeadAtATime) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto [bs, hd, heads] : {std::tuple{16, 64, 7}, {16, 72, 4}, {32, 48, 5}, {4, 64, 2}}) {
+    std::vector<std::vector<float>> kt(heads, std::vector<float>(static_cast<size_t>(hd) * bs));
+    std::vector<const float*> ktp;
+    for (auto& k : kt) {
+      for (auto& x : k) x = nd(rng);
+      ktp.push_back(k.data());
+    }
+    std::vector<float> q(static_cast<size_t>(heads) * hd);
+    for (auto& x : q) x = nd(rng);
+    for (int nb : {bs, bs - 3}) {
+      const size_t stride = static_cast<size_t>(bs) + 5;
+      for (bool portable : {false, true}) {
+        SCOPED_TRACE(portable ? "portable" : "avx512 when available");
+        kernels::force_portable(portable);
+        std::vector<float> together(heads * stride, -1.0f), alone(heads * stride, -1.0f);
+        kernels::attention_scores_heads(q.data(), hd, heads, ktp.data(), bs, nb, 0.125f, together.data(), stride);
+        for (int h = 0; h < heads; ++h)
+          kernels::attention_scores(&q[static_cast<size_t>(h) * hd], hd, &ktp[h], bs, nb, 0.125f, &alone[h * stride]);
+        kernels::force_portable(false);
+        EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), together.size() * sizeof(float)))
+            << "bs=" << bs << " hd=" << hd << " heads=" << heads << " nb=" << nb;
+        double ref = 0;  // head 0, position 0 against double precision
+        for (int i = 0; i < hd; ++i) ref += static_cast<double>(q[i]) * kt[0][static_cast<size_t>(i) * bs];
+        EXPECT_NEAR(together[0], ref * 0.125, 1e-4 * hd);
+      }
     }
   }
 }
