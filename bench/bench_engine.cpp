@@ -3,7 +3,9 @@
 //   decode at batch B: tokens/s = B / median decode step time, beside
 //     - the bandwidth bound  B * read_GB/s / weight_bytes_per_step  (every weight read once a step)
 //     - the compute bound    sgemm_GFLOP/s / (2 * params)           (OpenBLAS sgemm peak, same run)
-//     (both limits measured right before and after that row, the higher one used: the host drifts)
+//     (both limits sampled between the row's steps, every ~0.5 s, and before and after it; the
+//     medians are used, so the limits and the work see the same host: its neighbours make the
+//     read bandwidth jump between ~30 and ~50 GB/s for a second at a time)
 //     and the ratio to the binding (smaller) bound;
 //   prefill tokens/s beside the compute bound;
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -48,10 +51,31 @@ struct DecodeResult {
   int steps = 0;
 };
 
+// Calls `sample` before the first step, then between steps once g_sample_every seconds have passed
+// since the last call (0: never), and after the last step. Its time is not counted in any step.
+double g_sample_every = 0.5;
+
+class Sampling {
+ public:
+  explicit Sampling(const std::function<void()>& sample) : sample_(sample) { now(); }
+  void maybe() {
+    if (g_sample_every > 0 && std::chrono::duration<double>(Clock::now() - last_).count() >= g_sample_every) now();
+  }
+  void now() {
+    sample_();
+    last_ = Clock::now();
+  }
+
+ private:
+  const std::function<void()>& sample_;
+  Clock::time_point last_;
+};
+
 // Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
 bool g_mmap_weights = false;  // --mmap-weights: serve from the file mapping (no huge-page copy)
 
-DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen) {
+DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
+                        const std::function<void()>& sample) {
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
@@ -76,13 +100,16 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     (void)eng->submit(r);
   }
   std::vector<double> step_s;
+  Sampling sampling(sample);
   while (!eng->idle()) {
     StepOutputs out;
     auto t0 = Clock::now();
     eng->step(out);
     double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     if (out.tokens_processed == batch && out.tokens_generated == batch) step_s.push_back(dt);
+    sampling.maybe();
   }
+  sampling.now();
   DecodeResult r;
   r.steps = static_cast<int>(step_s.size());
   r.step_ms = median(step_s) * 1e3;
@@ -90,7 +117,7 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
   return r;
 }
 
-double run_prefill(const std::string& dir, int threads, int prompts, int prompt) {
+double run_prefill(const std::string& dir, int threads, int prompts, int prompt, const std::function<void()>& sample) {
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
@@ -103,12 +130,17 @@ double run_prefill(const std::string& dir, int threads, int prompts, int prompt)
     r.sampling_params.max_new_tokens = 1;
     (void)eng->submit(r);
   }
-  auto t0 = Clock::now();
+  double seconds = 0;
+  Sampling sampling(sample);
   while (!eng->idle()) {
     StepOutputs out;
+    auto t0 = Clock::now();
     eng->step(out);
+    seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    sampling.maybe();
   }
-  return prompts * prompt / std::chrono::duration<double>(Clock::now() - t0).count();
+  sampling.now();
+  return prompts * prompt / seconds;
 }
 
 // Median seconds of fn over a few runs (each run repeated until >= 20 ms).
@@ -170,6 +202,8 @@ int main(int argc, char** argv) {
   app.add_option("--gen", gen, "new tokens")->capture_default_str();
   app.add_option("--prefill-prompts", prefill_prompts, "prompts in the prefill run (0: skip)")->capture_default_str();
   app.add_flag("--mmap-weights", g_mmap_weights, "engine serves weights from the file mapping (default: huge-page copy)");
+  app.add_option("--sample-every", g_sample_every, "seconds between limit samples during a row (0: before and after only)")
+      ->capture_default_str();
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
@@ -185,44 +219,45 @@ int main(int argc, char** argv) {
               model.c_str(), params / 1e6, weight_bytes / 1e6, threads);
   std::printf("%s; engine kernels: %s\n", bench::openblas_description().c_str(),
               kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable");
-  // The host is shared: its bandwidth and sgemm speed drift by 2x within minutes. Each row's bound
-  // is measured right before and right after that row's run, and the higher of the two is used
-  // (the stricter ratio).
+  // The host is shared: its bandwidth and sgemm speed drift by 2x within minutes, and jump for a
+  // second at a time. Each row samples its limits between its own steps and uses their medians.
   struct Limits {
     double bw_gbps, sgemm_gflops;
+    std::string spread;  // "n samples, read a-b GB/s, sgemm c-d GF"
   };
-  auto measure_limits = [&] {
-    return Limits{bench::mem_read_gbps(size_t{1} << 30, threads).median, bench::sgemm_gflops(2048, threads).median};
+  auto sampled = [&](auto&& run) {
+    bench::LimitSampler sampler(threads);
+    run([&] { sampler.sample(); });
+    bench::Measurement rd = sampler.read_gbps(), mm = sampler.sgemm_gflops();
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%d samples: read %.0f-%.0f GB/s, sgemm %.0f-%.0f GF", rd.repeats, rd.min, rd.max,
+                  mm.min, mm.max);
+    return Limits{rd.median, mm.median, buf};
   };
-  auto around = [&](auto&& run) {
-    Limits a = measure_limits();
-    run();
-    Limits b = measure_limits();
-    return Limits{std::max(a.bw_gbps, b.bw_gbps), std::max(a.sgemm_gflops, b.sgemm_gflops)};
-  };
-  std::printf("limits: memory read GB/s (1 GiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), measured\n"
-              "before and after each row, the higher used\n\n",
-              threads, threads);
+  std::printf("limits: memory read GB/s (256 MiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), sampled\n"
+              "between each row's steps (every %.1f s, and before and after); medians used\n\n",
+              threads, threads, g_sample_every);
   std::printf("%-10s %10s %10s %9s %9s %12s %12s %8s\n", "decode", "tok/s", "step ms", "read GB/s", "sgemm GF", "bw bound",
               "flop bound", "ratio");
   std::stringstream ss(batches_arg);
   for (std::string b; std::getline(ss, b, ',');) {
     int batch = std::stoi(b);
     DecodeResult r;
-    Limits lim = around([&] { r = run_decode(model, threads, batch, prompt, gen); });
+    Limits lim = sampled([&](const std::function<void()>& sample) { r = run_decode(model, threads, batch, prompt, gen, sample); });
     double bw_bound = batch * lim.bw_gbps * 1e9 / weight_bytes;
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
     double bound = std::min(bw_bound, compute_bound);
-    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%%  (%s-bound, %d steps)\n", batch, r.tok_s,
-                r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
-                bw_bound < compute_bound ? "bandwidth" : "compute", r.steps);
+    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%%  (%s-bound, %d steps; %s)\n", batch,
+                r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
+                bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
   }
   if (prefill_prompts > 0) {
     double pf = 0;
-    Limits lim = around([&] { pf = run_prefill(model, threads, prefill_prompts, prompt); });
+    Limits lim = sampled([&](const std::function<void()>& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
-    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%%  (%d x %d-token prompts)\n", pf, "",
-                lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, prefill_prompts, prompt);
+    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%%  (%d x %d-token prompts; %s)\n", pf, "",
+                lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, prefill_prompts, prompt,
+                lim.spread.c_str());
   }
   if (!skip_parity) parity_cost(*cfg, threads);
   return 0;

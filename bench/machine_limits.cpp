@@ -30,6 +30,19 @@ double seconds_since(Clock::time_point t0) {
 // inside a sample so timer resolution and single interrupts do not decide the result.
 constexpr double kMinSampleSeconds = 0.02;
 
+Measurement summarize(std::vector<double> v, std::string shape) {
+  Measurement m;
+  m.shape = std::move(shape);
+  m.repeats = static_cast<int>(v.size());
+  if (v.empty()) return m;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  m.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  m.min = v.front();
+  m.max = v.back();
+  return m;
+}
+
 // Times `run` once untimed (warm-up, and to size the samples), then `repeats` samples of one or
 // more calls; `work` is the amount per call (FLOP or bytes), so a sample is work / seconds / 1e9.
 Measurement measure(double work, int repeats, const std::function<void()>& run, std::string shape) {
@@ -43,15 +56,7 @@ Measurement measure(double work, int repeats, const std::function<void()>& run, 
     for (int c = 0; c < calls; ++c) run();
     rates.push_back(work * calls / seconds_since(t0) / 1e9);
   }
-  std::sort(rates.begin(), rates.end());
-  Measurement m;
-  size_t n = rates.size();
-  m.median = n % 2 ? rates[n / 2] : 0.5 * (rates[n / 2 - 1] + rates[n / 2]);
-  m.min = rates.front();
-  m.max = rates.back();
-  m.repeats = static_cast<int>(n);
-  m.shape = std::move(shape);
-  return m;
+  return summarize(std::move(rates), std::move(shape));
 }
 
 // Anonymous mapping, huge pages requested, every page faulted in by a write before any timing.
@@ -189,6 +194,60 @@ Measurement memcpy_gbps(size_t bytes, int threads, int repeats) {
     });
   };
   return measure(double(bytes), repeats, run, std::to_string(bytes >> 20) + " MiB");
+}
+
+
+struct LimitSampler::State {
+  State(int threads, size_t read_bytes, int n)
+      : threads(threads), buf(read_bytes), n(n), a(random_f32(size_t(n) * n, 1)), b(random_f32(size_t(n) * n, 2)),
+        c(size_t(n) * n) {}
+  int threads;
+  Buffer buf;
+  int n;
+  std::vector<float> a, b, c;
+  std::vector<double> read, sgemm;
+};
+
+LimitSampler::LimitSampler(int threads, size_t read_bytes, int sgemm_n)
+    : s_(new State(threads, read_bytes, sgemm_n)) {
+  openblas_set_num_threads(threads);
+  // Warm-up: OpenBLAS's buffers and the read buffer's first pass, untimed.
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, sgemm_n, sgemm_n, sgemm_n, 1.f, s_->a.data(), sgemm_n,
+              s_->b.data(), sgemm_n, 0.f, s_->c.data(), sgemm_n);
+}
+
+LimitSampler::~LimitSampler() { delete s_; }
+
+void LimitSampler::sample() {
+  State& s = *s_;
+  const float* p = reinterpret_cast<const float*>(s.buf.data());
+  const size_t n = s.buf.size() / sizeof(float);
+  std::vector<float> sums(std::max(s.threads, 1));
+  volatile float sink = 0;
+  auto t0 = Clock::now();
+  size_t passes = 0;
+  do {
+    parallel_for(n, s.threads, 1024, [&](int t, size_t b, size_t e) { sums[t] = sum_f32(p + b, e - b); });
+    sink = sums[0];
+    ++passes;
+  } while (seconds_since(t0) < kMinSampleSeconds);
+  (void)sink;
+  s.read.push_back(double(passes) * s.buf.size() / seconds_since(t0) / 1e9);
+  openblas_set_num_threads(s.threads);
+  auto t1 = Clock::now();
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.n, s.n, 1.f, s.a.data(), s.n, s.b.data(), s.n, 0.f,
+              s.c.data(), s.n);
+  s.sgemm.push_back(2.0 * s.n * s.n * s.n / seconds_since(t1) / 1e9);
+}
+
+int LimitSampler::samples() const { return static_cast<int>(s_->read.size()); }
+
+Measurement LimitSampler::read_gbps() const {
+  return summarize(s_->read, std::to_string(s_->buf.size() >> 20) + " MiB");
+}
+
+Measurement LimitSampler::sgemm_gflops() const {
+  return summarize(s_->sgemm, std::to_string(s_->n) + "^3");
 }
 
 std::string openblas_coretype() {

@@ -40,6 +40,28 @@ Measurement mem_read_gbps(std::size_t bytes = std::size_t{1} << 30, int threads 
 Measurement memcpy_gbps(std::size_t bytes = std::size_t{256} << 20, int threads = 1,
                         int repeats = 7);
 
+// Limits sampled while something else runs: call sample() between pieces of the work being
+// measured (e.g. every few decode steps), so the limits and the work see the same host. Bursts
+// of the neighbours then land in both; the medians over the run are what a ratio should use (a
+// single measurement before or after can catch a burst the work never saw). Buffers and matrices
+// are made once; a sample is one read pass set (>= 20 ms) and one sgemm call.
+class LimitSampler {
+ public:
+  explicit LimitSampler(int threads, std::size_t read_bytes = std::size_t{256} << 20, int sgemm_n = 2048);
+  ~LimitSampler();
+  LimitSampler(const LimitSampler&) = delete;
+  LimitSampler& operator=(const LimitSampler&) = delete;
+
+  void sample();
+  int samples() const;
+  Measurement read_gbps() const;     // median, min, max over the samples so far
+  Measurement sgemm_gflops() const;  // same, for OpenBLAS sgemm n^3
+
+ private:
+  struct State;
+  State* s_;
+};
+
 // "OPENBLAS_CORETYPE=<value|auto> core=<openblas_get_corename()> config=<openblas_get_config()>".
 std::string openblas_description();
 // The value of OPENBLAS_CORETYPE, or "auto" when unset.
