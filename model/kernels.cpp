@@ -147,7 +147,8 @@ float dot(const float* a, const float* b, int n) {
 
 void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
                       float* scores) {
-  if (using_avx512()) return detail::attention_scores_avx512(q, hd, kt_blocks, bs, n, scale, scores);
+  if (using_avx512())
+    return detail::attention_scores_heads_avx512(q, hd, 1, kt_blocks, (n + bs - 1) / bs, bs, n, scale, scores, 0);
   for (int j = 0; j < n; ++j) {
     const float* kt = kt_blocks[j / bs] + j % bs;
     float acc = 0.0f;
@@ -156,21 +157,68 @@ void attention_scores(const float* q, int hd, const float* const* kt_blocks, int
   }
 }
 
-void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int bs, int nb, float scale,
-                            float* scores, size_t score_stride) {
-  if (using_avx512()) return detail::attention_scores_heads_avx512(q, hd, heads, kt, bs, nb, scale, scores, score_stride);
+void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
+                            float scale, float* scores, size_t score_stride) {
+  if (using_avx512())
+    return detail::attention_scores_heads_avx512(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
   for (int h = 0; h < heads; ++h)
-    attention_scores(q + static_cast<size_t>(h) * hd, hd, &kt[h], bs, nb, scale, scores + h * score_stride);
+    attention_scores(q + static_cast<size_t>(h) * hd, hd, kt + static_cast<size_t>(h) * nblk, bs, n, scale,
+                     scores + h * score_stride);
 }
 
 void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
                       float* out, bool accumulate) {
-  if (using_avx512()) return detail::attention_values_avx512(p, v_blocks, bs, v_stride, n, hd, out, accumulate);
+  if (using_avx512())
+    return detail::attention_values_heads_avx512(p, 0, 1, v_blocks, (n + bs - 1) / bs, bs, v_stride, n, hd, out, 0,
+                                                 accumulate);
   if (!accumulate) std::fill(out, out + hd, 0.0f);
   for (int j = 0; j < n; ++j) {
     const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride;
     for (int i = 0; i < hd; ++i) out[i] = std::fma(p[j], v[i], out[i]);
   }
+}
+
+void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+  if (using_avx512())
+    return detail::attention_values_heads_avx512(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride,
+                                                 accumulate);
+  for (int h = 0; h < heads; ++h)
+    attention_values(p + h * p_stride, v + static_cast<size_t>(h) * nblk, bs, v_stride, n, hd, out + h * out_stride,
+                     accumulate);
+}
+
+namespace {
+float exp_poly(float x) {  // kernels.h, softmax: the same operations as the AVX-512 lanes
+  using namespace detail::expc;
+  if (x < kMin) return 0.0f;
+  const float n = std::nearbyint(x * kLog2e);
+  float r = std::fma(-n, kLn2Hi, x);
+  r = std::fma(-n, kLn2Lo, r);
+  float y = std::fma(kP0, r, kP1);
+  y = std::fma(y, r, kP2);
+  y = std::fma(y, r, kP3);
+  y = std::fma(y, r, kP4);
+  y = std::fma(y, r, kP5);
+  y = std::fma(y, r * r, r);
+  y = y + 1.0f;
+  return std::ldexp(y, static_cast<int>(n));
+}
+}  // namespace
+
+void softmax(float* x, int n) {
+  if (using_avx512()) return detail::softmax_avx512(x, n);
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, x[j]);
+  double lane[8] = {};
+  for (int j = 0; j < n; ++j) {
+    x[j] = exp_poly(x[j] - mx);
+    lane[j % 8] += x[j];
+  }
+  for (int i = 0; i < 4; ++i) lane[i] += lane[i + 4];
+  for (int i = 0; i < 2; ++i) lane[i] += lane[i + 2];
+  const float inv = static_cast<float>(1.0 / (lane[0] + lane[1]));
+  for (int j = 0; j < n; ++j) x[j] *= inv;
 }
 
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out) {

@@ -59,17 +59,28 @@ float dot(const float* a, const float* b, int n);
 // the sum a sequential fused multiply-add chain over i (a pure function of q and k_j).
 void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
                       float* scores);
-// The scores of `heads` query heads against the first nb positions of one block: head h reads
-// q + h * hd and its KV head's transposed keys kt[h] (dim i, slot j at kt[h][i * bs + j]) and
-// writes scores + h * score_stride. Each score is the chain of attention_scores; the heads only
-// run side by side (independent chains in flight), so the bits are those of one head at a time.
-void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int bs, int nb, float scale,
-                            float* scores, size_t score_stride);
+// Several heads at once, over positions [0, n) held by nblk blocks (block b holds positions
+// [b * bs, (b + 1) * bs)). Head h reads q + h * hd and the blocks kt[h * nblk + b] (its KV head's
+// transposed keys: dim i, slot j at [i * bs + j]), and writes scores + h * score_stride. Each score
+// is the chain of attention_scores: heads and blocks only run side by side (independent chains in
+// flight), so the bits are those of one head at a time.
+void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
+                            float scale, float* scores, size_t score_stride);
 // out[i] = sum_j p[j] * v_j[i] (sequential FMA chain over j); value j, dim i is at
 // v_blocks[j / bs][(j % bs) * v_stride + i]. With accumulate, the chain continues from out[i]
 // (positions split into runs give the bits of one call over all of them).
 void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
                       float* out, bool accumulate = false);
+// Several heads at once: head h reads p + h * p_stride and the blocks v[h * nblk + b] (its values:
+// slot j, dim i at [j * v_stride + i]) and writes out + h * out_stride; the bits of attention_values.
+void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
+
+// In place: x[j] = exp(x[j] - max) / sum, the attention softmax. exp is a fixed polynomial (Cephes
+// expf: range reduction by ln 2, degree-6 polynomial, fused multiply-adds; within 2 ulp of expf,
+// arguments below -87 give 0); the sum is taken in double over 8 lanes (element j in lane j % 8,
+// in order) added in a fixed tree. Both ISA paths do exactly these operations: same bits.
+void softmax(float* x, int n);
 
 // out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out);

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -152,105 +153,184 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
   }
 }
 
-void attention_scores_avx512(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
-                             float* scores) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  for (int j0 = 0; j0 < n; j0 += std::min(kLanes, bs)) {
-    const int lanes = std::min({kLanes, bs - j0 % bs, n - j0});
-    const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
-    const float* kt = kt_blocks[j0 / bs] + j0 % bs;
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < hd; ++i)
-      acc = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(mask, kt + static_cast<size_t>(i) * bs), acc);
-    _mm512_mask_storeu_ps(scores + j0, mask, _mm512_mul_ps(acc, vscale));
-  }
-}
-
 namespace {
 
-// Dims [g, g + dims) (at most C x 16) of out for positions [0, n): the accumulators stay in registers (C is a
-// compile-time count), and the walk goes block by block, so no division per position.
-template <int C>
-void values_chunks(const float* p, const float* const* v_blocks, int g, int bs, int v_stride, int n, int dims,
-                   float* out, bool accumulate) {
-  __m512 acc[C];
-  __mmask16 mask[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    const int lanes = std::min(kLanes, dims - c * kLanes);
-    mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
-    acc[c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + c * kLanes) : _mm512_setzero_ps();
-  }
-  for (int j0 = 0, b = 0; j0 < n; j0 += bs, ++b) {
-    const float* vb = v_blocks[b] + g;
-    const int nb = std::min(bs, n - j0);
-    for (int j = 0; j < nb; ++j) {
-      const float* v = vb + static_cast<size_t>(j) * v_stride;
-      const __m512 pj = _mm512_set1_ps(p[j0 + j]);
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], v + c * kLanes), acc[c]);
+// A run of up to 16 positions inside one block: the block (index into a head's block list), the
+// slot of the first position, the first position's index in the sequence, and the lane mask.
+struct Chunk {
+  int blk, off, j0;
+  __mmask16 mask;
+};
+
+// Scores of T heads x C chunks: T x C independent FMA chains, each the chain over dims of
+// attention_scores (so the bits are those of one head and one chunk at a time). A dim step loads
+// T broadcasts of q and T x C key vectors.
+template <int T, int C>
+void scores_tile(const float* q, int hd, const float* const* kt, int nblk, int bs, const Chunk* ch, float scale,
+                 float* scores, size_t score_stride) {
+  const float* k[T][C];
+#pragma GCC unroll 2
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) k[t][c] = kt[static_cast<size_t>(t) * nblk + ch[c].blk] + ch[c].off;
+  __m512 acc[T][C];
+#pragma GCC unroll 2
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[t][c] = _mm512_setzero_ps();
+  for (int i = 0; i < hd; ++i) {
+    const size_t row = static_cast<size_t>(i) * bs;
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) {
+      const __m512 qb = _mm512_set1_ps(q[static_cast<size_t>(t) * hd + i]);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c)
+        acc[t][c] = _mm512_fmadd_ps(qb, _mm512_maskz_loadu_ps(ch[c].mask, k[t][c] + row), acc[t][c]);
     }
   }
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(out + c * kLanes, mask[c], acc[c]);
+  const __m512 vscale = _mm512_set1_ps(scale);
+#pragma GCC unroll 2
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c)
+      _mm512_mask_storeu_ps(scores + t * score_stride + ch[c].j0, ch[c].mask, _mm512_mul_ps(acc[t][c], vscale));
 }
 
-// T heads at once against one block: T independent FMA chains in flight instead of one.
-template <int T>
-void scores_heads(const float* q, int hd, const float* const* kt, int bs, int nb, float scale, float* scores,
-                  size_t score_stride) {
-  const __m512 vscale = _mm512_set1_ps(scale);
-  for (int j0 = 0; j0 < nb; j0 += kLanes) {
-    const int lanes = std::min(kLanes, nb - j0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << lanes) - 1u);
-    __m512 acc[T];
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-    for (int i = 0; i < hd; ++i) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t)
-        acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(q[static_cast<size_t>(t) * hd + i]),
-                                 _mm512_maskz_loadu_ps(mask, kt[t] + static_cast<size_t>(i) * bs + j0), acc[t]);
+using ScoresFn = void (*)(const float*, int, const float* const*, int, int, const Chunk*, float, float*, size_t);
+constexpr ScoresFn kScores[2][4] = {
+    {&scores_tile<1, 1>, &scores_tile<1, 2>, &scores_tile<1, 3>, &scores_tile<1, 4>},
+    {&scores_tile<2, 1>, &scores_tile<2, 2>, &scores_tile<2, 3>, &scores_tile<2, 4>}};
+
+// Dims [g, g + 16 C) of T heads' outputs over positions [0, n): T x C chains over positions, each
+// the chain of attention_values. A position step loads T broadcasts of p and T x C value vectors.
+template <int T, int C>
+void values_tile(const float* p, size_t p_stride, const float* const* v, int nblk, int g, int bs, int v_stride,
+                 int n, const __mmask16* mask, float* out, size_t out_stride, bool accumulate) {
+  __m512 acc[T][C];
+#pragma GCC unroll 2
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c)
+      acc[t][c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + t * out_stride + g + c * kLanes) : _mm512_setzero_ps();
+  for (int j0 = 0, b = 0; j0 < n && b < nblk; j0 += bs, ++b) {
+    const float* vb[T];
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) vb[t] = v[static_cast<size_t>(t) * nblk + b] + g;
+    const int nb = std::min(bs, n - j0);
+    for (int j = 0; j < nb; ++j) {
+#pragma GCC unroll 2
+      for (int t = 0; t < T; ++t) {
+        const __m512 pj = _mm512_set1_ps(p[t * p_stride + j0 + j]);
+        const float* row = vb[t] + static_cast<size_t>(j) * v_stride;
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c)
+          acc[t][c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], row + c * kLanes), acc[t][c]);
+      }
     }
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t)
-      _mm512_mask_storeu_ps(scores + t * score_stride + j0, mask, _mm512_mul_ps(acc[t], vscale));
   }
+#pragma GCC unroll 2
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(out + t * out_stride + g + c * kLanes, mask[c], acc[t][c]);
 }
+
+using ValuesFn = void (*)(const float*, size_t, const float* const*, int, int, int, int, int, const __mmask16*, float*,
+                          size_t, bool);
+constexpr ValuesFn kValues1[8] = {&values_tile<1, 1>, &values_tile<1, 2>, &values_tile<1, 3>, &values_tile<1, 4>,
+                                  &values_tile<1, 5>, &values_tile<1, 6>, &values_tile<1, 7>, &values_tile<1, 8>};
+constexpr ValuesFn kValues2[4] = {&values_tile<2, 1>, &values_tile<2, 2>, &values_tile<2, 3>, &values_tile<2, 4>};
 
 }  // namespace
 
-void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int bs, int nb,
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
                                    float scale, float* scores, size_t score_stride) {
-  int h = 0;
-  for (; h + 4 <= heads; h += 4)
-    scores_heads<4>(q + static_cast<size_t>(h) * hd, hd, kt + h, bs, nb, scale, scores + h * score_stride, score_stride);
-  const float* qh = q + static_cast<size_t>(h) * hd;
-  float* sh = scores + h * score_stride;
-  switch (heads - h) {
-    case 3: return scores_heads<3>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
-    case 2: return scores_heads<2>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
-    case 1: return scores_heads<1>(qh, hd, kt + h, bs, nb, scale, sh, score_stride);
-    default: return;
+  // Cut [0, n) into runs of at most 16 positions that stay inside a block.
+  Chunk chunks[64];
+  for (int j0 = 0; j0 < n;) {
+    int count = 0;
+    for (; j0 < n && count < 64; ++count) {
+      const int off = j0 % bs, lanes = std::min({kLanes, bs - off, n - j0});
+      chunks[count] = {j0 / bs, off, j0, static_cast<__mmask16>((1u << lanes) - 1u)};
+      j0 += lanes;
+    }
+    for (int h = 0; h < heads; h += 2) {
+      const int t = std::min(2, heads - h);
+      for (int c = 0; c < count; c += 4)
+        kScores[t - 1][std::min(4, count - c) - 1](q + static_cast<size_t>(h) * hd, hd, kt + static_cast<size_t>(h) * nblk,
+                                                    nblk, bs, chunks + c, scale, scores + h * score_stride, score_stride);
+    }
   }
 }
 
-void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                             float* out, bool accumulate) {
-  constexpr int kGroup = 8;  // up to 8 x 16 dims accumulate in registers per pass over positions
-  for (int g = 0; g < hd; g += kGroup * kLanes) {
-    const int dims = std::min(kGroup * kLanes, hd - g);
-    const int chunks = (dims + kLanes - 1) / kLanes;
-    switch (chunks) {
-      case 1: values_chunks<1>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 2: values_chunks<2>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 3: values_chunks<3>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 4: values_chunks<4>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 5: values_chunks<5>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 6: values_chunks<6>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      case 7: values_chunks<7>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
-      default: values_chunks<8>(p, v_blocks, g, bs, v_stride, n, dims, out + g, accumulate); break;
+void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                                   int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+  const int chunks = (hd + kLanes - 1) / kLanes;
+  __mmask16 mask[8];
+  auto masks = [&](int g, int count) {
+    for (int c = 0; c < count; ++c) {
+      const int lanes = std::min(kLanes, hd - g - c * kLanes);
+      mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
     }
+  };
+  if (chunks <= 4) {  // two heads side by side: up to 8 chains
+    masks(0, chunks);
+    for (int h = 0; h < heads; h += 2) {
+      const size_t hs = static_cast<size_t>(h);
+      (heads - h >= 2 ? kValues2 : kValues1)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0, bs,
+                                                           v_stride, n, mask, out + hs * out_stride, out_stride,
+                                                           accumulate);
+    }
+    return;
+  }
+  for (int h = 0; h < heads; ++h) {
+    const size_t hs = static_cast<size_t>(h);
+    for (int g = 0; g < hd; g += 8 * kLanes) {
+      const int count = std::min(8, (hd - g + kLanes - 1) / kLanes);
+      masks(g, count);
+      kValues1[count - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, g, bs, v_stride, n, mask,
+                          out + hs * out_stride, out_stride, accumulate);
+    }
+  }
+}
+
+void softmax_avx512(float* x, int n) {
+  using namespace expc;
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + j));
+  }
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512d sum = _mm512_setzero_pd();
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    const __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx);
+    const __m512 nn = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), nn), _mm512_set1_ps(kLn2Hi), a);
+    r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), nn), _mm512_set1_ps(kLn2Lo), r);
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP4));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP5));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    y = _mm512_scalef_ps(y, nn);
+    // Lanes past n and arguments below kMin are 0 (as in the portable path).
+    const __mmask16 keep = m & _mm512_cmp_ps_mask(a, _mm512_set1_ps(kMin), _CMP_NLT_UQ);
+    y = _mm512_maskz_mov_ps(keep, y);
+    _mm512_mask_storeu_ps(x + j, m, y);
+    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));        // elements j .. j+7
+    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));  // elements j+8 .. j+15
+  }
+  // (i, i+4), then (i, i+2), then (0, 1), as the portable path.
+  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(sum), _mm512_extractf64x4_pd(sum, 1));
+  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+  const double total = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
+  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / total));
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    _mm512_mask_storeu_ps(x + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv));
   }
 }
 

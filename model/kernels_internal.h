@@ -15,11 +15,18 @@ void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType
 void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
                    int n1, float* y, int ldy);
 float dot_avx512(const float* a, const float* b, int n);
-void attention_scores_avx512(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
-                             float* scores);
-void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int bs, int nb,
+void softmax_avx512(float* x, int n);
+
+// The constants of the softmax's exp (kernels.h), shared by both paths.
+namespace expc {
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+constexpr float kMin = -87.0f;  // below: 0
+}  // namespace expc
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
                                    float scale, float* scores, size_t score_stride);
-void attention_values_avx512(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                             float* out, bool accumulate);
+void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                                   int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
 
 }  // namespace zr::kernels::detail

@@ -48,7 +48,7 @@ class Transformer {
   void attention_layer(int layer, std::span<const SeqChunk> batch);
   struct AttnScratch {  // per pool thread
     std::vector<float> scores;  // [head - h0][position]
-    std::vector<const float*> kt;  // [head - h0]: this block's keys of the head's KV head
+    std::vector<const float*> blocks;  // [head - h0][block of the group]: keys or values of the head's KV head
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
   void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos);

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -222,36 +223,99 @@ TEST(Kernels, AttentionSplitIntoBlocksGivesTheBitsOfOneCall) {
   }
 }
 
-// Several heads' scores against one block in one call (independent chains side by side) give the
-// bits of one head at a time, on both ISA paths, for head counts that exercise every remainder.
-TEST(Kernels, AttentionScoresOfSeveralHeadsAreThoseOfOneHeadAtATime) {
+// Several heads over several blocks in one call (independent chains side by side) give the bits of
+// one head at a time, scores and values, on both ISA paths, and both paths agree; the cases cover
+// head pairs and a lone head, partial blocks, blocks smaller and larger than 16 positions, more
+// than 128 dims (two passes) and more than 64 runs of positions.
+TEST(Kernels, AttentionOfSeveralHeadsIsThatOfOneHeadAtATime) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (auto [bs, hd, heads] : {std::tuple{16, 64, 7}, {16, 72, 4}, {32, 48, 5}, {4, 64, 2}}) {
-    std::vector<std::vector<float>> kt(heads, std::vector<float>(static_cast<size_t>(hd) * bs));
-    std::vector<const float*> ktp;
-    for (auto& k : kt) {
-      for (auto& x : k) x = nd(rng);
-      ktp.push_back(k.data());
+  for (auto [bs, hd, heads, n] : {std::tuple{16, 64, 7, 83}, {16, 72, 4, 40}, {32, 48, 5, 70}, {4, 64, 2, 13},
+                                  {16, 136, 3, 50}, {16, 64, 3, 1120}}) {
+    SCOPED_TRACE("bs=" + std::to_string(bs) + " hd=" + std::to_string(hd) + " heads=" + std::to_string(heads) +
+                 " n=" + std::to_string(n));
+    const int nblk = (n + bs - 1) / bs, v_stride = hd + 8;
+    std::vector<std::vector<float>> kt(static_cast<size_t>(heads) * nblk, std::vector<float>(static_cast<size_t>(hd) * bs)),
+        v(static_cast<size_t>(heads) * nblk, std::vector<float>(static_cast<size_t>(bs) * v_stride));
+    std::vector<const float*> ktp, vp;
+    for (size_t i = 0; i < kt.size(); ++i) {
+      for (auto& x : kt[i]) x = nd(rng);
+      for (auto& x : v[i]) x = nd(rng);
+      ktp.push_back(kt[i].data());
+      vp.push_back(v[i].data());
     }
-    std::vector<float> q(static_cast<size_t>(heads) * hd);
+    std::vector<float> q(static_cast<size_t>(heads) * hd), p(static_cast<size_t>(heads) * (n + 3));
     for (auto& x : q) x = nd(rng);
-    for (int nb : {bs, bs - 3}) {
-      const size_t stride = static_cast<size_t>(bs) + 5;
-      for (bool portable : {false, true}) {
-        SCOPED_TRACE(portable ? "portable" : "avx512 when available");
-        kernels::force_portable(portable);
-        std::vector<float> together(heads * stride, -1.0f), alone(heads * stride, -1.0f);
-        kernels::attention_scores_heads(q.data(), hd, heads, ktp.data(), bs, nb, 0.125f, together.data(), stride);
-        for (int h = 0; h < heads; ++h)
-          kernels::attention_scores(&q[static_cast<size_t>(h) * hd], hd, &ktp[h], bs, nb, 0.125f, &alone[h * stride]);
-        kernels::force_portable(false);
-        EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), together.size() * sizeof(float)))
-            << "bs=" << bs << " hd=" << hd << " heads=" << heads << " nb=" << nb;
-        double ref = 0;  // head 0, position 0 against double precision
-        for (int i = 0; i < hd; ++i) ref += static_cast<double>(q[i]) * kt[0][static_cast<size_t>(i) * bs];
-        EXPECT_NEAR(together[0], ref * 0.125, 1e-4 * hd);
+    for (auto& x : p) x = std::abs(nd(rng));
+    const size_t stride = static_cast<size_t>(n) + 3;
+    std::vector<float> first_scores, first_out;
+    for (bool portable : {false, true}) {
+      SCOPED_TRACE(portable ? "portable" : "avx512 when available");
+      kernels::force_portable(portable);
+      std::vector<float> together(heads * stride, -1.0f), alone(heads * stride, -1.0f);
+      std::vector<float> out(static_cast<size_t>(heads) * hd, 5.0f), out_alone(out);
+      kernels::attention_scores_heads(q.data(), hd, heads, ktp.data(), nblk, bs, n, 0.125f, together.data(), stride);
+      kernels::attention_values_heads(p.data(), stride, heads, vp.data(), nblk, bs, v_stride, n, hd, out.data(), hd,
+                                      /*accumulate=*/true);
+      for (int h = 0; h < heads; ++h) {
+        kernels::attention_scores(&q[static_cast<size_t>(h) * hd], hd, &ktp[static_cast<size_t>(h) * nblk], bs, n,
+                                  0.125f, &alone[h * stride]);
+        kernels::attention_values(&p[h * stride], &vp[static_cast<size_t>(h) * nblk], bs, v_stride, n, hd,
+                                  &out_alone[static_cast<size_t>(h) * hd], /*accumulate=*/true);
       }
+      kernels::force_portable(false);
+      EXPECT_EQ(0, std::memcmp(together.data(), alone.data(), together.size() * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(out.data(), out_alone.data(), out.size() * sizeof(float)));
+      if (first_scores.empty()) {
+        first_scores = together;
+        first_out = out;
+      } else {
+        EXPECT_EQ(first_scores, together);
+        EXPECT_EQ(first_out, out);
+      }
+      const int h = heads - 1, j = n - 1;  // the last head's last position against double precision
+      double ref = 0, ref_out = 5.0;
+      for (int i = 0; i < hd; ++i)
+        ref += static_cast<double>(q[static_cast<size_t>(h) * hd + i]) * kt[static_cast<size_t>(h) * nblk + j / bs][static_cast<size_t>(i) * bs + j % bs];
+      for (int jj = 0; jj < n; ++jj)
+        ref_out += static_cast<double>(p[h * stride + jj]) *
+                   v[static_cast<size_t>(h) * nblk + jj / bs][static_cast<size_t>(jj % bs) * v_stride + hd - 1];
+      EXPECT_NEAR(together[h * stride + j], ref * 0.125, 1e-4 * hd);
+      EXPECT_NEAR(out[static_cast<size_t>(h) * hd + hd - 1], ref_out, 1e-4 * n);
+      EXPECT_EQ(-1.0f, together[h * stride + n]) << "past n is not written";
+    }
+  }
+}
+
+// The attention softmax: both ISA paths give the same bits, and the result is within a few ulp of
+// a double-precision softmax, for lengths around the vector width and long rows, including scores
+// far below the maximum (whose exp is below the float range and becomes 0).
+TEST(Kernels, SoftmaxMatchesDoublePrecisionAndIsTheSameOnBothPaths) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 4.0f);
+  for (int n : {1, 7, 16, 17, 33, 100, 1000}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = nd(rng);
+    if (n > 2) x[1] = x[0] - 120.0f;  // exp underflows: exactly 0
+    std::vector<double> ref(n);
+    double mx = *std::max_element(x.begin(), x.end()), sum = 0;
+    for (int j = 0; j < n; ++j) sum += ref[j] = std::exp(static_cast<double>(x[j]) - mx);
+    std::vector<float> fast = x, portable = x;
+    kernels::softmax(fast.data(), n);
+    kernels::force_portable(true);
+    kernels::softmax(portable.data(), n);
+    kernels::force_portable(false);
+    EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), n * sizeof(float))) << "n=" << n;
+    double total = 0;
+    for (int j = 0; j < n; ++j) {
+      total += fast[j];
+      // x - max is rounded to float (as with expf): 2^-24 relative of the argument, plus a few ulp.
+      const double rel = 4e-7 + 6e-8 * std::abs(static_cast<double>(x[j]) - mx);
+      EXPECT_NEAR(fast[j], ref[j] / sum, rel * (ref[j] / sum) + 1e-30) << "n=" << n << " j=" << j;
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5) << "n=" << n;
+    if (n > 2) {
+      EXPECT_EQ(fast[1], 0.0f);
     }
   }
 }
