@@ -52,30 +52,38 @@ struct DecodeResult {
 };
 
 // Calls `sample` before the first step, then between steps once g_sample_every seconds have passed
-// since the last call (0: never), and after the last step. Its time is not counted in any step.
-double g_sample_every = 0.5;
+// since the last call (0: never), and after the last step; its time is not counted in any step.
+// Every sample reads memory (~25 ms); one in kSgemmEvery also times an sgemm (~90 ms, and OpenBLAS's
+// threads spin for a while after it), so a 2 s batch-1 row still gets ~20 bandwidth samples.
+double g_sample_every = 0.1;
+constexpr int kSgemmEvery = 5;
 
 class Sampling {
  public:
-  explicit Sampling(const std::function<void()>& sample) : sample_(sample) { now(); }
+  using Fn = std::function<void(bool sgemm)>;
+  explicit Sampling(const Fn& sample) : sample_(sample) { now(); }
   void maybe() {
     if (g_sample_every > 0 && std::chrono::duration<double>(Clock::now() - last_).count() >= g_sample_every) now();
   }
   void now() {
-    sample_();
+    sample_(count_++ % kSgemmEvery == 0);
     last_ = Clock::now();
+  }
+  void last() {  // the closing sample always has both
+    sample_(true);
   }
 
  private:
-  const std::function<void()>& sample_;
+  const Fn& sample_;
   Clock::time_point last_;
+  int count_ = 0;
 };
 
 // Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
 bool g_mmap_weights = false;  // --mmap-weights: serve from the file mapping (no huge-page copy)
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
-                        const std::function<void()>& sample) {
+                        const Sampling::Fn& sample) {
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
@@ -109,7 +117,7 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     if (out.tokens_processed == batch && out.tokens_generated == batch) step_s.push_back(dt);
     sampling.maybe();
   }
-  sampling.now();
+  sampling.last();
   DecodeResult r;
   r.steps = static_cast<int>(step_s.size());
   r.step_ms = median(step_s) * 1e3;
@@ -117,7 +125,7 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
   return r;
 }
 
-double run_prefill(const std::string& dir, int threads, int prompts, int prompt, const std::function<void()>& sample) {
+double run_prefill(const std::string& dir, int threads, int prompts, int prompt, const Sampling::Fn& sample) {
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
@@ -139,7 +147,7 @@ double run_prefill(const std::string& dir, int threads, int prompts, int prompt,
     seconds += std::chrono::duration<double>(Clock::now() - t0).count();
     sampling.maybe();
   }
-  sampling.now();
+  sampling.last();
   return prompts * prompt / seconds;
 }
 
@@ -227,23 +235,24 @@ int main(int argc, char** argv) {
   };
   auto sampled = [&](auto&& run) {
     bench::LimitSampler sampler(threads);
-    run([&] { sampler.sample(); });
+    run([&](bool sgemm) { sampler.sample(sgemm); });
     bench::Measurement rd = sampler.read_gbps(), mm = sampler.sgemm_gflops();
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%d samples: read %.0f-%.0f GB/s, sgemm %.0f-%.0f GF", rd.repeats, rd.min, rd.max,
-                  mm.min, mm.max);
+    std::snprintf(buf, sizeof buf, "read %.0f-%.0f GB/s over %d samples, sgemm %.0f-%.0f GF over %d", rd.min, rd.max,
+                  rd.repeats, mm.min, mm.max, mm.repeats);
     return Limits{rd.median, mm.median, buf};
   };
   std::printf("limits: memory read GB/s (256 MiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), sampled\n"
-              "between each row's steps (every %.1f s, and before and after); medians used\n\n",
-              threads, threads, g_sample_every);
+              "between each row's steps (read every %.2f s, sgemm every %d samples, and both before and after);\n"
+              "medians used\n\n",
+              threads, threads, g_sample_every, kSgemmEvery);
   std::printf("%-10s %10s %10s %9s %9s %12s %12s %8s\n", "decode", "tok/s", "step ms", "read GB/s", "sgemm GF", "bw bound",
               "flop bound", "ratio");
   std::stringstream ss(batches_arg);
   for (std::string b; std::getline(ss, b, ',');) {
     int batch = std::stoi(b);
     DecodeResult r;
-    Limits lim = sampled([&](const std::function<void()>& sample) { r = run_decode(model, threads, batch, prompt, gen, sample); });
+    Limits lim = sampled([&](const Sampling::Fn& sample) { r = run_decode(model, threads, batch, prompt, gen, sample); });
     double bw_bound = batch * lim.bw_gbps * 1e9 / weight_bytes;
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
     double bound = std::min(bw_bound, compute_bound);
@@ -253,7 +262,7 @@ int main(int argc, char** argv) {
   }
   if (prefill_prompts > 0) {
     double pf = 0;
-    Limits lim = sampled([&](const std::function<void()>& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
+    Limits lim = sampled([&](const Sampling::Fn& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
     std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%%  (%d x %d-token prompts; %s)\n", pf, "",
                 lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, prefill_prompts, prompt,

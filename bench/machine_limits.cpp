@@ -218,7 +218,7 @@ LimitSampler::LimitSampler(int threads, size_t read_bytes, int sgemm_n)
 
 LimitSampler::~LimitSampler() { delete s_; }
 
-void LimitSampler::sample() {
+void LimitSampler::sample(bool sgemm) {
   State& s = *s_;
   const float* p = reinterpret_cast<const float*>(s.buf.data());
   const size_t n = s.buf.size() / sizeof(float);
@@ -233,6 +233,7 @@ void LimitSampler::sample() {
   } while (seconds_since(t0) < kMinSampleSeconds);
   (void)sink;
   s.read.push_back(double(passes) * s.buf.size() / seconds_since(t0) / 1e9);
+  if (!sgemm) return;
   openblas_set_num_threads(s.threads);
   auto t1 = Clock::now();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n, s.n, s.n, 1.f, s.a.data(), s.n, s.b.data(), s.n, 0.f,

@@ -44,7 +44,7 @@ Measurement memcpy_gbps(std::size_t bytes = std::size_t{256} << 20, int threads 
 // measured (e.g. every few decode steps), so the limits and the work see the same host. Bursts
 // of the neighbours then land in both; the medians over the run are what a ratio should use (a
 // single measurement before or after can catch a burst the work never saw). Buffers and matrices
-// are made once; a sample is one read pass set (>= 20 ms) and one sgemm call.
+// are made once; a sample is one read pass set (>= 20 ms) and, with `sgemm`, one sgemm call.
 class LimitSampler {
  public:
   explicit LimitSampler(int threads, std::size_t read_bytes = std::size_t{256} << 20, int sgemm_n = 2048);
@@ -52,7 +52,7 @@ class LimitSampler {
   LimitSampler(const LimitSampler&) = delete;
   LimitSampler& operator=(const LimitSampler&) = delete;
 
-  void sample();
+  void sample(bool sgemm = true);
   int samples() const;
   Measurement read_gbps() const;     // median, min, max over the samples so far
   Measurement sgemm_gflops() const;  // same, for OpenBLAS sgemm n^3
