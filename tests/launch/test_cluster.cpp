@@ -288,9 +288,12 @@ int world_rank_of(pid_t pid) {
 // still ends instead of waiting on it forever.
 void Cluster::kill_one_rank_of_engine1(bool leader, const std::string& survivor_says) {
   const std::string bin = ZR_ZROLLOUT_BIN;
+  // Enough work that the kill lands mid-run however fast the engine gets: 128 x 500 tokens took
+  // ~3 s on 2 cores (32 requests finished in 0.8 s, before the kill, once attention got faster).
+  constexpr int kRequests = 128;
   {
     std::ofstream in(tmp_ / "load.jsonl");
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < kRequests; ++i) {
       json req = {{"rid", "r" + std::to_string(i)},
                   {"input_ids", {1, 403, 407, 261 + i}},
                   {"sampling_params", {{"max_new_tokens", 500}, {"temperature", 0}, {"ignore_eos", true}}}};
@@ -316,6 +319,8 @@ void Cluster::kill_one_rank_of_engine1(bool leader, const std::string& survivor_
   if (p) pclose(p);
   ASSERT_EQ(ranks.size(), 2u);
   std::sort(ranks.begin(), ranks.end());
+  ASSERT_EQ(slurp(tmp_ / "log").find("samples written"), std::string::npos)
+      << "the job finished before the kill: the test needs more work";
   ASSERT_EQ(kill(ranks[leader ? 0 : 1].second, SIGKILL), 0);
   // The job must end by itself: poll for up to 120 s.
   int status = 0;
@@ -339,7 +344,7 @@ void Cluster::kill_one_rank_of_engine1(bool leader, const std::string& survivor_
     EXPECT_EQ(json::parse(line)["output_ids"].size(), 500u);
     ++lines;
   }
-  EXPECT_EQ(lines, 32);
+  EXPECT_EQ(lines, kRequests);
 }
 
 TEST_F(Cluster, AFollowerWhoseLeaderDiedExitsAndTheJobEnds) {
