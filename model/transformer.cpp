@@ -88,11 +88,10 @@ void Transformer::for_rows(int rows, F&& fn) {
   });
 }
 
-// Causal attention of one query row and head over positions [0, pos] of its sequence.
-// scratch: at least pos + 1 floats for scores plus room for the block pointers.
-// Heads [h0, h1) of one row. A KV block holds every KV head of its positions contiguously (keys
-// [kv head][dim][slot], values [slot][kv dim]), so walking the blocks once for all these heads
-// reads the sequence's K, then its V, as two linear streams (head by head they would be strided).
+// Causal attention of heads [h0, h1) of one query row over positions [0, pos] of its sequence. A
+// KV block holds every KV head of its positions contiguously (keys [kv head][dim][slot], values
+// [slot][kv dim]), so walking the blocks a few at a time for all these heads reads the sequence's
+// K, then its V, nearly as two linear streams (head by head they would be strided).
 // Per (row, head) the arithmetic is the one of kernels::attention_*: the same FMA chains in the
 // same order (values continue their chain across blocks), so the bits do not depend on the split.
 void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, int h0, int h1, AttnScratch& sc) {
@@ -109,22 +108,25 @@ void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, 
   const float* q = &q_[static_cast<size_t>(row) * ld_q_];
   float* out = &att_[static_cast<size_t>(row) * ld_q_];
   const std::vector<int>& table = *ch.block_table;
+  // sc.blocks[h][b]: head h0 + h's part (its KV head's) of block b0 + b, keys or values.
+  auto gather = [&](int b0, int nblk, bool keys) {
+    for (int h = 0; h < heads; ++h) {
+      const size_t kvh = static_cast<size_t>((h0 + h) / group);
+      for (int b = 0; b < nblk; ++b)
+        sc.blocks[static_cast<size_t>(h) * nblk + b] = keys ? kv_->keys(layer, table[b0 + b]) + kvh * hd * bs
+                                                            : kv_->values(layer, table[b0 + b]) + kvh * hd;
+    }
+  };
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
-    for (int h = 0; h < heads; ++h)
-      for (int b = 0; b < nblk; ++b)
-        sc.blocks[static_cast<size_t>(h) * nblk + b] =
-            kv_->keys(layer, table[b0 + b]) + static_cast<size_t>((h0 + h) / group) * hd * bs;
+    gather(b0, nblk, /*keys=*/true);
     kernels::attention_scores_heads(q + static_cast<size_t>(h0) * hd, hd, heads, sc.blocks.data(), nblk, bs, np, scale,
                                     &sc.scores[static_cast<size_t>(b0) * bs], n);
   }
   for (int h = 0; h < heads; ++h) kernels::softmax(&sc.scores[static_cast<size_t>(h) * n], n);
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
-    for (int h = 0; h < heads; ++h)
-      for (int b = 0; b < nblk; ++b)
-        sc.blocks[static_cast<size_t>(h) * nblk + b] =
-            kv_->values(layer, table[b0 + b]) + static_cast<size_t>((h0 + h) / group) * hd;
+    gather(b0, nblk, /*keys=*/false);
     kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, sc.blocks.data(), nblk, bs,
                                     kvd, np, hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
   }
