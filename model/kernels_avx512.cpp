@@ -3,8 +3,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -21,6 +21,11 @@ inline float hsum16(__m512 v) {
   __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
   return _mm_cvtss_f32(s1);
+}
+
+// The first `lanes` lanes (0..16).
+inline __mmask16 lanes_mask(int lanes) {
+  return static_cast<__mmask16>(lanes >= kLanes ? 0xFFFFu : (1u << lanes) - 1u);
 }
 
 template <bool BF16>
@@ -72,7 +77,7 @@ void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ld
     }
   }
   if (k < K) {
-    __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    __mmask16 mask = lanes_mask(K - k);
     __m512 xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + static_cast<size_t>(i) * ldx + k);
     for (int j = 0; j < NR; ++j) {
@@ -250,7 +255,7 @@ void attention_scores_heads_avx512(const float* q, int hd, int heads, const floa
     int count = 0;
     for (; j0 < n && count < 64; ++count) {
       const int off = j0 % bs, lanes = std::min({kLanes, bs - off, n - j0});
-      chunks[count] = {j0 / bs, off, j0, static_cast<__mmask16>((1u << lanes) - 1u)};
+      chunks[count] = {j0 / bs, off, j0, lanes_mask(lanes)};
       j0 += lanes;
     }
     for (int h = 0; h < heads; h += 2) {
@@ -269,7 +274,7 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
   auto masks = [&](int g, int count) {
     for (int c = 0; c < count; ++c) {
       const int lanes = std::min(kLanes, hd - g - c * kLanes);
-      mask[c] = static_cast<__mmask16>((1u << lanes) - 1u);
+      mask[c] = lanes_mask(lanes);
     }
   };
   if (chunks <= 4) {  // two heads side by side: up to 8 chains
@@ -297,17 +302,18 @@ void softmax_avx512(float* x, int n) {
   using namespace expc;
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   for (int j = 0; j < n; j += kLanes) {
-    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    const __mmask16 m = lanes_mask(n - j);
     vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + j));
   }
   const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
   __m512d sum = _mm512_setzero_pd();
   for (int j = 0; j < n; j += kLanes) {
-    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    const __mmask16 m = lanes_mask(n - j);
     const __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx);
     const __m512 nn = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), nn), _mm512_set1_ps(kLn2Hi), a);
-    r = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_setzero_ps(), nn), _mm512_set1_ps(kLn2Lo), r);
+    // fma(-n, c, a) of the portable path: negating n is exact, so -(n * c) + a fused is the same.
+    __m512 r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Hi), a);
+    r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Lo), r);
     __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
@@ -329,7 +335,7 @@ void softmax_avx512(float* x, int n) {
   const double total = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
   const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / total));
   for (int j = 0; j < n; j += kLanes) {
-    const __mmask16 m = static_cast<__mmask16>(n - j >= kLanes ? 0xFFFF : (1u << (n - j)) - 1u);
+    const __mmask16 m = lanes_mask(n - j);
     _mm512_mask_storeu_ps(x + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv));
   }
 }
