@@ -47,10 +47,18 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   kv_ = std::make_unique<KvCache>(local_config(weights_.config(), shard), opt.kv_block_size, opt.kv_cache_bytes);
   kv_->log_copies(opt.tp != nullptr);  // followers replay the copy-on-write copies
+  if (opt.kv_prefault) prefault_kv();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp);
   spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
                kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running,
                opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
+}
+
+void Engine::prefault_kv() {
+  auto t0 = std::chrono::steady_clock::now();
+  size_t bytes = kv_->prefault();
+  spdlog::info("engine: KV cache pages faulted in ({:.1f} MiB in {:.0f} ms)", bytes / 1048576.0,
+               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
 Engine::~Engine() {

@@ -84,7 +84,10 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
 }
 
 Status Engine::resume_memory(bool weights, bool kv_cache) {
-  if (kv_cache) kv_released_ = false;
+  if (kv_cache && kv_released_) {
+    kv_released_ = false;
+    if (opt_.kv_prefault) prefault_kv();
+  }
   if (weights && weights_released_) {
     if (!weights_.complete()) {  // nothing pushed meanwhile: reload the checkpoint
       auto staged = stage_from_disk(weights_, model_dir_, weight_version_);

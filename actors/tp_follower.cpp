@@ -26,6 +26,8 @@ TpFollower::TpFollower(ModelWeights w, const EngineOptions& opt, TpGroup& tp) : 
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(threads);
   kv_ = std::make_unique<KvCache>(local_config(weights_.config(), tp.shard()), opt.kv_block_size, opt.kv_cache_bytes);
+  kv_prefault_ = opt.kv_prefault;
+  if (kv_prefault_) kv_->prefault();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), &tp);
   TpLayout l = tp_layout(weights_.config(), tp.shard());
   spdlog::info("tp rank {}/{}: heads [{}, {}), kv heads [{}, {}), ffn [{}, {}), vocab [{}, {}), {} threads, KV {} blocks",
@@ -128,6 +130,7 @@ void TpFollower::on_memory(const TpCommand& cmd, bool release) {
     if (weights) weights_.release_all();
     return;
   }
+  if (kv && kv_prefault_) kv_->prefault();
   if (weights && !weights_.complete()) {  // nothing was pushed meanwhile: reload this rank's shard
     auto staged = stage_from_disk(weights_, model_dir_, cmd.version);
     Status st = staged.ok() ? weights_.replace(staged->tensors) : staged.status();

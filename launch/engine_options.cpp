@@ -15,6 +15,7 @@ EngineOptions EngineCliOptions::engine_options() const {
   e.kv_cache_bytes = static_cast<size_t>(kv_cache_mb) << 20;
   e.kv_block_size = kv_block_size;
   e.copy_weights = !mmap_weights;
+  e.kv_prefault = !kv_lazy_pages;
   e.scheduler.max_running = max_running;
   e.scheduler.max_step_tokens = max_step_tokens;
   e.scheduler.max_prefill_chunk = max_prefill_chunk;
@@ -25,7 +26,7 @@ std::string EngineCliOptions::describe() const {
   return "model=" + model + " threads=" + std::to_string(threads) + " max_running=" + std::to_string(max_running) +
          " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
          std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
-         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "");
+         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "");
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
@@ -46,6 +47,9 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
   cmd->add_option("--kv-block-size", o.kv_block_size, "positions per KV block")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_flag("--mmap-weights", o.mmap_weights,
                 "serve weights from the checkpoint's file mapping (no copy; default: a copy in huge pages, faster decode)");
+  cmd->add_flag("--kv-lazy-pages", o.kv_lazy_pages,
+                "fault KV pages in on first write (no memory for an unused budget; default: all at start-up, "
+                "no page faults in forward steps)");
   cmd->add_option("--log-level", o.log_level, "trace|debug|info|warn|error")->capture_default_str();
 }
 

@@ -18,6 +18,7 @@ struct EngineCliOptions {
   int kv_cache_mb = 1024;
   int kv_block_size = 16;
   bool mmap_weights = false;
+  bool kv_lazy_pages = false;
   std::string log_level = "info";
 
   EngineOptions engine_options() const;

@@ -1,6 +1,7 @@
 #include "model/kv_cache.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -46,6 +47,17 @@ float* KvCache::values(int layer, int block) {
 size_t KvCache::release_pages() {
   ZR_CHECK(num_used() == 0);
   madvise(data_, bytes_, MADV_DONTNEED);
+  return bytes_;
+}
+
+size_t KvCache::prefault() {
+#ifdef MADV_POPULATE_WRITE
+  if (madvise(data_, bytes_, MADV_POPULATE_WRITE) == 0) return bytes_;
+#endif
+  // Older kernel: a write of what is there faults the page in without changing it.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  volatile uint8_t* p = reinterpret_cast<uint8_t*>(data_);
+  for (size_t i = 0; i < bytes_; i += page) p[i] = p[i];
   return bytes_;
 }
 

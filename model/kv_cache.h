@@ -53,8 +53,13 @@ class KvCache {
   std::vector<int> share(const std::vector<int>& table);
 
   // Returns the pool's pages to the OS (release_memory kv_cache); every block must be free. The
-  // pool stays mapped and pages come back zeroed on first use.
+  // pool stays mapped and pages come back zeroed on first use (or at the next prefault()).
   size_t release_pages();
+  // Faults every page of the pool in now (MADV_POPULATE_WRITE; touching each page where the kernel
+  // lacks it), so no forward step pays a first-touch page fault when it writes a new position: a
+  // fault costs ~2-6 us per 4 KiB page on this VM, ~1100 of them per batch-64 decode step.
+  // Contents are unchanged. Returns the bytes of the pool.
+  size_t prefault();
 
   float* keys(int layer, int block);    // (kv_dim, block_size)
   float* values(int layer, int block);  // (block_size, kv_dim)

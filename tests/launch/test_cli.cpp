@@ -79,7 +79,7 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     freopen("/dev/null", "w", stderr);
-    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), nullptr);
+    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), "--kv-cache-mb", "64", nullptr);
     _exit(127);
   }
   // Long requests, so they are in flight when SIGTERM arrives; the drain lets them finish.

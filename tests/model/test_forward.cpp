@@ -1,6 +1,8 @@
 // Golden tests of the forward pass and the invariant kernels against the shared reference models.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +20,42 @@
 
 namespace zr {
 namespace {
+
+// Pages of [p, p + bytes) the kernel has resident (mincore), p page-aligned.
+size_t resident_pages(const void* p, size_t bytes) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v((bytes + page - 1) / page);
+  EXPECT_EQ(mincore(const_cast<void*>(p), bytes, v.data()), 0);
+  return static_cast<size_t>(std::count_if(v.begin(), v.end(), [](unsigned char b) { return b & 1; }));
+}
+
+TEST(KvCache, PrefaultMakesEveryPageResidentAndKeepsContents) {
+  ModelConfig c;
+  c.num_layers = 3;
+  c.hidden_size = 64;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 16;
+  KvCache kv(c, 16, 4 << 20);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t pages = kv.bytes() / page;
+  ASSERT_GT(pages, 100u);
+  // Lazily mapped: only what is written is resident.
+  float* k = kv.keys(1, 3);
+  float* v = kv.values(2, kv.num_blocks() - 1);
+  k[5] = 1.25f;
+  v[7] = -3.5f;
+  EXPECT_LT(resident_pages(kv.keys(0, 0), kv.bytes()), pages / 2);
+  EXPECT_EQ(kv.prefault(), kv.bytes());
+  EXPECT_EQ(resident_pages(kv.keys(0, 0), kv.bytes()), pages);
+  EXPECT_EQ(k[5], 1.25f);
+  EXPECT_EQ(v[7], -3.5f);
+  // After release_pages the pool reads zeros and a prefault brings every page back.
+  EXPECT_EQ(kv.release_pages(), kv.bytes());
+  EXPECT_EQ(k[5], 0.0f);
+  kv.prefault();
+  EXPECT_EQ(resident_pages(kv.keys(0, 0), kv.bytes()), pages);
+}
 
 nlohmann::json load_reference(const std::string& dir) {
   std::ifstream f(dir + "/reference.json");
