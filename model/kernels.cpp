@@ -192,6 +192,7 @@ namespace {
 float exp_poly(float x) {  // kernels.h, softmax: the same operations as the AVX-512 lanes
   using namespace detail::expc;
   if (x < kMin) return 0.0f;
+  if (std::isnan(x)) return x;
   const float n = std::nearbyint(x * kLog2e);
   float r = std::fma(-n, kLn2Hi, x);
   r = std::fma(-n, kLn2Lo, r);
@@ -229,9 +230,11 @@ void rmsnorm(const float* x, const float* w, int d, float eps, float* out) {
 }
 
 void silu_mul(const float* gate, const float* up, int n, float* out) {
+  if (using_avx512()) return detail::silu_mul_avx512(gate, up, n, out);
   for (int i = 0; i < n; ++i) {
-    float g = gate[i];
-    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+    const float g = gate[i];
+    const float e = exp_poly(std::min(-g, detail::expc::kMax));
+    out[i] = (g / (1.0f + e)) * up[i];
   }
 }
 

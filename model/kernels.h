@@ -84,7 +84,8 @@ void softmax(float* x, int n);
 
 // out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out);
-// out[i] = silu(gate[i]) * up[i]
+// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i], exp the softmax's (its
+// argument capped at 88, where the quotient is already ~0); the same bits on both ISA paths.
 void silu_mul(const float* gate, const float* up, int n, float* out);
 // Hugging Face rotate_half RoPE on one head vector v (head_dim) at one position, using a
 // precomputed (cos, sin) row of length head_dim / 2.

@@ -298,6 +298,25 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
   }
 }
 
+// The exp of kernels.h (softmax) on 16 lanes, the operations of the portable exp_poly: arguments
+// below kMin give 0, NaN stays NaN; callers keep arguments <= kMax (larger ones overflow to inf).
+inline __m512 exp16(__m512 a) {
+  using namespace expc;
+  const __m512 nn = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // fma(-n, c, a) of the portable path: negating n is exact, so -(n * c) + a fused is the same.
+  __m512 r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Hi), a);
+  r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Lo), r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP4));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP5));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  y = _mm512_scalef_ps(y, nn);
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(kMin), _CMP_NLT_UQ), y);
+}
+
 void softmax_avx512(float* x, int n) {
   using namespace expc;
   __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -310,21 +329,7 @@ void softmax_avx512(float* x, int n) {
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
     const __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx);
-    const __m512 nn = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // fma(-n, c, a) of the portable path: negating n is exact, so -(n * c) + a fused is the same.
-    __m512 r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Hi), a);
-    r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Lo), r);
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(kP0), r, _mm512_set1_ps(kP1));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP2));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP3));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP4));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kP5));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
-    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-    y = _mm512_scalef_ps(y, nn);
-    // Lanes past n and arguments below kMin are 0 (as in the portable path).
-    const __mmask16 keep = m & _mm512_cmp_ps_mask(a, _mm512_set1_ps(kMin), _CMP_NLT_UQ);
-    y = _mm512_maskz_mov_ps(keep, y);
+    const __m512 y = _mm512_maskz_mov_ps(m, exp16(a));  // lanes past n are 0
     _mm512_mask_storeu_ps(x + j, m, y);
     sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));        // elements j .. j+7
     sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));  // elements j+8 .. j+15
@@ -337,6 +342,18 @@ void softmax_avx512(float* x, int n) {
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
     _mm512_mask_storeu_ps(x + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv));
+  }
+}
+
+void silu_mul_avx512(const float* gate, const float* up, int n, float* out) {
+  const __m512 hi = _mm512_set1_ps(expc::kMax), one = _mm512_set1_ps(1.0f);
+  for (int i = 0; i < n; i += kLanes) {
+    const __mmask16 m = lanes_mask(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    // min(-g, kMax) as std::min(-g, kMax): NaN stays NaN (min_ps returns its second operand then).
+    const __m512 e = exp16(_mm512_min_ps(hi, _mm512_sub_ps(_mm512_setzero_ps(), g)));
+    const __m512 s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }
 

@@ -16,6 +16,7 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
                    int n1, float* y, int ldy);
 float dot_avx512(const float* a, const float* b, int n);
 void softmax_avx512(float* x, int n);
+void silu_mul_avx512(const float* gate, const float* up, int n, float* out);
 
 // The constants of the softmax's exp (kernels.h), shared by both paths.
 namespace expc {
@@ -23,6 +24,7 @@ constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
                 kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 constexpr float kMin = -87.0f;  // below: 0
+constexpr float kMax = 88.0f;   // silu clamps exp's argument here (exp(88) is finite, 1.65e38)
 }  // namespace expc
 void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
                                    float scale, float* scores, size_t score_stride);

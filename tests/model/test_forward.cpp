@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -354,6 +355,35 @@ TEST(Kernels, SoftmaxMatchesDoublePrecisionAndIsTheSameOnBothPaths) {
     EXPECT_NEAR(total, 1.0, 1e-5) << "n=" << n;
     if (n > 2) {
       EXPECT_EQ(fast[1], 0.0f);
+    }
+  }
+}
+
+TEST(Kernels, SiluMatchesDoublePrecisionAndIsTheSameOnBothPaths) {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (int n : {1, 15, 16, 17, 100, 2048}) {
+    std::vector<float> gate(n), up(n);
+    for (auto& v : gate) v = nd(rng);
+    for (auto& v : up) v = nd(rng);
+    if (n > 4) {
+      gate[1] = -95.0f;  // exp(-g) past the cap: the product is ~0
+      gate[2] = 95.0f;   // exp(-g) underflows: silu(g) = g
+      gate[3] = std::numeric_limits<float>::quiet_NaN();
+    }
+    std::vector<float> fast(n), portable(n);
+    kernels::silu_mul(gate.data(), up.data(), n, fast.data());
+    kernels::force_portable(true);
+    kernels::silu_mul(gate.data(), up.data(), n, portable.data());
+    kernels::force_portable(false);
+    EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), n * sizeof(float))) << "n=" << n;
+    for (int i = 0; i < n; ++i) {
+      const double g = gate[i], ref = g / (1.0 + std::exp(-g)) * up[i];
+      if (std::isnan(g)) {
+        EXPECT_TRUE(std::isnan(fast[i])) << "n=" << n << " i=" << i;
+        continue;
+      }
+      EXPECT_NEAR(fast[i], ref, 1e-6 * std::abs(ref) + 1e-30) << "n=" << n << " i=" << i << " g=" << g;
     }
   }
 }
