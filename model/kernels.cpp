@@ -205,6 +205,13 @@ float exp_poly(float x) {  // kernels.h, softmax: the same operations as the AVX
   y = y + 1.0f;
   return std::ldexp(y, static_cast<int>(n));
 }
+
+// The fixed tree both paths add their 8 double lanes in: (i, i+4), then (i, i+2), then (0, 1).
+double sum_lanes(double lane[8]) {
+  for (int i = 0; i < 4; ++i) lane[i] += lane[i + 4];
+  for (int i = 0; i < 2; ++i) lane[i] += lane[i + 2];
+  return lane[0] + lane[1];
+}
 }  // namespace
 
 void softmax(float* x, int n) {
@@ -216,9 +223,7 @@ void softmax(float* x, int n) {
     x[j] = exp_poly(x[j] - mx);
     lane[j % 8] += x[j];
   }
-  for (int i = 0; i < 4; ++i) lane[i] += lane[i + 4];
-  for (int i = 0; i < 2; ++i) lane[i] += lane[i + 2];
-  const float inv = static_cast<float>(1.0 / (lane[0] + lane[1]));
+  const float inv = static_cast<float>(1.0 / sum_lanes(lane));
   for (int j = 0; j < n; ++j) x[j] *= inv;
 }
 
@@ -248,12 +253,18 @@ void rope_rotate(float* v, int head_dim, const float* cos_row, const float* sin_
 }
 
 void log_softmax(const float* x, int n, float* out) {
+  if (using_avx512()) return detail::log_softmax_avx512(x, n, out);
   float mx = -INFINITY;
   for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  double sum = 0.0;
-  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
-  float lse = static_cast<float>(std::log(sum));
+  double lane[8] = {};
+  for (int i = 0; i < n; ++i) lane[i % 8] += exp_poly(x[i] - mx);
+  const float lse = static_cast<float>(std::log(sum_lanes(lane)));
   for (int i = 0; i < n; ++i) out[i] = (x[i] - mx) - lse;
+}
+
+void exp(const float* x, int n, float* out) {
+  if (using_avx512()) return detail::exp_avx512(x, n, out);
+  for (int i = 0; i < n; ++i) out[i] = exp_poly(x[i]);
 }
 
 }  // namespace zr::kernels

@@ -91,8 +91,11 @@ void silu_mul(const float* gate, const float* up, int n, float* out);
 // precomputed (cos, sin) row of length head_dim / 2.
 void rope_rotate(float* v, int head_dim, const float* cos_row, const float* sin_row);
 
-// log_softmax over n values: max, then the sum of exp in double in index order, so the result is
-// a pure function of the values.
+// log_softmax over n values: max, then the sum of exp(x - max) (the softmax's exp and its 8-lane
+// double sum in a fixed tree), so the result is a pure function of the values, the same bits on
+// both ISA paths. out may be x.
 void log_softmax(const float* x, int n, float* out);
+// out[i] = exp(x[i]), the softmax's exp (x <= 88; below -87: 0). out may be x.
+void exp(const float* x, int n, float* out);
 
 }  // namespace zr::kernels

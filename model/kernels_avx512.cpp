@@ -345,6 +345,36 @@ void softmax_avx512(float* x, int n) {
   }
 }
 
+void log_softmax_avx512(const float* x, int n, float* out) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes_mask(n - j);
+    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + j));
+  }
+  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512d sum = _mm512_setzero_pd();
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes_mask(n - j);
+    const __m512 y = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx)));
+    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));
+    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));
+  }
+  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(sum), _mm512_extractf64x4_pd(sum, 1));
+  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+  const __m512 lse = _mm512_set1_ps(static_cast<float>(std::log(_mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2)))));
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes_mask(n - j);
+    _mm512_mask_storeu_ps(out + j, m, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx), lse));
+  }
+}
+
+void exp_avx512(const float* x, int n, float* out) {
+  for (int j = 0; j < n; j += kLanes) {
+    const __mmask16 m = lanes_mask(n - j);
+    _mm512_mask_storeu_ps(out + j, m, exp16(_mm512_maskz_loadu_ps(m, x + j)));
+  }
+}
+
 void silu_mul_avx512(const float* gate, const float* up, int n, float* out) {
   const __m512 hi = _mm512_set1_ps(expc::kMax), one = _mm512_set1_ps(1.0f);
   for (int i = 0; i < n; i += kLanes) {

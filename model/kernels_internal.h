@@ -17,6 +17,8 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
 float dot_avx512(const float* a, const float* b, int n);
 void softmax_avx512(float* x, int n);
 void silu_mul_avx512(const float* gate, const float* up, int n, float* out);
+void log_softmax_avx512(const float* x, int n, float* out);
+void exp_avx512(const float* x, int n, float* out);  // x <= expc::kMax
 
 // The constants of the softmax's exp (kernels.h), shared by both paths.
 namespace expc {

@@ -161,7 +161,7 @@ SampledToken sample_token(const float* raw, int vocab, const std::vector<int>& e
     s.order.assign(1, out.token);
   } else {
     s.probs.resize(vocab);
-    for (int i = 0; i < vocab; ++i) s.probs[i] = std::exp(s.lp[i]);
+    kernels::exp(s.lp.data(), vocab, s.probs.data());  // lp <= 0
     keep = truncate(s.probs.data(), vocab, p, s.order);
     double mass = 0.0;
     for (int i = 0; i < keep; ++i) mass += s.probs[s.order[i]];

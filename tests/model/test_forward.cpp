@@ -388,5 +388,43 @@ TEST(Kernels, SiluMatchesDoublePrecisionAndIsTheSameOnBothPaths) {
   }
 }
 
+TEST(Kernels, LogSoftmaxAndExpMatchDoublePrecisionAndAreTheSameOnBothPaths) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd(0.0f, 5.0f);
+  for (int n : {1, 9, 16, 31, 1000, 32000}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = nd(rng);
+    if (n > 3) {
+      x[1] = -INFINITY;  // a masked logit: logprob -inf, probability 0
+      x[2] = x[0] - 200.0f;
+    }
+    std::vector<float> fast(n), portable(n), pf(n), pp(n);
+    kernels::log_softmax(x.data(), n, fast.data());
+    kernels::exp(fast.data(), n, pf.data());
+    kernels::force_portable(true);
+    kernels::log_softmax(x.data(), n, portable.data());
+    kernels::exp(portable.data(), n, pp.data());
+    kernels::force_portable(false);
+    EXPECT_EQ(0, std::memcmp(fast.data(), portable.data(), n * sizeof(float))) << "n=" << n;
+    EXPECT_EQ(0, std::memcmp(pf.data(), pp.data(), n * sizeof(float))) << "n=" << n;
+    double mx = -INFINITY, sum = 0, total = 0;
+    for (float v : x) mx = std::max(mx, static_cast<double>(v));
+    for (float v : x) sum += std::exp(static_cast<double>(v) - mx);
+    for (int i = 0; i < n; ++i) {
+      const double ref = static_cast<double>(x[i]) - mx - std::log(sum);
+      total += pf[i];
+      if (std::isinf(x[i])) {
+        EXPECT_EQ(fast[i], -INFINITY);
+        EXPECT_EQ(pf[i], 0.0f);
+        continue;
+      }
+      EXPECT_NEAR(fast[i], ref, 2e-6 * (1 + std::abs(ref))) << "n=" << n << " i=" << i;
+      EXPECT_NEAR(pf[i], std::exp(ref), 1e-6 * std::exp(ref) + 1e-30 + 4e-7 * std::abs(ref) * std::exp(ref))
+          << "n=" << n << " i=" << i;
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5) << "n=" << n;
+  }
+}
+
 }  // namespace
 }  // namespace zr
