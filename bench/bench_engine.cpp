@@ -3,10 +3,11 @@
 //   decode at batch B: tokens/s = B / median decode step time, beside
 //     - the bandwidth bound  B * read_GB/s / weight_bytes_per_step  (every weight read once a step)
 //     - the compute bound    sgemm_GFLOP/s / (2 * params)           (OpenBLAS sgemm peak, same run)
-//     (both limits sampled between the row's steps, every ~0.5 s, and before and after it; the
-//     medians are used, so the limits and the work see the same host: its neighbours make the
-//     read bandwidth jump between ~30 and ~50 GB/s for a second at a time)
-//     and the ratio to the binding (smaller) bound;
+//     (both limits sampled between the row's steps, every --sample-every seconds, and before and
+//     after it, so the limits and the work see the same host: its neighbours make the read
+//     bandwidth jump between ~30 and ~50 GB/s for a second at a time)
+//     and two ratios to the binding (smaller) bound: from the medians of steps and samples, and
+//     "paired": the median over steps of each step against the samples taken nearest to it;
 //   prefill tokens/s beside the compute bound;
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
 //   the model's own layer shapes, same thread count.
@@ -45,11 +46,47 @@ std::vector<int> random_prompt(int len, int vocab, std::mt19937_64& rng) {
   return ids;
 }
 
+// When a step ran (its middle, seconds on Clock) and how long it took.
+struct StepTime {
+  double at, seconds;
+};
+
 struct DecodeResult {
   double tok_s = 0;
   double step_ms = 0;
   int steps = 0;
+  std::vector<StepTime> timed;
 };
+
+double seconds_of(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
+
+// The limit samples of one row, with when each was taken.
+struct LimitTrace {
+  std::vector<std::pair<double, double>> read, sgemm;  // (time, GB/s) and (time, GFLOP/s)
+  // The sample of `series` taken nearest to time t.
+  static double nearest(const std::vector<std::pair<double, double>>& series, double t) {
+    auto it = std::lower_bound(series.begin(), series.end(), std::pair{t, 0.0});
+    if (it == series.end()) return std::prev(it)->second;
+    if (it == series.begin()) return it->second;
+    return (t - std::prev(it)->first < it->first - t) ? std::prev(it)->second : it->second;
+  }
+};
+
+// Median over steps of (the step's bound, from the limits sampled nearest to it) / (its time): each
+// step is held against the host as it was within ~0.05 s of it. Against the ratio of medians this
+// stays right when the host switches between a slow and a fast phase during a row and the medians
+// of the steps and of the samples fall on different sides of the switch.
+double paired_ratio(const std::vector<StepTime>& steps, const LimitTrace& tr, double bytes_per_step,
+                    double flops_per_step) {
+  if (steps.empty() || tr.read.empty() || tr.sgemm.empty()) return 0;
+  std::vector<double> r;
+  for (const StepTime& s : steps) {
+    const double bw_s = bytes_per_step / (LimitTrace::nearest(tr.read, s.at) * 1e9);
+    const double flop_s = flops_per_step / (LimitTrace::nearest(tr.sgemm, s.at) * 1e9);
+    r.push_back(std::max(bw_s, flop_s) / s.seconds);
+  }
+  return median(r);
+}
 
 // Calls `sample` before the first step, then between steps once g_sample_every seconds have passed
 // since the last call (0: never), and after the last step; its time is not counted in any step.
@@ -108,17 +145,21 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     (void)eng->submit(r);
   }
   std::vector<double> step_s;
+  DecodeResult r;
   Sampling sampling(sample);
   while (!eng->idle()) {
     StepOutputs out;
     auto t0 = Clock::now();
     eng->step(out);
-    double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (out.tokens_processed == batch && out.tokens_generated == batch) step_s.push_back(dt);
+    auto t1 = Clock::now();
+    double dt = std::chrono::duration<double>(t1 - t0).count();
+    if (out.tokens_processed == batch && out.tokens_generated == batch) {
+      step_s.push_back(dt);
+      r.timed.push_back({(seconds_of(t0) + seconds_of(t1)) / 2, dt});
+    }
     sampling.maybe();
   }
   sampling.last();
-  DecodeResult r;
   r.steps = static_cast<int>(step_s.size());
   r.step_ms = median(step_s) * 1e3;
   r.tok_s = batch / median(step_s);
@@ -232,22 +273,32 @@ int main(int argc, char** argv) {
   struct Limits {
     double bw_gbps, sgemm_gflops;
     std::string spread;  // "n samples, read a-b GB/s, sgemm c-d GF"
+    LimitTrace trace;
   };
   auto sampled = [&](auto&& run) {
     bench::LimitSampler sampler(threads);
-    run([&](bool sgemm) { sampler.sample(sgemm); });
+    LimitTrace trace;
+    run([&](bool sgemm) {
+      auto t0 = Clock::now();
+      sampler.sample(sgemm);
+      const double at = (seconds_of(t0) + seconds_of(Clock::now())) / 2;
+      trace.read.emplace_back(at, sampler.last_read_gbps());
+      if (sgemm) trace.sgemm.emplace_back(at, sampler.last_sgemm_gflops());
+    });
     bench::Measurement rd = sampler.read_gbps(), mm = sampler.sgemm_gflops();
     char buf[160];
     std::snprintf(buf, sizeof buf, "read %.0f-%.0f GB/s over %d samples, sgemm %.0f-%.0f GF over %d", rd.min, rd.max,
                   rd.repeats, mm.min, mm.max, mm.repeats);
-    return Limits{rd.median, mm.median, buf};
+    return Limits{rd.median, mm.median, buf, std::move(trace)};
   };
   std::printf("limits: memory read GB/s (256 MiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), sampled\n"
               "between each row's steps (read every %.2f s, sgemm every %d samples, and both before and after);\n"
               "medians used\n\n",
               threads, threads, g_sample_every, kSgemmEvery);
-  std::printf("%-10s %10s %10s %9s %9s %12s %12s %8s\n", "decode", "tok/s", "step ms", "read GB/s", "sgemm GF", "bw bound",
-              "flop bound", "ratio");
+  std::printf("ratio: tok/s over the smaller bound (from the medians); paired: the median over steps of each step's\n"
+              "bound from the samples nearest to it over its time (the host's fast and slow phases paired up)\n\n");
+  std::printf("%-10s %10s %10s %9s %9s %12s %12s %8s %7s\n", "decode", "tok/s", "step ms", "read GB/s", "sgemm GF",
+              "bw bound", "flop bound", "ratio", "paired");
   std::stringstream ss(batches_arg);
   for (std::string b; std::getline(ss, b, ',');) {
     int batch = std::stoi(b);
@@ -256,16 +307,18 @@ int main(int argc, char** argv) {
     double bw_bound = batch * lim.bw_gbps * 1e9 / weight_bytes;
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
     double bound = std::min(bw_bound, compute_bound);
-    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%%  (%s-bound, %d steps; %s)\n", batch,
-                r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
-                bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
+    double paired = paired_ratio(r.timed, lim.trace, weight_bytes, 2 * params * batch);
+    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%% %6.0f%%  (%s-bound, %d steps; %s)\n",
+                batch, r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound,
+                100 * r.tok_s / bound, 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps,
+                lim.spread.c_str());
   }
   if (prefill_prompts > 0) {
     double pf = 0;
     Limits lim = sampled([&](const Sampling::Fn& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
-    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%%  (%d x %d-token prompts; %s)\n", pf, "",
-                lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, prefill_prompts, prompt,
+    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%% %7s  (%d x %d-token prompts; %s)\n", pf,
+                "", lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, "", prefill_prompts, prompt,
                 lim.spread.c_str());
   }
   if (!skip_parity) parity_cost(*cfg, threads);

@@ -236,6 +236,8 @@ void LimitSampler::sample(bool sgemm) {
 }
 
 int LimitSampler::samples() const { return static_cast<int>(s_->read.size()); }
+double LimitSampler::last_read_gbps() const { return s_->read.empty() ? 0 : s_->read.back(); }
+double LimitSampler::last_sgemm_gflops() const { return s_->sgemm.empty() ? 0 : s_->sgemm.back(); }
 
 Measurement LimitSampler::read_gbps() const {
   return summarize(s_->read, std::to_string(s_->buf.size() >> 20) + " MiB");

@@ -56,6 +56,8 @@ class LimitSampler {
   int samples() const;
   Measurement read_gbps() const;     // median, min, max over the samples so far
   Measurement sgemm_gflops() const;  // same, for OpenBLAS sgemm n^3
+  double last_read_gbps() const;     // the latest sample's (0 before any)
+  double last_sgemm_gflops() const;  // the latest sgemm sample's (0 before any)
 
  private:
   struct State;
