@@ -206,24 +206,29 @@ float exp_poly(float x) {  // kernels.h, softmax: the same operations as the AVX
   return std::ldexp(y, static_cast<int>(n));
 }
 
-// The fixed tree both paths add their 8 double lanes in: (i, i+4), then (i, i+2), then (0, 1).
-double sum_lanes(double lane[8]) {
+// max of x[0, n), then the sum of exp(x[j] - max) in double, element j in lane j % 8, the lanes
+// added (i, i+4), then (i, i+2), then (0, 1): the operations of the AVX-512 path. Stores the exps
+// in `exps` when given (it may be x). Returns the sum; *max_out gets the max.
+double max_and_exp_sum(const float* x, int n, float* exps, float* max_out) {
+  float mx = -INFINITY;
+  for (int j = 0; j < n; ++j) mx = std::max(mx, x[j]);
+  double lane[8] = {};
+  for (int j = 0; j < n; ++j) {
+    const float e = exp_poly(x[j] - mx);
+    if (exps) exps[j] = e;
+    lane[j % 8] += e;
+  }
   for (int i = 0; i < 4; ++i) lane[i] += lane[i + 4];
   for (int i = 0; i < 2; ++i) lane[i] += lane[i + 2];
+  *max_out = mx;
   return lane[0] + lane[1];
 }
 }  // namespace
 
 void softmax(float* x, int n) {
   if (using_avx512()) return detail::softmax_avx512(x, n);
-  float mx = -INFINITY;
-  for (int j = 0; j < n; ++j) mx = std::max(mx, x[j]);
-  double lane[8] = {};
-  for (int j = 0; j < n; ++j) {
-    x[j] = exp_poly(x[j] - mx);
-    lane[j % 8] += x[j];
-  }
-  const float inv = static_cast<float>(1.0 / sum_lanes(lane));
+  float mx;
+  const float inv = static_cast<float>(1.0 / max_and_exp_sum(x, n, x, &mx));
   for (int j = 0; j < n; ++j) x[j] *= inv;
 }
 
@@ -254,11 +259,8 @@ void rope_rotate(float* v, int head_dim, const float* cos_row, const float* sin_
 
 void log_softmax(const float* x, int n, float* out) {
   if (using_avx512()) return detail::log_softmax_avx512(x, n, out);
-  float mx = -INFINITY;
-  for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  double lane[8] = {};
-  for (int i = 0; i < n; ++i) lane[i % 8] += exp_poly(x[i] - mx);
-  const float lse = static_cast<float>(std::log(sum_lanes(lane)));
+  float mx;
+  const float lse = static_cast<float>(std::log(max_and_exp_sum(x, n, nullptr, &mx)));
   for (int i = 0; i < n; ++i) out[i] = (x[i] - mx) - lse;
 }
 

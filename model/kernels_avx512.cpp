@@ -298,6 +298,8 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
   }
 }
 
+namespace {
+
 // The exp of kernels.h (softmax) on 16 lanes, the operations of the portable exp_poly: arguments
 // below kMin give 0, NaN stays NaN; callers keep arguments <= kMax (larger ones overflow to inf).
 inline __m512 exp16(__m512 a) {
@@ -317,28 +319,35 @@ inline __m512 exp16(__m512 a) {
   return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(kMin), _CMP_NLT_UQ), y);
 }
 
-void softmax_avx512(float* x, int n) {
-  using namespace expc;
+// max of x[0, n), then the sum of exp(x[j] - max) in double, element j in lane j % 8, the lanes
+// added (i, i+4), then (i, i+2), then (0, 1), as the portable path. Stores the exps in `exps` when
+// given (it may be x). Returns the sum; *max_out gets the max.
+double max_and_exp_sum(const float* x, int n, float* exps, float* max_out) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
     vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + j));
   }
-  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  *max_out = _mm512_reduce_max_ps(vmax);
+  const __m512 mx = _mm512_set1_ps(*max_out);
   __m512d sum = _mm512_setzero_pd();
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
-    const __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx);
-    const __m512 y = _mm512_maskz_mov_ps(m, exp16(a));  // lanes past n are 0
-    _mm512_mask_storeu_ps(x + j, m, y);
+    const __m512 y = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx)));  // lanes past n: 0
+    if (exps) _mm512_mask_storeu_ps(exps + j, m, y);
     sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));        // elements j .. j+7
     sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));  // elements j+8 .. j+15
   }
-  // (i, i+4), then (i, i+2), then (0, 1), as the portable path.
   const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(sum), _mm512_extractf64x4_pd(sum, 1));
   const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-  const double total = _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
-  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / total));
+  return _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
+}
+
+}  // namespace
+
+void softmax_avx512(float* x, int n) {
+  float mx;
+  const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / max_and_exp_sum(x, n, x, &mx)));
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
     _mm512_mask_storeu_ps(x + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + j), inv));
@@ -346,22 +355,9 @@ void softmax_avx512(float* x, int n) {
 }
 
 void log_softmax_avx512(const float* x, int n, float* out) {
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int j = 0; j < n; j += kLanes) {
-    const __mmask16 m = lanes_mask(n - j);
-    vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + j));
-  }
-  const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-  __m512d sum = _mm512_setzero_pd();
-  for (int j = 0; j < n; j += kLanes) {
-    const __mmask16 m = lanes_mask(n - j);
-    const __m512 y = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx)));
-    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));
-    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));
-  }
-  const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(sum), _mm512_extractf64x4_pd(sum, 1));
-  const __m128d s2 = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
-  const __m512 lse = _mm512_set1_ps(static_cast<float>(std::log(_mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2)))));
+  float max;
+  const __m512 lse = _mm512_set1_ps(static_cast<float>(std::log(max_and_exp_sum(x, n, nullptr, &max))));
+  const __m512 mx = _mm512_set1_ps(max);
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
     _mm512_mask_storeu_ps(out + j, m, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx), lse));
