@@ -37,7 +37,8 @@ struct EngineOptions {
   int kv_block_size = 16;
   // Fault the whole KV pool in at start-up (and again after resume_memory kv_cache), as GPU
   // engines reserve theirs: ~0.35 s per GiB once, instead of a page fault in the forward step each
-  // time a sequence first writes a new 4 KiB of the pool (~9% of a batch-64 decode step here).
+  // time a sequence first writes a new 4 KiB of the pool (11.6 of 154 ms of a batch-64 decode
+  // step here, bench_engine with a per-phase timing).
   // false: pages are faulted on first write, so an unused budget costs no memory.
   bool kv_prefault = true;
   SchedulerConfig scheduler;
