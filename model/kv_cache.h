@@ -4,7 +4,8 @@
 // copied before anyone writes into it (copy on write).
 // Layout per layer: keys (num_blocks, kv_dim, block_size) f32 -- transposed inside a block so the
 // attention kernel reads 16 positions of one dimension as one vector -- and values
-// (num_blocks, block_size, kv_dim).
+// (num_blocks, num_kv_heads, block_size, head_dim): head-major like the keys, so one KV head's part
+// of a block is one contiguous run (4 KiB at head_dim 64, block 16) for either.
 // Thread-safety: none; the engine thread owns it. The forward writes disjoint positions from pool
 // threads, which is safe because block tables never share a block that is written.
 #pragma once
@@ -62,7 +63,7 @@ class KvCache {
   size_t prefault();
 
   float* keys(int layer, int block);    // (kv_dim, block_size)
-  float* values(int layer, int block);  // (block_size, kv_dim)
+  float* values(int layer, int block);  // (num_kv_heads, block_size, head_dim)
 
   // Tensor parallelism: the leader's cache decides which blocks hold what and the other ranks'
   // caches (their KV heads, same block ids) follow. With logging on, every copy-on-write copy is
@@ -75,7 +76,7 @@ class KvCache {
 
   int num_layers_, kv_dim_, block_size_, num_blocks_;
   size_t bytes_ = 0;
-  float* data_ = nullptr;  // mmap'd: [layer][k|v][block][pos][kv_dim]
+  float* data_ = nullptr;  // mmap'd: [layer][k|v][block][...]: a block's kv_dim x block_size floats
   std::vector<int> refs_;
   std::vector<int> free_;  // stack of free block ids
   bool log_copies_ = false;
