@@ -127,10 +127,14 @@ void TpFollower::on_memory(const TpCommand& cmd, bool release) {
   const bool weights = cmd.ints.size() > 0 && cmd.ints[0], kv = cmd.ints.size() > 1 && cmd.ints[1];
   if (release) {
     if (kv) kv_->release_pages();
+    kv_released_ = kv_released_ || kv;
     if (weights) weights_.release_all();
     return;
   }
-  if (kv && kv_prefault_) kv_->prefault();
+  if (kv && kv_released_) {  // the leader sends resume for whatever was asked, released or not
+    kv_released_ = false;
+    if (kv_prefault_) kv_->prefault();
+  }
   if (weights && !weights_.complete()) {  // nothing was pushed meanwhile: reload this rank's shard
     auto staged = stage_from_disk(weights_, model_dir_, cmd.version);
     Status st = staged.ok() ? weights_.replace(staged->tensors) : staged.status();

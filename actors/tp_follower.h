@@ -43,7 +43,8 @@ class TpFollower {
   TpGroup& tp_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<KvCache> kv_;
-  bool kv_prefault_ = true;  // EngineOptions::kv_prefault: also after a resume
+  bool kv_prefault_ = true;   // EngineOptions::kv_prefault: also after a resume
+  bool kv_released_ = false;  // release_memory kv_cache came, resume not yet
   std::unique_ptr<Transformer> tf_;
   std::string model_dir_;
   StageSources sources_;

@@ -144,7 +144,6 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     r.sampling_params.ignore_eos = true;
     (void)eng->submit(r);
   }
-  std::vector<double> step_s;
   DecodeResult r;
   Sampling sampling(sample);
   while (!eng->idle()) {
@@ -152,14 +151,13 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     auto t0 = Clock::now();
     eng->step(out);
     auto t1 = Clock::now();
-    double dt = std::chrono::duration<double>(t1 - t0).count();
-    if (out.tokens_processed == batch && out.tokens_generated == batch) {
-      step_s.push_back(dt);
-      r.timed.push_back({(seconds_of(t0) + seconds_of(t1)) / 2, dt});
-    }
+    if (out.tokens_processed == batch && out.tokens_generated == batch)
+      r.timed.push_back({(seconds_of(t0) + seconds_of(t1)) / 2, std::chrono::duration<double>(t1 - t0).count()});
     sampling.maybe();
   }
   sampling.last();
+  std::vector<double> step_s;
+  for (const StepTime& st : r.timed) step_s.push_back(st.seconds);
   r.steps = static_cast<int>(step_s.size());
   r.step_ms = median(step_s) * 1e3;
   r.tok_s = batch / median(step_s);

@@ -235,7 +235,6 @@ void LimitSampler::sample(bool sgemm) {
   s.sgemm.push_back(2.0 * s.n * s.n * s.n / seconds_since(t1) / 1e9);
 }
 
-int LimitSampler::samples() const { return static_cast<int>(s_->read.size()); }
 double LimitSampler::last_read_gbps() const { return s_->read.empty() ? 0 : s_->read.back(); }
 double LimitSampler::last_sgemm_gflops() const { return s_->sgemm.empty() ? 0 : s_->sgemm.back(); }
 

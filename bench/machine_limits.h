@@ -53,7 +53,6 @@ class LimitSampler {
   LimitSampler& operator=(const LimitSampler&) = delete;
 
   void sample(bool sgemm = true);
-  int samples() const;
   Measurement read_gbps() const;     // median, min, max over the samples so far
   Measurement sgemm_gflops() const;  // same, for OpenBLAS sgemm n^3
   double last_read_gbps() const;     // the latest sample's (0 before any)
