@@ -144,7 +144,7 @@ void RolloutActor::on_abort(Frame& f, const ReplyTo& from) {
 
 bool RolloutActor::tick() {
   if (weight_job_) poll_weight_job();
-  if (engine_->idle()) return weight_job_ != nullptr;
+  if (engine_->idle()) return false;  // a stage in progress wakes the loop when it is done
   StepOutputs out;
   engine_->step(out);
   if (out.tokens_generated > 0) generated_.emplace_back(SteadyClock::now(), out.tokens_generated);

@@ -7,6 +7,7 @@
 // thread touches either; before start() tests may step it with run_once().
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <future>
@@ -30,7 +31,7 @@ struct RolloutActorOptions {
   std::string model_path;  // reported by get_model_info
   int weight_rank = 0;     // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
-  std::chrono::milliseconds transfer_timeout{60000};  // broadcast: no bucket for this long = sender lost
+  std::chrono::milliseconds transfer_timeout{60000};  // no broadcast bucket / streamed ipc progress for this long = sender lost
 };
 
 class RolloutActor {
@@ -66,6 +67,7 @@ class RolloutActor {
     UpdateWeightsCall call;
     ReplyTo to;
     std::future<Result<StagedWeights>> staged;
+    std::shared_ptr<std::atomic<bool>> finished = std::make_shared<std::atomic<bool>>(false);  // set by the stage
     std::chrono::steady_clock::time_point start, staged_at;
     uint64_t bytes = 0;
     int zero_copy = 0;
@@ -96,6 +98,7 @@ class RolloutActor {
   std::unique_ptr<WeightJob> weight_job_;  // at most one update at a time
   MpiGroup* weight_group_ = nullptr;
   StagingPool staging_;
+  ShmMappings shm_;  // ipc segments the trainer will write again
 };
 
 }  // namespace zr

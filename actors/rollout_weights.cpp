@@ -91,7 +91,11 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   job->call = std::move(call).value();
   job->to = from;
   job->start = SteadyClock::now();
-  StageSources src{weight_group_, &staging_, opt_.transfer_timeout};
+  StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_,
+                   [finished = job->finished, this] {  // the actor loop sleeps while the stage runs
+                     finished->store(true);
+                     actor_.wake();
+                   }};
   auto started = begin_stage(job->call, engine_->weights(), engine_->weight_version(), src, &job->bytes);
   if (!started.ok()) return reply_error(from, job->call.req_id, on_rank(started.status(), opt_.weight_rank));
   job->staged = std::move(started).value();
@@ -104,8 +108,8 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
 // Hands a finished stage to the engine (from tick, on the actor thread).
 void RolloutActor::poll_weight_job() {
   WeightJob& job = *weight_job_;
-  if (job.handed_to_engine || job.staged.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
-  Result<StagedWeights> staged = job.staged.get();
+  if (job.handed_to_engine || !job.finished->load()) return;
+  Result<StagedWeights> staged = job.staged.get();  // ready within moments of `finished`
   job.staged_at = SteadyClock::now();
   Status st = staged.ok() ? Status{} : on_rank(staged.status(), opt_.weight_rank);
   if (TpGroup* tp = engine_->tp()) {  // all ranks staged, or nobody commits
@@ -144,7 +148,7 @@ void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
   } else {
     UpdateWeightsReply r{job.call.req_id, c.first, job.bytes,
                          std::chrono::duration<double>(job.staged_at - job.start).count(),
-                         seconds_since(job.staged_at), job.zero_copy};
+                         seconds_since(job.staged_at), job.zero_copy, shm_.in_use(engine_->weights())};
     actor_.send(job.to, "update_weights.reply", wire::encode(r));
     actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", c.first,
                       job.bytes / 1048576.0, job.call.path, r.stage_seconds * 1e3, r.commit_seconds * 1e3);

@@ -149,7 +149,7 @@ void Router::finish_fan_out(FanOut& f) {
       if (auto r = wire::weight_version_reply_from_json(j); r.ok()) v.version = first ? r->version : std::min(v.version, r->version), first = false;
     body = wire::encode(v);
   } else if (f.op == "update_weights") {
-    UpdateWeightsReply m{f.req_id, 0, 0, 0, 0, 0};
+    UpdateWeightsReply m{f.req_id, 0, 0, 0, 0, 0, {}};
     bool first = true;
     for (const auto& [k, j] : f.replies) {
       auto r = wire::update_weights_reply_from_json(j);
@@ -159,6 +159,8 @@ void Router::finish_fan_out(FanOut& f) {
       m.stage_seconds = std::max(m.stage_seconds, r->stage_seconds);
       m.commit_seconds = std::max(m.commit_seconds, r->commit_seconds);
       m.zero_copy_tensors = first ? r->zero_copy_tensors : std::min(m.zero_copy_tensors, r->zero_copy_tensors);
+      for (const auto& name : r->shm_in_use)  // a segment any engine serves from is in use
+        if (std::find(m.shm_in_use.begin(), m.shm_in_use.end(), name) == m.shm_in_use.end()) m.shm_in_use.push_back(name);
       first = false;
     }
     body = wire::encode(m);

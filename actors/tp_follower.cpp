@@ -18,7 +18,7 @@ Result<std::unique_ptr<TpFollower>> TpFollower::load(const std::string& dir, con
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto f = std::unique_ptr<TpFollower>(new TpFollower(std::move(w).value(), opt, tp));
   f->model_dir_ = dir;
-  f->sources_ = StageSources{weight_group, &f->staging_, transfer_timeout};
+  f->sources_ = StageSources{weight_group, &f->staging_, transfer_timeout, &f->shm_, {}};
   return f;
 }
 

@@ -49,6 +49,7 @@ class TpFollower {
   std::string model_dir_;
   StageSources sources_;
   StagingPool staging_;
+  ShmMappings shm_;
   int64_t version_ = 0;
   std::optional<std::future<Result<StagedWeights>>> staging_job_;
   Status stage_refused_;  // refused before it started (e.g. a segment this host cannot map)

@@ -2,13 +2,16 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <future>
+#include <optional>
 
 #include "actors/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/frame.h"
 #include "comm/shm_segment.h"
+#include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
 #include "model/safetensors.h"
 
@@ -46,7 +49,8 @@ Trainer::Trainer(zmq::context_t* context, const std::vector<std::string>& endpoi
       unsent_(endpoints.size()),
       heartbeat_interval_(opt.router.heartbeat_interval),
       router_(std::make_unique<Router>(endpoints, std::move(opt.router), SteadyClock::now())),
-      last_pump_(SteadyClock::now()) {}
+      last_pump_(SteadyClock::now()),
+      shm_in_use_(endpoints.size()) {}
 
 Trainer::~Trainer() = default;
 
@@ -151,9 +155,11 @@ Result<RouterMessage> Trainer::call(int engine, const std::string& op, std::stri
 
 // ---- weights
 
-std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall call, PublishResult& res) {
+std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall call, PublishResult& res,
+                                                           const std::vector<int>* only) {
   std::vector<std::pair<int, uint64_t>> sent;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
+    if (only && std::find(only->begin(), only->end(), k) == only->end()) continue;
     if (!router_->alive(k)) {
       spdlog::warn("publish v{}: skipping engine {} ({}): it stopped answering heartbeats", call.version, k,
                    endpoints_[k]);
@@ -169,7 +175,7 @@ std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall ca
 }
 
 Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, SteadyClock::time_point deadline,
-                             PublishResult& res) {
+                             PublishResult& res, std::vector<std::pair<int, Status>>* refused) {
   (void)pump([&] { return std::all_of(sent.begin(), sent.end(), [&](auto& s) { return answered(s.second); }); },
              deadline);
   Status first_error;
@@ -188,8 +194,9 @@ Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, 
       spdlog::warn("publish v{}: engine {} ({}) stopped answering heartbeats before it acked", res.version, k,
                    endpoints_[k]);
       res.dead.push_back(k);
-    } else if (first_error.ok()) {
-      first_error = ack.status();
+    } else {
+      if (refused) refused->emplace_back(k, ack.status());
+      if (first_error.ok()) first_error = ack.status();
     }
   }
   if (!first_error.ok()) return first_error;
@@ -242,10 +249,9 @@ Result<Trainer::Layout> Trainer::layout(const SafetensorsArchive& ar, const std:
 }
 
 void Trainer::Layout::fill(uint8_t* dst) {
-  for (size_t i = 0; i < metas.size(); ++i) {
-    std::memcpy(dst + metas[i].offset, src[i], metas[i].nbytes);
-    metas[i].checksum = checksum64(dst + metas[i].offset, metas[i].nbytes);
-  }
+  for (size_t i = 0; i < metas.size(); ++i)
+    metas[i].checksum =
+        checksum64_finish(checksum64_copy_partial(dst + metas[i].offset, src[i], metas[i].nbytes, 0), metas[i].nbytes);
 }
 
 // Lays the checkpoint's tensors out in one shared-memory segment, checksums them, and sends only
@@ -255,16 +261,109 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   if (!ar.ok()) return ar.status();
   auto l = layout(*ar, opt.only, dir);
   if (!l.ok()) return l.status();
-  auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), l->bytes);
-  if (!seg.ok()) return seg.status();
-  l->fill(static_cast<uint8_t*>(seg->data()));
-  UpdateWeightsCall call = base_call("ipc", version, opt);
-  call.tensors = l->metas;
-  call.shm_name = seg->name();
-  call.shm_bytes = l->bytes;
-  auto res = send_update(std::move(call), opt.timeout);
-  seg->unlink();  // every engine has mapped it (or failed); mappings outlive the name
+  std::vector<int> to;
+  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
+    if (router_->alive(k)) to.push_back(k);
+  auto t0 = Clock::now();  // from here: a new segment's creation counts
+  bool reused = false;
+  const uint64_t need = shm_stream_offset(l->metas.size()) + l->bytes;
+  auto idx = segment_for(need, to, opt.reuse_segments, version, &reused);
+  if (!idx.ok()) return idx.status();
+  const auto deadline = SteadyClock::now() + opt.timeout;
+  PublishResult res;
+  res.version = version;
+  res.shm_segment = shm_pool_[*idx].seg.name();
+  res.shm_reused = reused;
+  UpdateWeightsCall base = base_call("ipc", version, opt);
+  std::vector<std::pair<int, Status>> refused;
+  Status st = push_segment(*idx, *l, base, nullptr, deadline, res, refused);  // dead engines go to res.dead
+  // An engine without the kept mapping (it restarted) cannot reach a reused segment by its name:
+  // send those engines the same version in a fresh segment.
+  std::vector<int> lost;
+  for (const auto& [k, e] : refused)
+    if (reused && e.code == ErrorCode::not_found) lost.push_back(k);
+  if (!lost.empty() && lost.size() == refused.size()) {
+    for (int k : lost) {
+      spdlog::warn("publish v{}: engine {} ({}) no longer maps segment {}: sending it a fresh one", version, k,
+                   endpoints_[k], res.shm_segment);
+      for (auto& p : shm_pool_) p.mapped_by.erase(k);
+    }
+    bool again = false;
+    auto fresh = segment_for(need, lost, /*reuse=*/false, version, &again);
+    if (!fresh.ok()) return fresh.status();
+    refused.clear();
+    res.shm_segment = shm_pool_[*fresh].seg.name();
+    res.shm_reused = false;
+    st = push_segment(*fresh, *l, base, &lost, deadline, res, refused);
+  }
+  // Keep every segment an engine serves from, and one idle one (the largest) for the next publish.
+  std::vector<size_t> idle;
+  for (size_t i = 0; i < shm_pool_.size(); ++i)
+    if (!segment_in_use(shm_pool_[i].seg.name())) idle.push_back(i);
+  std::sort(idle.begin(), idle.end(), [&](size_t a, size_t b) { return shm_pool_[a].seg.size() > shm_pool_[b].seg.size(); });
+  for (size_t j = idle.size(); j-- > 1;) shm_pool_.erase(shm_pool_.begin() + static_cast<std::ptrdiff_t>(idle[j]));
+  if (!st.ok()) return st;
+  if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return res;
+}
+
+bool Trainer::segment_in_use(const std::string& name) const {
+  return std::any_of(shm_in_use_.begin(), shm_in_use_.end(), [&](const auto& s) { return s.count(name) > 0; });
+}
+
+Result<size_t> Trainer::segment_for(uint64_t bytes, const std::vector<int>& to, bool reuse, int64_t version,
+                                    bool* reused) {
+  std::optional<size_t> best;
+  for (size_t i = 0; reuse && i < shm_pool_.size(); ++i) {
+    const PooledSegment& p = shm_pool_[i];
+    bool mapped = std::all_of(to.begin(), to.end(), [&](int k) { return p.mapped_by.count(k) > 0; });
+    if (p.seg.size() >= bytes && mapped && !segment_in_use(p.seg.name()) &&
+        (!best || p.seg.size() < shm_pool_[*best].seg.size()))
+      best = i;
+  }
+  *reused = best.has_value();
+  if (best) return *best;
+  auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), bytes);
+  if (!seg.ok()) return seg.status();
+  shm_pool_.push_back(PooledSegment{std::move(seg).value(), {}});
+  return shm_pool_.size() - 1;
+}
+
+Status Trainer::push_segment(size_t idx, const Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
+                             SteadyClock::time_point deadline, PublishResult& res,
+                             std::vector<std::pair<int, Status>>& refused) {
+  PooledSegment& p = shm_pool_[idx];
+  UpdateWeightsCall call = base;
+  call.tensors = l.metas;
+  call.shm_name = p.seg.name();
+  call.shm_bytes = l.bytes;
+  call.shm_offset = shm_stream_offset(l.metas.size());
+  call.shm_stream = true;  // the engines verify behind the writer (comm/shm_stream.h)
+  call.shm_keep = true;
+  for (const PooledSegment& q : shm_pool_) call.shm_pool.push_back(q.seg.name());
+  auto* seg = static_cast<uint8_t*>(p.seg.data());
+  ShmStreamWriter writer(seg, call.shm_offset, call.version);
+  const size_t acks_before = res.acks.size();
+  auto sent = start_update(std::move(call), res, to);
+  if (sent.empty()) {
+    (void)p.seg.unlink();
+    return make_error(ErrorCode::unavailable, "publish: every engine stopped answering heartbeats");
+  }
+  (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
+  const auto t0 = Clock::now();
+  for (size_t i = 0; i < l.metas.size(); ++i) writer.write(i, l.metas[i], l.src[i]);
+  res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  Status st = collect_acks(sent, deadline, res, &refused);
+  (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name
+  for (size_t i = acks_before; i < res.acks.size(); ++i) {
+    const int k = res.acked[i];
+    shm_in_use_[k] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());
+    p.mapped_by.insert(k);
+  }
+  for (const auto& [k, e] : refused)  // it may have kept the mapping and not said what it serves from
+    if (e.code != ErrorCode::not_found) shm_in_use_[k].insert(p.seg.name());
+  return st;
 }
 
 Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,

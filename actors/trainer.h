@@ -23,6 +23,7 @@
 #include "actors/router.h"
 #include "comm/client.h"
 #include "comm/mpi_group.h"
+#include "comm/shm_segment.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/safetensors.h"
@@ -34,6 +35,10 @@ struct PublishOptions {
   InFlightPolicy in_flight = InFlightPolicy::drain;
   bool flush_cache = false;
   std::vector<std::string> only;   // publish only these tensors (empty: all)
+  // ipc: write into a segment of an earlier publish that no engine serves from any more (the
+  // engines kept their mappings), instead of a new one. Off: every publish creates, faults in and
+  // has the engines map a new segment.
+  bool reuse_segments = true;
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
@@ -42,9 +47,13 @@ struct PublishResult {
   int64_t version = 0;
   uint64_t bytes = 0;
   double seconds = 0;  // publish to last ack
+  double write_seconds = 0;  // ipc: of which copying and checksumming the tensors into the segment
   std::vector<UpdateWeightsReply> acks;  // one per engine that acked
   std::vector<int> acked;                // the engine of each ack
   std::vector<int> dead;                 // engines skipped (dead before) or lost during the publish
+  std::string shm_segment;               // ipc: the segment read (engines that had lost their
+                                         // mapping of a reused one: the fresh one they were sent)
+  bool shm_reused = false;               // ipc: it was written by an earlier publish
 };
 
 struct TrainerOptions {
@@ -59,8 +68,11 @@ class Trainer {
   ~Trainer();
 
   // Publishes the tensors of a checkpoint folder. ipc: one shared-memory segment (mode 0600,
-  // unlinked once every engine acked) mapped by each engine on this host; disk: each engine reads
-  // the folder. Every live engine or an error naming the engine that refused. Engines already
+  // unlinked once every engine acked) mapped by each engine on this host; the trainer and the
+  // engines keep their mappings, and a later publish writes into a segment that no engine's ack
+  // lists in shm_in_use (at most one idle segment is kept, so a trainer that pushes every version
+  // in full holds two); an engine that lost its mapping (restarted) is sent a fresh segment
+  // within the same publish. disk: each engine reads the folder. Every live engine or an error naming the engine that refused. Engines already
   // dead are skipped, and one that dies during the publish is dropped: both are listed in `dead`
   // (the publish fails only when no engine is left). Each engine counts as updating (new
   // requests go elsewhere) until it acks.
@@ -97,10 +109,27 @@ class Trainer {
   };
   static Result<Layout> layout(const SafetensorsArchive& ar, const std::vector<std::string>& only, const std::string& dir);
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
-  // Sends update_weights to every live engine (dead ones go to res.dead); returns (engine, req_id).
-  std::vector<std::pair<int, uint64_t>> start_update(UpdateWeightsCall call, PublishResult& res);
+  // Sends update_weights to every live engine, or to those in `only` when given (dead ones go to
+  // res.dead); returns (engine, req_id).
+  std::vector<std::pair<int, uint64_t>> start_update(UpdateWeightsCall call, PublishResult& res,
+                                                     const std::vector<int>* only = nullptr);
+  // Waits for the acks of `sent`; every live engine's refusal goes to `refused` when given.
   Status collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, SteadyClock::time_point deadline,
-                      PublishResult& res);
+                      PublishResult& res, std::vector<std::pair<int, Status>>* refused = nullptr);
+  // ipc segments of earlier publishes (names unlinked; this trainer and the engines that acked keep
+  // them mapped).
+  struct PooledSegment {
+    ShmSegment seg;
+    std::set<int> mapped_by;  // engines that acked an update from it (they kept their mapping)
+  };
+  // A pooled segment of at least `bytes` that every engine of `to` has mapped and none serves
+  // from, else a new one (added to the pool). *reused tells which.
+  Result<size_t> segment_for(uint64_t bytes, const std::vector<int>& to, bool reuse, int64_t version, bool* reused);
+  bool segment_in_use(const std::string& name) const;
+  // Sends one ipc update from pool entry `idx` to the live engines (of `to`, when given); records
+  // their answers.
+  Status push_segment(size_t idx, const Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
+                      SteadyClock::time_point deadline, PublishResult& res, std::vector<std::pair<int, Status>>& refused);
   static UpdateWeightsCall base_call(const char* path, int64_t version, const PublishOptions& opt);
 
   // ---- the embedded router, run on the caller's thread
@@ -125,6 +154,8 @@ class Trainer {
   std::map<uint64_t, RouterMessage> replies_;        // their final answers
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
+  std::vector<PooledSegment> shm_pool_;
+  std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
 };
 
 }  // namespace zr

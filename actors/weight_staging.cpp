@@ -13,6 +13,7 @@
 
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
+#include "comm/shm_stream.h"
 
 namespace zr {
 
@@ -21,6 +22,17 @@ namespace {
 // Staging runs beside generation on the same cores: below the compute threads' priority, so a
 // push slows decoding as little as possible (the commit itself is a pointer swap).
 void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10); }
+
+// Runs a stage on its own thread at that priority; src.on_done is called as it finishes.
+template <class F>
+std::future<Result<StagedWeights>> run_staging(const StageSources& src, F f) {
+  return std::async(std::launch::async, [f = std::move(f), done = src.on_done]() mutable {
+    lower_priority();
+    Result<StagedWeights> r = f();
+    if (done) done();
+    return r;
+  });
+}
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -53,22 +65,29 @@ Weight convert(const Weight& w, DType want) {
   return c;
 }
 
+// The tensors rank share.rank of share.size verifies: byte-balanced, tensor i goes to the rank its
+// middle falls in.
+std::vector<bool> my_share(const std::vector<TensorMeta>& metas, TpShard share) {
+  std::vector<bool> mine(metas.size());
+  uint64_t total = 0;
+  for (const TensorMeta& m : metas) total += m.nbytes;
+  uint64_t before = 0;
+  for (size_t i = 0; i < metas.size(); ++i) {
+    uint64_t mid = before + metas[i].nbytes / 2;
+    int owner = total ? static_cast<int>(std::min<uint64_t>(share.size - 1, mid * share.size / total)) : 0;
+    mine[i] = owner == share.rank;
+    before += metas[i].nbytes;
+  }
+  return mine;
+}
+
 // checksum64 of every tensor, on two threads splitting the bytes evenly (the pages of a lazily
 // mapped segment are faulted in by both).
 // The checksums of the tensors this rank verifies (the others keep their expected value).
 std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint8_t* base, TpShard share) {
   std::vector<uint64_t> sums(metas.size());
-  std::vector<bool> mine(metas.size());
-  uint64_t total = 0;
-  for (const TensorMeta& m : metas) total += m.nbytes;
-  uint64_t before = 0;
-  for (size_t i = 0; i < metas.size(); ++i) {  // byte-balanced: tensor i goes to the rank its middle falls in
-    uint64_t mid = before + metas[i].nbytes / 2;
-    int owner = total ? static_cast<int>(std::min<uint64_t>(share.size - 1, mid * share.size / total)) : 0;
-    mine[i] = owner == share.rank;
-    sums[i] = metas[i].checksum;
-    before += metas[i].nbytes;
-  }
+  for (size_t i = 0; i < metas.size(); ++i) sums[i] = metas[i].checksum;
+  const std::vector<bool> mine = my_share(metas, share);
   uint64_t my_total = 0;
   for (size_t i = 0; i < metas.size(); ++i)
     if (mine[i]) my_total += metas[i].nbytes;
@@ -83,6 +102,34 @@ std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint
   run(0, split);
   second.join();
   return sums;
+}
+
+// A streamed segment (comm/shm_stream.h): follows the trainer's progress, verifying this rank's
+// share of the tensors against the checksums the trainer wrote beside them, and waits for the
+// rest to be written. Returns the metas with those checksums filled in.
+Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, const uint8_t* segment,
+                                              const uint8_t* base, int64_t version, std::chrono::milliseconds stall,
+                                              TpShard share) {
+  constexpr uint64_t kPiece = uint64_t{1} << 20;
+  ShmStreamReader reader(segment, version, stall);
+  const std::vector<bool> mine = my_share(metas, share);
+  for (size_t i = 0; i < metas.size(); ++i) {
+    TensorMeta& m = metas[i];
+    uint64_t sum = 0;
+    for (uint64_t done = 0; mine[i] && done < m.nbytes;) {
+      const uint64_t n = std::min(kPiece, m.nbytes - done);
+      ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
+      sum += checksum64_partial(base + m.offset + done, n, done);
+      done += n;
+    }
+    ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + m.nbytes));
+    const uint64_t expected = reader.checksum(i);
+    if (uint64_t got = checksum64_finish(sum, m.nbytes); mine[i] && got != expected)
+      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(got) +
+                                                          " != " + std::to_string(expected));
+    m.checksum = expected;
+  }
+  return metas;
 }
 
 }  // namespace
@@ -162,6 +209,58 @@ std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes) {
   return buf;
 }
 
+namespace {
+
+bool serves_from(const ModelWeights& w, const ShmSegment& seg) {
+  auto lo = static_cast<const uint8_t*>(seg.data());
+  auto hi = lo + seg.size();
+  for (const TensorSpec& s : w.specs())
+    if (const Weight* t = w.find(s.name); t && t->data)
+      if (auto p = static_cast<const uint8_t*>(t->data); p >= lo && p < hi) return true;
+  return false;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name, uint64_t bytes, bool keep,
+                                                         const std::vector<std::string>& pool,
+                                                         const ModelWeights& serving) {
+  if (keep)
+    std::erase_if(kept_, [&](const auto& seg) { return std::find(pool.begin(), pool.end(), seg->name()) == pool.end(); });
+  auto it = std::find_if(kept_.begin(), kept_.end(), [&](const auto& seg) { return seg->name() == name; });
+  if (it != kept_.end()) {
+    std::shared_ptr<ShmSegment> seg = *it;
+    if (serves_from(serving, *seg))
+      return make_error(ErrorCode::invalid_argument,
+                        "shm_name: segment " + name + " still holds the serving weights; the trainer must write a new "
+                        "version into a segment no engine lists in shm_in_use");
+    if (seg->size() < bytes)
+      return make_error(ErrorCode::invalid_argument, "shm_bytes: " + std::to_string(bytes) + " but segment " + name +
+                                                         " holds " + std::to_string(seg->size()));
+    if (!keep) kept_.erase(it);
+    return seg;
+  }
+  auto opened = ShmSegment::open(name, keep ? 0 : bytes, /*read_only=*/true, /*populate=*/false);
+  if (!opened.ok()) {
+    if (opened.status().code == ErrorCode::not_found)
+      return make_error(ErrorCode::not_found, "shm_name: no segment " + name + " (and no kept mapping of it here)");
+    return opened.status();
+  }
+  auto seg = std::make_shared<ShmSegment>(std::move(opened).value());
+  if (seg->size() < bytes)
+    return make_error(ErrorCode::invalid_argument, "shm_bytes: " + std::to_string(bytes) + " but segment " + name +
+                                                       " holds " + std::to_string(seg->size()));
+  if (keep) kept_.push_back(seg);
+  return seg;
+}
+
+std::vector<std::string> ShmMappings::in_use(const ModelWeights& serving) const {
+  std::vector<std::string> names;
+  for (const auto& seg : kept_)
+    if (serves_from(serving, *seg)) names.push_back(seg->name());
+  return names;
+}
+
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version) {
   auto cfg = ModelConfig::from_dir(dir);
   if (!cfg.ok()) return cfg.status();
@@ -201,8 +300,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     Status refuse = validate_update_meta(current, c.tensors, n);
     if (refuse.ok() && c.version <= serving_version) refuse = stale();
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
-    return std::async(std::launch::async, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
-      lower_priority();
+    return run_staging(src, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
       TransferVerifier verifier(c.tensors);  // checksums as buckets arrive
       Status st = src.weight_group->bcast_buckets(buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
@@ -216,24 +314,36 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   }
   if (c.version <= serving_version) return stale();
   if (c.path == "disk") {
-    return std::async(std::launch::async, [cur, dir = c.disk_path, v = c.version] {
-      lower_priority();
+    return run_staging(src, [cur, dir = c.disk_path, v = c.version] {
       return stage_from_disk(*cur, dir, v);
     });
   }
-  // ipc: map the trainer's segment and use its bytes in place where layout allows
+  // ipc: map the trainer's segment (or reuse the kept mapping) and use its bytes in place where
+  // layout allows
   ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, c.shm_bytes));
-  auto seg = ShmSegment::open(c.shm_name, c.shm_bytes, /*read_only=*/true, /*populate=*/false);
-  if (!seg.ok()) return seg.status();
+  const uint64_t need = c.shm_offset + c.shm_bytes;
+  std::shared_ptr<ShmSegment> owner;
+  if (src.shm) {
+    auto kept = src.shm->acquire(c.shm_name, need, c.shm_keep, c.shm_pool, current);
+    if (!kept.ok()) return kept.status();
+    owner = std::move(kept).value();
+  } else {
+    auto seg = ShmSegment::open(c.shm_name, need, /*read_only=*/true, /*populate=*/false);
+    if (!seg.ok()) return seg.status();
+    owner = std::make_shared<ShmSegment>(std::move(seg).value());
+  }
   *bytes = c.shm_bytes;
-  auto owner = std::make_shared<ShmSegment>(std::move(seg).value());
   // The ranks of a TP engine map the same segment: each verifies its share of the tensors, and the
   // engine commits only if every rank's share checked out (actors/tp_group.h, stage_result).
-  return std::async(std::launch::async, [cur, owner, metas = c.tensors, v = c.version] {
-    lower_priority();
-    auto base = static_cast<const uint8_t*>(owner->data());
-    return stage_from_buffer(*cur, metas, base, std::shared_ptr<const void>(owner, owner->data()), v,
-                             /*verify_checksums=*/true, cur->shard());
+  return run_staging(src, [cur, owner, c, stall = src.transfer_timeout] {
+    auto segment = static_cast<const uint8_t*>(owner->data());
+    const uint8_t* base = segment + c.shm_offset;
+    std::shared_ptr<const void> keep(owner, base);
+    if (!c.shm_stream)
+      return stage_from_buffer(*cur, c.tensors, base, keep, c.version, /*verify_checksums=*/true, cur->shard());
+    auto verified = follow_stream(c.tensors, segment, base, c.version, stall, cur->shard());
+    if (!verified.ok()) return Result<StagedWeights>(verified.status());
+    return stage_from_buffer(*cur, *verified, base, keep, c.version, /*verify_checksums=*/false);
   });
 }
 

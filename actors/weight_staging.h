@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <future>
 #include <memory>
@@ -54,6 +55,34 @@ class StagingPool {
   std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers_;
 };
 
+class ShmSegment;
+
+// The shared-memory segments an engine keeps mapped between ipc updates (UpdateWeightsCall::
+// shm_keep). A trainer that writes each new version into a segment it used before sends its name
+// again; the name is unlinked by then, so the kept mapping is the only way back to the segment,
+// and reusing it also skips re-building its page tables (for 438 MB of 4 KiB pages that is most of
+// an update's cost). The trainer may rewrite a segment only when no engine serves from it:
+// in_use() is what the engine reports in its ack; acquire() refuses a segment that still backs
+// the serving weights (the trainer broke that contract; the message says so).
+// Thread-safety: one thread (the actor's); the mappings themselves are shared with staging
+// workers and served weights through shared_ptr.
+class ShmMappings {
+ public:
+  // The mapping of `name`, at least `bytes` long: the kept one, else shm_open by name (mapped
+  // whole, read-only, pages faulted on first read). keep: remember it for later updates, and
+  // forget the kept mappings whose names are not in `pool` (the trainer dropped them).
+  // Errors: not_found (no such segment: never created, or unlinked and not kept here), io_error,
+  // invalid_argument (the segment backs the serving weights, or is smaller than bytes).
+  Result<std::shared_ptr<ShmSegment>> acquire(const std::string& name, uint64_t bytes, bool keep,
+                                              const std::vector<std::string>& pool, const ModelWeights& serving);
+  // Names of the kept segments that the serving weights point into.
+  std::vector<std::string> in_use(const ModelWeights& serving) const;
+  size_t size() const { return kept_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<ShmSegment>> kept_;
+};
+
 // Every tensor of a checkpoint folder whose config matches the serving model's shapes.
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version);
 
@@ -62,6 +91,10 @@ struct StageSources {
   MpiGroup* weight_group = nullptr;  // broadcast: the trainer + engines group (null: not in a cluster)
   StagingPool* pool = nullptr;       // broadcast receive buffers
   std::chrono::milliseconds transfer_timeout{60000};
+  ShmMappings* shm = nullptr;        // ipc: kept segment mappings (null: map each update anew)
+  // Called on the staging thread just before its result is set (the future is ready moments
+  // later): lets an event loop sleep while a stage runs instead of polling the future.
+  std::function<void()> on_done;
 };
 
 // Starts staging an update_weights call on a worker thread below the compute threads' priority;

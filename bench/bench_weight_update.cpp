@@ -1,10 +1,10 @@
 // Weight updates into a serving engine (stories110M shape, f32), measured in the same run:
 //   1. ipc publish-to-ack (engine maps the segment, verifies every checksum, commits zero-copy)
-//      against one memcpy of the same bytes into a pre-faulted buffer; also the trainer's write
-//      into the segment;
+//      against one memcpy of the same bytes into a pre-faulted buffer, for new segments and for
+//      reused ones (steady state); also the trainer's write into the segment;
 //   2. the generation pause under in_flight=continue: while 8 streams decode, a push commits; the
 //      longest gap between two chunks of a stream across the push, beside the median gap.
-// Usage: bench_weight_update [--model DIR]   (default: bench_models/stories110M, made if absent)
+// Usage: bench_weight_update [--model DIR] [--pushes-only]   (default: bench_models/stories110M, made if absent)
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 
@@ -53,7 +53,9 @@ int main(int argc, char** argv) {
   using namespace zr;
   CLI::App app{"zrollout weight update benchmark"};
   std::string model;
+  bool pushes_only = false;
   app.add_option("--model", model);
+  app.add_flag("--pushes-only", pushes_only, "measure the idle-engine pushes only, not the pause under load");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   if (model.empty()) model = bench::default_model("stories110M");
@@ -66,28 +68,46 @@ int main(int argc, char** argv) {
   actor.start();
   auto trainer = std::move(Trainer::connect({"inproc://bench-weights"}, &ctx.zmq())).value();
 
-  // 1. Publish-to-ack vs memcpy.
-  std::vector<double> total_ms, ack_ms, stage_ms;
+  // 1. Publish-to-ack vs memcpy. Pushes 1 and 2 write new segments (the engine serves from the
+  // first while the second arrives); from push 3 on the trainer rewrites the segment the engine
+  // stopped serving from, and the engine reuses its mapping.
+  struct Push {
+    double ack_ms, total_ms, write_ms, stage_ms;
+  };
+  std::vector<Push> fresh, reused;
   uint64_t bytes = 0;
   int zero_copy = 0;
-  for (int v = 1; v <= 3; ++v) {
+  for (int v = 1; v <= 7; ++v) {
     auto r = trainer->publish(model, v, PublishOptions{});
     if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
-    total_ms.push_back(r->seconds * 1e3);
-    stage_ms.push_back(r->acks[0].stage_seconds * 1e3);
-    ack_ms.push_back((r->acks[0].stage_seconds + r->acks[0].commit_seconds) * 1e3);
+    const auto& a = r->acks[0];
+    (r->shm_reused ? reused : fresh)
+        .push_back({(a.stage_seconds + a.commit_seconds) * 1e3, r->seconds * 1e3, r->write_seconds * 1e3,
+                    a.stage_seconds * 1e3});
     bytes = r->bytes;
-    zero_copy = r->acks[0].zero_copy_tensors;
+    zero_copy = a.zero_copy_tensors;
   }
   double mc = memcpy_ms(bytes);
-  std::printf("zrollout bench_weight_update: %s, %.0f MB of weights\n", model.c_str(), bytes / 1e6);
-  std::printf("ipc path (median of 3 pushes, drain, idle engine):\n");
-  std::printf("  one memcpy of the same bytes          %8.1f ms\n", mc);
-  std::printf("  engine: map + verify + commit (ack)   %8.1f ms  = %.2fx memcpy  (%d tensors zero-copy)\n",
-              median(ack_ms), median(ack_ms) / mc, zero_copy);
-  std::printf("  send -> ack, as the trainer sees it    %8.1f ms  = %.2fx memcpy\n", median(total_ms), median(total_ms) / mc);
-  std::printf("  of which staging (map + verify)        %8.1f ms\n", median(stage_ms));
+  auto med = [](const std::vector<Push>& p, double Push::*f) {
+    std::vector<double> v;
+    for (const Push& x : p) v.push_back(x.*f);
+    return median(v);
+  };
+  std::printf("zrollout bench_weight_update: %s, %.0f MB of weights, drain, idle engine\n", model.c_str(), bytes / 1e6);
+  std::printf("  one memcpy of the same bytes (pre-faulted)  %8.1f ms\n", mc);
+  for (const auto* p : {&fresh, &reused}) {
+    std::printf("ipc, %s (median of %zu pushes):\n",
+                p == &fresh ? "new segment (first pushes)" : "segment reused (steady state)", p->size());
+    std::printf("  engine: map + verify + commit (ack)   %8.1f ms  = %.2fx memcpy  (%d tensors zero-copy)\n",
+                med(*p, &Push::ack_ms), med(*p, &Push::ack_ms) / mc, zero_copy);
+    std::printf("    of which staging (map + verify)     %8.1f ms\n", med(*p, &Push::stage_ms));
+    std::printf("  trainer: write into the segment       %8.1f ms  = %.2fx memcpy\n", med(*p, &Push::write_ms),
+                med(*p, &Push::write_ms) / mc);
+    std::printf("  publish -> last ack (+ new segment)   %8.1f ms  = %.2fx memcpy\n", med(*p, &Push::total_ms),
+                med(*p, &Push::total_ms) / mc);
+  }
 
+  if (pushes_only) return 0;
   // 2. Generation pause under continue.
   std::mutex mu;
   std::vector<double> gaps;  // ms between consecutive chunks, all streams
@@ -122,7 +142,7 @@ int main(int argc, char** argv) {
   PublishOptions cont;
   cont.in_flight = InFlightPolicy::continue_;
   push_at = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  auto r = trainer->publish(model, 4, cont);
+  auto r = trainer->publish(model, 8, cont);
   push_end = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   auto done = fut.get();
   actor.stop();

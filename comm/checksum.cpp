@@ -45,7 +45,44 @@ uint64_t sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
   return s;
 }
 
+// sum_words over the words at src, each also stored to dst (one pass: the bytes are checksummed
+// from the registers they were copied through).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#endif
+uint64_t copy_sum_words(unsigned char* __restrict dst, const unsigned char* __restrict src, size_t nw,
+                        uint64_t first_index) {
+  uint64_t key = (first_index + 1) * kP1;
+  uint64_t s = 0;
+  for (size_t i = 0; i < nw; ++i) {
+    uint64_t w;
+    std::memcpy(&w, src + 8 * i, 8);
+    std::memcpy(dst + 8 * i, &w, 8);
+    if constexpr (std::endian::native == std::endian::big) w = __builtin_bswap64(w);
+    s += word_term(w, key);
+    key += kP1;
+  }
+  return s;
+}
+
 }  // namespace
+
+uint64_t checksum64_copy_partial(void* dst, const void* src, size_t n, uint64_t byte_offset) {
+  ZR_CHECK_MSG(byte_offset % 8 == 0, "checksum64_copy_partial: byte_offset " + std::to_string(byte_offset) +
+                                         " is not a multiple of 8");
+  auto* d = static_cast<unsigned char*>(dst);
+  const auto* p = static_cast<const unsigned char*>(src);
+  size_t whole = n / 8;
+  uint64_t first = byte_offset / 8;
+  uint64_t s = whole ? copy_sum_words(d, p, whole, first) : 0;
+  if (size_t rest = n % 8) {
+    unsigned char tail[8] = {};
+    std::memcpy(tail, p + whole * 8, rest);
+    std::memcpy(d + whole * 8, tail, rest);
+    s += word_term(load_le64(tail), (first + whole + 1) * kP1);
+  }
+  return s;
+}
 
 uint64_t checksum64_partial(const void* data, size_t n, uint64_t byte_offset) {
   ZR_CHECK_MSG(byte_offset % 8 == 0, "checksum64_partial: byte_offset " + std::to_string(byte_offset) +

@@ -53,6 +53,10 @@ uint64_t checksum64(const void* data, size_t n);
 // n % 8 != 0 (it is zero-padded). Pieces' partial sums add (mod 2^64) to the whole's sum.
 uint64_t checksum64_partial(const void* data, size_t n, uint64_t byte_offset);
 
+// Copies n bytes from src to dst (which must not overlap) and returns checksum64_partial of them,
+// in one pass over the bytes.
+uint64_t checksum64_copy_partial(void* dst, const void* src, size_t n, uint64_t byte_offset);
+
 // Step 3: the checksum of an input of total_bytes bytes whose pieces' partial sums add up to sum.
 uint64_t checksum64_finish(uint64_t sum, uint64_t total_bytes);
 

@@ -241,7 +241,18 @@ struct UpdateWeightsCall {
   std::string in_flight = "drain";  // "drain" | "abort" | "continue" | "recompute"
   bool flush_cache = false;
   std::string shm_name;         // ipc
-  uint64_t shm_bytes = 0;       // ipc: size of the segment
+  uint64_t shm_bytes = 0;       // ipc: bytes of the transfer (the segment may be larger)
+  uint64_t shm_offset = 0;      // ipc: where the transfer starts in the segment (a multiple of 64)
+  // ipc: the trainer is still writing the segment (comm/shm_stream.h): its header says how far it
+  // got and carries the checksums (TensorMeta::checksum is not used); the engine verifies behind it.
+  bool shm_stream = false;
+  // ipc segment reuse: shm_keep asks the engine to keep its mapping of shm_name after the update,
+  // because the trainer will write a later version into the same segment (sending the same name,
+  // by then unlinked); shm_pool lists every segment the trainer still holds, and the engine drops
+  // its kept mappings of any other. The trainer rewrites a segment only once no engine's reply
+  // lists it in shm_in_use.
+  bool shm_keep = false;
+  std::vector<std::string> shm_pool;
   std::string disk_path;        // disk
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   int root = 0;                 // broadcast: the sender's rank in the weight group
@@ -253,6 +264,7 @@ struct UpdateWeightsReply {
   double stage_seconds = 0;   // receive + verify
   double commit_seconds = 0;  // waiting for the step boundary (drain: the running batch) + swap
   int zero_copy_tensors = 0;  // tensors served in place from the transfer buffer
+  std::vector<std::string> shm_in_use;  // ipc: kept segments the serving weights still point into
 };
 
 // op "get_weight_version" {req_id} -> "get_weight_version.reply" {req_id, version}

@@ -59,6 +59,10 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   f.get("flush_cache", c.flush_cache);
   f.get("shm_name", c.shm_name);
   f.get("shm_bytes", c.shm_bytes);
+  f.get("shm_offset", c.shm_offset);
+  f.get("shm_stream", c.shm_stream);
+  f.get("shm_keep", c.shm_keep);
+  f.get("shm_pool", c.shm_pool);
   f.get("disk_path", c.disk_path);
   f.get("bucket_bytes", c.bucket_bytes);
   f.get("root", c.root);
@@ -76,6 +80,9 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   if (!in_flight_from_name(c.in_flight)) return field_error("in_flight", "expected drain, abort, continue or recompute");
   if (c.path == "disk" && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
   if (c.path == "ipc" && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
+  if (c.shm_offset % 64 != 0) return field_error("shm_offset", "must be a multiple of 64");
+  if (c.shm_stream && c.shm_offset < 64 + 8 * c.tensors.size())
+    return field_error("shm_offset", "a streamed segment's header (64 + 8 bytes per tensor) comes first");
   if (c.path != "disk" && c.tensors.empty()) return field_error("tensors", "required for path " + c.path);
   if (c.bucket_bytes == 0) return field_error("bucket_bytes", "must be > 0");
   return c;
@@ -112,14 +119,16 @@ std::string encode(const UpdateWeightsCall& c) {
   for (const auto& m : c.tensors) tensors.push_back(tensor_json(m));
   return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", c.path}, {"tensors", tensors},
                     {"in_flight", c.in_flight}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
-                    {"shm_bytes", c.shm_bytes}, {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes},
-                    {"root", c.root}});
+                    {"shm_bytes", c.shm_bytes}, {"shm_offset", c.shm_offset}, {"shm_stream", c.shm_stream},
+                    {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool},
+                    {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes}, {"root", c.root}});
 }
 std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
 std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }
 std::string encode(const UpdateWeightsReply& r) {
   return pack_body({{"req_id", r.req_id}, {"version", r.version}, {"bytes", r.bytes}, {"stage_seconds", r.stage_seconds},
-                    {"commit_seconds", r.commit_seconds}, {"zero_copy_tensors", r.zero_copy_tensors}});
+                    {"commit_seconds", r.commit_seconds}, {"zero_copy_tensors", r.zero_copy_tensors},
+                    {"shm_in_use", r.shm_in_use}});
 }
 std::string encode(const WeightVersionReply& r) { return pack_body({{"req_id", r.req_id}, {"version", r.version}}); }
 std::string encode(const WeightsChecksumReply& r) {
@@ -140,6 +149,7 @@ Result<UpdateWeightsReply> update_weights_reply_from_json(const json& j) {
   f.get("stage_seconds", r.stage_seconds);
   f.get("commit_seconds", r.commit_seconds);
   f.get("zero_copy_tensors", r.zero_copy_tensors);
+  f.get("shm_in_use", r.shm_in_use);
   ZR_RETURN_IF_ERROR(f.finish());
   return r;
 }

@@ -1,5 +1,8 @@
 #include "runtime/actor.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 
@@ -44,13 +47,23 @@ Actor::Actor(Context& ctx, std::string name, ActorOptions opts)
   ctl_owner_ = make_socket(zmq::socket_type::pair);
   ctl_owner_->set(zmq::sockopt::linger, 0);
   ctl_owner_->connect(ctl_endpoint);
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ZR_CHECK_MSG(wake_fd_ >= 0, "actor '" + name_ + "': eventfd failed");
   handlers_["ping"] = [this](Frame& f, const ReplyTo& from) {
     send(from, "pong", std::move(f.body), std::move(f.bulk));
   };
   handlers_["pong"] = [](Frame&, const ReplyTo&) {};
 }
 
-Actor::~Actor() { stop(); }
+Actor::~Actor() {
+  stop();
+  ::close(wake_fd_);
+}
+
+void Actor::wake() {
+  const uint64_t one = 1;
+  (void)!::write(wake_fd_, &one, sizeof one);  // cannot block (EFD_NONBLOCK); a full counter is awake anyway
+}
 
 void Actor::check_owner() const {
   ZR_CHECK_MSG(owner_.load() == std::this_thread::get_id(),
@@ -261,6 +274,7 @@ Millis Actor::poll_timeout(Millis max_wait, TimePoint now) const {
 void Actor::poll(Millis timeout) {
   std::vector<zmq::pollitem_t> items;
   items.push_back({ctl_->handle(), 0, ZMQ_POLLIN, 0});
+  items.push_back({nullptr, wake_fd_, ZMQ_POLLIN, 0});
   if (router_) items.push_back({router_->handle(), 0, ZMQ_POLLIN, 0});
   for (const Peer& p : peers_)
     if (p.sock) items.push_back({p.sock->handle(), 0, ZMQ_POLLIN, 0});
@@ -276,6 +290,7 @@ bool Actor::run_once(Millis max_wait) {
   ZR_CHECK_MSG(!stopped_, "actor '" + name_ + "': run_once after stop()");
   poll(poll_timeout(max_wait, clock_()));
   size_t events = drain_control();
+  if (uint64_t woken = 0; ::read(wake_fd_, &woken, sizeof woken) == sizeof woken) events += 1;
   if (router_) events += drain_router();
   for (PeerId p = 0; p < peers_.size(); ++p) events += drain_peer(p);
   const TimePoint now = clock_();

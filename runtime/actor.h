@@ -143,6 +143,9 @@ class Actor {
   // a peer, or the tick reported more work: `while (a.run_once()) {}` runs an actor until idle.
   // A fake clock (ActorOptions::clock) is meant for run_once(0ms) stepping, not for a real thread.
   bool run_once(Millis max_wait = Millis{0});
+  // Any thread: the actor loop wakes from its wait and runs one more iteration (timers, tick), e.g.
+  // when a worker thread finished something the tick is waiting for.
+  void wake();
   bool running() const { return thread_.joinable(); }  // owner thread
   bool stopped() const { return stopped_; }            // owner thread, when no actor thread runs
 
@@ -187,6 +190,7 @@ class Actor {
   std::vector<Peer> peers_;
   std::unique_ptr<zmq::socket_t> ctl_;        // actor side of the control pair
   std::unique_ptr<zmq::socket_t> ctl_owner_;  // owner side: stop() writes here
+  int wake_fd_ = -1;                          // eventfd: wake() from any thread
 
   std::unordered_map<std::string, Handler> handlers_;
   std::function<bool()> tick_;

@@ -166,7 +166,7 @@ TEST_F(RouterCore, PicksTheLeastLoadedEngineAndAvoidsUpdatingOnes) {
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_TRUE(router_->engines()[1].updating);
   EXPECT_EQ(engine_of("r7", 1), 0);
-  from_engine(1, "update_weights.reply", wire::encode(UpdateWeightsReply{wire::peek_req_id(sent[0].body), 4, 10, 0, 0, 0}));
+  from_engine(1, "update_weights.reply", wire::encode(UpdateWeightsReply{wire::peek_req_id(sent[0].body), 4, 10, 0, 0, 0, {}}));
   EXPECT_FALSE(router_->engines()[1].updating);
   auto acks = replies("update_weights.reply");
   ASSERT_EQ(acks.size(), 1u);

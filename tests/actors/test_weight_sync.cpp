@@ -10,6 +10,7 @@
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
+#include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
 #include "model/make_model.h"
 #include "tests/actors/engine_test_util.h"
@@ -46,8 +47,7 @@ class WeightSync : public ::testing::Test {
   }
   std::vector<int> expected() const { return ref_["greedy_ids"].get<std::vector<int>>(); }
   // A served random engine and a trainer connected to it over inproc.
-  void serve() {
-    RolloutActorOptions ro;
+  void serve(RolloutActorOptions ro = {}) {
     actor_ = std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), ro);
     ASSERT_TRUE(actor_->bind("inproc://ws-" + std::to_string(reinterpret_cast<uintptr_t>(this))).ok());
     actor_->start();
@@ -59,6 +59,27 @@ class WeightSync : public ::testing::Test {
     return out.ok() ? out->at(0).output_ids : std::vector<int>{};
   }
   std::string mo_dir() const { return tmp_.path() + "/random"; }
+  // An update_weights written by hand, straight to the engine; ok or the engine's error.
+  Status raw_update(UpdateWeightsCall call) {
+    Client& c = trainer_->client(0);
+    call.req_id = c.next_req_id();
+    auto r = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30)).get();
+    EXPECT_TRUE(r.ok());
+    if (!r.ok()) return r.status();
+    return r->op == "error" ? wire::status_from_error_json(r->json) : Status{};
+  }
+  // An ipc update of model.norm.weight (64 floats of `value`) from `seg`.
+  static UpdateWeightsCall norm_update(int64_t version, ShmSegment& seg, float value) {
+    std::vector<float> bytes(64, value);
+    std::memcpy(seg.data(), bytes.data(), 256);
+    UpdateWeightsCall call;
+    call.version = version;
+    call.path = "ipc";
+    call.tensors = {{"model.norm.weight", "F32", {64}, 256, checksum64(seg.data(), 256), 0}};
+    call.shm_name = seg.name();
+    call.shm_bytes = 256;
+    return call;
+  }
 
   zr::testing::TempDir tmp_;
   std::string real_;
@@ -103,14 +124,7 @@ TEST_F(WeightSync, RefusedPushesLeaveTheOldVersionServing) {
   ASSERT_FALSE(stale.ok());
   EXPECT_NE(stale.status().message.find("version"), std::string::npos);
   // Wrong shape and corrupted checksum, by hand through a segment.
-  Client& c = trainer_->client(0);
-  auto send = [&](UpdateWeightsCall call) {
-    call.req_id = c.next_req_id();
-    auto fut = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30));
-    auto r = fut.get();
-    EXPECT_TRUE(r.ok());
-    return wire::status_from_error_json(r->json);
-  };
+  auto send = [&](UpdateWeightsCall call) { return raw_update(std::move(call)); };
   std::vector<float> bytes(64, 0.5f);
   auto seg = std::move(ShmSegment::create("zr-test", 4096)).value();
   std::memcpy(seg.data(), bytes.data(), 256);
@@ -130,6 +144,102 @@ TEST_F(WeightSync, RefusedPushesLeaveTheOldVersionServing) {
   EXPECT_NE(st.message.find("model.norm.weight"), std::string::npos);
   EXPECT_EQ(*trainer_->weight_version(), 1);
   EXPECT_EQ(served_greedy("still-v1"), before);
+  actor_->stop();
+}
+
+// The trainer writes each version into the segment the engine stopped serving from. Alternating
+// two checkpoints makes stale bytes visible in the outputs.
+TEST_F(WeightSync, IpcSegmentsAreReusedOnceNoEngineServesFromThem) {
+  serve();
+  const std::vector<int> random_ids = served_greedy("v0");
+  std::vector<std::string> names;
+  for (int v = 1; v <= 4; ++v) {
+    const bool real = v % 2 == 1;
+    auto r = trainer_->publish(real ? real_ : mo_dir(), v, PublishOptions{});
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    names.push_back(r->shm_segment);
+    EXPECT_EQ(r->shm_reused, v >= 3) << "v" << v;
+    EXPECT_EQ(r->acks.at(0).shm_in_use, std::vector<std::string>{r->shm_segment}) << "v" << v;
+    EXPECT_GT(r->acks.at(0).zero_copy_tensors, 0);  // served from the (reused) segment in place
+    EXPECT_EQ(served_greedy("v" + std::to_string(v)), real ? expected() : random_ids) << "v" << v;
+  }
+  EXPECT_NE(names[0], names[1]);
+  EXPECT_EQ(names[2], names[0]);  // v3 rewrote v1's segment, v4 v2's
+  EXPECT_EQ(names[3], names[1]);
+  for (const auto& n : names)  // unlinked once mapped: nothing is left in /dev/shm
+    EXPECT_EQ(ShmSegment::open(n, 0, true).status().code, ErrorCode::not_found) << n;
+  PublishOptions fresh;
+  fresh.reuse_segments = false;
+  auto r = trainer_->publish(real_, 5, fresh);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_FALSE(r->shm_reused);
+  EXPECT_EQ(served_greedy("v5"), expected());
+  actor_->stop();
+}
+
+TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegment) {
+  serve();
+  auto v1 = trainer_->publish(real_, 1, PublishOptions{});
+  ASSERT_TRUE(v1.ok()) << v1.status().to_string();
+  // A writer that reuses the segment the engine serves from breaks the contract: refused by name.
+  auto scratch = std::move(ShmSegment::create("zr-test", 4096)).value();
+  UpdateWeightsCall misuse = norm_update(2, scratch, 1.0f);
+  misuse.shm_name = v1->shm_segment;
+  misuse.shm_keep = true;
+  misuse.shm_pool = {v1->shm_segment};
+  Status st = raw_update(misuse);
+  EXPECT_EQ(st.code, ErrorCode::invalid_argument) << st.to_string();
+  EXPECT_NE(st.message.find("shm_name"), std::string::npos) << st.message;
+  EXPECT_NE(st.message.find("serving weights"), std::string::npos) << st.message;
+  EXPECT_EQ(*trainer_->weight_version(), 1);
+  EXPECT_EQ(served_greedy("still-v1"), expected());
+  // v2 goes to a second segment; then another writer's update lists only its own segment in
+  // shm_pool, so the engine forgets the trainer's kept mappings.
+  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, PublishOptions{}).ok());
+  auto other = std::move(ShmSegment::create("zr-test", 4096)).value();
+  UpdateWeightsCall third = norm_update(3, other, 0.5f);
+  third.shm_keep = true;
+  third.shm_pool = {other.name()};
+  st = raw_update(third);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  // The trainer's next publish targets v1's segment, which the engine can no longer reach: it is
+  // sent again in a fresh segment within the same publish.
+  auto v4 = trainer_->publish(real_, 4, PublishOptions{});
+  ASSERT_TRUE(v4.ok()) << v4.status().to_string();
+  EXPECT_FALSE(v4->shm_reused);
+  EXPECT_NE(v4->shm_segment, v1->shm_segment);
+  EXPECT_EQ(*trainer_->weight_version(), 4);
+  EXPECT_EQ(served_greedy("v4"), expected());
+  actor_->stop();
+}
+
+// A streamed update whose writer stops (a trainer that died mid-write) times out; the old version
+// keeps serving, and the same version written in full then commits.
+TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
+  RolloutActorOptions ro;
+  ro.transfer_timeout = std::chrono::milliseconds(300);
+  serve(ro);
+  ASSERT_TRUE(trainer_->publish(real_, 1, PublishOptions{}).ok());
+  auto seg = std::move(ShmSegment::create("zr-test", 8192)).value();
+  std::vector<float> norm(64, 1.0f);
+  UpdateWeightsCall call;
+  call.version = 2;
+  call.path = "ipc";
+  call.tensors = {{"model.norm.weight", "F32", {64}, 256, 0, 0}};
+  call.shm_name = seg.name();
+  call.shm_bytes = 256;
+  call.shm_offset = shm_stream_offset(1);
+  call.shm_stream = true;
+  ShmStreamWriter writer(seg.data(), call.shm_offset, 2);  // header set up, no bytes written
+  Status st = raw_update(call);
+  EXPECT_EQ(st.code, ErrorCode::timeout) << st.to_string();
+  EXPECT_NE(st.message.find("stopped writing at byte 0"), std::string::npos) << st.message;
+  EXPECT_EQ(*trainer_->weight_version(), 1);
+  EXPECT_EQ(served_greedy("still-v1"), expected());
+  writer.write(0, call.tensors[0], norm.data());
+  st = raw_update(call);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  EXPECT_EQ(*trainer_->weight_version(), 2);
   actor_->stop();
 }
 

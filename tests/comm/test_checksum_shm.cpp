@@ -1,5 +1,6 @@
 // checksum64 against an independent reference of the algorithm documented in comm/checksum.h,
-// TransferVerifier, and ShmSegment (create / fork-open / mode / unlink / errors).
+// TransferVerifier, the streamed segment header (ShmStreamWriter/Reader), and ShmSegment (create /
+// fork-open / mode / unlink / errors).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -8,14 +9,17 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
+#include "comm/shm_stream.h"
 
 namespace zr {
 namespace {
@@ -162,6 +166,19 @@ TEST(Checksum64, ParallelEqualsSerial) {
   EXPECT_EQ(checksum64_parallel(data.data(), 100, 4), checksum64(data.data(), 100));
 }
 
+TEST(Checksum64, CopyPartialCopiesAndSumsLikePartial) {
+  auto data = random_bytes(20000, 9);
+  for (size_t n : {size_t{0}, size_t{5}, size_t{8}, size_t{63}, size_t{4096}, size_t{19990}})
+    for (size_t misalign : {size_t{0}, size_t{3}, size_t{8}}) {
+      std::vector<uint8_t> dst(n + 16, 0xAB);
+      const uint64_t off = 8 * misalign;  // the piece's place in a larger input
+      uint64_t got = checksum64_copy_partial(dst.data() + misalign, data.data() + misalign, n, off);
+      EXPECT_EQ(got, checksum64_partial(data.data() + misalign, n, off)) << "n=" << n << " misalign=" << misalign;
+      EXPECT_TRUE(std::equal(data.begin() + misalign, data.begin() + misalign + n, dst.begin() + misalign));
+      EXPECT_EQ(dst[misalign + n], 0xAB) << "wrote past the end, n=" << n;
+    }
+}
+
 // ---- TransferVerifier -------------------------------------------------------------------------
 
 struct Transfer {
@@ -214,6 +231,51 @@ TEST(TransferVerifier, MissingBytesAreAnIoError) {
   Status s = v.verify();
   EXPECT_EQ(s.code, ErrorCode::io_error);
   EXPECT_NE(s.message.find("tensor t2"), std::string::npos) << s.message;
+}
+
+// ---- ShmStream --------------------------------------------------------------------------------
+
+TEST(ShmStream, ReaderFollowsAWriterAndSeesItsChecksums) {
+  Transfer t = make_transfer();
+  const uint64_t at = shm_stream_offset(t.metas.size());
+  EXPECT_EQ(at % 4096, 0u);
+  EXPECT_GE(at, 64 + 8 * t.metas.size());
+  std::vector<uint64_t> seg((at + t.bytes.size()) / 8 + 1, 0);
+  ShmStreamWriter w(seg.data(), at, 7);
+  std::thread writer([&] {
+    for (size_t i = 0; i < t.metas.size(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      EXPECT_EQ(w.write(i, t.metas[i], t.bytes.data() + t.metas[i].offset), t.metas[i].checksum);
+    }
+  });
+  ShmStreamReader r(seg.data(), 7, std::chrono::seconds(10));
+  const auto* base = reinterpret_cast<const uint8_t*>(seg.data()) + at;
+  for (size_t i = 0; i < t.metas.size(); ++i) {
+    const TensorMeta& m = t.metas[i];
+    ASSERT_TRUE(r.wait_for(m.offset + m.nbytes).ok());
+    EXPECT_GE(r.written(), m.offset + m.nbytes);
+    EXPECT_EQ(r.checksum(i), m.checksum) << i;
+    EXPECT_EQ(checksum64(base + m.offset, m.nbytes), m.checksum) << i;  // the bytes are there
+  }
+  writer.join();
+}
+
+TEST(ShmStream, AStalledWriterOrAnotherVersionIsAnError) {
+  Transfer t = make_transfer();
+  const uint64_t at = shm_stream_offset(t.metas.size());
+  std::vector<uint64_t> seg((at + t.bytes.size()) / 8 + 1, 0);
+  ShmStreamWriter w(seg.data(), at, 3);
+  w.write(0, t.metas[0], t.bytes.data());
+  ShmStreamReader stalled(seg.data(), 3, std::chrono::milliseconds(50));
+  EXPECT_TRUE(stalled.wait_for(t.metas[0].nbytes).ok());
+  Status st = stalled.wait_for(t.metas[1].offset + t.metas[1].nbytes);
+  EXPECT_EQ(st.code, ErrorCode::timeout) << st.to_string();
+  EXPECT_NE(st.message.find("stopped writing at byte " + std::to_string(t.metas[0].nbytes)), std::string::npos)
+      << st.message;
+  ShmStreamReader other(seg.data(), 4, std::chrono::seconds(10));
+  st = other.wait_for(1);
+  EXPECT_EQ(st.code, ErrorCode::invalid_argument) << st.to_string();
+  EXPECT_NE(st.message.find("version 3"), std::string::npos) << st.message;
 }
 
 // ---- ShmSegment -------------------------------------------------------------------------------

@@ -148,6 +148,33 @@ TEST(RuntimeLifecycle, DestructorStopsTheThread) {
   EXPECT_TRUE(on_stop_ran);
 }
 
+// A worker thread's wake() gets an idle actor (no timers: it would wait forever) to run its tick.
+TEST(RuntimeLifecycle, WakeFromAnotherThreadRunsTheTick) {
+  Context ctx;
+  std::atomic<int> ticks{0};
+  std::atomic<bool> work{false}, done{false};
+  Actor a(ctx, "woken");
+  a.set_tick([&] {
+    ticks.fetch_add(1);
+    if (work.exchange(false)) done = true;
+    return false;  // nothing more now: the loop sleeps until something arrives
+  });
+  a.start();
+  std::this_thread::sleep_for(50ms);
+  const int idle_ticks = ticks.load();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(ticks.load(), idle_ticks);  // asleep, not spinning
+  std::thread worker([&] {
+    work = true;
+    a.wake();
+  });
+  worker.join();
+  const TimePoint deadline = SteadyClock::now() + 5s;
+  while (!done && SteadyClock::now() < deadline) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(done.load());
+  a.stop();
+}
+
 TEST(RuntimeLifecycle, TimersFireOnTheActorThread) {
   Context ctx;
   std::atomic<int> fired{0};
