@@ -297,11 +297,10 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
     st = push_segment(*fresh, *l, base, &lost, deadline, res, refused);
   }
   // Keep every segment an engine serves from, and one idle one (the largest) for the next publish.
-  std::vector<size_t> idle;
-  for (size_t i = 0; i < shm_pool_.size(); ++i)
-    if (!segment_in_use(shm_pool_[i].seg.name())) idle.push_back(i);
-  std::sort(idle.begin(), idle.end(), [&](size_t a, size_t b) { return shm_pool_[a].seg.size() > shm_pool_[b].seg.size(); });
-  for (size_t j = idle.size(); j-- > 1;) shm_pool_.erase(shm_pool_.begin() + static_cast<std::ptrdiff_t>(idle[j]));
+  const PooledSegment* spare = nullptr;
+  for (const PooledSegment& p : shm_pool_)
+    if (!segment_in_use(p.seg.name()) && (!spare || p.seg.size() > spare->seg.size())) spare = &p;
+  std::erase_if(shm_pool_, [&](const PooledSegment& p) { return &p != spare && !segment_in_use(p.seg.name()); });
   if (!st.ok()) return st;
   if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -94,6 +94,8 @@ class Trainer {
   std::vector<EngineState> engines() const { return router_->engines(); }
   // Engines updated by other means than publish: keep new requests off them meanwhile.
   void mark_updating(int engine, bool updating) { router_->mark_updating(engine, updating); }
+  // ipc segments this trainer holds for later publishes (in use by an engine, or the one spare).
+  size_t held_segments() const { return shm_pool_.size(); }
   // A direct connection to engine k (raw calls; not routed, not watched).
   Client& client(int engine) { return *clients_.at(engine); }
 

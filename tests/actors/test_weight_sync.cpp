@@ -168,12 +168,16 @@ TEST_F(WeightSync, IpcSegmentsAreReusedOnceNoEngineServesFromThem) {
   EXPECT_EQ(names[3], names[1]);
   for (const auto& n : names)  // unlinked once mapped: nothing is left in /dev/shm
     EXPECT_EQ(ShmSegment::open(n, 0, true).status().code, ErrorCode::not_found) << n;
-  PublishOptions fresh;
+  EXPECT_EQ(trainer_->held_segments(), 2u);
+  PublishOptions fresh;  // every publish in a new segment: the idle ones are dropped but one
   fresh.reuse_segments = false;
-  auto r = trainer_->publish(real_, 5, fresh);
-  ASSERT_TRUE(r.ok()) << r.status().to_string();
-  EXPECT_FALSE(r->shm_reused);
-  EXPECT_EQ(served_greedy("v5"), expected());
+  for (int v = 5; v <= 7; ++v) {
+    auto r = trainer_->publish(v % 2 ? real_ : mo_dir(), v, fresh);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_FALSE(r->shm_reused);
+    EXPECT_EQ(trainer_->held_segments(), 2u) << "v" << v;
+  }
+  EXPECT_EQ(served_greedy("v7"), expected());
   actor_->stop();
 }
 
