@@ -396,8 +396,9 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
   double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
   ZR_RETURN_IF_ERROR(collect_acks(sent, SteadyClock::now() + opt.timeout, res));
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  spdlog::info("broadcast of {:.1f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms", buf.size() / 1048576.0,
-               bcast_s * 1e3, buf.size() / bcast_s / 1e9, res.seconds * 1e3);
+  spdlog::info("broadcast of {:.1f} MiB in {} bucket(s) of {:.0f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms",
+               buf.size() / 1048576.0, (buf.size() + opt.bucket_bytes - 1) / opt.bucket_bytes,
+               opt.bucket_bytes / 1048576.0, bcast_s * 1e3, buf.size() / bcast_s / 1e9, res.seconds * 1e3);
   return res;
 }
 

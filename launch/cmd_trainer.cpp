@@ -24,6 +24,7 @@ struct TrainerJob {
   std::string push, path = "ipc", in_flight = "drain", input, output, log_level = "info";
   std::vector<std::string> only;
   int64_t version = 0;
+  uint64_t bucket_mib = 64;
   bool shutdown = false, flush_cache = false;
 };
 
@@ -33,6 +34,7 @@ int run_push(Trainer& t, const TrainerJob& job, MpiGroup* world) {
   opt.in_flight = *wire::in_flight_from_name(job.in_flight);
   opt.only = job.only;
   opt.flush_cache = job.flush_cache;
+  opt.bucket_bytes = job.bucket_mib << 20;
   if (job.path == "broadcast" && !world)
     return spdlog::error("push refused: --path broadcast needs the mpirun launch (trainer and engines in one job)"), 2;
   auto res = job.path == "broadcast" ? t.publish_broadcast(job.push, job.version, opt, *world)
@@ -135,6 +137,10 @@ void add_trainer(CLI::App& app) {
       ->check(CLI::IsMember({"drain", "abort", "continue", "recompute"}));
   cmd->add_option("--only", job->only, "publish only these tensor names");
   cmd->add_flag("--flush-cache", job->flush_cache, "drop cached KV with the update");
+  cmd->add_option("--bucket-mib", job->bucket_mib,
+                  "broadcast: MiB per pipelined MPI_Bcast bucket (16 verifies from cache on small hosts; README)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   cmd->add_option("--input", job->input, "generate requests (JSONL)");
   cmd->add_option("--output", job->output, "results (JSONL)");
   cmd->add_flag("--shutdown", job->shutdown, "stop the engines at the end");

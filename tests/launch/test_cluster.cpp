@@ -119,10 +119,11 @@ TEST_F(Cluster, ServeRanksNotAMultipleOfTpAreRefused) {
 }
 
 TEST_F(Cluster, BroadcastPushThenGenerateMatchesReference) {
-  int rc = run(launch("--push " + real_ + " --path broadcast --version 1 --input " + (tmp_ / "in.jsonl") +
-                      " --output " + (tmp_ / "out.jsonl") + " --shutdown"),
+  int rc = run(launch("--push " + real_ + " --path broadcast --bucket-mib 1 --version 1 --input " +
+                      (tmp_ / "in.jsonl") + " --output " + (tmp_ / "out.jsonl") + " --shutdown"),
                tmp_ / "log");
   ASSERT_EQ(rc, 0) << slurp(tmp_ / "log");
+  EXPECT_NE(slurp(tmp_ / "log").find("bucket(s) of 1 MiB took"), std::string::npos) << slurp(tmp_ / "log");
   std::ifstream out(tmp_ / "out.jsonl");
   json line = json::parse(out);
   EXPECT_EQ(line["output_ids"], ref_["greedy_ids"]);
