@@ -148,7 +148,10 @@ void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
   } else {
     UpdateWeightsReply r{job.call.req_id, c.first, job.bytes,
                          std::chrono::duration<double>(job.staged_at - job.start).count(),
-                         seconds_since(job.staged_at), job.zero_copy, shm_.in_use(engine_->weights())};
+                         seconds_since(job.staged_at), job.zero_copy,
+                         // TP followers serve the same tensors from the same segments (the
+                         // zero-copy rule depends on dtype and layout only): the leader speaks for all
+                         shm_.in_use(engine_->weights())};
     actor_.send(job.to, "update_weights.reply", wire::encode(r));
     actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", c.first,
                       job.bytes / 1048576.0, job.call.path, r.stage_seconds * 1e3, r.commit_seconds * 1e3);

@@ -355,13 +355,18 @@ Status Trainer::push_segment(size_t idx, const Layout& l, const UpdateWeightsCal
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   Status st = collect_acks(sent, deadline, res, &refused);
   (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name
+  std::set<int> acked;
   for (size_t i = acks_before; i < res.acks.size(); ++i) {
     const int k = res.acked[i];
     shm_in_use_[k] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());
     p.mapped_by.insert(k);
+    acked.insert(k);
   }
-  for (const auto& [k, e] : refused)  // it may have kept the mapping and not said what it serves from
-    if (e.code != ErrorCode::not_found) shm_in_use_[k].insert(p.seg.name());
+  // Every engine that did not ack (refused, timed out, lost) may serve from the segment all the
+  // same: one that commits after the deadline, or a router whose other engines committed. Kept
+  // as in use until that engine's next ack says otherwise.
+  for (const auto& [k, id] : sent)
+    if (!acked.count(k)) shm_in_use_[k].insert(p.seg.name());
   return st;
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -27,10 +28,14 @@ void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_
 template <class F>
 std::future<Result<StagedWeights>> run_staging(const StageSources& src, F f) {
   return std::async(std::launch::async, [f = std::move(f), done = src.on_done]() mutable {
+    struct Notify {  // also when f throws: the future then holds the exception
+      std::function<void()>& fn;
+      ~Notify() {
+        if (fn) fn();
+      }
+    } notify{done};
     lower_priority();
-    Result<StagedWeights> r = f();
-    if (done) done();
-    return r;
+    return f();
   });
 }
 
@@ -225,8 +230,7 @@ bool serves_from(const ModelWeights& w, const ShmSegment& seg) {
 Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name, uint64_t bytes, bool keep,
                                                          const std::vector<std::string>& pool,
                                                          const ModelWeights& serving) {
-  if (keep)
-    std::erase_if(kept_, [&](const auto& seg) { return std::find(pool.begin(), pool.end(), seg->name()) == pool.end(); });
+  retain(pool);
   auto it = std::find_if(kept_.begin(), kept_.end(), [&](const auto& seg) { return seg->name() == name; });
   if (it != kept_.end()) {
     std::shared_ptr<ShmSegment> seg = *it;
@@ -252,6 +256,10 @@ Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name
                                                        " holds " + std::to_string(seg->size()));
   if (keep) kept_.push_back(seg);
   return seg;
+}
+
+void ShmMappings::retain(const std::vector<std::string>& pool) {
+  std::erase_if(kept_, [&](const auto& seg) { return std::find(pool.begin(), pool.end(), seg->name()) == pool.end(); });
 }
 
 std::vector<std::string> ShmMappings::in_use(const ModelWeights& serving) const {
@@ -292,6 +300,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     return make_error(ErrorCode::invalid_argument, "version: " + std::to_string(c.version) + " must be greater than " +
                                                        std::to_string(serving_version));
   };
+  if (c.path != "ipc" && src.shm) src.shm->retain({});  // no writer is going to reuse a segment
   if (c.path == "broadcast") {
     if (!src.weight_group || !src.pool)
       return make_error(ErrorCode::unsupported, "path: broadcast needs the MPI weight group (cluster launch)");
@@ -321,7 +330,14 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   // ipc: map the trainer's segment (or reuse the kept mapping) and use its bytes in place where
   // layout allows
   ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, c.shm_bytes));
+  if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
+    return make_error(ErrorCode::invalid_argument, "shm_offset: shm_offset + shm_bytes overflows");
   const uint64_t need = c.shm_offset + c.shm_bytes;
+  if (c.shm_stream)  // the written count is a prefix of the transfer: tensors must come in its order
+    for (size_t i = 1; i < c.tensors.size(); ++i)
+      if (c.tensors[i].offset < c.tensors[i - 1].offset + c.tensors[i - 1].nbytes)
+        return make_error(ErrorCode::invalid_argument, "tensors[" + std::to_string(i) + "].offset: a streamed "
+                                                       "update lists tensors in increasing, non-overlapping offsets");
   std::shared_ptr<ShmSegment> owner;
   if (src.shm) {
     auto kept = src.shm->acquire(c.shm_name, need, c.shm_keep, c.shm_pool, current);

@@ -62,19 +62,23 @@ class ShmSegment;
 // again; the name is unlinked by then, so the kept mapping is the only way back to the segment,
 // and reusing it also skips re-building its page tables (for 438 MB of 4 KiB pages that is most of
 // an update's cost). The trainer may rewrite a segment only when no engine serves from it:
-// in_use() is what the engine reports in its ack; acquire() refuses a segment that still backs
-// the serving weights (the trainer broke that contract; the message says so).
+// in_use() is what the engine reports in its ack. acquire() refuses a segment that still backs
+// the serving weights: the writer broke that contract, and since it writes before the engine
+// looks, the served bytes may already be damaged; the refusal says so, it cannot undo it.
 // Thread-safety: one thread (the actor's); the mappings themselves are shared with staging
 // workers and served weights through shared_ptr.
 class ShmMappings {
  public:
   // The mapping of `name`, at least `bytes` long: the kept one, else shm_open by name (mapped
-  // whole, read-only, pages faulted on first read). keep: remember it for later updates, and
-  // forget the kept mappings whose names are not in `pool` (the trainer dropped them).
+  // whole, read-only, pages faulted on first read). First forgets the kept mappings whose names
+  // are not in `pool` (the segments the writer still holds; empty from a writer that keeps none).
+  // keep: remember this one for later updates.
   // Errors: not_found (no such segment: never created, or unlinked and not kept here), io_error,
   // invalid_argument (the segment backs the serving weights, or is smaller than bytes).
   Result<std::shared_ptr<ShmSegment>> acquire(const std::string& name, uint64_t bytes, bool keep,
                                               const std::vector<std::string>& pool, const ModelWeights& serving);
+  // Forgets the kept mappings not named in `pool` (weights served from them keep them mapped).
+  void retain(const std::vector<std::string>& pool);
   // Names of the kept segments that the serving weights point into.
   std::vector<std::string> in_use(const ModelWeights& serving) const;
   size_t size() const { return kept_.size(); }

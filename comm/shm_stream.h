@@ -8,7 +8,8 @@
 //   bytes [64, 64 + 8 n)     checksums: checksum64 of tensor i (list order), valid once written
 //                            has reached the tensor's end
 //   bytes [shm_offset, ...)  the transfer (TensorMeta offsets count from here); shm_offset is a
-//                            multiple of 4096, at least 64 + 8 n (shm_stream_offset gives it)
+//                            multiple of 64, at least 64 + 8 n (shm_stream_offset gives the
+//                            next multiple of 4096); tensors listed in increasing offsets
 // Ordering: the writer stores version (and written = 0) before it sends update_weights, stores a
 // tensor's bytes and checksum before it raises written past the tensor's end, and raises written
 // with release semantics; readers load written with acquire semantics.

@@ -1,5 +1,7 @@
 #include "comm/wire_weights.h"
 
+#include <limits>
+
 #include "comm/wire_fields.h"
 
 namespace zr::wire {
@@ -81,6 +83,8 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   if (c.path == "disk" && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
   if (c.path == "ipc" && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
   if (c.shm_offset % 64 != 0) return field_error("shm_offset", "must be a multiple of 64");
+  if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
+    return field_error("shm_offset", "shm_offset + shm_bytes overflows");
   if (c.shm_stream && c.shm_offset < 64 + 8 * c.tensors.size())
     return field_error("shm_offset", "a streamed segment's header (64 + 8 bytes per tensor) comes first");
   if (c.path != "disk" && c.tensors.empty()) return field_error("tensors", "required for path " + c.path);

@@ -214,6 +214,14 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   EXPECT_NE(v4->shm_segment, v1->shm_segment);
   EXPECT_EQ(*trainer_->weight_version(), 4);
   EXPECT_EQ(served_greedy("v4"), expected());
+  // A disk update makes the engine forget every kept mapping: the next ipc publish is resent fresh.
+  PublishOptions disk;
+  disk.path = "disk";
+  ASSERT_TRUE(trainer_->publish(mo_dir(), 5, disk).ok());
+  auto v6 = trainer_->publish(real_, 6, PublishOptions{});
+  ASSERT_TRUE(v6.ok()) << v6.status().to_string();
+  EXPECT_FALSE(v6->shm_reused);
+  EXPECT_EQ(served_greedy("v6"), expected());
   actor_->stop();
 }
 
@@ -240,6 +248,15 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
   EXPECT_NE(st.message.find("stopped writing at byte 0"), std::string::npos) << st.message;
   EXPECT_EQ(*trainer_->weight_version(), 1);
   EXPECT_EQ(served_greedy("still-v1"), expected());
+  // The written count is a prefix of the transfer: tensors out of offset order are refused.
+  UpdateWeightsCall unordered = call;
+  unordered.tensors = {{"model.norm.weight", "F32", {64}, 256, 0, 256},
+                       {"model.layers.0.input_layernorm.weight", "F32", {64}, 256, 0, 0}};
+  unordered.shm_bytes = 512;
+  unordered.shm_offset = shm_stream_offset(2);
+  st = raw_update(unordered);
+  EXPECT_EQ(st.code, ErrorCode::invalid_argument) << st.to_string();
+  EXPECT_NE(st.message.find("tensors[1].offset"), std::string::npos) << st.message;
   writer.write(0, call.tensors[0], norm.data());
   st = raw_update(call);
   EXPECT_TRUE(st.ok()) << st.to_string();

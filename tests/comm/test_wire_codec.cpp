@@ -9,6 +9,7 @@
 
 #include "comm/json_codec.h"
 #include "comm/wire_codec.h"
+#include "comm/wire_weights.h"
 
 namespace zr {
 namespace {
@@ -419,6 +420,45 @@ int decode_all(const std::string& b) {
     EXPECT_TRUE(again.ok() && to_json(*again).dump() == to_json(*g).dump());
   }
   return ok;
+}
+
+TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
+  UpdateWeightsCall c;
+  c.req_id = 3;
+  c.version = 2;
+  c.path = "ipc";
+  c.tensors = {{"model.norm.weight", "F32", {64}, 256, 7, 0}};
+  c.shm_name = "/zr-x";
+  c.shm_bytes = 8192;
+  c.shm_offset = 4096;
+  c.shm_stream = true;
+  c.shm_keep = true;
+  c.shm_pool = {"/zr-x", "/zr-y"};
+  auto back = decode_update_weights(encode(c));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(back->shm_offset, 4096u);
+  EXPECT_TRUE(back->shm_stream);
+  EXPECT_TRUE(back->shm_keep);
+  EXPECT_EQ(back->shm_pool, c.shm_pool);
+  auto refused = [](UpdateWeightsCall bad, const std::string& field) {
+    auto r = decode_update_weights(encode(bad));
+    ASSERT_FALSE(r.ok()) << field;
+    EXPECT_EQ(r.status().code, ErrorCode::invalid_argument) << r.status().to_string();
+    EXPECT_NE(r.status().message.find(field), std::string::npos) << r.status().message;
+  };
+  UpdateWeightsCall bad = c;
+  bad.shm_offset = 100;
+  refused(bad, "shm_offset");  // not a multiple of 64
+  bad.shm_offset = std::numeric_limits<uint64_t>::max() - 4095;  // a multiple of 64 that wraps
+  refused(bad, "shm_offset");
+  bad.shm_offset = 64;  // a streamed header needs 64 + 8 bytes for the one tensor
+  refused(bad, "shm_offset");
+  UpdateWeightsReply r{5, 2, 8192, 0.5, 0.25, 1, {"/zr-x"}};
+  auto rj = unpack_body(encode(r));
+  ASSERT_TRUE(rj.ok());
+  auto rr = update_weights_reply_from_json(*rj);
+  ASSERT_TRUE(rr.ok()) << rr.status().to_string();
+  EXPECT_EQ(rr->shm_in_use, r.shm_in_use);
 }
 
 TEST(WireCodec, FuzzDecodersNeverCrashOrThrow) {
