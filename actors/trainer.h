@@ -72,7 +72,9 @@ class Trainer {
   // engines keep their mappings, and a later publish writes into a segment that no engine's ack
   // lists in shm_in_use (at most one idle segment is kept, so a trainer that pushes every version
   // in full holds two); an engine that lost its mapping (restarted) is sent a fresh segment
-  // within the same publish. disk: each engine reads the folder. Every live engine or an error naming the engine that refused. Engines already
+  // within the same publish. A segment an engine did not ack (refused, late, lost) counts as in
+  // use by it until its next ack, so consecutive failed publishes hold one segment each.
+  // disk: each engine reads the folder. Every live engine or an error naming the engine that refused. Engines already
   // dead are skipped, and one that dies during the publish is dropped: both are listed in `dead`
   // (the publish fails only when no engine is left). Each engine counts as updating (new
   // requests go elsewhere) until it acks.
