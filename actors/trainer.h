@@ -80,7 +80,8 @@ class Trainer {
   // requests go elsewhere) until it acks.
   Result<PublishResult> publish(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt);
   // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
-  // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. Refused
+  // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. The
+  // trainer keeps its transfer buffer (the size of the largest publish) for the next publish. Refused
   // (unavailable, naming it) when an engine is known dead: a collective needs every rank.
   Result<PublishResult> publish_broadcast(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt,
                                           MpiGroup& group);
@@ -159,6 +160,7 @@ class Trainer {
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
+  std::vector<uint8_t> bcast_buf_;  // broadcast: the root's transfer buffer, reused (grows only)
   std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
 };
 
