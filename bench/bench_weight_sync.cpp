@@ -8,7 +8,7 @@
 //   checksum64 speed, in cache and from DRAM.
 //
 // Run: mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader -np 2
-//          build/bench/bench_weight_sync [--mib 512] [--bucket-mib 64] [--repeats 7]
+//          build/bench/bench_weight_sync [--mib 512] [--bucket-mib 64[,16...]] [--repeats 7]
 // (np = 4 for 3 receivers). Rank 0 prints; the ipc part runs on rank 0 while the others sleep.
 #include <sys/wait.h>
 #include <unistd.h>
@@ -281,7 +281,8 @@ void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t buc
 }  // namespace
 
 int main(int argc, char** argv) {
-  size_t mib = 512, bucket_mib = 64;
+  size_t mib = 512;
+  std::vector<size_t> bucket_mibs = {64};
   int repeats = 7;
   bool ipc = true;
   // Rank 0 (known from mpirun's environment before MPI starts) forks the ipc consumer now, so
@@ -294,24 +295,29 @@ int main(int argc, char** argv) {
   die_if(world.status(), "MpiGroup::init");
   CLI::App app{"zrollout weight-sync benchmark (run under mpirun)"};
   app.add_option("--mib", mib, "transfer size in MiB");
-  app.add_option("--bucket-mib", bucket_mib, "bcast_buckets bucket size in MiB");
+  app.add_option("--bucket-mib", bucket_mibs, "bcast_buckets bucket size in MiB; several (64,16) run one after the other")
+      ->delimiter(',');
   app.add_option("--repeats", repeats, "timed repeats (medians are printed)");
   app.add_flag("!--no-ipc", ipc, "skip the shared-memory part");
   CLI11_PARSE(app, argc, argv);
-  const size_t bytes = mib << 20, bucket = bucket_mib << 20;
+  const size_t bytes = mib << 20;
+  std::string bucket_list;
+  for (size_t b : bucket_mibs) bucket_list += (bucket_list.empty() ? "" : ",") + std::to_string(b);
 
   std::vector<char> buf(bytes, 0);  // pre-faulted on every rank
   if (world->rank() == 0) {
     fill_random(buf.data(), bytes, 42);
-    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %zu MiB, %d repeats, %s\n", world->size(), mib,
-                bucket_mib, repeats, MpiGroup::thread_level_name(world->thread_level()));
+    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s\n", world->size(), mib,
+                bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()));
     bench_checksum(buf);
     if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats);
     std::fflush(stdout);
   }
   consumer.stop();
   park_until_rank0(*world);
-  BcastTimes t = bench_bcast(*world, buf, bucket, repeats);
-  report_bcast(*world, t, bytes, bucket);
+  for (size_t b : bucket_mibs) {  // each against raw MPI_Bcast timed in the same rounds
+    BcastTimes t = bench_bcast(*world, buf, b << 20, repeats);
+    report_bcast(*world, t, bytes, b << 20);
+  }
   return 0;
 }
