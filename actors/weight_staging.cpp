@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -232,29 +231,26 @@ Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name
                                                          const ModelWeights& serving) {
   retain(pool);
   auto it = std::find_if(kept_.begin(), kept_.end(), [&](const auto& seg) { return seg->name() == name; });
-  if (it != kept_.end()) {
-    std::shared_ptr<ShmSegment> seg = *it;
+  const bool was_kept = it != kept_.end();
+  std::shared_ptr<ShmSegment> seg;
+  if (was_kept) {
+    seg = *it;
     if (serves_from(serving, *seg))
       return make_error(ErrorCode::invalid_argument,
                         "shm_name: segment " + name + " still holds the serving weights; the trainer must write a new "
                         "version into a segment no engine lists in shm_in_use");
-    if (seg->size() < bytes)
-      return make_error(ErrorCode::invalid_argument, "shm_bytes: " + std::to_string(bytes) + " but segment " + name +
-                                                         " holds " + std::to_string(seg->size()));
-    if (!keep) kept_.erase(it);
-    return seg;
-  }
-  auto opened = ShmSegment::open(name, keep ? 0 : bytes, /*read_only=*/true, /*populate=*/false);
-  if (!opened.ok()) {
-    if (opened.status().code == ErrorCode::not_found)
+  } else {
+    auto opened = ShmSegment::open(name, keep ? 0 : bytes, /*read_only=*/true, /*populate=*/false);
+    if (!opened.ok() && opened.status().code == ErrorCode::not_found)
       return make_error(ErrorCode::not_found, "shm_name: no segment " + name + " (and no kept mapping of it here)");
-    return opened.status();
+    if (!opened.ok()) return opened.status();
+    seg = std::make_shared<ShmSegment>(std::move(opened).value());
   }
-  auto seg = std::make_shared<ShmSegment>(std::move(opened).value());
   if (seg->size() < bytes)
     return make_error(ErrorCode::invalid_argument, "shm_bytes: " + std::to_string(bytes) + " but segment " + name +
                                                        " holds " + std::to_string(seg->size()));
-  if (keep) kept_.push_back(seg);
+  if (keep && !was_kept) kept_.push_back(seg);
+  if (!keep && was_kept) kept_.erase(it);
   return seg;
 }
 
@@ -330,8 +326,6 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   // ipc: map the trainer's segment (or reuse the kept mapping) and use its bytes in place where
   // layout allows
   ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, c.shm_bytes));
-  if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
-    return make_error(ErrorCode::invalid_argument, "shm_offset: shm_offset + shm_bytes overflows");
   const uint64_t need = c.shm_offset + c.shm_bytes;
   if (c.shm_stream)  // the written count is a prefix of the transfer: tensors must come in its order
     for (size_t i = 1; i < c.tensors.size(); ++i)

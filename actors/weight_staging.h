@@ -106,7 +106,8 @@ struct StageSources {
 // mapped, a stale version, broadcast without a group) come back as an error and start nothing, except
 // on the broadcast path: a rank must take part in the collective whatever it thinks of the update
 // (else the other ranks hang), so it receives into a scratch buffer and its refusal comes out of the
-// future. `current` must outlive the future.
+// future. `current` must outlive the future. `c` comes from wire::decode_update_weights, which
+// has checked the fields on their own (e.g. shm_offset + shm_bytes does not overflow).
 Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& c, const ModelWeights& current,
                                                        int64_t serving_version, const StageSources& src,
                                                        uint64_t* bytes);

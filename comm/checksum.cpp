@@ -45,6 +45,13 @@ uint64_t sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
   return s;
 }
 
+// The term of word number `index` when only its first `rest` (< 8) bytes exist: zero-padded.
+uint64_t tail_term(const unsigned char* p, size_t rest, uint64_t index) {
+  unsigned char tail[8] = {};
+  std::memcpy(tail, p, rest);
+  return word_term(load_le64(tail), (index + 1) * kP1);
+}
+
 // sum_words over the words at src, each also stored to dst (one pass: the bytes are checksummed
 // from the registers they were copied through).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -76,10 +83,8 @@ uint64_t checksum64_copy_partial(void* dst, const void* src, size_t n, uint64_t 
   uint64_t first = byte_offset / 8;
   uint64_t s = whole ? copy_sum_words(d, p, whole, first) : 0;
   if (size_t rest = n % 8) {
-    unsigned char tail[8] = {};
-    std::memcpy(tail, p + whole * 8, rest);
-    std::memcpy(d + whole * 8, tail, rest);
-    s += word_term(load_le64(tail), (first + whole + 1) * kP1);
+    std::memcpy(d + whole * 8, p + whole * 8, rest);
+    s += tail_term(p + whole * 8, rest, first + whole);
   }
   return s;
 }
@@ -91,11 +96,7 @@ uint64_t checksum64_partial(const void* data, size_t n, uint64_t byte_offset) {
   size_t whole = n / 8;
   uint64_t first = byte_offset / 8;
   uint64_t s = whole ? sum_words(p, whole, first) : 0;
-  if (size_t rest = n % 8) {
-    unsigned char tail[8] = {};
-    std::memcpy(tail, p + whole * 8, rest);
-    s += word_term(load_le64(tail), (first + whole + 1) * kP1);
-  }
+  if (size_t rest = n % 8) s += tail_term(p + whole * 8, rest, first + whole);
   return s;
 }
 

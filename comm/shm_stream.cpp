@@ -15,9 +15,9 @@ constexpr uint64_t kVersionAt = 0, kWrittenAt = 8, kChecksumsAt = 64;
 constexpr uint64_t kPiece = uint64_t{1} << 20;      // between two looks at the publish step
 constexpr uint64_t kPublish = uint64_t{4} << 20;    // readers are told about progress this often
 
-std::atomic_ref<uint64_t> word(uint8_t* seg, uint64_t at) { return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(seg + at)); }
-uint64_t load(const uint8_t* seg, uint64_t at, std::memory_order o) {
-  return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(const_cast<uint8_t*>(seg) + at)).load(o);
+// The header word at byte `at`, accessed atomically (readers map the segment read-only and only load).
+std::atomic_ref<uint64_t> word(const uint8_t* seg, uint64_t at) {
+  return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(const_cast<uint8_t*>(seg) + at));
 }
 
 }  // namespace
@@ -53,13 +53,13 @@ uint64_t ShmStreamWriter::write(size_t i, const TensorMeta& m, const void* src) 
 ShmStreamReader::ShmStreamReader(const void* segment, int64_t version, std::chrono::milliseconds stall)
     : seg_(static_cast<const uint8_t*>(segment)), version_(version), stall_(stall) {}
 
-uint64_t ShmStreamReader::written() const { return load(seg_, kWrittenAt, std::memory_order_acquire); }
+uint64_t ShmStreamReader::written() const { return word(seg_, kWrittenAt).load(std::memory_order_acquire); }
 
 Status ShmStreamReader::wait_for(uint64_t end) {
   if (seen_ >= end) return {};
   auto last_progress = std::chrono::steady_clock::now();
   for (int spins = 0;; ++spins) {
-    if (uint64_t v = load(seg_, kVersionAt, std::memory_order_acquire); v != static_cast<uint64_t>(version_))
+    if (uint64_t v = word(seg_, kVersionAt).load(std::memory_order_acquire); v != static_cast<uint64_t>(version_))
       return make_error(ErrorCode::invalid_argument, "shm_stream: the segment is being written for version " +
                                                          std::to_string(v) + ", not " + std::to_string(version_));
     const uint64_t w = written();
@@ -82,6 +82,6 @@ Status ShmStreamReader::wait_for(uint64_t end) {
   }
 }
 
-uint64_t ShmStreamReader::checksum(size_t i) const { return load(seg_, kChecksumsAt + 8 * i, std::memory_order_relaxed); }
+uint64_t ShmStreamReader::checksum(size_t i) const { return word(seg_, kChecksumsAt + 8 * i).load(std::memory_order_relaxed); }
 
 }  // namespace zr
