@@ -307,9 +307,10 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
     return run_staging(src, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
-      TransferVerifier verifier(c.tensors);  // checksums as buckets arrive
-      Status st = src.weight_group->bcast_buckets(buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-                                                  [&](size_t off, size_t len) { verifier.add(buf.get(), off, len); });
+      TransferVerifier verifier(c.tensors);  // checksums each segment from the cache as it arrives
+      Status st = src.weight_group->bcast_buckets(
+          buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
+          [&](size_t off, size_t len, const void* bytes) { verifier.add(bytes, off, len); });
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
       ZR_RETURN_IF_ERROR(verifier.verify());

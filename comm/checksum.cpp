@@ -152,8 +152,8 @@ TransferVerifier::TransferVerifier(std::vector<TensorMeta> tensors)
                  "TransferVerifier: tensors unsorted or overlapping at " + tensors_[i].name);
 }
 
-void TransferVerifier::add(const void* base, uint64_t offset, uint64_t len) {
-  const auto* b = static_cast<const unsigned char*>(base);
+void TransferVerifier::add(const void* bytes, uint64_t offset, uint64_t len) {
+  const auto* b = static_cast<const unsigned char*>(bytes);
   uint64_t end = offset + len;
   // First tensor whose end is past offset.
   auto it = std::partition_point(tensors_.begin(), tensors_.end(),
@@ -162,7 +162,7 @@ void TransferVerifier::add(const void* base, uint64_t offset, uint64_t len) {
     const TensorMeta& t = tensors_[i];
     if (t.offset >= end) break;
     uint64_t lo = std::max(offset, t.offset), hi = std::min(end, t.offset + t.nbytes);
-    sums_[i] += checksum64_partial(b + lo, hi - lo, lo - t.offset);
+    sums_[i] += checksum64_partial(b + (lo - offset), hi - lo, lo - t.offset);
     received_[i] += hi - lo;
   }
 }

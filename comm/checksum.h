@@ -69,15 +69,16 @@ uint64_t checksum64_parallel(const void* data, size_t n, unsigned threads);
 uint64_t assign_transfer_offsets(std::vector<TensorMeta>& tensors);
 
 // Verifies a transfer's per-tensor checksums while it arrives in pieces (e.g. from
-// MpiGroup::bcast_buckets' on_bucket). Pieces must start on 8-byte boundaries of the transfer
+// MpiGroup::bcast_buckets' on_segment). Pieces must start on 8-byte boundaries of the transfer
 // (buckets of a multiple of 64 bytes do) and may cut tensors anywhere; each byte is fed once.
 class TransferVerifier {
  public:
   // Keeps its own copy of the metas; tensors must be sorted by offset and must not overlap.
   explicit TransferVerifier(std::vector<TensorMeta> tensors);
 
-  // Bytes [offset, offset + len) of the transfer, found at base + offset.
-  void add(const void* base, uint64_t offset, uint64_t len);
+  // Bytes [offset, offset + len) of the transfer, found at `bytes` (bytes[0] is transfer byte
+  // `offset`).
+  void add(const void* bytes, uint64_t offset, uint64_t len);
 
   // ok when every tensor was fully fed and matches; else checksum_mismatch naming the first
   // tensor that differs (expected and actual values), or io_error naming one not fully received.

@@ -2,7 +2,13 @@
 #include "comm/mpi_group.h"
 
 #include <mpi.h>
+#include <pthread.h>
+#include <sched.h>
 #include <spdlog/spdlog.h>
+
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -10,9 +16,12 @@
 #include <cstdlib>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <memory>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -32,6 +41,11 @@ struct MpiGroup::Impl {
   bool poisoned = false;
   std::string poison_reason;
   std::vector<MPI_Request> pending;  // broadcasts posted by a failed bcast_buckets, not completed
+  std::vector<char> on_this_host;  // by rank: shares this process's host (MPI_COMM_TYPE_SHARED)
+  ReceiveMode receive_mode = ReceiveMode::automatic;
+  // bcast_buckets' receive ring (see SegmentPlan); pending broadcasts may still write into it.
+  std::unique_ptr<char, void (*)(void*)> ring{nullptr, std::free};
+  size_t ring_bytes = 0;
 };
 
 namespace {
@@ -62,6 +76,26 @@ std::string size_text(size_t b) {
   return buf;
 }
 
+// Which ranks of `comm` share this process's host (collective over comm).
+std::vector<char> ranks_on_this_host(MPI_Comm comm) {
+  int size = 0;
+  MPI_Comm_size(comm, &size);
+  std::vector<char> here(static_cast<size_t>(size), 0);
+  MPI_Comm node = MPI_COMM_NULL;
+  if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS) return here;
+  MPI_Group all, local;
+  MPI_Comm_group(comm, &all);
+  MPI_Comm_group(node, &local);
+  std::vector<int> ranks(here.size()), mapped(here.size());
+  for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
+  MPI_Group_translate_ranks(all, size, ranks.data(), local, mapped.data());
+  for (size_t r = 0; r < here.size(); ++r) here[r] = mapped[r] != MPI_UNDEFINED;
+  MPI_Group_free(&all);
+  MPI_Group_free(&local);
+  MPI_Comm_free(&node);
+  return here;
+}
+
 // Waiting for MPI: spin on MPI_Test first (MPI makes progress only inside its calls), yield the
 // core once nothing moved for a while (oversubscribed hosts), sleep when a peer is clearly late.
 class Backoff {
@@ -77,52 +111,104 @@ class Backoff {
   int spins_ = 0;
 };
 
-struct BucketPlan {
+// How bcast_buckets cuts a transfer. Buckets (bucket_bytes) are the root's unit: it keeps up to two
+// posted. Each bucket moves as segments of at most kSegmentBytes, one MPI_Ibcast each; segments
+// never cross a bucket's end. The cut is the same on every rank (message sizes must match); where
+// a receiver lands a segment is its own choice:
+//  - through the ring, when it has a core for each of its two threads (see use_ring): kRingSlots
+//    slots that stay in the cache; the caller copies each slot into the destination with streaming
+//    stores and verifies it from the slot: one DRAM read and one DRAM write per byte, like a plain
+//    MPI_Bcast. Receiving in place and checksumming there reads every byte from DRAM a second time:
+//    on a 2-core host np=2 reached 81-92% of one MPI_Bcast that way, 95-105% through the ring
+//    (bench/bench_weight_sync.cpp).
+//  - in place (into the destination), when cores are short: ring and copy cost CPU time that an
+//    oversubscribed host does not have (np=4 on 2 cores: 75-88% through the ring, 105-124% in
+//    place; one core per rank, mpirun's default binding: ~71% vs ~79%).
+constexpr size_t kSegmentBytes = size_t{2} << 20;
+constexpr size_t kRingSlots = 4;
+
+struct SegmentPlan {
   size_t bytes;
   size_t bucket;
-  size_t count() const { return (bytes + bucket - 1) / bucket; }
-  size_t offset(size_t k) const { return k * bucket; }
-  size_t length(size_t k) const { return std::min(bucket, bytes - k * bucket); }
+  bool ring;  // this rank receives through the ring (never on the root)
+  size_t segment = std::min(bucket, kSegmentBytes);
+  size_t per_bucket = (bucket + segment - 1) / segment;
+  size_t buckets() const { return (bytes + bucket - 1) / bucket; }
+  size_t count() const {
+    size_t last = bytes - (buckets() - 1) * bucket;
+    return (buckets() - 1) * per_bucket + (last + segment - 1) / segment;
+  }
+  size_t bucket_of(size_t s) const { return s / per_bucket; }
+  size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
+  size_t length(size_t s) const {
+    size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);
+    return std::min(segment, end - offset(s));
+  }
+  // Posted and not yet consumed, at most: two buckets; through the ring, up to one per slot (a
+  // prefix of what the root posts).
+  size_t window() const { return ring ? std::min(kRingSlots, 2 * per_bucket) : 2 * per_bucket; }
 };
 
-// State shared by the caller (runs on_bucket) and the helper thread (makes every MPI call).
+// State shared by the caller (copies out, runs on_segment) and the helper thread (every MPI call).
 struct PipelineState {
   std::mutex mu;
   std::condition_variable cv;
-  size_t completed = 0;   // buckets whose broadcast completed (helper writes)
-  size_t consumed = 0;    // buckets whose on_bucket returned (caller writes)
+  size_t completed = 0;   // segments whose broadcast completed (helper writes)
+  size_t consumed = 0;    // segments whose on_segment returned (caller writes)
   bool stop = false;      // the caller gave up: post nothing more
   bool finished = false;  // the helper is done (success or error)
   Status error;
 };
 
-constexpr size_t kMaxInFlight = 2;
-
-// How the root waits for its buckets to complete. Over shared memory (vader with CMA) a receiver
-// copies a bucket out of the root's memory itself, inside its own MPI call; the root only posts
-// buckets (kMaxInFlight, i.e. one bucket's transfer time ahead) and notices completions, so it polls
-// with short sleeps instead of spinning: a spinning root took a whole core (~128 ms of CPU per
-// 512 MiB transfer) from a receiver whose copy (MPI) and on_bucket checksum run on two threads, and
-// on a 2-core host that cost np=2 10-20% against one plain MPI_Bcast (bench/bench_weight_sync.cpp).
-// The sleep is scaled to the bucket: ~1/10 of its time at 32 GB/s, at most
-// 200 us (a tcp root then still refills its socket buffers often enough for ~20 GB/s); buckets too
-// small for a 10 us sleep keep the spinning Backoff.
-std::chrono::microseconds root_poll_interval(size_t bucket_bytes) {
+// How the root waits for its segments to complete. Over shared memory (vader with CMA) a receiver
+// copies a segment out of the root's memory itself, inside its own MPI call; the root only posts
+// segments (two buckets ahead) and notices completions, so it polls with short sleeps instead of
+// spinning: a spinning root took a whole core (~128 ms of CPU per 512 MiB transfer) from a
+// receiver whose copy (MPI) and checksum run on two threads. The sleep is scaled to the posted
+// window: ~1/10 of its time at 32 GB/s, at most 200 us (a tcp root then still refills its socket
+// buffers often enough for ~20 GB/s); windows too small for a 10 us sleep keep the spinning Backoff.
+std::chrono::microseconds root_poll_interval(size_t window_bytes) {
   constexpr size_t kBytesPerMicrosecond = 32 * 1000;  // 32 GB/s
-  auto us = std::chrono::microseconds(std::min<size_t>(200, bucket_bytes / kBytesPerMicrosecond / 10));
+  auto us = std::chrono::microseconds(std::min<size_t>(200, window_bytes / kBytesPerMicrosecond / 10));
   return us >= std::chrono::microseconds(10) ? us : std::chrono::microseconds(0);
 }
 
-// Runs on the helper thread: posts one MPI_Ibcast per bucket, keeping at most kMaxInFlight posted
-// and not yet consumed, and tests the oldest one until it completes or the deadline passes.
-// Every rank posts the first min(n, kMaxInFlight) at once: a rank that fails early has then posted
-// the same broadcasts as its peers, which drain() relies on.
-class BucketBroadcaster {
+// n bytes from src to dst; on x86 with non-temporal stores: the destination is not read for
+// ownership and does not evict the ring (or the weights being served) from the cache.
+void copy_streaming(char* dst, const char* src, size_t n) {
+#if defined(__x86_64__) || defined(__SSE2__)
+  size_t head = std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 64 <= n; i += 64) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, n - i);
+  _mm_sfence();  // the streamed bytes are ordered before whatever the caller publishes next
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+// Runs on the helper thread: posts one MPI_Ibcast per segment (into or from `data`, or into ring
+// slots), keeping at most plan.window() posted and not yet consumed, and tests the
+// oldest one until it completes or the deadline passes. Every rank posts the first
+// min(n, the ring's window) at once: a rank that fails early has then posted (at least) the same
+// broadcasts as its peers, which drain() relies on.
+class SegmentBroadcaster {
  public:
-  BucketBroadcaster(MPI_Comm comm, char* data, BucketPlan plan, int root, bool is_root, milliseconds timeout,
-                    PipelineState& st)
-      : comm_(comm), data_(data), plan_(plan), root_(root), timeout_(timeout), st_(st),
-        root_poll_(is_root ? root_poll_interval(plan.bucket) : std::chrono::microseconds(0)) {}
+  SegmentBroadcaster(MPI_Comm comm, char* data, char* ring, SegmentPlan plan, int root, bool is_root,
+                     milliseconds timeout, PipelineState& st)
+      : comm_(comm), data_(data), ring_(ring), plan_(plan), root_(root), timeout_(timeout),
+        st_(st), window_(plan.window()),
+        root_poll_(is_root ? root_poll_interval(window_ * plan.segment) : std::chrono::microseconds(0)) {}
 
   void run() {
     const size_t n = plan_.count();
@@ -136,20 +222,20 @@ class BucketBroadcaster {
         consumed = st_.consumed;
         stop = st_.stop;
       }
-      while (!stop && posted_ < n && posted_ - consumed < kMaxInFlight) {
+      while (!stop && posted_ < n && posted_ - consumed < window_) {
         if (!post()) return;
         last = Clock::now();
       }
       if (inflight_.empty()) {
         if (completed_ == n || stop) return finish(Status::ok_status());
-        std::unique_lock lk(st_.mu);  // both slots hold completed buckets: wait for the caller
+        std::unique_lock lk(st_.mu);  // every slot holds a completed segment: wait for the caller
         st_.cv.wait(lk, [&] { return st_.consumed != consumed || st_.stop; });
         last = Clock::now();
         continue;
       }
       int done = 0;
       if (int rc = MPI_Test(&inflight_.front(), &done, MPI_STATUS_IGNORE); rc != MPI_SUCCESS)
-        return finish(mpi_status(rc, "MPI_Test of " + bucket_text(completed_)));
+        return finish(mpi_status(rc, "MPI_Test of " + segment_text(completed_)));
       if (done) {
         inflight_.pop_front();
         complete_one();
@@ -170,10 +256,10 @@ class BucketBroadcaster {
  private:
   bool post() {
     MPI_Request req = MPI_REQUEST_NULL;
-    int rc = MPI_Ibcast(data_ + plan_.offset(posted_), static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_,
-                        comm_, &req);
+    char* at = plan_.ring ? ring_ + (posted_ % kRingSlots) * plan_.segment : data_ + plan_.offset(posted_);
+    int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
     if (rc != MPI_SUCCESS) {
-      finish(mpi_status(rc, "MPI_Ibcast of " + bucket_text(posted_)));
+      finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(posted_)));
       return false;
     }
     inflight_.push_back(req);
@@ -199,26 +285,91 @@ class BucketBroadcaster {
     st_.cv.notify_all();
   }
 
-  std::string bucket_text(size_t k) const {
-    return "bucket " + std::to_string(k + 1) + "/" + std::to_string(plan_.count()) + " (" +
-           size_text(plan_.length(k)) + " at offset " + std::to_string(plan_.offset(k)) + ")";
+  // "bucket 3/8 (64 MiB at offset ...)" when a bucket is one segment, else
+  // "bucket 3/8, segment 5/32 (2 MiB at offset ...)".
+  std::string segment_text(size_t s) const {
+    std::string t = "bucket " + std::to_string(plan_.bucket_of(s) + 1) + "/" + std::to_string(plan_.buckets());
+    if (plan_.per_bucket > 1)
+      t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(plan_.per_bucket);
+    return t + " (" + size_text(plan_.length(s)) + " at offset " + std::to_string(plan_.offset(s)) + ")";
   }
 
   std::string timeout_text() const {
-    return "broadcast of " + bucket_text(completed_) + " from rank " + std::to_string(root_) +
+    return "broadcast of " + segment_text(completed_) + " from rank " + std::to_string(root_) +
            " did not complete within " + std::to_string(timeout_.count()) + " ms";
   }
 
   MPI_Comm comm_;
   char* data_;
-  BucketPlan plan_;
+  char* ring_;  // receivers only
+  SegmentPlan plan_;
   int root_;
   milliseconds timeout_;
   PipelineState& st_;
+  size_t window_;
   std::chrono::microseconds root_poll_;  // 0: spin with Backoff
   std::deque<MPI_Request> inflight_;
   size_t posted_ = 0;
   size_t completed_ = 0;
+};
+
+// Whether this receiver lands segments through the ring: it needs a core for each of its two
+// threads, and so does every other receiver on this host (the root's thread mostly sleeps).
+bool use_ring(const std::vector<char>& on_this_host, int root) {
+#ifdef __linux__
+  cpu_set_t mask;
+  if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0) return false;
+  const long cores = CPU_COUNT(&mask);
+#else
+  const long cores = static_cast<long>(std::thread::hardware_concurrency());
+#endif
+  long receivers = std::count(on_this_host.begin(), on_this_host.end(), char{1});
+  if (root >= 0 && static_cast<size_t>(root) < on_this_host.size() && on_this_host[static_cast<size_t>(root)])
+    --receivers;
+  return cores >= 2 && cores >= 2 * std::max(1L, receivers);
+}
+
+// Through the ring, a receiver's two threads each keep a core busy (the helper copies segments
+// in, inside MPI; the caller copies them out and verifies them), so they must not share one: when
+// they did (the scheduler's wake-up placement does that on its own now and then), np=2 fell from
+// ~95% to 50-65% of one MPI_Bcast. For the duration of a receive, the caller stays on the core it
+// is on and the helper gets the process's other cores; the caller's mask is restored afterwards.
+class SplitCores {
+ public:
+  SplitCores() {
+#ifdef __linux__
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0 || CPU_COUNT(&saved_) < 2) return;
+    int here = sched_getcpu();
+    if (here < 0 || !CPU_ISSET(here, &saved_)) return;
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    CPU_SET(here, &mine);
+    helper_ = saved_;
+    CPU_CLR(here, &helper_);
+    active_ = pthread_setaffinity_np(pthread_self(), sizeof mine, &mine) == 0;
+#endif
+  }
+  ~SplitCores() {
+#ifdef __linux__
+    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+#endif
+  }
+  SplitCores(const SplitCores&) = delete;
+  SplitCores& operator=(const SplitCores&) = delete;
+
+  // Called on the helper thread.
+  void place_helper() const {
+#ifdef __linux__
+    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof helper_, &helper_);
+#endif
+  }
+
+ private:
+#ifdef __linux__
+  cpu_set_t saved_{};
+  cpu_set_t helper_{};
+#endif
+  bool active_ = false;
 };
 
 }  // namespace
@@ -263,6 +414,7 @@ Result<MpiGroup> MpiGroup::init(int* argc, char*** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &impl->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &impl->size);
   impl->world_rank = impl->rank;
+  impl->on_this_host = ranks_on_this_host(MPI_COMM_WORLD);
   return MpiGroup(std::move(impl));
 }
 
@@ -301,6 +453,7 @@ void finalize_with_deadline() {
 MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
+  if (!g.pending.empty()) (void)g.ring.release();  // undrained receives may still write into it
   if (!g.is_world) {
     if (g.comm == MPI_COMM_NULL) return;
     if (g.pending.empty()) MPI_Comm_free(&g.comm);
@@ -359,6 +512,7 @@ Result<MpiGroup> MpiGroup::split(int color, int key) {
   if (comm != MPI_COMM_NULL) {
     MPI_Comm_rank(comm, &impl->rank);
     MPI_Comm_size(comm, &impl->size);
+    impl->on_this_host = ranks_on_this_host(comm);
   }
   return MpiGroup(std::move(impl));
 }
@@ -519,7 +673,7 @@ Status MpiGroup::gather_bytes(const void* in, const std::vector<size_t>& counts,
 }
 
 Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
-                               const BucketCallback& on_bucket) {
+                               const SegmentCallback& on_segment) {
   ZR_RETURN_IF_ERROR(usable("bcast_buckets"));
   if (root < 0 || root >= impl_->size)
     return make_error(ErrorCode::invalid_argument, "bcast_buckets: root " + std::to_string(root) + " not in the group");
@@ -529,15 +683,28 @@ Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket
   if (timeout.count() <= 0) return make_error(ErrorCode::invalid_argument, "bcast_buckets: timeout must be > 0");
   if (bytes == 0) return Status::ok_status();
   if (!data) return make_error(ErrorCode::invalid_argument, "bcast_buckets: null data");
-  return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_bucket);
+  return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment);
 }
 
 Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
-                                     const BucketCallback& on_bucket) {
-  BucketPlan plan{bytes, bucket_bytes};
+                                     const SegmentCallback& on_segment) {
+  const bool is_root = impl_->rank == root;
+  SegmentPlan plan{bytes, bucket_bytes, receives_through_ring(root)};
+  const size_t ring_bytes = kRingSlots * plan.segment;
+  if (plan.ring && impl_->ring_bytes < ring_bytes) {  // not poisoned (usable() checked): nothing pending
+    impl_->ring.reset(static_cast<char*>(std::aligned_alloc(64, ring_bytes)));  // a multiple of 64
+    impl_->ring_bytes = impl_->ring ? ring_bytes : 0;
+    plan.ring = impl_->ring != nullptr;  // else in place
+  }
+  char* ring = impl_->ring.get();
   PipelineState st;
-  BucketBroadcaster caster(impl_->comm, data, plan, root, impl_->rank == root, timeout, st);
-  std::thread helper([&caster] { caster.run(); });
+  SegmentBroadcaster caster(impl_->comm, data, ring, plan, root, is_root, timeout, st);
+  std::optional<SplitCores> cores;
+  if (plan.ring) cores.emplace();
+  std::thread helper([&caster, &cores] {
+    if (cores) cores->place_helper();
+    caster.run();
+  });
   std::exception_ptr thrown;
   for (size_t k = 0; k < plan.count(); ++k) {
     {
@@ -545,9 +712,15 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
       st.cv.wait(lk, [&] { return st.completed > k || st.finished; });
       if (st.completed <= k) break;  // the helper failed
     }
-    if (on_bucket) {
+    const size_t off = plan.offset(k), len = plan.length(k);
+    const char* bytes_at = data + off;
+    if (plan.ring) {
+      bytes_at = ring + (k % kRingSlots) * plan.segment;
+      copy_streaming(data + off, bytes_at, len);
+    }
+    if (on_segment) {
       try {
-        on_bucket(plan.offset(k), plan.length(k));
+        on_segment(off, len, bytes_at);
       } catch (...) {
         thrown = std::current_exception();
         std::lock_guard lk(st.mu);
@@ -564,10 +737,20 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
   impl_->pending = caster.take_pending();
   if (!st.error.ok() || (thrown && (!caster.all_posted() || !impl_->pending.empty()))) {
     impl_->poisoned = true;
-    impl_->poison_reason = st.error.ok() ? "on_bucket threw during bcast_buckets" : st.error.message;
+    impl_->poison_reason = st.error.ok() ? "on_segment threw during bcast_buckets" : st.error.message;
   }
   if (thrown) std::rethrow_exception(thrown);
   return st.error;
+}
+
+void MpiGroup::set_receive_mode(ReceiveMode mode) {
+  if (impl_) impl_->receive_mode = mode;
+}
+
+bool MpiGroup::receives_through_ring(int root) const {
+  if (!valid() || impl_->rank == root) return false;
+  const ReceiveMode mode = impl_->receive_mode;
+  return mode == ReceiveMode::ring || (mode == ReceiveMode::automatic && use_ring(impl_->on_this_host, root));
 }
 
 Status MpiGroup::bcast_blocking(void* data, size_t bytes, int root) {

@@ -10,7 +10,7 @@
 //
 // Thread-safety: a group is not thread-safe: one thread at a time calls into it, and collectives
 // on one group are called in the same order on every member (MPI's rule). bcast_buckets runs its
-// MPI calls on a helper thread while the caller runs on_bucket, which needs MPI_THREAD_SERIALIZED;
+// MPI calls on a helper thread while the caller runs on_segment, which needs MPI_THREAD_SERIALIZED;
 // using *different* groups from different threads at the same time needs MPI_THREAD_MULTIPLE:
 // check thread_level().
 //
@@ -18,14 +18,16 @@
 // with MPI's error string. Deadlines: only bcast_buckets (and drain) take one; the other
 // collectives block like MPI does.
 //
-// Poisoning: MPI cannot cancel a collective. After bcast_buckets fails (timeout, or on_bucket
+// Poisoning: MPI cannot cancel a collective. After bcast_buckets fails (timeout, or on_segment
 // threw) this rank has broadcasts posted that its peers may never match, so the communicator is out
 // of step and must not be reused: the group is poisoned() and every later collective on it returns
-// unavailable. The posted broadcasts still own the buffer: MPI may write into it (receivers) or read
-// it (root) until they complete, so keep `data` alive until drain() returns ok or the process ends.
-// Ways out: drain(timeout) (completes the posted broadcasts if the root catches up late), then drop
-// the group; or abort_group() to end the whole MPI job (the launcher restarts it). A sub-group
-// destroyed with undrained broadcasts leaks its communicator on purpose (freeing it is unsafe).
+// unavailable. The posted broadcasts still own the buffer: MPI may write into it (receivers in
+// place) or read it (root) until they complete, so keep `data` alive until drain() returns ok or
+// the process ends (a receiver through its ring only has the group's ring written, which the group
+// keeps). Ways out: drain(timeout) (completes the
+// posted broadcasts if the root catches up late), then drop the group; or abort_group() to end the
+// whole MPI job (the launcher restarts it). A group destroyed with undrained broadcasts leaks its
+// communicator (a sub-group) and its receive ring on purpose (freeing them is unsafe).
 #pragma once
 
 #include <chrono>
@@ -97,24 +99,40 @@ class MpiGroup {
   Status gather_bytes(const void* in, const std::vector<size_t>& counts, void* out, int root,
                       const std::function<bool()>& still_wanted = {});
 
-  // on_bucket(offset, length): a bucket of the transfer [offset, offset + length) is complete on
-  // this rank (received, or on the root sent) and may be read (e.g. checksummed).
-  using BucketCallback = std::function<void(size_t offset, size_t length)>;
+  // on_segment(offset, length, bytes): bytes [offset, offset + length) of the transfer are complete
+  // on this rank (received, or on the root sent) and may be read, at `bytes`; data + offset holds
+  // them too. A receiver that lands segments through its receive ring passes the ring's slot, still
+  // in the cache: read them there (e.g. checksum), not from `data`, which costs a DRAM read.
+  // Otherwise bytes == data + offset.
+  using SegmentCallback = std::function<void(size_t offset, size_t length, const void* bytes)>;
 
-  // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank, cut into buckets of
-  // bucket_bytes (a multiple of 64, at most 1 GiB), one MPI_Ibcast each, at most 2 posted and
-  // not yet consumed, so bucket k+1 arrives while on_bucket(k) runs. on_bucket is called on the
-  // calling thread, in bucket order, once per bucket, on every rank (root included); it must not
-  // throw (if it does: the group is poisoned, the exception propagates). All ranks pass the same
-  // bytes, root and bucket_bytes.
-  // Deadline: `timeout` bounds every wait for progress (the next bucket completing, counted from
+  // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank. The transfer is cut
+  // into buckets of bucket_bytes (a multiple of 64, at most 1 GiB), the root's unit: it keeps at
+  // most two buckets posted and not yet consumed. A bucket moves as segments of at most 2 MiB, one
+  // MPI_Ibcast each (a smaller bucket is one segment); segment k+1 arrives while on_segment(k)
+  // runs. A receiver with a core for each of its two threads (every receiver on its host has two)
+  // lands segments in a ring of 4 cache-sized slots owned by the group and copies each into `data`
+  // with streaming stores, so a verified broadcast costs the memory traffic of an unverified one
+  // (its helper thread is pinned off the caller's core meanwhile); otherwise it receives in place.
+  // on_segment is called on the calling thread, in order, once per segment, on every rank (root
+  // included); it must not throw (if it does: the group is poisoned, the exception propagates).
+  // All ranks pass the same bytes, root and bucket_bytes.
+  // Deadline: `timeout` bounds every wait for progress (the next segment completing, counted from
   // the previous one or from the call): a stalled transfer fails within `timeout` of stalling with
-  // ErrorCode::timeout, e.g. "broadcast of bucket 3/8 (64 MiB at offset 134217728) from rank 0 did
-  // not complete within 30000 ms", and the group is poisoned (see above). A transfer that keeps
-  // moving never times out, however large. Never hangs: the call returns by then.
+  // ErrorCode::timeout, e.g. "broadcast of bucket 3/8, segment 5/32 (2 MiB at offset 138412032)
+  // from rank 0 did not complete within 30000 ms", and the group is poisoned (see above). A
+  // transfer that keeps moving never times out, however large. Never hangs: the call returns by
+  // then.
   Status bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes = kDefaultBucketBytes,
                        std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
-                       const BucketCallback& on_bucket = {});
+                       const SegmentCallback& on_segment = {});
+
+  // Where this rank's bcast_buckets lands received segments (above): automatic (the default:
+  // through the ring when every receiver on this host has two cores), or forced either way.
+  enum class ReceiveMode { automatic, ring, in_place };
+  void set_receive_mode(ReceiveMode mode);
+  // Whether a bcast_buckets from `root` would reach this rank through the ring (false on the root).
+  bool receives_through_ring(int root) const;
 
   // Collective: one plain blocking MPI_Bcast of the whole buffer (in 1 GiB pieces): no deadline, no
   // pipeline, hangs if a peer never calls. The baseline bcast_buckets is measured against
@@ -136,7 +154,7 @@ class MpiGroup {
   explicit MpiGroup(std::unique_ptr<Impl> impl);
   Status usable(const char* what) const;
   Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes,
-                             std::chrono::milliseconds timeout, const BucketCallback& on_bucket);
+                             std::chrono::milliseconds timeout, const SegmentCallback& on_segment);
 
   std::unique_ptr<Impl> impl_;
 };

@@ -110,7 +110,8 @@ TEST(MpiGroup, BcastSmall) {
   EXPECT_EQ(world().bcast_small(meta, world().size()).code, ErrorCode::invalid_argument);
 }
 
-// Root sends per-bucket checksums as metadata; every rank checks each bucket in on_bucket.
+// Root sends per-bucket checksums as metadata; every rank checks each bucket from the segments
+// on_segment hands over (their `bytes`), and checks that `data` holds the same bytes by then.
 void bucketed_roundtrip(size_t bytes, size_t bucket, int root, uint64_t seed) {
   const bool is_root = world().rank() == root;
   std::vector<char> buf(bytes, static_cast<char>(0x5A));
@@ -125,20 +126,32 @@ void bucketed_roundtrip(size_t bytes, size_t bucket, int root, uint64_t seed) {
   }
   ASSERT_TRUE(world().bcast_small(expected, root).ok());
   ASSERT_EQ(expected.size(), nbuckets * 8);
+  const size_t segment = std::min<size_t>(bucket, size_t{2} << 20);  // bcast_buckets' segment size
   std::vector<size_t> offsets;
-  size_t bad = 0;
-  auto on_bucket = [&](size_t off, size_t len) {
+  size_t bad = 0, not_in_data = 0;
+  uint64_t sum = 0;  // of the current bucket, from its segments
+  auto on_segment = [&](size_t off, size_t len, const void* at) {
     offsets.push_back(off);
-    EXPECT_EQ(len, std::min(bucket, bytes - off));
-    uint64_t want;
-    std::memcpy(&want, expected.data() + 8 * (off / bucket), 8);
-    if (checksum64(buf.data() + off, len) != want) ++bad;
+    const size_t bucket_start = off / bucket * bucket, bucket_end = std::min(bytes, bucket_start + bucket);
+    EXPECT_EQ(len, std::min(segment, bucket_end - off));
+    if (std::memcmp(at, buf.data() + off, len) != 0) ++not_in_data;
+    sum += checksum64_partial(at, len, off - bucket_start);
+    if (off + len == bucket_end) {
+      uint64_t want;
+      std::memcpy(&want, expected.data() + 8 * (off / bucket), 8);
+      if (checksum64_finish(sum, bucket_end - bucket_start) != want) ++bad;
+      sum = 0;
+    }
   };
-  Status s = world().bcast_buckets(buf.data(), bytes, root, bucket, milliseconds(60000), on_bucket);
+  Status s = world().bcast_buckets(buf.data(), bytes, root, bucket, milliseconds(60000), on_segment);
   ASSERT_TRUE(s.ok()) << s.to_string();
   EXPECT_EQ(bad, 0u) << "buckets with a checksum mismatch on rank " << world().rank();
-  ASSERT_EQ(offsets.size(), nbuckets);
-  for (size_t k = 0; k < nbuckets; ++k) EXPECT_EQ(offsets[k], k * bucket);
+  EXPECT_EQ(not_in_data, 0u) << "segments whose bytes were not in data yet on rank " << world().rank();
+  // Segments tile every bucket in order, none crossing a bucket's end.
+  std::vector<size_t> want_offsets;
+  for (size_t b = 0; b < bytes; b += bucket)
+    for (size_t o = b; o < std::min(bytes, b + bucket); o += segment) want_offsets.push_back(o);
+  EXPECT_EQ(offsets, want_offsets);
   // The whole transfer is identical everywhere.
   uint64_t total = checksum64_parallel(buf.data(), bytes, 2);
   auto all = world().allgather_strings(std::to_string(total));
@@ -150,17 +163,23 @@ TEST(MpiGroup, BcastBuckets200MiBIn16MiBBuckets) {
   bucketed_roundtrip(size_t{200} << 20, size_t{16} << 20, 0, 1);
 }
 
-TEST(MpiGroup, BcastBucketsOddSizesAndRoots) {
+TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingAndInPlace) {
   const int last = world().size() - 1;
-  bucketed_roundtrip((size_t{1} << 20) + 13, size_t{64} << 10, last, 2);  // ragged last bucket
-  bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                        // one bucket, smaller
-  bucketed_roundtrip(3 * 4096, 4096, 0, 4);                                // exact multiple
+  for (auto mode : {MpiGroup::ReceiveMode::ring, MpiGroup::ReceiveMode::in_place}) {
+    SCOPED_TRACE(mode == MpiGroup::ReceiveMode::ring ? "ring" : "in place");
+    world().set_receive_mode(mode);
+    bucketed_roundtrip((size_t{9} << 20) + 64, size_t{3} << 20, last, 5);  // 2 MiB + 1 MiB segments, ragged end
+    bucketed_roundtrip((size_t{1} << 20) + 13, size_t{64} << 10, last, 2);  // ragged last bucket
+    bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                        // one bucket, smaller
+    bucketed_roundtrip(3 * 4096, 4096, 0, 4);                                // exact multiple
+  }
+  world().set_receive_mode(MpiGroup::ReceiveMode::automatic);
 }
 
 TEST(MpiGroup, BcastBucketsZeroBytesCallsNothing) {
   int calls = 0;
   Status s = world().bcast_buckets(nullptr, 0, 0, MpiGroup::kDefaultBucketBytes, milliseconds(1000),
-                                   [&](size_t, size_t) { ++calls; });
+                                   [&](size_t, size_t, const void*) { ++calls; });
   EXPECT_TRUE(s.ok()) << s.to_string();
   EXPECT_EQ(calls, 0);
 }
@@ -181,15 +200,15 @@ TEST(MpiGroup, OnBucketExceptionPropagatesAndPoisonsTheGroup) {
   auto sub = world().split(0, world().rank());
   ASSERT_TRUE(sub.ok());
   std::vector<char> buf(4 * 4096);
-  // Every rank throws at bucket 0 of 4: each posted 2 broadcasts, matched everywhere.
+  // Every rank throws at segment 0 of 4: each posted 2 broadcasts (two buckets), matched everywhere.
   EXPECT_THROW(sub->bcast_buckets(buf.data(), buf.size(), 0, 4096, milliseconds(10000),
-                                  [](size_t, size_t) { throw std::runtime_error("verify failed"); }),
+                                  [](size_t, size_t, const void*) { throw std::runtime_error("verify failed"); }),
                std::runtime_error);
   EXPECT_TRUE(sub->poisoned());
   EXPECT_TRUE(sub->drain(milliseconds(10000)).ok());
   Status again = sub->barrier();
   EXPECT_EQ(again.code, ErrorCode::unavailable);
-  EXPECT_NE(again.message.find("on_bucket threw"), std::string::npos) << again.message;
+  EXPECT_NE(again.message.find("on_segment threw"), std::string::npos) << again.message;
   EXPECT_TRUE(world().barrier().ok());
 }
 

@@ -32,7 +32,7 @@ std::vector<char> pattern() {
 void expect_timeout(MpiGroup& g, std::vector<char>& buf, int root) {
   int calls = 0;
   auto t0 = Clock::now();
-  Status s = g.bcast_buckets(buf.data(), buf.size(), root, kBucket, kDeadline, [&](size_t, size_t) { ++calls; });
+  Status s = g.bcast_buckets(buf.data(), buf.size(), root, kBucket, kDeadline, [&](size_t, size_t, const void*) { ++calls; });
   auto waited = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
   EXPECT_EQ(s.code, ErrorCode::timeout) << s.to_string();
   EXPECT_GE(waited.count(), kDeadline.count());
@@ -45,9 +45,10 @@ void expect_timeout(MpiGroup& g, std::vector<char>& buf, int root) {
   EXPECT_EQ(g.barrier().code, ErrorCode::unavailable);  // refuses without touching MPI
 }
 
-TEST(MpiTimeout, ReceiversTimeOutWhenTheRootIsLateThenDrain) {
+void receivers_time_out_then_drain(MpiGroup::ReceiveMode mode) {
   auto sub = world().split(0, world().rank());
   ASSERT_TRUE(sub.ok());
+  sub->set_receive_mode(mode);
   const bool root = sub->rank() == 0;
   std::vector<char> buf = root ? pattern() : std::vector<char>(kBytes, 0);
   if (!root) expect_timeout(*sub, buf, 0);
@@ -58,10 +59,21 @@ TEST(MpiTimeout, ReceiversTimeOutWhenTheRootIsLateThenDrain) {
   } else {
     Status d = sub->drain(kGenerous);
     EXPECT_TRUE(d.ok()) << d.to_string();
-    EXPECT_TRUE(buf == pattern()) << "the late broadcast landed in the buffer";
+    if (mode == MpiGroup::ReceiveMode::in_place)
+      EXPECT_TRUE(buf == pattern()) << "the late broadcast landed in the buffer";
+    else  // it landed in the group's ring: buf is no longer MPI's once bcast_buckets returned
+      EXPECT_TRUE(buf == std::vector<char>(kBytes, 0)) << "a broadcast wrote into buf after bcast_buckets returned";
     EXPECT_TRUE(sub->poisoned());  // still: out of step as far as this rank can know
   }
   ASSERT_TRUE(world().barrier().ok());
+}
+
+TEST(MpiTimeout, ReceiversTimeOutWhenTheRootIsLateThenDrainInPlace) {
+  receivers_time_out_then_drain(MpiGroup::ReceiveMode::in_place);
+}
+
+TEST(MpiTimeout, ReceiversTimeOutWhenTheRootIsLateThenDrainThroughTheRing) {
+  receivers_time_out_then_drain(MpiGroup::ReceiveMode::ring);
 }
 
 TEST(MpiTimeout, RootTimesOutWhenReceiversAreLateThenDrains) {

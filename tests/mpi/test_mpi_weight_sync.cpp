@@ -88,7 +88,7 @@ class MpiWeightSync : public ::testing::Test {
       int sent = 0;
       struct Lost {};
       try {
-        (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, [&](size_t, size_t) {
+        (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, [&](size_t, size_t, const void*) {
           if (++sent == lost_after) throw Lost{};
         });
         ADD_FAILURE() << "the broadcast should have been cut";
