@@ -15,6 +15,7 @@
 #include <climits>
 #include <cstdlib>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -111,9 +112,10 @@ class Backoff {
   int spins_ = 0;
 };
 
-// How bcast_buckets cuts a transfer. Buckets (bucket_bytes) are the root's unit: it keeps up to two
-// posted. Each bucket moves as segments of at most kSegmentBytes, one MPI_Ibcast each; segments
-// never cross a bucket's end. The cut is the same on every rank (message sizes must match); where
+// How bcast_buckets cuts a transfer. Each bucket (bucket_bytes) moves as segments of at most
+// kSegmentBytes, one MPI_Ibcast each; segments never cross a bucket's end. Every rank keeps at most
+// window() segments posted and not yet consumed: the same number everywhere, so what a rank that
+// fails has posted is what its peers post first (drain() relies on it). The cut is the same on every rank (message sizes must match); where
 // a receiver lands a segment is its own choice:
 //  - through the ring, when it has a core for each of its two threads (see use_ring): kRingSlots
 //    slots that stay in the cache; the caller copies each slot into the destination with streaming
@@ -131,7 +133,7 @@ struct SegmentPlan {
   size_t bytes;
   size_t bucket;
   bool ring;  // this rank receives through the ring (never on the root)
-  size_t segment = std::min(bucket, kSegmentBytes);
+  size_t segment = std::min({bucket, kSegmentBytes, (bytes + 63) / 64 * 64});
   size_t per_bucket = (bucket + segment - 1) / segment;
   size_t buckets() const { return (bytes + bucket - 1) / bucket; }
   size_t count() const {
@@ -139,14 +141,17 @@ struct SegmentPlan {
     return (buckets() - 1) * per_bucket + (last + segment - 1) / segment;
   }
   size_t bucket_of(size_t s) const { return s / per_bucket; }
+  size_t segments_in(size_t b) const {
+    return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment;
+  }
   size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
   size_t length(size_t s) const {
     size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);
     return std::min(segment, end - offset(s));
   }
-  // Posted and not yet consumed, at most: two buckets; through the ring, up to one per slot (a
-  // prefix of what the root posts).
-  size_t window() const { return ring ? std::min(kRingSlots, 2 * per_bucket) : 2 * per_bucket; }
+  // Posted and not yet consumed, at most, on every rank (receiving through the ring or not): two
+  // buckets, and no more than the ring has slots.
+  size_t window() const { return std::min(kRingSlots, 2 * per_bucket); }
 };
 
 // State shared by the caller (copies out, runs on_segment) and the helper thread (every MPI call).
@@ -162,7 +167,7 @@ struct PipelineState {
 
 // How the root waits for its segments to complete. Over shared memory (vader with CMA) a receiver
 // copies a segment out of the root's memory itself, inside its own MPI call; the root only posts
-// segments (two buckets ahead) and notices completions, so it polls with short sleeps instead of
+// segments (a window ahead) and notices completions, so it polls with short sleeps instead of
 // spinning: a spinning root took a whole core (~128 ms of CPU per 512 MiB transfer) from a
 // receiver whose copy (MPI) and checksum run on two threads. The sleep is scaled to the posted
 // window: ~1/10 of its time at 32 GB/s, at most 200 us (a tcp root then still refills its socket
@@ -198,10 +203,8 @@ void copy_streaming(char* dst, const char* src, size_t n) {
 }
 
 // Runs on the helper thread: posts one MPI_Ibcast per segment (into or from `data`, or into ring
-// slots), keeping at most plan.window() posted and not yet consumed, and tests the
-// oldest one until it completes or the deadline passes. Every rank posts the first
-// min(n, the ring's window) at once: a rank that fails early has then posted (at least) the same
-// broadcasts as its peers, which drain() relies on.
+// slots), keeping at most plan.window() posted and not yet consumed, and tests the oldest one
+// until it completes or the deadline passes. Every rank posts the first min(n, window) at once.
 class SegmentBroadcaster {
  public:
   SegmentBroadcaster(MPI_Comm comm, char* data, char* ring, SegmentPlan plan, int root, bool is_root,
@@ -289,8 +292,8 @@ class SegmentBroadcaster {
   // "bucket 3/8, segment 5/32 (2 MiB at offset ...)".
   std::string segment_text(size_t s) const {
     std::string t = "bucket " + std::to_string(plan_.bucket_of(s) + 1) + "/" + std::to_string(plan_.buckets());
-    if (plan_.per_bucket > 1)
-      t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(plan_.per_bucket);
+    if (size_t in = plan_.segments_in(plan_.bucket_of(s)); in > 1)
+      t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(in);
     return t + " (" + size_text(plan_.length(s)) + " at offset " + std::to_string(plan_.offset(s)) + ")";
   }
 
@@ -332,21 +335,29 @@ bool use_ring(const std::vector<char>& on_this_host, int root) {
 // Through the ring, a receiver's two threads each keep a core busy (the helper copies segments
 // in, inside MPI; the caller copies them out and verifies them), so they must not share one: when
 // they did (the scheduler's wake-up placement does that on its own now and then), np=2 fell from
-// ~95% to 50-65% of one MPI_Bcast. For the duration of a receive, the caller stays on the core it
-// is on and the helper gets the process's other cores; the caller's mask is restored afterwards.
+// ~95% to 50-65% of one MPI_Bcast. For the duration of a receive, receiver number i on this host
+// (by rank, the root not counted) runs its caller on core 2i and its helper on core 2i+1 of its
+// affinity mask (counted modulo the mask's size); the caller's mask is restored afterwards.
+// use_ring() chose the ring only if the mask has two cores per receiver on the host.
 class SplitCores {
  public:
-  SplitCores() {
+  SplitCores(const std::vector<char>& on_this_host, int rank, int root) {
 #ifdef __linux__
     if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0 || CPU_COUNT(&saved_) < 2) return;
-    int here = sched_getcpu();
-    if (here < 0 || !CPU_ISSET(here, &saved_)) return;
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &saved_)) cpus.push_back(c);
+    size_t index = 0;  // among this host's receivers
+    for (int r = 0; r < rank && static_cast<size_t>(r) < on_this_host.size(); ++r)
+      index += on_this_host[static_cast<size_t>(r)] && r != root;
     cpu_set_t mine;
     CPU_ZERO(&mine);
-    CPU_SET(here, &mine);
-    helper_ = saved_;
-    CPU_CLR(here, &helper_);
+    CPU_SET(cpus[(2 * index) % cpus.size()], &mine);
+    CPU_ZERO(&helper_);
+    CPU_SET(cpus[(2 * index + 1) % cpus.size()], &helper_);
     active_ = pthread_setaffinity_np(pthread_self(), sizeof mine, &mine) == 0;
+#else
+    (void)on_this_host, (void)rank, (void)root;
 #endif
   }
   ~SplitCores() {
@@ -700,7 +711,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
   PipelineState st;
   SegmentBroadcaster caster(impl_->comm, data, ring, plan, root, is_root, timeout, st);
   std::optional<SplitCores> cores;
-  if (plan.ring) cores.emplace();
+  if (plan.ring) cores.emplace(impl_->on_this_host, impl_->rank, root);
   std::thread helper([&caster, &cores] {
     if (cores) cores->place_helper();
     caster.run();

@@ -107,19 +107,20 @@ class MpiGroup {
   using SegmentCallback = std::function<void(size_t offset, size_t length, const void* bytes)>;
 
   // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank. The transfer is cut
-  // into buckets of bucket_bytes (a multiple of 64, at most 1 GiB), the root's unit: it keeps at
-  // most two buckets posted and not yet consumed. A bucket moves as segments of at most 2 MiB, one
-  // MPI_Ibcast each (a smaller bucket is one segment); segment k+1 arrives while on_segment(k)
-  // runs. A receiver with a core for each of its two threads (every receiver on its host has two)
-  // lands segments in a ring of 4 cache-sized slots owned by the group and copies each into `data`
-  // with streaming stores, so a verified broadcast costs the memory traffic of an unverified one
-  // (its helper thread is pinned off the caller's core meanwhile); otherwise it receives in place.
+  // into buckets of bucket_bytes (a multiple of 64, at most 1 GiB); a bucket moves as segments of
+  // at most 2 MiB, one MPI_Ibcast each (a smaller bucket is one segment). Every rank keeps at most
+  // 4 segments (or two buckets, if smaller) posted and not yet consumed; segment k+1 arrives while
+  // on_segment(k) runs. A receiver with a core for each of its two threads (and as many for every
+  // other receiver on its host) lands segments in a ring of 4 slots owned by the group, which stays
+  // in the (L3) cache, and copies each into `data` with streaming stores, so a verified broadcast
+  // costs the memory traffic of an unverified one; its two threads are pinned to two cores of its
+  // affinity mask meanwhile. Otherwise it receives in place.
   // on_segment is called on the calling thread, in order, once per segment, on every rank (root
   // included); it must not throw (if it does: the group is poisoned, the exception propagates).
   // All ranks pass the same bytes, root and bucket_bytes.
   // Deadline: `timeout` bounds every wait for progress (the next segment completing, counted from
   // the previous one or from the call): a stalled transfer fails within `timeout` of stalling with
-  // ErrorCode::timeout, e.g. "broadcast of bucket 3/8, segment 5/32 (2 MiB at offset 138412032)
+  // ErrorCode::timeout, e.g. "broadcast of bucket 3/8, segment 5/32 (2 MiB at offset 142606336)
   // from rank 0 did not complete within 30000 ms", and the group is poisoned (see above). A
   // transfer that keeps moving never times out, however large. Never hangs: the call returns by
   // then.

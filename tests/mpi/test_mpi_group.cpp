@@ -126,7 +126,7 @@ void bucketed_roundtrip(size_t bytes, size_t bucket, int root, uint64_t seed) {
   }
   ASSERT_TRUE(world().bcast_small(expected, root).ok());
   ASSERT_EQ(expected.size(), nbuckets * 8);
-  const size_t segment = std::min<size_t>(bucket, size_t{2} << 20);  // bcast_buckets' segment size
+  const size_t segment = std::min({bucket, size_t{2} << 20, (bytes + 63) / 64 * 64});  // bcast_buckets' segments
   std::vector<size_t> offsets;
   size_t bad = 0, not_in_data = 0;
   uint64_t sum = 0;  // of the current bucket, from its segments
@@ -163,12 +163,15 @@ TEST(MpiGroup, BcastBuckets200MiBIn16MiBBuckets) {
   bucketed_roundtrip(size_t{200} << 20, size_t{16} << 20, 0, 1);
 }
 
-TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingAndInPlace) {
+TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingInPlaceAndMixed) {
   const int last = world().size() - 1;
-  for (auto mode : {MpiGroup::ReceiveMode::ring, MpiGroup::ReceiveMode::in_place}) {
-    SCOPED_TRACE(mode == MpiGroup::ReceiveMode::ring ? "ring" : "in place");
+  using Mode = MpiGroup::ReceiveMode;
+  const Mode mixed = world().rank() % 2 ? Mode::ring : Mode::in_place;  // both kinds in one broadcast
+  for (auto mode : {Mode::ring, Mode::in_place, mixed}) {
+    SCOPED_TRACE(mode == Mode::ring ? "ring" : "in place");
     world().set_receive_mode(mode);
     bucketed_roundtrip((size_t{9} << 20) + 64, size_t{3} << 20, last, 5);  // 2 MiB + 1 MiB segments, ragged end
+    bucketed_roundtrip(size_t{40} << 20, size_t{16} << 20, 0, 6);  // 8 segments per bucket: windows are segments
     bucketed_roundtrip((size_t{1} << 20) + 13, size_t{64} << 10, last, 2);  // ragged last bucket
     bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                        // one bucket, smaller
     bucketed_roundtrip(3 * 4096, 4096, 0, 4);                                // exact multiple
