@@ -138,7 +138,7 @@ void add_trainer(CLI::App& app) {
   cmd->add_option("--only", job->only, "publish only these tensor names");
   cmd->add_flag("--flush-cache", job->flush_cache, "drop cached KV with the update");
   cmd->add_option("--bucket-mib", job->bucket_mib,
-                  "broadcast: MiB per pipelined MPI_Bcast bucket")
+                  "broadcast: bucket size in MiB (a bucket moves as MPI_Ibcast segments of at most 2 MiB)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--input", job->input, "generate requests (JSONL)");
