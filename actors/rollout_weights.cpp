@@ -28,6 +28,26 @@ Status on_rank(Status st, int rank) {
   return make_error(st.code, st.message + " (rank " + std::to_string(rank) + ")");
 }
 
+// An update of the version already serving, whose every tensor the engine already serves with
+// the same dtype, size and checksum (as the message lists them: a streamed update's first send
+// has no checksums there, its resend does): a trainer re-sending a version (a router's fan-out
+// where one engine lost the segment and the trainer resent it fresh to all) gets an ack instead
+// of a stale refusal. Only where this rank holds whole tensors (no tensor parallelism) and no collective is
+// involved (a broadcast needs every rank in the MPI call: it still stages, and refuses).
+bool serves_already(const UpdateWeightsCall& c, const ModelWeights& w, int64_t serving, bool sharded) {
+  if (sharded || c.path == "broadcast" || c.version != serving || c.tensors.empty()) return false;
+  for (const TensorMeta& m : c.tensors) {
+    auto spec = std::find_if(w.specs().begin(), w.specs().end(), [&](const TensorSpec& s) { return s.name == m.name; });
+    if (spec == w.specs().end()) return false;
+    if (spec->optional) continue;  // a tied head: an update ignores its bytes too (embed's are served)
+    const Weight* t = w.find(m.name);
+    if (!t || !t->data || dtype_from_name(m.dtype) != t->dtype || t->nbytes() != m.nbytes ||
+        checksum64(t->data, t->nbytes()) != m.checksum)
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void RolloutActor::register_weight_handlers() {
@@ -87,6 +107,13 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
   if (weight_job_)
     return reply_error(from, call->req_id, make_error(ErrorCode::unavailable, "version: another update is in progress"));
+  if (serves_already(*call, engine_->weights(), engine_->weight_version(), engine_->tp() != nullptr)) {
+    actor_.log().info("weights v{} re-sent by {}: already serving these {} tensor(s), acked", call->version,
+                      call->path, call->tensors.size());
+    UpdateWeightsReply r{call->req_id, call->version, 0, 0, 0, 0, shm_.in_use(engine_->weights())};
+    actor_.send(from, "update_weights.reply", wire::encode(r));
+    return;
+  }
   auto job = std::make_unique<WeightJob>();
   job->call = std::move(call).value();
   job->to = from;

@@ -329,7 +329,7 @@ Result<size_t> Trainer::segment_for(uint64_t bytes, const std::vector<int>& to, 
   return shm_pool_.size() - 1;
 }
 
-Status Trainer::push_segment(size_t idx, const Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
+Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
                              SteadyClock::time_point deadline, PublishResult& res,
                              std::vector<std::pair<int, Status>>& refused) {
   PooledSegment& p = shm_pool_[idx];
@@ -351,7 +351,9 @@ Status Trainer::push_segment(size_t idx, const Layout& l, const UpdateWeightsCal
   }
   (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
   const auto t0 = Clock::now();
-  for (size_t i = 0; i < l.metas.size(); ++i) writer.write(i, l.metas[i], l.src[i]);
+  // The checksums reach the engines through the segment's header; they are kept in the layout so
+  // that a resend of this version (below, in publish_ipc) carries them in the message too.
+  for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i]);
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   Status st = collect_acks(sent, deadline, res, &refused);
   (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name

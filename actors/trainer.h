@@ -133,7 +133,7 @@ class Trainer {
   bool segment_in_use(const std::string& name) const;
   // Sends one ipc update from pool entry `idx` to the live engines (of `to`, when given); records
   // their answers.
-  Status push_segment(size_t idx, const Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
+  Status push_segment(size_t idx, Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
                       SteadyClock::time_point deadline, PublishResult& res, std::vector<std::pair<int, Status>>& refused);
   static UpdateWeightsCall base_call(const char* path, int64_t version, const PublishOptions& opt);
 

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "actors/rollout_actor.h"
+#include "actors/router.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
@@ -223,6 +224,59 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   EXPECT_FALSE(v6->shm_reused);
   EXPECT_EQ(served_greedy("v6"), expected());
   actor_->stop();
+}
+
+// A trainer behind a router (ipc): one of the router's engines lost its mapping of the segment
+// the trainer reuses. The fan-out then commits on one engine and fails with not_found on the
+// other; the trainer resends the version in a fresh segment through the router, the engine that
+// committed acks it as already served, the other commits it, and the publish succeeds.
+TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhere) {
+  const std::string base = "inproc://ws-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+  std::vector<std::unique_ptr<RolloutActor>> engines;
+  for (const char* name : {"a", "b"}) {
+    engines.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), RolloutActorOptions{}));
+    ASSERT_TRUE(engines.back()->bind(base + "-" + name).ok());
+    engines.back()->start();
+  }
+  auto router = std::move(RouterActor::create(ctx_, {base + "-a", base + "-b"})).value();
+  ASSERT_TRUE(router->bind(base + "-router").ok());
+  router->start();
+  auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
+  auto v1 = trainer->publish(real_, 1, PublishOptions{});
+  ASSERT_TRUE(v1.ok()) << v1.status().to_string();
+  auto v2 = trainer->publish(mo_dir(), 2, PublishOptions{});
+  ASSERT_TRUE(v2.ok()) << v2.status().to_string();
+  ASSERT_NE(v2->shm_segment, v1->shm_segment);
+  // Another writer updates engine b alone and keeps none of the trainer's segments: b forgets its
+  // mapping of v1's segment, which the trainer will reuse next.
+  auto direct_b = std::move(Trainer::connect({base + "-b"}, &ctx_.zmq())).value();
+  auto other = std::move(ShmSegment::create("zr-test", 4096)).value();
+  UpdateWeightsCall third = norm_update(3, other, 0.5f);
+  third.shm_keep = true;
+  third.shm_pool = {other.name()};
+  Client& cb = direct_b->client(0);
+  third.req_id = cb.next_req_id();
+  auto r3 = cb.call_raw("update_weights", wire::encode(third), {}, third.req_id, std::chrono::seconds(30)).get();
+  ASSERT_TRUE(r3.ok() && r3->op == "update_weights.reply") << (r3.ok() ? r3->json.dump() : r3.status().to_string());
+  auto v4 = trainer->publish(real_, 4, PublishOptions{});
+  ASSERT_TRUE(v4.ok()) << v4.status().to_string();
+  EXPECT_FALSE(v4->shm_reused) << "engine b was resent v4 in a fresh segment";
+  // Both engines serve the real weights under v4, each from its own segment.
+  auto direct_a = std::move(Trainer::connect({base + "-a"}, &ctx_.zmq())).value();
+  for (Trainer* t : {direct_a.get(), direct_b.get()}) {
+    EXPECT_EQ(*t->weight_version(), 4);
+    auto out = t->generate({greedy("v4")});
+    ASSERT_TRUE(out.ok()) << out.status().to_string();
+    EXPECT_EQ(out->at(0).output_ids, expected());
+  }
+  ASSERT_EQ(v4->acks.size(), 1u);  // the router's merged ack
+  std::vector<std::string> in_use = v4->acks[0].shm_in_use;
+  std::sort(in_use.begin(), in_use.end());
+  std::vector<std::string> want = {v1->shm_segment, v4->shm_segment};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(in_use, want) << "a serves from v1's (reused) segment, b from the fresh one";
+  router->stop();
+  for (auto& e : engines) e->stop();
 }
 
 // A streamed update whose writer stops (a trainer that died mid-write) times out; the old version
