@@ -55,7 +55,7 @@ void RolloutActor::register_weight_handlers() {
   actor_.on("get_weight_version", [this](Frame& f, const ReplyTo& from) {
     auto id = wire::decode_req_id_only(f.body);
     if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    actor_.send(from, "get_weight_version.reply", wire::encode(WeightVersionReply{*id, engine_->weight_version()}));
+    actor_.send(from, "get_weight_version.reply", wire::encode(WeightVersionReply{*id, engine_->weight_version(), shm_.in_use(engine_->weights())}));
   });
   actor_.on("get_weights_checksum", [this](Frame& f, const ReplyTo& from) {
     auto c = wire::decode_weights_checksum(f.body);

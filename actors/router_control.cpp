@@ -143,10 +143,16 @@ void Router::finish_fan_out(FanOut& f) {
       if (auto r = wire::simple_reply_from_json("flush_cache", j); r.ok()) sum.value += r->value;
     body = wire::encode_simple_reply("flush_cache", sum);
   } else if (f.op == "get_weight_version") {  // the oldest weights a request may meet here
-    WeightVersionReply v{f.req_id, 0};
+    WeightVersionReply v{f.req_id, 0, {}};
     bool first = true;
-    for (const auto& [k, j] : f.replies)
-      if (auto r = wire::weight_version_reply_from_json(j); r.ok()) v.version = first ? r->version : std::min(v.version, r->version), first = false;
+    for (const auto& [k, j] : f.replies) {
+      auto r = wire::weight_version_reply_from_json(j);
+      if (!r.ok()) continue;
+      v.version = first ? r->version : std::min(v.version, r->version);
+      for (const auto& name : r->shm_in_use)  // a segment any engine serves from is in use
+        if (std::find(v.shm_in_use.begin(), v.shm_in_use.end(), name) == v.shm_in_use.end()) v.shm_in_use.push_back(name);
+      first = false;
+    }
     body = wire::encode(v);
   } else if (f.op == "update_weights") {
     UpdateWeightsReply m{f.req_id, 0, 0, 0, 0, 0, {}};

@@ -264,6 +264,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   std::vector<int> to;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
     if (router_->alive(k)) to.push_back(k);
+  refresh_guessed_in_use();
   auto t0 = Clock::now();  // from here: a new segment's creation counts
   bool reused = false;
   const uint64_t need = shm_stream_offset(l->metas.size()) + l->bytes;
@@ -361,6 +362,7 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   for (size_t i = acks_before; i < res.acks.size(); ++i) {
     const int k = res.acked[i];
     shm_in_use_[k] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());
+    in_use_guessed_.erase(k);
     p.mapped_by.insert(k);
     acked.insert(k);
   }
@@ -368,8 +370,27 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   // same: one that commits after the deadline, or a router whose other engines committed. Kept
   // as in use until that engine's next ack says otherwise.
   for (const auto& [k, id] : sent)
-    if (!acked.count(k)) shm_in_use_[k].insert(p.seg.name());
+    if (!acked.count(k)) {
+      shm_in_use_[k].insert(p.seg.name());
+      in_use_guessed_.insert(k);
+    }
   return st;
+}
+
+void Trainer::refresh_guessed_in_use() {
+  for (int k : std::vector<int>(in_use_guessed_.begin(), in_use_guessed_.end())) {
+    if (!router_->alive(k)) continue;
+    const uint64_t id = next_id_++;
+    auto m = call(k, "get_weight_version", wire::encode_req_id_only(id), id, std::chrono::seconds(5));
+    auto r = parse_reply<WeightVersionReply>(m, endpoints_[k], wire::weight_version_reply_from_json);
+    if (!r.ok()) {  // keep the guess: the segments stay held until the engine answers
+      spdlog::debug("engine {} ({}): cannot tell which segments it serves from: {}", k, endpoints_[k],
+                    r.status().to_string());
+      continue;
+    }
+    shm_in_use_[k] = std::set<std::string>(r->shm_in_use.begin(), r->shm_in_use.end());
+    in_use_guessed_.erase(k);
+  }
 }
 
 Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,

@@ -162,6 +162,10 @@ class Trainer {
   std::vector<PooledSegment> shm_pool_;
   std::vector<uint8_t> bcast_buf_;  // broadcast: the root's transfer buffer, reused (grows only)
   std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
+  std::set<int> in_use_guessed_;  // engines whose shm_in_use_ is a guess: they did not ack a push
+  // Asks every engine in in_use_guessed_ what it serves from (get_weight_version), so that the
+  // segments of refused publishes are not held for good.
+  void refresh_guessed_in_use();
 };
 
 }  // namespace zr

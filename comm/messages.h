@@ -271,6 +271,8 @@ struct UpdateWeightsReply {
 struct WeightVersionReply {
   uint64_t req_id = 0;
   int64_t version = 0;
+  std::vector<std::string> shm_in_use;  // ipc: kept segments the serving weights point into (as in
+                                        // update_weights.reply; a router: the union)
 };
 
 // op "get_weights_checksum" {req_id, names?} -> "get_weights_checksum.reply"

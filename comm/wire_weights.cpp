@@ -134,7 +134,9 @@ std::string encode(const UpdateWeightsReply& r) {
                     {"commit_seconds", r.commit_seconds}, {"zero_copy_tensors", r.zero_copy_tensors},
                     {"shm_in_use", r.shm_in_use}});
 }
-std::string encode(const WeightVersionReply& r) { return pack_body({{"req_id", r.req_id}, {"version", r.version}}); }
+std::string encode(const WeightVersionReply& r) {
+  return pack_body({{"req_id", r.req_id}, {"version", r.version}, {"shm_in_use", r.shm_in_use}});
+}
 std::string encode(const WeightsChecksumReply& r) {
   json tensors = json::array();
   for (const auto& t : r.tensors)
@@ -163,6 +165,7 @@ Result<WeightVersionReply> weight_version_reply_from_json(const json& j) {
   FieldReader f(j, "", false);
   f.get("req_id", r.req_id);
   f.get("version", r.version);
+  f.get("shm_in_use", r.shm_in_use);
   ZR_RETURN_IF_ERROR(f.finish());
   return r;
 }

@@ -226,6 +226,27 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   actor_->stop();
 }
 
+// Refused publishes: the trainer cannot know whether an engine that did not ack serves from the
+// segment (a router's partial commit might), so it holds the segment; before its next publish it
+// asks such engines (get_weight_version's shm_in_use) and lets go of what they do not use. Failed
+// publishes in a row then cost no segment each.
+TEST_F(WeightSync, RefusedPublishesInARowDoNotHoldASegmentEach) {
+  serve();
+  ASSERT_TRUE(trainer_->publish(real_, 1, PublishOptions{}).ok());
+  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, PublishOptions{}).ok());
+  EXPECT_EQ(trainer_->held_segments(), 2u);
+  for (int i = 0; i < 3; ++i) {
+    auto stale = trainer_->publish(real_, 1, PublishOptions{});
+    ASSERT_FALSE(stale.ok());
+    EXPECT_EQ(trainer_->held_segments(), 2u) << "after refused publish " << i + 1;
+  }
+  auto v3 = trainer_->publish(real_, 3, PublishOptions{});
+  ASSERT_TRUE(v3.ok()) << v3.status().to_string();
+  EXPECT_EQ(trainer_->held_segments(), 2u);
+  EXPECT_EQ(served_greedy("v3"), expected());
+  actor_->stop();
+}
+
 // A trainer behind a router (ipc): one of the router's engines lost its mapping of the segment
 // the trainer reuses. The fan-out then commits on one engine and fails with not_found on the
 // other; the trainer resends the version in a fresh segment through the router, the engine that

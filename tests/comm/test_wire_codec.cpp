@@ -459,6 +459,13 @@ TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   auto rr = update_weights_reply_from_json(*rj);
   ASSERT_TRUE(rr.ok()) << rr.status().to_string();
   EXPECT_EQ(rr->shm_in_use, r.shm_in_use);
+  WeightVersionReply v{6, 3, {"/zr-a", "/zr-b"}};
+  auto vj = unpack_body(encode(v));
+  ASSERT_TRUE(vj.ok());
+  auto vr = weight_version_reply_from_json(*vj);
+  ASSERT_TRUE(vr.ok()) << vr.status().to_string();
+  EXPECT_EQ(vr->version, 3);
+  EXPECT_EQ(vr->shm_in_use, v.shm_in_use);
 }
 
 TEST(WireCodec, FuzzDecodersNeverCrashOrThrow) {
