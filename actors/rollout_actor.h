@@ -71,12 +71,16 @@ class RolloutActor {
     std::chrono::steady_clock::time_point start, staged_at;
     uint64_t bytes = 0;
     int zero_copy = 0;
+    std::vector<TensorMeta> received;  // as staged (StagedWeights::received)
     bool handed_to_engine = false;
   };
 
   void register_handlers();
   void register_weight_handlers();
   void on_update_weights(Frame& f, const ReplyTo& from);
+  // The kept segments the serving weights point into, plus a pending ipc update's segment (it
+  // may still commit: the writer must not reuse it yet).
+  std::vector<std::string> segments_in_use() const;
   void poll_weight_job();
   void on_committed(const std::pair<int64_t, Status>& c);
   void on_generate(Frame& f, const ReplyTo& from);
@@ -99,6 +103,9 @@ class RolloutActor {
   MpiGroup* weight_group_ = nullptr;
   StagingPool staging_;
   ShmMappings shm_;  // ipc segments the trainer will write again
+  // Each served tensor's meta as its last update delivered and verified it (dtype, nbytes,
+  // checksum); cleared by a disk update. What serves_already() compares a resend against.
+  std::map<std::string, TensorMeta> served_metas_;
 };
 
 }  // namespace zr

@@ -28,21 +28,20 @@ Status on_rank(Status st, int rank) {
   return make_error(st.code, st.message + " (rank " + std::to_string(rank) + ")");
 }
 
-// An update of the version already serving, whose every tensor the engine already serves with
-// the same dtype, size and checksum (as the message lists them: a streamed update's first send
-// has no checksums there, its resend does): a trainer re-sending a version (a router's fan-out
-// where one engine lost the segment and the trainer resent it fresh to all) gets an ack instead
-// of a stale refusal. Only where this rank holds whole tensors (no tensor parallelism) and no collective is
-// involved (a broadcast needs every rank in the MPI call: it still stages, and refuses).
-bool serves_already(const UpdateWeightsCall& c, const ModelWeights& w, int64_t serving, bool sharded) {
-  if (sharded || c.path == "broadcast" || c.version != serving || c.tensors.empty()) return false;
+// An ipc update of the version already serving whose every tensor the engine got, verified, from
+// an earlier update with the same dtype, nbytes and checksum (as the message lists them: a
+// streamed update's first send has no checksums there, its resend does). A trainer re-sending a
+// version (a router's fan-out where one engine lost a reused segment, and the trainer resent it
+// fresh to all) gets an ack instead of a stale refusal. Not under tensor parallelism (the leader
+// alone would answer for its followers), not for broadcast (every rank must enter the MPI call),
+// not for disk (the folder, not the list, is what would load).
+bool serves_already(const UpdateWeightsCall& c, const std::map<std::string, TensorMeta>& served, int64_t serving,
+                    bool sharded) {
+  if (sharded || c.path != "ipc" || c.version != serving || c.tensors.empty()) return false;
   for (const TensorMeta& m : c.tensors) {
-    auto spec = std::find_if(w.specs().begin(), w.specs().end(), [&](const TensorSpec& s) { return s.name == m.name; });
-    if (spec == w.specs().end()) return false;
-    if (spec->optional) continue;  // a tied head: an update ignores its bytes too (embed's are served)
-    const Weight* t = w.find(m.name);
-    if (!t || !t->data || dtype_from_name(m.dtype) != t->dtype || t->nbytes() != m.nbytes ||
-        checksum64(t->data, t->nbytes()) != m.checksum)
+    auto it = served.find(m.name);
+    if (it == served.end() || it->second.dtype != m.dtype || it->second.nbytes != m.nbytes ||
+        it->second.checksum != m.checksum)
       return false;
   }
   return true;
@@ -55,7 +54,7 @@ void RolloutActor::register_weight_handlers() {
   actor_.on("get_weight_version", [this](Frame& f, const ReplyTo& from) {
     auto id = wire::decode_req_id_only(f.body);
     if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    actor_.send(from, "get_weight_version.reply", wire::encode(WeightVersionReply{*id, engine_->weight_version(), shm_.in_use(engine_->weights())}));
+    actor_.send(from, "get_weight_version.reply", wire::encode(WeightVersionReply{*id, engine_->weight_version(), segments_in_use()}));
   });
   actor_.on("get_weights_checksum", [this](Frame& f, const ReplyTo& from) {
     auto c = wire::decode_weights_checksum(f.body);
@@ -102,14 +101,27 @@ void RolloutActor::register_weight_handlers() {
   });
 }
 
+std::vector<std::string> RolloutActor::segments_in_use() const {
+  std::vector<std::string> in_use = shm_.in_use(engine_->weights());
+  if (weight_job_ && weight_job_->call.path == "ipc" &&
+      std::find(in_use.begin(), in_use.end(), weight_job_->call.shm_name) == in_use.end())
+    in_use.push_back(weight_job_->call.shm_name);
+  return in_use;
+}
+
 void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   auto call = wire::decode_update_weights(f.body);
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
   if (weight_job_)
     return reply_error(from, call->req_id, make_error(ErrorCode::unavailable, "version: another update is in progress"));
-  if (serves_already(*call, engine_->weights(), engine_->weight_version(), engine_->tp() != nullptr)) {
-    actor_.log().info("weights v{} re-sent by {}: already serving these {} tensor(s), acked", call->version,
-                      call->path, call->tensors.size());
+  if (serves_already(*call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
+      validate_update_meta(engine_->weights(), call->tensors, call->shm_bytes).ok()) {
+    // Keep (or drop) mappings as any ipc update does: the writer may reuse this segment later.
+    auto kept = shm_.acquire(call->shm_name, call->shm_offset + call->shm_bytes, call->shm_keep, call->shm_pool,
+                             engine_->weights());
+    if (!kept.ok()) return reply_error(from, call->req_id, on_rank(kept.status(), opt_.weight_rank));
+    actor_.log().info("weights v{} re-sent: already serving these {} tensor(s), acked", call->version,
+                      call->tensors.size());
     UpdateWeightsReply r{call->req_id, call->version, 0, 0, 0, 0, shm_.in_use(engine_->weights())};
     actor_.send(from, "update_weights.reply", wire::encode(r));
     return;
@@ -155,6 +167,7 @@ void RolloutActor::poll_weight_job() {
   }
   job.bytes = staged->bytes;
   job.zero_copy = staged->zero_copy;
+  job.received = staged->received;
   job.handed_to_engine = true;
   Engine::UpdateOptions uo{*wire::in_flight_from_name(job.call.in_flight), job.call.flush_cache};
   StepOutputs out;
@@ -173,6 +186,8 @@ void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
   if (!c.second.ok()) {
     reply_error(job.to, job.call.req_id, on_rank(c.second, opt_.weight_rank));
   } else {
+    if (job.call.path == "disk") served_metas_.clear();
+    for (const TensorMeta& m : job.received) served_metas_[m.name] = m;
     UpdateWeightsReply r{job.call.req_id, c.first, job.bytes,
                          std::chrono::duration<double>(job.staged_at - job.start).count(),
                          seconds_since(job.staged_at), job.zero_copy,

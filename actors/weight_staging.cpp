@@ -166,6 +166,7 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
                                         bool verify_checksums, TpShard verify_share) {
   StagedWeights out;
   out.version = version;
+  out.received = metas;
   std::vector<uint64_t> sums = verify_checksums ? checksums(metas, base, verify_share) : std::vector<uint64_t>{};
   for (size_t i = 0; i < metas.size(); ++i) {
     const TensorMeta& m = metas[i];

@@ -25,6 +25,7 @@ struct StagedWeights {
   std::vector<std::pair<std::string, Weight>> tensors;  // validated against the registry
   size_t bytes = 0;
   int zero_copy = 0;  // tensors served in place from the transfer buffer
+  std::vector<TensorMeta> received;  // the update's tensors as verified (checksums filled in); disk: empty
 };
 
 // Names known to the model, shapes equal, dtype supported, byte ranges inside the buffer, nbytes

@@ -267,7 +267,7 @@ struct UpdateWeightsReply {
   std::vector<std::string> shm_in_use;  // ipc: kept segments the serving weights still point into
 };
 
-// op "get_weight_version" {req_id} -> "get_weight_version.reply" {req_id, version}
+// op "get_weight_version" {req_id} -> "get_weight_version.reply" {req_id, version, shm_in_use}
 struct WeightVersionReply {
   uint64_t req_id = 0;
   int64_t version = 0;

@@ -296,6 +296,11 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   std::vector<std::string> want = {v1->shm_segment, v4->shm_segment};
   std::sort(want.begin(), want.end());
   EXPECT_EQ(in_use, want) << "a serves from v1's (reused) segment, b from the fresh one";
+  // Publishing goes on: v5 reaches both (engine a kept its mapping of the fresh segment too).
+  auto v5 = trainer->publish(mo_dir(), 5, PublishOptions{});
+  ASSERT_TRUE(v5.ok()) << v5.status().to_string();
+  EXPECT_EQ(*direct_a->weight_version(), 5);
+  EXPECT_EQ(*direct_b->weight_version(), 5);
   router->stop();
   for (auto& e : engines) e->stop();
 }
@@ -318,9 +323,28 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
   call.shm_offset = shm_stream_offset(1);
   call.shm_stream = true;
   ShmStreamWriter writer(seg.data(), call.shm_offset, 2);  // header set up, no bytes written
-  Status st = raw_update(call);
+  // While the update is pending, the engine reports its segment as in use: it may still commit
+  // from it, so a writer must not reuse it yet.
+  auto in_use_now = [&] {
+    Client& c = trainer_->client(0);
+    const uint64_t id = c.next_req_id();
+    auto raw = c.call_raw("get_weight_version", wire::encode_req_id_only(id), {}, id, std::chrono::seconds(30)).get();
+    EXPECT_TRUE(raw.ok());
+    auto v = wire::weight_version_reply_from_json(raw->json);
+    EXPECT_TRUE(v.ok());
+    EXPECT_EQ(v->version, 1);
+    return std::find(v->shm_in_use.begin(), v->shm_in_use.end(), seg.name()) != v->shm_in_use.end();
+  };
+  Client& c = trainer_->client(0);
+  call.req_id = c.next_req_id();
+  auto pending = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30));
+  EXPECT_TRUE(in_use_now()) << "a pending update's segment";
+  auto reply = pending.get();
+  ASSERT_TRUE(reply.ok());
+  Status st = reply->op == "error" ? wire::status_from_error_json(reply->json) : Status{};
   EXPECT_EQ(st.code, ErrorCode::timeout) << st.to_string();
   EXPECT_NE(st.message.find("stopped writing at byte 0"), std::string::npos) << st.message;
+  EXPECT_FALSE(in_use_now()) << "a failed update's segment";
   EXPECT_EQ(*trainer_->weight_version(), 1);
   EXPECT_EQ(served_greedy("still-v1"), expected());
   // The written count is a prefix of the transfer: tensors out of offset order are refused.
