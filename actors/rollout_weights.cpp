@@ -122,7 +122,7 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
     if (!kept.ok()) return reply_error(from, call->req_id, on_rank(kept.status(), opt_.weight_rank));
     actor_.log().info("weights v{} re-sent: already serving these {} tensor(s), acked", call->version,
                       call->tensors.size());
-    UpdateWeightsReply r{call->req_id, call->version, 0, 0, 0, 0, shm_.in_use(engine_->weights())};
+    UpdateWeightsReply r{call->req_id, call->version, 0, 0, 0, 0, segments_in_use()};
     actor_.send(from, "update_weights.reply", wire::encode(r));
     return;
   }

@@ -368,7 +368,8 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   }
   // Every engine that did not ack (refused, timed out, lost) may serve from the segment all the
   // same: one that commits after the deadline, or a router whose other engines committed. Kept
-  // as in use until that engine's next ack says otherwise.
+  // as in use until that engine's next ack, or its get_weight_version before the next publish
+  // (refresh_guessed_in_use), says otherwise.
   for (const auto& [k, id] : sent)
     if (!acked.count(k)) {
       shm_in_use_[k].insert(p.seg.name());
