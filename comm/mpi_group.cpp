@@ -116,8 +116,8 @@ class Backoff {
 // How bcast_buckets cuts a transfer. Each bucket (bucket_bytes) moves as segments of at most
 // kSegmentBytes, one MPI_Ibcast each; segments never cross a bucket's end. Every rank keeps at most
 // window() segments posted and not yet consumed: the same number everywhere, so what a rank that
-// fails has posted is what its peers post first (drain() relies on it). The cut is the same on every rank (message sizes must match); where
-// a receiver lands a segment is its own choice:
+// fails has posted is what its peers post first (drain() relies on it). The cut is the same on
+// every rank (message sizes must match); where a receiver lands a segment is its own choice:
 //  - through the ring, when it has a core for each of its two threads (see use_ring): kRingSlots
 //    slots that stay in the cache; the caller copies each slot into the destination with streaming
 //    stores and verifies it from the slot: one DRAM read and one DRAM write per byte, like a plain
@@ -137,14 +137,13 @@ struct SegmentPlan {
   size_t segment = std::min({bucket, kSegmentBytes, (bytes + 63) / 64 * 64});
   size_t per_bucket = (bucket + segment - 1) / segment;
   size_t buckets() const { return (bytes + bucket - 1) / bucket; }
-  size_t count() const {
-    size_t last = bytes - (buckets() - 1) * bucket;
-    return (buckets() - 1) * per_bucket + (last + segment - 1) / segment;
-  }
-  size_t bucket_of(size_t s) const { return s / per_bucket; }
   size_t segments_in(size_t b) const {
     return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment;
   }
+  size_t count() const { return (buckets() - 1) * per_bucket + segments_in(buckets() - 1); }
+  size_t bucket_of(size_t s) const { return s / per_bucket; }
+  // Where segment s lands in a ring of kRingSlots slots.
+  char* slot(char* ring, size_t s) const { return ring + (s % kRingSlots) * segment; }
   size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
   size_t length(size_t s) const {
     size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);
@@ -260,7 +259,7 @@ class SegmentBroadcaster {
  private:
   bool post() {
     MPI_Request req = MPI_REQUEST_NULL;
-    char* at = plan_.ring ? ring_ + (posted_ % kRingSlots) * plan_.segment : data_ + plan_.offset(posted_);
+    char* at = plan_.ring ? plan_.slot(ring_, posted_) : data_ + plan_.offset(posted_);
     int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
     if (rc != MPI_SUCCESS) {
       finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(posted_)));
@@ -320,7 +319,7 @@ class SegmentBroadcaster {
 // The receive ring: in 2 MiB huge pages where the kernel allows (THP "madvise" or "always"),
 // faulted in now. With 4 KiB pages, whole runs of bench_weight_sync on this host went 3x slower
 // (28-34% of one MPI_Bcast, in about one run in five): the receiver's copy into the ring (the CMA
-// read inside MPI) ran at ~2 GB/s instead of 7-12. In 19 runs with huge pages that never happened
+// read inside MPI) ran at ~2 GB/s instead of 7-12. In 27 runs with huge pages that never happened
 // (README). Freed with std::free (aligned_alloc).
 char* alloc_ring(size_t bytes) {
   constexpr size_t kHuge = size_t{2} << 20;
@@ -744,7 +743,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
     const size_t off = plan.offset(k), len = plan.length(k);
     const char* bytes_at = data + off;
     if (plan.ring) {
-      bytes_at = ring + (k % kRingSlots) * plan.segment;
+      bytes_at = plan.slot(ring, k);
       copy_streaming(data + off, bytes_at, len);
     }
     if (on_segment) {
