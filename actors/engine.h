@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <future>
+#include <optional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -93,8 +94,18 @@ class Engine : private KvBudget {
   const ModelWeights& weights() const { return weights_; }
   const std::string& model_dir() const { return model_dir_; }
   // release_memory / resume_memory. Releasing needs an idle engine; returns the bytes released.
+  // Resuming brings back the KV pool and, when the served version is the model folder's (no
+  // update committed since start), reloads the folder; returns the bytes brought back. Weights
+  // whose version came from an update are not kept anywhere once released: they stay released,
+  // generate/score answer `unavailable`, and the next update that commits every tensor (its
+  // version above the last one) serves again. So the engine never serves bytes other than the
+  // version it reports.
   Result<size_t> release_memory(bool weights, bool kv_cache);
-  Status resume_memory(bool weights, bool kv_cache);
+  Result<size_t> resume_memory(bool weights, bool kv_cache);
+  bool weights_released() const { return weights_released_; }
+  bool kv_released() const { return kv_released_; }
+  // The version whose bytes are served; nullopt while the weights are released.
+  std::optional<int64_t> served_version() const;
 
   // Stops matching requests now: each sample returns its partial output with finish_reason abort
   // (in `out`). Returns the aborted rids.
@@ -166,6 +177,9 @@ class Engine : private KvBudget {
   std::string model_dir_;
   std::future<void> reclaim_;  // drops replaced weights' bytes off the engine thread
   bool weights_released_ = false, kv_released_ = false;
+  // The served bytes are the model folder's (version 0): resume may reload them from there. False
+  // from the first committed update on.
+  bool folder_weights_ = true;
 };
 
 }  // namespace zr

@@ -9,7 +9,12 @@
 namespace zr {
 
 Status Engine::serving_check() const {
-  if (weights_released_) return make_error(ErrorCode::unavailable, "weights are released: resume_memory first");
+  if (weights_released_ && folder_weights_)
+    return make_error(ErrorCode::unavailable, "weights are released: resume_memory first");
+  if (weights_released_)
+    return make_error(ErrorCode::unavailable, "weights are released: version " + std::to_string(weight_version_) +
+                                                  " came from an update and was not kept; push a version above it "
+                                                  "(update_weights) to serve again");
   if (kv_released_) return make_error(ErrorCode::unavailable, "kv_cache is released: resume_memory first");
   return {};
 }
@@ -45,6 +50,7 @@ void Engine::maybe_commit(StepOutputs& out) {
   // the commit stays a pointer swap. One reclaim at a time.
   if (reclaim_.valid()) reclaim_.wait();
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
+  if (st.ok()) folder_weights_ = false;
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
   if (opt_.tp)  // every rank swaps before the next forward (followers staged this version already)
     opt_.tp->send(TpCommand{st.ok() ? TpCommand::Kind::commit : TpCommand::Kind::drop_staged, u.weights.version, {}, {}});
@@ -83,21 +89,34 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
   return bytes;
 }
 
-Status Engine::resume_memory(bool weights, bool kv_cache) {
+Result<size_t> Engine::resume_memory(bool weights, bool kv_cache) {
+  size_t bytes = 0;
   if (kv_cache && kv_released_) {
     kv_released_ = false;
     if (opt_.kv_prefault) prefault_kv();
+    bytes += kv_->bytes();
   }
-  if (weights && weights_released_) {
-    if (!weights_.complete()) {  // nothing pushed meanwhile: reload the checkpoint
-      auto staged = stage_from_disk(weights_, model_dir_, weight_version_);
-      if (!staged.ok()) return staged.status();
-      ZR_RETURN_IF_ERROR(weights_.replace(staged->tensors));
-    }
+  // Only the folder's own version can be reloaded from the folder: the bytes of a pushed version
+  // are gone (reloading the folder under its number was issue 21).
+  const bool reload = weights && weights_released_ && folder_weights_;
+  if (reload) {
+    auto staged = stage_from_disk(weights_, model_dir_, weight_version_);
+    if (!staged.ok()) return staged.status();
+    ZR_RETURN_IF_ERROR(weights_.replace(staged->tensors));
     weights_released_ = false;
+    bytes += staged->bytes;
+  } else if (weights && weights_released_) {
+    spdlog::warn("resume_memory: weights stay released: version {} came from an update and was not kept; "
+                 "generate and score answer unavailable until an update commits",
+                 weight_version_);
   }
-  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::resume, weight_version_, {weights, kv_cache}, {}});
-  return {};
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::resume, weight_version_, {weights, kv_cache, reload}, {}});
+  return bytes;
+}
+
+std::optional<int64_t> Engine::served_version() const {
+  if (weights_released_) return std::nullopt;
+  return weight_version_;
 }
 
 }  // namespace zr

@@ -53,7 +53,9 @@ void RolloutActor::register_handlers() {
   actor_.on("health", [this](Frame& f, const ReplyTo& from) {
     auto id = wire::decode_req_id_only(f.body);
     if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    actor_.send(from, "health.reply", wire::encode(HealthReply{*id, "serving", engine_->weight_version()}));
+    const bool released = engine_->weights_released() || engine_->kv_released();
+    actor_.send(from, "health.reply",
+                wire::encode(HealthReply{*id, released ? "released" : "serving", engine_->weight_version()}));
   });
   actor_.on("get_model_info", [this](Frame& f, const ReplyTo& from) {
     auto id = wire::decode_req_id_only(f.body);

@@ -81,14 +81,11 @@ void RolloutActor::register_weight_handlers() {
       bool w = std::count(c->tags.begin(), c->tags.end(), "weights") > 0;
       bool kv = std::count(c->tags.begin(), c->tags.end(), "kv_cache") > 0;
       if (weight_job_) return reply_error(from, c->req_id, make_error(ErrorCode::unavailable, "a weight update is in progress"));
-      MemoryReply r{c->req_id, 0};
-      if (release) {
-        auto bytes = engine_->release_memory(w, kv);
-        if (!bytes.ok()) return reply_error(from, c->req_id, bytes.status());
-        r.bytes = *bytes;
-      } else if (Status st = engine_->resume_memory(w, kv); !st.ok()) {
-        return reply_error(from, c->req_id, st);
-      }
+      auto bytes = release ? engine_->release_memory(w, kv) : engine_->resume_memory(w, kv);
+      if (!bytes.ok()) return reply_error(from, c->req_id, bytes.status());
+      MemoryReply r{c->req_id, *bytes, engine_->served_version(), {}};
+      if (engine_->weights_released()) r.released.push_back("weights");
+      if (engine_->kv_released()) r.released.push_back("kv_cache");
       actor_.send(from, release ? "release_memory.reply" : "resume_memory.reply", wire::encode(r));
     };
   };

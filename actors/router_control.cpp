@@ -117,6 +117,13 @@ void Router::on_fan_out_part(FanOut& f, int k, const json* body, const Status& e
   if (f.op == "update_weights" && engines_[k].alive) --engines_[k].updates_in_flight;
   if (!error.ok() && f.error.ok()) f.error = make_error(error.code, engine_name(k) + ": " + error.message);
   if (body) f.replies.emplace_back(k, *body);
+  // Memory ops and commits change whether an engine serves: take it from the reply rather than
+  // wait for the next heartbeat, so a generate right after resume + update is routed.
+  if (body && (f.op == "release_memory" || f.op == "resume_memory")) {
+    if (auto r = wire::memory_reply_from_json(*body); r.ok()) engines_[k].status = r->released.empty() ? "serving" : "released";
+  } else if (body && f.op == "update_weights" && engines_[k].status == "released") {
+    engines_[k].status = "";  // unknown until its next health: a commit of every tensor serves again
+  }
   if (--f.pending == 0) finish_fan_out(f);
 }
 
@@ -171,9 +178,21 @@ void Router::finish_fan_out(FanOut& f) {
     }
     body = wire::encode(m);
   } else {  // release_memory, resume_memory
-    MemoryReply sum{f.req_id, 0};
-    for (const auto& [k, j] : f.replies)
-      if (auto r = wire::memory_reply_from_json(j); r.ok()) sum.bytes += r->bytes;
+    // Bytes add up; the version is the oldest served (null if any engine serves none); released
+    // is the union, so a caller sees any engine that still waits for a push.
+    MemoryReply sum{f.req_id, 0, std::nullopt, {}};
+    bool first = true, none_served = false;
+    for (const auto& [k, j] : f.replies) {
+      auto r = wire::memory_reply_from_json(j);
+      if (!r.ok()) continue;
+      sum.bytes += r->bytes;
+      if (!r->version) none_served = true;
+      else if (first || (sum.version && *r->version < *sum.version)) sum.version = r->version;
+      for (const auto& t : r->released)
+        if (std::find(sum.released.begin(), sum.released.end(), t) == sum.released.end()) sum.released.push_back(t);
+      first = false;
+    }
+    if (none_served) sum.version.reset();
     body = wire::encode(sum);
   }
   reply(f.caller, f.op + ".reply", std::move(body));

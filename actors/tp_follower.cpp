@@ -135,7 +135,10 @@ void TpFollower::on_memory(const TpCommand& cmd, bool release) {
     kv_released_ = false;
     if (kv_prefault_) kv_->prefault();
   }
-  if (weights && !weights_.complete()) {  // nothing was pushed meanwhile: reload this rank's shard
+  // The leader says whether its served version is the folder's (reload) or came from an update
+  // (the shard stays released until the next commit, as on the leader).
+  const bool reload = cmd.ints.size() > 2 && cmd.ints[2];
+  if (weights && reload && !weights_.complete()) {
     auto staged = stage_from_disk(weights_, model_dir_, cmd.version);
     Status st = staged.ok() ? weights_.replace(staged->tensors) : staged.status();
     if (!st.ok()) {

@@ -50,6 +50,10 @@ const TensorSpec* spec_of(const ModelWeights& w, const std::string& name) {
   return nullptr;
 }
 
+// The served tensor has a dtype to convert to: it is loaded, or released (release_memory keeps dtype
+// and shape, so an update that arrives while released converts like any other).
+bool serves_dtype(const Weight* cur) { return cur && (cur->data || !cur->shape.empty()); }
+
 // Copies `w` into a heap buffer of dtype `want` (bf16 <-> f32).
 Weight convert(const Weight& w, DType want) {
   size_t n = w.nbytes() / dtype_size(w.dtype);
@@ -179,7 +183,7 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
     if (!w.ok()) return w.status();
     const Weight* cur = current.find(m.name);
     Weight staged = std::move(w).value();
-    if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
+    if (serves_dtype(cur) && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
     const auto* at = static_cast<const uint8_t*>(staged.data);
     out.zero_copy += at >= p && at < p + m.nbytes;
     out.bytes += m.nbytes;
@@ -282,7 +286,7 @@ Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::st
     const Weight& w = loaded->get(s.role, s.layer);
     const Weight* cur = current.find(s.name);
     Weight staged = shard_weight(s, w, *cfg, current.shard());
-    if (cur && cur->data && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
+    if (serves_dtype(cur) && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
     out.bytes += staged.nbytes();
     out.tensors.emplace_back(s.name, std::move(staged));
   }

@@ -295,7 +295,10 @@ struct WeightsChecksumReply {
 };
 
 // op "release_memory" / "resume_memory" {req_id, tags: ["weights", "kv_cache"]}
-//   -> "<op>.reply" {req_id, bytes} (bytes released; 0 for resume)
+//   -> "<op>.reply" {req_id, bytes, version, released}: bytes released (release) or brought back
+//   (resume); version: the weight version now served, null while the weights are released (after
+//   a resume, weights that came from a push stay released until the next update commits: only the
+//   model folder's version 0 can be reloaded); released: the tags still released.
 struct MemoryCall {
   uint64_t req_id = 0;
   std::vector<std::string> tags;
@@ -303,6 +306,8 @@ struct MemoryCall {
 struct MemoryReply {
   uint64_t req_id = 0;
   uint64_t bytes = 0;
+  std::optional<int64_t> version;     // nullopt (null on the wire): no weights are served
+  std::vector<std::string> released;  // "weights", "kv_cache": what is still released
 };
 
 // op "shutdown" {req_id} -> "shutdown.reply" {req_id}; the server drains and exits 0.

@@ -144,7 +144,12 @@ std::string encode(const WeightsChecksumReply& r) {
   return pack_body({{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tp_size", r.tp_size},
                     {"tensors", tensors}});
 }
-std::string encode(const MemoryReply& r) { return pack_body({{"req_id", r.req_id}, {"bytes", r.bytes}}); }
+std::string encode(const MemoryReply& r) {
+  return pack_body({{"req_id", r.req_id},
+                    {"bytes", r.bytes},
+                    {"version", r.version ? json(*r.version) : json(nullptr)},
+                    {"released", r.released}});
+}
 
 Result<UpdateWeightsReply> update_weights_reply_from_json(const json& j) {
   UpdateWeightsReply r;
@@ -197,6 +202,12 @@ Result<MemoryReply> memory_reply_from_json(const json& j) {
   FieldReader f(j, "", false);
   f.get("req_id", r.req_id);
   f.get("bytes", r.bytes);
+  if (f.take("version")) {  // null or absent: nothing served
+    int64_t v = 0;
+    f.get("version", v);
+    r.version = v;
+  }
+  f.get("released", r.released);
   ZR_RETURN_IF_ERROR(f.finish());
   return r;
 }

@@ -464,5 +464,129 @@ TEST_F(WeightSync, ReleaseAndResumeRoundTrip) {
   EXPECT_EQ(run_to_completion(*eng).samples.at("c").at(0).output_ids, before);
 }
 
+// release_memory / resume_memory over the wire; the reply as JSON (or the error's).
+nlohmann::json memory_call(Client& c, const char* op, std::vector<std::string> tags) {
+  MemoryCall call{c.next_req_id(), std::move(tags)};
+  auto r = c.call_raw(op, wire::encode(call), {}, call.req_id, std::chrono::seconds(30)).get();
+  EXPECT_TRUE(r.ok());
+  return r.ok() ? r->json : nlohmann::json{};
+}
+
+// Issue 21: after a push, release and resume, the engine must not serve the model folder's bytes
+// under the pushed version's number. It keeps the weights released (generate refused, health
+// "released", the resume reply's version null) until an update commits; then it serves exactly
+// the pushed weights. For every path a version can arrive by on one host: ipc served in place
+// (f32), ipc copied (bf16 into the f32 engine), disk.
+TEST_F(WeightSync, ResumeAfterAPushServesNothingUntilTheNextUpdate) {
+  struct Case {
+    const char* what;
+    std::string dir;
+    const char* path;
+  };
+  std::vector<Case> cases = {{"ipc zero-copy", real_, "ipc"}, {"disk", real_, "disk"}};
+  if (auto bf = zr::testing::shared_model_dir("stories260K-bf16")) cases.push_back({"ipc copied (bf16)", *bf, "ipc"});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    serve();
+    const std::vector<int> folder_ids = served_greedy("folder");
+    ASSERT_NE(folder_ids, expected());
+    PublishOptions po;
+    po.path = c.path;
+    auto v1 = trainer_->publish(c.dir, 1, po);
+    ASSERT_TRUE(v1.ok()) << v1.status().to_string();
+    if (std::string(c.what) == "ipc zero-copy") EXPECT_GT(v1->acks.at(0).zero_copy_tensors, 0);
+    if (std::string(c.what) == "ipc copied (bf16)") EXPECT_EQ(v1->acks.at(0).zero_copy_tensors, 0);
+    ASSERT_EQ(served_greedy("v1"), expected());
+    Client& cl = trainer_->client(0);
+    auto rel = memory_call(cl, "release_memory", {"weights", "kv_cache"});
+    ASSERT_EQ(rel.value("code", ""), "") << rel.dump();
+    EXPECT_GT(rel["bytes"].get<uint64_t>(), 0u);
+    auto res = memory_call(cl, "resume_memory", {"weights", "kv_cache"});
+    ASSERT_EQ(res.value("code", ""), "") << res.dump();
+    EXPECT_TRUE(res["version"].is_null()) << res.dump();  // nothing is served: v1's bytes are gone
+    EXPECT_EQ(res["released"], nlohmann::json::array({"weights"})) << res.dump();
+    EXPECT_GT(res["bytes"].get<uint64_t>(), 0u);  // the KV pool came back
+    auto h = cl.health();
+    ASSERT_TRUE(h.ok());
+    EXPECT_EQ(h->status, "released");
+    EXPECT_EQ(h->weight_version, 1);
+    // The folder's weights are not served under v1's number: generate is refused, saying why.
+    GenerateRequest probe = greedy("after-resume");
+    auto refused = cl.generate({probe});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code, ErrorCode::unavailable);
+    EXPECT_NE(refused.status().message.find("push a version"), std::string::npos) << refused.status().message;
+    // A subset update cannot make the weights whole: still refused.
+    PublishOptions subset;  // by ipc: a disk update loads a whole folder
+    subset.only = {"model.norm.weight"};
+    ASSERT_TRUE(trainer_->publish(c.dir, 2, subset).ok());
+    EXPECT_EQ(cl.generate({probe}).status().code, ErrorCode::unavailable);
+    // The wake-up flow: push the current weights under a new version; the engine serves them.
+    auto v3 = trainer_->publish(c.dir, 3, po);
+    ASSERT_TRUE(v3.ok()) << v3.status().to_string();
+    EXPECT_EQ(served_greedy("v3"), expected());
+    EXPECT_EQ(cl.health()->status, "serving");
+    EXPECT_EQ(*trainer_->weight_version(), 3);
+    actor_->stop();
+    trainer_.reset();
+    actor_.reset();
+  }
+}
+
+// Without any push the served version is the folder's (0): resume reloads it, outputs unchanged.
+TEST_F(WeightSync, ResumeWithoutAPushReloadsTheFolderVersion) {
+  serve();
+  const std::vector<int> before = served_greedy("before");
+  Client& cl = trainer_->client(0);
+  auto rel = memory_call(cl, "release_memory", {"weights"});
+  EXPECT_TRUE(rel["version"].is_null()) << rel.dump();
+  EXPECT_EQ(cl.health()->status, "released");
+  auto res = memory_call(cl, "resume_memory", {"weights"});
+  EXPECT_EQ(res["version"], 0) << res.dump();
+  EXPECT_EQ(res["released"], nlohmann::json::array()) << res.dump();
+  EXPECT_GT(res["bytes"].get<uint64_t>(), 1000000u);  // ~1 MiB of weights reloaded
+  EXPECT_EQ(cl.health()->status, "serving");
+  EXPECT_EQ(served_greedy("after"), before);
+  actor_->stop();
+}
+
+// Through a router: the merged resume reply says no weights are served while any engine waits for
+// a push; the router routes nothing to released engines and serves again right after the push.
+TEST_F(WeightSync, ARouterReportsReleasedEnginesAndServesAfterThePush) {
+  const std::string base = "inproc://ws-rel-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+  std::vector<std::unique_ptr<RolloutActor>> engines;
+  for (const char* name : {"a", "b"}) {
+    engines.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), RolloutActorOptions{}));
+    ASSERT_TRUE(engines.back()->bind(base + "-" + name).ok());
+    engines.back()->start();
+  }
+  auto router = std::move(RouterActor::create(ctx_, {base + "-a", base + "-b"})).value();
+  ASSERT_TRUE(router->bind(base + "-router").ok());
+  router->start();
+  auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
+  ASSERT_TRUE(trainer->publish(real_, 1, PublishOptions{}).ok());
+  Client& cl = trainer->client(0);
+  auto rel = memory_call(cl, "release_memory", {"weights", "kv_cache"});
+  ASSERT_EQ(rel.value("code", ""), "") << rel.dump();
+  auto res = memory_call(cl, "resume_memory", {"weights", "kv_cache"});
+  ASSERT_EQ(res.value("code", ""), "") << res.dump();
+  EXPECT_TRUE(res["version"].is_null()) << res.dump();
+  EXPECT_EQ(res["released"], nlohmann::json::array({"weights"})) << res.dump();
+  EXPECT_EQ(cl.health()->status, "released");
+  auto refused = cl.generate({greedy("refused")});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code, ErrorCode::unavailable) << refused.status().to_string();
+  ASSERT_TRUE(trainer->publish(real_, 2, PublishOptions{}).ok());
+  std::vector<GenerateRequest> two = {greedy("x"), greedy("y")};  // one per engine, by load
+  auto out = trainer->generate(two);
+  ASSERT_TRUE(out.ok()) << out.status().to_string();
+  for (const auto& o : *out) {
+    EXPECT_EQ(o.output_ids, expected());
+    EXPECT_EQ(o.meta_info.weight_version, 2);
+  }
+  router->stop();
+  for (auto& e : engines) e->stop();
+}
+
 }  // namespace
 }  // namespace zr

@@ -292,6 +292,54 @@ TEST_F(TpTest, ReleaseAndResumeMemoryOnEveryRank) {
   testing::expect_identical(after.samples.at("p").at(0), before.samples.at("p").at(0), "after resume");
 }
 
+// Issue 21 under TP: after an ipc push, release and resume leave every rank's weights released (no
+// rank reloads the folder under the pushed number) until the next push commits on every rank;
+// outputs then equal a TP=1 engine on the pushed checkpoint.
+TEST_F(TpTest, ResumeAfterAPushServesNothingUntilTheNextPushOnEveryRank) {
+  testing::TempDir tmp;
+  std::string root;
+  if (leader()) root = tmp.path();
+  ASSERT_TRUE(tp_->mpi().bcast_small(root, 0).ok());
+  const std::string pushed = root + "/pushed";
+  if (leader()) {
+    MakeModelOptions mo;
+    mo.like_dir = dir_;
+    mo.seed = 21;
+    mo.out_dir = pushed;
+    ASSERT_TRUE(make_model(mo).ok());
+  }
+  ASSERT_TRUE(tp_->mpi().barrier().ok());
+  auto eng = start(dir_);
+  if (!eng) return;
+  Context ctx;
+  RolloutActor actor(ctx, std::move(eng), {});
+  ASSERT_TRUE(actor.bind("inproc://tp-actor-resume").ok());
+  actor.start();
+  auto trainer = std::move(Trainer::connect({"inproc://tp-actor-resume"}, &ctx.zmq())).value();
+  auto client = std::move(Client::connect("inproc://tp-actor-resume", &ctx.zmq())).value();
+  GenerateRequest probe = testing::greedy_request("p", {1, 403, 407, 261, 378}, 24);
+  ASSERT_TRUE(trainer->publish(pushed, 1, PublishOptions{}).ok());
+  for (const char* op : {"release_memory", "resume_memory"}) {
+    MemoryCall call{client->next_req_id(), {"weights", "kv_cache"}};
+    auto m = client->call_raw(op, wire::encode(call), {}, call.req_id, 30s).get();
+    ASSERT_TRUE(m.ok() && m->op == std::string(op) + ".reply") << op << (m.ok() ? m->json.dump() : "");
+    EXPECT_TRUE(m->json["version"].is_null()) << m->json.dump();
+  }
+  auto refused = client->generate({probe});
+  ASSERT_FALSE(refused.ok()) << "served the folder's weights under version 1";
+  EXPECT_EQ(refused.status().code, ErrorCode::unavailable);
+  auto v2 = trainer->publish(pushed, 2, PublishOptions{});
+  ASSERT_TRUE(v2.ok()) << v2.status().to_string();
+  auto after = client->generate({probe});
+  ASSERT_TRUE(after.ok()) << after.status().to_string();
+  auto single = testing::load_engine(pushed, small_options());
+  ASSERT_TRUE(single->submit(probe).ok());
+  auto one = testing::run_to_completion(*single);
+  EXPECT_EQ(after->outputs[0].output_ids, one.samples.at("p").at(0).output_ids);
+  EXPECT_EQ(after->outputs[0].meta_info.weight_version, 2);
+  actor.stop();
+}
+
 // ipc: the ranks of the engine split checksum verification (byte-balanced shares of the tensors).
 // A bad checksum on the last tensor (the last rank's share) refuses the update on every rank, with
 // an error naming that rank; the old version keeps serving.

@@ -13,6 +13,7 @@
 #include "comm/checksum.h"
 #include "comm/client.h"
 #include "comm/wire_weights.h"
+#include <nlohmann/json.hpp>
 #include "model/safetensors.h"
 #include "tests/mpi/mpi_test_env.h"
 #include "tests/test_util.h"
@@ -155,6 +156,46 @@ TEST_F(MpiWeightSync, TrainerLostMidTransferLeavesTheOldVersionServing) {
   if (zr::testing::world().rank() != 0) return;
   for (const std::string& msg : lost_push(9, true, /*lost_after=*/1))
     EXPECT_EQ(msg.find("bucket 1/"), std::string::npos) << "bucket 1 was sent: " << msg;
+}
+
+// Issue 21 by broadcast: after a broadcast version, release and resume leave the weights released
+// (the folder is not reloaded under the pushed number) until the next broadcast commits; then
+// every engine serves it and reports it.
+TEST_F(MpiWeightSync, ResumeAfterABroadcastServesNothingUntilTheNextOne) {
+  if (zr::testing::world().rank() != 0) return;
+  for (auto& r : push(1, true)) ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
+  std::ifstream f(dir_ + "/reference.json");
+  const auto ref = nlohmann::json::parse(f)["cases"][0];
+  GenerateRequest probe;
+  probe.rid = "p";
+  probe.input_ids = ref["prompt_ids"].get<std::vector<int>>();
+  probe.sampling_params.temperature = 0;
+  probe.sampling_params.max_new_tokens = 16;
+  probe.sampling_params.ignore_eos = true;
+  const auto want = ref["greedy_ids"].get<std::vector<int>>();
+  for (size_t r = 1; r < endpoints_.size(); ++r) {
+    auto c = std::move(Client::connect(endpoints_[r])).value();
+    for (const char* op : {"release_memory", "resume_memory"}) {
+      MemoryCall call{c->next_req_id(), {"weights", "kv_cache"}};
+      auto m = c->call_raw(op, wire::encode(call), {}, call.req_id, 30s).get();
+      ASSERT_TRUE(m.ok() && m->op == std::string(op) + ".reply") << op << (m.ok() ? m->json.dump() : "");
+      EXPECT_TRUE(m->json["version"].is_null()) << op << ": " << m->json.dump();
+    }
+    auto g = c->generate({probe});
+    ASSERT_FALSE(g.ok()) << "rank " << r << " served after resume without a push";
+    EXPECT_EQ(g.status().code, ErrorCode::unavailable);
+    EXPECT_EQ(c->health()->status, "released");
+  }
+  for (auto& r : push(2, true)) ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
+  for (size_t r = 1; r < endpoints_.size(); ++r) {
+    auto c = std::move(Client::connect(endpoints_[r])).value();
+    auto g = c->generate({probe});
+    ASSERT_TRUE(g.ok()) << g.status().to_string();
+    const std::vector<int> got = g->outputs[0].output_ids;
+    EXPECT_EQ(got, std::vector<int>(want.begin(), want.begin() + static_cast<long>(got.size())));
+    EXPECT_EQ(g->outputs[0].meta_info.weight_version, 2);
+    EXPECT_EQ(c->health()->status, "serving");
+  }
 }
 
 }  // namespace
