@@ -1,7 +1,8 @@
 // MpiGroup: an MPI communicator with the few collectives zrollout needs (cluster mode, DESIGN.md):
 // start-up endpoint exchange, split by role, barrier, float allreduce (tensor parallelism), small
 // metadata broadcast, and the weight path: a pipelined, bucketed broadcast with a deadline.
-// No MPI type appears here (mpi.h is included by comm/mpi_group.cpp only).
+// No MPI type appears here (mpi.h is included by comm/mpi_group_internal.h only, for
+// comm/mpi_group.cpp and comm/mpi_bcast_buckets.cpp).
 //
 // Ownership: move-only RAII. init() returns the world group; its destructor calls MPI_Finalize
 // (once, and only if init() called MPI_Init_thread). MPI_Finalize waits for every rank of the job,
@@ -149,7 +150,7 @@ class MpiGroup {
   // Ends the whole MPI job (MPI_Abort with `code`): the way out when a peer is stuck for good.
   [[noreturn]] void abort_group(int code);
 
-  struct Impl;  // opaque (mpi.h types), defined in comm/mpi_group.cpp
+  struct Impl;  // opaque (mpi.h types), defined in comm/mpi_group_internal.h
 
  private:
   explicit MpiGroup(std::unique_ptr<Impl> impl);

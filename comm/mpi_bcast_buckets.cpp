@@ -1,0 +1,444 @@
+// MpiGroup::bcast_buckets: the weight broadcast as pipelined MPI_Ibcast segments, received in place
+// or through a cache-sized ring (see SegmentPlan), with per-segment verification callbacks.
+#include "comm/mpi_group.h"
+
+#include <mpi.h>
+#include <sys/mman.h>
+#include <pthread.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdlib>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+
+#include "comm/mpi_group_internal.h"
+
+namespace zr {
+
+using namespace mpi_detail;
+
+namespace {
+
+// How bcast_buckets cuts a transfer. Each bucket (bucket_bytes) moves as segments of at most
+// kSegmentBytes, one MPI_Ibcast each; segments never cross a bucket's end. Every rank keeps at most
+// window() segments posted and not yet consumed: the same number everywhere, so what a rank that
+// fails has posted is what its peers post first (drain() relies on it). The cut is the same on
+// every rank (message sizes must match); where a receiver lands a segment is its own choice:
+//  - through the ring, when it has a core for each of its two threads (see use_ring): kRingSlots
+//    slots that stay in the cache; the caller copies each slot into the destination with streaming
+//    stores and verifies it from the slot: one DRAM read and one DRAM write per byte, like a plain
+//    MPI_Bcast. Receiving in place and checksumming there reads every byte from DRAM a second time:
+//    on a 2-core host np=2 reached 81-92% of one MPI_Bcast that way, 95-105% through the ring
+//    (bench/bench_weight_sync.cpp).
+//  - in place (into the destination), when cores are short: ring and copy cost CPU time that an
+//    oversubscribed host does not have (np=4 on 2 cores: 75-88% through the ring, 105-124% in
+//    place; one core per rank, mpirun's default binding: ~71% vs ~79%).
+constexpr size_t kSegmentBytes = size_t{2} << 20;
+constexpr size_t kRingSlots = 4;
+
+struct SegmentPlan {
+  size_t bytes;
+  size_t bucket;
+  bool ring;  // this rank receives through the ring (never on the root)
+  size_t segment = std::min({bucket, kSegmentBytes, (bytes + 63) / 64 * 64});
+  size_t per_bucket = (bucket + segment - 1) / segment;
+  size_t buckets() const { return (bytes + bucket - 1) / bucket; }
+  size_t segments_in(size_t b) const {
+    return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment;
+  }
+  size_t count() const { return (buckets() - 1) * per_bucket + segments_in(buckets() - 1); }
+  size_t bucket_of(size_t s) const { return s / per_bucket; }
+  // Where segment s lands in a ring of kRingSlots slots.
+  char* slot(char* ring, size_t s) const { return ring + (s % kRingSlots) * segment; }
+  size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
+  size_t length(size_t s) const {
+    size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);
+    return std::min(segment, end - offset(s));
+  }
+  // Posted and not yet consumed, at most, on every rank (receiving through the ring or not): two
+  // buckets, and no more than the ring has slots.
+  size_t window() const { return std::min(kRingSlots, 2 * per_bucket); }
+};
+
+// State shared by the caller (copies out, runs on_segment) and the helper thread (every MPI call).
+struct PipelineState {
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t completed = 0;   // segments whose broadcast completed (helper writes)
+  size_t consumed = 0;    // segments whose on_segment returned (caller writes)
+  bool stop = false;      // the caller gave up: post nothing more
+  bool finished = false;  // the helper is done (success or error)
+  Status error;
+};
+
+// How the root waits for its segments to complete. Over shared memory (vader with CMA) a receiver
+// copies a segment out of the root's memory itself, inside its own MPI call; the root only posts
+// segments (a window ahead) and notices completions, so it polls with short sleeps instead of
+// spinning: a spinning root took a whole core (~128 ms of CPU per 512 MiB transfer) from a
+// receiver whose copy (MPI) and checksum run on two threads. The sleep is scaled to the posted
+// window: ~1/10 of its time at 32 GB/s, at most 200 us (a tcp root then still refills its socket
+// buffers often enough for ~20 GB/s); windows too small for a 10 us sleep keep the spinning Backoff.
+std::chrono::microseconds root_poll_interval(size_t window_bytes) {
+  constexpr size_t kBytesPerMicrosecond = 32 * 1000;  // 32 GB/s
+  auto us = std::chrono::microseconds(std::min<size_t>(200, window_bytes / kBytesPerMicrosecond / 10));
+  return us >= std::chrono::microseconds(10) ? us : std::chrono::microseconds(0);
+}
+
+// n bytes from src to dst; on x86 with non-temporal stores: the destination is not read for
+// ownership and does not evict the ring (or the weights being served) from the cache.
+void copy_streaming(char* dst, const char* src, size_t n) {
+#if defined(__x86_64__) || defined(__SSE2__)
+  size_t head = std::min(n, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 64 <= n; i += 64) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, n - i);
+  _mm_sfence();  // the streamed bytes are ordered before whatever the caller publishes next
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+// Runs on the helper thread: posts one MPI_Ibcast per segment (into or from `data`, or into ring
+// slots), keeping at most plan.window() posted and not yet consumed, and tests the oldest one
+// until it completes or the deadline passes. Every rank posts the first min(n, window) at once.
+class SegmentBroadcaster {
+ public:
+  SegmentBroadcaster(MPI_Comm comm, char* data, char* ring, SegmentPlan plan, int root, bool is_root,
+                     milliseconds timeout, PipelineState& st)
+      : comm_(comm), data_(data), ring_(ring), plan_(plan), root_(root), timeout_(timeout),
+        st_(st), window_(plan.window()),
+        root_poll_(is_root ? root_poll_interval(window_ * plan.segment) : std::chrono::microseconds(0)) {}
+
+  void run() {
+    const size_t n = plan_.count();
+    Clock::time_point last = Clock::now();
+    Backoff backoff;
+    for (;;) {
+      size_t consumed;
+      bool stop;
+      {
+        std::lock_guard lk(st_.mu);
+        consumed = st_.consumed;
+        stop = st_.stop;
+      }
+      while (!stop && posted_ < n && posted_ - consumed < window_) {
+        if (!post()) return;
+        last = Clock::now();
+      }
+      if (inflight_.empty()) {
+        if (completed_ == n || stop) return finish(Status::ok_status());
+        std::unique_lock lk(st_.mu);  // every slot holds a completed segment: wait for the caller
+        st_.cv.wait(lk, [&] { return st_.consumed != consumed || st_.stop; });
+        last = Clock::now();
+        continue;
+      }
+      int done = 0;
+      if (int rc = MPI_Test(&inflight_.front(), &done, MPI_STATUS_IGNORE); rc != MPI_SUCCESS)
+        return finish(mpi_status(rc, "MPI_Test of " + segment_text(completed_)));
+      if (done) {
+        inflight_.pop_front();
+        complete_one();
+        last = Clock::now();
+        backoff.reset();
+        continue;
+      }
+      Clock::duration idle = Clock::now() - last;
+      if (idle >= timeout_) return finish(make_error(ErrorCode::timeout, timeout_text()));
+      if (root_poll_.count() > 0) std::this_thread::sleep_for(root_poll_);
+      else backoff.pause(idle);
+    }
+  }
+
+  std::vector<MPI_Request> take_pending() { return {inflight_.begin(), inflight_.end()}; }
+  bool all_posted() const { return posted_ == plan_.count(); }
+
+ private:
+  bool post() {
+    MPI_Request req = MPI_REQUEST_NULL;
+    char* at = plan_.ring ? plan_.slot(ring_, posted_) : data_ + plan_.offset(posted_);
+    int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
+    if (rc != MPI_SUCCESS) {
+      finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(posted_)));
+      return false;
+    }
+    inflight_.push_back(req);
+    ++posted_;
+    return true;
+  }
+
+  void complete_one() {
+    ++completed_;
+    {
+      std::lock_guard lk(st_.mu);
+      st_.completed = completed_;
+    }
+    st_.cv.notify_all();
+  }
+
+  void finish(Status s) {
+    {
+      std::lock_guard lk(st_.mu);
+      st_.error = std::move(s);
+      st_.finished = true;
+    }
+    st_.cv.notify_all();
+  }
+
+  // "bucket 3/8 (64 MiB at offset ...)" when a bucket is one segment, else
+  // "bucket 3/8, segment 5/32 (2 MiB at offset ...)".
+  std::string segment_text(size_t s) const {
+    std::string t = "bucket " + std::to_string(plan_.bucket_of(s) + 1) + "/" + std::to_string(plan_.buckets());
+    if (size_t in = plan_.segments_in(plan_.bucket_of(s)); in > 1)
+      t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(in);
+    return t + " (" + size_text(plan_.length(s)) + " at offset " + std::to_string(plan_.offset(s)) + ")";
+  }
+
+  std::string timeout_text() const {
+    return "broadcast of " + segment_text(completed_) + " from rank " + std::to_string(root_) +
+           " did not complete within " + std::to_string(timeout_.count()) + " ms";
+  }
+
+  MPI_Comm comm_;
+  char* data_;
+  char* ring_;  // receivers only
+  SegmentPlan plan_;
+  int root_;
+  milliseconds timeout_;
+  PipelineState& st_;
+  size_t window_;
+  std::chrono::microseconds root_poll_;  // 0: spin with Backoff
+  std::deque<MPI_Request> inflight_;
+  size_t posted_ = 0;
+  size_t completed_ = 0;
+};
+
+// The receive ring: in 2 MiB huge pages where the kernel allows (THP "madvise" or "always"),
+// faulted in now. With 4 KiB pages, whole runs of bench_weight_sync on this host went 3x slower
+// (28-34% of one MPI_Bcast, in about one run in five): the receiver's copy into the ring (the CMA
+// read inside MPI) ran at ~2 GB/s instead of 7-12. In 27 runs with huge pages that never happened
+// (README). Freed with std::free (aligned_alloc).
+char* alloc_ring(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  auto* p = static_cast<char*>(std::aligned_alloc(kHuge, rounded));
+  if (!p) return nullptr;
+#ifdef MADV_HUGEPAGE
+  (void)madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  std::memset(p, 0, rounded);
+  return p;
+}
+
+// Whether this receiver lands segments through the ring: it needs a core for each of its two
+// threads, and so does every other receiver on this host (the root's thread mostly sleeps).
+bool use_ring(const std::vector<char>& on_this_host, int root) {
+#ifdef __linux__
+  cpu_set_t mask;
+  if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0) return false;
+  const long cores = CPU_COUNT(&mask);
+#else
+  const long cores = static_cast<long>(std::thread::hardware_concurrency());
+#endif
+  long receivers = std::count(on_this_host.begin(), on_this_host.end(), char{1});
+  if (root >= 0 && static_cast<size_t>(root) < on_this_host.size() && on_this_host[static_cast<size_t>(root)])
+    --receivers;
+  return cores >= 2 && cores >= 2 * std::max(1L, receivers);
+}
+
+// Through the ring, a receiver's two threads each keep a core busy (the helper copies segments
+// in, inside MPI; the caller copies them out and verifies them), so they must not share one: when
+// they did (the scheduler's wake-up placement does that on its own now and then), np=2 fell from
+// ~95% to 50-65% of one MPI_Bcast. For the duration of a receive, receiver number i on this host
+// (by rank, the root not counted) runs its caller on core 2i and its helper on core 2i+1 of its
+// affinity mask (counted modulo the mask's size); the caller's mask is restored afterwards.
+// use_ring() chose the ring only if the mask has two cores per receiver on the host.
+class SplitCores {
+ public:
+  SplitCores(const std::vector<char>& on_this_host, int rank, int root) {
+#ifdef __linux__
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0 || CPU_COUNT(&saved_) < 2) return;
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &saved_)) cpus.push_back(c);
+    size_t index = 0;  // among this host's receivers
+    for (int r = 0; r < rank && static_cast<size_t>(r) < on_this_host.size(); ++r)
+      index += on_this_host[static_cast<size_t>(r)] && r != root;
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    CPU_SET(cpus[(2 * index) % cpus.size()], &mine);
+    CPU_ZERO(&helper_);
+    CPU_SET(cpus[(2 * index + 1) % cpus.size()], &helper_);
+    active_ = pthread_setaffinity_np(pthread_self(), sizeof mine, &mine) == 0;
+#else
+    (void)on_this_host, (void)rank, (void)root;
+#endif
+  }
+  ~SplitCores() {
+#ifdef __linux__
+    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+#endif
+  }
+  SplitCores(const SplitCores&) = delete;
+  SplitCores& operator=(const SplitCores&) = delete;
+
+  // Called on the helper thread.
+  void place_helper() const {
+#ifdef __linux__
+    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof helper_, &helper_);
+#endif
+  }
+
+ private:
+#ifdef __linux__
+  cpu_set_t saved_{};
+  cpu_set_t helper_{};
+#endif
+  bool active_ = false;
+};
+
+}  // namespace
+
+Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
+                               const SegmentCallback& on_segment) {
+  ZR_RETURN_IF_ERROR(usable("bcast_buckets"));
+  if (root < 0 || root >= impl_->size)
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets: root " + std::to_string(root) + " not in the group");
+  if (bucket_bytes == 0 || bucket_bytes % 64 != 0 || bucket_bytes > (size_t{1} << 30))
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets: bucket_bytes " + std::to_string(bucket_bytes) +
+                                                       " must be a multiple of 64 in (0, 1 GiB]");
+  if (timeout.count() <= 0) return make_error(ErrorCode::invalid_argument, "bcast_buckets: timeout must be > 0");
+  if (bytes == 0) return Status::ok_status();
+  if (!data) return make_error(ErrorCode::invalid_argument, "bcast_buckets: null data");
+  return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment);
+}
+
+Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
+                                     const SegmentCallback& on_segment) {
+  const bool is_root = impl_->rank == root;
+  SegmentPlan plan{bytes, bucket_bytes, receives_through_ring(root)};
+  const size_t ring_bytes = kRingSlots * plan.segment;
+  if (plan.ring && impl_->ring_bytes < ring_bytes) {  // not poisoned (usable() checked): nothing pending
+    impl_->ring.reset(alloc_ring(ring_bytes));
+    impl_->ring_bytes = impl_->ring ? ring_bytes : 0;
+    plan.ring = impl_->ring != nullptr;  // else in place
+  }
+  char* ring = impl_->ring.get();
+  PipelineState st;
+  SegmentBroadcaster caster(impl_->comm, data, ring, plan, root, is_root, timeout, st);
+  std::optional<SplitCores> cores;
+  if (plan.ring) cores.emplace(impl_->on_this_host, impl_->rank, root);
+  std::thread helper([&caster, &cores] {
+    if (cores) cores->place_helper();
+    caster.run();
+  });
+  std::exception_ptr thrown;
+  for (size_t k = 0; k < plan.count(); ++k) {
+    {
+      std::unique_lock lk(st.mu);
+      st.cv.wait(lk, [&] { return st.completed > k || st.finished; });
+      if (st.completed <= k) break;  // the helper failed
+    }
+    const size_t off = plan.offset(k), len = plan.length(k);
+    const char* bytes_at = data + off;
+    if (plan.ring) {
+      bytes_at = plan.slot(ring, k);
+      copy_streaming(data + off, bytes_at, len);
+    }
+    if (on_segment) {
+      try {
+        on_segment(off, len, bytes_at);
+      } catch (...) {
+        thrown = std::current_exception();
+        std::lock_guard lk(st.mu);
+        st.stop = true;
+        break;
+      }
+    }
+    std::lock_guard lk(st.mu);
+    st.consumed = k + 1;
+    st.cv.notify_all();
+  }
+  st.cv.notify_all();
+  helper.join();
+  impl_->pending = caster.take_pending();
+  if (!st.error.ok() || (thrown && (!caster.all_posted() || !impl_->pending.empty()))) {
+    impl_->poisoned = true;
+    impl_->poison_reason = st.error.ok() ? "on_segment threw during bcast_buckets" : st.error.message;
+  }
+  if (thrown) std::rethrow_exception(thrown);
+  return st.error;
+}
+
+void MpiGroup::set_receive_mode(ReceiveMode mode) {
+  if (impl_) impl_->receive_mode = mode;
+}
+
+bool MpiGroup::receives_through_ring(int root) const {
+  if (!valid() || impl_->rank == root) return false;
+  const ReceiveMode mode = impl_->receive_mode;
+  return mode == ReceiveMode::ring || (mode == ReceiveMode::automatic && use_ring(impl_->on_this_host, root));
+}
+
+Status MpiGroup::bcast_blocking(void* data, size_t bytes, int root) {
+  ZR_RETURN_IF_ERROR(usable("bcast_blocking"));
+  if (root < 0 || root >= impl_->size)
+    return make_error(ErrorCode::invalid_argument, "bcast_blocking: root " + std::to_string(root) + " not in the group");
+  constexpr size_t kPiece = size_t{1} << 30;  // MPI counts are int
+  auto* p = static_cast<char*>(data);
+  for (size_t off = 0; off < bytes; off += kPiece) {
+    int count = static_cast<int>(std::min(kPiece, bytes - off));
+    ZR_RETURN_IF_ERROR(mpi_status(MPI_Bcast(p + off, count, MPI_BYTE, root, impl_->comm), "MPI_Bcast"));
+  }
+  return Status::ok_status();
+}
+
+Status MpiGroup::drain(milliseconds timeout) {
+  if (!impl_ || impl_->pending.empty()) return Status::ok_status();
+  auto& pending = impl_->pending;
+  Clock::time_point start = Clock::now();
+  Backoff backoff;
+  for (;;) {
+    int done = 0;
+    ZR_RETURN_IF_ERROR(mpi_status(
+        MPI_Testall(static_cast<int>(pending.size()), pending.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall"));
+    if (done) {
+      pending.clear();
+      return Status::ok_status();
+    }
+    Clock::duration waited = Clock::now() - start;
+    if (waited >= timeout)
+      return make_error(ErrorCode::timeout, std::to_string(pending.size()) + " posted broadcasts still pending after " +
+                                                std::to_string(timeout.count()) + " ms");
+    backoff.pause(waited);
+  }
+}
+
+}  // namespace zr
