@@ -3,7 +3,7 @@
 
 #include <map>
 
-#include "actors/scheduler.h"
+#include "actors/engine/scheduler.h"
 
 namespace zr {
 namespace {
@@ -101,9 +101,18 @@ TEST(Scheduler, PreemptsTheLatestArrivalWhenKvRunsOut) {
     StepPlan p = s.schedule();
     for (int64_t id : p.preempted) {
       EXPECT_EQ(id, 2);  // the later arrival yields
+      EXPECT_EQ(kv.held_.count(id) ? kv.held_.at(id) : 0, 0) << "a preempted sequence must give its blocks back";
       preempted2 = true;
     }
     EXPECT_TRUE(p.starved.empty());
+    // Every scheduled sequence holds blocks for every position it will have computed, and only
+    // scheduled or still-running sequences hold any.
+    for (const auto& q : p.seqs)
+      EXPECT_GE((kv.held_.count(q.id) ? kv.held_.at(q.id) : 0) * 4, q.start + q.count) << "seq " << q.id;
+    for (const auto& [id, blocks] : kv.held_)
+      if (blocks > 0) {
+        EXPECT_TRUE(s.is_running(id)) << "seq " << id << " holds blocks but is not running";
+      }
     auto ups = fake_outputs(p, total, remaining);
     s.update_from_output(ups);
     for (auto& u : ups)
@@ -111,7 +120,11 @@ TEST(Scheduler, PreemptsTheLatestArrivalWhenKvRunsOut) {
   }
   EXPECT_TRUE(preempted2);
   EXPECT_TRUE(s.idle());  // both finished: 2 was recomputed after 1 left
-  EXPECT_EQ(kv.free_ + [&] { int h = 0; for (auto& [k, v] : kv.held_) h += v; return h; }(), 4);
+  int held = 0;
+  for (const auto& [id, blocks] : kv.held_) held += blocks;
+  EXPECT_EQ(held, 0) << "blocks leaked";
+  EXPECT_EQ(kv.free_, 4);
+  EXPECT_GE(kv.releases, 3) << "two finishes and at least one preemption";
 }
 
 TEST(Scheduler, ASequenceTooBigForThePoolIsReportedStarved) {

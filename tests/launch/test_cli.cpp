@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include "comm/client.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -91,7 +92,17 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     run(std::string(ZR_ZROLLOUT_BIN) + " client --connect " + sock + " --input " + (tmp / "in.jsonl") + " --output " +
         (tmp / "out.jsonl"));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));  // server up, requests running
+  // SIGTERM only once requests run (get_load says so): the drain must then finish them. Polling
+  // also proves the server is up, with its signal handler installed.
+  auto probe = std::move(zr::Client::connect(sock)).value();
+  int running = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (running == 0 && std::chrono::steady_clock::now() < deadline) {
+    auto load = probe->get_load(std::chrono::milliseconds(500));
+    running = load.ok() ? load->running : 0;
+    if (running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(running, 0) << "no request was ever in flight";
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);

@@ -11,13 +11,22 @@ using namespace std::chrono_literals;
 
 const TimePoint kT0 = TimePoint{} + 1h;
 
-TEST(RuntimeLiveness, ConstantsFollowThePirateWorker) {
+// The defaults, by behaviour: a peer silent for kHeartbeatLiveness intervals of kHeartbeatInterval
+// is dead, not a moment before; a heartbeat is due once per interval; backoff starts at the initial
+// reconnect interval and stops at the cap (the Paranoid Pirate worker's constants).
+TEST(RuntimeLiveness, DefaultsFollowThePirateWorker) {
   EXPECT_EQ(kHeartbeatLiveness, 3);
-  EXPECT_GT(kHeartbeatInterval, Millis{0});
-  EXPECT_LE(kReconnectIntervalInit, kReconnectIntervalMax);
-  LivenessConfig cfg;
-  EXPECT_EQ(cfg.liveness, kHeartbeatLiveness);
-  EXPECT_EQ(cfg.interval, kHeartbeatInterval);
+  Liveness l(kT0);
+  const Millis silent = kHeartbeatInterval * kHeartbeatLiveness;
+  EXPECT_EQ(l.liveness(kT0), kHeartbeatLiveness);
+  EXPECT_FALSE(l.dead(kT0 + silent - 1ms));
+  EXPECT_TRUE(l.dead(kT0 + silent));
+  EXPECT_FALSE(l.tick(kT0 + kHeartbeatInterval - 1ms));
+  EXPECT_TRUE(l.tick(kT0 + kHeartbeatInterval));
+  EXPECT_EQ(l.reconnect_backoff(), kReconnectIntervalInit);
+  Millis last{0};
+  for (int i = 0; i < 64; ++i) last = l.reconnect_backoff();
+  EXPECT_EQ(last, kReconnectIntervalMax);
 }
 
 TEST(RuntimeLiveness, DeadAfterLivenessSilentIntervals) {
