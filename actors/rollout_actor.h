@@ -18,7 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "actors/engine.h"
+#include "actors/engine/engine.h"
 #include "comm/mpi_group.h"
 #include "runtime/actor.h"
 #include "runtime/context.h"

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include "actors/rollout_actor.h"
-#include "actors/tp_group.h"
-#include "actors/weight_staging.h"
+#include "actors/engine/tp_group.h"
+#include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
 #include "comm/wire_weights.h"
@@ -37,7 +37,7 @@ Status on_rank(Status st, int rank) {
 // not for disk (the folder, not the list, is what would load).
 bool serves_already(const UpdateWeightsCall& c, const std::map<std::string, TensorMeta>& served, int64_t serving,
                     bool sharded) {
-  if (sharded || c.path != "ipc" || c.version != serving || c.tensors.empty()) return false;
+  if (sharded || c.path != WeightPath::ipc || c.version != serving || c.tensors.empty()) return false;
   for (const TensorMeta& m : c.tensors) {
     auto it = served.find(m.name);
     if (it == served.end() || it->second.dtype != m.dtype || it->second.nbytes != m.nbytes ||
@@ -100,7 +100,7 @@ void RolloutActor::register_weight_handlers() {
 
 std::vector<std::string> RolloutActor::segments_in_use() const {
   std::vector<std::string> in_use = shm_.in_use(engine_->weights());
-  if (weight_job_ && weight_job_->call.path == "ipc" &&
+  if (weight_job_ && weight_job_->call.path == WeightPath::ipc &&
       std::find(in_use.begin(), in_use.end(), weight_job_->call.shm_name) == in_use.end())
     in_use.push_back(weight_job_->call.shm_name);
   return in_use;
@@ -166,7 +166,7 @@ void RolloutActor::poll_weight_job() {
   job.zero_copy = staged->zero_copy;
   job.received = staged->received;
   job.handed_to_engine = true;
-  Engine::UpdateOptions uo{*wire::in_flight_from_name(job.call.in_flight), job.call.flush_cache};
+  Engine::UpdateOptions uo{job.call.in_flight, job.call.flush_cache};
   StepOutputs out;
   st = engine_->request_update(std::move(staged).value(), uo, out);
   if (!st.ok()) {
@@ -183,7 +183,7 @@ void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
   if (!c.second.ok()) {
     reply_error(job.to, job.call.req_id, on_rank(c.second, opt_.weight_rank));
   } else {
-    if (job.call.path == "disk") served_metas_.clear();
+    if (job.call.path == WeightPath::disk) served_metas_.clear();
     for (const TensorMeta& m : job.received) served_metas_[m.name] = m;
     UpdateWeightsReply r{job.call.req_id, c.first, job.bytes,
                          std::chrono::duration<double>(job.staged_at - job.start).count(),
@@ -193,7 +193,7 @@ void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
                          shm_.in_use(engine_->weights())};
     actor_.send(job.to, "update_weights.reply", wire::encode(r));
     actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", c.first,
-                      job.bytes / 1048576.0, job.call.path, r.stage_seconds * 1e3, r.commit_seconds * 1e3);
+                      job.bytes / 1048576.0, wire::weight_path_name(job.call.path), r.stage_seconds * 1e3, r.commit_seconds * 1e3);
   }
   weight_job_.reset();
 }

@@ -2,7 +2,7 @@
 // engine is a DEALER peer. Every handler feeds the core and then sends what it queued.
 #include <algorithm>
 
-#include "actors/router.h"
+#include "actors/router_actor.h"
 #include "comm/wire_codec.h"
 
 namespace zr {

@@ -7,7 +7,7 @@
 #include <future>
 #include <optional>
 
-#include "actors/weight_staging.h"
+#include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/frame.h"
 #include "comm/shm_segment.h"
@@ -216,20 +216,21 @@ Result<PublishResult> Trainer::send_update(UpdateWeightsCall call, std::chrono::
 }
 
 Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, const PublishOptions& opt) {
-  if (opt.path == "ipc") return publish_ipc(dir, version, opt);
-  if (opt.path != "disk") return make_error(ErrorCode::invalid_argument, "path: '" + opt.path + "' (ipc or disk here)");
+  if (opt.path == WeightPath::ipc) return publish_ipc(dir, version, opt);
+  if (opt.path != WeightPath::disk)
+    return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
   if (!opt.only.empty()) return make_error(ErrorCode::invalid_argument, "only: a disk update loads the whole folder");
-  UpdateWeightsCall call = base_call("disk", version, opt);
+  UpdateWeightsCall call = base_call(WeightPath::disk, version, opt);
   call.disk_path = dir;
   return send_update(std::move(call), opt.timeout);
 }
 
 // The fields every update of a publish carries.
-UpdateWeightsCall Trainer::base_call(const char* path, int64_t version, const PublishOptions& opt) {
+UpdateWeightsCall Trainer::base_call(WeightPath path, int64_t version, const PublishOptions& opt) {
   UpdateWeightsCall call;
   call.version = version;
   call.path = path;
-  call.in_flight = wire::in_flight_name(opt.in_flight);
+  call.in_flight = opt.in_flight;
   call.flush_cache = opt.flush_cache;
   call.bucket_bytes = opt.bucket_bytes;
   return call;
@@ -275,7 +276,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   res.version = version;
   res.shm_segment = shm_pool_[*idx].seg.name();
   res.shm_reused = reused;
-  UpdateWeightsCall base = base_call("ipc", version, opt);
+  UpdateWeightsCall base = base_call(WeightPath::ipc, version, opt);
   std::vector<std::pair<int, Status>> refused;
   Status st = push_segment(*idx, *l, base, nullptr, deadline, res, refused);  // dead engines go to res.dead
   // An engine without the kept mapping (it restarted) cannot reach a reused segment by its name:
@@ -406,7 +407,7 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
   uint8_t* buf = bcast_buf_.data();
   const uint64_t bytes = l->bytes;
   l->fill(buf);
-  UpdateWeightsCall call = base_call("broadcast", version, opt);
+  UpdateWeightsCall call = base_call(WeightPath::broadcast, version, opt);
   call.tensors = l->metas;
   call.root = group.rank();
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/router.h"
+#include "actors/router/router.h"
 #include "comm/client.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
@@ -31,7 +31,7 @@
 namespace zr {
 
 struct PublishOptions {
-  std::string path = "ipc";        // ipc | disk (broadcast: under mpirun, see launch/)
+  WeightPath path = WeightPath::ipc;  // ipc | disk (broadcast: publish_broadcast, under mpirun)
   InFlightPolicy in_flight = InFlightPolicy::drain;
   bool flush_cache = false;
   std::vector<std::string> only;   // publish only these tensors (empty: all)
@@ -135,7 +135,7 @@ class Trainer {
   // their answers.
   Status push_segment(size_t idx, Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
                       SteadyClock::time_point deadline, PublishResult& res, std::vector<std::pair<int, Status>>& refused);
-  static UpdateWeightsCall base_call(const char* path, int64_t version, const PublishOptions& opt);
+  static UpdateWeightsCall base_call(WeightPath path, int64_t version, const PublishOptions& opt);
 
   // ---- the embedded router, run on the caller's thread
   Trainer(zmq::context_t* context, const std::vector<std::string>& endpoints, TrainerOptions opt);

@@ -24,7 +24,7 @@
 #include <random>
 #include <sstream>
 
-#include "actors/engine.h"
+#include "actors/engine/engine.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
 #include "bench/bench_models.h"

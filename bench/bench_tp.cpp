@@ -38,9 +38,9 @@
 #include <thread>
 #include <vector>
 
-#include "actors/engine.h"
-#include "actors/tp_follower.h"
-#include "actors/tp_group.h"
+#include "actors/engine/engine.h"
+#include "actors/engine/tp_follower.h"
+#include "actors/engine/tp_group.h"
 #include "bench/bench_models.h"
 #include "comm/mpi_group.h"
 #include "model/config.h"

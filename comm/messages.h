@@ -236,9 +236,9 @@ struct SimpleReply {  // replies that carry only an acknowledgement and one opti
 struct UpdateWeightsCall {
   uint64_t req_id = 0;
   int64_t version = 0;          // must be greater than the serving version
-  std::string path;             // "broadcast" | "ipc" | "disk"
+  WeightPath path = WeightPath::ipc;  // on the wire: "broadcast" | "ipc" | "disk"
   std::vector<TensorMeta> tensors;  // broadcast / ipc: what arrives, in transfer order
-  std::string in_flight = "drain";  // "drain" | "abort" | "continue" | "recompute"
+  InFlightPolicy in_flight = InFlightPolicy::drain;  // on the wire: "drain" | "abort" | "continue" | "recompute"
   bool flush_cache = false;
   std::string shm_name;         // ipc
   uint64_t shm_bytes = 0;       // ipc: bytes of the transfer (the segment may be larger)

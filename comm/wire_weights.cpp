@@ -39,6 +39,22 @@ std::optional<InFlightPolicy> in_flight_from_name(std::string_view s) {
   return std::nullopt;
 }
 
+std::optional<WeightPath> weight_path_from_name(std::string_view s) {
+  if (s == "broadcast") return WeightPath::broadcast;
+  if (s == "ipc") return WeightPath::ipc;
+  if (s == "disk") return WeightPath::disk;
+  return std::nullopt;
+}
+
+const char* weight_path_name(WeightPath p) {
+  switch (p) {
+    case WeightPath::broadcast: return "broadcast";
+    case WeightPath::ipc: return "ipc";
+    case WeightPath::disk: return "disk";
+  }
+  return "ipc";
+}
+
 const char* in_flight_name(InFlightPolicy p) {
   switch (p) {
     case InFlightPolicy::drain: return "drain";
@@ -56,8 +72,9 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   FieldReader f(*j, "", true);
   f.get("req_id", c.req_id);
   f.get("version", c.version);
-  f.get("path", c.path);
-  f.get("in_flight", c.in_flight);
+  std::string path, in_flight = "drain";
+  f.get("path", path);
+  f.get("in_flight", in_flight);
   f.get("flush_cache", c.flush_cache);
   f.get("shm_name", c.shm_name);
   f.get("shm_bytes", c.shm_bytes);
@@ -77,17 +94,20 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
     }
   }
   ZR_RETURN_IF_ERROR(f.finish());
-  if (c.path != "broadcast" && c.path != "ipc" && c.path != "disk")
-    return field_error("path", "expected 'broadcast', 'ipc' or 'disk'");
-  if (!in_flight_from_name(c.in_flight)) return field_error("in_flight", "expected drain, abort, continue or recompute");
-  if (c.path == "disk" && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
-  if (c.path == "ipc" && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
+  auto p = weight_path_from_name(path);
+  if (!p) return field_error("path", "expected 'broadcast', 'ipc' or 'disk'");
+  c.path = *p;
+  auto policy = in_flight_from_name(in_flight);
+  if (!policy) return field_error("in_flight", "expected drain, abort, continue or recompute");
+  c.in_flight = *policy;
+  if (c.path == WeightPath::disk && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
+  if (c.path == WeightPath::ipc && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
   if (c.shm_offset % 64 != 0) return field_error("shm_offset", "must be a multiple of 64");
   if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
     return field_error("shm_offset", "shm_offset + shm_bytes overflows");
   if (c.shm_stream && c.shm_offset < 64 + 8 * c.tensors.size())
     return field_error("shm_offset", "a streamed segment's header (64 + 8 bytes per tensor) comes first");
-  if (c.path != "disk" && c.tensors.empty()) return field_error("tensors", "required for path " + c.path);
+  if (c.path != WeightPath::disk && c.tensors.empty()) return field_error("tensors", std::string("required for path ") + path);
   if (c.bucket_bytes == 0) return field_error("bucket_bytes", "must be > 0");
   return c;
 }
@@ -121,8 +141,8 @@ Result<MemoryCall> decode_memory(std::string_view body) {
 std::string encode(const UpdateWeightsCall& c) {
   json tensors = json::array();
   for (const auto& m : c.tensors) tensors.push_back(tensor_json(m));
-  return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", c.path}, {"tensors", tensors},
-                    {"in_flight", c.in_flight}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
+  return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", weight_path_name(c.path)}, {"tensors", tensors},
+                    {"in_flight", in_flight_name(c.in_flight)}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
                     {"shm_bytes", c.shm_bytes}, {"shm_offset", c.shm_offset}, {"shm_stream", c.shm_stream},
                     {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool},
                     {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes}, {"root", c.root}});

@@ -12,6 +12,8 @@ namespace zr::wire {
 
 std::optional<InFlightPolicy> in_flight_from_name(std::string_view s);
 const char* in_flight_name(InFlightPolicy p);
+std::optional<WeightPath> weight_path_from_name(std::string_view s);
+const char* weight_path_name(WeightPath p);
 
 Result<UpdateWeightsCall> decode_update_weights(std::string_view body);
 Result<WeightsChecksumCall> decode_weights_checksum(std::string_view body);

@@ -8,7 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include "actors/router.h"
+#include "actors/router_actor.h"
 #include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"

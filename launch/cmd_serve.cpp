@@ -8,8 +8,8 @@
 #include <future>
 
 #include "actors/rollout_actor.h"
-#include "actors/tp_follower.h"
-#include "actors/tp_group.h"
+#include "actors/engine/tp_follower.h"
+#include "actors/engine/tp_group.h"
 #include "comm/wire_codec.h"
 #include "runtime/actor.h"
 #include "comm/client.h"

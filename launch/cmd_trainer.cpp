@@ -30,7 +30,7 @@ struct TrainerJob {
 
 int run_push(Trainer& t, const TrainerJob& job, MpiGroup* world) {
   PublishOptions opt;
-  opt.path = job.path;
+  opt.path = *wire::weight_path_from_name(job.path);  // --path is checked by CLI11
   opt.in_flight = *wire::in_flight_from_name(job.in_flight);
   opt.only = job.only;
   opt.flush_cache = job.flush_cache;

@@ -5,7 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
-#include "actors/engine.h"
+#include "actors/engine/engine.h"
 
 namespace zr::cli {
 

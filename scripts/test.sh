@@ -8,6 +8,26 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${ZR_BUILD_DIR:-$ROOT/build}"
 
+# --sanitize: build the unit and actor tests with ASan+UBSan (build-asan/) and with TSan
+# (build-tsan/), and run every test but the mpi, python and slow labels there (MPI is not
+# instrumented). Any other arguments go to ctest as usual.
+if [[ "${1:-}" == "--sanitize" ]]; then
+  shift
+  rc=0
+  for kind in address thread; do
+    dir="$ROOT/build-${kind/address/asan}"
+    dir="${dir/thread/tsan}"
+    echo "== sanitizer build: $kind in $dir" >&2
+    ZR_BUILD_DIR="$dir" ZR_CMAKE_ARGS="-DZR_SANITIZE=$kind -DZR_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo" \
+      "$ROOT/scripts/build.sh"
+    # TSan: OpenBLAS and OpenMPI are not instrumented; suppressions keep their internals out.
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/scripts/tsan.supp" \
+      ctest --test-dir "$dir" --output-on-failure --timeout "${ZR_TEST_TIMEOUT:-600}" -LE "mpi|python|slow" "$@" || rc=1
+  done
+  exit "$rc"
+fi
+
 "$ROOT/scripts/build.sh"
 
 # mpirun refuses to start as root unless told it may (CI containers run as root).

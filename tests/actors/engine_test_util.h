@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "actors/engine.h"
+#include "actors/engine/engine.h"
 
 namespace zr::testing {
 

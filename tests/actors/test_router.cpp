@@ -14,7 +14,8 @@
 #include <thread>
 
 #include "actors/rollout_actor.h"
-#include "actors/router.h"
+#include "actors/router/router.h"
+#include "actors/router_actor.h"
 #include "actors/trainer.h"
 #include "comm/client.h"
 #include "comm/wire_codec.h"
@@ -159,7 +160,7 @@ TEST_F(RouterCore, PicksTheLeastLoadedEngineAndAvoidsUpdatingOnes) {
   UpdateWeightsCall u;
   u.req_id = 77;
   u.version = 4;
-  u.path = "disk";
+  u.path = WeightPath::disk;
   u.disk_path = "/nowhere";
   router_->call_engine(1, "caller", "update_weights", wire::encode(u), now_);
   auto sent = take(1, "update_weights");

@@ -7,7 +7,8 @@
 #include <fstream>
 
 #include "actors/rollout_actor.h"
-#include "actors/router.h"
+#include "actors/router/router.h"
+#include "actors/router_actor.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
@@ -75,7 +76,7 @@ class WeightSync : public ::testing::Test {
     std::memcpy(seg.data(), bytes.data(), 256);
     UpdateWeightsCall call;
     call.version = version;
-    call.path = "ipc";
+    call.path = WeightPath::ipc;
     call.tensors = {{"model.norm.weight", "F32", {64}, 256, checksum64(seg.data(), 256), 0}};
     call.shm_name = seg.name();
     call.shm_bytes = 256;
@@ -105,7 +106,7 @@ TEST_F(WeightSync, IpcPushMakesTheEngineMatchTheReference) {
 TEST_F(WeightSync, DiskPushAndBf16IntoF32Engine) {
   serve();
   PublishOptions disk;
-  disk.path = "disk";
+  disk.path = WeightPath::disk;
   ASSERT_TRUE(trainer_->publish(real_, 5, disk).ok());
   EXPECT_EQ(served_greedy("disk"), expected());
   auto bf = zr::testing::shared_model_dir("stories260K-bf16");
@@ -131,7 +132,7 @@ TEST_F(WeightSync, RefusedPushesLeaveTheOldVersionServing) {
   std::memcpy(seg.data(), bytes.data(), 256);
   UpdateWeightsCall bad;
   bad.version = 2;
-  bad.path = "ipc";
+  bad.path = WeightPath::ipc;
   bad.tensors = {{"model.norm.weight", "F32", {32}, 128, checksum64(seg.data(), 128), 0}};
   bad.shm_name = seg.name();
   bad.shm_bytes = 4096;
@@ -217,7 +218,7 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   EXPECT_EQ(served_greedy("v4"), expected());
   // A disk update makes the engine forget every kept mapping: the next ipc publish is resent fresh.
   PublishOptions disk;
-  disk.path = "disk";
+  disk.path = WeightPath::disk;
   ASSERT_TRUE(trainer_->publish(mo_dir(), 5, disk).ok());
   auto v6 = trainer_->publish(real_, 6, PublishOptions{});
   ASSERT_TRUE(v6.ok()) << v6.status().to_string();
@@ -316,7 +317,7 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
   std::vector<float> norm(64, 1.0f);
   UpdateWeightsCall call;
   call.version = 2;
-  call.path = "ipc";
+  call.path = WeightPath::ipc;
   call.tensors = {{"model.norm.weight", "F32", {64}, 256, 0, 0}};
   call.shm_name = seg.name();
   call.shm_bytes = 256;
@@ -481,10 +482,11 @@ TEST_F(WeightSync, ResumeAfterAPushServesNothingUntilTheNextUpdate) {
   struct Case {
     const char* what;
     std::string dir;
-    const char* path;
+    WeightPath path;
   };
-  std::vector<Case> cases = {{"ipc zero-copy", real_, "ipc"}, {"disk", real_, "disk"}};
-  if (auto bf = zr::testing::shared_model_dir("stories260K-bf16")) cases.push_back({"ipc copied (bf16)", *bf, "ipc"});
+  std::vector<Case> cases = {{"ipc zero-copy", real_, WeightPath::ipc}, {"disk", real_, WeightPath::disk}};
+  if (auto bf = zr::testing::shared_model_dir("stories260K-bf16"))
+    cases.push_back({"ipc copied (bf16)", *bf, WeightPath::ipc});
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     serve();
@@ -494,8 +496,12 @@ TEST_F(WeightSync, ResumeAfterAPushServesNothingUntilTheNextUpdate) {
     po.path = c.path;
     auto v1 = trainer_->publish(c.dir, 1, po);
     ASSERT_TRUE(v1.ok()) << v1.status().to_string();
-    if (std::string(c.what) == "ipc zero-copy") EXPECT_GT(v1->acks.at(0).zero_copy_tensors, 0);
-    if (std::string(c.what) == "ipc copied (bf16)") EXPECT_EQ(v1->acks.at(0).zero_copy_tensors, 0);
+    const int zero_copy = v1->acks.at(0).zero_copy_tensors;
+    if (std::string(c.what) == "ipc zero-copy") {
+      EXPECT_GT(zero_copy, 0);
+    } else if (std::string(c.what) == "ipc copied (bf16)") {
+      EXPECT_EQ(zero_copy, 0);
+    }
     ASSERT_EQ(served_greedy("v1"), expected());
     Client& cl = trainer_->client(0);
     auto rel = memory_call(cl, "release_memory", {"weights", "kv_cache"});

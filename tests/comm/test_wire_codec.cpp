@@ -426,7 +426,7 @@ TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   UpdateWeightsCall c;
   c.req_id = 3;
   c.version = 2;
-  c.path = "ipc";
+  c.path = WeightPath::ipc;
   c.tensors = {{"model.norm.weight", "F32", {64}, 256, 7, 0}};
   c.shm_name = "/zr-x";
   c.shm_bytes = 8192;

@@ -13,8 +13,8 @@
 #include <random>
 
 #include "actors/rollout_actor.h"
-#include "actors/tp_follower.h"
-#include "actors/tp_group.h"
+#include "actors/engine/tp_follower.h"
+#include "actors/engine/tp_group.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
@@ -237,7 +237,7 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
   const char* paths[2] = {"ipc", "disk"};
   for (int k = 0; k < 2; ++k) {
     PublishOptions po;
-    po.path = paths[k];
+    po.path = *wire::weight_path_from_name(paths[k]);
     auto pub = trainer->publish(dirs[k], k + 1, po);
     ASSERT_TRUE(pub.ok()) << paths[k] << ": " << pub.status().to_string();
     // Per-shard checksums: rank r's bytes are its shard of the new tensor.
@@ -368,7 +368,7 @@ TEST_F(TpTest, IpcChecksumFailureInAFollowersShareRefusesTheUpdate) {
   UpdateWeightsCall call;
   call.req_id = client->next_req_id();
   call.version = 1;
-  call.path = "ipc";
+  call.path = WeightPath::ipc;
   call.tensors = metas;
   call.shm_name = seg.name();
   call.shm_bytes = bytes;

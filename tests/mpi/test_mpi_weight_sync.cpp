@@ -73,7 +73,7 @@ class MpiWeightSync : public ::testing::Test {
     std::vector<uint8_t> buf = layout(dir_, metas);
     UpdateWeightsCall call;
     call.version = version;
-    call.path = "broadcast";
+    call.path = WeightPath::broadcast;
     call.tensors = metas;
     call.bucket_bytes = 256 << 10;  // several buckets for a 1 MiB model
     std::vector<std::unique_ptr<Client>> clients;

@@ -1,4 +1,4 @@
-#include "actors/tp_group.h"
+#include "actors/engine/tp_group.h"
 
 #include <spdlog/spdlog.h>
 

@@ -1,4 +1,4 @@
-#include "actors/scheduler.h"
+#include "actors/engine/scheduler.h"
 
 #include <algorithm>
 

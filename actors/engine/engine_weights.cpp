@@ -3,8 +3,8 @@
 // the moment of the swap, which is always between two steps.
 #include <spdlog/spdlog.h>
 
-#include "actors/engine_state.h"
-#include "actors/tp_group.h"
+#include "actors/engine/engine_state.h"
+#include "actors/engine/tp_group.h"
 
 namespace zr {
 

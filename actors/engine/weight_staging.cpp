@@ -1,4 +1,4 @@
-#include "actors/weight_staging.h"
+#include "actors/engine/weight_staging.h"
 
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -301,8 +301,8 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     return make_error(ErrorCode::invalid_argument, "version: " + std::to_string(c.version) + " must be greater than " +
                                                        std::to_string(serving_version));
   };
-  if (c.path != "ipc" && src.shm) src.shm->retain({});  // no writer is going to reuse a segment
-  if (c.path == "broadcast") {
+  if (c.path != WeightPath::ipc && src.shm) src.shm->retain({});  // no writer is going to reuse a segment
+  if (c.path == WeightPath::broadcast) {
     if (!src.weight_group || !src.pool)
       return make_error(ErrorCode::unsupported, "path: broadcast needs the MPI weight group (cluster launch)");
     const uint64_t n = transfer_bytes(c.tensors);
@@ -324,7 +324,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     });
   }
   if (c.version <= serving_version) return stale();
-  if (c.path == "disk") {
+  if (c.path == WeightPath::disk) {
     return run_staging(src, [cur, dir = c.disk_path, v = c.version] {
       return stage_from_disk(*cur, dir, v);
     });

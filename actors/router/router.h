@@ -20,7 +20,7 @@
 //
 // Router is the pure core: no sockets, no threads, no clock. Messages come in through on_call
 // (from callers) and on_engine_message (from engine k); what it wants sent accumulates in an outbox
-// that the driver drains with take_outbox(). Two drivers: RouterActor below (a runtime Actor with
+// that the driver drains with take_outbox(). Two drivers: RouterActor (actors/router_actor.h: a runtime Actor with
 // one DEALER per engine: `zrollout router`) and Trainer (pumps the core in its own thread while it
 // waits for results).
 //
@@ -43,9 +43,7 @@
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/tokenizer.h"
-#include "runtime/actor.h"
 #include "runtime/clock.h"
-#include "runtime/context.h"
 #include "runtime/liveness.h"
 
 namespace zr {
@@ -199,44 +197,6 @@ class Router {
   std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> score_rids_;
   std::map<std::string, Session> sessions_;                     // router session id -> its engine
   std::vector<RouterMessage> outbox_;
-};
-
-// `zrollout router`: a Router behind an Actor's ROUTER socket, one DEALER per engine.
-struct RouterActorOptions {
-  std::string name = "router";
-  std::optional<int> rank;
-  RouterOptions router;
-  // Op "shutdown": called after the reply is sent (the CLI raises SIGTERM). Unset: the op is
-  // answered `unsupported` (an in-process router is stopped by its owner).
-  std::function<void()> on_shutdown;
-};
-
-// Ownership: owns its Actor and Router. Thread-safety: as Actor (configure, then start() or
-// run_once() from the owner thread).
-class RouterActor {
- public:
-  // Connects a DEALER to every engine endpoint (the engines need not be up yet).
-  static Result<std::unique_ptr<RouterActor>> create(Context& ctx, std::vector<std::string> engines,
-                                                     RouterActorOptions opt = {});
-  ~RouterActor();
-
-  Status bind(const std::string& endpoint) { return actor_.bind(endpoint); }
-  const std::string& endpoint() const { return actor_.endpoint(); }
-  void start() { actor_.start(); }
-  void stop() { actor_.stop(); }  // in-flight calls answer with partial outputs / unavailable
-  bool run_once(Millis max_wait = Millis{0}) { return actor_.run_once(max_wait); }
-
- private:
-  RouterActor(Context& ctx, std::vector<std::string> engines, RouterActorOptions opt);
-  void register_handlers();
-  void flush();
-  bool tick();
-
-  RouterActorOptions opt_;
-  Actor actor_;
-  Router router_;
-  std::vector<PeerId> peers_;
-  std::vector<std::vector<RouterMessage>> unsent_;  // per engine: its DEALER's queue was full
 };
 
 }  // namespace zr

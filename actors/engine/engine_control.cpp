@@ -2,7 +2,7 @@
 // cache flushing.
 #include <algorithm>
 
-#include "actors/engine_state.h"
+#include "actors/engine/engine_state.h"
 
 namespace zr {
 

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 
-#include "actors/router.h"
-#include "actors/router_state.h"
+#include "actors/router/router.h"
+#include "actors/router/router_state.h"
 #include "comm/wire_codec.h"
 
 namespace zr {

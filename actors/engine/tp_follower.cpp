@@ -1,4 +1,4 @@
-#include "actors/tp_follower.h"
+#include "actors/engine/tp_follower.h"
 
 #include <spdlog/spdlog.h>
 

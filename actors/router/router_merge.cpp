@@ -3,8 +3,8 @@
 // continuation's, with the text rebuilt across the seam when the router has the tokenizer.
 #include <algorithm>
 
-#include "actors/router.h"
-#include "actors/router_state.h"
+#include "actors/router/router.h"
+#include "actors/router/router_state.h"
 
 namespace zr {
 

@@ -1,4 +1,4 @@
-#include "actors/engine.h"
+#include "actors/engine/engine.h"
 
 #include <spdlog/spdlog.h>
 
@@ -6,9 +6,9 @@
 #include <random>
 #include <thread>
 
-#include "actors/engine_state.h"
-#include "actors/request_validation.h"
-#include "actors/tp_group.h"
+#include "actors/engine/engine_state.h"
+#include "actors/engine/request_validation.h"
+#include "actors/engine/tp_group.h"
 
 namespace zr {
 

@@ -6,8 +6,8 @@
 #include <set>
 #include <tuple>
 
-#include "actors/router.h"
-#include "actors/router_state.h"
+#include "actors/router/router.h"
+#include "actors/router/router_state.h"
 #include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
 

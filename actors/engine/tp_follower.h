@@ -11,9 +11,9 @@
 #include <optional>
 #include <string>
 
-#include "actors/engine.h"
-#include "actors/tp_group.h"
-#include "actors/weight_staging.h"
+#include "actors/engine/engine.h"
+#include "actors/engine/tp_group.h"
+#include "actors/engine/weight_staging.h"
 
 namespace zr {
 

@@ -12,7 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "actors/router.h"
+#include "actors/router/router.h"
 
 namespace zr {
 

@@ -1,4 +1,4 @@
-#include "actors/request_validation.h"
+#include "actors/engine/request_validation.h"
 
 #include <cmath>
 #include <string>

@@ -17,8 +17,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "actors/scheduler.h"
-#include "actors/weight_staging.h"
+#include "actors/engine/scheduler.h"
+#include "actors/engine/weight_staging.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/kv_cache.h"

@@ -1,7 +1,7 @@
 // The router's core: engines and their liveness, picking, dispatching what callers and engines
 // send, an engine's death, shutdown. Control ops are in router_control.cpp, generate and score in
 // router_generate.cpp.
-#include "actors/router.h"
+#include "actors/router/router.h"
 
 #include <spdlog/spdlog.h>
 
@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <tuple>
 
-#include "actors/router_state.h"
+#include "actors/router/router_state.h"
 #include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
 

@@ -1,0 +1,58 @@
+# The layer rule of docs/architecture.md, checked at every build (target check_layers, in ALL):
+# an #include across a layer boundary fails the build, naming the file, the line and the rule.
+# Run as: cmake -DROOT=<source dir> -DSTAMP=<file to touch> -P check_layers.cmake
+#
+# Each layer: a folder (files directly in it), the include prefixes it may use, and includes it may
+# not use even under an allowed prefix. Tests, benches, launch and examples may use everything.
+cmake_policy(SET CMP0057 NEW)
+set(layers comm runtime model actors/engine actors/router actors)
+set(allow_comm "comm/")
+set(allow_runtime "runtime/;comm/")
+set(allow_model "model/;comm/")
+set(allow_actors/engine "actors/engine/;model/;comm/;runtime/clock.h")
+set(allow_actors/router "actors/router/;model/;comm/;runtime/clock.h;runtime/liveness.h")
+set(allow_actors "actors/;model/;comm/;runtime/")
+# The ZeroMQ parts of comm are for the shells and the CLI only.
+set(deny_actors/engine "comm/client.h;comm/frame.h;<zmq.hpp>;<zmq_addon.hpp>;<zmq.h>")
+set(deny_actors/router "comm/client.h;comm/frame.h;<zmq.hpp>;<zmq_addon.hpp>;<zmq.h>")
+
+set(violations "")
+foreach(layer IN LISTS layers)
+  file(GLOB files "${ROOT}/${layer}/*.h" "${ROOT}/${layer}/*.cpp")
+  foreach(f IN LISTS files)
+    file(STRINGS "${f}" lines REGEX "^[ \t]*#[ \t]*include[ \t]*[\"<]")
+    file(RELATIVE_PATH rel "${ROOT}" "${f}")
+    foreach(line IN LISTS lines)
+      if(line MATCHES "#[ \t]*include[ \t]*\"([^\"]+)\"")
+        set(inc "${CMAKE_MATCH_1}")
+        set(ok FALSE)
+        foreach(prefix IN LISTS allow_${layer})
+          string(FIND "${inc}" "${prefix}" at)
+          if(at EQUAL 0)
+            set(ok TRUE)
+          endif()
+        endforeach()
+        # A project include that starts with no known folder is not ours (generated, third party).
+        if(NOT inc MATCHES "^(comm|runtime|model|actors|launch|tests|bench)/")
+          set(ok TRUE)
+        endif()
+        if(NOT ok)
+          string(APPEND violations "  ${rel}: #include \"${inc}\": ${layer}/ may include only ${allow_${layer}}\n")
+        endif()
+        set(shown "${inc}")
+      elseif(line MATCHES "#[ \t]*include[ \t]*(<[^>]+>)")
+        set(shown "${CMAKE_MATCH_1}")
+      endif()
+      if(DEFINED deny_${layer} AND "${shown}" IN_LIST deny_${layer})
+        string(APPEND violations "  ${rel}: #include ${shown}: not in ${layer}/ (no ZeroMQ below the shells)\n")
+      endif()
+    endforeach()
+  endforeach()
+endforeach()
+
+if(violations)
+  message(FATAL_ERROR "layer rule broken (docs/architecture.md):\n${violations}")
+endif()
+if(STAMP)
+  file(TOUCH "${STAMP}")
+endif()
