@@ -121,6 +121,14 @@ def calls_body(requests: dict | Iterable[dict]) -> dict:
     return {"batch": batch}
 
 
+def prepare_body(op: str, body: dict | None) -> dict:
+    """A body given whole (``call``, ``submit``): generate and score bodies get ``prepare_request``."""
+    body = dict(body or {})
+    if op in ("generate", "score"):
+        return calls_body(body["batch"]) if "batch" in body else calls_body(body)
+    return body
+
+
 def abort_body(rid: str | None, rid_prefix: str | None, all: bool) -> dict:
     chosen = [k for k, v in (("rid", rid), ("rid_prefix", rid_prefix), ("all", all)) if v]
     if len(chosen) != 1:
@@ -228,4 +236,4 @@ class Ops:
 
     def call(self, op: str, body: dict | None = None, *, timeout: float | None = None, stream: bool = False):
         """Any op with a body as given (``req_id`` is added); for ops this package does not know yet."""
-        return self._call(op, dict(body or {}), timeout, stream)
+        return self._call(op, prepare_body(op, body), timeout, stream)

@@ -152,7 +152,7 @@ class Client(wire.Ops):
     # -- calls --------------------------------------------------------------------------------
     def submit(self, op: str, body: dict, timeout: float | None = None) -> "Call":
         """Sends a call now and returns its handle (``.result()`` waits; ``.stream()`` iterates)."""
-        return Call(self, self._start(op, body, timeout))
+        return Call(self, self._start(op, wire.prepare_body(op, body), timeout))
 
     def _call(self, op: str, body: dict, timeout: float | None, stream: bool = False):
         pending = self._start(op, body, timeout)
@@ -403,7 +403,7 @@ class AsyncClient(wire.Ops):
 
     def submit(self, op: str, body: dict, timeout: float | None = None) -> asyncio.Task:
         """Starts a call as a task (the request is sent when the task first runs)."""
-        return asyncio.ensure_future(self._call(op, dict(body), timeout))
+        return asyncio.ensure_future(self._call(op, wire.prepare_body(op, body), timeout))
 
     def stats(self) -> dict:
         return {"dropped_replies": self._dropped, "in_flight": len(self._queues)}

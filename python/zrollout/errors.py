@@ -4,7 +4,7 @@ Every error a server sends (`error` op: ``{req_id, code, message}``) and every c
 (timeout, closed client) is raised as a subclass of :class:`ZrolloutError`. The message names the
 field (``"batch[2].sampling_params.top_k: expected an integer"``); :attr:`ZrolloutError.field`
 holds that prefix (``"batch[2].sampling_params.top_k"``), or ``""`` when the message does not
-start with one. Codes are stable names (comm/status.h); a code this package does not know is raised
+start with one (weight errors name the tensor: ``field`` is then the tensor's name). Codes are stable names (comm/status.h); a code this package does not know is raised
 as :class:`Internal` with :attr:`code` kept as sent, as the protocol asks.
 
 Each class also derives from the closest builtin (``InvalidArgument`` is a ``ValueError``,
@@ -20,9 +20,14 @@ import re
 _FIELD_RE = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): ")
 
 
+# Weight errors name the tensor instead: "tensor model.norm.weight: ...".
+_TENSOR_RE = re.compile(r"^tensor (\S+): ")
+
+
 def field_of(message: str) -> str:
-    """The field path a server message starts with (``"rid: must be ..."`` -> ``"rid"``), or ``""``."""
-    m = _FIELD_RE.match(message or "")
+    """The field a server message starts with (``"rid: must be ..."`` -> ``"rid"``; for weight
+    errors the tensor: ``"tensor model.norm.weight: ..."`` -> ``"model.norm.weight"``), or ``""``."""
+    m = _FIELD_RE.match(message or "") or _TENSOR_RE.match(message or "")
     return m.group(1) if m else ""
 
 
