@@ -248,22 +248,34 @@ class Engine:
             raise errors.Unsupported(f"endpoint: 'mpi' needs zrollout.weights ({e})", field="endpoint") from None
         return Publisher.from_mpi()
 
-    def update_weights_from_tensor(self, named_tensors, load_format: str | None = None, flush_cache: bool = True,
-                                   *, path: str = "ipc", in_flight: str = "drain") -> tuple[bool, str]:
-        """Publishes ``[(name, tensor), ...]`` (or a dict) as the next version; SGLang's
-        ``(success, message)``. Tensors: torch (f32/bf16/f16, CPU) or numpy, Hugging Face names."""
-        if load_format not in (None, "auto", "direct"):
-            raise errors.unsupported("load_format", f"{load_format!r}: zrollout takes plain named tensors")
+    def publish(self, named_tensors, *, path: str | None = None, in_flight: str = "drain", flush_cache: bool = False):
+        """Publishes ``[(name, tensor), ...]`` (or a dict) as the next version and returns the
+        publisher's result (``.version``, ``.bytes``, ``.seconds``, ``.checksums``); raises the
+        ``zrollout.errors`` class of a refusal (the served version is then unchanged). ``path``:
+        "ipc", "disk" or "broadcast" (default: broadcast under ``endpoint="mpi"``, else ipc)."""
         named = _named(named_tensors)
         version = self._next_version()
         try:
-            res = self._publisher_for().publish(named, version, path=path, in_flight=in_flight,
-                                                flush_cache=flush_cache)
+            return self._publisher_for().publish(named, version, path=path, in_flight=in_flight,
+                                                 flush_cache=flush_cache)
+        except errors.ZrolloutError:
+            raise
+        except RuntimeError as e:  # weights.PublishError (code, message) or _native.Error
+            raise errors.from_native(e) from None
+
+    def update_weights_from_tensor(self, named_tensors, load_format: str | None = None, flush_cache: bool = True,
+                                   *, path: str | None = None, in_flight: str = "drain") -> tuple[bool, str]:
+        """SGLang's call: publishes ``[(name, tensor), ...]`` (or a dict) as the next version and
+        answers ``(success, message)``. Tensors: torch (f32/bf16/f16, CPU) or numpy, HF names."""
+        if load_format not in (None, "auto", "direct"):
+            raise errors.unsupported("load_format", f"{load_format!r}: zrollout takes plain named tensors")
+        named = _named(named_tensors)
+        try:
+            res = self.publish(named, path=path, in_flight=in_flight, flush_cache=flush_cache)
         except errors.ZrolloutError as e:
+            log.warning("update_weights_from_tensor refused: %s", e)
             return False, str(e)
-        except RuntimeError as e:  # zrollout._native.Error, if weights.py let one through
-            return False, str(errors.from_native(e))
-        return True, (f"version {getattr(res, 'version', version)}: {len(named)} tensors, "
+        return True, (f"version {getattr(res, 'version', self._version)}: {len(named)} tensors, "
                       f"{getattr(res, 'bytes', 0)} bytes in {getattr(res, 'seconds', 0.0):.3f} s")
 
     def update_weights_from_disk(self, model_path: str, load_format: str | None = None, *,

@@ -122,7 +122,13 @@ def error_from(code: str, message: str, req_id: int = 0) -> ZrolloutError:
 
 
 def from_native(exc: BaseException) -> ZrolloutError:
-    """Converts ``zrollout._native.Error`` (args ``(code, message)``) into the matching class."""
+    """Converts ``zrollout._native.Error`` (args ``(code, message)``), or any error with ``code``
+    and ``message`` attributes (``zrollout.weights.PublishError``), into the matching class."""
+    if isinstance(exc, ZrolloutError):
+        return exc
+    code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+    if isinstance(code, str) and isinstance(message, str):
+        return error_from(code, message)
     args = getattr(exc, "args", ())
     if len(args) == 2 and all(isinstance(a, str) for a in args):
         return error_from(args[0], args[1])
