@@ -220,10 +220,10 @@ def test_weights_from_tensor(llm, stories):
         llm.update_weights_from_tensor(bad, load_format="flattened_bucket")
 
 
-def test_distributed_updates_need_mpirun(llm):
+def test_distributed_updates_need_an_mpi_job(llm):
     with pytest.raises(errors.Unsupported) as e:
         llm.init_weights_update_group("127.0.0.1", 29500, 1, 2, "g")
-    assert e.value.field == "init_weights_update_group" and "mpirun" in e.value.message
+    assert e.value.field == "init_weights_update_group" and "-np K zrollout serve" in e.value.message
     with pytest.raises(errors.Unsupported):
         llm.update_weights_from_distributed(["model.norm.weight"], ["float32"], [[64]], "g")
 
