@@ -425,6 +425,12 @@ class AsyncClient(wire.Ops):
         if self._sock is not None:
             self._sock.close(linger=0)
 
+    def _close_now(self) -> None:
+        """Closes the socket without the loop (its loop may be closed already)."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close(linger=0)
+
     async def __aenter__(self):
         return self
 

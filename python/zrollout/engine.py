@@ -105,7 +105,7 @@ class Engine:
         self._publisher = None
         self._closed = False
         self._lock = threading.Lock()
-        self._async_clients: dict[int, AsyncClient] = {}
+        self._async_clients: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
         self.ignored_server_args = _check_server_args(server_args)
         self.server_args = {"model_path": model_path, "tp_size": tp_size, "max_running_requests": max_running_requests,
                             "mem_fraction_static": mem_fraction_static, "random_seed": random_seed,
@@ -176,11 +176,15 @@ class Engine:
         yield from asm.final(chunks.reply)
 
     def _aclient(self) -> AsyncClient:
+        """The AsyncClient of the running loop (one per loop: a zmq.asyncio socket serves one loop);
+        clients of loops that have closed since are closed here."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            c = self._async_clients.get(id(loop))
+            for old in [l for l in self._async_clients if l.is_closed()]:
+                self._async_clients.pop(old)._close_now()
+            c = self._async_clients.get(loop)
             if c is None:
-                c = self._async_clients[id(loop)] = AsyncClient(self.endpoint, timeout=self.request_timeout)
+                c = self._async_clients[loop] = AsyncClient(self.endpoint, timeout=self.request_timeout)
             return c
 
     async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, return_logprob=False,
@@ -375,8 +379,8 @@ class Engine:
         self._closed = True
         atexit.unregister(self.shutdown)
         for c in self._async_clients.values():
-            if c._sock is not None:
-                c._sock.close(linger=0)
+            c._close_now()
+        self._async_clients.clear()
         self._client.close()
         if self._publisher is not None and hasattr(self._publisher, "close"):
             try:

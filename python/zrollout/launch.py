@@ -82,13 +82,19 @@ def serve_args(flags: dict) -> list[str]:
     return out
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the launching thread's process dies."""
+def _pdeathsig_setter():
+    """A function for the child (between fork and exec) asking the kernel to SIGTERM it when the
+    launching thread exits: resolved here, in the parent, so the child runs no import or lookup."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    term = int(signal.SIGTERM)
+    return lambda: prctl(1, term)  # PR_SET_PDEATHSIG
+
+
+_SET_PDEATHSIG = _pdeathsig_setter()
 
 
 class Server:
@@ -233,7 +239,7 @@ def _start(binary: str, model: str, endpoint: str, tp: int, flags: dict, env: di
     main_thread = threading.current_thread() is threading.main_thread()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=proc_env,
-                                preexec_fn=_die_with_parent if die_with_parent and main_thread else None)
+                                preexec_fn=_SET_PDEATHSIG if die_with_parent and main_thread else None)
     return Server(proc, endpoint, workdir, log_path, str(model), cmd)
 
 
