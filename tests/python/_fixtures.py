@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "python") not in sys.path:  # pytest run by hand, without PYTHONPATH
+try:
+    import zrollout  # PYTHONPATH (ctest sets it), an install, or a .pth
+except ImportError:  # pytest run by hand from a checkout
     sys.path.insert(0, str(REPO / "python"))
-
-import zrollout  # noqa: E402
+    import zrollout
 
 # Engine flags for tests: one compute thread (the machine is shared), a small lazily-faulted KV pool.
 SERVE_FLAGS = {"threads": 1, "kv_cache_mb": 32, "kv_lazy_pages": True, "log_level": "warn"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import types
@@ -217,7 +218,7 @@ def test_verl_main_generation(tmp_path, stories, server):
            "rollout.top_k=-1", "rollout.top_p=1.0", "rollout.prompt_length=64", "rollout.response_length=7",
            "rollout.tensor_model_parallel_size=1", "rollout.kv_cache_mb=16", "rollout.threads=1",
            "trainer.n_gpus_per_node=8", "rollout.enforce_eager=True"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "python")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "python")]))}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]

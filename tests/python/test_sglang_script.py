@@ -26,7 +26,7 @@ def test_only_the_import_differs():
 @needs_weights
 def test_sglang_rl_script_runs(stories):
     pytest.importorskip("torch")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO / "python")]))}
     r = subprocess.run([sys.executable, str(SCRIPT), stories], capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("ok "), r.stdout
