@@ -279,8 +279,9 @@ class Engine:
         except errors.ZrolloutError as e:
             log.warning("update_weights_from_tensor refused: %s", e)
             return False, str(e)
-        return True, (f"version {getattr(res, 'version', self._version)}: {len(named)} tensors, "
-                      f"{getattr(res, 'bytes', 0)} bytes in {getattr(res, 'seconds', 0.0):.3f} s")
+        return True, (f"version {getattr(res, 'version', self._version)}: {len(named)} tensors by "
+                      f"{getattr(res, 'path', path or 'ipc')}, {getattr(res, 'bytes', 0)} bytes in "
+                      f"{getattr(res, 'seconds', 0.0):.3f} s")
 
     def update_weights_from_disk(self, model_path: str, load_format: str | None = None, *,
                                  in_flight: str = "drain", flush_cache: bool = True) -> tuple[bool, str, int]:

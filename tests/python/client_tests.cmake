@@ -10,7 +10,7 @@ if(TARGET zr_python_native AND EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/python/CMakeLi
 endif()
 set(ZR_PYTEST_PYTHON "/usr/bin/python3" CACHE FILEPATH "Python that runs the pytest suites")
 set(zr_client_suites test_client test_client_errors test_client_stream test_client_async test_engine
-    test_integrations test_sglang_script)
+    test_integrations test_sglang_script test_engine_mpi)
 foreach(suite IN LISTS zr_client_suites)
   add_test(NAME python_${suite}
            COMMAND ${ZR_PYTEST_PYTHON} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/python/${suite}.py
@@ -20,3 +20,5 @@ foreach(suite IN LISTS zr_client_suites)
     TIMEOUT 600
     ENVIRONMENT "PYTHONPATH=${CMAKE_SOURCE_DIR}/python;ZROLLOUT_BIN=$<TARGET_FILE:zrollout>;PYTHONDONTWRITEBYTECODE=1")
 endforeach()
+# The suite that starts mpirun: label mpi too, one mpirun job at a time (as tests/launch's).
+set_tests_properties(python_test_engine_mpi PROPERTIES LABELS "python;mpi" RESOURCE_LOCK mpirun_cluster)
