@@ -302,3 +302,9 @@ def test_rlinf_sync_and_validate_weight(engine, stories, state):
     with pytest.raises(errors.ChecksumMismatch) as e:
         worker.validate_weights([("model.norm.weight", state["model.norm.weight"])], {"model.norm.weight": 12345})
     assert e.value.field == "model.norm.weight"
+    torch = pytest.importorskip("torch")
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}
+    worker.sync_model_from_actor(bf16)  # served as f32: nothing to compare bit for bit, nothing refused
+    assert worker.last_validation["matched"] == 0 and len(worker.last_validation["other_dtype"]) == len(state)
+    worker.sync_model_from_actor(state)
+    assert worker.last_validation["matched"] == len(state)
