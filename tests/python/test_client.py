@@ -144,12 +144,27 @@ def test_weight_ops(client, server, stories):
         [t for t in sums["tensors"] if t["name"] == "model.norm.weight"][0]["checksum"]
 
 
-def test_release_and_resume(client):
-    freed = client.release_memory(["kv_cache"])["bytes"]
-    assert freed > 0
+def test_release_and_resume(client, stories):
+    r = client.release_memory(["kv_cache"])
+    assert r["bytes"] > 0 and r["released"] == ["kv_cache"]
+    assert client.health()["status"] == "released"
     with pytest.raises(errors.Unavailable):
         client.generate(input_ids=[1, 403], sampling_params={"max_new_tokens": 1})
-    assert client.resume_memory(["kv_cache"])["bytes"] == 0
+    r = client.resume_memory(["kv_cache"])
+    assert r["released"] == [] and client.health()["status"] == "serving"
+    out = client.generate(input_ids=greedy_cases()[0]["prompt_ids"], sampling_params={**GREEDY, "max_new_tokens": 3})
+    assert out["outputs"][0]["output_ids"] == greedy_cases()[0]["greedy_ids"][:3]
+    # Weights of a pushed version are not reloaded from the folder: released until the next push.
+    v = client.get_weight_version()["version"]
+    client.update_weights(version=v + 1, path="disk", disk_path=stories, tensors=[])
+    assert client.release_memory(["weights"])["version"] is None
+    r = client.resume_memory(["weights"])
+    assert r["version"] is None and r["released"] == ["weights"]
+    with pytest.raises(errors.Unavailable):
+        client.generate(input_ids=[1, 403], sampling_params={"max_new_tokens": 1})
+    client.update_weights(version=v + 2, path="disk", disk_path=stories, tensors=[])
+    h = client.health()
+    assert h["status"] == "serving" and h["weight_version"] == v + 2
     out = client.generate(input_ids=greedy_cases()[0]["prompt_ids"], sampling_params={**GREEDY, "max_new_tokens": 3})
     assert out["outputs"][0]["output_ids"] == greedy_cases()[0]["greedy_ids"][:3]
 
