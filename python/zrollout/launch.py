@@ -101,8 +101,9 @@ class Server:
     """A running ``zrollout serve`` process. ``endpoint``, ``process``, ``log_path``, ``client``."""
 
     def __init__(self, process: subprocess.Popen, endpoint: str, workdir: str, log_path: str, model: str,
-                 args: list[str]):
+                 args: list[str], tp: int = 1):
         self.process = process
+        self.tp = tp
         self.endpoint = endpoint
         self.model = model
         self.args = args
@@ -147,11 +148,20 @@ class Server:
                 time.sleep(0.02)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the server drains and exits 0), then SIGKILL after ``timeout`` s. Idempotent."""
+        """Stops the server: SIGTERM (it drains and exits 0), SIGKILL after ``timeout`` s. A
+        tensor-parallel server (under mpirun) is asked with the ``shutdown`` op first, since mpirun
+        reports a forwarded signal as a failure. Idempotent; returns the exit code."""
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            client, self._client = self._client, None
+        if self.process.poll() is None and self.tp > 1:
+            try:
+                with Client(self.endpoint, timeout=5) as c:
+                    c.shutdown()
+                self.process.wait(timeout)
+            except (errors.ZrolloutError, subprocess.TimeoutExpired):
+                pass
+        if client is not None:
+            client.close()
         if self.process.poll() is None:
             try:
                 self.process.send_signal(signal.SIGTERM)
@@ -240,7 +250,7 @@ def _start(binary: str, model: str, endpoint: str, tp: int, flags: dict, env: di
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=proc_env,
                                 preexec_fn=_SET_PDEATHSIG if die_with_parent and main_thread else None)
-    return Server(proc, endpoint, workdir, log_path, str(model), cmd)
+    return Server(proc, endpoint, workdir, log_path, str(model), cmd, tp)
 
 
 def _tiny_model() -> str:

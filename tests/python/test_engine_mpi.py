@@ -43,3 +43,18 @@ def test_update_weights_from_distributed_under_mpirun(stories, tmp_path):
     assert report["ok"], json.dumps(report, indent=1) + "\n" + p.stderr[-4000:]
     assert " by broadcast," in report["message"] and report["version_after"] > report["version_before"]
     assert p.returncode == 0, p.stderr[-4000:]
+
+
+def test_engine_tp2_under_mpirun(stories):
+    """Engine(tp_size=2) starts `mpirun -np 2 zrollout serve --tp 2`: greedy outputs equal the
+    reference, and leaving the engine stops the job cleanly (exit 0)."""
+    if not shutil.which("mpirun"):
+        pytest.skip("mpirun not found")
+    with zrollout.Engine(model_path=stories, tp_size=2, kv_cache_mb=16, threads=1) as llm:
+        server = llm._server
+        assert server.args[0].endswith("mpirun") and "--tp" in server.args
+        cases = greedy_cases()
+        outs = llm.generate(input_ids=[c["prompt_ids"] for c in cases], sampling_params={"temperature": 0, "max_new_tokens": 24})
+        assert [o["output_ids"] for o in outs] == [c["greedy_ids"][:24] for c in cases]
+        assert llm.client.get_weights_checksum(["model.norm.weight"])["tp_size"] == 2
+    assert server.process.returncode == 0, server.log()
