@@ -120,6 +120,14 @@ def test_accepted_defaults_and_bad_combinations(llm):
     out = llm.generate("Once upon a time", {**GREEDY, "max_new_tokens": 2, "spaces_between_special_tokens": True,
                                             "json_schema": None}, return_text_in_logprobs=False, lora_path=None)
     assert len(out["output_ids"]) == 2
+    # Every field of SGLang's SamplingParams at its default value (top_k: SGLang's "whole vocabulary").
+    sglang_defaults = {"max_new_tokens": 5, "stop": None, "stop_token_ids": None, "stop_regex": None,
+                       "temperature": 0.0, "top_p": 1.0, "top_k": 1 << 30, "min_p": 0.0, "frequency_penalty": 0.0,
+                       "presence_penalty": 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0, "n": 1,
+                       "json_schema": None, "regex": None, "ebnf": None, "structural_tag": None, "ignore_eos": False,
+                       "skip_special_tokens": True, "spaces_between_special_tokens": True, "no_stop_trim": False,
+                       "custom_params": None, "stream_interval": None, "logit_bias": None, "sampling_seed": None}
+    assert llm.generate("Once upon a time", sglang_defaults)["output_ids"] == greedy_cases()[0]["greedy_ids"][:5]
     with pytest.raises(errors.InvalidArgument) as e:
         llm.generate("Once", input_ids=[1, 2])
     assert e.value.field == "input_ids"
