@@ -14,16 +14,16 @@ from .engine import Engine
 from .errors import ZrolloutError
 from .launch import Server, find_binary, launch, launch_local
 
-try:  # the native half (pybind11) may be absent: a build without it, or before its first build
-    from .weights import Publisher, publish
-except ImportError as _e:  # pragma: no cover - depends on the build
-    _weights_error = _e
+
+def _weights_stand_in(error: ImportError):
+    """What ``Publisher`` / ``publish`` are when zrollout.weights cannot be imported: callables that
+    raise ``Unsupported`` saying why (a build without the native module, or before its build)."""
 
     def publish(*args, **kwargs):
-        raise errors.Unsupported(f"publish: zrollout.weights is not available ({_weights_error}); build the "
-                                 "native module (scripts/build.sh)", field="publish")
+        raise errors.Unsupported(f"publish: zrollout.weights is not available ({error}); build the native "
+                                 "module (scripts/build.sh)", field="publish")
 
-    class Publisher:  # noqa: D401 - a stand-in that explains itself
+    class Publisher:
         """Stand-in: zrollout.weights could not be imported (see ``publish``)."""
 
         def __init__(self, *args, **kwargs):
@@ -32,6 +32,23 @@ except ImportError as _e:  # pragma: no cover - depends on the build
         @classmethod
         def from_mpi(cls, *args, **kwargs):
             publish()
+
+    return {"Publisher": Publisher, "publish": publish}
+
+
+def __getattr__(name: str):
+    """``Publisher`` and ``publish`` come from zrollout.weights, imported on first use: ``import
+    zrollout`` does not load the native module (and its MPI library) until weights are published."""
+    if name not in ("Publisher", "publish"):
+        raise AttributeError(f"module 'zrollout' has no attribute {name!r}")
+    try:
+        from . import weights
+        found = {"Publisher": weights.Publisher, "publish": weights.publish}
+    except ImportError as e:
+        found = _weights_stand_in(e)
+    globals().update(found)
+    return found[name]
+
 
 __all__ = ["AsyncClient", "AsyncStream", "Call", "Client", "Engine", "Publisher", "Server", "Stream",
            "ZrolloutError", "errors", "find_binary", "launch", "launch_local", "publish"]

@@ -44,15 +44,16 @@ def find_binary() -> str:
             raise errors.NotFound(f"ZROLLOUT_BIN: {env} is not an executable file")
         return env
     candidates = [_PACKAGE_DIR.parent.parent / "build" / "launch" / "zrollout"]
-    try:
-        from . import _native  # built by CMake into this folder; knows its build tree
-        built = getattr(_native, "ZROLLOUT_BIN", None) or getattr(_native, "zrollout_bin", None)
-        if callable(built):
-            built = built()
-        if built:
-            candidates.append(Path(built))
-    except ImportError:
-        pass
+    if not candidates[0].is_file():
+        try:
+            from . import _native  # built by CMake into this folder; knows its build tree
+            built = getattr(_native, "ZROLLOUT_BIN", None) or getattr(_native, "zrollout_bin", None)
+            if callable(built):
+                built = built()
+            if built:
+                candidates.append(Path(built))
+        except ImportError:
+            pass
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
