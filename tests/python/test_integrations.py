@@ -134,7 +134,10 @@ def test_skyrl_pause_sleep_teardown(engine, stories):
     async def main():
         long = asyncio.ensure_future(ie.generate({"prompt_token_ids": [case["prompt_ids"]], "sampling_params": {
             "max_new_tokens": 480, "ignore_eos": True}}))
-        await asyncio.sleep(0.05)
+        for _ in range(500):  # until it runs (the machine may be busy)
+            if (await asyncio.to_thread(engine.client.get_load))["running"]:
+                break
+            await asyncio.sleep(0.01)
         await ie.pause_generation("abort")
         first = await long
         waiting = asyncio.ensure_future(ie.generate({"prompt_token_ids": [case["prompt_ids"]],
