@@ -13,7 +13,6 @@
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
-#include "model/safetensors.h"
 
 namespace zr {
 
@@ -34,10 +33,6 @@ Result<T> parse_reply(const Result<RouterMessage>& m, const std::string& engine,
     return make_error(st.code, "engine " + engine + ": " + st.message);
   }
   return parse(*j);
-}
-
-bool wanted(const std::string& name, const std::vector<std::string>& only) {
-  return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
 }
 
 }  // namespace
@@ -215,16 +210,6 @@ Result<PublishResult> Trainer::send_update(UpdateWeightsCall call, std::chrono::
   return res;
 }
 
-Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, const PublishOptions& opt) {
-  if (opt.path == WeightPath::ipc) return publish_ipc(dir, version, opt);
-  if (opt.path != WeightPath::disk)
-    return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
-  if (!opt.only.empty()) return make_error(ErrorCode::invalid_argument, "only: a disk update loads the whole folder");
-  UpdateWeightsCall call = base_call(WeightPath::disk, version, opt);
-  call.disk_path = dir;
-  return send_update(std::move(call), opt.timeout);
-}
-
 // The fields every update of a publish carries.
 UpdateWeightsCall Trainer::base_call(WeightPath path, int64_t version, const PublishOptions& opt) {
   UpdateWeightsCall call;
@@ -236,39 +221,16 @@ UpdateWeightsCall Trainer::base_call(WeightPath path, int64_t version, const Pub
   return call;
 }
 
-Result<Trainer::Layout> Trainer::layout(const SafetensorsArchive& ar, const std::vector<std::string>& only,
-                                        const std::string& dir) {
-  Layout l;
-  for (const auto& [name, v] : ar.tensors()) {
-    if (!wanted(name, only) || name.ends_with("rotary_emb.inv_freq")) continue;
-    l.metas.push_back({name, dtype_name(v.dtype), v.shape, v.nbytes, 0, 0});
-    l.src.push_back(v.data);
-  }
-  if (l.metas.empty()) return make_error(ErrorCode::invalid_argument, "only: no tensor of " + dir + " matches");
-  l.bytes = assign_transfer_offsets(l.metas);
-  return l;
-}
-
-void Trainer::Layout::fill(uint8_t* dst) {
-  for (size_t i = 0; i < metas.size(); ++i)
-    metas[i].checksum =
-        checksum64_finish(checksum64_copy_partial(dst + metas[i].offset, src[i], metas[i].nbytes, 0), metas[i].nbytes);
-}
-
-// Lays the checkpoint's tensors out in one shared-memory segment, checksums them, and sends only
-// the segment's name and the tensor list; engines map it and serve from it in place.
-Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t version, const PublishOptions& opt) {
-  auto ar = SafetensorsArchive::open_dir(dir);
-  if (!ar.ok()) return ar.status();
-  auto l = layout(*ar, opt.only, dir);
-  if (!l.ok()) return l.status();
+// Lays the tensors out in one shared-memory segment, checksums them, and sends only the segment's
+// name and the tensor list; engines map it and serve from it in place.
+Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const PublishOptions& opt) {
   std::vector<int> to;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
     if (router_->alive(k)) to.push_back(k);
   refresh_guessed_in_use();
   auto t0 = Clock::now();  // from here: a new segment's creation counts
   bool reused = false;
-  const uint64_t need = shm_stream_offset(l->metas.size()) + l->bytes;
+  const uint64_t need = shm_stream_offset(l.metas.size()) + l.bytes;
   auto idx = segment_for(need, to, opt.reuse_segments, version, &reused);
   if (!idx.ok()) return idx.status();
   const auto deadline = SteadyClock::now() + opt.timeout;
@@ -278,7 +240,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   res.shm_reused = reused;
   UpdateWeightsCall base = base_call(WeightPath::ipc, version, opt);
   std::vector<std::pair<int, Status>> refused;
-  Status st = push_segment(*idx, *l, base, nullptr, deadline, res, refused);  // dead engines go to res.dead
+  Status st = push_segment(*idx, l, base, nullptr, deadline, res, refused);  // dead engines go to res.dead
   // An engine without the kept mapping (it restarted) cannot reach a reused segment by its name:
   // send those engines the same version in a fresh segment.
   std::vector<int> lost;
@@ -296,7 +258,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
     refused.clear();
     res.shm_segment = shm_pool_[*fresh].seg.name();
     res.shm_reused = false;
-    st = push_segment(*fresh, *l, base, &lost, deadline, res, refused);
+    st = push_segment(*fresh, l, base, &lost, deadline, res, refused);
   }
   // Keep every segment an engine serves from, and one idle one (the largest) for the next publish.
   const PooledSegment* spare = nullptr;
@@ -306,6 +268,7 @@ Result<PublishResult> Trainer::publish_ipc(const std::string& dir, int64_t versi
   if (!st.ok()) return st;
   if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  res.tensors = l.metas;
   return res;
 }
 
@@ -355,7 +318,7 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   const auto t0 = Clock::now();
   // The checksums reach the engines through the segment's header; they are kept in the layout so
   // that a resend of this version (below, in publish_ipc) carries them in the message too.
-  for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i]);
+  for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   Status st = collect_acks(sent, deadline, res, &refused);
   (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name
@@ -393,47 +356,6 @@ void Trainer::refresh_guessed_in_use() {
     shm_in_use_[k] = std::set<std::string>(r->shm_in_use.begin(), r->shm_in_use.end());
     in_use_guessed_.erase(k);
   }
-}
-
-Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,
-                                                 MpiGroup& group) {
-  auto ar = SafetensorsArchive::open_dir(dir);
-  if (!ar.ok()) return ar.status();
-  auto l = layout(*ar, opt.only, dir);
-  if (!l.ok()) return l.status();
-  // Kept between publishes: a new 438 MB buffer costs ~240 ms of page faults and zeroing on this
-  // host before the copy (README), several times the broadcast itself.
-  if (bcast_buf_.size() < l->bytes) bcast_buf_.resize(l->bytes);
-  uint8_t* buf = bcast_buf_.data();
-  const uint64_t bytes = l->bytes;
-  l->fill(buf);
-  UpdateWeightsCall call = base_call(WeightPath::broadcast, version, opt);
-  call.tensors = l->metas;
-  call.root = group.rank();
-  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
-    if (!router_->alive(k))
-      return make_error(ErrorCode::unavailable, "broadcast: engine " + std::to_string(k) + " (" + endpoints_[k] +
-                                                    ") stopped answering heartbeats; an MPI broadcast needs every "
-                                                    "engine's rank");
-  // The acks come after the bytes: send the metadata, then broadcast, then collect.
-  auto t0 = Clock::now();
-  PublishResult res;
-  res.version = version;
-  res.bytes = bytes;
-  auto sent = start_update(std::move(call), res);
-  (void)pump([] { return true; }, SteadyClock::now());  // the metadata goes out now
-  Status st = group.bcast_buckets(buf, bytes, group.rank(), opt.bucket_bytes, std::chrono::seconds(60));
-  if (!st.ok()) {
-    for (const auto& s : sent) awaiting_.erase(s.second);
-    return make_error(st.code, "broadcast: " + st.message);
-  }
-  double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  ZR_RETURN_IF_ERROR(collect_acks(sent, SteadyClock::now() + opt.timeout, res));
-  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  spdlog::info("broadcast of {:.1f} MiB in {} bucket(s) of {:.0f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms",
-               bytes / 1048576.0, (bytes + opt.bucket_bytes - 1) / opt.bucket_bytes,
-               opt.bucket_bytes / 1048576.0, bcast_s * 1e3, bytes / bcast_s / 1e9, res.seconds * 1e3);
-  return res;
 }
 
 Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRequest>& reqs,

@@ -1,6 +1,7 @@
 // Trainer: the trainer side of the RL loop. Drives rollouts on engines (generate batches, collect
-// results) and publishes weights under new integer versions: all tensors of a checkpoint, or a
-// subset by name.
+// results) and publishes weights under new integer versions: tensors held in memory (the Python
+// trainer's state_dict, through python/zrollout/native), or all tensors of a checkpoint folder, or
+// a subset by name.
 //
 // Every call to the engines goes through an embedded Router (actors/router.h): requests are
 // balanced by load, and an engine that stops answering heartbeats is declared dead (a warning
@@ -14,6 +15,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <set>
@@ -26,9 +28,24 @@
 #include "comm/shm_segment.h"
 #include "comm/messages.h"
 #include "comm/status.h"
-#include "model/safetensors.h"
 
 namespace zr {
+
+// A tensor the caller holds in memory, published from where it lies: the transfer itself is the
+// only read of its bytes (ipc: copied into the segment and checksummed on the way; broadcast: into
+// the transfer buffer; disk: into the file). Not owned: `data` must stay valid and unchanged until
+// publish returns.
+struct TensorRef {
+  std::string name;                  // Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
+  std::string dtype;                 // "F32" | "BF16" | "F16"
+  std::vector<int64_t> shape;
+  const void* data = nullptr;        // nbytes contiguous little-endian bytes (null only if nbytes 0)
+  uint64_t nbytes = 0;               // numel(shape) * dtype size
+  // The caller's checksum64 of the bytes (e.g. computed where the tensor was made). Given: the
+  // engines verify what they receive against it instead of against the trainer's own checksum of
+  // what it sent, so a tensor damaged before the publish is refused (checksum_mismatch naming it).
+  std::optional<uint64_t> checksum;
+};
 
 struct PublishOptions {
   WeightPath path = WeightPath::ipc;  // ipc | disk (broadcast: publish_broadcast, under mpirun)
@@ -40,6 +57,10 @@ struct PublishOptions {
   // has the engines map a new segment.
   bool reuse_segments = true;
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
+  // disk, tensors in memory: the folder to write (created if needed; it must be readable by the
+  // engines, e.g. on this host or a shared file system): model.safetensors, and config.json copied
+  // from engine 0's model folder when the folder has none (docs/protocol.md §8, disk folders).
+  std::string disk_dir;
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
 
@@ -47,7 +68,9 @@ struct PublishResult {
   int64_t version = 0;
   uint64_t bytes = 0;
   double seconds = 0;  // publish to last ack
-  double write_seconds = 0;  // ipc: of which copying and checksumming the tensors into the segment
+  double write_seconds = 0;  // of which writing the bytes: ipc: copying and checksumming them into the
+                             // segment; broadcast: into the transfer buffer; disk: the file
+  std::vector<TensorMeta> tensors;       // what was published, in transfer order, checksums filled in
   std::vector<UpdateWeightsReply> acks;  // one per engine that acked
   std::vector<int> acked;                // the engine of each ack
   std::vector<int> dead;                 // engines skipped (dead before) or lost during the publish
@@ -79,12 +102,19 @@ class Trainer {
   // (the publish fails only when no engine is left). Each engine counts as updating (new
   // requests go elsewhere) until it acks.
   Result<PublishResult> publish(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt);
+  // The same from tensors in memory (ipc as above; disk: writes opt.disk_dir, then each engine
+  // reads it). Tensors are checked first (invalid_argument naming tensors[i] and its name: empty or
+  // repeated name, unknown dtype, nbytes not matching dtype and shape, null data); names ending in
+  // rotary_emb.inv_freq are skipped (a buffer, not a weight). The checkpoint form is a caller of it.
+  Result<PublishResult> publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt);
   // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
   // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. The
   // trainer keeps its transfer buffer (the size of the largest publish) for the next publish. Refused
   // (unavailable, naming it) when an engine is known dead: a collective needs every rank.
   Result<PublishResult> publish_broadcast(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt,
                                           MpiGroup& group);
+  Result<PublishResult> publish_broadcast(const std::vector<TensorRef>& tensors, int64_t version,
+                                          const PublishOptions& opt, MpiGroup& group);
   // Runs requests across the engines (one call per request, each to the least loaded live engine;
   // re-routed if its engine dies) and returns every sample, in request order.
   Result<std::vector<SampleOutput>> generate(const std::vector<GenerateRequest>& reqs,
@@ -103,16 +133,20 @@ class Trainer {
   Client& client(int engine) { return *clients_.at(engine); }
 
  private:
-  Result<PublishResult> publish_ipc(const std::string& dir, int64_t version, const PublishOptions& opt);
-  // Tensors of a checkpoint (filtered by `only`) laid out for a transfer; the bytes are copied
-  // into `dst` by fill() once its size is known.
+  // Tensors (filtered by `only`) laid out for a transfer; the bytes are copied into `dst` by
+  // fill() once its size is known.
   struct Layout {
     std::vector<TensorMeta> metas;
     std::vector<const void*> src;
+    std::vector<std::optional<uint64_t>> claimed;  // TensorRef::checksum of each
     uint64_t bytes = 0;
     void fill(uint8_t* dst);
   };
-  static Result<Layout> layout(const SafetensorsArchive& ar, const std::vector<std::string>& only, const std::string& dir);
+  static Result<Layout> layout(const std::vector<TensorRef>& tensors, const std::vector<std::string>& only);
+  Result<PublishResult> publish_ipc(Layout& l, int64_t version, const PublishOptions& opt);
+  Result<PublishResult> publish_disk(Layout& l, int64_t version, const PublishOptions& opt);
+  // disk: puts config.json into `dir` from engine 0's model folder unless it holds one.
+  Status ensure_disk_config(const std::string& dir);
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
   // Sends update_weights to every live engine, or to those in `only` when given (dead ones go to
   // res.dead); returns (engine, req_id).

@@ -30,7 +30,7 @@ ShmStreamWriter::ShmStreamWriter(void* segment, uint64_t shm_offset, int64_t ver
   word(seg_, kVersionAt).store(static_cast<uint64_t>(version), std::memory_order_release);
 }
 
-uint64_t ShmStreamWriter::write(size_t i, const TensorMeta& m, const void* src) {
+uint64_t ShmStreamWriter::write(size_t i, const TensorMeta& m, const void* src, std::optional<uint64_t> claimed) {
   const auto* from = static_cast<const uint8_t*>(src);
   uint8_t* to = seg_ + offset_ + m.offset;
   uint64_t sum = 0;
@@ -43,7 +43,7 @@ uint64_t ShmStreamWriter::write(size_t i, const TensorMeta& m, const void* src) 
       word(seg_, kWrittenAt).store(published_, std::memory_order_release);
     }
   }
-  const uint64_t checksum = checksum64_finish(sum, m.nbytes);
+  const uint64_t checksum = claimed ? *claimed : checksum64_finish(sum, m.nbytes);
   word(seg_, kChecksumsAt + 8 * i).store(checksum, std::memory_order_relaxed);
   published_ = m.offset + m.nbytes;
   word(seg_, kWrittenAt).store(published_, std::memory_order_release);

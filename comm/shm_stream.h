@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "comm/status.h"
 #include "comm/weight_transfer.h"
@@ -35,9 +36,11 @@ class ShmStreamWriter {
   // Starts a transfer of `version` in the segment at `segment` (written = 0, then version).
   ShmStreamWriter(void* segment, uint64_t shm_offset, int64_t version);
   // Copies tensor i (bytes at src, placed at m.offset of the transfer) and checksums it as it goes
-  // (pieces small enough to stay in cache), raising `written` every few MiB; returns the checksum.
+  // (pieces small enough to stay in cache), raising `written` every few MiB; returns the checksum
+  // stored in the header: `claimed` when given (a checksum the caller got elsewhere: readers then
+  // verify the bytes against it, and refuse them if they differ), else the one computed.
   // Tensors are written in list order.
-  uint64_t write(size_t i, const TensorMeta& m, const void* src);
+  uint64_t write(size_t i, const TensorMeta& m, const void* src, std::optional<uint64_t> claimed = {});
 
  private:
   uint8_t* seg_;

@@ -235,7 +235,7 @@ Result<SafetensorsArchive> SafetensorsArchive::open_dir(const std::string& dir) 
 
 namespace {
 
-Result<std::string> make_header(const std::vector<TensorToWrite>& tensors,
+Result<std::string> make_header(const std::vector<TensorBytes>& tensors,
                                 const std::map<std::string, std::string>& metadata) {
   json h = json::object();  // std::map-backed: keys sorted
   if (!metadata.empty()) h["__metadata__"] = metadata;
@@ -246,14 +246,14 @@ Result<std::string> make_header(const std::vector<TensorToWrite>& tensors,
       if (d < 0) return make_error(ErrorCode::invalid_argument, "tensor " + t.name + ": negative dimension");
       numel *= static_cast<uint64_t>(d);
     }
-    if (numel * dtype_size(t.dtype) != t.bytes.size())
-      return make_error(ErrorCode::invalid_argument, "tensor " + t.name + ": " + std::to_string(t.bytes.size()) +
+    if (numel * dtype_size(t.dtype) != t.nbytes)
+      return make_error(ErrorCode::invalid_argument, "tensor " + t.name + ": " + std::to_string(t.nbytes) +
                                                          " bytes do not match " + dtype_name(t.dtype) + " " +
                                                          shape_text(t.shape));
     if (t.name.empty() || t.name == "__metadata__" || h.contains(t.name))
       return make_error(ErrorCode::invalid_argument, "tensor '" + t.name + "': empty, reserved or duplicate name");
     h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + numel * dtype_size(t.dtype)}}};
-    offset += t.bytes.size();
+    offset += t.nbytes;
   }
   std::string text = h.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -263,6 +263,14 @@ Result<std::string> make_header(const std::vector<TensorToWrite>& tensors,
 }  // namespace
 
 Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                         const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorBytes> views;
+  views.reserve(tensors.size());
+  for (const auto& t : tensors) views.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  return write_safetensors(path, views, metadata);
+}
+
+Status write_safetensors(const std::string& path, const std::vector<TensorBytes>& tensors,
                          const std::map<std::string, std::string>& metadata) {
   auto header = make_header(tensors, metadata);
   if (!header.ok()) return make_error(header.status().code, path + ": " + header.status().message);
@@ -274,8 +282,7 @@ Status write_safetensors(const std::string& path, const std::vector<TensorToWrit
   uint64_t n = header->size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
   bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(header->data(), 1, n, f) == n;
-  for (const auto& t : tensors)
-    ok = ok && std::fwrite(t.bytes.data(), 1, t.bytes.size(), f) == t.bytes.size();
+  for (const auto& t : tensors) ok = ok && std::fwrite(t.data, 1, t.nbytes, f) == t.nbytes;
   ok = (std::fclose(f) == 0) && ok;
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::string e = errno_text();

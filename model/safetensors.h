@@ -48,5 +48,15 @@ struct TensorToWrite {
 };
 Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                          const std::map<std::string, std::string>& metadata = {});
+// The same from bytes the caller holds (not copied first; alive during the call).
+struct TensorBytes {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+Status write_safetensors(const std::string& path, const std::vector<TensorBytes>& tensors,
+                         const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace zr

@@ -9,6 +9,7 @@ PACKAGES=(
   libopenblas-dev libopenmpi-dev openmpi-bin
   libspdlog-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libbenchmark-dev
+  pybind11-dev python3-dev python3-numpy python3-zmq python3-msgpack python3-pytest
 )
 
 installed() {

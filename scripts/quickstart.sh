@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds zrollout, makes the built-in tiny random model (once) and runs the main job: rollouts over
-# examples/prompts.jsonl with `zrollout local`, then prints the summary table and one sample.
+# Builds zrollout, makes `import zrollout` work for Debian's /usr/bin/python3 (a .pth naming this
+# checkout's python/, see scripts/python_setup.sh), makes the built-in tiny random model (once) and
+# runs the main job: rollouts over examples/prompts.jsonl with `zrollout local`, then prints the
+# summary table and one sample.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,6 +13,7 @@ PROMPTS="$ROOT/examples/prompts.jsonl"
 OUT="$BUILD_DIR/quickstart_out.jsonl"
 
 "$ROOT/scripts/build.sh"
+"$ROOT/scripts/python_setup.sh"
 
 if [[ ! -f "$MODEL/config.json" ]]; then
   echo "== making the tiny random model in $MODEL"

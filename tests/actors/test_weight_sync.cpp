@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <fstream>
 
 #include "actors/rollout_actor.h"
@@ -15,6 +16,7 @@
 #include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
 #include "model/make_model.h"
+#include "model/safetensors.h"
 #include "tests/actors/engine_test_util.h"
 #include "tests/test_util.h"
 
@@ -378,6 +380,58 @@ TEST_F(WeightSync, SubsetUpdates) {
   auto r = trainer_->publish(real_, 2, last);
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(served_greedy("complete"), expected());
+  actor_->stop();
+}
+
+// Tensors held in memory (copies of the checkpoint's, as a trainer holds its state): by ipc, then
+// written as a folder for a disk update (beside the config.json the caller put there); a
+// claimed checksum that the bytes do not have is refused by the engine, naming the tensor; a
+// malformed tensor is refused before anything is sent.
+TEST_F(WeightSync, TensorsInMemoryByIpcAndDisk) {
+  serve();
+  auto ar = SafetensorsArchive::open_dir(real_);
+  ASSERT_TRUE(ar.ok());
+  std::vector<std::vector<uint8_t>> held;
+  std::vector<TensorRef> refs;
+  for (const auto& [name, v] : ar->tensors()) {
+    const auto* p = static_cast<const uint8_t*>(v.data);
+    held.emplace_back(p, p + v.nbytes);
+    refs.push_back({name, dtype_name(v.dtype), v.shape, held.back().data(), v.nbytes, {}});
+  }
+  auto ipc = trainer_->publish(refs, 1, PublishOptions{});
+  ASSERT_TRUE(ipc.ok()) << ipc.status().to_string();
+  EXPECT_EQ(served_greedy("ipc"), expected());
+  ASSERT_EQ(ipc->tensors.size(), refs.size());
+  EXPECT_EQ(ipc->tensors[0].checksum, checksum64(refs[0].data, refs[0].nbytes));
+
+  PublishOptions disk;
+  disk.path = WeightPath::disk;
+  disk.disk_dir = tmp_.path() + "/published";
+  auto no_config = trainer_->publish(refs, 2, disk);  // an in-process engine has no model folder to copy it from
+  ASSERT_FALSE(no_config.ok());
+  EXPECT_NE(no_config.status().message.find("config.json"), std::string::npos) << no_config.status().message;
+  std::filesystem::copy_file(real_ + "/config.json", disk.disk_dir + "/config.json");
+  auto d = trainer_->publish(refs, 2, disk);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  EXPECT_TRUE(std::filesystem::exists(disk.disk_dir + "/config.json"));
+  EXPECT_TRUE(SafetensorsArchive::open_dir(disk.disk_dir).ok());
+  EXPECT_EQ(served_greedy("disk"), expected());
+
+  std::vector<TensorRef> claimed = refs;
+  claimed[1].checksum = checksum64(refs[1].data, refs[1].nbytes) ^ 1;
+  auto bad = trainer_->publish(claimed, 3, PublishOptions{});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code, ErrorCode::checksum_mismatch);
+  EXPECT_NE(bad.status().message.find("tensor " + refs[1].name), std::string::npos) << bad.status().message;
+
+  std::vector<TensorRef> malformed = refs;
+  malformed[2].nbytes -= 4;
+  auto refused = trainer_->publish(malformed, 3, PublishOptions{});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code, ErrorCode::invalid_argument);
+  EXPECT_NE(refused.status().message.find("tensors[2] (" + refs[2].name + ")"), std::string::npos);
+  EXPECT_EQ(*trainer_->weight_version(), 2);
+  EXPECT_EQ(served_greedy("still"), expected());
   actor_->stop();
 }
 

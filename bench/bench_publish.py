@@ -1,0 +1,163 @@
+#!/usr/bin/python3
+"""Weight publishing from Python (zrollout.weights) into a `zrollout serve` process, measured in the
+same run against its limit:
+
+  ipc publish of a stories110M-shape state_dict (f32, 438 MB; torch tensors when torch is present,
+  else numpy arrays) from the Python call to the engine's ack, against one memcpy of the same bytes
+  between two pre-faulted buffers timed right after each publish (target: <= 1.3x). Publishes 1 and
+  2 write new segments (the engine serves from the first while the second arrives); from publish 3
+  on, the trainer rewrites the segment the engine stopped serving from (steady state).
+
+Usage (from the repository root, after scripts/build.sh):
+  PYTHONPATH=python /usr/bin/python3 bench/bench_publish.py [--model DIR] [--pushes 9]
+The model defaults to bench_models/stories110M (made with `zrollout make-model --preset stories110M`
+if absent). Prints the THP settings and OPENBLAS_CORETYPE of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+from zrollout import _native  # noqa: E402
+from zrollout.weights import Publisher  # noqa: E402
+
+
+def read_state_dict(model: Path, use_torch: bool) -> dict:
+    """The checkpoint's tensors in memory (copied out of the file: a trainer's own tensors)."""
+    data = (model / "model.safetensors").read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    sd = {}
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        assert v["dtype"] == "F32", f"{name}: {v['dtype']} (the benchmark expects an f32 model)"
+        lo, hi = v["data_offsets"]
+        a = np.frombuffer(data, np.float32, (hi - lo) // 4, 8 + n + lo).reshape(v["shape"]).copy()
+        sd[name] = a
+    if use_torch:
+        import torch
+
+        sd = {k: torch.from_numpy(a) for k, a in sd.items()}
+    return sd
+
+
+class MemcpyProbe:
+    """One memcpy of `nbytes` between two pre-faulted buffers (numpy copyto of contiguous uint8)."""
+
+    def __init__(self, nbytes: int):
+        self.src = np.ones(nbytes, np.uint8)
+        self.dst = np.zeros(nbytes, np.uint8)
+        np.copyto(self.dst, self.src)  # warm-up: every page faulted in
+
+    def sample_s(self) -> float:
+        t0 = time.perf_counter()
+        np.copyto(self.dst, self.src)
+        return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sys_text(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "(unreadable)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="bench_models/stories110M")
+    ap.add_argument("--pushes", type=int, default=9)
+    ap.add_argument("--numpy", action="store_true", help="numpy arrays even when torch is present")
+    args = ap.parse_args()
+    zrollout = Path(_native.zrollout_binary)
+    model = Path(args.model)
+    if not (model / "config.json").exists():
+        subprocess.run([str(zrollout), "make-model", "--preset", "stories110M", "--out", str(model)], check=True)
+    try:
+        import torch  # noqa: F401
+        use_torch = not args.numpy
+    except ImportError:
+        use_torch = False
+    sd = read_state_dict(model, use_torch)
+    total = sum((t.numel() * t.element_size()) if use_torch else t.nbytes for t in sd.values())
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    log = open("bench_publish_serve.log", "wb")
+    serve = subprocess.Popen([str(zrollout), "serve", "--model", str(model), "--bind", endpoint, "--kv-cache-mb", "64",
+                              "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    rows = {"fresh": [], "reused": []}
+    try:
+        probe = MemcpyProbe(total)
+        with Publisher([endpoint], timeout_s=300) as pub:
+            deadline = time.monotonic() + 120
+            while True:  # the engine answers once it loaded its model
+                try:
+                    pub.weight_version()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or serve.poll() is not None:
+                        raise
+            for v in range(1, args.pushes + 1):
+                t0 = time.perf_counter()
+                res = pub.publish(sd, v, path="ipc")
+                call_s = time.perf_counter() - t0
+                memcpy_s = probe.sample_s()
+                rows["reused" if res.shm_reused else "fresh"].append(
+                    {"call": call_s, "ack": res.seconds, "write": res.write_seconds,
+                     "stage": res.acks[0]["stage_seconds"], "memcpy": memcpy_s,
+                     "zero_copy": res.acks[0]["zero_copy_tensors"]})
+            pub.shutdown_engines()
+    finally:
+        if serve.poll() is None:
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        log.close()
+
+    med = statistics.median
+    print(f"zrollout bench_publish.py: {model}, {total / 1e6:.0f} MB of weights from "
+          f"{'torch tensors' if use_torch else 'numpy arrays'} ({len(sd)} tensors), ipc, drain, idle engine")
+    print(f"THP enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/enabled')}; "
+          f"shmem_enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/shmem_enabled')}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print("(ratios: median over publishes of (time / one memcpy of the same bytes between pre-faulted buffers,\n"
+          " timed right after that publish); target for Python publish -> ack: <= 1.3x)")
+    for kind, label in (("fresh", "new segment (first publishes)"), ("reused", "segment reused (steady state)")):
+        r = rows[kind]
+        if not r:
+            continue
+        ratio = lambda f: med([x[f] / x["memcpy"] for x in r])  # noqa: E731
+        print(f"ipc, {label} (median of {len(r)} publishes):")
+        print(f"  one memcpy of the same bytes            {med([x['memcpy'] for x in r]) * 1e3:8.1f} ms")
+        print(f"  Python publish() call -> ack            {med([x['call'] for x in r]) * 1e3:8.1f} ms  = "
+              f"{ratio('call'):.2f}x memcpy")
+        print(f"    C++ publish -> last ack               {med([x['ack'] for x in r]) * 1e3:8.1f} ms  = "
+              f"{ratio('ack'):.2f}x memcpy")
+        print(f"    trainer: write + checksum into shm    {med([x['write'] for x in r]) * 1e3:8.1f} ms  = "
+              f"{ratio('write'):.2f}x memcpy")
+        print(f"    engine: map + verify (staging)        {med([x['stage'] for x in r]) * 1e3:8.1f} ms  "
+              f"({r[-1]['zero_copy']} tensors zero-copy)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
