@@ -10,6 +10,7 @@ PACKAGES=(
   libspdlog-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libbenchmark-dev
   pybind11-dev python3-dev python3-numpy python3-zmq python3-msgpack python3-pytest
+  python3-torch python3-matplotlib  # examples/grpo (the PyTorch trainer, its plot)
 )
 
 installed() {
