@@ -63,7 +63,7 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
 }
 
 Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt) {
-  if (opt.path != WeightPath::ipc && opt.path != WeightPath::disk)
+  if (opt.path == WeightPath::broadcast)
     return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
   auto l = layout(tensors, opt.only);
   if (!l.ok()) return l.status();

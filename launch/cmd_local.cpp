@@ -43,8 +43,13 @@ struct LocalJob {
   uint64_t seed = 0;
 };
 
-// The built-in tiny model, made once into the user's cache.
+// The built-in default: the real stories260K shipped in the checkout (models/stories260K, MIT; its
+// README says where it comes from); without it (an installed binary away from its checkout), the
+// tiny random model, made once into the user's cache.
 Result<std::string> default_model() {
+#ifdef ZR_DEFAULT_MODEL_DIR
+  if (std::filesystem::exists(std::string(ZR_DEFAULT_MODEL_DIR) + "/config.json")) return std::string(ZR_DEFAULT_MODEL_DIR);
+#endif
   const char* env = std::getenv("ZROLLOUT_CACHE");
   const char* home = std::getenv("HOME");
   std::string root = env ? env : std::string(home ? home : "/tmp") + "/.cache/zrollout";
@@ -275,7 +280,7 @@ int run_local(LocalJob job) {
 void add_local(CLI::App& app) {
   auto job = std::make_shared<LocalJob>();
   CLI::App* cmd = app.add_subcommand("local", "one process: N rollout actors and a driver over inproc (the main job)");
-  cmd->add_option("--model", job->model, "model folder (default: the built-in tiny model, made on first use)");
+  cmd->add_option("--model", job->model, "model folder (default: the shipped stories260K, models/stories260K)");
   cmd->add_option("--engines", job->engines, "rollout actors")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--prompts", job->prompts, "prompt file: text lines or JSONL with \"text\" (default: built-in)");
   cmd->add_option("--n", job->n, "samples per prompt")->capture_default_str()->check(CLI::PositiveNumber);

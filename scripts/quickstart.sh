@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
 # Builds zrollout, makes `import zrollout` work for Debian's /usr/bin/python3 (a .pth naming this
-# checkout's python/, see scripts/python_setup.sh), makes the built-in tiny random model (once) and
-# runs the main job: rollouts over examples/prompts.jsonl with `zrollout local`, then prints the
-# summary table and one sample.
+# checkout's python/, see scripts/python_setup.sh) and runs the main job: GRPO on the shipped
+# stories260K (examples/grpo/train.py: 30 steps, 2 rollout engines, a PyTorch trainer publishing
+# every step's weights by ipc), then prints where the metrics and the plot are.
+# ZR_QUICKSTART_STEPS overrides the step count. The no-Python mode, `zrollout local` (rollout
+# actors + a driver in one process), runs after it on the same model.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${ZR_BUILD_DIR:-$ROOT/build}"
 ZROLLOUT="$BUILD_DIR/launch/zrollout"
-MODEL="$BUILD_DIR/models/tiny"
+MODEL="$ROOT/models/stories260K"
 PROMPTS="$ROOT/examples/prompts.jsonl"
 OUT="$BUILD_DIR/quickstart_out.jsonl"
 
 "$ROOT/scripts/build.sh"
 "$ROOT/scripts/python_setup.sh"
 
-if [[ ! -f "$MODEL/config.json" ]]; then
-  echo "== making the tiny random model in $MODEL"
-  "$ZROLLOUT" make-model --preset tiny --out "$MODEL"
-fi
+echo "== the main job: GRPO on stories260K (examples/grpo/train.py, 2 engines, ipc publish every step)"
+/usr/bin/python3 "$ROOT/examples/grpo/train.py" --model "$MODEL" --engines 2 --steps "${ZR_QUICKSTART_STEPS:-30}" \
+  --metrics "$BUILD_DIR/grpo/metrics.jsonl" --plot "$BUILD_DIR/grpo/grpo.png"
+echo "GRPO plot: $BUILD_DIR/grpo/grpo.png (metrics: $BUILD_DIR/grpo/metrics.jsonl)"
 
-echo "== the main job: zrollout local (2 rollout actors + a driver over inproc, n=4 samples per prompt, 2 rollout steps with a weight push between)"
+echo "== the no-Python mode: zrollout local (2 rollout actors + a driver over inproc, n=4 samples per prompt, 2 rollout steps with a weight push between)"
 "$ZROLLOUT" local --model "$MODEL" --engines 2 --n 4 --max-new-tokens 48 --steps 2 --prompts "$PROMPTS" --output "$OUT"
 
 # First sample, without jq/python: the "text" of the first line (JSON string, unescaped only for
@@ -36,4 +38,3 @@ if [[ "$rest" != "$first" && "$rest" =~ $re ]]; then
   text="${text//\\\\/\\}"
 fi
 echo "first sample text: $text"
-echo "(a random-weight model: the text is noise; point --model at a real checkpoint for stories)"
