@@ -31,6 +31,7 @@ RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, Rollout
   actor_.set_on_stop([this] { drain_on_stop(); });
   register_handlers();
   register_weight_handlers();
+  register_text_handlers();
 }
 
 RolloutActor::~RolloutActor() { actor_.stop(); }
@@ -82,6 +83,33 @@ void RolloutActor::register_handlers() {
     if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
     if (Status st = engine_->close_session(c->session_id); !st.ok()) return reply_error(from, c->req_id, st);
     actor_.send(from, "close_session.reply", wire::encode_simple_reply("close_session", SimpleReply{c->req_id, {}, 0}));
+  });
+}
+
+// The engine's tokenizer, on the actor thread (a text of a few MB takes milliseconds).
+void RolloutActor::register_text_handlers() {
+  actor_.on("tokenize", [this](Frame& f, const ReplyTo& from) {
+    auto c = wire::decode_tokenize(f.body);
+    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
+    const Tokenizer& tok = engine_->tokenizer();
+    if (!tok.has_text())
+      return reply_error(from, c->req_id, make_error(ErrorCode::invalid_argument, "text: this model has no tokenizer"));
+    actor_.send(from, "tokenize.reply", wire::encode(TokenizeReply{c->req_id, tok.encode(c->text, c->add_special_tokens)}));
+  });
+  actor_.on("detokenize", [this](Frame& f, const ReplyTo& from) {
+    auto c = wire::decode_detokenize(f.body);
+    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
+    const Tokenizer& tok = engine_->tokenizer();
+    if (!tok.has_text())
+      return reply_error(from, c->req_id, make_error(ErrorCode::invalid_argument, "input_ids: this model has no tokenizer"));
+    const int vocab = engine_->config().vocab_size;
+    for (size_t i = 0; i < c->input_ids.size(); ++i)
+      if (c->input_ids[i] < 0 || c->input_ids[i] >= vocab)
+        return reply_error(from, c->req_id,
+                           make_error(ErrorCode::out_of_range, "input_ids[" + std::to_string(i) + "]: token id " +
+                                                                   std::to_string(c->input_ids[i]) +
+                                                                   " is outside the vocabulary [0, " + std::to_string(vocab) + ")"));
+    actor_.send(from, "detokenize.reply", wire::encode(DetokenizeReply{c->req_id, tok.decode(c->input_ids, c->skip_special_tokens)}));
   });
 }
 

@@ -77,6 +77,7 @@ class RolloutActor {
 
   void register_handlers();
   void register_weight_handlers();
+  void register_text_handlers();  // tokenize, detokenize
   void on_update_weights(Frame& f, const ReplyTo& from);
   // The kept segments the serving weights point into, plus a pending ipc update's segment (it
   // may still commit: the writer must not reuse it yet).

@@ -13,14 +13,16 @@ namespace {
 const char* const kCallerOps[] = {"generate",       "score",          "abort",         "get_load",
                                   "health",         "get_model_info", "flush_cache",   "open_session",
                                   "close_session",  "update_weights", "get_weight_version",
-                                  "get_weights_checksum", "release_memory", "resume_memory", "get_engines"};
+                                  "get_weights_checksum", "release_memory", "resume_memory", "get_engines",
+                                  "tokenize",       "detokenize"};
 // What engines send back to the router's calls.
 const char* const kEngineOps[] = {"generate.chunk",     "generate.reply",       "score.reply",
                                   "abort.reply",        "get_load.reply",       "health.reply",
                                   "get_model_info.reply", "flush_cache.reply",  "open_session.reply",
                                   "close_session.reply", "update_weights.reply", "get_weight_version.reply",
                                   "get_weights_checksum.reply", "release_memory.reply", "resume_memory.reply",
-                                  "shutdown.reply",     "error"};
+                                  "shutdown.reply",     "tokenize.reply",       "detokenize.reply",
+                                  "error"};
 
 ActorOptions actor_options(const RouterActorOptions& o) {
   ActorOptions a;

@@ -351,6 +351,24 @@ Result<ModelInfoReply> Client::get_model_info(Timeout timeout) {
                                     wire::model_info_reply_from_json).get();
 }
 
+Result<std::vector<int>> Client::tokenize(const std::string& text, bool add_special_tokens, Timeout timeout) {
+  if (on_io_thread()) return deadlock_error();
+  TokenizeCall call{next_req_id(), text, add_special_tokens};
+  auto r = call_typed<TokenizeReply>("tokenize", wire::encode(call), call.req_id, timeout,
+                                     wire::tokenize_reply_from_json).get();
+  if (!r.ok()) return r.status();
+  return std::move(r->input_ids);
+}
+
+Result<std::string> Client::detokenize(const std::vector<int>& ids, bool skip_special_tokens, Timeout timeout) {
+  if (on_io_thread()) return deadlock_error();
+  DetokenizeCall call{next_req_id(), ids, skip_special_tokens};
+  auto r = call_typed<DetokenizeReply>("detokenize", wire::encode(call, options_.encode), call.req_id, timeout,
+                                       wire::detokenize_reply_from_json).get();
+  if (!r.ok()) return r.status();
+  return std::move(r->text);
+}
+
 Result<std::string> Client::open_session(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   SessionCall call{next_req_id(), {}};

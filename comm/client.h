@@ -87,6 +87,11 @@ class Client {
   Result<LoadReply> get_load(Timeout timeout = kDefaultTimeout);
   Result<HealthReply> health(Timeout timeout = kDefaultTimeout);
   Result<ModelInfoReply> get_model_info(Timeout timeout = kDefaultTimeout);
+  // The ids a text prompt becomes, and the text ids decode to, on the server's tokenizer.
+  Result<std::vector<int>> tokenize(const std::string& text, bool add_special_tokens = true,
+                                    Timeout timeout = kDefaultTimeout);
+  Result<std::string> detokenize(const std::vector<int>& ids, bool skip_special_tokens = true,
+                                 Timeout timeout = kDefaultTimeout);
   Result<std::string> open_session(Timeout timeout = kDefaultTimeout);  // the new session's id
   Status close_session(const std::string& session_id, Timeout timeout = kDefaultTimeout);
   Result<int64_t> flush_cache(Timeout timeout = kDefaultTimeout);  // freed blocks

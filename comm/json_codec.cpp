@@ -173,6 +173,7 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
   f.get("token_ids_logprob", r.token_ids_logprob);
   f.get("stream", r.stream);
   f.get("session_id", r.session_id);
+  f.get("detokenize", r.detokenize);
   std::string mode = "default";
   f.get("logprob_mode", mode);
   if (mode == "raw") r.logprob_mode = LogprobMode::raw;

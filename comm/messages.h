@@ -63,6 +63,9 @@ struct GenerateRequest {
   LogprobMode logprob_mode = LogprobMode::default_mode;
   bool stream = false;
   std::string session_id;
+  // false: output ids are not decoded (text fields empty, stop strings refused); RLinf's
+  // detokenize option. A serve option (EngineOptions::detokenize) turns it off for every request.
+  bool detokenize = true;
 };
 
 struct TokenLogprob {
@@ -213,6 +216,28 @@ struct ModelInfoReply {
   int pad_token_id = -1;
   int64_t weight_version = 0;
   std::string model_path;
+};
+
+// op "tokenize" -> "tokenize.reply": the ids a `text` prompt becomes in generate (with
+// add_special_tokens, what the tokenizer adds around a text: Llama's BOS; Qwen adds nothing).
+struct TokenizeCall {
+  uint64_t req_id = 0;
+  std::string text;
+  bool add_special_tokens = true;
+};
+struct TokenizeReply {
+  uint64_t req_id = 0;
+  std::vector<int> input_ids;
+};
+// op "detokenize" -> "detokenize.reply": the text generate would give for these ids.
+struct DetokenizeCall {
+  uint64_t req_id = 0;
+  std::vector<int> input_ids;
+  bool skip_special_tokens = true;
+};
+struct DetokenizeReply {
+  uint64_t req_id = 0;
+  std::string text;
 };
 
 // op "flush_cache" -> "flush_cache.reply" {req_id, freed_blocks}

@@ -408,6 +408,28 @@ Result<uint64_t> req_id_only_from_json(const json& body) {
   return id;
 }
 
+Result<TokenizeCall> tokenize_call_from_json(const json& body) {
+  TokenizeCall c;
+  FieldReader f(body, "", true);
+  f.get("req_id", c.req_id);
+  const bool has_text = f.take("text") != nullptr;
+  f.get("text", c.text);
+  f.get("add_special_tokens", c.add_special_tokens);
+  ZR_RETURN_IF_ERROR(f.finish());
+  if (!has_text) return field_error("text", "required");
+  return c;
+}
+
+Result<DetokenizeCall> detokenize_call_from_json(const json& body) {
+  DetokenizeCall c;
+  FieldReader f(body, "", true);
+  f.get("req_id", c.req_id);
+  f.get("input_ids", c.input_ids);
+  f.get("skip_special_tokens", c.skip_special_tokens);
+  ZR_RETURN_IF_ERROR(f.finish());
+  return c;
+}
+
 Result<GenerateCall> decode_generate(std::string_view body) { return decode_with(body, generate_call_from_json); }
 Result<ScoreCall> decode_score(std::string_view body) { return decode_with(body, score_call_from_json); }
 Result<AbortCall> decode_abort(std::string_view body) {
@@ -421,6 +443,12 @@ Result<SessionCall> decode_close_session(std::string_view body) {
 }
 Result<uint64_t> decode_req_id_only(std::string_view body) {
   return decode_with<uint64_t>(body, [](json j) { return req_id_only_from_json(j); });
+}
+Result<TokenizeCall> decode_tokenize(std::string_view body) {
+  return decode_with<TokenizeCall>(body, [](json j) { return tokenize_call_from_json(j); });
+}
+Result<DetokenizeCall> decode_detokenize(std::string_view body) {
+  return decode_with<DetokenizeCall>(body, [](json j) { return detokenize_call_from_json(j); });
 }
 
 json to_json(const GenerateRequest& r, const EncodeOptions& opt) {
@@ -438,6 +466,7 @@ json to_json(const GenerateRequest& r, const EncodeOptions& opt) {
   if (r.logprob_mode != LogprobMode::default_mode) j["logprob_mode"] = logprob_mode_name(r.logprob_mode);
   if (r.stream) j["stream"] = true;
   if (!r.session_id.empty()) j["session_id"] = r.session_id;
+  if (!r.detokenize) j["detokenize"] = false;
   return j;
 }
 
@@ -465,10 +494,20 @@ json to_json(const SessionCall& c) {
   return j;
 }
 
+json to_json(const TokenizeCall& c) {
+  return {{"req_id", c.req_id}, {"text", c.text}, {"add_special_tokens", c.add_special_tokens}};
+}
+
+json to_json(const DetokenizeCall& c, const EncodeOptions& opt) {
+  return {{"req_id", c.req_id}, {"input_ids", ids_json(c.input_ids, opt)}, {"skip_special_tokens", c.skip_special_tokens}};
+}
+
 std::string encode(const GenerateCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }
 std::string encode(const ScoreCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }
 std::string encode(const AbortCall& c) { return pack_body(to_json(c)); }
 std::string encode(const SessionCall& c) { return pack_body(to_json(c)); }
 std::string encode_req_id_only(uint64_t req_id) { return pack_body(json{{"req_id", req_id}}); }
+std::string encode(const TokenizeCall& c) { return pack_body(to_json(c)); }
+std::string encode(const DetokenizeCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }
 
 }  // namespace zr::wire

@@ -73,6 +73,9 @@ Result<AbortCall> abort_call_from_json(const json& body);
 Result<SessionCall> session_call_from_json(const json& body, bool close);
 // "get_load", "health", "get_model_info", "flush_cache": {req_id}.
 Result<uint64_t> req_id_only_from_json(const json& body);
+// "tokenize": {req_id, text, add_special_tokens?}; "detokenize": {req_id, input_ids, skip_special_tokens?}.
+Result<TokenizeCall> tokenize_call_from_json(const json& body);
+Result<DetokenizeCall> detokenize_call_from_json(const json& body);
 
 Result<GenerateCall> decode_generate(std::string_view body);
 Result<ScoreCall> decode_score(std::string_view body);
@@ -80,6 +83,8 @@ Result<AbortCall> decode_abort(std::string_view body);
 Result<SessionCall> decode_open_session(std::string_view body);
 Result<SessionCall> decode_close_session(std::string_view body);
 Result<uint64_t> decode_req_id_only(std::string_view body);
+Result<TokenizeCall> decode_tokenize(std::string_view body);
+Result<DetokenizeCall> decode_detokenize(std::string_view body);
 
 json to_json(const GenerateRequest& r, const EncodeOptions& opt = {});
 json to_json(const ScoreRequest& r, const EncodeOptions& opt = {});
@@ -88,12 +93,16 @@ json to_json(const GenerateCall& c, const EncodeOptions& opt = {});
 json to_json(const ScoreCall& c, const EncodeOptions& opt = {});
 json to_json(const AbortCall& c);
 json to_json(const SessionCall& c);  // session_id only when non-empty
+json to_json(const TokenizeCall& c);
+json to_json(const DetokenizeCall& c, const EncodeOptions& opt = {});
 
 std::string encode(const GenerateCall& c, const EncodeOptions& opt = {});
 std::string encode(const ScoreCall& c, const EncodeOptions& opt = {});
 std::string encode(const AbortCall& c);
 std::string encode(const SessionCall& c);
 std::string encode_req_id_only(uint64_t req_id);
+std::string encode(const TokenizeCall& c);
+std::string encode(const DetokenizeCall& c, const EncodeOptions& opt = {});
 
 // ---- replies (the server encodes, the client decodes) ------------------------------------------
 
@@ -111,6 +120,8 @@ json to_json(const ErrorReply& r);
 // "open_session" -> {req_id, session_id}, anything else -> {req_id}.
 json simple_reply_to_json(std::string_view op, const SimpleReply& r);
 json to_json(const EnginesReply& r);  // "get_engines.reply" (routers)
+json to_json(const TokenizeReply& r);    // {req_id, input_ids}
+json to_json(const DetokenizeReply& r);  // {req_id, text}
 
 std::string encode(const GenerateReply& r);
 std::string encode_chunk(uint64_t req_id, const StreamChunk& c);
@@ -122,6 +133,8 @@ std::string encode(const ModelInfoReply& r);
 std::string encode(const ErrorReply& r);
 std::string encode_simple_reply(std::string_view op, const SimpleReply& r);
 std::string encode(const EnginesReply& r);
+std::string encode(const TokenizeReply& r);
+std::string encode(const DetokenizeReply& r);
 // The body of an op "error" frame: {req_id, code: error_code_name(st.code), message}.
 std::string error_body(uint64_t req_id, const Status& st);
 
@@ -137,6 +150,8 @@ Result<ModelInfoReply> model_info_reply_from_json(const json& j);
 Result<SimpleReply> simple_reply_from_json(std::string_view op, const json& j);
 Result<ErrorReply> error_reply_from_json(const json& j);
 Result<EnginesReply> engines_reply_from_json(const json& j);
+Result<TokenizeReply> tokenize_reply_from_json(const json& j);
+Result<DetokenizeReply> detokenize_reply_from_json(const json& j);
 // The Status an "error" body stands for (an unknown code reads as internal, the name kept in the
 // message). A body that cannot be read is bad_message.
 Status status_from_error_json(const json& j);

@@ -242,6 +242,9 @@ json to_json(const EnginesReply& r) {
   return {{"req_id", r.req_id}, {"engines", std::move(engines)}};
 }
 
+json to_json(const TokenizeReply& r) { return {{"req_id", r.req_id}, {"input_ids", r.input_ids}}; }
+json to_json(const DetokenizeReply& r) { return {{"req_id", r.req_id}, {"text", r.text}}; }
+
 std::string encode(const GenerateReply& r) { return pack_body(to_json(r)); }
 std::string encode_chunk(uint64_t req_id, const StreamChunk& c) { return pack_body(chunk_to_json(req_id, c)); }
 std::string encode(const ScoreReply& r) { return pack_body(to_json(r)); }
@@ -252,6 +255,8 @@ std::string encode(const ModelInfoReply& r) { return pack_body(to_json(r)); }
 std::string encode(const ErrorReply& r) { return pack_body(to_json(r)); }
 std::string encode_simple_reply(std::string_view op, const SimpleReply& r) { return pack_body(simple_reply_to_json(op, r)); }
 std::string encode(const EnginesReply& r) { return pack_body(to_json(r)); }
+std::string encode(const TokenizeReply& r) { return pack_body(to_json(r)); }
+std::string encode(const DetokenizeReply& r) { return pack_body(to_json(r)); }
 
 std::string error_body(uint64_t req_id, const Status& st) {
   return encode(ErrorReply{req_id, error_code_name(st.code), st.message});
@@ -358,6 +363,22 @@ Result<ErrorReply> error_reply_from_json(const json& j) {
   f.get("req_id", r.req_id);
   f.get("code", r.code);
   f.get("message", r.message);
+  return done(f, std::move(r));
+}
+
+Result<TokenizeReply> tokenize_reply_from_json(const json& j) {
+  TokenizeReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("input_ids", r.input_ids);
+  return done(f, std::move(r));
+}
+
+Result<DetokenizeReply> detokenize_reply_from_json(const json& j) {
+  DetokenizeReply r;
+  FieldReader f(j, "", false);
+  f.get("req_id", r.req_id);
+  f.get("text", r.text);
   return done(f, std::move(r));
 }
 

@@ -78,7 +78,7 @@ void add_router(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tokenizer", job->tokenizer,
-                  "tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
+                  "tokenizer.json / tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (int rc = run_router(*job); rc != 0) throw CLI::RuntimeError(rc);

@@ -14,5 +14,7 @@ void add_client(CLI::App& app);
 void add_local(CLI::App& app);
 void add_trainer(CLI::App& app);
 void add_router(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_detokenize(CLI::App& app);
 
 }  // namespace zr::cli

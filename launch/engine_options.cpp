@@ -16,6 +16,7 @@ EngineOptions EngineCliOptions::engine_options() const {
   e.kv_block_size = kv_block_size;
   e.copy_weights = !mmap_weights;
   e.kv_prefault = !kv_lazy_pages;
+  e.detokenize = !no_detokenize;
   e.scheduler.max_running = max_running;
   e.scheduler.max_step_tokens = max_step_tokens;
   e.scheduler.max_prefill_chunk = max_prefill_chunk;
@@ -26,11 +27,13 @@ std::string EngineCliOptions::describe() const {
   return "model=" + model + " threads=" + std::to_string(threads) + " max_running=" + std::to_string(max_running) +
          " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
          std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
-         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "");
+         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "") +
+         (no_detokenize ? " no_detokenize" : "");
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
-  cmd->add_option("--model", o.model, "model folder (config.json, *.safetensors, tokenizer.model)")
+  cmd->add_option("--model", o.model,
+                  "model folder (config.json, *.safetensors; tokenizer.json or tokenizer.model, none: token ids only)")
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("--threads", o.threads, "compute threads (0 = all cores)")->capture_default_str();
@@ -50,6 +53,8 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
   cmd->add_flag("--kv-lazy-pages", o.kv_lazy_pages,
                 "fault KV pages in on first write (no memory for an unused budget; default: all at start-up, "
                 "no page faults in forward steps)");
+  cmd->add_flag("--no-detokenize", o.no_detokenize,
+                "never decode output ids: text fields stay empty and stop strings are refused (RLinf's detokenize off)");
   cmd->add_option("--log-level", o.log_level, "trace|debug|info|warn|error")->capture_default_str();
 }
 

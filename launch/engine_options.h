@@ -19,6 +19,7 @@ struct EngineCliOptions {
   int kv_block_size = 16;
   bool mmap_weights = false;
   bool kv_lazy_pages = false;
+  bool no_detokenize = false;
   std::string log_level = "info";
 
   EngineOptions engine_options() const;

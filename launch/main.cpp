@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   zr::cli::add_local(app);
   zr::cli::add_trainer(app);
   zr::cli::add_router(app);
+  zr::cli::add_tokenize(app);
+  zr::cli::add_detokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,325 +1,113 @@
-// Tokenizer over sentencepiece. Encoding is sentencepiece's; decoding is ours (a per-id table
-// built at load) so that its rules are explicit and the incremental detokenizer can rely on them:
-//  - ids outside [0, num_pieces) and, with skip_special_tokens, control/unknown ids are removed
-//    before anything else (as if absent: they do not split a run of byte pieces);
-//  - consecutive byte pieces (<0xNN>) are joined and read as UTF-8; each byte that does not start
-//    a complete, valid sequence becomes U+FFFD (sentencepiece's and HF ByteFallback's rule);
-//  - "▁" reads as a space, and the first piece of the text loses its leading "▁" when the model
-//    adds a dummy prefix (sentencepiece's rule; like HF and sentencepiece >= 0.1.99 only that one
-//    piece, where 0.1.97 also strips the next one after a bare "▁");
-//  - special pieces kept by skip_special_tokens = false read as their piece text ("</s>").
+// Tokenizer: picks the backend for a model folder, adds Hugging Face's clean-up of spaces, and
+// streams text with the incremental detokenizer.
 #include "model/tokenizer.h"
 
-#include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
-
-#include <algorithm>
-#include <cstdint>
-#include <exception>
 #include <filesystem>
-#include <unordered_map>
+
+#include "model/bpe_tokenizer.h"
+#include "model/sentencepiece_tokenizer.h"
 
 namespace zr {
+
 namespace {
 
-constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";  // U+2581, sentencepiece's space
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
-enum class Utf8Step : uint8_t { valid, invalid, truncated };
-
-// Classifies the UTF-8 sequence starting at s[pos] (strict: no overlongs, surrogates or code
-// points past U+10FFFF). `len` is its length when valid. `truncated` means s ends inside a
-// sequence that could still become valid.
-Utf8Step utf8_step(std::string_view s, size_t pos, size_t* len) {
-  const auto b0 = static_cast<uint8_t>(s[pos]);
-  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  size_t n = 0;
-  if (b0 < 0x80) n = 1;
-  else if (b0 >= 0xC2 && b0 <= 0xDF) n = 2;
-  else if (b0 >= 0xE0 && b0 <= 0xEF) n = 3, lo = b0 == 0xE0 ? 0xA0 : 0x80, hi = b0 == 0xED ? 0x9F : 0xBF;
-  else if (b0 >= 0xF0 && b0 <= 0xF4) n = 4, lo = b0 == 0xF0 ? 0x90 : 0x80, hi = b0 == 0xF4 ? 0x8F : 0xBF;
-  else return Utf8Step::invalid;
-  for (size_t i = 1; i < n; ++i) {
-    if (pos + i >= s.size()) return Utf8Step::truncated;
-    const auto b = static_cast<uint8_t>(s[pos + i]);
-    if (i == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return Utf8Step::invalid;
-  }
-  *len = n;
-  return Utf8Step::valid;
+Result<Tokenizer> wrap(Result<std::unique_ptr<TokenizerBackend>> r) {
+  if (!r.ok()) return r.status();
+  return Tokenizer(std::move(r).value());
 }
 
-// Appends `bytes` to `out` with every byte that does not start a valid sequence replaced by
-// U+FFFD. Returns true when `bytes` ends inside an unfinished sequence.
-bool append_utf8(std::string_view bytes, std::string& out) {
-  bool truncated = false;
-  size_t pos = 0;
-  while (pos < bytes.size()) {
-    size_t len = 1;
-    const Utf8Step step = utf8_step(bytes, pos, &len);
-    if (step == Utf8Step::valid) {
-      out.append(bytes.substr(pos, len));
-    } else {
-      truncated = truncated || step == Utf8Step::truncated;
-      out.append(kReplacement);
-    }
-    pos += len;
-  }
-  return truncated;
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
-
-std::string sanitized(std::string_view s) {
-  std::string out;
-  append_utf8(s, out);
-  return out;
-}
-
-// "<0x41>" -> 0x41; -1 when the piece is not in that form.
-int byte_piece_value(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int v = 0;
-  for (char c : piece.substr(3, 2)) {
-    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-enum class PieceKind : uint8_t { normal, byte, special };
-
-struct PieceInfo {
-  PieceKind kind = PieceKind::normal;
-  uint8_t byte = 0;            // byte pieces: the raw byte
-  bool leading_space = false;  // normal pieces: surface starts with a space from "▁"
-  std::string surface;         // normal: "▁" -> " "; special: piece text; always valid UTF-8
-};
 
 }  // namespace
-
-struct Tokenizer::Impl {
-  sentencepiece::SentencePieceProcessor sp;
-  std::vector<PieceInfo> pieces;  // indexed by id
-  bool strip_first_space = true;  // the model adds a dummy "▁" prefix when encoding
-  int bos = -1, eos = -1, pad = -1;
-
-  Status init();
-  bool dropped(int id, bool skip_special) const {
-    return id < 0 || id >= static_cast<int>(pieces.size()) ||
-           (skip_special && pieces[id].kind == PieceKind::special);
-  }
-  std::string decode(std::span<const int> ids, bool skip_special) const;
-};
-
-Status Tokenizer::Impl::init() {
-  const int n = sp.GetPieceSize();
-  if (n <= 0) return make_error(ErrorCode::io_error, "tokenizer has no pieces");
-  pieces.resize(n);
-  int probe = -1;  // a normal piece starting with "▁", to learn how sentencepiece decodes it
-  for (int id = 0; id < n; ++id) {
-    PieceInfo& p = pieces[id];
-    const std::string& piece = sp.IdToPiece(id);
-    const int byte = sp.IsByte(id) ? byte_piece_value(piece) : -1;
-    if (sp.IsControl(id) || sp.IsUnknown(id)) {
-      p.kind = PieceKind::special;
-      p.surface = sanitized(piece);
-    } else if (byte >= 0) {
-      p.kind = PieceKind::byte;
-      p.byte = static_cast<uint8_t>(byte);
-    } else {
-      std::string text;
-      for (size_t pos = 0; pos < piece.size();) {
-        const bool space = piece.compare(pos, kSpaceSymbol.size(), kSpaceSymbol) == 0;
-        text += space ? std::string_view(" ") : std::string_view(piece).substr(pos, 1);
-        pos += space ? kSpaceSymbol.size() : 1;
-      }
-      p.surface = sanitized(text);
-      p.leading_space = !p.surface.empty() && p.surface[0] == ' ';
-      if (probe < 0 && p.leading_space && p.surface.size() > 1) probe = id;
-    }
-  }
-  if (probe >= 0) strip_first_space = sp.DecodeIds({probe}).rfind(' ', 0) != 0;
-  bos = sp.bos_id();
-  eos = sp.eos_id();
-  pad = sp.pad_id();
-  return Status::ok_status();
-}
-
-std::string Tokenizer::Impl::decode(std::span<const int> ids, bool skip_special) const {
-  std::string out;
-  std::string run;         // pending byte-piece bytes, read as UTF-8 once the run ends
-  bool at_start = true;    // no piece has contributed to the text yet
-  for (int id : ids) {
-    if (dropped(id, skip_special)) continue;
-    const PieceInfo& p = pieces[id];
-    if (p.kind == PieceKind::byte) {
-      run.push_back(static_cast<char>(p.byte));
-      at_start = false;
-      continue;
-    }
-    append_utf8(run, out);
-    run.clear();
-    std::string_view s = p.surface;
-    if (at_start && strip_first_space && p.kind == PieceKind::normal && p.leading_space) {
-      s.remove_prefix(1);
-    }
-    at_start = false;
-    out.append(s);
-  }
-  append_utf8(run, out);
-  return out;
-}
 
 Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::Tokenizer(std::unique_ptr<TokenizerBackend> backend) : impl_(std::move(backend)) {}
+
+const Tokenizer& Tokenizer::none() {
+  static const Tokenizer empty;
+  return empty;
+}
 
 Result<Tokenizer> Tokenizer::load(const std::string& path) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    return make_error(ErrorCode::not_found, "tokenizer: no file " + path);
+  if (!fs::is_directory(path, ec)) return wrap(ends_with(path, ".json") ? load_bpe(path) : load_sentencepiece(path));
+  const fs::path json = fs::path(path) / "tokenizer.json", model = fs::path(path) / "tokenizer.model";
+  const bool has_model = fs::is_regular_file(model, ec);
+  if (fs::is_regular_file(json, ec)) {
+    auto bpe = load_bpe(json.string());
+    // A tokenizer.json this build cannot read (Llama 2's sentencepiece-style one, ...) defers to
+    // the tokenizer.model beside it.
+    if (bpe.ok() || !has_model || bpe.status().code != ErrorCode::unsupported) return wrap(std::move(bpe));
   }
-  Tokenizer tok;
-  tok.impl_ = std::make_unique<Impl>();
-  try {
-    const auto st = tok.impl_->sp.Load(path);
-    if (!st.ok()) {
-      return make_error(ErrorCode::io_error,
-                        "tokenizer: " + path + " is not a sentencepiece model: " + st.ToString());
-    }
-    Status init = tok.impl_->init();
-    if (!init.ok()) return make_error(init.code, "tokenizer: " + path + ": " + init.message);
-  } catch (const std::exception& e) {
-    return make_error(ErrorCode::io_error, "tokenizer: " + path + ": " + e.what());
-  }
-  return tok;
+  if (has_model) return wrap(load_sentencepiece(model.string()));
+  return Tokenizer();
 }
 
 std::vector<int> Tokenizer::encode(std::string_view text, bool add_bos) const {
-  std::vector<int> ids;
-  if (!impl_) return ids;
-  if (add_bos && impl_->bos >= 0) ids.push_back(impl_->bos);
-  std::vector<int> body;
-  if (impl_->sp.Encode(text, &body).ok()) ids.insert(ids.end(), body.begin(), body.end());
-  return ids;
+  return impl_ ? impl_->encode(text, add_bos) : std::vector<int>();
 }
 
 std::string Tokenizer::decode(std::span<const int> ids, bool skip_special_tokens) const {
+  if (!impl_) return {};
+  std::string raw = impl_->decode(ids, skip_special_tokens);
+  return impl_->clean_up_spaces() ? clean_up_tokenization(raw) : raw;
+}
+
+std::string Tokenizer::decode_raw(std::span<const int> ids, bool skip_special_tokens) const {
   return impl_ ? impl_->decode(ids, skip_special_tokens) : std::string();
 }
 
-std::string Tokenizer::token_text(int id) const {
-  if (!impl_ || impl_->dropped(id, false)) return {};
-  const PieceInfo& p = impl_->pieces[id];
-  if (p.kind != PieceKind::byte) return p.surface;
-  return p.byte < 0x80 ? std::string(1, static_cast<char>(p.byte)) : std::string(kReplacement);
-}
+std::string Tokenizer::token_text(int id) const { return impl_ ? impl_->token_text(id) : std::string(); }
+int Tokenizer::num_pieces() const { return impl_ ? impl_->num_pieces() : 0; }
+int Tokenizer::bos_id() const { return impl_ ? impl_->bos_id() : -1; }
+int Tokenizer::eos_id() const { return impl_ ? impl_->eos_id() : -1; }
+int Tokenizer::pad_id() const { return impl_ ? impl_->pad_id() : -1; }
+bool Tokenizer::is_special(int id) const { return impl_ && impl_->is_special(id); }
 
-int Tokenizer::num_pieces() const { return impl_ ? static_cast<int>(impl_->pieces.size()) : 0; }
-int Tokenizer::bos_id() const { return impl_ ? impl_->bos : -1; }
-int Tokenizer::eos_id() const { return impl_ ? impl_->eos : -1; }
-int Tokenizer::pad_id() const { return impl_ ? impl_->pad : -1; }
-bool Tokenizer::is_special(int id) const {
-  return impl_ && id >= 0 && id < num_pieces() && impl_->pieces[id].kind == PieceKind::special;
-}
-
-namespace {
-
-// Pieces the first training pass asks for. The built-in corpus supports about 6.8k BPE pieces;
-// larger vocabularies are filled with <unusedN> control symbols instead of rare merges.
-constexpr int kMaxTrainedPieces = 4096;
-
-// Feeds the corpus to the trainer line by line. An iterator rather than a temp file, because the
-// trainer records its input path in the model, which would make the bytes depend on the path.
-class CorpusLines : public sentencepiece::SentenceIterator {
- public:
-  explicit CorpusLines(std::string_view corpus) : rest_(corpus) { Next(); }
-  bool done() const override { return done_; }
-  void Next() override {
-    while (!rest_.empty()) {
-      const size_t eol = std::min(rest_.find('\n'), rest_.size());
-      line_.assign(rest_.substr(0, eol));
-      rest_.remove_prefix(std::min(eol + 1, rest_.size()));
-      if (!line_.empty()) return;
+std::string clean_up_tokenization(std::string_view text) {
+  static constexpr std::pair<std::string_view, std::string_view> kRules[] = {
+      {" .", "."},     {" ?", "?"},     {" !", "!"},     {" ,", ","},       {" ' ", "'"},
+      {" n't", "n't"}, {" 'm", "'m"},   {" 's", "'s"},   {" 've", "'ve"},   {" 're", "'re"}};
+  std::string s(text);
+  if (s.find(' ') == std::string::npos) return s;
+  std::string next;
+  for (const auto& [from, to] : kRules) {
+    size_t at = s.find(from);
+    if (at == std::string::npos) continue;
+    next.clear();
+    size_t last = 0;
+    for (; at != std::string::npos; at = s.find(from, last)) {  // left to right, no overlaps
+      next.append(s, last, at - last).append(to);
+      last = at + from.size();
     }
-    done_ = true;
+    next.append(s, last, std::string::npos);
+    s.swap(next);
   }
-  const std::string& value() const override { return line_; }
-  sentencepiece::util::Status status() const override { return {}; }
-
- private:
-  std::string_view rest_;
-  std::string line_;
-  bool done_ = false;
-};
-
-// One deterministic training run (single thread, no sampling or shuffling): Llama's settings.
-Result<std::string> train_once(std::string_view corpus, int vocab_size, int num_unused) {
-  std::unordered_map<std::string, std::string> args = {
-      {"model_type", "bpe"}, {"vocab_size", std::to_string(vocab_size)},
-      {"byte_fallback", "true"}, {"hard_vocab_limit", "false"},
-      {"character_coverage", "0.9995"}, {"split_digits", "true"},
-      {"allow_whitespace_only_pieces", "true"}, {"normalization_rule_name", "identity"},
-      {"remove_extra_whitespaces", "false"}, {"add_dummy_prefix", "true"},
-      {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"},
-      {"num_threads", "1"}, {"shuffle_input_sentence", "false"}, {"input_sentence_size", "0"},
-      {"minloglevel", "1"}};
-  if (num_unused > 0) {
-    std::string names;
-    for (int i = 0; i < num_unused; ++i) names += (i ? ",<unused" : "<unused") + std::to_string(i) + ">";
-    args["control_symbols"] = std::move(names);
-  }
-  CorpusLines lines(corpus);
-  std::string model;
-  try {
-    const auto st = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
-    if (!st.ok()) {
-      const bool user = st.code() == sentencepiece::util::StatusCode::kInvalidArgument;
-      return make_error(user ? ErrorCode::invalid_argument : ErrorCode::internal,
-                        "tokenizer training (vocab " + std::to_string(vocab_size) + "): " + st.ToString());
-    }
-  } catch (const std::exception& e) {
-    return make_error(ErrorCode::internal, std::string("tokenizer training: ") + e.what());
-  }
-  return model;
+  return s;
 }
 
-int count_pieces(const std::string& model) {
-  sentencepiece::SentencePieceProcessor sp;
-  return sp.LoadFromSerializedProto(model).ok() ? sp.GetPieceSize() : -1;
-}
-
-}  // namespace
-
-Result<std::string> train_tokenizer(std::string_view corpus, int vocab_size) {
-  if (vocab_size <= 0) return make_error(ErrorCode::invalid_argument, "tokenizer: vocab_size must be > 0");
-  auto first = train_once(corpus, std::min(vocab_size, kMaxTrainedPieces), 0);
-  if (!first.ok()) return first;
-  const int learned = count_pieces(*first);
-  if (learned == vocab_size) return first;
-  if (learned <= 0 || learned > vocab_size) {
-    return make_error(ErrorCode::internal, "tokenizer training gave " + std::to_string(learned) + " pieces");
-  }
-  // Same corpus and learned-piece budget, so the second run learns the same pieces; the control
-  // symbols take the ids after <unk>, <s>, </s>.
-  auto padded = train_once(corpus, vocab_size, vocab_size - learned);
-  if (!padded.ok()) return padded;
-  const int got = count_pieces(*padded);
-  if (got != vocab_size) {
-    return make_error(ErrorCode::internal, "tokenizer training gave " + std::to_string(got) +
-                                               " pieces, want " + std::to_string(vocab_size));
-  }
-  return padded;
-}
-
-// Exactness (concatenated output == decode(all ids)) rests on two facts about decode():
+// Exactness (concatenated output == decode(all ids)) rests on two facts about decode_raw():
 //  - dropped ids (out of range, or special when skipped) decode as if absent, so push() never
 //    stores them and a run of them costs nothing;
 //  - read_offset_ only moves to a point where the window's text did not end in U+FFFD, so no
-//    UTF-8 sequence is open there and decoding may restart at it. prefix_offset_ only moves to a
-//    previous read_offset_, and the tokens between the two always contain the window's first
-//    text-bearing piece: whatever the window does to it (dropping its leading space) shows in
-//    both decodes and cancels.
+//    UTF-8 sequence is open there and decoding may restart at it (both backends decode bytes
+//    left to right and are back in their start state after a whole character). prefix_offset_
+//    only moves to a previous read_offset_, and the tokens between the two always contain the
+//    window's first text-bearing piece: whatever the window does to it (sentencepiece dropping
+//    its leading space) shows in both decodes and cancels.
+// The clean-up of spaces (decode() = clean_up_tokenization(decode_raw())) is applied to the raw
+// stream in pieces cut after a character that no rule contains (safe_cut): every rule only
+// removes spaces, so that character survives each rule and no match of any rule can span the
+// cut; the rules scan left to right without overlaps, so cleaning the two sides apart gives the
+// same text as cleaning the whole.
 // After flush() the held-back tail is final: the stream is over.
 
 namespace {
@@ -339,12 +127,19 @@ struct Window {
 Window decode_window(const Tokenizer& tok, bool skip, std::span<const int> ids, size_t prefix_offset,
                      size_t read_offset) {
   const auto window = ids.subspan(prefix_offset);
-  return {tok.decode(window.first(read_offset - prefix_offset), skip), tok.decode(window, skip)};
+  return {tok.decode_raw(window.first(read_offset - prefix_offset), skip), tok.decode_raw(window, skip)};
 }
 
-bool ends_with_replacement(const std::string& s) {
-  return s.size() >= kReplacement.size() &&
-         s.compare(s.size() - kReplacement.size(), kReplacement.size(), kReplacement) == 0;
+// The end of the longest prefix of `s` (valid UTF-8) that the clean-up rules cannot change by
+// what follows: just after the last character that appears in no rule.
+size_t safe_cut(std::string_view s) {
+  constexpr std::string_view kRuleChars = " .?!,'ntmsvre";
+  for (size_t i = s.size(); i > 0; --i) {
+    const auto c = static_cast<unsigned char>(s[i - 1]);
+    if (c < 0x80 && kRuleChars.find(static_cast<char>(c)) != std::string_view::npos) continue;
+    if (i == s.size() || (static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) return i;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -358,20 +153,33 @@ std::string IncrementalDetokenizer::push(int id) {
   ids_.push_back(id);
   const Window w = decode_window(*tok_, skip_special_, ids_, prefix_offset_, read_offset_);
   // Hold back while the text may end inside a character that later byte pieces complete.
-  if (!w.grew() || ends_with_replacement(w.text)) return {};
+  if (!w.grew() || ends_with(w.text, kReplacement)) return {};
   std::string out = w.growth();
   prefix_offset_ = read_offset_;
   read_offset_ = ids_.size();
-  text_ += out;
-  return out;
+  return emit(std::move(out), false);
 }
 
 std::string IncrementalDetokenizer::flush() {
   const Window w = decode_window(*tok_, skip_special_, ids_, prefix_offset_, read_offset_);
-  if (!w.grew()) return {};
-  std::string out = w.growth();
-  prefix_offset_ = read_offset_;
-  read_offset_ = ids_.size();
+  std::string out;
+  if (w.grew()) {
+    out = w.growth();
+    prefix_offset_ = read_offset_;
+    read_offset_ = ids_.size();
+  }
+  return emit(std::move(out), true);
+}
+
+std::string IncrementalDetokenizer::emit(std::string raw, bool final) {
+  if (!tok_->clean_up_spaces()) {
+    text_ += raw;
+    return raw;
+  }
+  pending_ += raw;
+  const size_t cut = final ? pending_.size() : safe_cut(pending_);
+  std::string out = clean_up_tokenization(std::string_view(pending_).substr(0, cut));
+  pending_.erase(0, cut);
   text_ += out;
   return out;
 }

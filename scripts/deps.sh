@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
   libopenblas-dev libopenmpi-dev openmpi-bin
-  libspdlog-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
+  libspdlog-dev libsentencepiece-dev libpcre2-dev libutf8proc-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libbenchmark-dev
   pybind11-dev python3-dev python3-numpy python3-zmq python3-msgpack python3-pytest
   python3-torch python3-mpi4py python3-matplotlib

@@ -33,8 +33,9 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
   if (!w.ok()) return w.status();
   if (opt.copy_weights)
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
-  auto tok = Tokenizer::load(dir + "/tokenizer.model");
+  auto tok = Tokenizer::load(dir);
   if (!tok.ok()) return tok.status();
+  if (!tok->has_text()) spdlog::info("engine: no tokenizer in {}: token-only mode (input_ids in, text fields empty)", dir);
   auto eng = std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));
   eng->model_dir_ = dir;
   return eng;
@@ -80,6 +81,7 @@ Status Engine::submit(GenerateRequest req) {
   ZR_RETURN_IF_ERROR(serving_check());
   if (req.text && !req.input_ids.empty())
     return make_error(ErrorCode::invalid_argument, "text: give either text or input_ids, not both");
+  ZR_RETURN_IF_ERROR(validate_text_use(req, tok_.has_text(), opt_.detokenize && req.detokenize));
   std::shared_ptr<Session> session;
   if (req.text) req.input_ids = tok_.encode(*req.text, /*add_bos=*/req.session_id.empty());
   ZR_RETURN_IF_ERROR(check_rid(req.rid));
@@ -152,7 +154,7 @@ int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, s
   s->id = next_seq_id_++;
   s->prompt_len = static_cast<int>(req->gen.input_ids.size());
   s->tokens = std::move(tokens);
-  s->detok = std::make_unique<IncrementalDetokenizer>(tok_, req->gen.sampling_params.skip_special_tokens);
+  s->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(req->gen), req->gen.sampling_params.skip_special_tokens);
   s->req = std::move(req);
   int64_t id = s->id;
   int total = static_cast<int>(s->tokens.size());
@@ -206,7 +208,7 @@ void Engine::fork_samples(Sequence& parent, const float* row, std::vector<Sample
     c->tokens = parent.tokens;
     c->prompt_len = parent.prompt_len;
     c->table = kv_->share(parent.table);
-    c->detok = std::make_unique<IncrementalDetokenizer>(tok_, r.gen.sampling_params.skip_special_tokens);
+    c->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(r.gen), r.gen.sampling_params.skip_special_tokens);
     c->meta.cached_tokens = parent.prompt_len;
     jobs.push_back({SampleJob::Kind::sample, c.get(), row, -1, 0, {}});
     new_forks_.emplace_back(c->id, sched_.arrival(parent.id));

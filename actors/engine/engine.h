@@ -50,6 +50,8 @@ struct EngineOptions {
   // Tensor parallelism: this engine is rank 0 (the leader) of `tp`; the other ranks run TpFollower
   // (actors/tp_follower.h). The leader sends them every forward, commit and memory operation.
   TpGroup* tp = nullptr;
+  // false: no request's output is decoded (text fields empty; stop strings refused).
+  bool detokenize = true;
 };
 
 struct StepOutputs {
@@ -137,6 +139,10 @@ class Engine : private KvBudget {
   void release(int64_t seq) override;
 
   Status check_rid(const std::string& rid) const;
+  // The tokenizer a request's output text comes from: none when it is not decoded.
+  const Tokenizer& text_tokenizer(const GenerateRequest& r) const {
+    return opt_.detokenize && r.detokenize ? tok_ : Tokenizer::none();
+  }
   int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, std::vector<int> table = {},
                   int computed = 0);
   SeqChunk make_chunk(Sequence& s, int start, int count) const;

@@ -83,7 +83,7 @@ void Engine::abort_sequence(Sequence& s, StepOutputs& out) {
     ghost.index = i;
     ghost.tokens.assign(s.tokens.begin(), s.tokens.begin() + s.prompt_len);
     ghost.prompt_len = s.prompt_len;
-    ghost.detok = std::make_unique<IncrementalDetokenizer>(tok_, true);
+    ghost.detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(r.gen), true);
     finish(ghost, why, out);
   }
 }

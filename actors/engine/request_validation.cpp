@@ -90,6 +90,17 @@ Status validate_generate(const GenerateRequest& req, const ModelConfig& cfg) {
   return {};
 }
 
+Status validate_text_use(const GenerateRequest& req, bool has_tokenizer, bool decodes) {
+  const std::string stop = "sampling_params.stop";
+  if (!has_tokenizer) {
+    if (req.text) return bad("text", "this model has no tokenizer; send input_ids");
+    if (!req.sampling_params.stop.empty()) return bad(stop, "this model has no tokenizer; use stop_token_ids");
+  } else if (!decodes && !req.sampling_params.stop.empty()) {
+    return bad(stop, "stop strings need the output text, which is off (detokenize: false); use stop_token_ids");
+  }
+  return {};
+}
+
 Status validate_score(const ScoreRequest& req, const ModelConfig& cfg) {
   if (req.rid.empty()) return bad("rid", "must be a non-empty string");
   ZR_RETURN_IF_ERROR(check_ids(req.input_ids, cfg.vocab_size, "input_ids"));

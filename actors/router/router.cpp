@@ -42,11 +42,10 @@ Router::Router(std::vector<std::string> endpoints, RouterOptions opt, TimePoint 
   for (auto& e : endpoints) engines_.emplace_back(std::move(e), now, cfg);
   if (!opt_.tokenizer.empty()) {
     tokenizer_tried_ = true;
-    std::string path = opt_.tokenizer;
-    if (std::filesystem::is_directory(path)) path += "/tokenizer.model";
-    auto tok = Tokenizer::load(path);
-    if (tok.ok()) tokenizer_.emplace(std::move(tok).value());
-    else log().warn("router: {} (re-routing text prompts with partial output is off)", tok.status().to_string());
+    auto tok = Tokenizer::load(opt_.tokenizer);
+    if (tok.ok() && tok->has_text()) tokenizer_.emplace(std::move(tok).value());
+    else log().warn("router: {} (re-routing text prompts with partial output is off)",
+                    tok.ok() ? "no tokenizer in " + opt_.tokenizer : tok.status().to_string());
   }
   // Load, status and model info from the start, not one interval later.
   for (int k = 0; k < static_cast<int>(engines_.size()); ++k) {
@@ -220,13 +219,13 @@ void Router::on_heartbeat_reply(int k, const Job& job, const std::string& op, co
 void Router::maybe_load_tokenizer(const std::string& model_path) {
   if (tokenizer_tried_ || model_path.empty()) return;
   tokenizer_tried_ = true;
-  auto tok = Tokenizer::load(model_path + "/tokenizer.model");
-  if (tok.ok()) {
+  auto tok = Tokenizer::load(model_path);
+  if (tok.ok() && tok->has_text()) {
     tokenizer_.emplace(std::move(tok).value());
     log().info("router: tokenizer from {} (for re-routing)", model_path);
   } else {
     log().info("router: no tokenizer ({}): a text prompt with partial output cannot be re-routed",
-               tok.status().message);
+               tok.ok() ? "none in the model folder" : tok.status().message);
   }
 }
 
@@ -365,6 +364,12 @@ void Router::on_call(const std::string& caller, const std::string& op, std::stri
     int k = pick();
     if (k < 0) return reply_error(caller, *id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
     return forward(k, caller, *id, op, std::move(body), Job::Kind::forward);
+  }
+  if (op == "tokenize" || op == "detokenize") {  // any engine: they serve one model
+    const uint64_t id = wire::peek_req_id(body);
+    int k = pick();
+    if (k < 0) return reply_error(caller, id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
+    return forward(k, caller, id, op, std::move(body), Job::Kind::forward);
   }
   if (is_fan_out(op)) {
     if (Status st = validate_fan_out(op, body); !st.ok()) return reply_error(caller, wire::peek_req_id(body), st);

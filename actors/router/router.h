@@ -56,9 +56,10 @@ inline constexpr int kRouterHeartbeatLiveness = 10;
 struct RouterOptions {
   Millis heartbeat_interval = kRouterHeartbeatInterval;
   int heartbeat_liveness = kRouterHeartbeatLiveness;  // silent intervals before an engine is dead
-  // tokenizer.model (or a model folder holding one) of the engines' model. Needed to re-route text
-  // prompts with partial output and to rebuild the exact text of a re-routed sample. Empty: the
-  // router loads the one in the engines' model_path (get_model_info) when it can read it.
+  // Tokenizer file (tokenizer.json / tokenizer.model) or model folder of the engines' model.
+  // Needed to re-route text prompts with partial output and to rebuild the exact text of a
+  // re-routed sample. Empty: the router loads the one in the engines' model_path (get_model_info)
+  // when it can read it.
   std::string tokenizer;
 };
 

@@ -332,7 +332,7 @@ void Router::continue_sample(const std::shared_ptr<Req>& rp, int i, int dead, Ti
       return finish_sample_abort(r, i, engine_name(dead) + " stopped answering heartbeats; continuing a text prompt "
                                        "needs the router's tokenizer (--tokenizer)", now);
   }
-  if (tokenizer_ && !s.tracker && q > 0) {  // the router builds this sample's text from now on
+  if (tokenizer_ && !s.tracker && q > 0 && r.gen.detokenize) {  // the router builds this sample's text from now on
     s.tracker = std::make_unique<SampleText>(*tokenizer_, r.gen.sampling_params);
     for (int t = 0; t < q; ++t)
       if (s.tracker->push(s.ids[t], is_stop_token(r, s.ids[t]))) {

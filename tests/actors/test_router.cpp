@@ -445,6 +445,38 @@ TEST_F(RouterCore, AbortRepliesAfterTheAbortedCalls) {
   EXPECT_EQ(wire::unpack_body(got_[1].body).value()["aborted"], json::array({"b"}));
 }
 
+// tokenize / detokenize go to one live engine; its reply (or error) reaches the caller under the
+// caller's req_id.
+TEST_F(RouterCore, TokenizeOpsAreForwardedToOneEngine) {
+  make(2);
+  call("tokenize", wire::encode(TokenizeCall{41, "hi", true}));
+  auto t = take(0, "tokenize");
+  auto t1 = take(1, "tokenize");
+  t.insert(t.end(), t1.begin(), t1.end());
+  ASSERT_EQ(t.size(), 1u);
+  const int k = t[0].engine;
+  auto fwd = wire::decode_tokenize(t[0].body);
+  ASSERT_TRUE(fwd.ok());
+  EXPECT_EQ(fwd->text, "hi");
+  from_engine(k, "tokenize.reply", wire::encode(TokenizeReply{fwd->req_id, {1, 7}}));
+  auto r = replies("tokenize.reply");
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0]["req_id"], 41);
+  EXPECT_EQ(r[0]["input_ids"], json::array({1, 7}));
+
+  call("detokenize", wire::encode(DetokenizeCall{42, {1, 99999}, true}));
+  auto d = take(0, "detokenize");
+  auto d1 = take(1, "detokenize");
+  d.insert(d.end(), d1.begin(), d1.end());
+  ASSERT_EQ(d.size(), 1u);
+  from_engine(d[0].engine, "error",
+              wire::error_body(wire::peek_req_id(d[0].body), make_error(ErrorCode::out_of_range, "input_ids[1]: ...")));
+  auto e = replies("error");
+  ASSERT_EQ(e.size(), 1u);
+  EXPECT_EQ(e[0]["req_id"], 42);
+  EXPECT_EQ(e[0]["code"], "out_of_range");
+}
+
 // ================================================================================================
 // Real engines over inproc
 // ================================================================================================

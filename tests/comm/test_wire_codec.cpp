@@ -48,6 +48,7 @@ GenerateRequest full_request(const std::string& rid) {
   r.logprob_mode = LogprobMode::processed;
   r.stream = true;
   r.session_id = "s1";
+  r.detokenize = false;
   return r;
 }
 
@@ -128,6 +129,10 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
       EXPECT_EQ(back->batch[0].logprob_mode, LogprobMode::processed);
       EXPECT_EQ(*back->batch[0].sampling_params.processors.allowed_token_ids, (std::vector<int>{1, 2, 3}));
       EXPECT_EQ(back->batch[0].sampling_params.processors.temperature_schedule->warmup_tokens, 3);
+      EXPECT_FALSE(back->batch[0].detokenize);
+      if (batch.size() > 1) {
+        EXPECT_TRUE(back->batch[1].detokenize);
+      }
     }
   }
   EXPECT_TRUE(to_json(GenerateCall{1, {a}}).contains("rid"));  // one request: the single form
@@ -247,6 +252,36 @@ TEST(WireCodec, OtherRepliesRoundTrip) {
 std::string map_with(const std::string& key, const std::string& value_bytes) {
   std::string b = bytes({0x81, 0xa0 | int(key.size())}) + key;
   return b + value_bytes;
+}
+
+TEST(WireCodec, TokenizeOpsRoundTripAndNameTheirFields) {
+  auto t = decode_tokenize(encode(TokenizeCall{3, "héllo <|im_start|>", false}));
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  EXPECT_EQ(t->req_id, 3u);
+  EXPECT_EQ(t->text, "héllo <|im_start|>");
+  EXPECT_FALSE(t->add_special_tokens);
+  auto defaults = decode_tokenize(pack_body(json{{"req_id", 4}, {"text", ""}}));
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_TRUE(defaults->add_special_tokens);
+  for (bool bin : {false, true}) {
+    auto d = decode_detokenize(encode(DetokenizeCall{5, {1, 2, 151643}, false}, EncodeOptions{bin}));
+    ASSERT_TRUE(d.ok()) << d.status().to_string();
+    EXPECT_EQ(d->input_ids, (std::vector<int>{1, 2, 151643}));
+    EXPECT_FALSE(d->skip_special_tokens);
+  }
+  auto tr = tokenize_reply_from_json(body_of(encode(TokenizeReply{6, {9, 8}})));
+  ASSERT_TRUE(tr.ok());
+  EXPECT_EQ(tr->input_ids, (std::vector<int>{9, 8}));
+  auto dr = detokenize_reply_from_json(body_of(encode(DetokenizeReply{7, "text"})));
+  ASSERT_TRUE(dr.ok());
+  EXPECT_EQ(dr->text, "text");
+  const auto message = [](const auto& r) { return r.ok() ? std::string("ok") : r.status().message; };
+  EXPECT_EQ(message(decode_tokenize(pack_body(json{{"req_id", 1}}))).rfind("text:", 0), 0u);
+  EXPECT_EQ(message(decode_tokenize(pack_body(json{{"req_id", 1}, {"text", 5}}))).rfind("text:", 0), 0u);
+  EXPECT_EQ(message(decode_tokenize(pack_body(json{{"text", "a"}, {"ids", 1}}))).rfind("ids:", 0), 0u);
+  EXPECT_EQ(message(decode_detokenize(pack_body(json{{"input_ids", {1, "x"}}}))).rfind("input_ids[1]:", 0), 0u);
+  EXPECT_EQ(message(decode_detokenize(pack_body(json{{"input_ids", {1}}, {"skip_special_tokens", 1}})))
+                .rfind("skip_special_tokens:", 0), 0u);
 }
 
 TEST(WireCodec, BadBodiesAreBadMessage) {
