@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -47,8 +48,11 @@ int get_int(const json& j, const char* key, std::optional<int> def) {
   return static_cast<int>(v);
 }
 
-double get_number(const json& j, const char* key, double def) {
-  if (!present(j, key)) return def;
+double get_number(const json& j, const char* key, std::optional<double> def) {
+  if (!present(j, key)) {
+    if (def) return *def;
+    fail(ErrorCode::invalid_argument, key, "is missing");
+  }
   const json& v = j.at(key);
   if (!v.is_number()) fail(ErrorCode::invalid_argument, key, "must be a number, got " + v.dump());
   return v.get<double>();
@@ -77,6 +81,7 @@ constexpr ArchEntry kArchs[] = {
     {"LlamaForCausalLM", "llama", Architecture::llama},
     {"MistralForCausalLM", "mistral", Architecture::llama},
     {"Qwen2ForCausalLM", "qwen2", Architecture::qwen2},
+    {"Qwen3ForCausalLM", "qwen3", Architecture::qwen3},
 };
 
 // architectures[0], or model_type when architectures is absent.
@@ -101,22 +106,72 @@ void parse_architecture(const json& j, ModelConfig& c) {
     }
   }
   fail(ErrorCode::unsupported, "architectures",
-       "'" + name + "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)");
+       "'" + name + "' is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
 }
 
-// Token ids: null or absent -> none; eos may be an int or a list.
+// eos_token_id: absent or null -> none, an int, or a list of ints.
+std::vector<int> eos_list(const json& j) {
+  std::vector<int> ids;
+  if (!present(j, "eos_token_id")) return ids;
+  const json& e = j.at("eos_token_id");
+  for (const auto& v : e.is_array() ? e : json::array({e})) {
+    const int64_t id = as_int(v, "eos_token_id");
+    if (id < 0 || id > std::numeric_limits<int>::max())
+      fail(ErrorCode::invalid_argument, "eos_token_id", std::to_string(id) + " is outside the vocabulary");
+    ids.push_back(static_cast<int>(id));
+  }
+  return ids;
+}
+
+// Token ids: null or absent -> none.
 void parse_token_ids(const json& j, ModelConfig& c) {
   c.bos_token_id = get_int(j, "bos_token_id", -1);
   c.pad_token_id = get_int(j, "pad_token_id", -1);
   if (c.pad_token_id < 0) c.pad_token_id = -1;
-  c.eos_token_ids.clear();
-  if (present(j, "eos_token_id")) {
-    const json& e = j.at("eos_token_id");
-    if (e.is_array()) {
-      for (const auto& v : e) c.eos_token_ids.push_back(static_cast<int>(as_int(v, "eos_token_id")));
-    } else {
-      c.eos_token_ids.push_back(get_int(j, "eos_token_id", std::nullopt));
-    }
+  c.eos_token_ids = eos_list(j);
+}
+
+// rope_scaling (or transformers 5's rope_parameters, which also carries rope_theta). Errors name
+// the sub-field: "rope_scaling.rope_type 'yarn' is not supported ...".
+void parse_rope_fields(const json& r, ModelConfig& c) {
+  RopeScaling& s = c.rope_scaling;
+  const std::string type = get_string(r, "rope_type", get_string(r, "type", "default"));
+  if (type == "default") {
+    s = {};
+  } else if (type == "linear") {
+    s.type = RopeScaling::Type::linear;
+    s.factor = get_number(r, "factor", std::nullopt);
+  } else if (type == "llama3") {
+    s.type = RopeScaling::Type::llama3;
+    s.factor = get_number(r, "factor", std::nullopt);
+    s.low_freq_factor = get_number(r, "low_freq_factor", std::nullopt);
+    s.high_freq_factor = get_number(r, "high_freq_factor", std::nullopt);
+    s.original_max_position_embeddings = get_int(r, "original_max_position_embeddings", std::nullopt);
+    if (s.original_max_position_embeddings <= 0)
+      fail(ErrorCode::invalid_argument, "original_max_position_embeddings", "must be positive");
+    if (!(s.low_freq_factor > 0) || !(s.high_freq_factor > s.low_freq_factor) || !std::isfinite(s.high_freq_factor))
+      fail(ErrorCode::invalid_argument, "high_freq_factor",
+           "must be greater than low_freq_factor (and both positive), got " + std::to_string(s.high_freq_factor) +
+               " and " + std::to_string(s.low_freq_factor));
+  } else {
+    fail(ErrorCode::unsupported, "rope_type", "'" + type + "' is not supported (default, linear, llama3)");
+  }
+  if (!(s.factor > 0) || !std::isfinite(s.factor))
+    fail(ErrorCode::invalid_argument, "factor", "must be positive, got " + std::to_string(s.factor));
+}
+
+void parse_rope(const json& j, ModelConfig& c) {
+  c.rope_theta = static_cast<float>(get_number(j, "rope_theta", 10000.0));
+  const char* key = present(j, "rope_parameters") ? "rope_parameters" : "rope_scaling";
+  if (!present(j, key)) return;
+  const json& r = j.at(key);
+  if (!r.is_object()) fail(ErrorCode::invalid_argument, key, "must be an object or null, got " + r.dump());
+  try {
+    c.rope_theta = static_cast<float>(get_number(r, "rope_theta", c.rope_theta));
+    parse_rope_fields(r, c);
+  } catch (ConfigError& e) {
+    e.message = std::string(key) + "." + e.message;
+    throw;
   }
 }
 
@@ -124,11 +179,9 @@ void parse_token_ids(const json& j, ModelConfig& c) {
 void check_unsupported(const json& j, const ModelConfig& c) {
   std::string act = get_string(j, "hidden_act", "silu");
   if (act != "silu") fail(ErrorCode::unsupported, "hidden_act", "'" + act + "' is not supported (only silu)");
-  if (present(j, "rope_scaling"))
-    fail(ErrorCode::unsupported, "rope_scaling", "is not supported (must be null): " + j.at("rope_scaling").dump());
   if (get_bool(j, "mlp_bias", false)) fail(ErrorCode::unsupported, "mlp_bias", "true is not supported");
-  // Qwen2 carries sliding_window but only uses it with use_sliding_window.
-  bool window_on = c.arch == Architecture::qwen2 ? get_bool(j, "use_sliding_window", false) : true;
+  // Qwen2 and Qwen3 carry sliding_window but only use it with use_sliding_window.
+  bool window_on = c.arch == Architecture::llama || get_bool(j, "use_sliding_window", false);
   if (window_on && present(j, "sliding_window")) {
     int w = get_int(j, "sliding_window", std::nullopt);
     if (w < c.max_position_embeddings)
@@ -187,9 +240,10 @@ ModelConfig parse_config(const json& j) {
   c.vocab_size = get_int(j, "vocab_size", std::nullopt);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", std::nullopt);
   c.rms_norm_eps = static_cast<float>(get_number(j, "rms_norm_eps", 1e-6));  // HF default
-  c.rope_theta = static_cast<float>(get_number(j, "rope_theta", 10000.0));
+  parse_rope(j, c);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false);
   c.qkv_bias = c.arch == Architecture::qwen2 || get_bool(j, "attention_bias", false);
+  c.qk_norm = c.arch == Architecture::qwen3;
   parse_token_ids(j, c);
   // Newer transformers write "dtype" instead of "torch_dtype".
   c.torch_dtype = get_string(j, "torch_dtype", get_string(j, "dtype", "float32"));
@@ -198,9 +252,27 @@ ModelConfig parse_config(const json& j) {
   return c;
 }
 
-Result<ModelConfig> parse_text(const std::string& text, const std::string& source) {
+// generation_config.json: its eos ids join the stop ids (config.json's first, in order, no
+// repeats); its bos/pad fill in only what config.json leaves out.
+void merge_generation_config(const json& j, ModelConfig& c) {
+  if (!j.is_object()) fail(ErrorCode::invalid_argument, "top level", "must be a JSON object");
+  for (int id : eos_list(j)) {
+    check_token(id, c.vocab_size, "eos_token_id");
+    if (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) == c.eos_token_ids.end())
+      c.eos_token_ids.push_back(id);
+  }
+  if (c.bos_token_id < 0) c.bos_token_id = std::max(-1, get_int(j, "bos_token_id", -1));
+  if (c.pad_token_id < 0) c.pad_token_id = std::max(-1, get_int(j, "pad_token_id", -1));
+  check_token(c.bos_token_id, c.vocab_size, "bos_token_id");
+  check_token(c.pad_token_id, c.vocab_size, "pad_token_id");
+}
+
+// Runs parse(json of text, out), turning its errors into a Status that names `source`.
+template <class F>
+Status parse_json(const std::string& text, const std::string& source, F&& parse) {
   try {
-    return parse_config(json::parse(text));
+    parse(json::parse(text));
+    return Status::ok_status();
   } catch (const ConfigError& e) {
     return make_error(e.code, source + ": " + e.message);
   } catch (const json::exception& e) {
@@ -208,10 +280,42 @@ Result<ModelConfig> parse_text(const std::string& text, const std::string& sourc
   }
 }
 
+Result<ModelConfig> parse_text(const std::string& text, const std::string& source) {
+  ModelConfig c;
+  ZR_RETURN_IF_ERROR(parse_json(text, source, [&](const json& j) { c = parse_config(j); }));
+  return c;
+}
+
+Result<std::string> read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return make_error(ErrorCode::not_found, path + ": no such file");
+    return make_error(ErrorCode::io_error, path + ": cannot open");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return make_error(ErrorCode::io_error, path + ": read failed");
+  return ss.str();
+}
+
 const char* model_type_of(const ModelConfig& c) {
   for (const auto& e : kArchs)
     if (c.arch_name == e.name) return e.model_type;
-  return c.arch == Architecture::qwen2 ? "qwen2" : "llama";
+  return c.arch == Architecture::qwen3 ? "qwen3" : c.arch == Architecture::qwen2 ? "qwen2" : "llama";
+}
+
+json rope_scaling_json(const RopeScaling& s) {
+  if (s.type == RopeScaling::Type::none) return nullptr;
+  json r;
+  r["rope_type"] = s.type == RopeScaling::Type::linear ? "linear" : "llama3";
+  r["factor"] = s.factor;
+  if (s.type == RopeScaling::Type::llama3) {
+    r["low_freq_factor"] = s.low_freq_factor;
+    r["high_freq_factor"] = s.high_freq_factor;
+    r["original_max_position_embeddings"] = s.original_max_position_embeddings;
+  }
+  return r;
 }
 
 }  // namespace
@@ -220,6 +324,7 @@ int64_t ModelConfig::num_params() const {
   const int64_t d = hidden_size, ffn = intermediate_size, q = q_dim(), kv = kv_dim();
   int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * ffn + 2 * d;  // q,k,v,o, gate,up,down, 2 norms
   if (qkv_bias) layer += q + 2 * kv;
+  if (qk_norm) layer += 2 * head_dim;
   int64_t n = int64_t{vocab_size} * d + num_layers * layer + d;  // embed, layers, final norm
   if (!tie_word_embeddings) n += int64_t{vocab_size} * d;
   return n;
@@ -231,19 +336,19 @@ Result<ModelConfig> ModelConfig::from_json_text(const std::string& text) {
 
 Result<ModelConfig> ModelConfig::from_dir(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / "config.json").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) return make_error(ErrorCode::not_found, path + ": no such file");
-    return make_error(ErrorCode::io_error, path + ": cannot open");
+  auto text = read_text(path);
+  if (!text.ok()) return text.status();
+  auto cfg = parse_text(*text, path);
+  if (!cfg.ok()) return cfg;
+  const std::string gen_path = (std::filesystem::path(dir) / "generation_config.json").string();
+  if (auto gen = read_text(gen_path); gen.ok()) {
+    ZR_RETURN_IF_ERROR(parse_json(*gen, gen_path, [&](const json& j) { merge_generation_config(j, *cfg); }));
+  } else if (gen.status().code != ErrorCode::not_found) {
+    return gen.status();
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return make_error(ErrorCode::io_error, path + ": read failed");
-  auto cfg = parse_text(ss.str(), path);
-  if (cfg.ok())
-    spdlog::debug("config {}: {} d={} layers={} heads={}/{} vocab={}", path, cfg->arch_name,
-                  cfg->hidden_size, cfg->num_layers, cfg->num_heads, cfg->num_kv_heads, cfg->vocab_size);
+  spdlog::debug("config {}: {} d={} layers={} heads={}/{} head_dim={} vocab={} stop ids {}", path, cfg->arch_name,
+                cfg->hidden_size, cfg->num_layers, cfg->num_heads, cfg->num_kv_heads, cfg->head_dim, cfg->vocab_size,
+                json(cfg->eos_token_ids).dump());
   return cfg;
 }
 
@@ -261,10 +366,10 @@ std::string ModelConfig::to_json_text() const {
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = static_cast<double>(rms_norm_eps);  // shortest double repr reads back exactly
   j["rope_theta"] = static_cast<double>(rope_theta);
-  j["rope_scaling"] = nullptr;
+  j["rope_scaling"] = rope_scaling_json(rope_scaling);
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = tie_word_embeddings;
-  if (arch == Architecture::llama) j["attention_bias"] = qkv_bias;
+  if (arch != Architecture::qwen2) j["attention_bias"] = qkv_bias;  // Qwen2 always has the biases
   j["bos_token_id"] = bos_token_id >= 0 ? json(bos_token_id) : json(nullptr);
   if (eos_token_ids.empty()) j["eos_token_id"] = nullptr;
   else if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];

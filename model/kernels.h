@@ -82,7 +82,7 @@ void attention_values_heads(const float* p, size_t p_stride, int heads, const fl
 // in order) added in a fixed tree. Both ISA paths do exactly these operations: same bits.
 void softmax(float* x, int n);
 
-// out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double).
+// out = x / sqrt(mean(x^2) + eps) * w, one row of length d (mean accumulated in double). out may be x.
 void rmsnorm(const float* x, const float* w, int d, float eps, float* out);
 // out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i], exp the softmax's (its
 // argument capped at 88, where the quotient is already ~0); the same bits on both ISA paths.

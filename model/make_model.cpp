@@ -1,7 +1,8 @@
-// make-model: a preset (or another model's config and tokenizer) plus seeded random weights,
-// written in the Hugging Face layout. Every byte is a function of the options: the tokenizer is
-// trained deterministically, each tensor's values come from its own generator seeded by
-// (seed, tensor name), and config.json and safetensors are written with stable key order.
+// make-model: a preset (or another model's config, generation config and tokenizer files) plus
+// seeded random weights, written in the Hugging Face layout. Every byte is a function of the options
+// and the source folder: the tokenizer is trained deterministically, each tensor's values come from
+// its own generator seeded by (seed, tensor name), and config.json and safetensors are written with
+// stable key order.
 #include "model/make_model.h"
 
 #include <spdlog/spdlog.h>
@@ -12,7 +13,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <numbers>
+#include <utility>
+#include <vector>
 
 #include "model/safetensors.h"
 #include "model/tokenizer.h"
@@ -75,8 +79,17 @@ uint64_t fnv1a(std::string_view s) {
 }
 
 bool is_norm(TensorRole role) {
-  return role == TensorRole::attn_norm || role == TensorRole::ffn_norm || role == TensorRole::final_norm;
+  return role == TensorRole::attn_norm || role == TensorRole::ffn_norm || role == TensorRole::final_norm ||
+         role == TensorRole::q_norm || role == TensorRole::k_norm;
 }
+
+// What --like copies byte for byte besides config.json, when the source folder has it.
+constexpr const char* kLikeFiles[] = {
+    "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja"};
+
+// Files of the output folder other than model.safetensors: (name, bytes).
+using FileList = std::vector<std::pair<std::string, std::string>>;
 
 // Little-endian element bytes of one tensor in `dtype`.
 TensorToWrite random_tensor(const TensorSpec& spec, uint64_t seed, DType dtype) {
@@ -120,38 +133,65 @@ const char* torch_dtype_name(DType t) {
   return t == DType::f32 ? "float32" : t == DType::bf16 ? "bfloat16" : "float16";
 }
 
-// The config and tokenizer.model bytes the options ask for (trained for a preset, copied for --like).
-Status resolve_config_and_tokenizer(const MakeModelOptions& opt, ModelConfig* cfg, std::string* tok) {
-  if (!opt.like_dir.empty()) {
-    auto like = ModelConfig::from_dir(opt.like_dir);
-    if (!like.ok()) return like.status();
-    auto bytes = read_file(fs::path(opt.like_dir) / "tokenizer.model");
+// The dtype the source folder's weights are stored in (its embedding's), else its torch_dtype.
+DType source_dtype(const std::string& dir, const ModelConfig& cfg) {
+  if (auto ar = SafetensorsArchive::open_dir(dir); ar.ok())
+    if (const TensorView* t = ar->find("model.embed_tokens.weight")) return t->dtype;
+  return cfg.torch_dtype == "bfloat16" ? DType::bf16 : cfg.torch_dtype == "float16" ? DType::f16 : DType::f32;
+}
+
+// --like: the source's config.json with every field kept (rope_scaling, head_dim, fields this
+// engine ignores) and only its dtype changed, plus kLikeFiles as they are.
+Status resolve_like(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtype, FileList* files) {
+  auto like = ModelConfig::from_dir(opt.like_dir);
+  if (!like.ok()) return like.status();
+  *cfg = std::move(like).value();
+  *dtype = opt.dtype ? *opt.dtype : source_dtype(opt.like_dir, *cfg);
+  auto text = read_file(fs::path(opt.like_dir) / "config.json");
+  if (!text.ok()) return text.status();
+  auto j = nlohmann::ordered_json::parse(*text);  // from_dir parsed it already
+  j["torch_dtype"] = torch_dtype_name(*dtype);
+  if (j.contains("dtype")) j["dtype"] = torch_dtype_name(*dtype);  // transformers 5's spelling
+  files->emplace_back("config.json", j.dump(2) + "\n");
+  std::string copied;
+  for (const char* name : kLikeFiles) {
+    const fs::path src = fs::path(opt.like_dir) / name;
+    std::error_code ec;
+    if (!fs::exists(src, ec)) continue;
+    auto bytes = read_file(src);
     if (!bytes.ok()) return bytes.status();
-    *cfg = std::move(like).value();
-    *tok = std::move(bytes).value();
-    spdlog::info("make-model: config and tokenizer like {}", opt.like_dir);
-    return Status::ok_status();
+    files->emplace_back(name, std::move(bytes).value());
+    copied += std::string(copied.empty() ? "" : ", ") + name;
   }
-  auto preset = preset_config(opt.preset);
-  if (!preset.ok()) return preset.status();
-  *cfg = std::move(preset).value();
-  const auto start = std::chrono::steady_clock::now();
-  auto trained = train_tokenizer(builtin_corpus(), cfg->vocab_size);
-  if (!trained.ok()) return trained.status();
-  *tok = std::move(trained).value();
-  spdlog::info("make-model: trained a {}-piece tokenizer on the built-in corpus ({} KB) in {:.2f} s",
-               cfg->vocab_size, builtin_corpus().size() / 1024,
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  spdlog::info("make-model: config like {} (copied {})", opt.like_dir, copied.empty() ? "no other file" : copied);
   return Status::ok_status();
 }
 
-Status write_weights(const ModelConfig& cfg, const MakeModelOptions& opt, const fs::path& path) {
+// A preset: its config and a tokenizer.model trained on the built-in corpus.
+Status resolve_preset(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtype, FileList* files) {
+  auto preset = preset_config(opt.preset);
+  if (!preset.ok()) return preset.status();
+  *cfg = std::move(preset).value();
+  *dtype = opt.dtype.value_or(DType::f32);
+  cfg->torch_dtype = torch_dtype_name(*dtype);
+  const auto start = std::chrono::steady_clock::now();
+  auto trained = train_tokenizer(builtin_corpus(), cfg->vocab_size);
+  if (!trained.ok()) return trained.status();
+  spdlog::info("make-model: trained a {}-piece tokenizer on the built-in corpus ({} KB) in {:.2f} s",
+               cfg->vocab_size, builtin_corpus().size() / 1024,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  files->emplace_back("config.json", cfg->to_json_text());
+  files->emplace_back("tokenizer.model", std::move(trained).value());
+  return Status::ok_status();
+}
+
+Status write_weights(const ModelConfig& cfg, const MakeModelOptions& opt, DType dtype, const fs::path& path) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<TensorToWrite> tensors;
   size_t bytes = 0;
   for (const TensorSpec& spec : model_tensor_specs(cfg)) {
     if (spec.optional) continue;  // lm_head when tied to the embedding
-    tensors.push_back(random_tensor(spec, opt.seed, opt.dtype));
+    tensors.push_back(random_tensor(spec, opt.seed, dtype));
     bytes += tensors.back().bytes.size();
   }
   const std::string source = opt.like_dir.empty() ? "preset " + opt.preset : "like " + opt.like_dir;
@@ -159,7 +199,7 @@ Status write_weights(const ModelConfig& cfg, const MakeModelOptions& opt, const 
       {"format", "pt"}, {"zrollout.make_model", source + ", seed " + std::to_string(opt.seed)}};
   ZR_RETURN_IF_ERROR(write_safetensors(path.string(), tensors, metadata));
   spdlog::info("make-model: {} tensors, {:.1f} MB {} in {:.2f} s -> {}", tensors.size(), bytes / 1e6,
-               dtype_name(opt.dtype),
+               dtype_name(dtype),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
                path.string());
   return Status::ok_status();
@@ -194,9 +234,11 @@ Result<ModelConfig> preset_config(const std::string& preset) {
 Status make_model(const MakeModelOptions& opt) {
   if (opt.out_dir.empty()) return make_error(ErrorCode::invalid_argument, "make-model: --out is required");
   ModelConfig cfg;
-  std::string tokenizer;
-  ZR_RETURN_IF_ERROR(resolve_config_and_tokenizer(opt, &cfg, &tokenizer));
-  cfg.torch_dtype = torch_dtype_name(opt.dtype);
+  DType dtype = DType::f32;
+  FileList files;
+  ZR_RETURN_IF_ERROR(opt.like_dir.empty() ? resolve_preset(opt, &cfg, &dtype, &files)
+                                          : resolve_like(opt, &cfg, &dtype, &files));
+  cfg.torch_dtype = torch_dtype_name(dtype);
   spdlog::info("make-model: {} d={} ffn={} layers={} heads={}/{} head_dim={} vocab={} ctx={} ({:.1f}M params)",
                cfg.arch_name, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
                cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings,
@@ -205,9 +247,8 @@ Status make_model(const MakeModelOptions& opt) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) return make_error(ErrorCode::io_error, "make-model: cannot create " + opt.out_dir + ": " + ec.message());
-  ZR_RETURN_IF_ERROR(write_file(out / "config.json", cfg.to_json_text()));
-  ZR_RETURN_IF_ERROR(write_file(out / "tokenizer.model", tokenizer));
-  return write_weights(cfg, opt, out / "model.safetensors");
+  for (const auto& [name, bytes] : files) ZR_RETURN_IF_ERROR(write_file(out / name, bytes));
+  return write_weights(cfg, opt, dtype, out / "model.safetensors");
 }
 
 }  // namespace zr

@@ -1,8 +1,10 @@
-// make-model: deterministic random-weight checkpoints in the Hugging Face layout, with a
-// sentencepiece tokenizer trained on the corpus that ships in the repo. Same options, same bytes.
+// make-model: deterministic random-weight checkpoints in the Hugging Face layout: a preset with a
+// sentencepiece tokenizer trained on the corpus that ships in the repo, or the shape, config,
+// generation config and tokenizer files of another model folder (--like). Same options, same bytes.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "comm/status.h"
@@ -13,9 +15,11 @@ namespace zr {
 
 struct MakeModelOptions {
   std::string preset = "tiny";  // tiny | stories15M | stories110M (ignored when like_dir is set)
-  std::string like_dir;         // copy config.json and tokenizer.model from this folder
+  // Copy this folder's config.json (only its dtype changed), generation_config.json and tokenizer
+  // files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...: whichever it has).
+  std::string like_dir;
   uint64_t seed = 0;
-  DType dtype = DType::f32;     // f32 | bf16
+  std::optional<DType> dtype;   // default: f32 for a preset, the source's weight dtype for like_dir
   std::string out_dir;
 };
 

@@ -5,7 +5,8 @@
 //   MLP:       rank r owns a slice of the intermediate dimension: rows of gate/up_proj, columns of
 //              down_proj (uneven when T does not divide it);
 //   vocab:     rank r owns a slice of lm_head's rows and computes those logits;
-//   replicated: the embedding table and the norms (every rank embeds its own tokens).
+//   replicated: the embedding table and the norms, Qwen3's per-head q/k norms (head_dim) included
+//              (every rank embeds its own tokens and normalizes its own heads).
 // o_proj and down_proj produce partial sums over the owned heads / slice; TpComm::allreduce_sum
 // adds them. The logits slices meet on the leader (rank 0) through TpComm::gather_to_leader.
 //

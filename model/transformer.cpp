@@ -36,17 +36,7 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
   ld_d_ = kernels::padded_stride(lc_.hidden_size);
   ld_q_ = kernels::padded_stride(lc_.q_dim());
   ld_ffn_ = kernels::padded_stride(lc_.intermediate_size);
-  int half = c.head_dim / 2;
-  rope_cos_.resize(static_cast<size_t>(c.max_position_embeddings) * half);
-  rope_sin_.resize(rope_cos_.size());
-  for (int p = 0; p < c.max_position_embeddings; ++p) {
-    for (int i = 0; i < half; ++i) {
-      double inv_freq = 1.0 / std::pow(static_cast<double>(c.rope_theta), (2.0 * i) / c.head_dim);
-      double a = p * inv_freq;
-      rope_cos_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(a));
-      rope_sin_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(a));
-    }
-  }
+  rope_ = make_rope_table(c, c.max_position_embeddings);
 }
 
 void Transformer::resize(int rows) {
@@ -164,7 +154,7 @@ void Transformer::attention_layer(int layer, std::span<const SeqChunk> batch) {
 
 void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& logits) {
   const ModelConfig& c = lc_;
-  const int d = c.hidden_size, hd = c.head_dim, half = hd / 2;
+  const int d = c.hidden_size, hd = c.head_dim;
   rows_.clear();
   for (size_t s = 0; s < batch.size(); ++s)
     for (int i = 0; i < batch[s].num_tokens; ++i)
@@ -186,6 +176,9 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
                           {{&w_->get(TensorRole::wq, l), q_.data(), ld_q_}, {&w_->get(TensorRole::wk, l), k_.data()},
                            {&w_->get(TensorRole::wv, l), v_.data()}},
                           pool_);
+    // Qwen3: each q and k head is RMS-normalized (one weight for all heads) before RoPE.
+    const float* qn = c.qk_norm ? w_->get(TensorRole::q_norm, l).f32() : nullptr;
+    const float* kn = c.qk_norm ? w_->get(TensorRole::k_norm, l).f32() : nullptr;
     for_rows(T, [&](int r) {
       float* q = &q_[r * ldq];
       float* k = &k_[r * kvd];
@@ -194,8 +187,12 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
         add_bias(k, 1, c.kv_dim(), w_->get(TensorRole::bk, l));
         add_bias(&v_[r * kvd], 1, c.kv_dim(), w_->get(TensorRole::bv, l));
       }
-      const float* cs = &rope_cos_[static_cast<size_t>(rows_[r].pos) * half];
-      const float* sn = &rope_sin_[static_cast<size_t>(rows_[r].pos) * half];
+      if (c.qk_norm) {
+        for (int h = 0; h < c.num_heads; ++h) kernels::rmsnorm(q + h * hd, qn, hd, c.rms_norm_eps, q + h * hd);
+        for (int h = 0; h < c.num_kv_heads; ++h) kernels::rmsnorm(k + h * hd, kn, hd, c.rms_norm_eps, k + h * hd);
+      }
+      const float* cs = rope_.cos_row(rows_[r].pos);
+      const float* sn = rope_.sin_row(rows_[r].pos);
       for (int h = 0; h < c.num_heads; ++h) kernels::rope_rotate(q + h * hd, hd, cs, sn);
       for (int h = 0; h < c.num_kv_heads; ++h) kernels::rope_rotate(k + h * hd, hd, cs, sn);
       write_kv_row(l, batch[rows_[r].seq], r, rows_[r].pos);

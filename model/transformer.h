@@ -1,4 +1,4 @@
-// Transformer: the Llama / Qwen2 forward pass over a ragged batch. One call advances many
+// Transformer: the Llama / Qwen2 / Qwen3 forward pass over a ragged batch. One call advances many
 // sequences, each by a chunk of prompt tokens or by one decode token, reading and writing the
 // paged KV cache. Every row (token) is computed by the same operations whatever else is in the
 // batch (see model/kernels.h), so outputs are batch-invariant and a prefill row equals the decode
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/kv_cache.h"
+#include "model/rope.h"
 #include "model/thread_pool.h"
 #include "model/tp.h"
 #include "model/weights.h"
@@ -66,7 +67,7 @@ class Transformer {
   ModelConfig lc_;  // this rank's dimensions (heads, KV heads, intermediate); the full config without TP
   TpLayout layout_;
   std::vector<float> local_logits_, gathered_;
-  std::vector<float> rope_cos_, rope_sin_;  // (max_position_embeddings, head_dim / 2)
+  RopeTable rope_;  // (max_position_embeddings, head_dim / 2)
   std::vector<Row> rows_;
   // Activations, (rows, width) row-major; rows that feed a matmul are kernels::padded_stride apart:
   // x_, xb_ ld_d_ (hidden), q_, att_ ld_q_, hb_, hb2_ ld_ffn_; k_, v_ kv_dim.

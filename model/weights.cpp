@@ -30,7 +30,8 @@ std::string layer_name(int layer, const char* suffix) {
 // Norms and biases are read as f32 by the kernels; everything else is a matmul operand or embedding.
 bool is_f32_only(TensorRole r) {
   return r == TensorRole::attn_norm || r == TensorRole::ffn_norm || r == TensorRole::final_norm ||
-         r == TensorRole::bq || r == TensorRole::bk || r == TensorRole::bv;
+         r == TensorRole::q_norm || r == TensorRole::k_norm || r == TensorRole::bq || r == TensorRole::bk ||
+         r == TensorRole::bv;
 }
 
 bool ends_with(std::string_view s, std::string_view suffix) {
@@ -86,6 +87,10 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& cfg) {
       s.push_back({layer_name(l, "self_attn.q_proj.bias"), {q}, TensorRole::bq, l});
       s.push_back({layer_name(l, "self_attn.k_proj.bias"), {kv}, TensorRole::bk, l});
       s.push_back({layer_name(l, "self_attn.v_proj.bias"), {kv}, TensorRole::bv, l});
+    }
+    if (cfg.qk_norm) {
+      s.push_back({layer_name(l, "self_attn.q_norm.weight"), {cfg.head_dim}, TensorRole::q_norm, l});
+      s.push_back({layer_name(l, "self_attn.k_norm.weight"), {cfg.head_dim}, TensorRole::k_norm, l});
     }
     s.push_back({layer_name(l, "self_attn.o_proj.weight"), {d, q}, TensorRole::wo, l});
     s.push_back({layer_name(l, "post_attention_layernorm.weight"), {d}, TensorRole::ffn_norm, l});

@@ -28,7 +28,9 @@ enum class TensorRole : uint8_t {
   wq,          // model.layers.L.self_attn.q_proj.weight (n_heads*head_dim, d)
   wk,          // model.layers.L.self_attn.k_proj.weight (n_kv_heads*head_dim, d)
   wv,          // model.layers.L.self_attn.v_proj.weight (n_kv_heads*head_dim, d)
-  bq, bk, bv,  // model.layers.L.self_attn.{q,k,v}_proj.bias (Qwen2 only)
+  bq, bk, bv,  // model.layers.L.self_attn.{q,k,v}_proj.bias (Qwen2, attention_bias)
+  q_norm,      // model.layers.L.self_attn.q_norm.weight (head_dim), Qwen3: shared by every q head
+  k_norm,      // model.layers.L.self_attn.k_norm.weight (head_dim), Qwen3: shared by every k head
   wo,          // model.layers.L.self_attn.o_proj.weight (d, n_heads*head_dim)
   ffn_norm,    // model.layers.L.post_attention_layernorm.weight (d)
   w_gate,      // model.layers.L.mlp.gate_proj.weight (ffn, d)

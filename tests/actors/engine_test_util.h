@@ -41,6 +41,21 @@ inline std::unique_ptr<Engine> load_engine(const std::string& dir, EngineOptions
   return e.ok() ? std::move(e).value() : nullptr;
 }
 
+// Why the engine cannot load `dir` for want of a sentencepiece tokenizer.model (empty when it loads,
+// or fails for another reason). qwen3-tiny and llama31-tiny ship only tokenizer.json, which the
+// engine reads once issue 16's tokenizer part lands; until then their engine tests skip.
+inline std::string missing_tokenizer(const std::string& dir) {
+  EngineOptions o;
+  o.threads = 1;
+  o.kv_cache_bytes = size_t{1} << 20;
+  o.kv_prefault = false;
+  o.copy_weights = false;
+  auto e = Engine::load(dir, o);
+  if (e.ok() || e.status().code != ErrorCode::not_found || e.status().message.find("tokenizer.model") == std::string::npos)
+    return {};
+  return e.status().to_string();
+}
+
 // Greedy, ignore_eos, with every logprob a reference file holds: token, top-5, prompt.
 inline GenerateRequest greedy_request(const std::string& rid, std::vector<int> ids, int max_new) {
   GenerateRequest r;
@@ -77,3 +92,9 @@ inline void expect_identical(const SampleOutput& a, const SampleOutput& b, const
 }
 
 }  // namespace zr::testing
+
+// Skips the test while the engine cannot read the model folder's tokenizer (missing_tokenizer);
+// any other load error still fails.
+#define ZR_REQUIRE_ENGINE_TOKENIZER(dir)                                                       \
+  if (auto why_ = ::zr::testing::missing_tokenizer(dir); !why_.empty())                        \
+  GTEST_SKIP() << dir << ": the engine does not read this folder's tokenizer yet (" << why_ << ")"

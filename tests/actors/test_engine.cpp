@@ -24,6 +24,7 @@ nlohmann::json reference(const std::string& dir) {
 
 void check_golden_engine(const std::string& name) {
   ZR_REQUIRE_SHARED_MODEL(dir, name);
+  ZR_REQUIRE_ENGINE_TOKENIZER(dir);
   auto eng = testing::load_engine(dir);
   auto ref = reference(dir);
   int i = 0;
@@ -73,8 +74,10 @@ void check_golden_engine(const std::string& name) {
 
 TEST(EngineGolden, Stories260K) { check_golden_engine("stories260K"); }
 TEST(EngineGolden, Stories260KBf16) { check_golden_engine("stories260K-bf16"); }
+TEST(EngineGolden, Qwen3Tiny) { check_golden_engine("qwen3-tiny"); }
+TEST(EngineGolden, Llama31Tiny) { check_golden_engine("llama31-tiny"); }
 
-// A mix of 64 requests of different lengths and sampling settings.
+// A mix of `count` requests of different lengths and sampling settings.
 std::vector<GenerateRequest> mixed_requests(int vocab, int count, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<GenerateRequest> out;
@@ -98,17 +101,17 @@ std::vector<GenerateRequest> mixed_requests(int vocab, int count, uint64_t seed)
   return out;
 }
 
-void check_batch_invariance(const std::string& dir) {
+void check_batch_invariance(const std::string& dir, int count = 64) {
   auto eng = testing::load_engine(dir);
   const int vocab = eng->config().vocab_size;
-  auto reqs = mixed_requests(vocab, 64, 42);
+  auto reqs = mixed_requests(vocab, count, 42);
   // Each request alone.
   std::map<std::string, SampleOutput> alone;
   for (const auto& r : reqs) {
     ASSERT_TRUE(eng->submit(r).ok());
     alone[r.rid] = run_to_completion(*eng).samples.at(r.rid).at(0);
   }
-  // All 64 together, in two different orders, with a small step budget so prompts are chunked.
+  // All together, in two different orders, with a small step budget so prompts are chunked.
   for (int order = 0; order < 2; ++order) {
     EngineOptions opt;
     opt.scheduler.max_step_tokens = order == 0 ? 2048 : 37;
@@ -149,6 +152,19 @@ TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260K) {
 TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateStories260KBf16) {
   ZR_REQUIRE_SHARED_MODEL(dir, "stories260K-bf16");
   check_batch_invariance(dir);
+}
+
+// Qwen3 and Llama 3.1 (vocabularies of 152K and 128K: fewer requests keep it fast).
+TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateQwen3Tiny) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "qwen3-tiny");
+  ZR_REQUIRE_ENGINE_TOKENIZER(dir);
+  check_batch_invariance(dir, 8);
+}
+
+TEST(EngineParity, BatchInvarianceAndScoreEqualsGenerateLlama31Tiny) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "llama31-tiny");
+  ZR_REQUIRE_ENGINE_TOKENIZER(dir);
+  check_batch_invariance(dir, 8);
 }
 
 // The same contract on a random model of realistic shape (stories15M: d 288, 6 layers, vocab

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <set>
 
@@ -205,6 +207,36 @@ TEST_F(EngineSampling, StopTokenIdFinishesWithTheToken) {
   auto o = run_to_completion(*eng).samples.at("s").at(0);
   EXPECT_EQ(o.output_ids, (std::vector<int>{432, 383, 286, 261}));
   EXPECT_EQ(std::get<int>(o.meta_info.finish_reason.matched), 261);
+}
+
+// generation_config.json's eos ids stop a generation like config.json's: stories260K with 261 (the
+// 4th greedy token) added there stops on it, unless ignore_eos, and min_new_tokens masks it.
+TEST_F(EngineSampling, GenerationConfigEosIdsStopGeneration) {
+  testing::TempDir tmp;
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model"})
+    std::filesystem::copy_file(dir_ + "/" + f, tmp / f);
+  std::ofstream(tmp / "generation_config.json") << R"({"bos_token_id": 1, "eos_token_id": [2, 261]})";
+  auto eng = testing::load_engine(tmp.path());
+  EXPECT_EQ(eng->config().eos_token_ids, (std::vector<int>{2, 261}));
+  ASSERT_TRUE(eng->submit(req("stop", 0, 32, 0)).ok());
+  auto free_run = req("ignore", 0, 8, 0);
+  free_run.sampling_params.ignore_eos = true;
+  ASSERT_TRUE(eng->submit(free_run).ok());
+  auto held = req("min", 0, 8, 0);
+  held.sampling_params.min_new_tokens = 6;
+  ASSERT_TRUE(eng->submit(held).ok());
+  auto res = run_to_completion(*eng);
+  const SampleOutput& o = res.samples.at("stop").at(0);
+  EXPECT_EQ(o.output_ids, (std::vector<int>{432, 383, 286, 261}));
+  EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::stop);
+  EXPECT_EQ(std::get<int>(o.meta_info.finish_reason.matched), 261);
+  const SampleOutput& ign = res.samples.at("ignore").at(0);
+  EXPECT_EQ(ign.output_ids.size(), 8u);
+  EXPECT_EQ(ign.output_ids[3], 261);
+  EXPECT_EQ(ign.meta_info.finish_reason.type, FinishReason::Type::length);
+  const SampleOutput& min = res.samples.at("min").at(0);
+  ASSERT_GE(min.output_ids.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_NE(min.output_ids[i], 261) << i;
 }
 
 TEST_F(EngineSampling, ActionMaskNeverViolated) {

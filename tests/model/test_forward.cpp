@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <random>
@@ -15,6 +16,7 @@
 
 #include "model/kernels.h"
 #include "model/kv_cache.h"
+#include "model/safetensors.h"
 #include "model/sampler.h"
 #include "model/transformer.h"
 #include "tests/test_util.h"
@@ -105,17 +107,55 @@ Decoded greedy_decode(const ModelWeights& w, const std::vector<int>& prompt, int
   return out;
 }
 
+// The completion's teacher-forced logprobs, log_softmax(logits / T), from one forward over
+// prompt + completion (the rows of the last prompt position and the completion's but its last).
+std::vector<float> score_forward(const ModelWeights& w, const std::vector<int>& prompt,
+                                 const std::vector<int>& completion, float temperature, int threads) {
+  const ModelConfig& c = w.config();
+  ThreadPool pool(threads);
+  KvCache kv(c, 16, 8 << 20);
+  Transformer tf(&w, &kv, &pool);
+  std::vector<int> seq = prompt, table;
+  seq.insert(seq.end(), completion.begin(), completion.end());
+  const int n = static_cast<int>(seq.size()), p = static_cast<int>(prompt.size());
+  EXPECT_TRUE(kv.prepare_write(table, 0, n));
+  SeqChunk ch{seq.data(), n, 0, &table, p - 1};
+  std::vector<float> logits;
+  tf.forward({&ch, 1}, logits);
+  SamplerScratch scratch;
+  std::vector<float> out;
+  for (size_t k = 0; k < completion.size(); ++k)
+    out.push_back(position_logprob(&logits[k * size_t(c.vocab_size)], c.vocab_size, temperature, completion[k],
+                                   LogprobOptions{}, scratch)
+                      .logprob);
+  return out;
+}
+
+Result<ModelWeights> load_model(const std::string& dir) {
+  auto cfg = ModelConfig::from_dir(dir);
+  if (!cfg.ok()) return cfg.status();
+  return ModelWeights::load_dir(*cfg, dir);
+}
+
+// reference.json of a shared model: every greedy case (tokens exact; token, top-5 and prompt
+// logprobs within 1e-4) and every score case (logprobs at T 1.0 and 0.7 within 1e-4).
 void check_golden(const std::string& name, int threads) {
   ZR_REQUIRE_SHARED_MODEL(dir, name);
-  auto cfg = ModelConfig::from_dir(dir);
-  ASSERT_TRUE(cfg.ok()) << cfg.status().to_string();
-  auto w = ModelWeights::load_dir(*cfg, dir);
+  auto w = load_model(dir);
   ASSERT_TRUE(w.ok()) << w.status().to_string();
   auto ref = load_reference(dir);
   int cases = 0;
   for (const auto& cs : ref["cases"]) {
-    if (cs["kind"] != "greedy") continue;
     ++cases;
+    if (cs["kind"] == "score") {
+      for (const char* t : {"1.0", "0.7"}) {
+        const auto& expect = cs[std::string("logprobs_T") + t];
+        std::vector<float> got = score_forward(*w, cs["prompt_ids"], cs["completion_ids"], std::stof(t), threads);
+        ASSERT_EQ(got.size(), expect.size());
+        for (size_t k = 0; k < got.size(); ++k) EXPECT_NEAR(got[k], expect[k].get<double>(), 1e-4) << t << " " << k;
+      }
+      continue;
+    }
     std::vector<int> prompt = cs["prompt_ids"];
     std::vector<int> expect = cs["greedy_ids"];
     Decoded d = greedy_decode(*w, prompt, static_cast<int>(expect.size()), threads);
@@ -138,6 +178,47 @@ void check_golden(const std::string& name, int threads) {
 TEST(Forward, GoldenStories260K) { check_golden("stories260K", 1); }
 TEST(Forward, GoldenStories260KTwoThreads) { check_golden("stories260K", 2); }
 TEST(Forward, GoldenStories260KBf16) { check_golden("stories260K-bf16", 2); }
+// Qwen3 (per-head q/k norms, head_dim 32 != 64 / 4 heads, GQA, tied) and Llama 3.1 (llama3
+// rope_scaling, one KV head, untied head), both bf16 served as stored.
+TEST(Forward, GoldenQwen3Tiny) { check_golden("qwen3-tiny", 2); }
+TEST(Forward, GoldenLlama31Tiny) { check_golden("llama31-tiny", 2); }
+
+// bf16 weights served as stored and the same weights widened to f32 at load (an f32 copy of the
+// checkpoint) give the same bits: the kernels widen bf16 exactly, then run the f32 recipe.
+void check_bf16_equals_widened(const std::string& name) {
+  ZR_REQUIRE_SHARED_MODEL(dir, name);
+  auto ar = SafetensorsArchive::open_dir(dir);
+  ASSERT_TRUE(ar.ok()) << ar.status().to_string();
+  std::vector<TensorToWrite> wide;
+  for (const auto& [tname, v] : ar->tensors()) {
+    ASSERT_EQ(v.dtype, DType::bf16) << tname;
+    TensorToWrite t{tname, DType::f32, v.shape, std::vector<uint8_t>(static_cast<size_t>(v.numel()) * 4)};
+    for (int64_t i = 0; i < v.numel(); ++i) {
+      uint16_t h;
+      std::memcpy(&h, static_cast<const uint8_t*>(v.data) + 2 * i, 2);
+      const float f = bf16_to_f32(h);
+      std::memcpy(&t.bytes[static_cast<size_t>(i) * 4], &f, 4);
+    }
+    wide.push_back(std::move(t));
+  }
+  testing::TempDir tmp;
+  std::filesystem::copy_file(dir + "/config.json", tmp / "config.json");
+  ASSERT_TRUE(write_safetensors(tmp / "model.safetensors", wide).ok());
+  auto stored = load_model(dir), widened = load_model(tmp.path());
+  ASSERT_TRUE(stored.ok() && widened.ok());
+  EXPECT_EQ(stored->get(TensorRole::wq, 0).dtype, DType::bf16);
+  EXPECT_EQ(widened->get(TensorRole::wq, 0).dtype, DType::f32);
+  const auto ref = load_reference(dir);
+  const std::vector<int> prompt = ref["cases"][0]["prompt_ids"];
+  Decoded a = greedy_decode(*stored, prompt, 8, 2), b = greedy_decode(*widened, prompt, 8, 2);
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_EQ(0, std::memcmp(a.logprobs.data(), b.logprobs.data(), a.logprobs.size() * sizeof(float)));
+  ASSERT_EQ(a.prompt_logprobs.size(), b.prompt_logprobs.size());
+  EXPECT_EQ(0, std::memcmp(a.prompt_logprobs.data(), b.prompt_logprobs.data(), a.prompt_logprobs.size() * sizeof(float)));
+}
+
+TEST(Forward, Bf16AsStoredEqualsWidenedQwen3Tiny) { check_bf16_equals_widened("qwen3-tiny"); }
+TEST(Forward, Bf16AsStoredEqualsWidenedLlama31Tiny) { check_bf16_equals_widened("llama31-tiny"); }
 
 // The invariant matmul: a row's result does not depend on M, on the thread count, or on the ISA
 // path, and it is close to a double-precision reference.

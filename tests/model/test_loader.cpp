@@ -297,8 +297,8 @@ TEST(LoaderConfig, Errors) {
   auto bad = [](const json& patch) { return ModelConfig::from_json_text(tiny_config(patch).dump()).status(); };
   EXPECT_ERROR(bad({{"architectures", {"GPT2LMHeadModel"}}}), ErrorCode::unsupported, "architectures");
   EXPECT_ERROR(bad({{"hidden_act", "gelu"}}), ErrorCode::unsupported, "hidden_act");
-  EXPECT_ERROR(bad({{"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}}}), ErrorCode::unsupported,
-               "rope_scaling");
+  EXPECT_ERROR(bad({{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}}), ErrorCode::unsupported,
+               "rope_scaling.rope_type");
   EXPECT_ERROR(bad({{"num_attention_heads", 4}, {"num_key_value_heads", 3}}), ErrorCode::invalid_argument,
                "num_key_value_heads");
   EXPECT_ERROR(bad({{"vocab_size", nullptr}}), ErrorCode::invalid_argument, "vocab_size");

@@ -1,12 +1,15 @@
-// make-model: presets, byte-for-byte determinism, the trained tokenizer, dtypes, --like.
+// make-model: presets, byte-for-byte determinism, the trained tokenizer, dtypes, --like (Llama,
+// Qwen3, Llama 3.1 folders).
 #include "model/make_model.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "model/safetensors.h"
@@ -233,6 +236,54 @@ TEST(MakeModel, LikeStories260K) {
   EXPECT_EQ(ar->find("lm_head.weight"), nullptr);  // tied in stories260K's config
   EXPECT_EQ(ar->find("model.embed_tokens.weight")->shape, (std::vector<int64_t>{512, 64}));
 }
+
+// --like a Qwen3 or Llama 3.1 folder: config.json keeps every field (rope_scaling, head_dim,
+// fields this engine ignores), generation_config.json and the tokenizer files are copied as they
+// are, and the weights have the source's names, shapes and dtype (bf16) with new values.
+void check_like(const std::string& name) {
+  ZR_REQUIRE_SHARED_MODEL(src, name);
+  testing::TempDir out;
+  MakeModelOptions opt;
+  opt.like_dir = src;
+  opt.seed = 5;
+  opt.out_dir = out.path();
+  const Status st = make_model(opt);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_EQ(read_bytes(out / f), read_bytes(src + "/" + f)) << f;
+  EXPECT_FALSE(std::filesystem::exists(out / "reference.json"));
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(out / "config.json")), nlohmann::json::parse(read_bytes(src + "/config.json")));
+  auto want = ModelConfig::from_dir(src);
+  auto got = ModelConfig::from_dir(out.path());
+  ASSERT_TRUE(want.ok() && got.ok());
+  EXPECT_EQ(got->to_json_text(), want->to_json_text());
+  EXPECT_EQ(got->eos_token_ids, want->eos_token_ids);
+  auto weights = ModelWeights::load_dir(*got, out.path());
+  ASSERT_TRUE(weights.ok()) << weights.status().to_string();
+  auto a = SafetensorsArchive::open_dir(src), b = SafetensorsArchive::open_dir(out.path());
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->tensors().size(), b->tensors().size());
+  for (const auto& [tname, t] : a->tensors()) {
+    const TensorView* m = b->find(tname);
+    ASSERT_NE(m, nullptr) << tname;
+    EXPECT_EQ(m->dtype, DType::bf16) << tname;
+    EXPECT_EQ(m->shape, t.shape) << tname;
+    EXPECT_NE(std::memcmp(m->data, t.data, std::min<size_t>(m->nbytes, 64)), 0) << tname << ": new values";
+    if (tname.find("norm") != std::string::npos) EXPECT_NEAR(value_at(*m, 0), 1.0f, 0.2f) << tname;
+  }
+  // --dtype overrides the source's.
+  testing::TempDir wide;
+  opt.out_dir = wide.path();
+  opt.dtype = DType::f32;
+  ASSERT_TRUE(make_model(opt).ok());
+  auto w = SafetensorsArchive::open_dir(wide.path());
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->find("model.embed_tokens.weight")->dtype, DType::f32);
+  EXPECT_EQ(std::move(ModelConfig::from_dir(wide.path())).value().torch_dtype, "float32");
+}
+
+TEST(MakeModel, LikeQwen3Tiny) { check_like("qwen3-tiny"); }
+TEST(MakeModel, LikeLlama31Tiny) { check_like("llama31-tiny"); }
 
 TEST(MakeModel, Errors) {
   testing::TempDir out;
