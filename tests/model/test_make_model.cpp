@@ -269,7 +269,9 @@ void check_like(const std::string& name) {
     EXPECT_EQ(m->dtype, DType::bf16) << tname;
     EXPECT_EQ(m->shape, t.shape) << tname;
     EXPECT_NE(std::memcmp(m->data, t.data, std::min<size_t>(m->nbytes, 64)), 0) << tname << ": new values";
-    if (tname.find("norm") != std::string::npos) EXPECT_NEAR(value_at(*m, 0), 1.0f, 0.2f) << tname;
+    if (tname.find("norm") != std::string::npos) {
+      EXPECT_NEAR(value_at(*m, 0), 1.0f, 0.2f) << tname;
+    }
   }
   // --dtype overrides the source's.
   testing::TempDir wide;
