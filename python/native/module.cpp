@@ -147,7 +147,7 @@ class PyTrainer {
     {
       py::gil_scoped_release unlocked;
       if (*wp == WeightPath::broadcast) {
-        auto s = py_mpi_session();
+        auto s = python::session();
         res = s.ok() ? t.publish_broadcast(refs, version, opt, *s->weight_group) : Result<PublishResult>(s.status());
       } else {
         res = t.publish(refs, version, opt);
@@ -188,7 +188,6 @@ class PyTrainer {
   }
 
  private:
-  static Result<python::MpiSession> py_mpi_session() { return python::session(); }
   Trainer& get() {
     if (!trainer_) raise(make_error(ErrorCode::unavailable, "publisher: closed"));
     return *trainer_;
