@@ -5,6 +5,8 @@
 //      (the same requests submitted to an Engine directly, prefill included in both).
 // Usage: bench_service [--model DIR] [--rounds 2] [--gen 64]
 //        (default model: a stories15M-shape model made by make-model into ./bench_models/).
+//        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
+//        a running server (bench/bench_python_client.py alternates it with the Python client's).
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -90,6 +92,23 @@ double engine_tok_s(const std::string& model, int clients, int gen) {
   return tokens / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// The C++ client's 1-token generate round trip against a running server (median of `samples`).
+int client_round_trip(const std::string& endpoint, int samples) {
+  auto client = Client::connect(endpoint);
+  if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().to_string().c_str()), 1;
+  auto info = (*client)->get_model_info();
+  if (!info.ok()) return std::fprintf(stderr, "%s\n", info.status().to_string().c_str()), 1;
+  std::vector<double> rt;
+  for (int i = -20; i < samples; ++i) {  // 20 warm-up calls
+    auto t0 = Clock::now();
+    auto r = (*client)->generate({request("p" + std::to_string(i + 20), info->vocab_size, 4, 1, i + 20)});
+    if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
+    if (i >= 0) rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  std::printf("C++ client 1-token generate round trip (median of %d): %.1f us\n", samples, median(rt));
+  return 0;
+}
+
 }  // namespace
 }  // namespace zr
 
@@ -101,8 +120,13 @@ int main(int argc, char** argv) {
   app.add_option("--model", model);
   app.add_option("--rounds", rounds, "requests per client")->capture_default_str();
   app.add_option("--gen", gen, "new tokens per request")->capture_default_str();
+  std::string connect;
+  int samples = 200;
+  app.add_option("--connect", connect, "only measure the client's round trip against this running server");
+  app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
+  if (!connect.empty()) return client_round_trip(connect, samples);
   if (model.empty()) model = bench::default_model("stories15M");
   if (model.empty()) return 1;
   Context ctx;
