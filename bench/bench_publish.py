@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def main() -> int:
     total = sum((t.numel() * t.element_size()) if use_torch else t.nbytes for t in sd.values())
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    log = open("bench_publish_serve.log", "wb")
+    log = tempfile.NamedTemporaryFile(prefix="bench_publish_serve-", suffix=".log", delete=False)
     serve = subprocess.Popen([str(zrollout), "serve", "--model", str(model), "--bind", endpoint, "--kv-cache-mb", "64",
                               "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
     rows = {"fresh": [], "reused": []}
@@ -125,6 +126,9 @@ def main() -> int:
                      "stage": res.acks[0]["stage_seconds"], "memcpy": memcpy_s,
                      "zero_copy": res.acks[0]["zero_copy_tensors"]})
             pub.shutdown_engines()
+    except Exception:
+        print(f"(the engine's log: {log.name})", file=sys.stderr)
+        raise
     finally:
         if serve.poll() is None:
             try:
@@ -132,6 +136,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 serve.kill()
         log.close()
+    os.unlink(log.name)  # kept only when something failed
 
     med = statistics.median
     print(f"zrollout bench_publish.py: {model}, {total / 1e6:.0f} MB of weights from "
