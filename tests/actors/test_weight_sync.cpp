@@ -63,6 +63,28 @@ class WeightSync : public ::testing::Test {
     return out.ok() ? out->at(0).output_ids : std::vector<int>{};
   }
   std::string mo_dir() const { return tmp_.path() + "/random"; }
+  // Two random engines behind a RouterActor over inproc: `base`-a, `base`-b and `base`-router.
+  struct Routed {
+    std::vector<std::unique_ptr<RolloutActor>> engines;
+    std::unique_ptr<RouterActor> router;
+    void stop() {
+      router->stop();
+      for (auto& e : engines) e->stop();
+    }
+  };
+  Routed serve_routed(const std::string& base) {
+    Routed r;
+    for (const char* name : {"a", "b"}) {
+      r.engines.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), RolloutActorOptions{}));
+      EXPECT_TRUE(r.engines.back()->bind(base + "-" + name).ok());
+      r.engines.back()->start();
+    }
+    r.router = std::move(RouterActor::create(ctx_, {base + "-a", base + "-b"})).value();
+    EXPECT_TRUE(r.router->bind(base + "-router").ok());
+    r.router->start();
+    return r;
+  }
+
   // An update_weights written by hand, straight to the engine; ok or the engine's error.
   Status raw_update(UpdateWeightsCall call) {
     Client& c = trainer_->client(0);
@@ -256,15 +278,7 @@ TEST_F(WeightSync, RefusedPublishesInARowDoNotHoldASegmentEach) {
 // committed acks it as already served, the other commits it, and the publish succeeds.
 TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhere) {
   const std::string base = "inproc://ws-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
-  std::vector<std::unique_ptr<RolloutActor>> engines;
-  for (const char* name : {"a", "b"}) {
-    engines.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), RolloutActorOptions{}));
-    ASSERT_TRUE(engines.back()->bind(base + "-" + name).ok());
-    engines.back()->start();
-  }
-  auto router = std::move(RouterActor::create(ctx_, {base + "-a", base + "-b"})).value();
-  ASSERT_TRUE(router->bind(base + "-router").ok());
-  router->start();
+  Routed routed = serve_routed(base);
   auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
   auto v1 = trainer->publish(real_, 1, PublishOptions{});
   ASSERT_TRUE(v1.ok()) << v1.status().to_string();
@@ -304,8 +318,7 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   ASSERT_TRUE(v5.ok()) << v5.status().to_string();
   EXPECT_EQ(*direct_a->weight_version(), 5);
   EXPECT_EQ(*direct_b->weight_version(), 5);
-  router->stop();
-  for (auto& e : engines) e->stop();
+  routed.stop();
 }
 
 // A streamed update whose writer stops (a trainer that died mid-write) times out; the old version
@@ -614,15 +627,7 @@ TEST_F(WeightSync, ResumeWithoutAPushReloadsTheFolderVersion) {
 // a push; the router routes nothing to released engines and serves again right after the push.
 TEST_F(WeightSync, ARouterReportsReleasedEnginesAndServesAfterThePush) {
   const std::string base = "inproc://ws-rel-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
-  std::vector<std::unique_ptr<RolloutActor>> engines;
-  for (const char* name : {"a", "b"}) {
-    engines.push_back(std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), RolloutActorOptions{}));
-    ASSERT_TRUE(engines.back()->bind(base + "-" + name).ok());
-    engines.back()->start();
-  }
-  auto router = std::move(RouterActor::create(ctx_, {base + "-a", base + "-b"})).value();
-  ASSERT_TRUE(router->bind(base + "-router").ok());
-  router->start();
+  Routed routed = serve_routed(base);
   auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
   ASSERT_TRUE(trainer->publish(real_, 1, PublishOptions{}).ok());
   Client& cl = trainer->client(0);
@@ -644,8 +649,7 @@ TEST_F(WeightSync, ARouterReportsReleasedEnginesAndServesAfterThePush) {
     EXPECT_EQ(o.output_ids, expected());
     EXPECT_EQ(o.meta_info.weight_version, 2);
   }
-  router->stop();
-  for (auto& e : engines) e->stop();
+  routed.stop();
 }
 
 }  // namespace
