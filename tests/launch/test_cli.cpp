@@ -88,25 +88,41 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   for (int i = 0; i < 4; ++i)
     in += R"({"rid":"r)" + std::to_string(i) + R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})" "\n";
   write(tmp / "in.jsonl", in);
+  // The client gives up after 120 s, so a lost reply fails the test instead of hanging it.
   std::thread client([&] {
-    run(std::string(ZR_ZROLLOUT_BIN) + " client --connect " + sock + " --input " + (tmp / "in.jsonl") + " --output " +
-        (tmp / "out.jsonl"));
+    run(std::string(ZR_ZROLLOUT_BIN) + " client --timeout 120 --connect " + sock + " --input " +
+        (tmp / "in.jsonl") + " --output " + (tmp / "out.jsonl"));
   });
-  // SIGTERM only once requests run (get_load says so): the drain must then finish them. Polling
-  // also proves the server is up, with its signal handler installed.
+  // SIGTERM only once all four requests are inside the engine (get_load says so): the drain must
+  // then finish them. A request still on the wire when the server stops reading is refused, not
+  // drained, so signalling after the first one arrives would test something else. Polling also
+  // proves the server is up, with its signal handler installed.
   auto probe = std::move(zr::Client::connect(sock)).value();
-  int running = 0;
+  int inside = 0, running = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (running == 0 && std::chrono::steady_clock::now() < deadline) {
+  while (inside < 4 && std::chrono::steady_clock::now() < deadline) {
     auto load = probe->get_load(std::chrono::milliseconds(500));
+    inside = load.ok() ? load->running + load->waiting : 0;
     running = load.ok() ? load->running : 0;
-    if (running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (inside < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_GT(running, 0) << "no request was ever in flight";
-  kill(pid, SIGTERM);
+  const bool all_inside = inside == 4 && running > 0;
+  if (all_inside) kill(pid, SIGTERM);
+  else kill(pid, SIGKILL);  // fail below, without leaving the server or the client behind
   int status = 0;
-  waitpid(pid, &status, 0);
+  const auto exit_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > exit_deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      client.join();
+      FAIL() << "serve did not exit within 90 s of SIGTERM";
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   client.join();
+  ASSERT_TRUE(all_inside) << "the four requests were never in the engine together (last load: " << inside
+                          << " inside, " << running << " running)";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto lines = read_jsonl(tmp / "out.jsonl");
