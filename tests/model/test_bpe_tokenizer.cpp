@@ -17,6 +17,7 @@
 
 #include "model/tokenizer.h"
 #include "tests/test_util.h"
+#include "tests/utf8_check.h"
 
 namespace zr {
 namespace {
@@ -24,7 +25,7 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-const std::string kFffd = "\xEF\xBF\xBD";
+const std::string& kFffd = zr::testing::kReplacementChar;
 
 // ../shared/models/tokenizers/<name>, or nullopt.
 std::optional<std::string> tokenizer_dir(const std::string& name) {
@@ -42,31 +43,7 @@ std::optional<std::string> tokenizer_dir(const std::string& name) {
                                << "' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models"; \
   const std::string var = *var##_opt
 
-// Independent strict UTF-8 check (RFC 3629 table), not shared with the implementation.
-bool valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c <= 0x7F) n = 0;
-    else if (c >= 0xC2 && c <= 0xDF) n = 1;
-    else if (c == 0xE0) n = 2, lo = 0xA0;
-    else if (c == 0xED) n = 2, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF) n = 2;
-    else if (c == 0xF0) n = 3, lo = 0x90;
-    else if (c == 0xF4) n = 3, hi = 0x8F;
-    else if (c >= 0xF1 && c <= 0xF3) n = 3;
-    else return false;
-    if (n > 0 && i + n >= s.size()) return false;
-    for (size_t k = 1; k <= n; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
+using zr::testing::valid_utf8;
 
 json read_json(const std::string& path) {
   std::ifstream in(path);

@@ -11,38 +11,15 @@
 #include <vector>
 
 #include "tests/test_util.h"
+#include "tests/utf8_check.h"
 
 namespace zr {
 namespace {
 
 constexpr int kByteBase = 3;  // stories260K: <0x00> is id 3 (after <unk>, <s>, </s>)
-const std::string kFffd = "\xEF\xBF\xBD";
+const std::string& kFffd = zr::testing::kReplacementChar;
 
-// Independent strict UTF-8 check (RFC 3629 table), not shared with the implementation.
-bool valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c <= 0x7F) n = 0;
-    else if (c >= 0xC2 && c <= 0xDF) n = 1;
-    else if (c == 0xE0) n = 2, lo = 0xA0;
-    else if (c == 0xED) n = 2, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF) n = 2;
-    else if (c == 0xF0) n = 3, lo = 0x90;
-    else if (c == 0xF4) n = 3, hi = 0x8F;
-    else if (c >= 0xF1 && c <= 0xF3) n = 3;
-    else return false;
-    if (n > 0 && i + n >= s.size()) return false;
-    for (size_t k = 1; k <= n; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
+using zr::testing::valid_utf8;
 
 Tokenizer load_stories(const std::string& dir) {
   auto tok = Tokenizer::load(dir + "/tokenizer.model");
