@@ -20,9 +20,6 @@ KvCache::KvCache(const ModelConfig& cfg, int block_size, size_t budget_bytes)
   void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ZR_CHECK_MSG(p != MAP_FAILED, "KV cache allocation failed");
   data_ = static_cast<float*>(p);
-  refs_.assign(num_blocks_, 0);
-  free_.reserve(num_blocks_);
-  for (int b = num_blocks_ - 1; b >= 0; --b) free_.push_back(b);
 }
 
 KvCache::~KvCache() {
@@ -45,7 +42,6 @@ float* KvCache::values(int layer, int block) {
 }
 
 size_t KvCache::release_pages() {
-  ZR_CHECK(num_used() == 0);
   madvise(data_, bytes_, MADV_DONTNEED);
   return bytes_;
 }
@@ -61,67 +57,12 @@ size_t KvCache::prefault() {
   return bytes_;
 }
 
-int KvCache::allocate() {
-  if (free_.empty()) return -1;
-  int b = free_.back();
-  free_.pop_back();
-  refs_[b] = 1;
-  return b;
-}
-
-void KvCache::retain(int block) {
-  ZR_CHECK(refs_[block] > 0);
-  ++refs_[block];
-}
-
-void KvCache::release(int block) {
-  ZR_CHECK(refs_[block] > 0);
-  if (--refs_[block] == 0) free_.push_back(block);
-}
-
 void KvCache::copy_block(int src, int dst) {
-  if (log_copies_) copies_.emplace_back(src, dst);
   size_t n = static_cast<size_t>(block_size_) * kv_dim_ * sizeof(float);
   for (int l = 0; l < num_layers_; ++l) {
     std::memcpy(keys(l, dst), keys(l, src), n);
     std::memcpy(values(l, dst), values(l, src), n);
   }
-}
-
-int KvCache::blocks_needed(const std::vector<int>& table, int write_from, int new_len) const {
-  int have = static_cast<int>(table.size());
-  int want = blocks_for(new_len);
-  int need = std::max(0, want - have);
-  int first = write_from / block_size_;
-  for (int i = first; i < std::min(have, want); ++i)
-    if (refs_[table[i]] > 1) ++need;
-  return need;
-}
-
-bool KvCache::prepare_write(std::vector<int>& table, int write_from, int new_len) {
-  if (blocks_needed(table, write_from, new_len) > num_free()) return false;
-  int have = static_cast<int>(table.size());
-  int want = blocks_for(new_len);
-  for (int i = write_from / block_size_; i < std::min(have, want); ++i) {
-    if (refs_[table[i]] > 1) {
-      int fresh = allocate();
-      copy_block(table[i], fresh);
-      release(table[i]);
-      table[i] = fresh;
-    }
-  }
-  while (static_cast<int>(table.size()) < want) table.push_back(allocate());
-  return true;
-}
-
-void KvCache::free_table(std::vector<int>& table) {
-  for (int b : table) release(b);
-  table.clear();
-}
-
-std::vector<int> KvCache::share(const std::vector<int>& table) {
-  for (int b : table) retain(b);
-  return table;
 }
 
 }  // namespace zr

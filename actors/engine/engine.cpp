@@ -42,12 +42,15 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
 }
 
 Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
-    : weights_(std::move(w)), tok_(std::move(tok)), opt_(opt), sched_(opt.scheduler, this) {
+    : weights_(std::move(w)),
+      tok_(std::move(tok)),
+      opt_(opt),
+      kv_(std::make_unique<KvCache>(local_config(weights_.config(), opt.tp ? opt.tp->shard() : TpShard{}),
+                                    opt.kv_block_size, opt.kv_cache_bytes)),
+      sched_(opt.scheduler, kv_->num_blocks(), kv_->block_size()) {
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(threads);
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
-  kv_ = std::make_unique<KvCache>(local_config(weights_.config(), shard), opt.kv_block_size, opt.kv_cache_bytes);
-  kv_->log_copies(opt.tp != nullptr);  // followers replay the copy-on-write copies
   if (opt.kv_prefault) prefault_kv();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp);
   spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
@@ -67,10 +70,9 @@ Engine::~Engine() {
 }
 
 EngineStats Engine::stats() const {
-  return {sched_.num_waiting(), sched_.num_running(), kv_->num_used(), kv_->num_blocks(), preemptions_};
+  return {sched_.num_waiting(), sched_.num_running(), sched_.blocks().num_used(), sched_.blocks().num_blocks(),
+          preemptions_};
 }
-
-void Engine::release(int64_t seq) { kv_->free_table(seqs_.at(seq)->table); }
 
 Status Engine::check_rid(const std::string& rid) const {
   if (active_rids_.count(rid)) return make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight");
@@ -112,14 +114,7 @@ Status Engine::submit(GenerateRequest req) {
   }
   active_rids_.insert(r->gen.rid);
   std::vector<int> tokens = r->gen.input_ids;
-  std::vector<int> table;
-  int computed = 0;
-  if (session) {
-    table = std::move(session->table);
-    computed = session->computed;
-  }
-  int64_t id = enqueue(std::move(r), std::move(tokens), std::move(table), computed);
-  seqs_.at(id)->meta.cached_tokens = computed;
+  enqueue(std::move(r), std::move(tokens), session.get());
   return {};
 }
 
@@ -147,10 +142,8 @@ Status Engine::submit_score(ScoreRequest req) {
   return {};
 }
 
-int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, std::vector<int> table,
-                        int computed) {
+int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, const Session* session) {
   auto s = std::make_unique<Sequence>();
-  s->table = std::move(table);
   s->id = next_seq_id_++;
   s->prompt_len = static_cast<int>(req->gen.input_ids.size());
   s->tokens = std::move(tokens);
@@ -158,19 +151,19 @@ int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, s
   s->req = std::move(req);
   int64_t id = s->id;
   int total = static_cast<int>(s->tokens.size());
+  s->meta.cached_tokens = sched_.add(id, total, session ? session->key : Scheduler::kNoKey);
   seqs_[id] = std::move(s);
-  sched_.add(id, total, computed);
   return id;
 }
 
-SeqChunk Engine::make_chunk(Sequence& s, int start, int count) const {
+SeqChunk Engine::make_chunk(const Sequence& s, int start, int count) const {
   const Request& r = *s.req;
   const int total = static_cast<int>(s.tokens.size());
   int first = total - 1;  // the row that samples the next token
   if (r.is_score) first = s.prompt_len - 1;
   else if (!r.input_done) first = std::max(r.gen.logprob_start_len, 1) - 1;
   int begin = std::clamp(first - start, 0, count);
-  return SeqChunk{s.tokens.data() + start, count, start, &s.table, begin};
+  return SeqChunk{s.tokens.data() + start, count, start, &sched_.table(s.id), begin};
 }
 
 // Turns the logits rows of one scheduled chunk into jobs: input logprobs, score logprobs, and the
@@ -195,8 +188,8 @@ void Engine::consume_rows(Sequence& s, int start, int count, const float* logits
   if (start + count >= s.prompt_len) r.input_done = true;
 }
 
-// Sample 0 continues as `parent`; samples 1..n-1 share its prompt KV blocks and draw their first
-// token from the same logits row with their own seeds.
+// Sample 0 continues as `parent`; samples 1..n-1 draw their first token from the same logits row
+// with their own seeds, and share its prompt KV blocks once they join the scheduler (step()).
 void Engine::fork_samples(Sequence& parent, const float* row, std::vector<SampleJob>& jobs) {
   jobs.push_back({SampleJob::Kind::sample, &parent, row, -1, 0, {}});
   Request& r = *parent.req;
@@ -207,11 +200,10 @@ void Engine::fork_samples(Sequence& parent, const float* row, std::vector<Sample
     c->index = i;
     c->tokens = parent.tokens;
     c->prompt_len = parent.prompt_len;
-    c->table = kv_->share(parent.table);
     c->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(r.gen), r.gen.sampling_params.skip_special_tokens);
     c->meta.cached_tokens = parent.prompt_len;
     jobs.push_back({SampleJob::Kind::sample, c.get(), row, -1, 0, {}});
-    new_forks_.emplace_back(c->id, sched_.arrival(parent.id));
+    new_forks_.emplace_back(c->id, parent.id);
     seqs_[c->id] = std::move(c);
   }
 }
@@ -329,7 +321,6 @@ void Engine::drop_starved(const StepPlan& plan, StepOutputs& out) {
     Sequence& s = *seqs_.at(id);
     sched_.remove(id);
     finish(s, FinishReason{FinishReason::Type::abort, {}, 0, "KV cache exhausted"}, out);
-    kv_->free_table(s.table);
     seqs_.erase(id);
   }
 }
@@ -365,6 +356,9 @@ void Engine::step(StepOutputs& out) {
   maybe_commit(out);
   StepPlan plan = sched_.schedule();
   preemptions_ += static_cast<int64_t>(plan.preempted.size());
+  // Copy-on-write copies of this plan, before any forward writes (TP followers replay them first).
+  std::vector<std::pair<int, int>> copies = sched_.take_copies();
+  for (auto [src, dst] : copies) kv_->copy_block(src, dst);
   drop_starved(plan, out);
   if (plan.empty()) return;
 
@@ -372,7 +366,7 @@ void Engine::step(StepOutputs& out) {
   chunks.reserve(plan.seqs.size());
   for (const ScheduledSeq& p : plan.seqs) chunks.push_back(make_chunk(*seqs_.at(p.id), p.start, p.count));
   logits_.clear();
-  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::forward, 0, encode_forward(chunks, kv_->take_copies()), {}});
+  if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::forward, 0, encode_forward(chunks, copies), {}});
   tf_->forward(chunks, logits_);
 
   std::vector<SampleJob> jobs;
@@ -386,6 +380,10 @@ void Engine::step(StepOutputs& out) {
   }
   run_jobs(jobs);
   std::unordered_set<int64_t> appended = apply_results(jobs, out);
+  for (const auto& [child, parent] : new_forks_) {  // the parent is still in the scheduler here
+    const Sequence& c = *seqs_.at(child);
+    if (!c.done) sched_.fork(parent, child, c.prompt_len, static_cast<int>(c.tokens.size()));
+  }
 
   // Requests that end with their prompt: score, and generate with max_new_tokens 0.
   std::vector<SeqUpdate> updates;
@@ -398,20 +396,15 @@ void Engine::step(StepOutputs& out) {
       finish(s, FinishReason{FinishReason::Type::length, {}, 0, {}}, out);
     updates.push_back({p.id, appended.count(p.id) ? 1 : 0, s.done});
   }
-  sched_.update_from_output(updates);
-  for (const auto& [child, arrival] : new_forks_) {
-    Sequence& c = *seqs_.at(child);
-    if (!c.done) sched_.add_running(child, c.prompt_len, static_cast<int>(c.tokens.size()), arrival);
-  }
+  sched_.update_from_output(updates);  // frees the KV of finished sequences
   reap(plan);
 }
 
-// Frees the KV and state of every sequence that finished this step.
+// Drops the state of every sequence that finished this step (the scheduler freed their KV).
 void Engine::reap(const StepPlan& plan) {
   auto drop = [this](int64_t id) {
     auto it = seqs_.find(id);
     if (it == seqs_.end() || !it->second->done) return;
-    kv_->free_table(it->second->table);
     seqs_.erase(it);
   };
   for (const ScheduledSeq& p : plan.seqs) drop(p.id);

@@ -70,15 +70,17 @@ struct EngineStats {
   int64_t preemptions = 0;  // since start
 };
 
-class Engine : private KvBudget {
+class Engine {
  public:
   static Result<std::unique_ptr<Engine>> load(const std::string& model_dir, const EngineOptions& opt);
-  ~Engine() override;
+  ~Engine();
 
   // Validates (errors name the field) and queues. text is tokenized here with BOS.
   Status submit(GenerateRequest req);
   Status submit_score(ScoreRequest req);
   void step(StepOutputs& out);
+  // Nothing for step() to do: no request, no update waiting to commit, no finished stage to
+  // collect (a stage still running is not work: its end makes idle() false).
   bool idle() const { return sched_.idle() && !pending_update_; }
 
   // ---- weights: versioned, atomic updates
@@ -135,17 +137,15 @@ class Engine : private KvBudget {
 
   Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt);
   void prefault_kv();  // EngineOptions::kv_prefault, logged with its time
-  bool reserve(int64_t seq, int computed, int new_len) override;
-  void release(int64_t seq) override;
 
   Status check_rid(const std::string& rid) const;
   // The tokenizer a request's output text comes from: none when it is not decoded.
   const Tokenizer& text_tokenizer(const GenerateRequest& r) const {
     return opt_.detokenize && r.detokenize ? tok_ : Tokenizer::none();
   }
-  int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, std::vector<int> table = {},
-                  int computed = 0);
-  SeqChunk make_chunk(Sequence& s, int start, int count) const;
+  // Returns the new sequence's id; with a session, it continues from the session's cached KV.
+  int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, const Session* session = nullptr);
+  SeqChunk make_chunk(const Sequence& s, int start, int count) const;
   void consume_rows(Sequence& s, int start, int count, const float* logits, std::vector<SampleJob>& jobs);
   void fork_samples(Sequence& parent, const float* row, std::vector<SampleJob>& jobs);
   void run_jobs(std::vector<SampleJob>& jobs);
@@ -153,7 +153,6 @@ class Engine : private KvBudget {
   void emit_chunk(Sequence& s, bool final, StepOutputs& out);
   Status attach_session(GenerateRequest& req, std::shared_ptr<Session>& session);
   void detach_session(Sequence& s, bool keep_kv);
-  bool evict_idle_session();
   void abort_sequence(Sequence& s, StepOutputs& out);
   void maybe_commit(StepOutputs& out);
   Status serving_check() const;
@@ -167,15 +166,15 @@ class Engine : private KvBudget {
   Tokenizer tok_;
   EngineOptions opt_;
   std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<KvCache> kv_;  // the bytes; which block holds what is sched_'s
   std::unique_ptr<Transformer> tf_;
-  Scheduler sched_;
+  Scheduler sched_;  // owns the KV block allocator and every block table
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
   std::unordered_set<std::string> active_rids_;
   std::unordered_map<std::string, std::shared_ptr<Session>> sessions_;
   int64_t next_session_ = 0;
   std::vector<float> logits_;
-  std::vector<std::pair<int64_t, int64_t>> new_forks_;  // (sample id, parent's arrival) this step
+  std::vector<std::pair<int64_t, int64_t>> new_forks_;  // (sample id, parent id) this step
   int64_t next_seq_id_ = 0;
   int64_t weight_version_ = 0;
   int64_t preemptions_ = 0;

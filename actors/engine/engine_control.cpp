@@ -66,7 +66,6 @@ void Engine::abort_sequence(Sequence& s, StepOutputs& out) {
   sched_.remove(s.id);
   Request& r = *s.req;
   if (r.is_score) {
-    kv_->free_table(s.table);
     out.aborted_scores.push_back(r.score.rid);
     active_rids_.erase(r.score.rid);
     s.done = true;
@@ -75,7 +74,6 @@ void Engine::abort_sequence(Sequence& s, StepOutputs& out) {
   const FinishReason why{FinishReason::Type::abort, {}, 0, "aborted by request"};
   const bool unforked = !r.forked && r.gen.sampling_params.n > 1;
   finish(s, why, out);
-  kv_->free_table(s.table);
   if (!unforked) return;
   for (int i = 1; i < r.gen.sampling_params.n; ++i) {  // samples that never started
     Sequence ghost;
@@ -90,7 +88,8 @@ void Engine::abort_sequence(Sequence& s, StepOutputs& out) {
 
 std::string Engine::open_session() {
   auto s = std::make_shared<Session>();
-  s->id = "session-" + std::to_string(next_session_++);
+  s->key = next_session_++;
+  s->id = "session-" + std::to_string(s->key);
   s->last_used = Clock::now();
   sessions_[s->id] = s;
   return s->id;
@@ -101,7 +100,7 @@ Status Engine::close_session(const std::string& id) {
   if (it == sessions_.end()) return make_error(ErrorCode::not_found, "session_id: no session '" + id + "'");
   if (it->second->busy)
     return make_error(ErrorCode::invalid_argument, "session_id: '" + id + "' has a turn in flight (abort it first)");
-  kv_->free_table(it->second->table);
+  sched_.drop_cached(it->second->key);
   sessions_.erase(it);
   return {};
 }
@@ -116,10 +115,7 @@ Status Engine::attach_session(GenerateRequest& req, std::shared_ptr<Session>& se
   if (req.sampling_params.n != 1)
     return make_error(ErrorCode::invalid_argument, "sampling_params.n: must be 1 in a session");
   session = it->second;
-  if (session->kv_version != weight_version_) {  // KV from other weights is never reused
-    kv_->free_table(session->table);
-    session->computed = 0;
-  }
+  if (session->kv_version != weight_version_) sched_.drop_cached(session->key);  // KV of other weights
   const int prior = static_cast<int>(session->tokens.size());
   if (req.logprob_start_len >= 0) req.logprob_start_len += prior;  // relative to this turn's input
   std::vector<int> full = session->tokens;
@@ -135,39 +131,13 @@ void Engine::detach_session(Sequence& s, bool keep_kv) {
   ses.busy = false;
   ses.last_used = Clock::now();
   ses.tokens = s.tokens;
-  if (keep_kv) {
-    ses.table = std::move(s.table);
-    s.table.clear();
-    ses.computed = static_cast<int>(ses.tokens.size()) - 1;  // the last sampled token has no KV yet
+  if (keep_kv) {  // the last sampled token has no KV yet
+    sched_.cache(s.id, ses.key, static_cast<int>(ses.tokens.size()) - 1);
     ses.kv_version = weight_version_;
-  } else {
-    ses.computed = 0;
   }
 }
 
-// Frees the KV of the least recently used idle session; false if there is none.
-bool Engine::evict_idle_session() {
-  Session* lru = nullptr;
-  for (auto& [id, s] : sessions_)
-    if (!s->busy && !s->table.empty() && (!lru || s->last_used < lru->last_used)) lru = s.get();
-  if (!lru) return false;
-  kv_->free_table(lru->table);
-  lru->computed = 0;
-  return true;
-}
-
-int Engine::flush_cache() {
-  int before = kv_->num_free();
-  while (evict_idle_session()) {
-  }
-  return kv_->num_free() - before;
-}
-
-bool Engine::reserve(int64_t seq, int computed, int new_len) {
-  std::vector<int>& table = seqs_.at(seq)->table;
-  while (!kv_->prepare_write(table, computed, new_len))
-    if (!evict_idle_session()) return false;  // idle sessions' KV goes before running requests'
-  return true;
-}
+// Only idle sessions' KV is cached (a busy one's is its running turn's).
+int Engine::flush_cache() { return sched_.drop_all_cached(); }
 
 }  // namespace zr

@@ -14,11 +14,12 @@ using Clock = std::chrono::steady_clock;
 
 // A multi-turn session: the tokens so far and their KV (positions [0, computed)), kept between
 // turns so the next turn prefills only its new tokens.
+// The KV itself waits in the scheduler's cache under `key` (evicted under memory pressure or by
+// flush_cache: the next turn then recomputes).
 struct Engine::Session {
   std::string id;
+  int64_t key = 0;  // the scheduler's cache key of its KV
   std::vector<int> tokens;
-  std::vector<int> table;  // KV blocks; empty after flush_cache (the next turn recomputes)
-  int computed = 0;
   int64_t kv_version = 0;  // weights that computed the KV; other versions never reuse it
   bool busy = false;       // a turn is in flight
   Clock::time_point last_used;
@@ -55,7 +56,6 @@ struct Engine::Sequence {
   int index = 0;  // sample index within the request
   std::vector<int> tokens;
   int prompt_len = 0;
-  std::vector<int> table;  // KV block table
   std::unique_ptr<IncrementalDetokenizer> detok;
   std::string text;
   MetaInfo meta;

@@ -58,11 +58,7 @@ void Engine::maybe_commit(StepOutputs& out) {
     weight_version_ = u.weights.version;
     if (u.opt.policy == InFlightPolicy::recompute) preemptions_ += static_cast<int64_t>(sched_.preempt_all().size());
     if (u.opt.flush_cache) flush_cache();
-    for (auto& [id, ses] : sessions_)  // idle sessions' KV belongs to the old weights
-      if (!ses->busy) {
-        kv_->free_table(ses->table);
-        ses->computed = 0;
-      }
+    sched_.drop_all_cached();  // idle sessions' KV belongs to the old weights
     spdlog::info("weights: version {} committed ({} tensors, {:.1f} MiB, in-flight policy {})", weight_version_,
                  u.weights.tensors.size(), u.weights.bytes / 1048576.0, static_cast<int>(u.opt.policy));
   }
@@ -76,8 +72,8 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
     return make_error(ErrorCode::unavailable, "release_memory: requests are in flight (abort or let them finish)");
   size_t bytes = 0;
   if (kv_cache && !kv_released_) {
-    while (evict_idle_session()) {
-    }
+    sched_.drop_all_cached();
+    ZR_CHECK(sched_.blocks().num_used() == 0);  // idle: no sequence holds KV
     bytes += kv_->release_pages();
     kv_released_ = true;
   }

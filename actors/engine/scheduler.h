@@ -1,6 +1,12 @@
 // Scheduler: continuous batching as pure logic (no sockets, no BLAS, no model), so it is tested
-// with a fake KV budget and fake outputs. The engine tick is schedule() -> execute ->
-// update_from_output().
+// with fake outputs. The engine tick is schedule() -> execute -> update_from_output().
+//
+// KV memory: the scheduler owns the engine's BlockAllocator (model/block_allocator.h) and every
+// block table, as vLLM's scheduler owns its KV cache manager: it reserves a sequence's blocks when
+// it plans the sequence, frees them on preemption, removal and finish, and never asks the engine.
+// KV that outlives its sequence (a multi-turn session's, between turns) waits in the scheduler's
+// cache under a key and is evicted, least recently cached first, before any running sequence is
+// preempted.
 //
 // Policy: running sequences first, in arrival order, each taking what it needs this step (one
 // decode token, or the next prefill chunk of at most max_prefill_chunk tokens) within the step's
@@ -14,19 +20,12 @@
 #include <cstdint>
 #include <deque>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
-namespace zr {
+#include "model/block_allocator.h"
 
-// KV memory as the scheduler sees it. The engine implements it over KvCache and block tables.
-class KvBudget {
- public:
-  virtual ~KvBudget() = default;
-  // Makes room for positions [computed, new_len) of seq; false (nothing changed) when out of blocks.
-  virtual bool reserve(int64_t seq, int computed, int new_len) = 0;
-  // Drops all KV of seq.
-  virtual void release(int64_t seq) = 0;
-};
+namespace zr {
 
 struct SchedulerConfig {
   int max_running = 256;         // sequences in the running batch
@@ -51,27 +50,46 @@ struct StepPlan {
 struct SeqUpdate {
   int64_t id;
   int appended = 0;       // new tokens known (sampled) after this step
-  bool finished = false;  // leaves the scheduler (the engine frees its KV)
+  bool finished = false;  // leaves the scheduler, its KV freed (unless cache() took it before)
 };
 
 class Scheduler {
  public:
-  Scheduler(SchedulerConfig cfg, KvBudget* budget);
+  // KV: `num_blocks` blocks of `block_size` positions (the engine's KvCache holds their bytes).
+  Scheduler(SchedulerConfig cfg, int num_blocks, int block_size);
 
-  // A new sequence with `total` known tokens (the prompt), of which the first `computed` already
-  // have KV (a session's earlier turns).
-  void add(int64_t id, int total, int computed = 0);
-  // A sequence that already has `computed` tokens in the KV cache (a forked sample sharing its
-  // prompt's KV), joining the running set directly with the priority `arrival` of its parent.
-  void add_running(int64_t id, int computed, int total, int64_t arrival);
-  // Removes a sequence wherever it is (abort); the caller frees its KV.
+  // A new sequence with `total` known tokens (the prompt). With `cached_key`, it continues from the
+  // KV cached under that key (a session's earlier turns; the entry is taken) when it is still
+  // there. Returns the positions whose KV it starts with (0 without a cached entry).
+  int add(int64_t id, int total, int64_t cached_key = kNoKey);
+  // A sample forked from running sequence `parent` after its prompt: shares the parent's KV for
+  // positions [0, computed) (copy on write) and joins the running set directly with the parent's
+  // priority. Called before the step's update_from_output, while the parent is still here.
+  void fork(int64_t parent, int64_t child, int computed, int total);
+  // Removes a sequence wherever it is (abort, a starved or forked-and-finished one); frees its KV.
   void remove(int64_t id);
+
+  // Moves the KV of sequence `id` (its first `computed` positions) into the cache under `key`,
+  // replacing what was there; the sequence is finishing and keeps no KV. No-op for an unknown id.
+  void cache(int64_t id, int64_t key, int computed);
+  // Frees the KV cached under `key`, if any.
+  void drop_cached(int64_t key);
+  // Frees every cached entry; returns the blocks that became free.
+  int drop_all_cached();
+  bool has_cached(int64_t key) const { return cached_.count(key) != 0; }
+
+  // The block table of a scheduled or running sequence; stable until the next scheduler call.
+  const BlockTable& table(int64_t id) const { return seqs_.at(id).table; }
+  // Copy-on-write copies the plans made since the last call: apply them, in order, before the
+  // forward (and send them to tensor-parallel followers with the plan).
+  std::vector<std::pair<int, int>> take_copies() { return blocks_.take_copies(); }
+  const BlockAllocator& blocks() const { return blocks_; }
 
   StepPlan schedule();
   // While admission is closed (a drain before a weight update), sequences that never ran stay
   // waiting; ones that already ran (preempted) may come back so the running batch can finish.
   void set_admit(bool open) { admit_ = open; }
-  // Releases the KV of every running sequence (they recompute from their tokens); returns them.
+  // Frees the KV of every running sequence (they recompute from their tokens); returns them.
   std::vector<int64_t> preempt_all();
   bool is_running(int64_t id) const;
   void update_from_output(const std::vector<SeqUpdate>& updates);
@@ -81,6 +99,8 @@ class Scheduler {
   bool idle() const { return waiting_.empty() && running_.empty(); }
   int64_t arrival(int64_t id) const { return seqs_.at(id).arrival; }
 
+  static constexpr int64_t kNoKey = -1;
+
  private:
   struct Seq {
     int computed = 0;
@@ -88,13 +108,25 @@ class Scheduler {
     int64_t arrival = 0;
     int scheduled = 0;  // tokens planned in the current step
     bool ran = false;   // admitted at least once
+    BlockTable table;   // KV of positions [0, computed + scheduled)
+  };
+  struct Cached {
+    BlockTable table;
+    int computed = 0;      // positions whose KV the table holds
+    int64_t stamp = 0;     // cache order: the lowest is evicted first
   };
   int take_for(const Seq& s, int budget) const;
+  // Makes room for s's positions up to new_len, evicting cached KV first; false when out of blocks.
+  bool reserve(Seq& s, int new_len);
+  bool evict_oldest_cached();
+  void insert_running(int64_t id);
   void preempt(int64_t victim, StepPlan& plan, int& budget);
 
   SchedulerConfig cfg_;
-  KvBudget* budget_;
-  std::unordered_map<int64_t, Seq> seqs_;
+  BlockAllocator blocks_;
+  std::unordered_map<int64_t, Seq> seqs_;  // node-based: table() references stay valid
+  std::unordered_map<int64_t, Cached> cached_;
+  int64_t next_stamp_ = 0;
   std::vector<int64_t> running_;  // arrival order
   std::deque<int64_t> waiting_;   // arrival order
   int64_t next_arrival_ = 0;

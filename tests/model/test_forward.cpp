@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "model/kernels.h"
+#include "model/block_allocator.h"
 #include "model/kv_cache.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
@@ -77,6 +78,7 @@ Decoded greedy_decode(const ModelWeights& w, const std::vector<int>& prompt, int
   const ModelConfig& c = w.config();
   ThreadPool pool(threads);
   KvCache kv(c, 16, 8 << 20);
+  BlockAllocator blocks(kv.num_blocks(), kv.block_size());
   Transformer tf(&w, &kv, &pool);
   std::vector<int> table, seq = prompt;
   SamplerScratch scratch;
@@ -85,7 +87,7 @@ Decoded greedy_decode(const ModelWeights& w, const std::vector<int>& prompt, int
   int pos = 0;
   while (static_cast<int>(out.ids.size()) < steps) {
     int n = static_cast<int>(seq.size()) - pos;
-    EXPECT_TRUE(kv.prepare_write(table, pos, pos + n));
+    EXPECT_TRUE(blocks.prepare_write(table, pos, pos + n));
     SeqChunk ch{seq.data() + pos, n, pos, &table, pos == 0 ? 0 : n - 1};
     std::vector<float> logits;
     tf.forward({&ch, 1}, logits);
@@ -114,11 +116,12 @@ std::vector<float> score_forward(const ModelWeights& w, const std::vector<int>& 
   const ModelConfig& c = w.config();
   ThreadPool pool(threads);
   KvCache kv(c, 16, 8 << 20);
+  BlockAllocator blocks(kv.num_blocks(), kv.block_size());
   Transformer tf(&w, &kv, &pool);
   std::vector<int> seq = prompt, table;
   seq.insert(seq.end(), completion.begin(), completion.end());
   const int n = static_cast<int>(seq.size()), p = static_cast<int>(prompt.size());
-  EXPECT_TRUE(kv.prepare_write(table, 0, n));
+  EXPECT_TRUE(blocks.prepare_write(table, 0, n));
   SeqChunk ch{seq.data(), n, 0, &table, p - 1};
   std::vector<float> logits;
   tf.forward({&ch, 1}, logits);

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <thread>
 
+#include "model/block_allocator.h"
 #include "model/kv_cache.h"
 #include "model/sampler.h"
 #include "model/transformer.h"
@@ -72,6 +73,7 @@ std::vector<Step> run_rank(const ModelConfig& cfg, const std::string& dir, int r
   ZR_CHECK_MSG(w.ok(), w.status().to_string());
   ThreadPool pool(1);
   KvCache kv(local_config(cfg, comm->shard()), 16, 4 << 20);
+  BlockAllocator blocks(kv.num_blocks(), kv.block_size());
   Transformer tf(&*w, &kv, &pool, comm);
   std::vector<int> seq = prompt, table;
   std::vector<Step> out;
@@ -79,7 +81,7 @@ std::vector<Step> run_rank(const ModelConfig& cfg, const std::string& dir, int r
   int pos = 0;
   for (size_t k = 0; k < greedy.size(); ++k) {
     const int n = static_cast<int>(seq.size()) - pos;
-    ZR_CHECK(kv.prepare_write(table, pos, pos + n));
+    ZR_CHECK(blocks.prepare_write(table, pos, pos + n));
     SeqChunk ch{seq.data() + pos, n, pos, &table, n - 1};
     std::vector<float> logits;
     tf.forward({&ch, 1}, logits);
