@@ -173,7 +173,6 @@ void RolloutActor::on_abort(Frame& f, const ReplyTo& from) {
 }
 
 bool RolloutActor::tick() {
-  if (weight_job_) poll_weight_job();
   if (engine_->idle()) return false;  // a stage in progress wakes the loop when it is done
   StepOutputs out;
   engine_->step(out);
@@ -183,7 +182,7 @@ bool RolloutActor::tick() {
 }
 
 void RolloutActor::route(StepOutputs& out) {
-  for (const auto& c : out.committed) on_committed(c);
+  for (const UpdateOutcome& o : out.updates) on_update_done(o);
   for (const StreamChunk& ch : out.chunks) {
     auto it = call_of_rid_.find(ch.rid);
     if (it != call_of_rid_.end()) actor_.send(it->second->to, "generate.chunk", wire::encode_chunk(it->second->req_id, ch));

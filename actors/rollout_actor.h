@@ -61,20 +61,6 @@ class RolloutActor {
     Status error;     // set when a score of the call was aborted
   };
 
-  // A weight update between its message and its ack: staged on a worker thread (generation goes
-  // on meanwhile), then handed to the engine, which commits it at a step boundary.
-  struct WeightJob {
-    UpdateWeightsCall call;
-    ReplyTo to;
-    std::future<Result<StagedWeights>> staged;
-    std::shared_ptr<std::atomic<bool>> finished = std::make_shared<std::atomic<bool>>(false);  // set by the stage
-    std::chrono::steady_clock::time_point start, staged_at;
-    uint64_t bytes = 0;
-    int zero_copy = 0;
-    std::vector<TensorMeta> received;  // as staged (StagedWeights::received)
-    bool handed_to_engine = false;
-  };
-
   void register_handlers();
   void register_weight_handlers();
   void register_text_handlers();  // tokenize, detokenize
@@ -82,8 +68,8 @@ class RolloutActor {
   // The kept segments the serving weights point into, plus a pending ipc update's segment (it
   // may still commit: the writer must not reuse it yet).
   std::vector<std::string> segments_in_use() const;
-  void poll_weight_job();
-  void on_committed(const std::pair<int64_t, Status>& c);
+  // The ack (or error) of an update the engine finished.
+  void on_update_done(const UpdateOutcome& o);
   void on_generate(Frame& f, const ReplyTo& from);
   void on_score(Frame& f, const ReplyTo& from);
   void on_abort(Frame& f, const ReplyTo& from);
@@ -100,7 +86,8 @@ class RolloutActor {
   Actor actor_;
   std::unordered_map<std::string, std::shared_ptr<Call>> call_of_rid_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, int>> generated_;  // for tokens_per_s
-  std::unique_ptr<WeightJob> weight_job_;  // at most one update at a time
+  // Where the ack of the engine's update in progress goes (the engine walks the update itself).
+  ReplyTo update_reply_to_;
   MpiGroup* weight_group_ = nullptr;
   StagingPool staging_;
   ShmMappings shm_;  // ipc segments the trainer will write again

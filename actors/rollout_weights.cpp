@@ -5,8 +5,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <tuple>
+
 #include "actors/rollout_actor.h"
-#include "actors/engine/tp_group.h"
 #include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
@@ -15,12 +16,6 @@
 namespace zr {
 
 namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-
-double seconds_since(SteadyClock::time_point t) {
-  return std::chrono::duration<double>(SteadyClock::now() - t).count();
-}
 
 // Adds the rank to an error, so a failed update says where it failed.
 Status on_rank(Status st, int rank) {
@@ -60,18 +55,7 @@ void RolloutActor::register_weight_handlers() {
     auto c = wire::decode_weights_checksum(f.body);
     if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
     WeightsChecksumReply r{c->req_id, opt_.weight_rank, engine_->weight_version(), 1, {}};
-    r.tensors = shard_checksums(engine_->weights(), c->names);
-    if (TpGroup* tp = engine_->tp()) {  // every rank's shard, in TP rank order
-      std::string names;
-      for (const auto& n : c->names) names += n + "\n";
-      tp->send(TpCommand{TpCommand::Kind::checksum, 0, {}, names});
-      std::vector<std::string> all = tp->gather_strings(format_checksums(r.tensors));
-      r.tp_size = static_cast<int>(all.size());
-      for (size_t k = 1; k < all.size(); ++k) {
-        std::vector<TensorChecksum> theirs = parse_checksums(all[k], static_cast<int>(k));
-        r.tensors.insert(r.tensors.end(), theirs.begin(), theirs.end());
-      }
-    }
+    std::tie(r.tensors, r.tp_size) = engine_->weight_checksums(c->names);
     actor_.send(from, "get_weights_checksum.reply", wire::encode(r));
   });
   auto memory = [this](bool release) {
@@ -80,7 +64,6 @@ void RolloutActor::register_weight_handlers() {
       if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
       bool w = std::count(c->tags.begin(), c->tags.end(), "weights") > 0;
       bool kv = std::count(c->tags.begin(), c->tags.end(), "kv_cache") > 0;
-      if (weight_job_) return reply_error(from, c->req_id, make_error(ErrorCode::unavailable, "a weight update is in progress"));
       auto bytes = release ? engine_->release_memory(w, kv) : engine_->resume_memory(w, kv);
       if (!bytes.ok()) return reply_error(from, c->req_id, bytes.status());
       MemoryReply r{c->req_id, *bytes, engine_->served_version(), {}};
@@ -100,18 +83,18 @@ void RolloutActor::register_weight_handlers() {
 
 std::vector<std::string> RolloutActor::segments_in_use() const {
   std::vector<std::string> in_use = shm_.in_use(engine_->weights());
-  if (weight_job_ && weight_job_->call.path == WeightPath::ipc &&
-      std::find(in_use.begin(), in_use.end(), weight_job_->call.shm_name) == in_use.end())
-    in_use.push_back(weight_job_->call.shm_name);
+  const UpdateWeightsCall* pending = engine_->update_call();
+  if (pending && pending->path == WeightPath::ipc &&
+      std::find(in_use.begin(), in_use.end(), pending->shm_name) == in_use.end())
+    in_use.push_back(pending->shm_name);
   return in_use;
 }
 
 void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
   auto call = wire::decode_update_weights(f.body);
   if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
-  if (weight_job_)
-    return reply_error(from, call->req_id, make_error(ErrorCode::unavailable, "version: another update is in progress"));
-  if (serves_already(*call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
+  if (!engine_->update_in_progress() &&
+      serves_already(*call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
       validate_update_meta(engine_->weights(), call->tensors, call->shm_bytes).ok()) {
     // Keep (or drop) mappings as any ipc update does: the writer may reuse this segment later.
     auto kept = shm_.acquire(call->shm_name, call->shm_offset + call->shm_bytes, call->shm_keep, call->shm_pool,
@@ -123,79 +106,25 @@ void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
     actor_.send(from, "update_weights.reply", wire::encode(r));
     return;
   }
-  auto job = std::make_unique<WeightJob>();
-  job->call = std::move(call).value();
-  job->to = from;
-  job->start = SteadyClock::now();
-  StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_,
-                   [finished = job->finished, this] {  // the actor loop sleeps while the stage runs
-                     finished->store(true);
-                     actor_.wake();
-                   }};
-  auto started = begin_stage(job->call, engine_->weights(), engine_->weight_version(), src, &job->bytes);
-  if (!started.ok()) return reply_error(from, job->call.req_id, on_rank(started.status(), opt_.weight_rank));
-  job->staged = std::move(started).value();
-  // Tensor parallelism: every rank stages its own shard of the same update (a broadcast needs
-  // every rank of the weight group anyway).
-  if (TpGroup* tp = engine_->tp()) tp->send(TpCommand{TpCommand::Kind::stage, job->call.version, {}, f.body});
-  weight_job_ = std::move(job);
+  const uint64_t req_id = call->req_id;
+  StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_, [this] { actor_.wake(); }};
+  Status st = engine_->begin_update(std::move(call).value(), f.body, std::move(src), opt_.weight_rank);
+  if (!st.ok()) return reply_error(from, req_id, st);
+  update_reply_to_ = from;
 }
 
-// Hands a finished stage to the engine (from tick, on the actor thread).
-void RolloutActor::poll_weight_job() {
-  WeightJob& job = *weight_job_;
-  if (job.handed_to_engine || !job.finished->load()) return;
-  Result<StagedWeights> staged = job.staged.get();  // ready within moments of `finished`
-  job.staged_at = SteadyClock::now();
-  Status st = staged.ok() ? Status{} : on_rank(staged.status(), opt_.weight_rank);
-  if (TpGroup* tp = engine_->tp()) {  // all ranks staged, or nobody commits
-    tp->send(TpCommand{TpCommand::Kind::stage_result, job.call.version, {}, {}});
-    std::vector<std::string> lines = tp->gather_strings(status_line(st));
-    for (size_t r = 1; r < lines.size() && st.ok(); ++r)
-      if (Status fst = status_from_line(lines[r]); !fst.ok())
-        st = make_error(fst.code, fst.message + " (rank " + std::to_string(opt_.weight_rank) + ", tp rank " +
-                                      std::to_string(r) + ")");
-    if (!st.ok()) tp->send(TpCommand{TpCommand::Kind::drop_staged, job.call.version, {}, {}});
-  }
-  if (!st.ok()) {
-    reply_error(job.to, job.call.req_id, st);
-    weight_job_.reset();
-    return;
-  }
-  job.bytes = staged->bytes;
-  job.zero_copy = staged->zero_copy;
-  job.received = staged->received;
-  job.handed_to_engine = true;
-  Engine::UpdateOptions uo{job.call.in_flight, job.call.flush_cache};
-  StepOutputs out;
-  st = engine_->request_update(std::move(staged).value(), uo, out);
-  if (!st.ok()) {
-    if (TpGroup* tp = engine_->tp()) tp->send(TpCommand{TpCommand::Kind::drop_staged, job.call.version, {}, {}});
-    reply_error(job.to, job.call.req_id, st);
-    weight_job_.reset();
-  }
-  route(out);  // abort policy: partial outputs; an idle engine commits at once
-}
-
-void RolloutActor::on_committed(const std::pair<int64_t, Status>& c) {
-  if (!weight_job_ || weight_job_->call.version != c.first) return;
-  WeightJob& job = *weight_job_;
-  if (!c.second.ok()) {
-    reply_error(job.to, job.call.req_id, on_rank(c.second, opt_.weight_rank));
-  } else {
-    if (job.call.path == WeightPath::disk) served_metas_.clear();
-    for (const TensorMeta& m : job.received) served_metas_[m.name] = m;
-    UpdateWeightsReply r{job.call.req_id, c.first, job.bytes,
-                         std::chrono::duration<double>(job.staged_at - job.start).count(),
-                         seconds_since(job.staged_at), job.zero_copy,
-                         // TP followers serve the same tensors from the same segments (the
-                         // zero-copy rule depends on dtype and layout only): the leader speaks for all
-                         shm_.in_use(engine_->weights())};
-    actor_.send(job.to, "update_weights.reply", wire::encode(r));
-    actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", c.first,
-                      job.bytes / 1048576.0, wire::weight_path_name(job.call.path), r.stage_seconds * 1e3, r.commit_seconds * 1e3);
-  }
-  weight_job_.reset();
+void RolloutActor::on_update_done(const UpdateOutcome& o) {
+  if (!o.status.ok()) return reply_error(update_reply_to_, o.call.req_id, o.status);
+  if (o.call.path == WeightPath::disk) served_metas_.clear();
+  for (const TensorMeta& m : o.received) served_metas_[m.name] = m;
+  // TP followers serve the same tensors from the same segments (the zero-copy rule depends on
+  // dtype and layout only): the leader speaks for all.
+  UpdateWeightsReply r{o.call.req_id, o.call.version, o.bytes, o.stage_seconds, o.commit_seconds, o.zero_copy,
+                       shm_.in_use(engine_->weights())};
+  actor_.send(update_reply_to_, "update_weights.reply", wire::encode(r));
+  actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", o.call.version,
+                    o.bytes / 1048576.0, wire::weight_path_name(o.call.path), r.stage_seconds * 1e3,
+                    r.commit_seconds * 1e3);
 }
 
 }  // namespace zr

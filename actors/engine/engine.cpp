@@ -47,7 +47,8 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
       opt_(opt),
       kv_(std::make_unique<KvCache>(local_config(weights_.config(), opt.tp ? opt.tp->shard() : TpShard{}),
                                     opt.kv_block_size, opt.kv_cache_bytes)),
-      sched_(opt.scheduler, kv_->num_blocks(), kv_->block_size()) {
+      sched_(opt.scheduler, kv_->num_blocks(), kv_->block_size()),
+      update_(opt.tp) {
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(threads);
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
@@ -353,7 +354,7 @@ std::unordered_set<int64_t> Engine::apply_results(std::vector<SampleJob>& jobs, 
 }
 
 void Engine::step(StepOutputs& out) {
-  maybe_commit(out);
+  advance_update(out);
   StepPlan plan = sched_.schedule();
   preemptions_ += static_cast<int64_t>(plan.preempted.size());
   // Copy-on-write copies of this plan, before any forward writes (TP followers replay them first).

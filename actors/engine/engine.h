@@ -19,6 +19,7 @@
 
 #include "actors/engine/scheduler.h"
 #include "actors/engine/weight_staging.h"
+#include "actors/engine/weight_update.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/kv_cache.h"
@@ -60,6 +61,7 @@ struct StepOutputs {
   std::vector<StreamChunk> chunks;          // stream: true requests, what each sample gained
   std::vector<std::string> aborted_scores;  // score requests removed by abort()
   std::vector<std::pair<int64_t, Status>> committed;  // weight updates committed (or failed) this step
+  std::vector<UpdateOutcome> updates;  // begin_update calls that ended this step: ack or error
   int tokens_processed = 0;  // rows through the forward this step
   int tokens_generated = 0;
 };
@@ -81,9 +83,22 @@ class Engine {
   void step(StepOutputs& out);
   // Nothing for step() to do: no request, no update waiting to commit, no finished stage to
   // collect (a stage still running is not work: its end makes idle() false).
-  bool idle() const { return sched_.idle() && !pending_update_; }
+  bool idle() const { return sched_.idle() && !pending_update_ && !update_.stage_done(); }
 
   // ---- weights: versioned, atomic updates
+  // One update_weights call, from its message to its ack (actors/engine/weight_update.h): starts
+  // staging on a worker thread (`body`, the call's wire form, goes to TP followers); step()
+  // collects the stage, verifies it across TP ranks and commits it per call.in_flight. Refusals
+  // that start nothing come back here; anything else ends as one StepOutputs::updates entry.
+  // src.on_done is called from the staging thread when step() has a stage to collect.
+  Status begin_update(UpdateWeightsCall call, std::string body, StageSources src, int rank = 0) {
+    return update_.begin(std::move(call), std::move(body), weights_, weight_version_, std::move(src), rank);
+  }
+  bool update_in_progress() const { return update_.active(); }
+  const UpdateWeightsCall* update_call() const { return update_.call(); }
+  // checksum64 of the served tensors named (all when empty) on every TP rank, in rank order, and
+  // the number of ranks.
+  std::pair<std::vector<TensorChecksum>, int> weight_checksums(const std::vector<std::string>& names);
   struct UpdateOptions {
     InFlightPolicy policy = InFlightPolicy::drain;
     bool flush_cache = false;
@@ -93,6 +108,8 @@ class Engine {
   // outputs now, in `out`), continue (running requests keep their KV and go on with the new
   // weights), recompute (running requests drop their KV and re-prefill on the new weights). Every
   // commit appears in StepOutputs::committed. Errors: the version must grow; one update at a time.
+  // The commit half of begin_update, for a caller that staged the weights itself (tests,
+  // single-process use); not under tensor parallelism (the followers would not have them).
   Status request_update(StagedWeights w, UpdateOptions opt, StepOutputs& out);
   bool update_pending() const { return pending_update_ != nullptr; }
   const ModelWeights& weights() const { return weights_; }
@@ -154,6 +171,7 @@ class Engine {
   Status attach_session(GenerateRequest& req, std::shared_ptr<Session>& session);
   void detach_session(Sequence& s, bool keep_kv);
   void abort_sequence(Sequence& s, StepOutputs& out);
+  void advance_update(StepOutputs& out);  // collects a finished stage, commits when allowed
   void maybe_commit(StepOutputs& out);
   Status serving_check() const;
   void finish(Sequence& s, FinishReason why, StepOutputs& out);
@@ -178,6 +196,7 @@ class Engine {
   int64_t next_seq_id_ = 0;
   int64_t weight_version_ = 0;
   int64_t preemptions_ = 0;
+  WeightUpdate update_;  // the update flow; TP commands of updates go from there only
   std::unique_ptr<PendingUpdate> pending_update_;
   std::string model_dir_;
   std::future<void> reclaim_;  // drops replaced weights' bytes off the engine thread

@@ -39,6 +39,31 @@ Status Engine::request_update(StagedWeights w, UpdateOptions opt, StepOutputs& o
   return {};
 }
 
+void Engine::advance_update(StepOutputs& out) {
+  if (update_.stage_done()) {
+    const UpdateOptions opt{update_.call()->in_flight, update_.call()->flush_cache};
+    if (std::optional<StagedWeights> staged = update_.take_staged(out)) {
+      Status st = request_update(std::move(*staged), opt, out);  // may commit (and end) at once
+      if (!st.ok()) update_.refuse(st, out);
+    }
+  }
+  maybe_commit(out);
+}
+
+std::pair<std::vector<TensorChecksum>, int> Engine::weight_checksums(const std::vector<std::string>& names) {
+  std::vector<TensorChecksum> sums = shard_checksums(weights_, names);
+  if (!opt_.tp) return {sums, 1};
+  std::string joined;  // every rank's shard, in TP rank order
+  for (const auto& n : names) joined += n + "\n";
+  opt_.tp->send(TpCommand{TpCommand::Kind::checksum, 0, {}, joined});
+  std::vector<std::string> all = opt_.tp->gather_strings(format_checksums(sums));
+  for (size_t k = 1; k < all.size(); ++k) {
+    std::vector<TensorChecksum> theirs = parse_checksums(all[k], static_cast<int>(k));
+    sums.insert(sums.end(), theirs.begin(), theirs.end());
+  }
+  return {sums, static_cast<int>(all.size())};
+}
+
 // Commits the pending update if its policy allows it at this step boundary.
 void Engine::maybe_commit(StepOutputs& out) {
   if (!pending_update_) return;
@@ -52,8 +77,7 @@ void Engine::maybe_commit(StepOutputs& out) {
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
   if (st.ok()) folder_weights_ = false;
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
-  if (opt_.tp)  // every rank swaps before the next forward (followers staged this version already)
-    opt_.tp->send(TpCommand{st.ok() ? TpCommand::Kind::commit : TpCommand::Kind::drop_staged, u.weights.version, {}, {}});
+  update_.committed(u.weights.version, st, out);  // the followers swap too; the ack
   if (st.ok()) {
     weight_version_ = u.weights.version;
     if (u.opt.policy == InFlightPolicy::recompute) preemptions_ += static_cast<int64_t>(sched_.preempt_all().size());
@@ -68,6 +92,7 @@ void Engine::maybe_commit(StepOutputs& out) {
 }
 
 Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
+  if (update_.active()) return make_error(ErrorCode::unavailable, "a weight update is in progress");
   if (!idle())
     return make_error(ErrorCode::unavailable, "release_memory: requests are in flight (abort or let them finish)");
   size_t bytes = 0;
@@ -86,6 +111,7 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
 }
 
 Result<size_t> Engine::resume_memory(bool weights, bool kv_cache) {
+  if (update_.active()) return make_error(ErrorCode::unavailable, "a weight update is in progress");
   size_t bytes = 0;
   if (kv_cache && kv_released_) {
     kv_released_ = false;
