@@ -41,135 +41,108 @@ void RolloutActor::reply_error(const ReplyTo& to, uint64_t req_id, const Status&
 }
 
 void RolloutActor::register_handlers() {
-  actor_.on("generate", [this](Frame& f, const ReplyTo& from) { on_generate(f, from); });
-  actor_.on("score", [this](Frame& f, const ReplyTo& from) { on_score(f, from); });
-  actor_.on("abort", [this](Frame& f, const ReplyTo& from) { on_abort(f, from); });
-  actor_.on("get_load", [this](Frame& f, const ReplyTo& from) {
-    auto id = wire::decode_req_id_only(f.body);
-    if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
+  actor_.on<GenerateCall>("generate", [this](GenerateCall& c, Frame&, const ReplyTo& from) { return on_generate(c, from); });
+  actor_.on<ScoreCall>("score", [this](ScoreCall& c, Frame&, const ReplyTo& from) { return on_score(c, from); });
+  actor_.on<AbortCall>("abort", [this](AbortCall& a, Frame&, const ReplyTo& from) { return on_abort(a, from); });
+  actor_.on<ReqIdOnly, LoadReply>("get_load", [this](ReqIdOnly& c, const ReplyTo&) -> Result<LoadReply> {
     EngineStats s = engine_->stats();
-    LoadReply r{*id, s.waiting, s.running, s.kv_blocks_used, s.kv_blocks_total, tokens_per_s()};
-    actor_.send(from, "get_load.reply", wire::encode(r));
+    return LoadReply{c.req_id, s.waiting, s.running, s.kv_blocks_used, s.kv_blocks_total, tokens_per_s()};
   });
-  actor_.on("health", [this](Frame& f, const ReplyTo& from) {
-    auto id = wire::decode_req_id_only(f.body);
-    if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
+  actor_.on<ReqIdOnly, HealthReply>("health", [this](ReqIdOnly& c, const ReplyTo&) -> Result<HealthReply> {
     const bool released = engine_->weights_released() || engine_->kv_released();
-    actor_.send(from, "health.reply",
-                wire::encode(HealthReply{*id, released ? "released" : "serving", engine_->weight_version()}));
+    return HealthReply{c.req_id, released ? "released" : "serving", engine_->weight_version()};
   });
-  actor_.on("get_model_info", [this](Frame& f, const ReplyTo& from) {
-    auto id = wire::decode_req_id_only(f.body);
-    if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    const ModelConfig& c = engine_->config();
-    ModelInfoReply r{*id, c.arch_name, c.vocab_size, c.max_position_embeddings, c.bos_token_id,
-                     c.eos_token_ids, c.pad_token_id, engine_->weight_version(), opt_.model_path};
-    actor_.send(from, "get_model_info.reply", wire::encode(r));
+  actor_.on<ReqIdOnly, ModelInfoReply>("get_model_info", [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
+    const ModelConfig& m = engine_->config();
+    return ModelInfoReply{c.req_id, m.arch_name, m.vocab_size, m.max_position_embeddings, m.bos_token_id,
+                          m.eos_token_ids, m.pad_token_id, engine_->weight_version(), opt_.model_path};
   });
-  actor_.on("flush_cache", [this](Frame& f, const ReplyTo& from) {
-    auto id = wire::decode_req_id_only(f.body);
-    if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    SimpleReply r{*id, {}, engine_->flush_cache()};
-    actor_.send(from, "flush_cache.reply", wire::encode_simple_reply("flush_cache", r));
+  actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
+    return SimpleReply{c.req_id, {}, engine_->flush_cache()};
   });
-  actor_.on("open_session", [this](Frame& f, const ReplyTo& from) {
-    auto c = wire::decode_open_session(f.body);
-    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
-    SimpleReply r{c->req_id, engine_->open_session(), 0};
-    actor_.send(from, "open_session.reply", wire::encode_simple_reply("open_session", r));
+  actor_.on<SessionCall, SimpleReply>("open_session", [this](SessionCall& c, const ReplyTo&) -> Result<SimpleReply> {
+    return SimpleReply{c.req_id, engine_->open_session(), 0};
   });
-  actor_.on("close_session", [this](Frame& f, const ReplyTo& from) {
-    auto c = wire::decode_close_session(f.body);
-    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
-    if (Status st = engine_->close_session(c->session_id); !st.ok()) return reply_error(from, c->req_id, st);
-    actor_.send(from, "close_session.reply", wire::encode_simple_reply("close_session", SimpleReply{c->req_id, {}, 0}));
+  actor_.on<SessionCall, SimpleReply>("close_session", [this](SessionCall& c, const ReplyTo&) -> Result<SimpleReply> {
+    ZR_RETURN_IF_ERROR(engine_->close_session(c.session_id));
+    return SimpleReply{c.req_id, {}, 0};
   });
 }
 
 // The engine's tokenizer, on the actor thread (a text of a few MB takes milliseconds).
 void RolloutActor::register_text_handlers() {
-  actor_.on("tokenize", [this](Frame& f, const ReplyTo& from) {
-    auto c = wire::decode_tokenize(f.body);
-    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
+  actor_.on<TokenizeCall, TokenizeReply>("tokenize", [this](TokenizeCall& c, const ReplyTo&) -> Result<TokenizeReply> {
     const Tokenizer& tok = engine_->tokenizer();
-    if (!tok.has_text())
-      return reply_error(from, c->req_id, make_error(ErrorCode::invalid_argument, "text: this model has no tokenizer"));
-    actor_.send(from, "tokenize.reply", wire::encode(TokenizeReply{c->req_id, tok.encode(c->text, c->add_special_tokens)}));
+    if (!tok.has_text()) return make_error(ErrorCode::invalid_argument, "text: this model has no tokenizer");
+    return TokenizeReply{c.req_id, tok.encode(c.text, c.add_special_tokens)};
   });
-  actor_.on("detokenize", [this](Frame& f, const ReplyTo& from) {
-    auto c = wire::decode_detokenize(f.body);
-    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
+  actor_.on<DetokenizeCall, DetokenizeReply>("detokenize", [this](DetokenizeCall& c, const ReplyTo&) -> Result<DetokenizeReply> {
     const Tokenizer& tok = engine_->tokenizer();
-    if (!tok.has_text())
-      return reply_error(from, c->req_id, make_error(ErrorCode::invalid_argument, "input_ids: this model has no tokenizer"));
+    if (!tok.has_text()) return make_error(ErrorCode::invalid_argument, "input_ids: this model has no tokenizer");
     const int vocab = engine_->config().vocab_size;
-    for (size_t i = 0; i < c->input_ids.size(); ++i)
-      if (c->input_ids[i] < 0 || c->input_ids[i] >= vocab)
-        return reply_error(from, c->req_id,
-                           make_error(ErrorCode::out_of_range, "input_ids[" + std::to_string(i) + "]: token id " +
-                                                                   std::to_string(c->input_ids[i]) +
-                                                                   " is outside the vocabulary [0, " + std::to_string(vocab) + ")"));
-    actor_.send(from, "detokenize.reply", wire::encode(DetokenizeReply{c->req_id, tok.decode(c->input_ids, c->skip_special_tokens)}));
+    for (size_t i = 0; i < c.input_ids.size(); ++i)
+      if (c.input_ids[i] < 0 || c.input_ids[i] >= vocab)
+        return make_error(ErrorCode::out_of_range, "input_ids[" + std::to_string(i) + "]: token id " +
+                                                       std::to_string(c.input_ids[i]) + " is outside the vocabulary [0, " +
+                                                       std::to_string(vocab) + ")");
+    return DetokenizeReply{c.req_id, tok.decode(c.input_ids, c.skip_special_tokens)};
   });
 }
 
 // A call is all or nothing: when request k is refused, the ones before it are withdrawn silently
-// and the call gets one error.
-void RolloutActor::refuse_call(const Call& c, const Status& st) {
+// and the call gets one error (the returned one).
+Status RolloutActor::refuse_call(const Call& c, const Status& st) {
   StepOutputs discard;
   for (const auto& done : c.rids) {
     engine_->abort(AbortCall{0, done, "", false}, discard);
     call_of_rid_.erase(done);
   }
-  reply_error(c.to, c.req_id, st);
+  return st;
 }
 
-void RolloutActor::on_generate(Frame& f, const ReplyTo& from) {
-  auto call = wire::decode_generate(f.body);
-  if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
+Status RolloutActor::on_generate(GenerateCall& call, const ReplyTo& from) {
   auto c = std::make_shared<Call>();
-  c->req_id = call->req_id;
+  c->req_id = call.req_id;
   c->to = from;
-  for (size_t k = 0; k < call->batch.size(); ++k) {
-    GenerateRequest& r = call->batch[k];
+  for (size_t k = 0; k < call.batch.size(); ++k) {
+    GenerateRequest& r = call.batch[k];
     const std::string rid = r.rid;
     const int n = r.sampling_params.n;
     Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
                                         : engine_->submit(std::move(r));
-    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call->batch.size()));
+    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call.batch.size()));
     c->rids.push_back(rid);
     c->samples[rid].resize(n);
     c->pending += n;
     call_of_rid_[rid] = c;
   }
+  return {};
 }
 
-void RolloutActor::on_score(Frame& f, const ReplyTo& from) {
-  auto call = wire::decode_score(f.body);
-  if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
+Status RolloutActor::on_score(ScoreCall& call, const ReplyTo& from) {
   auto c = std::make_shared<Call>();
-  c->req_id = call->req_id;
+  c->req_id = call.req_id;
   c->to = from;
   c->score = true;
-  for (size_t k = 0; k < call->batch.size(); ++k) {
-    const std::string rid = call->batch[k].rid;
+  for (size_t k = 0; k < call.batch.size(); ++k) {
+    const std::string rid = call.batch[k].rid;
     Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
-                                        : engine_->submit_score(std::move(call->batch[k]));
-    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call->batch.size()));
+                                        : engine_->submit_score(std::move(call.batch[k]));
+    if (!st.ok()) return refuse_call(*c, in_batch(st, k, call.batch.size()));
     c->rids.push_back(rid);
     c->scores[rid];
     ++c->pending;
     call_of_rid_[rid] = c;
   }
+  return {};
 }
 
-void RolloutActor::on_abort(Frame& f, const ReplyTo& from) {
-  auto a = wire::decode_abort(f.body);
-  if (!a.ok()) return reply_error(from, wire::peek_req_id(f.body), a.status());
+Status RolloutActor::on_abort(const AbortCall& a, const ReplyTo& from) {
   StepOutputs out;
-  AbortReply reply{a->req_id, engine_->abort(*a, out)};
+  AbortReply reply{a.req_id, engine_->abort(a, out)};
   route(out);  // the aborted requests answer their own calls with partial outputs first
   actor_.send(from, "abort.reply", wire::encode(reply));
+  return {};
 }
 
 bool RolloutActor::tick() {

@@ -64,16 +64,18 @@ class RolloutActor {
   void register_handlers();
   void register_weight_handlers();
   void register_text_handlers();  // tokenize, detokenize
-  void on_update_weights(Frame& f, const ReplyTo& from);
+  Status on_update_weights(UpdateWeightsCall& call, const std::string& body, const ReplyTo& from);
   // The kept segments the serving weights point into, plus a pending ipc update's segment (it
   // may still commit: the writer must not reuse it yet).
   std::vector<std::string> segments_in_use() const;
   // The ack (or error) of an update the engine finished.
   void on_update_done(const UpdateOutcome& o);
-  void on_generate(Frame& f, const ReplyTo& from);
-  void on_score(Frame& f, const ReplyTo& from);
-  void on_abort(Frame& f, const ReplyTo& from);
-  void refuse_call(const Call& c, const Status& st);
+  // Handlers of the calls answered later (or, abort, after the aborted calls): an error returned
+  // is the call's reply (runtime/actor.h typed handlers).
+  Status on_generate(GenerateCall& call, const ReplyTo& from);
+  Status on_score(ScoreCall& call, const ReplyTo& from);
+  Status on_abort(const AbortCall& a, const ReplyTo& from);
+  Status refuse_call(const Call& c, const Status& st);
   bool tick();
   void drain_on_stop();
   void route(StepOutputs& out);

@@ -45,36 +45,33 @@ bool serves_already(const UpdateWeightsCall& c, const std::map<std::string, Tens
 }  // namespace
 
 void RolloutActor::register_weight_handlers() {
-  actor_.on("update_weights", [this](Frame& f, const ReplyTo& from) { on_update_weights(f, from); });
-  actor_.on("get_weight_version", [this](Frame& f, const ReplyTo& from) {
-    auto id = wire::decode_req_id_only(f.body);
-    if (!id.ok()) return reply_error(from, wire::peek_req_id(f.body), id.status());
-    actor_.send(from, "get_weight_version.reply", wire::encode(WeightVersionReply{*id, engine_->weight_version(), segments_in_use()}));
+  actor_.on<UpdateWeightsCall>("update_weights", [this](UpdateWeightsCall& c, Frame& f, const ReplyTo& from) {
+    return on_update_weights(c, f.body, from);
   });
-  actor_.on("get_weights_checksum", [this](Frame& f, const ReplyTo& from) {
-    auto c = wire::decode_weights_checksum(f.body);
-    if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
-    WeightsChecksumReply r{c->req_id, opt_.weight_rank, engine_->weight_version(), 1, {}};
-    std::tie(r.tensors, r.tp_size) = engine_->weight_checksums(c->names);
-    actor_.send(from, "get_weights_checksum.reply", wire::encode(r));
+  actor_.on<ReqIdOnly, WeightVersionReply>("get_weight_version", [this](ReqIdOnly& c, const ReplyTo&) -> Result<WeightVersionReply> {
+    return WeightVersionReply{c.req_id, engine_->weight_version(), segments_in_use()};
   });
+  actor_.on<WeightsChecksumCall, WeightsChecksumReply>(
+      "get_weights_checksum", [this](WeightsChecksumCall& c, const ReplyTo&) -> Result<WeightsChecksumReply> {
+        WeightsChecksumReply r{c.req_id, opt_.weight_rank, engine_->weight_version(), 1, {}};
+        std::tie(r.tensors, r.tp_size) = engine_->weight_checksums(c.names);
+        return r;
+      });
   auto memory = [this](bool release) {
-    return [this, release](Frame& f, const ReplyTo& from) {
-      auto c = wire::decode_memory(f.body);
-      if (!c.ok()) return reply_error(from, wire::peek_req_id(f.body), c.status());
-      bool w = std::count(c->tags.begin(), c->tags.end(), "weights") > 0;
-      bool kv = std::count(c->tags.begin(), c->tags.end(), "kv_cache") > 0;
+    return [this, release](MemoryCall& c, const ReplyTo&) -> Result<MemoryReply> {
+      bool w = std::count(c.tags.begin(), c.tags.end(), "weights") > 0;
+      bool kv = std::count(c.tags.begin(), c.tags.end(), "kv_cache") > 0;
       auto bytes = release ? engine_->release_memory(w, kv) : engine_->resume_memory(w, kv);
-      if (!bytes.ok()) return reply_error(from, c->req_id, bytes.status());
-      MemoryReply r{c->req_id, *bytes, engine_->served_version(), {}};
+      if (!bytes.ok()) return bytes.status();
+      MemoryReply r{c.req_id, *bytes, engine_->served_version(), {}};
       if (engine_->weights_released()) r.released.push_back("weights");
       if (engine_->kv_released()) r.released.push_back("kv_cache");
-      actor_.send(from, release ? "release_memory.reply" : "resume_memory.reply", wire::encode(r));
+      return r;
     };
   };
-  actor_.on("release_memory", memory(true));
-  actor_.on("resume_memory", memory(false));
-  actor_.on("shutdown", [this](Frame& f, const ReplyTo& from) {
+  actor_.on<MemoryCall, MemoryReply>("release_memory", memory(true));
+  actor_.on<MemoryCall, MemoryReply>("resume_memory", memory(false));
+  actor_.on("shutdown", [this](Frame& f, const ReplyTo& from) {  // any body: it only needs its req_id
     actor_.send(from, "shutdown.reply", wire::encode_req_id_only(wire::peek_req_id(f.body)));
     actor_.log().info("shutdown requested");
     kill(getpid(), SIGTERM);  // the serve loop waits for it, then drains and exits 0
@@ -90,27 +87,24 @@ std::vector<std::string> RolloutActor::segments_in_use() const {
   return in_use;
 }
 
-void RolloutActor::on_update_weights(Frame& f, const ReplyTo& from) {
-  auto call = wire::decode_update_weights(f.body);
-  if (!call.ok()) return reply_error(from, wire::peek_req_id(f.body), call.status());
+Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::string& body, const ReplyTo& from) {
   if (!engine_->update_in_progress() &&
-      serves_already(*call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
-      validate_update_meta(engine_->weights(), call->tensors, call->shm_bytes).ok()) {
+      serves_already(call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
+      validate_update_meta(engine_->weights(), call.tensors, call.shm_bytes).ok()) {
     // Keep (or drop) mappings as any ipc update does: the writer may reuse this segment later.
-    auto kept = shm_.acquire(call->shm_name, call->shm_offset + call->shm_bytes, call->shm_keep, call->shm_pool,
+    auto kept = shm_.acquire(call.shm_name, call.shm_offset + call.shm_bytes, call.shm_keep, call.shm_pool,
                              engine_->weights());
-    if (!kept.ok()) return reply_error(from, call->req_id, on_rank(kept.status(), opt_.weight_rank));
-    actor_.log().info("weights v{} re-sent: already serving these {} tensor(s), acked", call->version,
-                      call->tensors.size());
-    UpdateWeightsReply r{call->req_id, call->version, 0, 0, 0, 0, segments_in_use()};
+    if (!kept.ok()) return on_rank(kept.status(), opt_.weight_rank);
+    actor_.log().info("weights v{} re-sent: already serving these {} tensor(s), acked", call.version,
+                      call.tensors.size());
+    UpdateWeightsReply r{call.req_id, call.version, 0, 0, 0, 0, segments_in_use()};
     actor_.send(from, "update_weights.reply", wire::encode(r));
-    return;
+    return {};
   }
-  const uint64_t req_id = call->req_id;
   StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_, [this] { actor_.wake(); }};
-  Status st = engine_->begin_update(std::move(call).value(), f.body, std::move(src), opt_.weight_rank);
-  if (!st.ok()) return reply_error(from, req_id, st);
+  ZR_RETURN_IF_ERROR(engine_->begin_update(std::move(call), body, std::move(src), opt_.weight_rank));
   update_reply_to_ = from;
+  return {};
 }
 
 void RolloutActor::on_update_done(const UpdateOutcome& o) {

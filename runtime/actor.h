@@ -45,11 +45,13 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 #include "comm/frame.h"
 #include "comm/status.h"
+#include "comm/wire_typed.h"
 #include "runtime/clock.h"
 #include "runtime/context.h"
 #include "runtime/liveness.h"
@@ -109,6 +111,18 @@ class Actor {
 
   // ---- behaviour
   void on(std::string op, Handler handler);           // replaces a previous handler for op
+  // A typed handler, the decode-or-error and encode lines written once for every op: the body is
+  // decoded as Request (wire_decode, found by type: comm/wire_typed.h), a body that does not
+  // decode is answered with op "error" and the req_id the body carries, fn runs, and its result
+  // is answered: a Reply goes as "<op>.reply" (wire_encode), an error as "error" with the
+  // request's req_id.
+  //   Reply given:  fn(Request&, const ReplyTo&) -> Result<Reply>
+  //   Reply = void: fn(Request&, Frame&, const ReplyTo&) -> Status, for ops that answer later
+  //                 (generate, score, update_weights): only an error is answered here.
+  // Both go through the one dispatch table (dispatch()), so a check made there before any
+  // handler runs applies to typed handlers too.
+  template <class Request, class Reply = void, class Fn>
+  void on(std::string op, Fn fn);
   void set_tick(std::function<bool()> tick);          // returns true while it has more work now
   void set_on_stop(std::function<void()> on_stop);    // finish or abort in-flight work and reply
   void set_error_body(ErrorBodyFn fn);
@@ -207,5 +221,21 @@ class Actor {
   std::thread thread_;
   std::atomic<std::thread::id> owner_;  // the thread allowed to touch the actor now
 };
+
+template <class Request, class Reply, class Fn>
+void Actor::on(std::string op, Fn fn) {
+  Handler h = [this, fn = std::move(fn), op, reply_op = op + ".reply"](Frame& f, const ReplyTo& from) mutable {
+    Result<Request> req = wire_decode(std::string_view(f.body), op, WireTag<Request>{});
+    if (!req.ok()) return send_error(from, req_id_of_(f.body), req.status());
+    if constexpr (std::is_void_v<Reply>) {
+      if (Status st = fn(*req, f, from); !st.ok()) send_error(from, req->req_id, st);
+    } else {
+      Result<Reply> reply = fn(*req, from);
+      if (!reply.ok()) return send_error(from, req->req_id, reply.status());
+      send(from, reply_op, wire_encode(*reply, op));
+    }
+  };
+  on(std::move(op), std::move(h));
+}
 
 }  // namespace zr

@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "comm/wire_codec.h"
 #include "runtime/actor.h"
 
 namespace zr {
@@ -203,6 +204,43 @@ TEST(RuntimeActor, ThrowingHandlerGetsInternalErrorAndActorKeepsServing) {
   auto ok = c.try_recv();
   ASSERT_TRUE(ok);
   EXPECT_EQ(ok->body, "after");
+}
+
+// on<Request, Reply>: the body is decoded by type, a body that does not decode and an error the
+// handler returns are answered with the request's req_id, a value as "<op>.reply".
+TEST(RuntimeActor, TypedHandlerDecodesRepliesAndAnswersErrorsWithTheRequestId) {
+  Context ctx;
+  Actor a(ctx, "typed");
+  int calls = 0;
+  a.on<TokenizeCall, TokenizeReply>("tokenize", [&calls](TokenizeCall& c, const ReplyTo&) -> Result<TokenizeReply> {
+    ++calls;
+    if (c.text == "bad") return make_error(ErrorCode::invalid_argument, "text: bad");
+    return TokenizeReply{c.req_id, {static_cast<int>(c.text.size())}};
+  });
+  ASSERT_TRUE(a.bind("inproc://rt-typed").ok());
+  Client c(ctx, a.endpoint());
+  c.send("tokenize", body_with_req_id(9));  // no text: does not decode
+  c.send("tokenize", wire::encode(TokenizeCall{5, "bad", false}));
+  c.send("tokenize", wire::encode(TokenizeCall{6, "four", false}));
+  a.run_once();
+  auto undecodable = c.try_recv();
+  ASSERT_TRUE(undecodable);
+  ErrorFields e = decode_error(*undecodable);
+  EXPECT_EQ(e.req_id, 9u);
+  EXPECT_NE(e.message.find("text"), std::string::npos) << e.message;
+  auto refused = c.try_recv();
+  ASSERT_TRUE(refused);
+  e = decode_error(*refused);
+  EXPECT_EQ(e.req_id, 5u);
+  EXPECT_EQ(e.code, "invalid_argument");
+  auto ok = c.try_recv();
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->op, "tokenize.reply");
+  msgpack::object_handle oh = msgpack::unpack(ok->body.data(), ok->body.size());
+  auto m = oh.get().as<std::map<std::string, msgpack::object>>();
+  EXPECT_EQ(m.at("req_id").as<uint64_t>(), 6u);
+  EXPECT_EQ(m.at("input_ids").as<std::vector<int>>(), std::vector<int>{4});
+  EXPECT_EQ(calls, 2) << "a body that does not decode never reaches the handler";
 }
 
 TEST(RuntimeActor, ErrorHooksShapeTheErrorBody) {
