@@ -98,14 +98,24 @@ int client_round_trip(const std::string& endpoint, int samples) {
   if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().to_string().c_str()), 1;
   auto info = (*client)->get_model_info();
   if (!info.ok()) return std::fprintf(stderr, "%s\n", info.status().to_string().c_str()), 1;
-  std::vector<double> rt;
+  std::vector<double> rt, server;
   for (int i = -20; i < samples; ++i) {  // 20 warm-up calls
     auto t0 = Clock::now();
     auto r = (*client)->generate({request("p" + std::to_string(i + 20), info->vocab_size, 4, 1, i + 20)});
     if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
-    if (i >= 0) rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (i < 0) continue;
+    rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    server.push_back(r->outputs.at(0).meta_info.e2e_latency * 1e6);  // submit to finish, in the engine
   }
   std::printf("C++ client 1-token generate round trip (median of %d): %.1f us\n", samples, median(rt));
+  std::printf("  of which in the engine (meta_info.e2e_latency, median): %.1f us\n", median(server));
+  std::vector<double> load_rt;
+  for (int i = 0; i < samples; ++i) {
+    auto t0 = Clock::now();
+    if (auto l = (*client)->get_load(); !l.ok()) return std::fprintf(stderr, "%s\n", l.status().to_string().c_str()), 1;
+    load_rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  std::printf("C++ client get_load round trip (median of %d): %.1f us\n", samples, median(load_rt));
   return 0;
 }
 
