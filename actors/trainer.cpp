@@ -43,6 +43,7 @@ Trainer::Trainer(zmq::context_t* context, const std::vector<std::string>& endpoi
       endpoints_(endpoints),
       unsent_(endpoints.size()),
       heartbeat_interval_(opt.router.heartbeat_interval),
+      heartbeat_liveness_(opt.router.heartbeat_liveness),
       router_(std::make_unique<Router>(endpoints, std::move(opt.router), SteadyClock::now())),
       last_pump_(SteadyClock::now()),
       shm_in_use_(endpoints.size()) {}

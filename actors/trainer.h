@@ -68,6 +68,8 @@ struct PublishResult {
   int64_t version = 0;
   uint64_t bytes = 0;
   double seconds = 0;  // publish to last ack
+  double liveness_seconds = 0;  // broadcast: before it, asking the engines whether they are alive
+                                // (up to the router's liveness window when one is silent)
   double write_seconds = 0;  // of which writing the bytes: ipc: copying and checksumming them into the
                              // segment; broadcast: into the transfer buffer; disk: the file
   std::vector<TensorMeta> tensors;       // what was published, in transfer order, checksums filled in
@@ -109,8 +111,14 @@ class Trainer {
   Result<PublishResult> publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt);
   // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
   // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. The
-  // trainer keeps its transfer buffer (the size of the largest publish) for the next publish. Refused
-  // (unavailable, naming it) when an engine is known dead: a collective needs every rank.
+  // trainer keeps its transfer buffer (the size of the largest publish) for the next publish.
+  // Survivors (docs/cluster.md, Failures): first every engine is asked for its weight version, and
+  // one that stays silent for the router's liveness window (heartbeat interval x liveness; a
+  // SIGSTOPped rank too) is declared dead. While an engine is dead, or after a failed broadcast,
+  // the bytes go over a group re-formed over the trainer and the live engines' ranks (a new
+  // epoch, MpiGroup::survivors; the warning names the ranks left out), and the dead engines are in
+  // `dead`. The engines' ranks in `group` are taken to be its ranks other than the trainer's, in
+  // order, engine after engine, all engines of one size (as launch/cluster.h forms it).
   Result<PublishResult> publish_broadcast(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt,
                                           MpiGroup& group);
   Result<PublishResult> publish_broadcast(const std::vector<TensorRef>& tensors, int64_t version,
@@ -188,6 +196,7 @@ class Trainer {
   std::vector<zmq::socket_t> links_;                 // DEALER per engine, read only in pump()
   std::vector<std::vector<RouterMessage>> unsent_;   // per engine: not writable yet
   Millis heartbeat_interval_;
+  int heartbeat_liveness_;
   std::unique_ptr<Router> router_;
   std::set<uint64_t> awaiting_;                      // req_ids of the trainer's calls in flight
   std::map<uint64_t, RouterMessage> replies_;        // their final answers
@@ -195,6 +204,17 @@ class Trainer {
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
   std::vector<uint8_t> bcast_buf_;  // broadcast: the root's transfer buffer, reused (grows only)
+  // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;
+  // a failed broadcast publish makes the next one form a new epoch.
+  uint64_t bcast_epoch_ = 0;
+  std::vector<int> bcast_members_;
+  bool bcast_failed_ = false;
+  // Asks every live engine for its version and waits until each answered or the router declared it
+  // dead (a killed or stopped engine takes one liveness window).
+  void probe_engines();
+  // Chooses the broadcast's epoch and members (trainer + live engines' ranks in `group`) and logs
+  // the ranks left out when they change.
+  Status choose_broadcast_group(MpiGroup& group, int64_t version);
   std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
   std::set<int> in_use_guessed_;  // engines whose shm_in_use_ is a guess: they did not ack a push
   // Asks every engine in in_use_guessed_ what it serves from (get_weight_version), so that the

@@ -167,28 +167,38 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
   const auto t_fill = Clock::now();
   l->fill(buf);
   const double write_s = std::chrono::duration<double>(Clock::now() - t_fill).count();
+  // A collective needs every member: find out who is alive, and leave the dead (or stopped) out.
+  const auto t_probe = Clock::now();
+  probe_engines();
+  ZR_RETURN_IF_ERROR(choose_broadcast_group(group, version));
+  auto t0 = Clock::now();
   UpdateWeightsCall call = base_call(WeightPath::broadcast, version, opt);
   call.tensors = l->metas;
-  call.root = group.rank();
-  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
-    if (!router_->alive(k))
-      return make_error(ErrorCode::unavailable, "broadcast: engine " + std::to_string(k) + " (" + endpoints_[k] +
-                                                    ") stopped answering heartbeats; an MPI broadcast needs every "
-                                                    "engine's rank");
+  call.group_epoch = bcast_epoch_;
+  if (bcast_epoch_ > 0) call.group_ranks = bcast_members_;
   // The acks come after the bytes: send the metadata, then broadcast, then collect.
-  auto t0 = Clock::now();
   PublishResult res;
   res.version = version;
   res.bytes = bytes;
+  res.liveness_seconds = std::chrono::duration<double>(t0 - t_probe).count();
+  bcast_failed_ = true;  // until the acks are in
+  const std::chrono::milliseconds transfer_timeout = std::chrono::seconds(60);
+  // The engines make the survivors' group when the metadata reaches them; so does this rank, first
+  // sending it. The members' order is the weight group's, so the root is where the trainer sits.
+  call.root = bcast_epoch_ == 0 ? group.rank()
+                                : static_cast<int>(std::find(bcast_members_.begin(), bcast_members_.end(), group.rank()) -
+                                                   bcast_members_.begin());
   auto sent = start_update(std::move(call), res);
   (void)pump([] { return true; }, SteadyClock::now());  // the metadata goes out now
-  Status st = group.bcast_buckets(buf, bytes, group.rank(), opt.bucket_bytes, std::chrono::seconds(60));
+  auto g = group.survivors(bcast_epoch_, bcast_epoch_ > 0 ? bcast_members_ : std::vector<int>{}, transfer_timeout);
+  Status st = g.ok() ? (*g)->bcast_buckets(buf, bytes, (*g)->rank(), opt.bucket_bytes, transfer_timeout) : g.status();
   if (!st.ok()) {
     for (const auto& s : sent) awaiting_.erase(s.second);
     return make_error(st.code, "broadcast: " + st.message);
   }
   double bcast_s = std::chrono::duration<double>(Clock::now() - t0).count();
   ZR_RETURN_IF_ERROR(collect_acks(sent, SteadyClock::now() + opt.timeout, res));
+  bcast_failed_ = false;
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   res.write_seconds = write_s;
   res.tensors = std::move(l->metas);

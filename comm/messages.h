@@ -280,7 +280,13 @@ struct UpdateWeightsCall {
   std::vector<std::string> shm_pool;
   std::string disk_path;        // disk
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
-  int root = 0;                 // broadcast: the sender's rank in the weight group
+  int root = 0;                 // broadcast: the sender's rank in the broadcast group (below)
+  // broadcast: the group the bytes go over. Epoch 0: the whole weight group (trainer + every serve
+  // rank). After engines died, the trainer re-forms it over the survivors under a new epoch:
+  // group_ranks lists the members (ranks of the weight group, increasing), and only they take part
+  // (comm/mpi_group.h, survivors()).
+  uint64_t group_epoch = 0;
+  std::vector<int> group_ranks;
 };
 struct UpdateWeightsReply {
   uint64_t req_id = 0;

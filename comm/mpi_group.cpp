@@ -169,6 +169,7 @@ void finalize_with_deadline() {
 MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
+  g.survivors.reset();  // a sub-group of this one: freed first
   if (!g.pending.empty()) (void)g.ring.release();  // undrained receives may still write into it
   if (!g.is_world) {
     if (g.comm == MPI_COMM_NULL) return;

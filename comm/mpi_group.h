@@ -147,6 +147,29 @@ class MpiGroup {
   bool poisoned() const;
   const std::string& poison_reason() const;
 
+  // ---- survivors (docs/cluster.md, Failures). Open MPI 4.1 has no ULFM: a communicator that
+  // counts a dead (or stopped) rank never again completes a collective over all its ranks, and no
+  // collective over it can tell the living who died. So the living learn it another way (the
+  // trainer's liveness pings over ZeroMQ; it sends the member list with each broadcast update,
+  // UpdateWeightsCall::group_epoch and group_ranks), and the broadcast runs over a sub-group
+  // made by MPI_Comm_create_group, which only the members enter.
+  //
+  // The group for `epoch`: epoch 0 is this group itself (members empty or all ranks). Epoch > 0 is
+  // the sub-group of `members` (ranks of this group, increasing, this rank among them): made on the
+  // first call for that epoch, kept (owned by this group) and returned by later calls for it, and
+  // dropped when another epoch is asked for. Every member asks for the same epoch with the same
+  // members; epochs only grow. Allowed on a poisoned group: the creation is point-to-point among the
+  // members, under its own tag, and does not meet the broadcasts left posted on this one.
+  // Bounded: the creation runs on a helper thread. If a member does not enter it within `timeout`
+  // (it died meanwhile), ErrorCode::timeout naming the missing ranks' epoch; the helper thread stays
+  // blocked in MPI and is abandoned (Open MPI may then refuse to finish a later creation in this
+  // process: restart the job).
+  Result<MpiGroup*> survivors(uint64_t epoch, const std::vector<int>& members, std::chrono::milliseconds timeout);
+  // The epoch of the group survivors() last returned (0: this group).
+  uint64_t survivors_epoch() const;
+  // MPI_COMM_WORLD ranks of these ranks of this group (for logs); -1 where out of range.
+  std::vector<int> world_ranks_of(const std::vector<int>& ranks) const;
+
   // Ends the whole MPI job (MPI_Abort with `code`): the way out when a peer is stuck for good.
   [[noreturn]] void abort_group(int code);
 

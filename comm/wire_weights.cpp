@@ -85,6 +85,8 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   f.get("disk_path", c.disk_path);
   f.get("bucket_bytes", c.bucket_bytes);
   f.get("root", c.root);
+  f.get("group_epoch", c.group_epoch);
+  f.get("group_ranks", c.group_ranks);
   if (const json* t = f.take("tensors")) {
     if (!t->is_array()) f.fail("tensors", "expected an array");
     for (size_t i = 0; f.ok() && t->is_array() && i < t->size(); ++i) {
@@ -109,6 +111,9 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
     return field_error("shm_offset", "a streamed segment's header (64 + 8 bytes per tensor) comes first");
   if (c.path != WeightPath::disk && c.tensors.empty()) return field_error("tensors", std::string("required for path ") + path);
   if (c.bucket_bytes == 0) return field_error("bucket_bytes", "must be > 0");
+  if (c.group_epoch == 0 && !c.group_ranks.empty())
+    return field_error("group_ranks", "only with a group_epoch > 0 (epoch 0 is the whole weight group)");
+  if (c.group_epoch > 0 && c.group_ranks.empty()) return field_error("group_ranks", "required with a group_epoch > 0");
   return c;
 }
 
@@ -145,7 +150,8 @@ std::string encode(const UpdateWeightsCall& c) {
                     {"in_flight", in_flight_name(c.in_flight)}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
                     {"shm_bytes", c.shm_bytes}, {"shm_offset", c.shm_offset}, {"shm_stream", c.shm_stream},
                     {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool},
-                    {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes}, {"root", c.root}});
+                    {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes}, {"root", c.root},
+                    {"group_epoch", c.group_epoch}, {"group_ranks", c.group_ranks}});
 }
 std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
 std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }

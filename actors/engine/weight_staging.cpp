@@ -312,8 +312,12 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
     return run_staging(src, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
+      // After engines died the trainer names the survivors: the group over them is made here, on the
+      // staging thread, since every member blocks in its creation until all have entered.
+      auto group = src.weight_group->survivors(c.group_epoch, c.group_ranks, src.transfer_timeout);
+      if (!group.ok()) return group.status();
       TransferVerifier verifier(c.tensors);  // checksums each segment from the cache as it arrives
-      Status st = src.weight_group->bcast_buckets(
+      Status st = (*group)->bcast_buckets(
           buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
           [&](size_t off, size_t len, const void* bytes) { verifier.add(bytes, off, len); });
       if (!st.ok()) return st;
