@@ -457,6 +457,35 @@ int decode_all(const std::string& b) {
   return ok;
 }
 
+TEST(WireCodec, UpdateWeightsBroadcastGroupFieldsRoundTripAndAreChecked) {
+  UpdateWeightsCall c;
+  c.version = 4;
+  c.path = WeightPath::broadcast;
+  c.tensors = {{"model.norm.weight", "F32", {64}, 256, 7, 0}};
+  c.root = 0;
+  c.group_epoch = 3;
+  c.group_ranks = {0, 1, 2, 5, 6};
+  auto back = decode_update_weights(encode(c));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(back->group_epoch, 3u);
+  EXPECT_EQ(back->group_ranks, c.group_ranks);
+  UpdateWeightsCall bad = c;
+  bad.group_ranks.clear();  // an epoch past 0 names its members
+  auto r = decode_update_weights(encode(bad));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message.find("group_ranks"), std::string::npos) << r.status().message;
+  bad = c;
+  bad.group_epoch = 0;  // epoch 0 is the whole group: no member list
+  r = decode_update_weights(encode(bad));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message.find("group_ranks"), std::string::npos) << r.status().message;
+  c.group_epoch = 0;
+  c.group_ranks.clear();
+  back = decode_update_weights(encode(c));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_EQ(back->group_epoch, 0u);
+}
+
 TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   UpdateWeightsCall c;
   c.req_id = 3;
