@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "model/kernels_internal.h"
 
@@ -65,10 +67,46 @@ void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType
   }
 }
 
+// vdpbf16ps on one lane, as Intel defines it: bf16 denormals read as 0, each product added with
+// one rounding (a bf16 x bf16 product is exact in f32), odd element first, f32 denormals flushed.
+namespace {
+inline float bf16_daz(uint16_t h) { return (h & 0x7f80u) == 0 ? 0.0f : bf16_to_f32(h); }
+inline float ftz(float v) { return std::fabs(v) < std::numeric_limits<float>::min() ? std::copysign(0.0f, v) : v; }
+inline uint16_t weight_bf16(const void* w, DType wdtype, size_t i) {
+  return wdtype == DType::bf16 ? static_cast<const uint16_t*>(w)[i] : f32_to_bf16(static_cast<const float*>(w)[i]);
+}
+}  // namespace
+
+void matmul_bf16_portable(const uint16_t* xb, int M, int K, int ldxb, const void* w, DType wdtype, int n0, int n1,
+                          float* y, int ldy) {
+  for (int m = 0; m < M; ++m) {
+    const uint16_t* x = xb + static_cast<size_t>(m) * ldxb;
+    for (int n = n0; n < n1; ++n) {
+      const size_t row = static_cast<size_t>(n) * K;
+      float acc[kLanes] = {};
+      for (int k0 = 0; k0 < K; k0 += 2 * kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          for (int k : {k0 + 2 * l + 1, k0 + 2 * l}) {
+            // the zero padding adds +0, as the AVX-512 path's masked lanes do
+            const float p = k < K ? bf16_daz(x[k]) * bf16_daz(weight_bf16(w, wdtype, row + k)) : 0.0f;
+            acc[l] = ftz(acc[l] + p);
+          }
+        }
+      }
+      y[static_cast<size_t>(m) * ldy + n] = hsum16(acc);
+    }
+  }
+}
+
 }  // namespace detail
 
 bool using_avx512() { return cpu_has_avx512() && !g_force_portable.load(); }
 void force_portable(bool on) { g_force_portable.store(on); }
+bool using_avx512_bf16() {
+  static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has && !g_force_portable.load();
+}
+const char* compute_name(Compute c) { return c == Compute::bf16 ? "bf16" : "f32"; }
 
 namespace {
 // Tasks per pool thread (claimed dynamically). A few rows of x are bound by memory and finish fast,
@@ -76,43 +114,75 @@ namespace {
 // (bench_engine batch 1: 4 per thread beat 2 and 8). Many rows keep two large tasks per thread,
 // each several column blocks long (the kernel prefetches the next block while it computes one).
 int tasks_per_thread(int M) { return M <= 4 ? 4 : 2; }
+
+// The products of one x, any weight, any column range: picks the implementation and, in bf16
+// mode, rounds x once (rows zero-padded to a multiple of 32) for every slice and weight of the call.
+// The bf16 rows live in a buffer of the calling thread, reused across calls.
+class Products {
+ public:
+  Products(const float* x, int M, int K, int ldx, Compute compute) : x_(x), M_(M), K_(K), ldx_(ldx), compute_(compute) {
+    if (compute != Compute::bf16) return;
+    thread_local std::vector<uint16_t> rows;
+    ldxb_ = (K + 31) / 32 * 32;
+    if (ldxb_ % 1024 == 0) ldxb_ += 32;  // 2 KiB-aligned rows share L1 sets (padded_stride)
+    rows.assign(static_cast<size_t>(M) * ldxb_, 0);
+    for (int m = 0; m < M; ++m)
+      for (int k = 0; k < K; ++k) rows[static_cast<size_t>(m) * ldxb_ + k] = f32_to_bf16(x[static_cast<size_t>(m) * ldx + k]);
+    xb_ = rows.data();
+  }
+  void operator()(const void* w, DType wdtype, int n0, int n1, float* y, int ldy) const {
+    if (compute_ == Compute::bf16) {
+      (using_avx512_bf16() ? detail::matmul_bf16_avx512 : detail::matmul_bf16_portable)(xb_, M_, K_, ldxb_, w, wdtype,
+                                                                                         n0, n1, y, ldy);
+      return;
+    }
+    (using_avx512() ? detail::matmul_avx512 : detail::matmul_portable)(x_, M_, K_, ldx_, w, wdtype, n0, n1, y, ldy);
+  }
+
+ private:
+  const float* x_;
+  int M_, K_, ldx_;
+  Compute compute_;
+  const uint16_t* xb_ = nullptr;
+  int ldxb_ = 0;
+};
 }  // namespace
 
 void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
-            int n_end, float* y, int ldy, ThreadPool* pool) {
+            int n_end, float* y, int ldy, ThreadPool* pool, Compute compute) {
   ZR_CHECK(wdtype == DType::f32 || wdtype == DType::bf16);
   if (M <= 0 || n_end <= n_begin) return;
-  auto block = using_avx512() ? detail::matmul_avx512 : detail::matmul_portable;
+  const Products block(x, M, K, ldx, compute);
   int threads = pool ? pool->size() : 1;
   int n = n_end - n_begin;
   // Split the output columns: each task streams a disjoint slice of w. Slices are multiples of 48
   // rows (the kernel's column block) so tiles stay full; any split gives the same bits.
   int tasks = pool ? std::min(threads * tasks_per_thread(M), std::max(1, n / 48)) : 1;
   if (tasks <= 1) {
-    block(x, M, K, ldx, w, wdtype, n_begin, n_end, y, ldy);
+    block(w, wdtype, n_begin, n_end, y, ldy);
     return;
   }
   int per = ((n + tasks - 1) / tasks + 47) / 48 * 48;
   pool->parallel_for(tasks, [&](int t) {
     int a = n_begin + t * per, b = std::min(n_end, a + per);
-    if (a < b) block(x, M, K, ldx, w, wdtype, a, b, y, ldy);
+    if (a < b) block(w, wdtype, a, b, y, ldy);
   });
 }
 
-void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool) {
+void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool, Compute compute) {
   ZR_CHECK(w.shape.size() == 2);
   int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
-  matmul(x, M, K, K, w.data, w.dtype, 0, N, y, N, pool);
+  matmul(x, M, K, K, w.data, w.dtype, 0, N, y, N, pool, compute);
 }
 
-void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, ThreadPool* pool) {
+void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, ThreadPool* pool, Compute compute) {
   ZR_CHECK(w.shape.size() == 2);
   int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
-  matmul(x, M, K, ldx, w.data, w.dtype, 0, N, y, ldy, pool);
+  matmul(x, M, K, ldx, w.data, w.dtype, 0, N, y, ldy, pool, compute);
 }
 
-void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool) {
-  auto block = using_avx512() ? detail::matmul_avx512 : detail::matmul_portable;
+void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool,
+                  Compute compute) {
   struct Piece {
     const Weight* w;
     float* y;
@@ -127,6 +197,7 @@ void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOu
   }
   const int K = static_cast<int>(pieces[0].w->shape[1]);
   if (ldx <= 0) ldx = K;
+  const Products block(x, M, K, ldx, compute);
   int tasks = pool ? std::min(pool->size() * tasks_per_thread(M), std::max(1, total / 48)) : 1;
   int per = ((total + tasks - 1) / tasks + 47) / 48 * 48;
   auto run = [&](int t) {
@@ -134,7 +205,7 @@ void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOu
     for (const Piece& p : pieces) {  // the part of [a, b) that falls in this weight
       int n = static_cast<int>(p.w->shape[0]);
       int lo = std::max(a, p.begin) - p.begin, hi = std::min(b, p.begin + n) - p.begin;
-      if (lo < hi) block(x, M, K, ldx, p.w->data, p.w->dtype, lo, hi, p.y, p.ldy);
+      if (lo < hi) block(p.w->data, p.w->dtype, lo, hi, p.y, p.ldy);
     }
   };
   if (tasks <= 1) return run(0);

@@ -17,6 +17,18 @@
 
 namespace zr::kernels {
 
+// How a matmul multiplies. f32: the recipe above. bf16: x is rounded to bf16 (f32_to_bf16, RNE)
+// and so are f32 weights (bf16 weights are used as stored); a dot product accumulates 16 f32 lane
+// sums over chunks of 32 k, lane l taking the pair k = 32 c + 2 l, 2 l + 1 with one vdpbf16ps
+// (Intel's definition: acc += x_odd * w_odd, then acc += x_even * w_even, each rounded to f32,
+// bf16 denormals read as 0, f32 denormal results flushed to 0), the last chunk zero-padded, then
+// hsum16. Batch-invariant like f32. The portable path emulates that definition; a CPU whose
+// vdpbf16ps rounds differently gives other bits there than the portable path.
+enum class Compute : uint8_t { f32, bf16 };
+const char* compute_name(Compute c);
+// True when the bf16 mode runs on vdpbf16ps (AVX512_BF16 and not force_portable).
+bool using_avx512_bf16();
+
 // True when the AVX-512 path is in use (else the portable path; both give identical bits).
 bool using_avx512();
 // For tests: force the portable path.
@@ -26,11 +38,12 @@ void force_portable(bool on);
 //   x: (M, K) row-major f32, row stride ldx; w: (N, K) row-major f32 or bf16 (a Linear weight);
 //   y: (M, ldy) row-major, written at columns n.
 void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
-            int n_end, float* y, int ldy, ThreadPool* pool);
+            int n_end, float* y, int ldy, ThreadPool* pool, Compute compute = Compute::f32);
 // Convenience: full weight, contiguous x and y.
-void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool);
+void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool, Compute compute = Compute::f32);
 // Full weight, x and y with row strides ldx and ldy.
-void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, ThreadPool* pool);
+void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, ThreadPool* pool,
+            Compute compute = Compute::f32);
 
 // Several products of the same x in one parallel section: y_i = x * w_i^T (e.g. Q, K and V, or
 // gate and up). One pool synchronisation instead of one per weight; the same bits as separate
@@ -41,7 +54,8 @@ struct MatmulOut {
   float* y;      // (M, w.rows) row-major
   int ldy = 0;   // row stride of y (0: w.rows)
 };
-void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool);
+void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool,
+                  Compute compute = Compute::f32);
 
 // Row stride for an activation buffer of `width` floats that feeds a matmul: rows whose byte
 // stride is a multiple of 2 KiB fall into the same L1 sets as each other (and as the weight rows

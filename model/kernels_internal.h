@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "model/dtype.h"
 
@@ -15,6 +16,13 @@ void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType
 void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
                    int n1, float* y, int ldy);
 float dot_avx512(const float* a, const float* b, int n);
+// Compute::bf16: xb (M, ldxb) bf16 rows, zero-padded to a multiple of 32; w bf16 or f32 (rounded
+// to bf16 as it is read). Same bits in both implementations where the CPU's vdpbf16ps follows
+// Intel's definition (kernels.h).
+void matmul_bf16_portable(const uint16_t* xb, int M, int K, int ldxb, const void* w, DType wdtype, int n0, int n1,
+                          float* y, int ldy);
+void matmul_bf16_avx512(const uint16_t* xb, int M, int K, int ldxb, const void* w, DType wdtype, int n0, int n1,
+                        float* y, int ldy);
 void softmax_avx512(float* x, int n);
 void silu_mul_avx512(const float* gate, const float* up, int n, float* out);
 void log_softmax_avx512(const float* x, int n, float* out);
