@@ -55,7 +55,8 @@ void RolloutActor::register_handlers() {
   actor_.on<ReqIdOnly, ModelInfoReply>("get_model_info", [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
     const ModelConfig& m = engine_->config();
     return ModelInfoReply{c.req_id, m.arch_name, m.vocab_size, m.max_position_embeddings, m.bos_token_id,
-                          m.eos_token_ids, m.pad_token_id, engine_->weight_version(), opt_.model_path};
+                          m.eos_token_ids, m.pad_token_id, engine_->weight_version(), opt_.model_path,
+                          kernels::compute_name(engine_->compute())};
   });
   actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
     return SimpleReply{c.req_id, {}, engine_->flush_cache()};

@@ -12,7 +12,11 @@
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
 //   the model's own layer shapes, same thread count.
 // Usage: bench_engine [--model DIR] [--threads T] [--batches 1,8,64,256] [--prompt 128] [--gen 128]
+//        [--compute f32|bf16] [--json FILE] [--top-logprobs N]
 //        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
+// --json writes rows decode_b<B> (tok/s against the smaller bound) and prefill (bench/bench_json.h).
+// The bounds are the f32 ones in both compute modes (weight bytes as loaded, OpenBLAS sgemm), so
+// the bf16 ratio says how far the mode goes past what f32 could reach.
 #include <cblas.h>
 #include <spdlog/spdlog.h>
 
@@ -25,6 +29,7 @@
 #include <sstream>
 
 #include "actors/engine/engine.h"
+#include "bench/bench_json.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
 #include "bench/bench_models.h"
@@ -118,12 +123,15 @@ class Sampling {
 
 // Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
 bool g_mmap_weights = false;  // --mmap-weights: serve from the file mapping (no huge-page copy)
+kernels::Compute g_compute = kernels::Compute::f32;  // --compute
+int g_top_logprobs = -1;  // --top-logprobs
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
                         const Sampling::Fn& sample) {
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
+  opt.compute = g_compute;
   size_t per_token = 0;
   {
     auto cfg = ModelConfig::from_dir(dir);
@@ -142,6 +150,10 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     r.sampling_params.temperature = 1.0f;
     r.sampling_params.seed = i;
     r.sampling_params.ignore_eos = true;
+    if (g_top_logprobs >= 0) {
+      r.return_logprob = true;
+      r.top_logprobs_num = g_top_logprobs;
+    }
     (void)eng->submit(r);
   }
   DecodeResult r;
@@ -168,6 +180,7 @@ double run_prefill(const std::string& dir, int threads, int prompts, int prompt,
   EngineOptions opt;
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
+  opt.compute = g_compute;
   auto eng = std::move(Engine::load(dir, opt)).value();
   std::mt19937_64 rng(7);
   for (int i = 0; i < prompts; ++i) {
@@ -251,10 +264,17 @@ int main(int argc, char** argv) {
   app.add_flag("--mmap-weights", g_mmap_weights, "engine serves weights from the file mapping (default: huge-page copy)");
   app.add_option("--sample-every", g_sample_every, "seconds between limit samples during a row (0: before and after only)")
       ->capture_default_str();
+  std::string json_path, compute = "f32";
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
+  app.add_option("--compute", compute, "engine matmul mode")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
+  app.add_option("--top-logprobs", g_top_logprobs, "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
+      ->capture_default_str();
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
+  g_compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
+  bench::JsonRows rows(json_path);
   if (model.empty()) model = bench::default_model("stories110M");
   if (model.empty()) return 1;
   auto cfg = ModelConfig::from_dir(model);
@@ -264,8 +284,8 @@ int main(int argc, char** argv) {
 
   std::printf("zrollout bench_engine: %s (%.1fM params, %.0f MB of weights read per step), %d threads\n",
               model.c_str(), params / 1e6, weight_bytes / 1e6, threads);
-  std::printf("%s; engine kernels: %s\n", bench::openblas_description().c_str(),
-              kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable");
+  std::printf("%s; engine kernels: %s, compute %s\n", bench::openblas_description().c_str(),
+              kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable", compute.c_str());
   // The host is shared: its bandwidth and sgemm speed drift by 2x within minutes, and jump for a
   // second at a time. Each row samples its limits between its own steps and uses their medians.
   struct Limits {
@@ -310,6 +330,7 @@ int main(int argc, char** argv) {
                 batch, r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound,
                 100 * r.tok_s / bound, 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps,
                 lim.spread.c_str());
+    rows.add({"decode_b" + std::to_string(batch), r.tok_s, "tok/s", bound});
   }
   if (prefill_prompts > 0) {
     double pf = 0;
@@ -318,7 +339,9 @@ int main(int argc, char** argv) {
     std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%% %7s  (%d x %d-token prompts; %s)\n", pf,
                 "", lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, "", prefill_prompts, prompt,
                 lim.spread.c_str());
+    rows.add({"prefill", pf, "tok/s", compute_bound});
   }
+  if (!rows.write()) return 1;
   if (!skip_parity) parity_cost(*cfg, threads);
   return 0;
 }

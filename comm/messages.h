@@ -216,6 +216,7 @@ struct ModelInfoReply {
   int pad_token_id = -1;
   int64_t weight_version = 0;
   std::string model_path;
+  std::string compute = "f32";  // the engine's matmul mode: f32 | bf16
 };
 
 // op "tokenize" -> "tokenize.reply": the ids a `text` prompt becomes in generate (with

@@ -35,7 +35,7 @@ constexpr const char* kBuiltinPrompts[] = {
     "At night, the moon and the stars"};
 
 struct LocalJob {
-  std::string model, prompts, output, log_level = "warn";
+  std::string model, prompts, output, log_level = "warn", compute = "f32";
   int engines = 2, n = 4, max_new_tokens = 64, threads = 0, kv_cache_mb = 256;
   int steps = 1;     // rollout steps; a weight push between two steps
   std::string push;  // checkpoint published after each step (default: --model itself)
@@ -219,6 +219,7 @@ int run_local(LocalJob job) {
   eo.model = job.model;
   eo.threads = job.threads > 0 ? job.threads : std::max(1, hw / job.engines);
   eo.kv_cache_mb = job.kv_cache_mb;
+  eo.compute = job.compute;
   Context ctx;
   std::vector<std::unique_ptr<RolloutActor>> engines;
   std::vector<std::string> endpoints;
@@ -289,6 +290,9 @@ void add_local(CLI::App& app) {
   cmd->add_option("--seed", job->seed)->capture_default_str();
   cmd->add_option("--threads", job->threads, "threads per engine (0 = cores / engines)")->capture_default_str();
   cmd->add_option("--kv-cache-mb", job->kv_cache_mb, "KV budget per engine")->capture_default_str();
+  cmd->add_option("--compute", job->compute, "matmul mode of the engines (f32 | bf16, as serve --compute)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_option("--output", job->output, "write every sample as JSONL");
   cmd->add_option("--steps", job->steps, "rollout steps, with a weight push (next version) between two")
       ->capture_default_str()

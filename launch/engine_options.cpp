@@ -17,6 +17,7 @@ EngineOptions EngineCliOptions::engine_options() const {
   e.copy_weights = !mmap_weights;
   e.kv_prefault = !kv_lazy_pages;
   e.detokenize = !no_detokenize;
+  e.compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
   e.scheduler.max_running = max_running;
   e.scheduler.max_step_tokens = max_step_tokens;
   e.scheduler.max_prefill_chunk = max_prefill_chunk;
@@ -28,7 +29,7 @@ std::string EngineCliOptions::describe() const {
          " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
          std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
          " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "") +
-         (no_detokenize ? " no_detokenize" : "");
+         (no_detokenize ? " no_detokenize" : "") + " compute=" + compute;
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
@@ -55,6 +56,11 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
                 "no page faults in forward steps)");
   cmd->add_flag("--no-detokenize", o.no_detokenize,
                 "never decode output ids: text fields stay empty and stop strings are refused (RLinf's detokenize off)");
+  cmd->add_option("--compute", o.compute,
+                  "how matmuls multiply: f32, or bf16 (activations and weights rounded to bf16, f32 accumulation "
+                  "with vdpbf16ps; batch-invariant within the mode)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_option("--log-level", o.log_level, "trace|debug|info|warn|error")->capture_default_str();
 }
 

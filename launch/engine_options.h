@@ -20,6 +20,7 @@ struct EngineCliOptions {
   bool mmap_weights = false;
   bool kv_lazy_pages = false;
   bool no_detokenize = false;
+  std::string compute = "f32";
   std::string log_level = "info";
 
   EngineOptions engine_options() const;

@@ -89,6 +89,49 @@ void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ld
     for (int j = 0; j < NR; ++j) y[static_cast<size_t>(i) * ldy + n + j] = hsum16(acc[i][j]);
 }
 
+// The tile above over one chunk [k0, k1) of K (k0 a multiple of 16): the lane sums start from
+// `spill` (MR x NR vectors, [i][j]) unless first, and go back to it unless last, when they are
+// reduced into y. The chain of every lane is the one of a single pass over K, so chunking changes
+// no bits; it keeps the MR x chunk of x and NR x chunk of w in L1 when whole rows do not fit.
+template <int MR, int NR, bool BF16>
+void tile_chunk(const float* x, int ldx, const void* w, int K, int k0, int k1, int n, float* y, int ldy,
+                float* spill, bool first, bool last) {
+  __m512 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (i * NR + j) * kLanes);
+  const size_t wrow = static_cast<size_t>(K);
+  int k = k0;
+  for (; k + kLanes <= k1; k += kLanes) {
+    __m512 xv[MR];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + static_cast<size_t>(i) * ldx + k);
+#pragma GCC unroll 6
+    for (int j = 0; j < NR; ++j) {
+      __m512 wv = load_w<BF16>(w, (n + j) * wrow + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  if (k < k1) {  // the tail of K (k1 == K)
+    __mmask16 mask = lanes_mask(k1 - k);
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + static_cast<size_t>(i) * ldx + k);
+    for (int j = 0; j < NR; ++j) {
+      __m512 wv = load_w_tail<BF16>(w, (n + j) * wrow + k, mask);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  if (!last) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) _mm512_store_ps(spill + (i * NR + j) * kLanes, acc[i][j]);
+    return;
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) y[static_cast<size_t>(i) * ldy + n + j] = hsum16(acc[i][j]);
+}
+
 constexpr int kMR = 4;
 constexpr int kNR = 6;
 constexpr int kNB = 48;  // weight rows per column block: 48 rows x K stay in L2 across row tiles
@@ -104,6 +147,51 @@ template <bool BF16, bool PF>
 constexpr std::array<std::array<TileFn, kNR>, kMR> make_table() {
   using S = std::make_integer_sequence<int, kNR>;
   return {row_of<BF16, PF, 1>(S{}), row_of<BF16, PF, 2>(S{}), row_of<BF16, PF, 3>(S{}), row_of<BF16, PF, 4>(S{})};
+}
+
+using ChunkFn = void (*)(const float*, int, const void*, int, int, int, int, float*, int, float*, bool, bool);
+
+template <bool BF16, int MR, int... NRs>
+constexpr std::array<ChunkFn, kNR> chunk_row_of(std::integer_sequence<int, NRs...>) {
+  return {&tile_chunk<MR, NRs + 1, BF16>...};
+}
+
+template <bool BF16>
+constexpr std::array<std::array<ChunkFn, kNR>, kMR> make_chunk_table() {
+  using S = std::make_integer_sequence<int, kNR>;
+  return {chunk_row_of<BF16, 1>(S{}), chunk_row_of<BF16, 2>(S{}), chunk_row_of<BF16, 3>(S{}),
+          chunk_row_of<BF16, 4>(S{})};
+}
+
+constexpr auto kChunkF32 = make_chunk_table<false>();
+constexpr auto kChunkBF16 = make_chunk_table<true>();
+
+// K chunk of the blocked path: MR + NR rows of a chunk (x and w, 40 KiB at 1024 f32) fit in L1
+// (48 KiB) with the spilled sums; rows longer than kKcMin + a chunk are cut.
+#include <cstdlib>
+static int kKC = std::getenv("ZR_KC") ? std::atoi(std::getenv("ZR_KC")) : 512;
+static int kKcMin = std::getenv("ZR_KCMIN") ? std::atoi(std::getenv("ZR_KCMIN")) : 1024;
+
+// Many rows with long K: column block, row tile, K chunk, column tile. The row tile's chunk of x
+// stays in L1 across the column tiles of the block; the lane sums of the block's tiles wait in
+// `spill` between chunks.
+void matmul_chunked(const float* x, int M, int K, int ldx, const void* w, bool bf16, int n0, int n1, float* y,
+                    int ldy) {
+  const auto& table = bf16 ? kChunkBF16 : kChunkF32;
+  alignas(64) static thread_local float spill[kNB / kNR][kMR * kNR * kLanes];
+  for (int nb = n0; nb < n1; nb += kNB) {
+    const int ne = std::min(nb + kNB, n1);
+    for (int m = 0; m < M; m += kMR) {
+      const int mr = std::min(kMR, M - m);
+      const float* xm = x + static_cast<size_t>(m) * ldx;
+      float* ym = y + static_cast<size_t>(m) * ldy;
+      for (int k0 = 0; k0 < K; k0 += kKC) {
+        const int k1 = std::min(K, k0 + kKC);
+        for (int n = nb, t = 0; n < ne; n += kNR, ++t)
+          table[mr - 1][std::min(kNR, ne - n) - 1](xm, ldx, w, K, k0, k1, n, ym, ldy, spill[t], k0 == 0, k1 == K);
+      }
+    }
+  }
 }
 
 constexpr auto kTableF32 = make_table<false, false>();
@@ -126,6 +214,7 @@ void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType w
     for (int n = n0; n < n1; ++n) one(x, ldx, w, K, n, y, ldy);
     return;
   }
+  if (K > kKcMin && M > kMR) return matmul_chunked(x, M, K, ldx, w, bf16, n0, n1, y, ldy);
   // Several row tiles: while the row tiles run over one column block (from L2), the next block's
   // weights are prefetched into L2, a slice before each tile, so the first row tile of the next
   // block does not wait on DRAM. A single row tile has nothing to hide the stream behind; it

@@ -27,8 +27,9 @@ void embed_row(const Weight& emb, int token, int d, float* out) {
 
 }  // namespace
 
-Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp)
-    : w_(weights), kv_(kv), pool_(pool), tp_(tp) {
+Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp,
+                         kernels::Compute compute)
+    : w_(weights), kv_(kv), pool_(pool), tp_(tp), compute_(compute) {
   const ModelConfig& c = weights->config();
   const TpShard shard = tp ? tp->shard() : TpShard{};
   lc_ = local_config(c, shard);
@@ -175,7 +176,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     kernels::matmul_group(xb_.data(), T, ld_d_,
                           {{&w_->get(TensorRole::wq, l), q_.data(), ld_q_}, {&w_->get(TensorRole::wk, l), k_.data()},
                            {&w_->get(TensorRole::wv, l), v_.data()}},
-                          pool_);
+                          pool_, compute_);
     // Qwen3: each q and k head is RMS-normalized (one weight for all heads) before RoPE.
     const float* qn = c.qk_norm ? w_->get(TensorRole::q_norm, l).f32() : nullptr;
     const float* kn = c.qk_norm ? w_->get(TensorRole::k_norm, l).f32() : nullptr;
@@ -198,7 +199,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
       write_kv_row(l, batch[rows_[r].seq], r, rows_[r].pos);
     });
     attention_layer(l, batch);
-    kernels::matmul(att_.data(), T, ld_q_, w_->get(TensorRole::wo, l), xb_.data(), ld_d_, pool_);
+    kernels::matmul(att_.data(), T, ld_q_, w_->get(TensorRole::wo, l), xb_.data(), ld_d_, pool_, compute_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);  // the padding sums zeros
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
     for_rows(T, [&](int r) {
@@ -210,9 +211,9 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     kernels::matmul_group(xb_.data(), T, ld_d_,
                           {{&w_->get(TensorRole::w_gate, l), hb_.data(), ld_ffn_},
                            {&w_->get(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
-                          pool_);
+                          pool_, compute_);
     for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
-    kernels::matmul(hb_.data(), T, ld_ffn_, w_->get(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
+    kernels::matmul(hb_.data(), T, ld_ffn_, w_->get(TensorRole::w_down, l), xb_.data(), ld_d_, pool_, compute_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);
     for_rows(T, [&](int r) {
       for (size_t i = r * ldd; i < r * ldd + d; ++i) x_[i] += xb_[i];
@@ -239,12 +240,12 @@ void Transformer::project_logits(int out_rows, std::vector<float>& logits) {
   if (!tp_) {
     size_t base = logits.size();
     logits.resize(base + static_cast<size_t>(out_rows) * V);
-    kernels::matmul(xb_.data(), out_rows, ld_d_, head, logits.data() + base, V, pool_);
+    kernels::matmul(xb_.data(), out_rows, ld_d_, head, logits.data() + base, V, pool_, compute_);
     return;
   }
   const int vr = layout_.vocab.size;
   local_logits_.resize(static_cast<size_t>(out_rows) * vr);
-  kernels::matmul(xb_.data(), out_rows, ld_d_, head, local_logits_.data(), vr, pool_);
+  kernels::matmul(xb_.data(), out_rows, ld_d_, head, local_logits_.data(), vr, pool_, compute_);
   const TpShard sh = tp_->shard();
   std::vector<size_t> counts(sh.size);
   for (int r = 0; r < sh.size; ++r) counts[r] = static_cast<size_t>(out_rows) * split_range(V, {r, sh.size}).size;

@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "model/kernels.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
 #include "model/thread_pool.h"
@@ -32,7 +33,9 @@ class Transformer {
   // Tensor parallelism: with `tp` (weights and cache holding this rank's shard, model/tp.h) every
   // rank of the engine calls forward() with the same batch; partial sums meet in tp->allreduce_sum
   // and the logits slices on rank 0.
-  Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp = nullptr);
+  // compute: how every matmul multiplies (kernels::Compute; bf16 rounds activations to bf16).
+  Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp = nullptr,
+              kernels::Compute compute = kernels::Compute::f32);
 
   // Appends to `logits` one row of vocab_size floats per requested row, in batch order (on TP
   // ranks other than 0 `logits` is left unchanged).
@@ -64,6 +67,7 @@ class Transformer {
   KvCache* kv_;
   ThreadPool* pool_;
   TpComm* tp_;
+  kernels::Compute compute_;
   ModelConfig lc_;  // this rank's dimensions (heads, KV heads, intermediate); the full config without TP
   TpLayout layout_;
   std::vector<float> local_logits_, gathered_;

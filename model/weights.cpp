@@ -268,6 +268,25 @@ Result<size_t> ModelWeights::copy_to_anonymous_memory() {
   return total;
 }
 
+size_t ModelWeights::round_matrices_to_bf16() {
+  size_t total = 0;
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    Weight& w = weights_[i];
+    if (!w.data || w.dtype != DType::f32 || w.shape.size() != 2 || (specs_[i].optional && cfg_.tie_word_embeddings))
+      continue;
+    const size_t n = w.nbytes() / 4;
+    auto buf = std::shared_ptr<uint16_t[]>(new uint16_t[n]);
+    const float* src = w.f32();
+    for (size_t k = 0; k < n; ++k) buf[k] = f32_to_bf16(src[k]);
+    w.dtype = DType::bf16;
+    w.data = buf.get();
+    w.owner = std::shared_ptr<const void>(buf, buf.get());
+    total += n * 2;
+  }
+  if (cfg_.tie_word_embeddings) bind_tied_head();
+  return total;
+}
+
 size_t ModelWeights::release_all() {
   size_t bytes = total_bytes();
   for (Weight& w : weights_) {

@@ -99,6 +99,11 @@ class ModelWeights {
   // Drops every weight's bytes (the registry stays, so updates can still be validated and staged);
   // returns the bytes released. complete() is false until every required tensor has bytes again.
   size_t release_all();
+  // Compute::bf16 at load: every f32 matrix (matmul weights and the embedding) is rounded to bf16
+  // (f32_to_bf16) into one heap buffer, halving the bytes decode streams; the kernels would round
+  // f32 weights to the same bits as they read them (updates committed later keep f32). Returns the
+  // number of bytes after rounding.
+  size_t round_matrices_to_bf16();
   bool complete() const;
 
  private:

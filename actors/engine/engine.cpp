@@ -31,6 +31,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
   TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   auto w = ModelWeights::load_dir(*cfg, dir, shard);
   if (!w.ok()) return w.status();
+  if (opt.compute == kernels::Compute::bf16) w->round_matrices_to_bf16();
   if (opt.copy_weights)
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto tok = Tokenizer::load(dir);
@@ -53,9 +54,10 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
   pool_ = std::make_unique<ThreadPool>(threads);
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   if (opt.kv_prefault) prefault_kv();
-  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp);
-  spdlog::info("engine: {} threads, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
-               kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running,
+  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp, opt.compute);
+  spdlog::info("engine: {} threads, {} compute, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}",
+               threads, kernels::compute_name(opt.compute), kv_->num_blocks(), kv_->block_size(),
+               kv_->bytes() / 1048576.0, opt.scheduler.max_running,
                opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
 }
 

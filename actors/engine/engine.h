@@ -53,6 +53,8 @@ struct EngineOptions {
   TpGroup* tp = nullptr;
   // false: no request's output is decoded (text fields empty; stop strings refused).
   bool detokenize = true;
+  // How the forward multiplies (kernels::Compute): bf16 rounds f32 weights to bf16 at load.
+  kernels::Compute compute = kernels::Compute::f32;
 };
 
 struct StepOutputs {
@@ -140,6 +142,7 @@ class Engine {
   EngineStats stats() const;
 
   const ModelConfig& config() const { return weights_.config(); }
+  kernels::Compute compute() const { return opt_.compute; }
   const Tokenizer& tokenizer() const { return tok_; }
   int64_t weight_version() const { return weight_version_; }
   int threads() const { return pool_->size(); }

@@ -14,6 +14,7 @@ Result<std::unique_ptr<TpFollower>> TpFollower::load(const std::string& dir, con
   if (!cfg.ok()) return cfg.status();
   auto w = ModelWeights::load_dir(*cfg, dir, tp.shard());
   if (!w.ok()) return w.status();
+  if (opt.compute == kernels::Compute::bf16) w->round_matrices_to_bf16();
   if (opt.copy_weights)
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto f = std::unique_ptr<TpFollower>(new TpFollower(std::move(w).value(), opt, tp));
@@ -28,7 +29,7 @@ TpFollower::TpFollower(ModelWeights w, const EngineOptions& opt, TpGroup& tp) : 
   kv_ = std::make_unique<KvCache>(local_config(weights_.config(), tp.shard()), opt.kv_block_size, opt.kv_cache_bytes);
   kv_prefault_ = opt.kv_prefault;
   if (kv_prefault_) kv_->prefault();
-  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), &tp);
+  tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), &tp, opt.compute);
   TpLayout l = tp_layout(weights_.config(), tp.shard());
   spdlog::info("tp rank {}/{}: heads [{}, {}), kv heads [{}, {}), ffn [{}, {}), vocab [{}, {}), {} threads, KV {} blocks",
                tp.shard().rank, tp.shard().size, l.heads.begin, l.heads.end(), l.kv_heads.begin, l.kv_heads.end(),

@@ -15,7 +15,8 @@ that fraction of the memory available now, less the weights), ``random_seed`` (r
 seed get seeds drawn from it, so a script reruns identically), ``chunked_prefill_size``
 (``--max-prefill-chunk``), ``log_level``, ``skip_tokenizer_init`` (outputs without text). Ours:
 ``endpoint`` (attach to a running server instead of starting one; ``"mpi"``: the engines of this
-mpirun job), ``kv_cache_mb``, ``threads``, ``request_timeout``. SGLang's GPU tuning arguments
+mpirun job), ``kv_cache_mb``, ``threads``, ``compute`` (``"f32"`` or ``"bf16"``: ``--compute``),
+``request_timeout``. SGLang's GPU tuning arguments
 (``cuda_graph_max_bs``, ``attention_backend``, ``dtype``...) have no meaning on this engine: they
 are logged and listed in ``get_server_info()["ignored_server_args"]``; ones that would change
 results (``quantization``, ``dp_size`` or ``pp_size`` > 1, LoRA) raise ``Unsupported``.
@@ -99,7 +100,8 @@ class Engine:
     def __init__(self, model_path: str | None = None, tp_size: int = 1, max_running_requests: int | None = None,
                  mem_fraction_static: float | None = None, random_seed: int | None = None,
                  chunked_prefill_size: int | None = None, log_level: str = "error", *, endpoint: str | None = None,
-                 kv_cache_mb: int | None = None, threads: int | None = None, request_timeout: float = 600.0,
+                 kv_cache_mb: int | None = None, threads: int | None = None, compute: str | None = None,
+                 request_timeout: float = 600.0,
                  skip_tokenizer_init: bool = False, launch_options: dict | None = None, **server_args):
         self._server = None
         self._publisher = None
@@ -121,7 +123,7 @@ class Engine:
                 kv_cache_mb = kv_budget_mb(model_path, mem_fraction_static)
                 self.server_args["kv_cache_mb"] = kv_cache_mb
             flags = {"max_running": max_running_requests, "max_prefill_chunk": chunked_prefill_size,
-                     "kv_cache_mb": kv_cache_mb, "threads": threads,
+                     "kv_cache_mb": kv_cache_mb, "threads": threads, "compute": compute,
                      "log_level": _LEVELS.get(log_level, log_level) if log_level else None}
             self._server = launch(model_path, tp=tp_size, **{**flags, **(launch_options or {})})
             endpoint = self._server.endpoint

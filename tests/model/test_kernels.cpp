@@ -47,7 +47,7 @@ std::vector<float> run(const Problem& p, int M, DType dt, Compute c, ThreadPool*
 // row r) with row r of the full batch.
 void check_batch_invariance(DType dt, Compute c) {
   ThreadPool pool(2);
-  for (int K : {8, 61, 100, 768, 1000}) {
+  for (int K : {8, 61, 100, 768, 1000, 2100}) {
     const Problem p = make_problem(K, 157, 70, 11 + K);
     const std::vector<float> full = run(p, p.maxM, dt, c, &pool);
     for (int M = 1; M <= p.maxM; ++M) {
