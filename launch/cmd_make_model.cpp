@@ -19,7 +19,7 @@ void add_make_model(CLI::App& app) {
   // Owned by the callback, which CLI11 keeps alive as long as the app.
   auto opt = std::make_shared<MakeModelOptions>();
   CLI::Option* preset = cmd->add_option("--preset", opt->preset, "architecture preset")
-                            ->check(CLI::IsMember({"tiny", "stories15M", "stories110M"}))
+                            ->check(CLI::IsMember({"tiny", "stories15M", "stories110M", "qwen2.5-0.5b"}))
                             ->capture_default_str();
   CLI::Option* like = cmd->add_option("--like", opt->like_dir,
                                       "copy the shape, config.json, generation_config.json and tokenizer files "
@@ -28,7 +28,7 @@ void add_make_model(CLI::App& app) {
   preset->excludes(like);
   cmd->add_option("--seed", opt->seed, "seed of the random weights")->capture_default_str();
   auto dtype = std::make_shared<std::string>();
-  cmd->add_option("--dtype", *dtype, "weight dtype (default: f32 for a preset, the source's dtype for --like)")
+  cmd->add_option("--dtype", *dtype, "weight dtype (default: f32 for a preset, bf16 for qwen2.5-0.5b, the source's dtype for --like)")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->add_option("--out", opt->out_dir, "output folder (created if missing)")->required();
 

@@ -33,12 +33,25 @@ constexpr double kNormNoiseStd = 0.02;  // norms are 1 + noise, so they are not 
 struct Preset {
   const char* name;
   int hidden, intermediate, layers, heads, kv_heads, head_dim, vocab, context;
+  bool qwen2 = false;        // Qwen2ForCausalLM (q/k/v biases), rope_theta 1e6, rms_norm_eps 1e-6
+  int tokenizer_pieces = 0;  // 0: vocab (else a smaller tokenizer, as Qwen's 151,665 of 151,936)
+  DType dtype = DType::f32;  // default weight dtype
 };
 constexpr Preset kPresets[] = {
     {"tiny", 128, 352, 4, 4, 2, 32, 1024, 1024},
     {"stories15M", 288, 768, 6, 6, 6, 48, 32000, 256},
     {"stories110M", 768, 2048, 12, 12, 12, 64, 32000, 1024},
+    // Qwen2.5-0.5B's shape (bf16, tied embeddings, GQA 14:2). The built-in corpus cannot train
+    // 152K pieces, so its tokenizer has 32,000 and the rest of the vocabulary is never produced by
+    // encoding (the LM head, log-softmax and top-k still run over all 151,936 entries).
+    {"qwen2.5-0.5b", 896, 4864, 24, 14, 2, 64, 151936, 32768, true, 32000, DType::bf16},
 };
+
+const Preset* find_preset(const std::string& name) {
+  for (const Preset& p : kPresets)
+    if (name == p.name) return &p;
+  return nullptr;
+}
 
 // splitmix64 (Steele et al.): tiny, fast, and fully specified, so weights do not depend on the
 // standard library's distributions.
@@ -172,10 +185,11 @@ Status resolve_preset(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtyp
   auto preset = preset_config(opt.preset);
   if (!preset.ok()) return preset.status();
   *cfg = std::move(preset).value();
-  *dtype = opt.dtype.value_or(DType::f32);
+  const Preset* p = find_preset(opt.preset);
+  *dtype = opt.dtype.value_or(p->dtype);
   cfg->torch_dtype = torch_dtype_name(*dtype);
   const auto start = std::chrono::steady_clock::now();
-  auto trained = train_tokenizer(builtin_corpus(), cfg->vocab_size);
+  auto trained = train_tokenizer(builtin_corpus(), p->tokenizer_pieces > 0 ? p->tokenizer_pieces : cfg->vocab_size);
   if (!trained.ok()) return trained.status();
   spdlog::info("make-model: trained a {}-piece tokenizer on the built-in corpus ({} KB) in {:.2f} s",
                cfg->vocab_size, builtin_corpus().size() / 1024,
@@ -208,8 +222,8 @@ Status write_weights(const ModelConfig& cfg, const MakeModelOptions& opt, DType 
 }  // namespace
 
 Result<ModelConfig> preset_config(const std::string& preset) {
-  for (const Preset& p : kPresets) {
-    if (preset != p.name) continue;
+  if (const Preset* found = find_preset(preset)) {
+    const Preset& p = *found;
     ModelConfig cfg;
     cfg.hidden_size = p.hidden;
     cfg.intermediate_size = p.intermediate;
@@ -225,10 +239,17 @@ Result<ModelConfig> preset_config(const std::string& preset) {
     cfg.bos_token_id = 1;
     cfg.eos_token_ids = {2};
     cfg.pad_token_id = -1;
+    if (p.qwen2) {
+      cfg.arch = Architecture::qwen2;
+      cfg.arch_name = "Qwen2ForCausalLM";
+      cfg.qkv_bias = true;
+      cfg.rope_theta = 1000000.0f;
+      cfg.rms_norm_eps = 1e-6f;
+    }
     return cfg;
   }
   return make_error(ErrorCode::invalid_argument,
-                    "make-model: unknown preset '" + preset + "' (tiny, stories15M, stories110M)");
+                    "make-model: unknown preset '" + preset + "' (tiny, stories15M, stories110M, qwen2.5-0.5b)");
 }
 
 Status make_model(const MakeModelOptions& opt) {

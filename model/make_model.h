@@ -14,12 +14,12 @@
 namespace zr {
 
 struct MakeModelOptions {
-  std::string preset = "tiny";  // tiny | stories15M | stories110M (ignored when like_dir is set)
+  std::string preset = "tiny";  // tiny | stories15M | stories110M | qwen2.5-0.5b (ignored when like_dir is set)
   // Copy this folder's config.json (only its dtype changed), generation_config.json and tokenizer
   // files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...: whichever it has).
   std::string like_dir;
   uint64_t seed = 0;
-  std::optional<DType> dtype;   // default: f32 for a preset, the source's weight dtype for like_dir
+  std::optional<DType> dtype;   // default: the preset's (f32; bf16 for qwen2.5-0.5b), the source's for like_dir
   std::string out_dir;
 };
 

@@ -79,6 +79,17 @@ TEST(MakeModel, PresetConfigs) {
   ASSERT_TRUE(s110.ok());
   EXPECT_EQ(s110->hidden_size, 768);
   EXPECT_EQ(s110->num_layers, 12);
+  auto qwen = preset_config("qwen2.5-0.5b");  // Qwen2.5-0.5B's shape
+  ASSERT_TRUE(qwen.ok());
+  EXPECT_EQ(qwen->arch, Architecture::qwen2);
+  EXPECT_TRUE(qwen->qkv_bias);
+  EXPECT_TRUE(qwen->tie_word_embeddings);
+  EXPECT_EQ(qwen->vocab_size, 151936);
+  EXPECT_EQ(qwen->num_layers, 24);
+  EXPECT_EQ(qwen->num_heads, 14);
+  EXPECT_EQ(qwen->num_kv_heads, 2);
+  EXPECT_EQ(qwen->hidden_size, 896);
+  EXPECT_EQ(qwen->intermediate_size, 4864);
   auto bad = preset_config("huge");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code, ErrorCode::invalid_argument);
