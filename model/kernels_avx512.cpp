@@ -167,10 +167,11 @@ constexpr auto kChunkF32 = make_chunk_table<false>();
 constexpr auto kChunkBF16 = make_chunk_table<true>();
 
 // K chunk of the blocked path: MR + NR rows of a chunk (x and w, 40 KiB at 1024 f32) fit in L1
-// (48 KiB) with the spilled sums; rows longer than kKcMin + a chunk are cut.
-#include <cstdlib>
-static int kKC = std::getenv("ZR_KC") ? std::atoi(std::getenv("ZR_KC")) : 512;
-static int kKcMin = std::getenv("ZR_KCMIN") ? std::atoi(std::getenv("ZR_KCMIN")) : 1024;
+// (48 KiB); rows longer than kKcMin are cut.
+// (bench_engine's parity table, 2 threads, Haswell OpenBLAS beside it, one noisy run: 768 x 2048
+// at M=64 gave 99 GFLOP/s with 1024-wide chunks, 86 with 512, 77 with 256, OpenBLAS 87-91.)
+constexpr int kKC = 1024;
+constexpr int kKcMin = 1024;
 
 // Many rows with long K: column block, row tile, K chunk, column tile. The row tile's chunk of x
 // stays in L1 across the column tiles of the block; the lane sums of the block's tiles wait in
