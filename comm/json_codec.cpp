@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <random>
 #include <sstream>
 
 namespace zr {
@@ -198,6 +199,8 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
   Status st = f.finish();
   if (!st.ok()) return st;
   if (!r.text && r.input_ids.empty()) return make_error(ErrorCode::invalid_argument, "input_ids: give text or input_ids");
+  if (!r.input_ids.empty()) r.text.reset();  // input_ids takes precedence (SGLang: text is not tokenized)
+  if (r.rid.empty()) r.rid = fresh_rid();
   return r;
 }
 
@@ -211,7 +214,17 @@ Result<ScoreRequest> score_request_from_json(const json& j) {
   f.get("top_logprobs_num", r.top_logprobs_num);
   Status st = f.finish();
   if (!st.ok()) return st;
+  if (r.rid.empty()) r.rid = fresh_rid();
   return r;
+}
+
+std::string fresh_rid() {
+  thread_local std::mt19937_64 gen(std::random_device{}() ^ (uint64_t{std::random_device{}()} << 32));
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int half = 0; half < 2; ++half)
+    for (uint64_t v = gen(), i = 0; i < 16; ++i, v >>= 4) out[16 * half + i] = kHex[v & 15];
+  return out;
 }
 
 json to_json(const SampleOutput& o) {

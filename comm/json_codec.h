@@ -10,8 +10,13 @@
 
 namespace zr {
 
+// A request without `rid` (or with "") gets a fresh one (fresh_rid), as SGLang does: the server
+// assigns it and echoes it in the outputs (meta_info.id), so it can still be aborted by it.
 Result<GenerateRequest> generate_request_from_json(const nlohmann::json& j);
 Result<ScoreRequest> score_request_from_json(const nlohmann::json& j);
+// 32 hex digits from a per-thread generator seeded from std::random_device (SGLang: uuid4().hex);
+// unique in practice, so a generated rid never collides with another request in flight.
+std::string fresh_rid();
 Result<SamplingParams> sampling_params_from_json(const nlohmann::json& j);
 
 nlohmann::json to_json(const SampleOutput& o);

@@ -203,22 +203,34 @@ bool reference_all(msgpack::type::object_type, size_t, void*) { return true; }
 
 }  // namespace
 
-Result<json> unpack_body(std::string_view bytes, const BodyLimits& limits) {
+namespace {
+
+// The bytes as one msgpack map, checked against the limits (the budget pass first), not yet
+// converted: `out` references `bytes`.
+Status parse_map(std::string_view bytes, const BodyLimits& limits, msgpack::object_handle& out) {
   if (bytes.size() > limits.max_bytes)
     return bad_message("body", std::to_string(bytes.size()) + " bytes, over the limit of " + std::to_string(limits.max_bytes));
   if (bytes.empty()) return bad_message("body", "empty, expected a msgpack map");
+  BudgetVisitor budget(limits);
+  size_t off = 0;
+  if (!msgpack::parse(bytes.data(), bytes.size(), off, budget))
+    return bad_message("body", budget.error().empty() ? "malformed msgpack" : budget.error());
+  if (off != bytes.size())
+    return bad_message("body", std::to_string(bytes.size() - off) + " trailing bytes after the map");
+  // The budget pass bounds every container by the byte count, so unpack allocates nothing big.
+  size_t n = bytes.size();
+  msgpack::unpack_limit limit(n, n, n, n, 0, size_t(limits.max_depth) + 1);
+  out = msgpack::unpack(bytes.data(), bytes.size(), reference_all, nullptr, limit);
+  if (out.get().type != msgpack::type::MAP) return bad_message("body", "expected a msgpack map");
+  return {};
+}
+
+}  // namespace
+
+Result<json> unpack_body(std::string_view bytes, const BodyLimits& limits) {
   try {
-    BudgetVisitor budget(limits);
-    size_t off = 0;
-    if (!msgpack::parse(bytes.data(), bytes.size(), off, budget))
-      return bad_message("body", budget.error().empty() ? "malformed msgpack" : budget.error());
-    if (off != bytes.size())
-      return bad_message("body", std::to_string(bytes.size() - off) + " trailing bytes after the map");
-    // The budget pass bounds every container by the byte count, so unpack allocates nothing big.
-    size_t n = bytes.size();
-    msgpack::unpack_limit limit(n, n, n, n, 0, size_t(limits.max_depth) + 1);
-    msgpack::object_handle h = msgpack::unpack(bytes.data(), bytes.size(), reference_all, nullptr, limit);
-    if (h.get().type != msgpack::type::MAP) return bad_message("body", "expected a msgpack map");
+    msgpack::object_handle h;
+    ZR_RETURN_IF_ERROR(parse_map(bytes, limits, h));
     json out;
     Path root;
     ZR_RETURN_IF_ERROR(convert(h.get(), root, out));
@@ -245,9 +257,24 @@ Result<uint64_t> req_id_from_json(const json& body) {
 
 uint64_t peek_req_id(std::string_view bytes) {
   auto j = unpack_body(bytes);
-  if (!j.ok()) return 0;
-  auto id = req_id_from_json(*j);
-  return id.ok() ? *id : 0;
+  if (j.ok()) {
+    auto id = req_id_from_json(*j);
+    return id.ok() ? *id : 0;
+  }
+  // Not convertible as a whole (e.g. a bad bin deeper down): the top-level req_id may still be
+  // readable, and the caller waits for an error carrying it.
+  try {
+    msgpack::object_handle h;
+    if (!parse_map(bytes, BodyLimits{}, h).ok()) return 0;
+    const msgpack::object_map& m = h.get().via.map;
+    for (uint32_t i = 0; i < m.size; ++i) {
+      const msgpack::object_kv& kv = m.ptr[i];
+      if (kv.key.type == msgpack::type::STR && std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "req_id")
+        return kv.val.type == msgpack::type::POSITIVE_INTEGER ? kv.val.via.u64 : 0;
+    }
+  } catch (const std::exception&) {
+  }
+  return 0;
 }
 
 // ---- requests ---------------------------------------------------------------------------------

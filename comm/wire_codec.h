@@ -14,7 +14,9 @@
 // Requests are strict (unknown fields are errors); replies are read leniently (unknown fields are
 // ignored, so a newer server can add fields without breaking older clients), types still checked.
 //
-// Thread-safety: every function is pure (no shared state) and may be called from any thread.
+// Thread-safety: every function is pure (no shared state) and may be called from any thread; the
+// one exception to determinism is a generate / score request without `rid`, which decodes with a
+// fresh one (comm/json_codec.h, fresh_rid).
 // No function throws: exceptions from msgpack-cxx or nlohmann::json are caught inside and returned
 // as a Status.
 #pragma once
@@ -53,7 +55,9 @@ std::string pack_body(const json& body);
 
 // `req_id` of a decoded body: missing -> 0; present but not a uint64 -> invalid_argument.
 Result<uint64_t> req_id_from_json(const json& body);
-// Best effort for error replies: the req_id of a body, 0 when it cannot be read.
+// Best effort for error replies: the req_id of a body, 0 when it cannot be read. A body that is
+// well-formed msgpack but does not convert (a bin where none is allowed, a bin of 5 bytes, a
+// string that is not UTF-8) still has its top-level req_id read, so its error reaches the call.
 uint64_t peek_req_id(std::string_view bytes);
 
 // ---- requests (the server decodes, the client encodes) -----------------------------------------

@@ -84,8 +84,7 @@ Status Engine::check_rid(const std::string& rid) const {
 
 Status Engine::submit(GenerateRequest req) {
   ZR_RETURN_IF_ERROR(serving_check());
-  if (req.text && !req.input_ids.empty())
-    return make_error(ErrorCode::invalid_argument, "text: give either text or input_ids, not both");
+  if (req.text && !req.input_ids.empty()) req.text.reset();  // input_ids takes precedence, as in SGLang
   ZR_RETURN_IF_ERROR(validate_text_use(req, tok_.has_text(), opt_.detokenize && req.detokenize));
   std::shared_ptr<Session> session;
   if (req.text) req.input_ids = tok_.encode(*req.text, /*add_bos=*/req.session_id.empty());

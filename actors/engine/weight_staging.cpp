@@ -14,6 +14,7 @@
 #include "comm/checksum.h"
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
+#include "model/safetensors.h"
 
 namespace zr {
 
@@ -256,6 +257,10 @@ Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name
                                                        " holds " + std::to_string(seg->size()));
   if (keep && !was_kept) kept_.push_back(seg);
   if (!keep && was_kept) kept_.erase(it);
+  if (!keep) {
+    std::erase_if(unkept_, [](const auto& w) { return w.expired(); });
+    unkept_.push_back(seg);
+  }
   return seg;
 }
 
@@ -267,6 +272,10 @@ std::vector<std::string> ShmMappings::in_use(const ModelWeights& serving) const 
   std::vector<std::string> names;
   for (const auto& seg : kept_)
     if (serves_from(serving, *seg)) names.push_back(seg->name());
+  for (const auto& weak : unkept_)
+    if (auto seg = weak.lock(); seg && serves_from(serving, *seg) &&
+                                std::find(names.begin(), names.end(), seg->name()) == names.end())
+      names.push_back(seg->name());
   return names;
 }
 
@@ -289,6 +298,33 @@ Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::st
     if (serves_dtype(cur) && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
     out.bytes += staged.nbytes();
     out.tensors.emplace_back(s.name, std::move(staged));
+  }
+  return out;
+}
+
+Result<StagedWeights> stage_listed_from_disk(const ModelWeights& current, const std::string& dir,
+                                             const std::vector<TensorMeta>& metas, int64_t version) {
+  auto ar = SafetensorsArchive::open_dir(dir);
+  if (!ar.ok()) return ar.status();
+  StagedWeights out;
+  out.version = version;
+  for (const TensorMeta& m : metas) {  // names, shapes and nbytes were checked against the model
+    const TensorView* v = ar->find(m.name);
+    if (!v) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": listed but not in " + dir);
+    if (dtype_name(v->dtype) != m.dtype || v->nbytes != m.nbytes)
+      return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": " + dir + " holds " + dtype_name(v->dtype) +
+                                                        " of " + std::to_string(v->nbytes) + " bytes, the update lists " +
+                                                        m.dtype + " of " + std::to_string(m.nbytes));
+    if (uint64_t sum = checksum64(v->data, v->nbytes); sum != m.checksum)
+      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) + " != " +
+                                                          std::to_string(m.checksum) + " in " + dir);
+    auto w = current.make_local(*spec_of(current, m.name), *v);  // this rank's shard under TP
+    if (!w.ok()) return w.status();
+    const Weight* cur = current.find(m.name);
+    Weight staged = std::move(w).value();
+    if (serves_dtype(cur) && staged.dtype != cur->dtype) staged = convert(staged, cur->dtype);
+    out.bytes += m.nbytes;
+    out.tensors.emplace_back(m.name, std::move(staged));
   }
   return out;
 }
@@ -329,8 +365,11 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   }
   if (c.version <= serving_version) return stale();
   if (c.path == WeightPath::disk) {
-    return run_staging(src, [cur, dir = c.disk_path, v = c.version] {
-      return stage_from_disk(*cur, dir, v);
+    if (c.tensors.empty())
+      return run_staging(src, [cur, dir = c.disk_path, v = c.version] { return stage_from_disk(*cur, dir, v); });
+    ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, UINT64_MAX));  // offsets mean nothing here
+    return run_staging(src, [cur, dir = c.disk_path, metas = c.tensors, v = c.version] {
+      return stage_listed_from_disk(*cur, dir, metas, v);
     });
   }
   // ipc: map the trainer's segment (or reuse the kept mapping) and use its bytes in place where

@@ -80,16 +80,25 @@ class ShmMappings {
                                               const std::vector<std::string>& pool, const ModelWeights& serving);
   // Forgets the kept mappings not named in `pool` (weights served from them keep them mapped).
   void retain(const std::vector<std::string>& pool);
-  // Names of the kept segments that the serving weights point into.
+  // Names of the segments the serving weights point into: kept ones, and ones mapped without
+  // shm_keep whose bytes are served zero-copy all the same (rewriting those would change outputs).
   std::vector<std::string> in_use(const ModelWeights& serving) const;
   size_t size() const { return kept_.size(); }
 
  private:
   std::vector<std::shared_ptr<ShmSegment>> kept_;
+  // Segments mapped without keep: alive only while served weights point into them (their owner).
+  std::vector<std::weak_ptr<ShmSegment>> unkept_;
 };
 
 // Every tensor of a checkpoint folder whose config matches the serving model's shapes.
 Result<StagedWeights> stage_from_disk(const ModelWeights& current, const std::string& dir, int64_t version);
+// Only the tensors `metas` lists, from the folder's safetensors (config.json is not read): each
+// must be there in the listed dtype and nbytes (weight_mismatch) with the listed checksum64 of its
+// bytes as stored (checksum_mismatch); both errors name the tensor. `metas` passed
+// validate_update_meta (names, shapes, nbytes against the serving model).
+Result<StagedWeights> stage_listed_from_disk(const ModelWeights& current, const std::string& dir,
+                                             const std::vector<TensorMeta>& metas, int64_t version);
 
 // Where the bytes of a broadcast come from, and how long a stalled sender is waited for.
 struct StageSources {

@@ -4,20 +4,14 @@ A message is ``[op, msgpack body]`` (no delimiter frame); the body is a map with
 Requests are strict on the server (unknown fields are errors naming the field), replies lenient:
 this module passes reply bodies through as dicts and reads only ``req_id``.
 
-What the clients add to a request before it goes out (each a documented promise of the protocol
-that the server does not keep by itself today, or a convenience):
-
-- ``rid`` is filled with a fresh ``uuid4().hex`` when absent or empty (protocol.md calls it
-  optional; the server refuses an empty one; SGLang generates one the same way).
-- ``text`` is dropped when a non-empty ``input_ids`` is given (protocol.md: ``input_ids`` takes
-  precedence; the server refuses both).
-- ids given as numpy/torch arrays go as little-endian int32 ``bin`` (the fast path); raw ``bytes``
-  are checked to be a whole number of int32 (the server answers that error with ``req_id`` 0).
+What the clients change in a request before it goes out: ids given as numpy/torch arrays (and
+long lists) go as little-endian int32 ``bin`` (the fast path). Everything else is the server's:
+a missing ``rid`` is assigned by the server (returned in ``meta_info.id``), ``input_ids`` takes
+precedence over ``text``, and a bad ``bin`` is refused with the call's ``req_id``.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Iterable
 
 import msgpack
@@ -74,9 +68,7 @@ def encode(op: str, body: dict) -> list[bytes]:
 def ids_value(value: Any, field: str) -> Any:
     """Token ids as the wire wants them: a list, or an int32 LE bin for arrays and long lists."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        if len(value) % 4:
-            raise errors.invalid(field, f"bin of {len(value)} bytes is not a whole number of int32")
-        return bytes(value)
+        return bytes(value)  # the server checks it is a whole number of int32
     np = _np()
     if np is not None and (isinstance(value, np.ndarray) or hasattr(value, "numpy")):
         arr = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value
@@ -90,19 +82,14 @@ def ids_value(value: Any, field: str) -> Any:
     return value  # anything else: the server names the field
 
 
-def prepare_request(req: dict, *, fill_rid: bool = True) -> dict:
+def prepare_request(req: dict) -> dict:
     """One generate or score request, ready for the wire (see the module comment)."""
     if not isinstance(req, dict):
         raise errors.InvalidArgument(f"request: expected a dict, got {type(req).__name__}", field="request")
     out = dict(req)
-    if fill_rid and not out.get("rid"):
-        out["rid"] = uuid.uuid4().hex
     for field in _ID_FIELDS:
         if field in out and out[field] is not None:
             out[field] = ids_value(out[field], field)
-    ids = out.get("input_ids")
-    if out.get("text") is not None and ids is not None and len(ids) > 0:
-        del out["text"]
     return out
 
 

@@ -157,7 +157,8 @@ def translate(*, prompt=None, input_ids=None, sampling_params_arg=None, stream=F
             v = _pick(per_request.get(key), i, batch, key)
             if v is not None:
                 req[key] = v
-        req["rid"] = _pick(per_request.get("rid"), i, batch, "rid") or uuid.uuid4().hex  # SGLang makes one too
+        # SGLang's Engine makes one too; here it also maps stream chunks back to their prompt.
+        req["rid"] = _pick(per_request.get("rid"), i, batch, "rid") or uuid.uuid4().hex
         til = _pick(per_request.get("token_ids_logprob"), i, batch, "token_ids_logprob", listy=True)
         if til:
             req["token_ids_logprob"] = list(til)

@@ -251,11 +251,6 @@ class Client(wire.Ops):
             self._dropped += 1
             return
         pending = self._pending.get(req_id)
-        if pending is None and req_id == 0 and op == wire.ERROR_OP and len(self._pending) == 1:
-            # The server could not read one of our bodies and so answers with req_id 0: with one
-            # call in flight that body was its (with more there is no telling whose).
-            pending = next(iter(self._pending.values()))
-            body = dict(body, req_id=pending.req_id)
         if pending is None:
             self._dropped += 1
             return
@@ -357,9 +352,6 @@ class AsyncClient(wire.Ops):
                 self._dropped += 1
                 continue
             queue = self._queues.get(req_id)
-            if queue is None and req_id == 0 and op == wire.ERROR_OP and len(self._queues) == 1:
-                req_id, queue = next(iter(self._queues.items()))  # see Client._dispatch
-                body = dict(body, req_id=req_id)
             if queue is None:
                 self._dropped += 1
                 continue

@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
-from zrollout import _native
+from zrollout import _native, errors
 
 __all__ = ["Publisher", "PublishError", "PublishResult", "publish", "checksum64"]
 
@@ -53,22 +53,41 @@ _NUMPY_DTYPES = {"float32": "F32", "float16": "F16"}
 _PATHS = ("ipc", "disk", "broadcast")
 
 
-class PublishError(RuntimeError):
+class PublishError(errors.ZrolloutError, RuntimeError):
     """A refused or failed publish.
 
     ``code`` is the wire error code (docs/protocol.md §7: ``weight_mismatch``,
     ``checksum_mismatch``, ``invalid_argument``, ``unavailable``, ``timeout``, ...); ``message``
-    names the tensor and the engine; ``tensor`` and ``engine`` are parsed from it when present.
+    names the tensor and the engine; ``tensor`` and ``engine`` are parsed from it when present
+    (``field`` is the tensor). ``PublishError(code, message)`` is also an instance of that code's
+    :mod:`zrollout.errors` class, so ``except errors.ChecksumMismatch`` catches a refused publish
+    as it catches the same refusal from a client call.
     """
 
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    _by_code: dict = {}
+
+    def __new__(cls, code: str = "internal", message: str = ""):
+        if cls is PublishError:
+            base = errors.ERRORS.get(code)
+            if base is not None:
+                sub = PublishError._by_code.get(code)
+                if sub is None:
+                    # the code's class first: its builtin (OSError for Timeout...) lays the object out
+                    sub = type(f"PublishError_{code}", (base, PublishError), {"__module__": __name__})
+                    PublishError._by_code[code] = sub
+                cls = sub
+        return super().__new__(cls, code, message)
+
+    def __init__(self, code: str = "internal", message: str = ""):
         m = re.search(r"tensors\[\d+\] \(([^)]*)\)", message) or re.search(r"\btensor '?([^\s':(),]+)", message)
         self.tensor: Optional[str] = m.group(1) if m else None
-        m = re.search(r"engine (\S+?):", message)
+        super().__init__(message, code=code, field=self.tensor or "")
+        self.args = (code, message)
+        m = re.search(r"engine (\S+): ", message)
         self.engine: Optional[str] = m.group(1) if m else None
+
+    def __reduce__(self):
+        return PublishError, (self.code, self.message)
 
 
 @dataclass

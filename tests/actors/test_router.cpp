@@ -829,7 +829,7 @@ TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
   both("generate", json{{"batch", {{{"rid", "ok"}, {"input_ids", {1, 2}}}, {{"rid", "bad"}, {"input_ids", {1, 5000}}}}}});
   both("generate", json{{"batch", {{{"rid", "twice"}, {"input_ids", {1, 2}}}, {{"rid", "twice"}, {"input_ids", {1, 3}}}}}});
   both("generate", json{{"rid", "s"}, {"input_ids", {1, 2}}, {"session_id", "nope"}});
-  both("generate", json{{"rid", ""}, {"input_ids", {1, 2}}});
+  both("generate", json{{"rid", "t"}, {"input_ids", {1, 2}}, {"sampling_params", {{"n", 0}}}});
   both("nonsense", json::object());
   both("generate.reply", json::object());
   both("abort", json::object());

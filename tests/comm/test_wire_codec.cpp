@@ -177,6 +177,43 @@ TEST(WireCodec, ScoreAbortSessionAndReqIdBodiesRoundTrip) {
   EXPECT_EQ(peek_req_id("garbage"), 0u);
 }
 
+// A body that is well-formed msgpack but does not convert still names its call: the error reply
+// must reach the caller, which otherwise waits for its deadline.
+TEST(WireCodec, ReqIdIsPeekedFromBodiesThatDoNotConvert) {
+  json bad_bin = {{"req_id", 31}, {"input_ids", json::binary({1, 0, 0, 0, 2})}};
+  EXPECT_FALSE(decode_generate(pack_body(bad_bin)).ok());
+  EXPECT_EQ(peek_req_id(pack_body(bad_bin)), 31u);
+  json bin_elsewhere = {{"req_id", 32}, {"batch", {{{"input_ids", {1}}, {"rid", json::binary({1, 2, 3, 4})}}}}};
+  auto st = decode_generate(pack_body(bin_elsewhere));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().message.rfind("batch[0].rid:", 0), 0u) << st.status().message;
+  EXPECT_EQ(peek_req_id(pack_body(bin_elsewhere)), 32u);
+  std::string not_utf8 = pack_body(json{{"req_id", 33}, {"text", "ab"}});
+  not_utf8[not_utf8.size() - 1] = static_cast<char>(0xff);
+  EXPECT_FALSE(decode_generate(not_utf8).ok());
+  EXPECT_EQ(peek_req_id(not_utf8), 33u);
+  EXPECT_EQ(peek_req_id(pack_body(json{{"req_id", "x"}, {"input_ids", json::binary({1})}})), 0u);
+}
+
+// SGLang's semantics: a request without rid gets one from the server, and input_ids win over text.
+TEST(WireCodec, RidIsAssignedAndInputIdsTakePrecedence) {
+  auto call = decode_generate(pack_body(json{{"batch", {{{"input_ids", {1}}}, {{"input_ids", {2}}, {"rid", ""}}}}}));
+  ASSERT_TRUE(call.ok()) << call.status().to_string();
+  EXPECT_EQ(call->batch[0].rid.size(), 32u);
+  EXPECT_EQ(call->batch[1].rid.size(), 32u);
+  EXPECT_NE(call->batch[0].rid, call->batch[1].rid);
+  auto score = decode_score(pack_body(json{{"input_ids", {1}}, {"completion_ids", {2}}}));
+  ASSERT_TRUE(score.ok()) << score.status().to_string();
+  EXPECT_FALSE(score->batch[0].rid.empty());
+  auto both = decode_generate(pack_body(json{{"rid", "r"}, {"text", "hello"}, {"input_ids", {1, 5}}}));
+  ASSERT_TRUE(both.ok()) << both.status().to_string();
+  EXPECT_FALSE(both->batch[0].text.has_value());
+  EXPECT_EQ(both->batch[0].input_ids, (std::vector<int>{1, 5}));
+  auto text = decode_generate(pack_body(json{{"rid", "t"}, {"text", "hello"}, {"input_ids", json::array()}}));
+  ASSERT_TRUE(text.ok()) << text.status().to_string();
+  EXPECT_EQ(*text->batch[0].text, "hello");  // empty input_ids: the text is the prompt
+}
+
 json body_of(const std::string& b) {
   auto j = unpack_body(b);
   EXPECT_TRUE(j.ok()) << j.status().to_string();

@@ -110,20 +110,18 @@ def test_unavailable_while_released(client):
     assert client.generate(input_ids=[1, 2], sampling_params={"max_new_tokens": 1})["outputs"]
 
 
-def test_client_side_errors(client):
-    with pytest.raises(errors.InvalidArgument) as e:  # refused before sending: no req_id
-        client.generate(input_ids=b"\x01\x00\x00\x00\x02")
-    assert e.value.field == "input_ids" and "whole number of int32" in e.value.message
-    with pytest.raises(errors.InvalidArgument) as b:
-        client.generate([{"input_ids": [1]}, {"input_ids": b"abc"}])
-    assert b.value.field == "batch[1].input_ids"
-    with pytest.raises(errors.InvalidArgument):
+def test_bin_errors_come_from_the_server_with_the_req_id(client):
+    e = _raises(errors.InvalidArgument, lambda: client.generate(input_ids=b"\x01\x00\x00\x00\x02"), "input_ids")
+    assert "whole number of int32" in e.message
+    _raises(errors.InvalidArgument, lambda: client.generate([{"input_ids": [1]}, {"input_ids": b"abc"}]),
+            "batch[1].input_ids")
+    with pytest.raises(errors.InvalidArgument):  # refused before sending
         client.generate([])
 
 
 def test_bad_message_and_req_id_zero(server):
-    """A body the server cannot read is answered with bad_message and req_id 0; the sync client,
-    with that one call in flight, still gives the error to its caller instead of timing out."""
+    """A body that is not a msgpack map is answered with bad_message and req_id 0 (nothing to read
+    it from); one that is a map but does not convert names its call's req_id."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(server.endpoint)
@@ -138,7 +136,7 @@ def test_bad_message_and_req_id_zero(server):
     finally:
         sock.close()
     with zrollout.Client(server.endpoint, timeout=5) as c:
-        pending = c._start("generate", {"input_ids": b"\x01\x00"}, 5)  # bypasses the client's own check
+        pending = c._start("generate", {"input_ids": b"\x01\x00"}, 5)
         with pytest.raises(errors.InvalidArgument) as e:
             c._next_item(pending)
         assert e.value.req_id == pending.req_id and e.value.field == "input_ids"
