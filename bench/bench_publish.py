@@ -17,7 +17,6 @@ if absent). Prints the THP settings and OPENBLAS_CORETYPE of the run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -31,27 +30,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
-from zrollout import _native  # noqa: E402
+from zrollout import _native, safetensors  # noqa: E402
 from zrollout.weights import Publisher  # noqa: E402
 
 
 def read_state_dict(model: Path, use_torch: bool) -> dict:
     """The checkpoint's tensors in memory (copied out of the file: a trainer's own tensors)."""
-    data = (model / "model.safetensors").read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    sd = {}
-    for name, v in header.items():
-        if name == "__metadata__":
-            continue
-        assert v["dtype"] == "F32", f"{name}: {v['dtype']} (the benchmark expects an f32 model)"
-        lo, hi = v["data_offsets"]
-        a = np.frombuffer(data, np.float32, (hi - lo) // 4, 8 + n + lo).reshape(v["shape"]).copy()
-        sd[name] = a
-    if use_torch:
-        import torch
-
-        sd = {k: torch.from_numpy(a) for k, a in sd.items()}
+    sd = safetensors.load(model, "torch" if use_torch else "numpy")
+    for name, t in sd.items():
+        assert str(t.dtype) in ("float32", "torch.float32"), f"{name}: {t.dtype} (the benchmark expects an f32 model)"
     return sd
 
 

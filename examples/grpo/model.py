@@ -16,40 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a .safetensors file as a float32 torch tensor (8-byte header length, JSON
-    header {name: {dtype, shape, data_offsets}}, then the bytes)."""
-    raw = Path(path).read_bytes()
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + hlen])
-    base = 8 + hlen
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        buf = raw[base + begin:base + end]
-        if info["dtype"] == "BF16":  # bfloat16: the high half of a float32
-            u16 = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
-            arr = u16.view(np.float32)
-        elif info["dtype"] in _ST_DTYPES:
-            arr = np.frombuffer(buf, dtype=np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")).astype(np.float32)
-        else:
-            raise ValueError(f"{path}: tensor {name}: dtype {info['dtype']} (F32, F16 or BF16)")
-        out[name] = torch.from_numpy(arr.reshape(info["shape"]).copy())
-    return out
-
+from zrollout import safetensors as zsafetensors
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -166,7 +139,7 @@ class Llama(nn.Module):
         folder = Path(folder)
         cfg = json.loads((folder / "config.json").read_text())
         model = cls(cfg)
-        tensors = read_safetensors(folder / "model.safetensors")
+        tensors = zsafetensors.load(folder, "torch", dtype=torch.float32)  # the package's (C++) reader
         if model.tied:
             tensors.pop("lm_head.weight", None)  # stored by some checkpoints although tied
         tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}

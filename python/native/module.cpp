@@ -1,7 +1,8 @@
 // zrollout._native: the C++ hard parts, reached from Python (python/zrollout/weights.py is the
 // public face): checksum64 (comm/checksum.h), the Trainer's publish of tensors held in memory by
 // ipc, disk or broadcast (actors/trainer.h), and the MPI start-up of a Python trainer rank
-// (python/native/mpi_session.h). Nothing here reimplements them: it converts arguments and results.
+// (python/native/mpi_session.h), and the safetensors reader (model/safetensors.h) behind
+// zrollout.safetensors. Nothing here reimplements them: it converts arguments and results.
 //
 // Tensors arrive as tuples (name, dtype, shape, data_ptr, nbytes, checksum or None) whose memory
 // the Python caller keeps alive and unchanged during the call (weights.py holds the tensors).
@@ -15,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +26,7 @@
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/wire_weights.h"
+#include "model/safetensors.h"
 #include "python/native/mpi_session.h"
 #include "runtime/logging.h"
 
@@ -237,6 +240,26 @@ void set_log_level(const std::string& level) {
 
 }  // namespace
 
+// One tensor's bytes inside a mapped safetensors file, exposed as a read-only byte buffer; holds
+// the mapping (TensorView::owner) for as long as Python holds the buffer or a numpy view of it.
+struct MappedBytes {
+  std::shared_ptr<const void> owner;
+  const void* data = nullptr;
+  size_t nbytes = 0;
+};
+
+// [(name, dtype, shape, MappedBytes)] of a safetensors file, or of a folder (model.safetensors or
+// the shards of model.safetensors.index.json), sorted by name.
+py::list read_safetensors(const std::string& path) {
+  auto opened = std::filesystem::is_directory(path) ? SafetensorsArchive::open_dir(path)
+                                                    : SafetensorsArchive::open_file(path);
+  SafetensorsArchive ar = unwrap(std::move(opened));
+  py::list out;
+  for (const auto& [name, v] : ar.tensors())
+    out.append(py::make_tuple(name, dtype_name(v.dtype), v.shape, MappedBytes{v.owner, v.data, v.nbytes}));
+  return out;
+}
+
 }  // namespace zr::py_native
 
 PYBIND11_MODULE(_native, m) {
@@ -283,6 +306,16 @@ PYBIND11_MODULE(_native, m) {
       .def("held_segments", &PyTrainer::held_segments)
       .def_property_readonly("endpoints", &PyTrainer::endpoints)
       .def("close", &PyTrainer::close);
+
+  py::class_<MappedBytes>(m, "MappedBytes", py::buffer_protocol())
+      .def_buffer([](MappedBytes& b) {
+        return py::buffer_info(const_cast<void*>(b.data), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes)}, {py::ssize_t{1}}, /*readonly=*/true);
+      })
+      .def("__len__", [](const MappedBytes& b) { return b.nbytes; });
+  m.def("read_safetensors", &zp::read_safetensors, py::arg("path"),
+        "[(name, dtype, shape, bytes buffer)] of a safetensors file or model folder (model/safetensors.h), "
+        "memory-mapped, sorted by name");
 
   m.def("under_mpirun", &zr::python::under_mpirun);
   m.def("mpi_session", &zp::mpi_session_dict,

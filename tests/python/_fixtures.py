@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -51,21 +50,11 @@ def score_cases(name: str = "stories260K") -> list[dict]:
 
 
 def read_safetensors(path: str | Path) -> dict:
-    """{name: numpy array} of a single-file safetensors checkpoint (F32/F16 read as such, BF16 as
-    uint16 bit patterns): enough for tests to hand real weights to the publishers."""
-    import numpy as np
-    data = Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    base = 8 + n
-    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = meta["data_offsets"]
-        out[name] = np.frombuffer(data[base + a:base + b], dtype=dtypes[meta["dtype"]]).reshape(meta["shape"]).copy()
-    return out
+    """{name: numpy array} of a safetensors checkpoint (F32/F16 as such, BF16 as uint16 bit
+    patterns), read by the package's reader: enough for tests to hand real weights to publishers."""
+    from zrollout import safetensors
+
+    return safetensors.load(path, "numpy")
 
 
 @pytest.fixture(scope="module")

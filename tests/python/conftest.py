@@ -164,34 +164,22 @@ def reference_cases(model: Path, kind: str = "greedy") -> list:
 
 
 def read_safetensors(path: Path) -> dict:
-    """{name: (dtype, shape, bytes)} of one safetensors file, read with the standard library."""
-    data = path.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    base = 8 + n
-    out = {}
-    for name, v in header.items():
-        if name == "__metadata__":
-            continue
-        lo, hi = v["data_offsets"]
-        out[name] = (v["dtype"], tuple(v["shape"]), data[base + lo:base + hi])
-    return out
+    """{name: (dtype, shape, bytes)} of a safetensors file, read by the package's reader."""
+    from zrollout import safetensors
+
+    return {name: (t.dtype, t.shape, bytes(t.data)) for name, t in safetensors.read(path).items()}
 
 
 def torch_state_dict(model: Path) -> dict:
     """The checkpoint's tensors as a torch state_dict (its own dtypes: F32, BF16, F16)."""
-    torch = pytest.importorskip("torch")
-    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-    sd = {}
-    for name, (dtype, shape, raw) in read_safetensors(model / "model.safetensors").items():
-        sd[name] = torch.frombuffer(bytearray(raw), dtype=dtypes[dtype]).reshape(shape)
-    return sd
+    pytest.importorskip("torch")
+    from zrollout import safetensors
+
+    return safetensors.load(model, "torch")
 
 
 def numpy_state_dict(model: Path) -> dict:
-    """The checkpoint's F32/F16 tensors as numpy arrays."""
-    import numpy as np
+    """The checkpoint's tensors as numpy arrays (F32, F16; BF16 as uint16 bit patterns)."""
+    from zrollout import safetensors
 
-    kinds = {"F32": np.float32, "F16": np.float16}
-    return {name: np.frombuffer(raw, dtype=kinds[dtype]).reshape(shape).copy()
-            for name, (dtype, shape, raw) in read_safetensors(model / "model.safetensors").items()}
+    return safetensors.load(model, "numpy")
