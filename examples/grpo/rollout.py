@@ -10,6 +10,7 @@ per-token logprobs and the weight version of each token (from ``weight_version_s
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -78,18 +79,43 @@ class Engines:
         self.pool.shutdown()
 
 
-def rollout(engines: Engines, prompt_ids: list, n: int, max_new: int, seed: int, step: int):
-    """Every prompt n times, prompts spread round-robin over the engines. Returns (samples, seconds)."""
+def started_events(engines: Engines) -> list:
+    """One event per engine, set by ``rollout(..., started=...)`` when that engine streamed its first
+    token (its part of the batch is generating) or its part ended."""
+    return [threading.Event() for _ in engines.clients]
+
+
+def rollout(engines: Engines, prompt_ids: list, n: int, max_new: int, seed: int, step: int, started=None):
+    """Every prompt n times, prompts spread round-robin over the engines. Returns (samples, seconds).
+    ``started`` (from ``started_events``): the calls stream, and each engine's event is set once it
+    is generating, so a caller can publish while the batch is in flight."""
     t0 = time.perf_counter()
     k = len(engines.clients)
     parts = [list(range(i, len(prompt_ids), k)) for i in range(k)]
-    futs = [engines.pool.submit(_generate_part, engines.clients[i], prompt_ids, parts[i], n, max_new, seed, step)
+    for i in range(k):
+        if started is not None and not parts[i]:
+            started[i].set()
+    futs = [engines.pool.submit(_generate_part, engines.clients[i], prompt_ids, parts[i], n, max_new, seed, step,
+                                started[i] if started is not None else None)
             for i in range(k) if parts[i]]
     samples = [s for f in futs for s in f.result()]
     return samples, time.perf_counter() - t0
 
 
-def _generate_part(client, prompt_ids: list, groups: list, n: int, max_new: int, seed: int, step: int) -> list:
+def _call(client, reqs: list, started) -> dict:
+    if started is None:
+        return client.generate(reqs)
+    try:
+        stream = client.generate(reqs, stream=True)
+        for _ in stream:
+            started.set()
+        return stream.reply
+    finally:
+        started.set()
+
+
+def _generate_part(client, prompt_ids: list, groups: list, n: int, max_new: int, seed: int, step: int,
+                   started=None) -> list:
     reqs = []
     for g in groups:
         s = zlib.crc32(f"{seed}/{step}/{g}".encode())  # reproducible samples per (seed, step, prompt)
@@ -97,7 +123,7 @@ def _generate_part(client, prompt_ids: list, groups: list, n: int, max_new: int,
                      "sampling_params": {"n": n, "max_new_tokens": max_new, "temperature": 1.0, "seed": s}})
     by_rid = {r["rid"]: g for r, g in zip(reqs, groups)}
     out = []
-    for o in client.generate(reqs)["outputs"]:
+    for o in _call(client, reqs, started)["outputs"]:
         meta = o["meta_info"]
         ids = [int(t) for t in o["output_ids"]]
         lps = [float(t[0]) for t in meta["output_token_logprobs"]]

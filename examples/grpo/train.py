@@ -40,7 +40,7 @@ if str(ROOT / "python") not in sys.path:
 from model import Llama, forward_mixed, token_logprobs  # noqa: E402
 import report  # noqa: E402
 from reward import REWARD_HELP, reward  # noqa: E402
-from rollout import Engines, rollout  # noqa: E402
+from rollout import Engines, rollout, started_events  # noqa: E402
 
 PROMPTS = ["Once upon a time", "One day", "Lily and Ben", "There was a", "The little", "Tom had a",
            "In the park", "Sue wanted to"]
@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--kl", type=float, default=0.0, help="coefficient of the KL to the reference (k3 estimator)")
     p.add_argument("--minibatches", type=int, default=2, help="optimizer steps per rollout (ratios move off 1)")
     p.add_argument("--max-staleness", type=int, default=1, help="async: drop tokens this many versions behind")
+    p.add_argument("--publish-mid-rollout", action="store_true",
+                   help="async: start step v+1's rollout after step v's update and publish v+1 once every engine "
+                        "is generating it, so samples switch versions mid-way (mixed weight_version_spans)")
     p.add_argument("--threads", type=int, default=1, help="compute threads per engine")
     p.add_argument("--torch-threads", type=int, default=1, help="trainer threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true")
@@ -95,11 +98,12 @@ def pad_batch(samples):
     return seqs, mask, old, ver
 
 
-def recompute(models: dict, seqs, ver):
+def recompute(models: dict, seqs, ver, dtype=torch.float64):
     """Logprobs of the sampled tokens under the weights each position was computed with. The f32
     weights are evaluated in float64: the difference to zrollout is then the engine's own f32
-    rounding only, not the sum of two f32 roundings."""
-    models = {v: copy.deepcopy(m).double() for v, m in models.items()}
+    rounding only, not the sum of two f32 roundings. (dtype=float32: the same in f32, the yardstick
+    of what f32 rounding alone does to these tokens.)"""
+    models = {v: copy.deepcopy(m).to(dtype) for v, m in models.items()}
     with torch.no_grad():
         versions = sorted(set(ver.unique().tolist()))
         if len(versions) == 1:
@@ -171,6 +175,22 @@ class Trainer:
         t0 = time.perf_counter()
         lp = recompute(self.snapshots, seqs, ver)
         diff = (lp - old).abs()[mask > 0]
+        # Where the largest difference sits, and what plain f32 rounding does to the same tokens
+        # (torch's f32 forward against the f64 one): the README's logprob note.
+        worst = int(diff.argmax())
+        f32_diff = (recompute(self.snapshots, seqs, ver, torch.float32).double() - lp).abs()[mask > 0]
+        metrics.update(worst_token_logprob=float(lp[mask > 0][worst]), worst_token_f32_diff=float(f32_diff[worst]),
+                       torch_f32_diff_max=float(f32_diff.max()))
+        mixed = torch.tensor([len(set(s.versions)) > 1 for s in samples])
+        if mixed.any():  # what the loss would see if it ignored the spans: one version per sample
+            first = torch.tensor([s.versions[0] if s.versions else 0 for s in samples])[:, None].expand_as(ver)
+            lp_one = recompute(self.snapshots, seqs, first)
+            sel = mask[mixed] > 0
+            metrics.update(mixed_samples=int(mixed.sum()),
+                           logprob_diff_max_mixed=float((lp - old)[mixed].abs()[sel].max()),
+                           logprob_diff_max_ignoring_spans=float((lp_one - old)[mixed].abs()[sel].max()))
+        else:
+            metrics.update(mixed_samples=0)
         stale = (self.version - ver).clamp(min=0)
         keep = mask * (stale <= a.max_staleness)
         stats = grpo_update(self.policy, self.ref, self.opt, seqs, keep, old, advantages(rewards, groups), a)
@@ -212,18 +232,27 @@ def run(args) -> list:
         prompt_ids = engines.tokenize(PROMPTS[:args.prompts] if args.prompts <= len(PROMPTS)
                                       else [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)])
         trainer = Trainer(args, engines)
-        go = lambda step: rollout(engines, prompt_ids, args.n, args.max_new_tokens, args.seed, step)  # noqa: E731
+        def go(step, started=None):
+            return rollout(engines, prompt_ids, args.n, args.max_new_tokens, args.seed, step, started)
+
+        mid = args.async_ and args.publish_mid_rollout
         pending = engines.pool.submit(go, 0) if args.async_ else None
         for step in range(args.steps):
+            more = step + 1 < args.steps
             if args.async_:
                 samples, secs = pending.result()
-                if step + 1 < args.steps:
+                if more and not mid:
                     pending = engines.pool.submit(go, step + 1)  # runs during this step's update
             else:
                 samples, secs = go(step)
             m = step_metrics(step, trainer.version, samples, secs)
             m["published_before"] = trainer.version
             trainer.train(samples, m)
+            if more and mid:  # the next batch starts on the old version; the publish lands inside it
+                started = started_events(engines)
+                pending = engines.pool.submit(go, step + 1, started)
+                for e in started:
+                    e.wait(120)
             trainer.publish(m)
             m["version"] = trainer.version
             m["samples"] = [{"text": s.text, "versions": sorted(set(s.versions))} for s in samples[:1]]

@@ -61,3 +61,23 @@ def test_three_asynchronous_steps(tmp_path):
     # from step 1 on, the batch was sampled (at least partly) before the trainer's latest publish
     assert all(r["stale_tokens"] > 0 for r in rows[1:]), [r["stale_tokens"] for r in rows]
     assert rows[-1]["checksums_match"] is True
+
+
+def test_asynchronous_steps_with_mixed_version_samples(tmp_path):
+    """--publish-mid-rollout: version v+1 is published while step v+1's batch is generating (in-flight
+    policy "continue"), so samples hold tokens of two versions. The loss's recompute follows each
+    token's span: the difference to zrollout stays at f32 rounding on the mixed samples, while
+    recomputing them under one version (ignoring the spans) is off by far more."""
+    args = train.parse_args(["--steps", "3", "--engines", "2", "--prompts", "4", "--n", "8", "--async",
+                             "--publish-mid-rollout", "--max-new-tokens", "48", "--seed", "1", "--quiet",
+                             "--metrics", str(tmp_path / "m.jsonl"), "--plot", ""])
+    rows = train.run(args)
+    for r in rows:
+        assert r["logprob_diff_max"] <= 1e-5, r
+        assert set(r["versions_seen"]) <= {r["published_before"] - 1, r["published_before"]}, r
+    mixed = [r for r in rows[1:] if r["mixed_samples"] > 0]
+    assert mixed, [r["mixed_samples"] for r in rows]  # the publish landed inside a batch
+    for r in mixed:
+        assert r["logprob_diff_max_mixed"] <= 1e-5, r
+        assert r["logprob_diff_max_ignoring_spans"] > 100 * max(r["logprob_diff_max_mixed"], 1e-7), r
+    assert rows[-1]["checksums_match"] is True
