@@ -30,9 +30,14 @@ def summary(rows: list, args) -> None:
     print(f"{'':28s}{'first ' + str(k):>12s}{'last ' + str(k):>12s}{'all':>12s}")
     for key, fmt in (("reward_mean", "{:12.3f}"), ("logprob_diff_max", "{:12.1e}"), ("logprob_diff_mean", "{:12.1e}"),
                      ("rollout_tok_s", "{:12.0f}"), ("rollout_ms", "{:12.1f}"), ("train_ms", "{:12.1f}"),
-                     ("publish_ms", "{:12.2f}"), ("pause_ms", "{:12.2f}")):
+                     ("publish_ms", "{:12.2f}"), ("pause_ms", "{:12.2f}"), ("memcpy_ms", "{:12.2f}")):
+        if key not in rows[0]:
+            continue
         vals = [_mean(first, key), _mean(last, key), _mean(rows, key)]
         print(f"{key:28s}" + "".join(fmt.format(v) for v in vals))
+    if "memcpy_ms" in rows[0]:
+        ratio = statistics.median(r["publish_ms"] / r["memcpy_ms"] for r in rows)
+        print(f"{'publish / one memcpy (median)':28s}{ratio:35.1f}x")
     print(f"{'logprob_diff_max (all steps)':28s}{max(r['logprob_diff_max'] for r in rows):36.1e}")
     versions = sorted({v for r in rows for v in r["versions_seen"]})
     print(f"versions seen: {versions[0]}..{versions[-1]}; final version {rows[-1]['version']}; "

@@ -70,6 +70,9 @@ def parse_args(argv=None):
                         "is generating it, so samples switch versions mid-way (mixed weight_version_spans)")
     p.add_argument("--threads", type=int, default=1, help="compute threads per engine")
     p.add_argument("--torch-threads", type=int, default=1, help="trainer threads (0: torch's default)")
+    p.add_argument("--memcpy-probe", action="store_true",
+                   help="after each publish, time one memcpy of the weights' bytes (pre-faulted buffers): the "
+                        "publish's yardstick in the same run (memcpy_ms; the step-time benchmark)")
     p.add_argument("--quiet", action="store_true")
     p.epilog = REWARD_HELP
     return p.parse_args(argv)
@@ -155,6 +158,20 @@ def grpo_update(policy, ref, opt, seqs, mask, old, adv, args):
     return stats
 
 
+class MemcpyProbe:
+    """One memcpy of the state_dict's byte count between two pre-faulted buffers (torch copy_)."""
+
+    def __init__(self, state_dict: dict):
+        n = sum(t.numel() * t.element_size() for t in state_dict.values())
+        self.src, self.dst = torch.ones(n, dtype=torch.uint8), torch.zeros(n, dtype=torch.uint8)
+        self.dst.copy_(self.src)  # every page faulted in
+
+    def sample_ms(self) -> float:
+        t0 = time.perf_counter()
+        self.dst.copy_(self.src)
+        return (time.perf_counter() - t0) * 1e3
+
+
 class Trainer:
     """The policy, its Adam state, the weights of the versions still in flight, the publisher."""
 
@@ -166,6 +183,7 @@ class Trainer:
         self.version = 0  # what the engines serve (the folder's weights are version 0)
         self.snapshots = {0: copy.deepcopy(self.policy)}
         self.last_checksums: dict = {}
+        self.probe = MemcpyProbe(self.policy.state_dict()) if args.memcpy_probe else None
 
     def train(self, samples, metrics: dict) -> None:
         a = self.args
@@ -208,6 +226,8 @@ class Trainer:
         metrics.update(publish_ms=(time.perf_counter() - t0) * 1e3, publish_write_ms=res.write_seconds * 1e3,
                        publish_bytes=res.bytes, pause_ms=max((x.get("stage_seconds", 0) for x in res.acks),
                                                              default=0) * 1e3)
+        if self.probe:
+            metrics["memcpy_ms"] = self.probe.sample_ms()
         self.last_checksums = res.checksums
         self.version = v
         self.snapshots[v] = copy.deepcopy(self.policy)
