@@ -37,6 +37,7 @@ constexpr const char* kBuiltinPrompts[] = {
 struct LocalJob {
   std::string model, prompts, output, log_level = "warn", compute = "f32";
   int engines = 2, n = 4, max_new_tokens = 64, threads = 0, kv_cache_mb = 256;
+  bool no_prefix_cache = false;
   int steps = 1;     // rollout steps; a weight push between two steps
   std::string push;  // checkpoint published after each step (default: --model itself)
   float temperature = 1.0f;
@@ -220,6 +221,7 @@ int run_local(LocalJob job) {
   eo.threads = job.threads > 0 ? job.threads : std::max(1, hw / job.engines);
   eo.kv_cache_mb = job.kv_cache_mb;
   eo.compute = job.compute;
+  eo.no_prefix_cache = job.no_prefix_cache;
   Context ctx;
   std::vector<std::unique_ptr<RolloutActor>> engines;
   std::vector<std::string> endpoints;
@@ -293,6 +295,7 @@ void add_local(CLI::App& app) {
   cmd->add_option("--compute", job->compute, "matmul mode of the engines (f32 | bf16, as serve --compute)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--no-prefix-cache", job->no_prefix_cache, "never reuse the KV of an equal token prefix across requests");
   cmd->add_option("--output", job->output, "write every sample as JSONL");
   cmd->add_option("--steps", job->steps, "rollout steps, with a weight push (next version) between two")
       ->capture_default_str()

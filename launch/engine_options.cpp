@@ -21,6 +21,7 @@ EngineOptions EngineCliOptions::engine_options() const {
   e.scheduler.max_running = max_running;
   e.scheduler.max_step_tokens = max_step_tokens;
   e.scheduler.max_prefill_chunk = max_prefill_chunk;
+  e.scheduler.prefix_cache = !no_prefix_cache;
   return e;
 }
 
@@ -29,7 +30,7 @@ std::string EngineCliOptions::describe() const {
          " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
          std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
          " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "") +
-         (no_detokenize ? " no_detokenize" : "") + " compute=" + compute;
+         (no_detokenize ? " no_detokenize" : "") + " compute=" + compute + (no_prefix_cache ? " no_prefix_cache" : "");
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
@@ -61,6 +62,9 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
                   "with vdpbf16ps; batch-invariant within the mode)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--no-prefix-cache", o.no_prefix_cache,
+                "never reuse the KV of an equal token prefix across requests (default: full KV blocks are cached, "
+                "keyed by weight version, LRU-evicted before any preemption; outputs are the same bits either way)");
   cmd->add_option("--log-level", o.log_level, "trace|debug|info|warn|error")->capture_default_str();
 }
 

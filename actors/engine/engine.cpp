@@ -73,8 +73,10 @@ Engine::~Engine() {
 }
 
 EngineStats Engine::stats() const {
-  return {sched_.num_waiting(), sched_.num_running(), sched_.blocks().num_used(), sched_.blocks().num_blocks(),
-          preemptions_};
+  // Blocks only the prefix cache holds are free on demand: not "used".
+  const int used = sched_.blocks().num_used() - sched_.prefix_cache().num_idle();
+  return {sched_.num_waiting(), sched_.num_running(), used, sched_.blocks().num_blocks(), preemptions_,
+          sched_.prefix_hit_tokens(), sched_.prefix_cache().size()};
 }
 
 Status Engine::check_rid(const std::string& rid) const {
@@ -152,8 +154,12 @@ int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, c
   s->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(req->gen), req->gen.sampling_params.skip_special_tokens);
   s->req = std::move(req);
   int64_t id = s->id;
-  int total = static_cast<int>(s->tokens.size());
-  s->meta.cached_tokens = sched_.add(id, total, session ? session->key : Scheduler::kNoKey);
+  // Prefix-cache reuse stops where logits are first needed: a score's completion, prompt logprobs.
+  const Request& r = *s->req;
+  int reuse_limit = Scheduler::kNoLimit;
+  if (r.is_score) reuse_limit = s->prompt_len - 1;
+  else if (!r.input_done) reuse_limit = std::max(r.gen.logprob_start_len, 1) - 1;
+  s->meta.cached_tokens = sched_.add(id, s->tokens, reuse_limit, session ? session->key : Scheduler::kNoKey);
   seqs_[id] = std::move(s);
   return id;
 }
@@ -366,7 +372,11 @@ void Engine::step(StepOutputs& out) {
 
   std::vector<SeqChunk> chunks;
   chunks.reserve(plan.seqs.size());
-  for (const ScheduledSeq& p : plan.seqs) chunks.push_back(make_chunk(*seqs_.at(p.id), p.start, p.count));
+  for (const ScheduledSeq& p : plan.seqs) {
+    Sequence& s = *seqs_.at(p.id);
+    s.meta.cached_tokens = std::max(s.meta.cached_tokens, p.cached);  // a prefix-cache hit at admission
+    chunks.push_back(make_chunk(s, p.start, p.count));
+  }
   logits_.clear();
   if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::forward, 0, encode_forward(chunks, copies), {}});
   tf_->forward(chunks, logits_);
@@ -384,7 +394,7 @@ void Engine::step(StepOutputs& out) {
   std::unordered_set<int64_t> appended = apply_results(jobs, out);
   for (const auto& [child, parent] : new_forks_) {  // the parent is still in the scheduler here
     const Sequence& c = *seqs_.at(child);
-    if (!c.done) sched_.fork(parent, child, c.prompt_len, static_cast<int>(c.tokens.size()));
+    if (!c.done) sched_.fork(parent, child, c.prompt_len, c.tokens);
   }
 
   // Requests that end with their prompt: score, and generate with max_new_tokens 0.
@@ -396,7 +406,8 @@ void Engine::step(StepOutputs& out) {
       finish_score(s, out);
     else if (!s.done && prompt_complete && !s.req->is_score && s.req->gen.sampling_params.max_new_tokens == 0)
       finish(s, FinishReason{FinishReason::Type::length, {}, 0, {}}, out);
-    updates.push_back({p.id, appended.count(p.id) ? 1 : 0, s.done});
+    const bool grew = appended.count(p.id) != 0;
+    updates.push_back({p.id, grew ? 1 : 0, s.done, grew ? s.tokens.back() : -1});
   }
   sched_.update_from_output(updates);  // frees the KV of finished sequences
   reap(plan);

@@ -72,6 +72,8 @@ struct EngineStats {
   int waiting = 0, running = 0;
   int kv_blocks_used = 0, kv_blocks_total = 0;
   int64_t preemptions = 0;  // since start
+  int64_t prefix_hit_tokens = 0;  // positions taken from the prefix cache, since start
+  int prefix_cached_blocks = 0;   // blocks the prefix cache indexes now
 };
 
 class Engine {

@@ -82,7 +82,7 @@ void Engine::maybe_commit(StepOutputs& out) {
     weight_version_ = u.weights.version;
     if (u.opt.policy == InFlightPolicy::recompute) preemptions_ += static_cast<int64_t>(sched_.preempt_all().size());
     if (u.opt.flush_cache) flush_cache();
-    sched_.drop_all_cached();  // idle sessions' KV belongs to the old weights
+    sched_.set_weight_version(weight_version_);  // cached KV (sessions', prefixes') is the old weights'
     spdlog::info("weights: version {} committed ({} tensors, {:.1f} MiB, in-flight policy {})", weight_version_,
                  u.weights.tensors.size(), u.weights.bytes / 1048576.0, static_cast<int>(u.opt.policy));
   }

@@ -7,15 +7,27 @@
 namespace zr {
 
 Scheduler::Scheduler(SchedulerConfig cfg, int num_blocks, int block_size)
-    : cfg_(cfg), blocks_(num_blocks, block_size) {
+    : cfg_(cfg), blocks_(num_blocks, block_size), prefix_(std::make_unique<PrefixCache>(blocks_)) {
   ZR_CHECK(cfg_.max_running > 0 && cfg_.max_step_tokens > 0 && cfg_.max_prefill_chunk > 0);
 }
 
 int Scheduler::add(int64_t id, int total, int64_t cached_key) {
-  ZR_CHECK(!seqs_.count(id) && total > 0);
-  Seq s{0, total, next_arrival_++, 0, false, {}};
+  ZR_CHECK(total > 0);
+  return add_seq(id, Seq{0, total, next_arrival_++, 0, false, {}}, cached_key);
+}
+
+int Scheduler::add(int64_t id, std::vector<int> tokens, int reuse_limit, int64_t cached_key) {
+  Seq s{0, static_cast<int>(tokens.size()), next_arrival_++, 0, false, {}};
+  s.tokens = std::move(tokens);
+  s.reuse_limit = reuse_limit;
+  return add_seq(id, std::move(s), cached_key);
+}
+
+int Scheduler::add_seq(int64_t id, Seq s, int64_t cached_key) {
+  ZR_CHECK(!seqs_.count(id) && s.total > 0);
+  s.kv_version = prefix_->version();
   if (auto it = cached_.find(cached_key); it != cached_.end()) {
-    ZR_CHECK(it->second.computed < total);
+    ZR_CHECK(it->second.computed < s.total);
     s.computed = it->second.computed;
     s.table = std::move(it->second.table);
     cached_.erase(it);
@@ -33,12 +45,71 @@ void Scheduler::insert_running(int64_t id) {
 }
 
 void Scheduler::fork(int64_t parent, int64_t child, int computed, int total) {
+  fork(parent, child, computed, std::vector<int>(total, -1));
+}
+
+void Scheduler::fork(int64_t parent, int64_t child, int computed, std::vector<int> tokens) {
+  const int total = static_cast<int>(tokens.size());
   ZR_CHECK(!seqs_.count(child) && computed < total);
   const Seq& p = seqs_.at(parent);
   ZR_CHECK(blocks_.blocks_for(computed) <= static_cast<int>(p.table.size()));
   BlockTable shared(p.table.begin(), p.table.begin() + blocks_.blocks_for(computed));
-  seqs_[child] = Seq{computed, total, p.arrival, 0, true, blocks_.share(shared)};
+  Seq c{computed, total, p.arrival, 0, true, blocks_.share(shared)};
+  if (!p.tokens.empty()) {
+    c.tokens = std::move(tokens);
+    c.hashes.assign(p.hashes.begin(), p.hashes.begin() + std::min<size_t>(p.hashes.size(), computed / blocks_.block_size()));
+  }
+  c.kv_version = p.kv_version;
+  seqs_[child] = std::move(c);
   insert_running(child);
+}
+
+int Scheduler::set_weight_version(int64_t version) {
+  const int before = blocks_.num_free();
+  prefix_->set_version(version);
+  for (auto& [id, s] : seqs_) s.hashes.clear();  // keys of the old version
+  drop_all_cached();
+  return blocks_.num_free() - before;
+}
+
+int Scheduler::reuse_prefix(Seq& s) {
+  if (!tracked(s) || s.computed > 0 || !s.table.empty()) return 0;
+  s.kv_version = prefix_->version();
+  s.indexed = 0;
+  const int limit = std::min(s.reuse_limit, s.total - 1);  // the last token's logits are needed
+  if (limit <= 0) return 0;
+  prefix_->extend_hashes(s.tokens, s.hashes);
+  std::vector<int> hit = prefix_->match(s.tokens, s.hashes, blocks_.blocks_for(limit));
+  if (hit.empty()) return 0;
+  s.computed = std::min(limit, static_cast<int>(hit.size()) * blocks_.block_size());
+  // A block reused in part (the last one) is copied on write when the sequence fills it.
+  s.table = blocks_.share(BlockTable(hit.begin(), hit.begin() + blocks_.blocks_for(s.computed)));
+  return s.computed;
+}
+
+bool Scheduler::await_prefix(const Seq& s) const {
+  if (!tracked(s) || pending_.empty()) return false;
+  const int limit = std::min(s.reuse_limit, s.total - 1);
+  const size_t next = static_cast<size_t>(s.computed / blocks_.block_size());
+  return s.computed < limit && next < s.hashes.size() && pending_.count(s.hashes[next]) != 0;
+}
+
+void Scheduler::note_pending(Seq& s, int take) {
+  if (!tracked(s) || s.kv_version != prefix_->version()) return;
+  prefix_->extend_hashes(s.tokens, s.hashes);
+  const int bs = blocks_.block_size();
+  for (size_t i = s.computed / bs; i < s.hashes.size() && static_cast<int>(i + 1) * bs <= s.computed + take; ++i)
+    if (!prefix_->contains(s.hashes[i])) pending_.insert(s.hashes[i]);
+}
+
+// Indexes the sequence's blocks that are full and computed, once its KV passes a block boundary.
+void Scheduler::index_blocks(Seq& s) {
+  if (!tracked(s) || s.kv_version != prefix_->version()) return;
+  const int full = s.computed / blocks_.block_size();
+  if (full <= s.indexed) return;
+  prefix_->extend_hashes(s.tokens, s.hashes);
+  prefix_->insert(s.tokens, s.hashes, s.table, full);
+  s.indexed = full;
 }
 
 void Scheduler::remove(int64_t id) {
@@ -71,6 +142,7 @@ int Scheduler::drop_all_cached() {
   const int before = blocks_.num_free();
   while (evict_oldest_cached()) {
   }
+  prefix_->clear();
   return blocks_.num_free() - before;
 }
 
@@ -85,8 +157,12 @@ bool Scheduler::evict_oldest_cached() {
 }
 
 bool Scheduler::reserve(Seq& s, int new_len) {
-  while (!blocks_.prepare_write(s.table, s.computed, new_len))
-    if (!evict_oldest_cached()) return false;  // cached KV goes before running sequences'
+  // Cached KV goes before running sequences': prefix-cache leaves first, then sessions' turns.
+  while (!blocks_.prepare_write(s.table, s.computed, new_len)) {
+    const int short_by = blocks_.blocks_needed(s.table, s.computed, new_len) - blocks_.num_free();
+    if (prefix_->evict(short_by) > 0) continue;
+    if (!evict_oldest_cached()) return false;
+  }
   return true;
 }
 
@@ -100,8 +176,9 @@ int Scheduler::take_for(const Seq& s, int budget) const {
 // order; if it was already planned this step, its tokens go back to the step budget.
 void Scheduler::preempt(int64_t victim, StepPlan& plan, int& budget) {
   Seq& v = seqs_[victim];
-  blocks_.free_table(v.table);
+  blocks_.free_table(v.table);  // blocks the prefix cache holds stay there for its recomputation
   v.computed = 0;
+  v.indexed = 0;
   budget += v.scheduled;
   v.scheduled = 0;
   plan.seqs.erase(std::remove_if(plan.seqs.begin(), plan.seqs.end(),
@@ -116,6 +193,7 @@ void Scheduler::preempt(int64_t victim, StepPlan& plan, int& budget) {
 
 StepPlan Scheduler::schedule() {
   StepPlan plan;
+  pending_.clear();
   int budget = cfg_.max_step_tokens;
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     int64_t id = running_[i];
@@ -125,6 +203,7 @@ StepPlan Scheduler::schedule() {
       s.scheduled = take;
       budget -= take;
       plan.seqs.push_back({id, s.computed, take});
+      note_pending(s, take);
     } else if (take > 0 && running_.size() > 1) {
       preempt(running_.back(), plan, budget);  // lowest priority first, possibly id itself
       continue;                                // retry the same slot
@@ -141,8 +220,20 @@ StepPlan Scheduler::schedule() {
       ++it;
       continue;
     }
+    const int hit = reuse_prefix(s);
+    auto unshare = [&] {  // not admitted: the hit's blocks stay evictable while it waits
+      if (hit == 0) return;
+      blocks_.free_table(s.table);
+      s.computed = 0;
+    };
+    if (await_prefix(s)) {  // its next block is being computed this step: reuse it next step
+      unshare();
+      ++it;
+      continue;
+    }
     int take = take_for(s, budget);
     if (!reserve(s, s.computed + take)) {
+      unshare();
       if (running_.empty()) plan.starved.push_back(id);
       break;  // FIFO: later arrivals do not overtake a request waiting for memory
     }
@@ -151,7 +242,9 @@ StepPlan Scheduler::schedule() {
     s.scheduled = take;
     s.ran = true;
     budget -= take;
-    plan.seqs.push_back({id, s.computed, take});
+    plan.seqs.push_back({id, s.computed, take, hit});
+    note_pending(s, take);
+    prefix_hit_tokens_ += hit;
   }
   return plan;
 }
@@ -176,6 +269,11 @@ void Scheduler::update_from_output(const std::vector<SeqUpdate>& updates) {
     s.computed += s.scheduled;
     s.scheduled = 0;
     s.total += u.appended;
+    if (u.appended > 0 && !s.tokens.empty()) {
+      ZR_CHECK(u.appended == 1 && u.token >= 0);
+      s.tokens.push_back(u.token);
+    }
+    index_blocks(s);
     if (u.finished) remove(u.id);
   }
 }
