@@ -7,6 +7,8 @@
 //   - within one TP configuration: batch invariance and score == generate, bit for bit;
 //   - weight updates by ipc and disk reach every rank (per-shard checksums) and change outputs.
 #include <gtest/gtest.h>
+
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include <cstring>
@@ -193,6 +195,39 @@ TEST_F(TpTest, SharedPromptBlocksAreCopiedOnEveryRank) {
   for (int k = 0; k < 3; ++k) {
     EXPECT_EQ(tp.samples.at("n3").at(k).output_ids, one.samples.at("n3").at(k).output_ids) << "sample " << k;
     EXPECT_EQ(tp.samples.at("n3").at(k).output_ids, tp.samples.at("n3").at(0).output_ids);
+  }
+}
+
+// A prefix-cache hit on the leader hands followers block tables that point at KV they computed for
+// an earlier request (and a copy-on-write copy of the block reused in part): the hit gives the same
+// bits as the miss on every rank, and the same tokens as one rank without the cache (TP sums in
+// another order than one rank, so only tokens compare across the two).
+TEST_F(TpTest, PrefixCacheHitsMatchTheMissOnEveryRank) {
+  auto eng = start(dir_);
+  if (!eng) return;
+  EngineOptions off = small_options();
+  off.scheduler.prefix_cache = false;
+  auto single = testing::load_engine(dir_, off);
+  std::vector<int> p = {1};
+  for (int i = 1; i < 32; ++i) p.push_back(3 + (i * 53) % 500);  // exactly two blocks of 16
+  std::map<std::string, testing::RunResult> tp, one;
+  for (const std::string rid : {"miss", "hit"}) {
+    GenerateRequest r = testing::greedy_request(rid, p, 12);
+    r.sampling_params.temperature = 0.8f;
+    r.sampling_params.seed = 3;
+    r.sampling_params.n = 2;
+    r.logprob_start_len = -1;
+    ASSERT_TRUE(eng->submit(r).ok());
+    ASSERT_TRUE(single->submit(r).ok());
+    tp[rid] = testing::run_to_completion(*eng);
+    one[rid] = testing::run_to_completion(*single);
+  }
+  EXPECT_EQ(tp["miss"].samples.at("miss").at(0).meta_info.cached_tokens, 0);
+  EXPECT_EQ(tp["hit"].samples.at("hit").at(0).meta_info.cached_tokens, 31) << "all but the last prompt token";
+  for (int k = 0; k < 2; ++k) {
+    SampleOutput miss = tp["miss"].samples.at("miss").at(k), hit = tp["hit"].samples.at("hit").at(k);
+    testing::expect_identical(hit, miss, "sample " + std::to_string(k) + ": hit vs miss under TP");
+    EXPECT_EQ(hit.output_ids, one["hit"].samples.at("hit").at(k).output_ids) << "sample " << k << ": TP vs one rank";
   }
 }
 
