@@ -295,6 +295,7 @@ void Router::dispatch_engine_message(int k, const std::string& op, const std::st
 void Router::declare_dead(int k, TimePoint now) {
   Engine& e = engines_[k];
   e.alive = false;
+  prefix_map_.forget(k);
   for (auto& [sid, s] : sessions_)
     if (s.engine == k) s.lost = true;
   std::vector<uint64_t> ids;

@@ -9,6 +9,10 @@
 //   router has in flight on it (ties: the engine's last get_load waiting + running, then index).
 //   A batch call is split across engines; it stays all or nothing (an error names
 //   batch[k] of the caller's batch; the other parts are aborted).
+// - Prefix affinity (SGLang's cache-aware routing): a generate whose prompt shares at least half of
+//   its chunks with prompts already sent to an engine (PrefixMap) goes there, so the engine's
+//   prefix cache serves it, unless that engine has kPrefixBalance more samples in flight than the
+//   least loaded one.
 // - Sessions: open_session goes to the chosen engine; later turns follow the session there.
 // - Liveness: every heartbeat interval each live engine gets a `health` and a `get_load`; any
 //   message from it counts as heard. Silent for heartbeat_liveness intervals: it is dead (warned
@@ -40,6 +44,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "actors/router/prefix_map.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/tokenizer.h"
@@ -131,6 +136,8 @@ class Router {
   bool usable(int k) const;
   int sessions_on(int k) const;
   int pick(const std::vector<int>& exclude = {}, const std::vector<int>* extra = nullptr) const;
+  // pick() unless an engine believed to hold the prompt's prefix is loaded within kPrefixBalance.
+  int pick_for_prompt(const GenerateRequest& g, const std::vector<int>& extra);
   Call* find_call(uint64_t id);
   const ModelInfoReply* model_info() const;
   void send_engine(int engine, const std::string& op, std::string body);
@@ -198,6 +205,11 @@ class Router {
   std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> score_rids_;
   std::map<std::string, Session> sessions_;                     // router session id -> its engine
   std::vector<RouterMessage> outbox_;
+  PrefixMap prefix_map_;  // which engine was sent which prompt prefixes
 };
+
+// Samples in flight an engine holding the prefix may have beyond the least loaded engine and still
+// be chosen for it (SGLang's balance_abs_threshold is 32 requests).
+inline constexpr int kPrefixBalance = 32;
 
 }  // namespace zr

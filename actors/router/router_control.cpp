@@ -55,6 +55,7 @@ void Router::forward(int engine, const std::string& caller, uint64_t caller_req_
 void Router::on_forward_reply(const Job& job, const std::string& op, json body) {
   const int k = job.engine;
   if (job.op == "update_weights") --engines_[k].updates_in_flight;
+  if (job.op == "update_weights" || job.op == "flush_cache") prefix_map_.forget(k);  // its cache was emptied
   body["req_id"] = job.caller_req_id;
   if (op != "error" && job.kind == Job::Kind::open_session) {
     const std::string engine_sid = body.value("session_id", std::string());
@@ -115,6 +116,7 @@ void Router::fan_out(const std::string& caller, const std::string& op, std::stri
 
 void Router::on_fan_out_part(FanOut& f, int k, const json* body, const Status& error) {
   if (f.op == "update_weights" && engines_[k].alive) --engines_[k].updates_in_flight;
+  if (f.op == "update_weights" || f.op == "flush_cache") prefix_map_.forget(k);  // its cache was emptied
   if (!error.ok() && f.error.ok()) f.error = make_error(error.code, engine_name(k) + ": " + error.message);
   if (body) f.replies.emplace_back(k, *body);
   // Memory ops and commits change whether an engine serves: take it from the reply rather than

@@ -118,9 +118,25 @@ Status Router::admit(const Call& c, const GenerateRequest& g, int& engine, std::
     engine_sid = it->second.engine_sid;
     return {};
   }
-  engine = pick({}, &extra);
+  engine = pick_for_prompt(g, extra);
   if (engine < 0) return make_error(ErrorCode::unavailable, "no live engine behind this router");
   return {};
+}
+
+int Router::pick_for_prompt(const GenerateRequest& g, const std::vector<int>& extra) {
+  const int base = pick({}, &extra);
+  if (base < 0) return base;
+  const std::vector<uint64_t> keys = PrefixMap::keys(g.input_ids, g.input_ids.empty() && g.text ? *g.text : "");
+  auto load = [&](int k) { return engines_[k].in_flight_samples + extra[k]; };
+  int best = base, best_match = prefix_map_.match(base, keys);
+  for (int k = 0; k < static_cast<int>(engines_.size()); ++k) {
+    if (k == base || !usable(k) || engines_[k].updating() != engines_[base].updating()) continue;
+    const int m = prefix_map_.match(k, keys);
+    if (m > best_match && load(k) <= load(base) + kPrefixBalance) best = k, best_match = m;
+  }
+  if (best_match * 2 < static_cast<int>(keys.size())) best = base;  // too little shared: balance load
+  prefix_map_.insert(best, keys);
+  return best;
 }
 
 // The requests as the caller sent them, but streamed (the router follows every token).

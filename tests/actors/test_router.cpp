@@ -174,6 +174,45 @@ TEST_F(RouterCore, PicksTheLeastLoadedEngineAndAvoidsUpdatingOnes) {
   EXPECT_EQ(acks[0]["req_id"], 77);  // the caller's req_id, not the router's
 }
 
+TEST_F(RouterCore, PrefersTheEngineThatHoldsThePromptsPrefixWhileLoadAllows) {
+  make(2);
+  auto engine_of = [&](const std::string& rid, std::vector<int> ids) {
+    call("generate", wire::encode(GenerateCall{1, {req(rid, std::move(ids), 4)}}));
+    for (int k = 0; k < 2; ++k)
+      for (const auto& g : generates(k))
+        if (g.batch.at(0).rid == rid) return k;
+    return -1;
+  };
+  std::vector<int> a(40), b(40);
+  for (int i = 0; i < 40; ++i) a[i] = 10 + i, b[i] = 500 + i;
+  std::vector<int> a_longer = a;
+  a_longer.insert(a_longer.end(), {7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22});
+  EXPECT_EQ(engine_of("a1", a), 0);  // tie: lower index
+  EXPECT_EQ(engine_of("b1", b), 1);  // least loaded
+  EXPECT_EQ(engine_of("a2", a), 0);
+  EXPECT_EQ(engine_of("a3", a), 0) << "engine 0 holds the prefix: it wins over the less loaded engine 1";
+  EXPECT_EQ(engine_of("a4", a_longer), 0) << "a longer prompt sharing the prefix follows it";
+  std::vector<int> a_diverged = a;
+  a_diverged[3] = 1;  // shares less than half of its chunks
+  EXPECT_EQ(engine_of("c1", a_diverged), 1);
+  // A batch of copies of one new prompt goes to one engine.
+  std::vector<GenerateRequest> batch;
+  std::vector<int> d(48, 3);
+  for (int i = 0; i < 8; ++i) batch.push_back(req("d" + std::to_string(i), d, 4));
+  call("generate", wire::encode(GenerateCall{2, batch}));
+  auto on0 = generates(0), on1 = generates(1);
+  size_t n0 = 0, n1 = 0;
+  for (const auto& g : on0) n0 += g.batch.size();
+  for (const auto& g : on1) n1 += g.batch.size();
+  EXPECT_TRUE((n0 == 8 && n1 == 0) || (n0 == 0 && n1 == 8)) << n0 << " / " << n1;
+  // Past kPrefixBalance samples more than the least loaded engine, the prefix no longer wins.
+  const int holder = n0 == 8 ? 0 : 1;
+  int moved = -1;
+  for (int i = 0; i < 2 * kPrefixBalance && moved < 0; ++i)
+    if (engine_of("e" + std::to_string(i), d) != holder) moved = i;
+  EXPECT_GE(moved, 0) << "load balance must win eventually";
+}
+
 TEST_F(RouterCore, ADeadEnginesSamplesContinueElsewhereWithTheirPartialOutput) {
   make(2);
   GenerateRequest a = req("a", {1, 10, 11}, 10, 2);
