@@ -47,7 +47,7 @@ _GPU_ONLY_ARGS = frozenset((
     "dtype", "trust_remote_code", "enable_memory_saver", "disable_cuda_graph", "cuda_graph_max_bs", "cuda_graph_bs",
     "attention_backend", "sampling_backend", "base_gpu_id", "gpu_id_step", "enable_torch_compile",
     "torch_compile_max_bs", "disable_overlap_schedule", "dist_init_addr", "nccl_port", "port", "host", "device",
-    "decode_log_interval", "disable_radix_cache", "load_format", "tokenizer_path", "tokenizer_mode",
+    "decode_log_interval", "load_format", "tokenizer_path", "tokenizer_mode",
     "enable_nan_detection", "triton_attention_reduce_in_fp32", "mm_attention_backend", "node_rank", "nnodes",
     "served_model_name", "context_length", "max_total_tokens", "schedule_policy", "watchdog_timeout",
     "enable_metrics", "disable_custom_all_reduce", "enable_p2p_check", "skip_server_warmup", "custom_weight_loader",
@@ -102,7 +102,8 @@ class Engine:
                  chunked_prefill_size: int | None = None, log_level: str = "error", *, endpoint: str | None = None,
                  kv_cache_mb: int | None = None, threads: int | None = None, compute: str | None = None,
                  request_timeout: float = 600.0,
-                 skip_tokenizer_init: bool = False, launch_options: dict | None = None, **server_args):
+                 skip_tokenizer_init: bool = False, disable_radix_cache: bool = False,
+                 launch_options: dict | None = None, **server_args):
         self._server = None
         self._publisher = None
         self._closed = False
@@ -124,6 +125,7 @@ class Engine:
                 self.server_args["kv_cache_mb"] = kv_cache_mb
             flags = {"max_running": max_running_requests, "max_prefill_chunk": chunked_prefill_size,
                      "kv_cache_mb": kv_cache_mb, "threads": threads, "compute": compute,
+                     "no_prefix_cache": disable_radix_cache,
                      "log_level": _LEVELS.get(log_level, log_level) if log_level else None}
             self._server = launch(model_path, tp=tp_size, **{**flags, **(launch_options or {})})
             endpoint = self._server.endpoint
