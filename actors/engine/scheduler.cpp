@@ -13,11 +13,16 @@ Scheduler::Scheduler(SchedulerConfig cfg, int num_blocks, int block_size)
 
 int Scheduler::add(int64_t id, int total, int64_t cached_key) {
   ZR_CHECK(total > 0);
-  return add_seq(id, Seq{0, total, next_arrival_++, 0, false, {}}, cached_key);
+  Seq s;
+  s.total = total;
+  s.arrival = next_arrival_++;
+  return add_seq(id, std::move(s), cached_key);
 }
 
 int Scheduler::add(int64_t id, std::vector<int> tokens, int reuse_limit, int64_t cached_key) {
-  Seq s{0, static_cast<int>(tokens.size()), next_arrival_++, 0, false, {}};
+  Seq s;
+  s.total = static_cast<int>(tokens.size());
+  s.arrival = next_arrival_++;
   s.tokens = std::move(tokens);
   s.reuse_limit = reuse_limit;
   return add_seq(id, std::move(s), cached_key);
@@ -54,7 +59,12 @@ void Scheduler::fork(int64_t parent, int64_t child, int computed, std::vector<in
   const Seq& p = seqs_.at(parent);
   ZR_CHECK(blocks_.blocks_for(computed) <= static_cast<int>(p.table.size()));
   BlockTable shared(p.table.begin(), p.table.begin() + blocks_.blocks_for(computed));
-  Seq c{computed, total, p.arrival, 0, true, blocks_.share(shared)};
+  Seq c;
+  c.computed = computed;
+  c.total = total;
+  c.arrival = p.arrival;
+  c.ran = true;
+  c.table = blocks_.share(shared);
   if (!p.tokens.empty()) {
     c.tokens = std::move(tokens);
     c.hashes.assign(p.hashes.begin(), p.hashes.begin() + std::min<size_t>(p.hashes.size(), computed / blocks_.block_size()));
