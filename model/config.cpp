@@ -1,4 +1,5 @@
 #include "model/config.h"
+#include "model/weights.h"
 
 #include <spdlog/spdlog.h>
 
@@ -321,12 +322,14 @@ json rope_scaling_json(const RopeScaling& s) {
 }  // namespace
 
 int64_t ModelConfig::num_params() const {
-  const int64_t d = hidden_size, ffn = intermediate_size, q = q_dim(), kv = kv_dim();
-  int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * ffn + 2 * d;  // q,k,v,o, gate,up,down, 2 norms
-  if (qkv_bias) layer += q + 2 * kv;
-  if (qk_norm) layer += 2 * head_dim;
-  int64_t n = int64_t{vocab_size} * d + num_layers * layer + d;  // embed, layers, final norm
-  if (!tie_word_embeddings) n += int64_t{vocab_size} * d;
+  // Counted from the tensor registry, so a new tensor kind is counted where it is declared.
+  int64_t n = 0;
+  for (const TensorSpec& spec : model_tensor_specs(*this)) {
+    if (spec.optional) continue;  // lm_head when tied to the embedding
+    int64_t e = 1;
+    for (int64_t d : spec.shape) e *= d;
+    n += e;
+  }
   return n;
 }
 

@@ -52,7 +52,7 @@ struct ModelConfig {
 
   int q_dim() const { return num_heads * head_dim; }
   int kv_dim() const { return num_kv_heads * head_dim; }
-  // Parameters in the matmuls plus embeddings (what one token's forward reads).
+  // Parameters of every tensor of model_tensor_specs (model/weights.h), a tied lm_head once.
   int64_t num_params() const;
 
   // Parses and validates; errors name the field (e.g. "config.json: num_attention_heads ...").

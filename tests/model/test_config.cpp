@@ -53,13 +53,16 @@ ModelConfig parse(const json& j) {
 
 Status parse_status(const json& j) { return ModelConfig::from_json_text(j.dump()).status(); }
 
-int64_t spec_params(const ModelConfig& c) {
-  int64_t n = 0;
-  for (const auto& s : model_tensor_specs(c)) {
-    int64_t e = 1;
-    for (int64_t d : s.shape) e *= d;
-    if (!s.optional) n += e;
-  }
+// The parameter count written out from the architecture (num_params() sums the tensor registry):
+// q, k, v, o; gate, up, down; two norms per layer; biases and q/k norms when present; embedding,
+// final norm and an untied lm_head.
+int64_t formula_params(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, ffn = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
+  int64_t layer = d * q + 2 * d * kv + q * d + 3 * d * ffn + 2 * d;
+  if (c.qkv_bias) layer += q + 2 * kv;
+  if (c.qk_norm) layer += 2 * c.head_dim;
+  int64_t n = int64_t{c.vocab_size} * d + c.num_layers * layer + d;
+  if (!c.tie_word_embeddings) n += int64_t{c.vocab_size} * d;
   return n;
 }
 
@@ -76,7 +79,7 @@ TEST(ConfigFamilies, Qwen3Tiny) {
   EXPECT_EQ(c->rope_scaling.type, RopeScaling::Type::none);
   EXPECT_TRUE(c->tie_word_embeddings);
   EXPECT_EQ(c->num_params(), 9841088);  // README-families.md
-  EXPECT_EQ(spec_params(*c), c->num_params());
+  EXPECT_EQ(formula_params(*c), c->num_params());
   // config.json says 151645; generation_config.json adds 151643 (<|endoftext|>).
   EXPECT_EQ(c->eos_token_ids, (std::vector<int>{151645, 151643}));
   EXPECT_EQ(c->bos_token_id, 151643);
@@ -108,7 +111,7 @@ TEST(ConfigFamilies, Llama31Tiny) {
   EXPECT_EQ(c->rope_scaling.original_max_position_embeddings, 8192);
   EXPECT_EQ(c->rope_theta, 500000.0f);
   EXPECT_EQ(c->num_params(), 16511296);  // README-families.md
-  EXPECT_EQ(spec_params(*c), c->num_params());
+  EXPECT_EQ(formula_params(*c), c->num_params());
   EXPECT_EQ(c->eos_token_ids, (std::vector<int>{128001, 128008, 128009}));
   EXPECT_EQ(c->bos_token_id, 128000);
 }
@@ -117,10 +120,10 @@ TEST(ConfigFamilies, Qwen3Fields) {
   ModelConfig c = parse(qwen3_config());
   EXPECT_EQ(c.arch_name, "Qwen3ForCausalLM");
   EXPECT_EQ(c.q_dim(), 12);
-  EXPECT_EQ(spec_params(c), c.num_params());
+  EXPECT_EQ(formula_params(c), c.num_params());
   ModelConfig biased = parse(qwen3_config({{"attention_bias", true}}));
   EXPECT_TRUE(biased.qkv_bias);
-  EXPECT_EQ(spec_params(biased), biased.num_params());
+  EXPECT_EQ(formula_params(biased), biased.num_params());
   // Sliding window only counts with use_sliding_window (as for Qwen2).
   EXPECT_TRUE(ModelConfig::from_json_text(qwen3_config({{"sliding_window", 4}}).dump()).ok());
   EXPECT_ERROR(parse_status(qwen3_config({{"sliding_window", 4}, {"use_sliding_window", true}})),

@@ -1,0 +1,166 @@
+// The effect of each sampling parameter and logit processor, directly on the sampler with known
+// logits (model/sampler.h; no engine: the engine-driven cases are tests/actors/test_engine_sampling.cpp).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include "model/sampler.h"
+
+namespace zr {
+namespace {
+
+constexpr int kVocab = 16;
+
+std::vector<float> ramp_logits() {  // token i has logit i / 4: a known, strictly ordered distribution
+  std::vector<float> l(kVocab);
+  for (int i = 0; i < kVocab; ++i) l[i] = i / 4.0f;
+  return l;
+}
+
+SampledToken draw(const std::vector<float>& logits, const SamplingParams& p, uint64_t seed,
+                  std::vector<int> out_ids = {}, LogprobMode mode = LogprobMode::default_mode) {
+  static SamplerScratch s;
+  static const std::vector<int> prompt = {1, 3};
+  SampleContext ctx{&p, prompt, out_ids, seed};
+  LogprobOptions lo{true, mode, 0, {}};
+  return sample_token(logits.data(), kVocab, {2}, ctx, lo, s);
+}
+
+std::vector<double> softmax(const std::vector<float>& x, float t = 1.0f) {
+  double mx = *std::max_element(x.begin(), x.end()), sum = 0;
+  std::vector<double> p(x.size());
+  for (size_t i = 0; i < x.size(); ++i) sum += (p[i] = std::exp((x[i] - mx) / t));
+  for (auto& v : p) v /= sum;
+  return p;
+}
+
+TEST(Sampler, TopK1EqualsGreedy) {
+  auto l = ramp_logits();
+  SamplingParams g;
+  g.temperature = 0;
+  SamplingParams k;
+  k.top_k = 1;
+  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(draw(l, k, seed).token, draw(l, g, seed).token);
+}
+
+TEST(Sampler, TopPKeepsTheSmallestNucleus) {
+  auto l = ramp_logits();
+  auto p = softmax(l);
+  SamplingParams sp;
+  sp.top_p = 0.5f;
+  // The nucleus: the most likely tokens until their mass reaches 0.5.
+  std::set<int> nucleus;
+  double mass = 0;
+  for (int t = kVocab - 1; t >= 0 && mass < 0.5; --t) {
+    nucleus.insert(t);
+    mass += p[t];
+  }
+  std::set<int> seen;
+  for (uint64_t seed = 0; seed < 400; ++seed) {
+    SampledToken t = draw(l, sp, seed, {}, LogprobMode::processed);
+    ASSERT_TRUE(nucleus.count(t.token)) << t.token;
+    seen.insert(t.token);
+    EXPECT_NEAR(std::exp(t.logprob), p[t.token] / mass, 1e-5);  // renormalized over the nucleus
+  }
+  EXPECT_EQ(seen, nucleus);  // every nucleus token is reachable
+}
+
+TEST(Sampler, MinPDropsTokensBelowTheFloor) {
+  auto l = ramp_logits();
+  auto p = softmax(l);
+  SamplingParams sp;
+  sp.min_p = 0.5f;
+  for (uint64_t seed = 0; seed < 200; ++seed) ASSERT_GE(p[draw(l, sp, seed).token], 0.5 * p[kVocab - 1]);
+}
+
+TEST(Sampler, SampleFrequenciesFollowTheDistribution) {
+  auto l = ramp_logits();
+  auto p = softmax(l, 0.8f);
+  SamplingParams sp;
+  sp.temperature = 0.8f;
+  std::vector<int> count(kVocab);
+  const int n = 20000;
+  for (uint64_t seed = 0; seed < n; ++seed) ++count[draw(l, sp, seed).token];
+  for (int t = 0; t < kVocab; ++t) EXPECT_NEAR(count[t] / double(n), p[t], 0.012) << t;
+}
+
+TEST(Sampler, PenaltiesAsDefined) {
+  auto l = ramp_logits();
+  l[5] = -1.0f;  // a negative logit: repetition penalty multiplies it
+  SamplingParams sp;
+  sp.repetition_penalty = 2.0f;
+  sp.frequency_penalty = 0.5f;
+  sp.presence_penalty = 0.25f;
+  std::vector<int> outputs = {9, 9, 5};  // prompt is {1, 3}
+  std::vector<float> expect = l;
+  for (int t : {1, 3, 9, 5}) expect[t] = expect[t] > 0 ? expect[t] / 2.0f : expect[t] * 2.0f;
+  expect[9] -= 0.5f * 2 + 0.25f;
+  expect[5] -= 0.5f * 1 + 0.25f;
+  auto p = softmax(expect);
+  SampledToken t = draw(l, sp, 7, outputs);
+  EXPECT_NEAR(t.logprob, std::log(p[t.token]), 1e-5);
+  // raw mode ignores the penalties.
+  SampledToken r = draw(l, sp, 7, outputs, LogprobMode::raw);
+  EXPECT_NEAR(r.logprob, std::log(softmax(l)[r.token]), 1e-5);
+}
+
+TEST(Sampler, LogitBiasAndDisallowedAndActionMask) {
+  auto l = ramp_logits();
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.logit_bias = {{3, 100.0f}};
+  EXPECT_EQ(draw(l, sp, 0).token, 3);
+  sp.logit_bias.clear();
+  sp.processors.disallowed_token_ids = {15, 14};
+  EXPECT_EQ(draw(l, sp, 0).token, 13);
+  SamplingParams mask;
+  mask.temperature = 1.5f;
+  mask.processors.allowed_token_ids = std::vector<int>{0, 4, 7};
+  for (uint64_t seed = 0; seed < 300; ++seed) {
+    int t = draw(l, mask, seed).token;
+    ASSERT_TRUE(t == 0 || t == 4 || t == 7) << t;
+  }
+}
+
+TEST(Sampler, MinNewTokensSuppressesEos) {
+  auto l = ramp_logits();
+  l[2] = 100.0f;  // EOS (id 2) dominates
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.min_new_tokens = 2;
+  EXPECT_NE(draw(l, sp, 0, {}).token, 2);
+  EXPECT_NE(draw(l, sp, 0, {7}).token, 2);
+  EXPECT_EQ(draw(l, sp, 0, {7, 8}).token, 2);
+}
+
+TEST(Sampler, TemperatureScheduleAndGreedyLogprobsAtT1) {
+  SamplingParams sp;
+  sp.processors.temperature_schedule = TemperatureSchedule{2.0f, 0.5f, 4};
+  EXPECT_FLOAT_EQ(effective_temperature(sp, 0), 2.0f);
+  EXPECT_FLOAT_EQ(effective_temperature(sp, 2), 1.25f);
+  EXPECT_FLOAT_EQ(effective_temperature(sp, 9), 0.5f);
+  auto l = ramp_logits();
+  SamplingParams g;
+  g.temperature = 0;
+  SampledToken t = draw(l, g, 0);
+  EXPECT_EQ(t.token, kVocab - 1);
+  EXPECT_NEAR(t.logprob, std::log(softmax(l)[kVocab - 1]), 1e-6);
+  EXPECT_EQ(draw(l, g, 0, {}, LogprobMode::processed).logprob, 0.0f);
+}
+
+TEST(Sampler, SameSeedSameDrawsDifferentSeedDifferentDraws) {
+  auto l = ramp_logits();
+  SamplingParams sp;
+  int differ = 0;
+  for (uint64_t s = 0; s < 64; ++s) {
+    EXPECT_EQ(draw(l, sp, s).token, draw(l, sp, s).token);
+    differ += draw(l, sp, s).token != draw(l, sp, s + 1000).token;
+  }
+  EXPECT_GT(differ, 16);
+}
+
+}  // namespace
+}  // namespace zr
