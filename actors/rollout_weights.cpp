@@ -81,7 +81,7 @@ void RolloutActor::register_weight_handlers() {
 std::vector<std::string> RolloutActor::segments_in_use() const {
   std::vector<std::string> in_use = shm_.in_use(engine_->weights());
   const UpdateWeightsCall* pending = engine_->update_call();
-  if (pending && pending->path == WeightPath::ipc &&
+  if (pending && pending->path == WeightPath::ipc && !pending->shm_name.empty() &&
       std::find(in_use.begin(), in_use.end(), pending->shm_name) == in_use.end())
     in_use.push_back(pending->shm_name);
   return in_use;
@@ -92,9 +92,13 @@ Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::strin
       serves_already(call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
       validate_update_meta(engine_->weights(), call.tensors, call.shm_bytes).ok()) {
     // Keep (or drop) mappings as any ipc update does: the writer may reuse this segment later.
-    auto kept = shm_.acquire(call.shm_name, call.shm_offset + call.shm_bytes, call.shm_keep, call.shm_pool,
-                             engine_->weights());
-    if (!kept.ok()) return on_rank(kept.status(), opt_.weight_rank);
+    if (call.shm_name.empty()) {  // a pull: nothing to map
+      shm_.retain(call.shm_pool);
+    } else {
+      auto kept = shm_.acquire(call.shm_name, call.shm_offset + call.shm_bytes, call.shm_keep, call.shm_pool,
+                               engine_->weights());
+      if (!kept.ok()) return on_rank(kept.status(), opt_.weight_rank);
+    }
     actor_.log().info("weights v{} re-sent: already serving these {} tensor(s), acked", call.version,
                       call.tensors.size());
     UpdateWeightsReply r{call.req_id, call.version, 0, 0, 0, 0, segments_in_use()};

@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <optional>
@@ -10,6 +13,8 @@
 #include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
 #include "comm/frame.h"
+#include "comm/host_pages.h"
+#include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
@@ -222,26 +227,124 @@ UpdateWeightsCall Trainer::base_call(WeightPath path, int64_t version, const Pub
   return call;
 }
 
-// Lays the tensors out in one shared-memory segment, checksums them, and sends only the segment's
-// name and the tensor list; engines map it and serve from it in place.
+// ipc: each engine gets the transfer by pull or through a segment (IpcMode); see publish().
 Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const PublishOptions& opt) {
   std::vector<int> to;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
     if (router_->alive(k)) to.push_back(k);
   refresh_guessed_in_use();
-  auto t0 = Clock::now();  // from here: a new segment's creation counts
+  const auto t0 = Clock::now();
+  PublishResult res;
+  res.version = version;
+  std::vector<int> segment_to = to;
+  if (resolve_ipc_mode(opt.ipc_mode) == IpcMode::pull) {
+    std::vector<int> pullers, cannot;
+    segment_to.clear();
+    for (int k : to) (no_pull_.count(k) ? segment_to : pullers).push_back(k);
+    if (!pullers.empty()) {
+      const auto deadline = SteadyClock::now() + opt.timeout;
+      ZR_RETURN_IF_ERROR(push_pull(l, base_call(WeightPath::ipc, version, opt), pullers, deadline, res, &cannot));
+      res.ipc_mode = "pull";
+    }
+    for (int k : cannot) {
+      spdlog::warn("publish v{}: engine {} ({}) cannot pull from this trainer; it gets shared-memory segments from now on",
+                   version, k, endpoints_[k]);
+      no_pull_.insert(k);
+      segment_to.push_back(k);
+    }
+  }
+  if (!segment_to.empty()) {
+    ZR_RETURN_IF_ERROR(publish_segment(l, version, opt, segment_to, res));
+    res.ipc_mode = res.ipc_mode.empty() ? "segment" : "pull+segment";
+  }
+  if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  res.tensors = l.metas;
+  return res;
+}
+
+IpcMode Trainer::resolve_ipc_mode(IpcMode asked) {
+  IpcMode mode = asked;
+  std::string why = "asked for (PublishOptions::ipc_mode)";
+  if (const char* env = std::getenv("ZR_IPC_MODE"); env && asked == IpcMode::automatic) {
+    const std::string e = env;
+    if (e == "pull" || e == "segment") {
+      mode = e == "pull" ? IpcMode::pull : IpcMode::segment;
+      why = "ZR_IPC_MODE=" + e;
+    }
+  }
+  if (mode == IpcMode::automatic) {
+    // Measured on a host with shmem THP never (README, weight sync): a pull beats a kept 4 KiB
+    // segment from publish to ack in steady state, but its first pushes fault the two huge-page
+    // buffers in under direct compaction (~1 s for 438 MB there), as slow as a new segment. Until
+    // that is solved, automatic stays with segments and says so.
+    const std::string shmem = thp_setting("shmem_enabled");
+    mode = IpcMode::segment;
+    why = shmem_thp_available() && huge_pages_wanted()
+              ? "shmem THP is [" + shmem + "]: segments get 2 MiB pages and engines serve from them in place"
+              : "shmem THP is [" + shmem + "]: segments run in 4 KiB pages (first pushes ~30x one memcpy; "
+                "shmem_enabled=advise fixes it; ZR_IPC_MODE=pull copies with process_vm_readv instead)";
+  }
+  const std::string line = std::string(mode == IpcMode::pull ? "pull" : "segment") + ": " + why;
+  if (line != ipc_mode_logged_) {
+    spdlog::info("ipc weight path: {}", line);
+    ipc_mode_logged_ = line;
+  }
+  return mode;
+}
+
+Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::vector<int>& to,
+                          SteadyClock::time_point deadline, PublishResult& res, std::vector<int>* cannot) {
+  const uint64_t offset = shm_stream_offset(l.metas.size());
+  ZR_RETURN_IF_ERROR(pull_buf_.reserve(offset + l.bytes));
+  UpdateWeightsCall call = base;
+  call.tensors = l.metas;
+  call.shm_bytes = l.bytes;
+  call.shm_offset = offset;
+  call.shm_stream = true;  // the engines copy and verify behind the writer
+  call.pull_pid = static_cast<int64_t>(::getpid());
+  call.pull_addr = reinterpret_cast<uint64_t>(pull_buf_.data());
+  for (const PooledSegment& q : shm_pool_) call.shm_pool.push_back(q.seg.name());
+  ShmStreamWriter writer(pull_buf_.data(), offset, call.version);
+  const size_t acks_before = res.acks.size();
+  auto sent = start_update(std::move(call), res, &to);
+  if (sent.empty()) return {};  // every one dead: res.dead says so
+  (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
+  const auto t0 = Clock::now();
+  {
+    PhaseProbe probe("trainer: copy + checksum into the pull buffer");
+    for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+  }
+  res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+  res.pages = mapping_pages(pull_buf_.data()).describe();
+  std::vector<std::pair<int, Status>> refused;
+  Status st = collect_acks(sent, deadline, res, &refused);
+  for (size_t i = acks_before; i < res.acks.size(); ++i) {  // they serve from their own copy now
+    shm_in_use_[res.acked[i]] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());
+    in_use_guessed_.erase(res.acked[i]);
+  }
+  bool other = false;
+  for (const auto& [k, e] : refused) {
+    if (e.code == ErrorCode::unsupported && e.message.find("ipc pull") != std::string::npos) cannot->push_back(k);
+    else other = true;
+  }
+  return other || cannot->size() != refused.size() ? st : Status{};
+}
+
+// Lays the tensors out in one shared-memory segment, checksums them, and sends only the segment's
+// name and the tensor list; engines map it and serve from it in place.
+Status Trainer::publish_segment(Layout& l, int64_t version, const PublishOptions& opt, const std::vector<int>& to,
+                                PublishResult& res) {
   bool reused = false;
   const uint64_t need = shm_stream_offset(l.metas.size()) + l.bytes;
   auto idx = segment_for(need, to, opt.reuse_segments, version, &reused);
   if (!idx.ok()) return idx.status();
   const auto deadline = SteadyClock::now() + opt.timeout;
-  PublishResult res;
-  res.version = version;
   res.shm_segment = shm_pool_[*idx].seg.name();
   res.shm_reused = reused;
   UpdateWeightsCall base = base_call(WeightPath::ipc, version, opt);
   std::vector<std::pair<int, Status>> refused;
-  Status st = push_segment(*idx, l, base, nullptr, deadline, res, refused);  // dead engines go to res.dead
+  Status st = push_segment(*idx, l, base, &to, deadline, res, refused);  // dead engines go to res.dead
   // An engine without the kept mapping (it restarted) cannot reach a reused segment by its name:
   // send those engines the same version in a fresh segment.
   std::vector<int> lost;
@@ -266,11 +369,7 @@ Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const Pub
   for (const PooledSegment& p : shm_pool_)
     if (!segment_in_use(p.seg.name()) && (!spare || p.seg.size() > spare->seg.size())) spare = &p;
   std::erase_if(shm_pool_, [&](const PooledSegment& p) { return &p != spare && !segment_in_use(p.seg.name()); });
-  if (!st.ok()) return st;
-  if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
-  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  res.tensors = l.metas;
-  return res;
+  return st;
 }
 
 bool Trainer::segment_in_use(const std::string& name) const {
@@ -309,6 +408,7 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   for (const PooledSegment& q : shm_pool_) call.shm_pool.push_back(q.seg.name());
   auto* seg = static_cast<uint8_t*>(p.seg.data());
   ShmStreamWriter writer(seg, call.shm_offset, call.version);
+  res.pages = mapping_pages(seg).describe();
   const size_t acks_before = res.acks.size();
   auto sent = start_update(std::move(call), res, to);
   if (sent.empty()) {
@@ -319,7 +419,10 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   const auto t0 = Clock::now();
   // The checksums reach the engines through the segment's header; they are kept in the layout so
   // that a resend of this version (below, in publish_ipc) carries them in the message too.
-  for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+  {
+    PhaseProbe probe("trainer: copy + checksum into the segment");
+    for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+  }
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   Status st = collect_acks(sent, deadline, res, &refused);
   (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name

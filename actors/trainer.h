@@ -24,12 +24,15 @@
 
 #include "actors/router/router.h"
 #include "comm/client.h"
+#include "comm/ipc_pull.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 
 namespace zr {
+
+class SafetensorsArchive;
 
 // A tensor the caller holds in memory, published from where it lies: the transfer itself is the
 // only read of its bytes (ipc: copied into the segment and checksummed on the way; broadcast: into
@@ -47,6 +50,16 @@ struct TensorRef {
   std::optional<uint64_t> checksum;
 };
 
+// How the ipc path moves the bytes to engines on this host (README, weight sync):
+//  segment: a POSIX shared-memory segment the engines map and serve from in place (fast where
+//           shmem THP gives it 2 MiB pages; in 4 KiB pages every fresh mapping costs ~1.5 us/page);
+//  pull:    the engines copy the bytes out of the trainer's own huge-page buffer with
+//           process_vm_readv into theirs (comm/ipc_pull.h); an engine that may not (no ptrace
+//           access, seccomp) is sent a segment instead, and is not asked to pull again;
+//  automatic: segment when shmem THP is available, else pull. ZR_IPC_MODE=pull|segment in the
+//           environment overrides automatic. The choice and why is logged once per trainer.
+enum class IpcMode { automatic, pull, segment };
+
 struct PublishOptions {
   WeightPath path = WeightPath::ipc;  // ipc | disk (broadcast: publish_broadcast, under mpirun)
   InFlightPolicy in_flight = InFlightPolicy::drain;
@@ -56,6 +69,7 @@ struct PublishOptions {
   // engines kept their mappings), instead of a new one. Off: every publish creates, faults in and
   // has the engines map a new segment.
   bool reuse_segments = true;
+  IpcMode ipc_mode = IpcMode::automatic;
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   // disk, tensors in memory: the folder to write (created if needed; it must be readable by the
   // engines, e.g. on this host or a shared file system): model.safetensors, and config.json copied
@@ -79,6 +93,10 @@ struct PublishResult {
   std::string shm_segment;               // ipc: the segment read (engines that had lost their
                                          // mapping of a reused one: the fresh one they were sent)
   bool shm_reused = false;               // ipc: it was written by an earlier publish
+  std::string ipc_mode;                  // ipc: "pull", "segment", or "pull+segment" (some engines
+                                         // could not pull)
+  std::string pages;                     // ipc: the pages the trainer's side really got (smaps),
+                                         // e.g. "2 MiB pages (100%)", "4 KiB pages"
 };
 
 struct TrainerOptions {
@@ -152,6 +170,13 @@ class Trainer {
   };
   static Result<Layout> layout(const std::vector<TensorRef>& tensors, const std::vector<std::string>& only);
   Result<PublishResult> publish_ipc(Layout& l, int64_t version, const PublishOptions& opt);
+  // ipc through segments to the engines `to` (adds to res).
+  Status publish_segment(Layout& l, int64_t version, const PublishOptions& opt, const std::vector<int>& to,
+                         PublishResult& res);
+  // ipc pull to the engines `to` (adds to res); those that cannot pull go to *cannot.
+  Status push_pull(Layout& l, const UpdateWeightsCall& base, const std::vector<int>& to,
+                   SteadyClock::time_point deadline, PublishResult& res, std::vector<int>* cannot);
+  IpcMode resolve_ipc_mode(IpcMode asked);
   Result<PublishResult> publish_disk(Layout& l, int64_t version, const PublishOptions& opt);
   // disk: puts config.json into `dir` from engine 0's model folder unless it holds one.
   Status ensure_disk_config(const std::string& dir);
@@ -203,6 +228,9 @@ class Trainer {
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
+  PullBuffer pull_buf_;             // ipc pull: the transfer the engines copy from (kept, grows only)
+  std::set<int> no_pull_;           // engines that refused a pull (sent segments from then on)
+  std::string ipc_mode_logged_;     // the last choice logged
   std::vector<uint8_t> bcast_buf_;  // broadcast: the root's transfer buffer, reused (grows only)
   // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;
   // a failed broadcast publish makes the next one form a new epoch.
@@ -215,6 +243,15 @@ class Trainer {
   // Chooses the broadcast's epoch and members (trainer + live engines' ranks in `group`) and logs
   // the ranks left out when they change.
   Status choose_broadcast_group(MpiGroup& group, int64_t version);
+  // The checkpoint of the last folder publish, kept mapped while its files are unchanged (same
+  // inode, size and mtime): a fresh mapping of 438 MB of page cache costs ~225 ms of page-table
+  // work on a host with 4 KiB page-cache pages, 8x the copy it feeds (README, weight sync).
+  struct KeptArchive {
+    std::string dir, stamp;
+    std::shared_ptr<SafetensorsArchive> archive;
+  };
+  KeptArchive kept_archive_;
+  Result<std::shared_ptr<SafetensorsArchive>> archive_of(const std::string& dir);
   std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
   std::set<int> in_use_guessed_;  // engines whose shm_in_use_ is a guess: they did not ack a push
   // Asks every engine in in_use_guessed_ what it serves from (get_weight_version), so that the

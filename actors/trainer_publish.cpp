@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
+#include <sys/stat.h>
 
 #include "actors/trainer.h"
 #include "comm/checksum.h"
@@ -46,7 +47,37 @@ std::string tensor_problem(const TensorRef& t) {
   return {};
 }
 
+// What identifies the checkpoint files of `dir` as unchanged: name, inode, size and mtime of each.
+std::string folder_stamp(const std::string& dir) {
+  std::error_code ec;
+  std::vector<std::string> parts;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.ends_with(".safetensors") && !name.ends_with(".index.json")) continue;
+    struct stat st {};
+    if (::stat(e.path().c_str(), &st) != 0) return {};
+    parts.push_back(name + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+                    std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec));
+  }
+  std::sort(parts.begin(), parts.end());
+  std::string stamp;
+  for (const auto& p : parts) stamp += p + ";";
+  return stamp;
+}
+
 }  // namespace
+
+Result<std::shared_ptr<SafetensorsArchive>> Trainer::archive_of(const std::string& dir) {
+  const std::string stamp = folder_stamp(dir);
+  if (!stamp.empty() && kept_archive_.archive && kept_archive_.dir == dir && kept_archive_.stamp == stamp)
+    return kept_archive_.archive;
+  kept_archive_ = {};
+  auto ar = SafetensorsArchive::open_dir(dir);
+  if (!ar.ok()) return ar.status();
+  auto shared = std::make_shared<SafetensorsArchive>(std::move(ar).value());
+  if (!stamp.empty()) kept_archive_ = {dir, stamp, shared};
+  return shared;
+}
 
 Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, const PublishOptions& opt) {
   if (opt.path == WeightPath::disk) {  // the engines read the folder itself
@@ -57,9 +88,9 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
   }
   if (opt.path != WeightPath::ipc)
     return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
-  auto ar = SafetensorsArchive::open_dir(dir);
+  auto ar = archive_of(dir);
   if (!ar.ok()) return ar.status();
-  return publish(refs_of(*ar), version, opt);
+  return publish(refs_of(**ar), version, opt);
 }
 
 Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt) {
@@ -150,9 +181,9 @@ void Trainer::Layout::fill(uint8_t* dst) {
 
 Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,
                                                  MpiGroup& group) {
-  auto ar = SafetensorsArchive::open_dir(dir);
+  auto ar = archive_of(dir);
   if (!ar.ok()) return ar.status();
-  return publish_broadcast(refs_of(*ar), version, opt, group);
+  return publish_broadcast(refs_of(**ar), version, opt, group);
 }
 
 Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& tensors, int64_t version,

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "comm/checksum.h"
+#include "comm/host_pages.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
 
@@ -187,8 +188,8 @@ void bench_ipc(Consumer& consumer, const std::vector<char>& src, int repeats) {
     die_if(fresh.status(), "ShmSegment::create");
   }
   const double m = median(copy);
-  std::printf("\nipc path, %zu MiB, medians of %d (consumer = another process, checksum64 on 1 thread):\n", n >> 20,
-              repeats);
+  std::printf("\nipc path, %zu MiB, medians of %d (consumer = another process, checksum64 on 1 thread); segment in %s\n",
+              n >> 20, repeats, zr::mapping_pages(seg->data()).describe().c_str());
   std::printf("  memcpy baseline            %8.2f ms  %6.1f GB/s\n", m * 1e3, gbps(n, m));
   std::printf("  producer write into shm    %8.2f ms  %6.1f GB/s\n", median(write) * 1e3, gbps(n, median(write)));
   std::printf("  consumer open+map populate %8.2f ms, checksum %8.2f ms; write+open+checksum %8.2f ms = %.2fx memcpy\n",
@@ -317,8 +318,10 @@ int main(int argc, char** argv) {
   std::vector<char> buf(bytes, 0);  // pre-faulted on every rank
   if (world->rank() == 0) {
     fill_random(buf.data(), bytes, 42);
-    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s\n", world->size(), mib,
-                bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()));
+    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; buffer in %s\n",
+                world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
+                zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
+                zr::mapping_pages(buf.data()).describe().c_str());
     bench_checksum(buf);
     if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats);
     std::fflush(stdout);

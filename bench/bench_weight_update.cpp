@@ -4,7 +4,10 @@
 //      push, for new segments and for reused ones (steady state); also the trainer's write;
 //   2. the generation pause under in_flight=continue: while 8 streams decode, a push commits; the
 //      longest gap between two chunks of a stream across the push, beside the median gap.
-// Usage: bench_weight_update [--model DIR] [--pushes-only]   (default: bench_models/stories110M, made if absent)
+//   Prints the host's THP settings and the pages the transfer really got (/proc/self/smaps).
+// Usage: bench_weight_update [--model DIR] [--pushes-only] [--ipc-mode auto|pull|segment]
+//        (default: bench_models/stories110M, made if absent). ZR_WEIGHT_PHASES=1 logs each phase's
+//        time and minor page faults; ZR_NO_HUGEPAGES=1 keeps every buffer in 4 KiB pages.
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 
@@ -20,6 +23,7 @@
 #include "actors/rollout_actor.h"
 #include "actors/trainer.h"
 #include "bench/bench_models.h"
+#include "comm/host_pages.h"
 
 namespace zr {
 namespace {
@@ -69,7 +73,10 @@ int main(int argc, char** argv) {
   CLI::App app{"zrollout weight update benchmark"};
   std::string model;
   bool pushes_only = false;
+  std::string ipc_mode = "auto";
   app.add_option("--model", model);
+  app.add_option("--ipc-mode", ipc_mode, "auto | pull | segment (PublishOptions::ipc_mode)")
+      ->check(CLI::IsMember({"auto", "pull", "segment"}));
   app.add_flag("--pushes-only", pushes_only, "measure the idle-engine pushes only, not the pause under load");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
@@ -93,13 +100,18 @@ int main(int argc, char** argv) {
   MemcpyProbe probe;
   uint64_t bytes = 0;
   int zero_copy = 0;
+  std::string used_mode, pages;
+  PublishOptions po;
+  po.ipc_mode = ipc_mode == "pull" ? IpcMode::pull : ipc_mode == "segment" ? IpcMode::segment : IpcMode::automatic;
   for (int v = 1; v <= 9; ++v) {
-    auto r = trainer->publish(model, v, PublishOptions{});
+    auto r = trainer->publish(model, v, po);
     if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
     const auto& a = r->acks[0];
     bytes = r->bytes;
     zero_copy = a.zero_copy_tensors;
-    (r->shm_reused ? reused : fresh)
+    used_mode = r->ipc_mode;
+    pages = r->pages;
+    (v > 2 ? reused : fresh)  // pushes 1 and 2 fill new buffers (segments) on both sides
         .push_back({(a.stage_seconds + a.commit_seconds) * 1e3, r->seconds * 1e3, r->write_seconds * 1e3,
                     a.stage_seconds * 1e3, probe.sample_ms(bytes)});
   }
@@ -114,11 +126,15 @@ int main(int argc, char** argv) {
     return median(v);
   };
   std::printf("zrollout bench_weight_update: %s, %.0f MB of weights, drain, idle engine\n", model.c_str(), bytes / 1e6);
+  std::printf("host: %s%s; ipc mode %s (asked: %s); trainer's transfer buffer in %s\n", thp_line().c_str(),
+              huge_pages_wanted() ? "" : ", ZR_NO_HUGEPAGES set", used_mode.c_str(), ipc_mode.c_str(), pages.c_str());
+  if (used_mode != "pull" && !shmem_thp_available())
+    std::printf("  (shared-memory segments run in 4 KiB pages here: shmem_enabled=advise gives them 2 MiB pages)\n");
   std::printf("(ratios: median over pushes of push time / one memcpy of the same bytes between pre-faulted\n"
               " buffers, timed right after that push)\n");
   for (const auto* p : {&fresh, &reused}) {
     std::printf("ipc, %s (median of %zu pushes):\n",
-                p == &fresh ? "new segment (first pushes)" : "segment reused (steady state)", p->size());
+                p == &fresh ? "pushes 1-2: new buffers / segments (first pushes)" : "pushes 3-9: buffers / segments reused (steady state)", p->size());
     std::printf("  one memcpy of the same bytes          %8.1f ms\n", med(*p, &Push::memcpy_ms));
     std::printf("  engine: map + verify + commit (ack)   %8.1f ms  = %.2fx memcpy  (%d tensors zero-copy)\n",
                 med(*p, &Push::ack_ms), ratio(*p, &Push::ack_ms), zero_copy);
@@ -164,6 +180,7 @@ int main(int argc, char** argv) {
   PublishOptions cont;
   cont.in_flight = InFlightPolicy::continue_;
   push_at = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  cont.ipc_mode = po.ipc_mode;
   auto r = trainer->publish(model, 10, cont);
   push_end = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   auto done = fut.get();

@@ -279,6 +279,11 @@ struct UpdateWeightsCall {
   // lists it in shm_in_use.
   bool shm_keep = false;
   std::vector<std::string> shm_pool;
+  // ipc, pull form (comm/ipc_pull.h; then shm_name is empty and shm_stream true): the engine
+  // copies the transfer with process_vm_readv from process pull_pid, where the streamed layout
+  // (header, then the transfer at shm_offset) starts at address pull_addr.
+  int64_t pull_pid = 0;
+  uint64_t pull_addr = 0;
   std::string disk_path;        // disk
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   int root = 0;                 // broadcast: the sender's rank in the broadcast group (below)

@@ -12,6 +12,8 @@
 #include <random>
 #include <utility>
 
+#include "comm/host_pages.h"
+
 namespace zr {
 
 namespace {
@@ -63,7 +65,8 @@ Result<ShmSegment> ShmSegment::create(std::string_view name_hint, size_t bytes) 
   if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) return fail("posix_fallocate", err);
   void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   if (addr == MAP_FAILED) return fail("mmap", errno);
-  ::madvise(addr, bytes, MADV_HUGEPAGE);  // advisory: ignored when shmem THP is off
+  // advisory: ignored when shmem THP is off (ZR_NO_HUGEPAGES: 4 KiB pages wherever THP is on)
+  ::madvise(addr, bytes, huge_pages_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   return ShmSegment(std::move(name), addr, bytes, /*owner=*/true, /*read_only=*/false);
 }
 

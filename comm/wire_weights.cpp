@@ -82,6 +82,8 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   f.get("shm_stream", c.shm_stream);
   f.get("shm_keep", c.shm_keep);
   f.get("shm_pool", c.shm_pool);
+  f.get("pull_pid", c.pull_pid);
+  f.get("pull_addr", c.pull_addr);
   f.get("disk_path", c.disk_path);
   f.get("bucket_bytes", c.bucket_bytes);
   f.get("root", c.root);
@@ -103,7 +105,12 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   if (!policy) return field_error("in_flight", "expected drain, abort, continue or recompute");
   c.in_flight = *policy;
   if (c.path == WeightPath::disk && c.disk_path.empty()) return field_error("disk_path", "required for path disk");
-  if (c.path == WeightPath::ipc && c.shm_name.empty()) return field_error("shm_name", "required for path ipc");
+  if (c.path == WeightPath::ipc && c.shm_name.empty() && c.pull_pid == 0)
+    return field_error("shm_name", "required for path ipc (or pull_pid)");
+  if (c.pull_pid < 0) return field_error("pull_pid", "must be a process id");
+  if (c.pull_pid != 0 && !c.shm_name.empty()) return field_error("pull_pid", "a pull carries no shm_name");
+  if (c.pull_pid != 0 && !c.shm_stream) return field_error("pull_pid", "a pull is a streamed transfer (shm_stream)");
+  if (c.pull_pid != 0 && c.pull_addr == 0) return field_error("pull_addr", "required with pull_pid");
   if (c.shm_offset % 64 != 0) return field_error("shm_offset", "must be a multiple of 64");
   if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
     return field_error("shm_offset", "shm_offset + shm_bytes overflows");
@@ -149,9 +156,9 @@ std::string encode(const UpdateWeightsCall& c) {
   return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", weight_path_name(c.path)}, {"tensors", tensors},
                     {"in_flight", in_flight_name(c.in_flight)}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
                     {"shm_bytes", c.shm_bytes}, {"shm_offset", c.shm_offset}, {"shm_stream", c.shm_stream},
-                    {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool},
-                    {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes}, {"root", c.root},
-                    {"group_epoch", c.group_epoch}, {"group_ranks", c.group_ranks}});
+                    {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool}, {"pull_pid", c.pull_pid},
+                    {"pull_addr", c.pull_addr}, {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes},
+                    {"root", c.root}, {"group_epoch", c.group_epoch}, {"group_ranks", c.group_ranks}});
 }
 std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
 std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include "comm/host_pages.h"
 #include "model/kernels.h"
 
 namespace zr::cli {
@@ -83,6 +84,13 @@ void log_startup(const std::string& command, const EngineCliOptions& o) {
                kernels::using_avx512() ? "AVX-512" : "portable");
   if (const char* ct = std::getenv("OPENBLAS_CORETYPE"))
     spdlog::warn("OPENBLAS_CORETYPE={} forces OpenBLAS's core type; benchmarks that compare with sgemm use it", ct);
+  // ipc weight updates through shared-memory segments run in 4 KiB pages without shmem THP: a
+  // fresh segment's first push costs ~30x one memcpy (README, weight sync).
+  if (command == "serve" && !shmem_thp_available())
+    spdlog::warn("ipc weight updates: {}: shared-memory segments are mapped in 4 KiB pages here (first pushes ~30x "
+                 "one memcpy); fix: echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled, or publish "
+                 "with ZR_IPC_MODE=pull",
+                 thp_line());
 }
 
 }  // namespace zr::cli

@@ -12,6 +12,9 @@
 #include <unordered_set>
 
 #include "comm/checksum.h"
+#include "comm/host_pages.h"
+#include "comm/ipc_pull.h"
+#include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
 #include "model/safetensors.h"
@@ -141,6 +144,37 @@ Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, con
   return metas;
 }
 
+// An ipc pull (comm/ipc_pull.h): copies the trainer's transfer into `dst` piece by piece behind
+// its writer and checksums each piece while it is still in the cache, then compares every tensor
+// with the checksum the trainer wrote into its header. Every rank of a TP engine pulls and checks
+// all of it (its copy is its own). Returns the metas with those checksums filled in.
+Result<std::vector<TensorMeta>> follow_pull(std::vector<TensorMeta> metas, PullReader& reader, uint64_t remote_base,
+                                            uint8_t* dst) {
+  constexpr uint64_t kPiece = uint64_t{512} << 10;  // half of L2: the checksum reads it from cache
+  std::vector<uint64_t> sums(metas.size(), 0);
+  for (size_t i = 0; i < metas.size(); ++i) {
+    const TensorMeta& m = metas[i];
+    for (uint64_t done = 0; done < m.nbytes;) {
+      const uint64_t n = std::min(kPiece, m.nbytes - done);
+      ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
+      ZR_RETURN_IF_ERROR(reader.read(dst + m.offset + done, remote_base + m.offset + done, n));
+      sums[i] += checksum64_partial(dst + m.offset + done, n, done);
+      done += n;
+    }
+  }
+  ZR_RETURN_IF_ERROR(reader.wait_for(transfer_bytes(metas)));
+  auto expected = reader.checksums(metas.size());
+  if (!expected.ok()) return expected.status();
+  for (size_t i = 0; i < metas.size(); ++i) {
+    TensorMeta& m = metas[i];
+    if (uint64_t got = checksum64_finish(sums[i], m.nbytes); got != (*expected)[i])
+      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(got) +
+                                                          " != " + std::to_string((*expected)[i]));
+    m.checksum = (*expected)[i];
+  }
+  return metas;
+}
+
 }  // namespace
 
 Status validate_update_meta(const ModelWeights& current, const std::vector<TensorMeta>& metas, uint64_t buffer_bytes) {
@@ -199,17 +233,15 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas) {
   return end;
 }
 
-std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes) {
+std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes, bool prefault) {
   for (auto& [buf, size] : buffers_)
     if (buf.use_count() == 1 && size >= bytes) return buf;  // no served weight points into it
   // Huge pages (weights served zero-copy from here are streamed every step), faulted in now rather
   // than while the broadcast writes into them.
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return nullptr;
-#ifdef MADV_HUGEPAGE
-  madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  std::memset(p, 0, bytes);
+  madvise(p, bytes, huge_pages_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  if (prefault) std::memset(p, 0, bytes);
   std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
   buffers_.emplace_back(buf, bytes);
   if (buffers_.size() > 2) {  // keep at most two idle buffers (double buffering)
@@ -329,6 +361,34 @@ Result<StagedWeights> stage_listed_from_disk(const ModelWeights& current, const 
   return out;
 }
 
+namespace {
+
+// The pull form of an ipc update (metadata already validated): refused at once (unsupported)
+// when this process may not read the trainer's memory, so the trainer can send a segment instead.
+Result<std::future<Result<StagedWeights>>> begin_pull(const UpdateWeightsCall& c, const ModelWeights& current,
+                                                      const StageSources& src, uint64_t* bytes) {
+  if (!src.pool) return make_error(ErrorCode::unsupported, "pull_pid: this engine has no staging buffers");
+  auto reader = std::make_shared<PullReader>(static_cast<pid_t>(c.pull_pid), c.pull_addr, c.version,
+                                             src.transfer_timeout);
+  ZR_RETURN_IF_ERROR(reader->probe());
+  if (src.shm) src.shm->retain(c.shm_pool);  // segments the trainer no longer holds
+  std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(c.shm_bytes, 64), /*prefault=*/false);
+  if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(c.shm_bytes) + " bytes");
+  *bytes = c.shm_bytes;
+  const ModelWeights* cur = &current;
+  return run_staging(src, [cur, buf, reader, c]() -> Result<StagedWeights> {
+    auto verified = [&] {
+      PhaseProbe probe("engine: pull + verify behind the writer");
+      return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, buf.get());
+    }();
+    if (!verified.ok()) return verified.status();
+    return stage_from_buffer(*cur, *verified, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
+                             /*verify_checksums=*/false);
+  });
+}
+
+}  // namespace
+
 Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& c, const ModelWeights& current,
                                                        int64_t serving_version, const StageSources& src,
                                                        uint64_t* bytes) {
@@ -381,6 +441,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       if (c.tensors[i].offset < c.tensors[i - 1].offset + c.tensors[i - 1].nbytes)
         return make_error(ErrorCode::invalid_argument, "tensors[" + std::to_string(i) + "].offset: a streamed "
                                                        "update lists tensors in increasing, non-overlapping offsets");
+  if (c.pull_pid != 0) return begin_pull(c, current, src, bytes);
   std::shared_ptr<ShmSegment> owner;
   if (src.shm) {
     auto kept = src.shm->acquire(c.shm_name, need, c.shm_keep, c.shm_pool, current);
@@ -400,6 +461,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     std::shared_ptr<const void> keep(owner, base);
     if (!c.shm_stream)
       return stage_from_buffer(*cur, c.tensors, base, keep, c.version, /*verify_checksums=*/true, cur->shard());
+    PhaseProbe probe("engine: verify the segment behind the writer");
     auto verified = follow_stream(c.tensors, segment, base, c.version, stall, cur->shard());
     if (!verified.ok()) return Result<StagedWeights>(verified.status());
     return stage_from_buffer(*cur, *verified, base, keep, c.version, /*verify_checksums=*/false);

@@ -51,7 +51,9 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
 // alive through their owner; it can be reused once nothing but the pool holds it.
 class StagingPool {
  public:
-  std::shared_ptr<uint8_t> get(uint64_t bytes);
+  // prefault: fault the pages in now (a broadcast writes into them from MPI); false leaves that to
+  // the first writer (an ipc pull, on the staging thread, not the actor's).
+  std::shared_ptr<uint8_t> get(uint64_t bytes, bool prefault = true);
  private:
   std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers_;
 };
