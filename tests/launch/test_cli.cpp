@@ -80,10 +80,12 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     freopen("/dev/null", "w", stderr);
-    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), "--kv-cache-mb", "64", nullptr);
+    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), "--kv-cache-mb", "64",
+          "--max-running", "1", nullptr);
     _exit(127);
   }
-  // Long requests, so they are in flight when SIGTERM arrives; the drain lets them finish.
+  // Long requests run one at a time (--max-running 1), so all four are inside the engine, one running
+  // and three waiting, well before the last finishes; the drain must finish all of them.
   std::string in;
   for (int i = 0; i < 4; ++i)
     in += R"({"rid":"r)" + std::to_string(i) + R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})" "\n";
@@ -106,7 +108,7 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     running = load.ok() ? load->running : 0;
     if (inside < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  const bool all_inside = inside == 4 && running > 0;
+  const bool all_inside = inside == 4 && running > 0;  // 1 running + 3 waiting
   if (all_inside) kill(pid, SIGTERM);
   else kill(pid, SIGKILL);  // fail below, without leaving the server or the client behind
   int status = 0;
