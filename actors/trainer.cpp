@@ -229,13 +229,19 @@ UpdateWeightsCall Trainer::base_call(WeightPath path, int64_t version, const Pub
 
 // ipc: each engine gets the transfer by pull or through a segment (IpcMode); see publish().
 Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const PublishOptions& opt) {
-  std::vector<int> to;
-  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k)
-    if (router_->alive(k)) to.push_back(k);
-  refresh_guessed_in_use();
-  const auto t0 = Clock::now();
   PublishResult res;
   res.version = version;
+  std::vector<int> to;
+  for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
+    if (router_->alive(k)) {
+      to.push_back(k);
+      continue;
+    }
+    spdlog::warn("publish v{}: skipping engine {} ({}): it stopped answering heartbeats", version, k, endpoints_[k]);
+    res.dead.push_back(k);  // left out, and said so (as start_update does for the other paths)
+  }
+  refresh_guessed_in_use();
+  const auto t0 = Clock::now();
   std::vector<int> segment_to = to;
   if (resolve_ipc_mode(opt.ipc_mode) == IpcMode::pull) {
     std::vector<int> pullers, cannot;
