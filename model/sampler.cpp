@@ -5,17 +5,11 @@
 #include <unordered_map>
 
 #include "model/kernels.h"
+#include "model/splitmix64.h"
 
 namespace zr {
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 void apply_penalties(float* work, int vocab, const SampleContext& ctx) {
   const SamplingParams& p = *ctx.params;

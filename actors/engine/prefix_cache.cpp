@@ -4,17 +4,11 @@
 #include <utility>
 
 #include "comm/status.h"
+#include "model/splitmix64.h"
 
 namespace zr {
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 uint64_t block_hash(uint64_t parent, std::span<const int> tokens) {
   uint64_t h = parent;
