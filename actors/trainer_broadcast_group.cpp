@@ -31,16 +31,26 @@ void Trainer::probe_engines() {
     router_->call_engine(k, "trainer", "get_weight_version", wire::encode_req_id_only(id), SteadyClock::now());
     asked.emplace_back(k, id);
   }
-  // The router declares an engine dead after heartbeat_liveness silent intervals; one more
-  // interval of slack, then whatever is still unanswered stays alive (it answers heartbeats late
-  // but answers: the broadcast's own deadline covers it).
-  const auto window = heartbeat_interval_ * (heartbeat_liveness_ + 1);
+  // The router declares an engine dead after heartbeat_liveness silent intervals from the last
+  // message it heard. Wait for each engine's answer or that verdict; the cap is a second liveness
+  // window, so a trainer that was starved of CPU (the verdict is reached at its next tick) still
+  // hears it. Whatever is silent past the cap stays alive (it answers heartbeats, late): the
+  // broadcast's own deadline covers it.
+  const auto t0 = SteadyClock::now();
+  const auto window = heartbeat_interval_ * (2 * heartbeat_liveness_);
   (void)pump(
       [&] {
         return std::all_of(asked.begin(), asked.end(),
                            [&](const auto& a) { return answered(a.second) || !router_->alive(a.first); });
       },
-      SteadyClock::now() + window);
+      t0 + window);
+  const double waited = std::chrono::duration<double>(SteadyClock::now() - t0).count();
+  for (const auto& [k, id] : asked)
+    if (!answered(id))
+      spdlog::log(router_->alive(k) ? spdlog::level::warn : spdlog::level::info,
+                  "broadcast probe: engine {} ({}) did not answer get_weight_version within {:.2f} s: {}", k,
+                  endpoints_[k], waited,
+                  router_->alive(k) ? "still alive for its heartbeats, kept in the group" : "declared dead");
   for (const auto& [k, id] : asked) {
     awaiting_.erase(id);
     replies_.erase(id);
