@@ -41,13 +41,15 @@ def token_versions(spans: list, n: int) -> list:
 
 
 class Engines:
-    def __init__(self, model: str, count: int, path: str, threads: int, log_level: str = "warn"):
+    def __init__(self, model: str, count: int, path: str, threads: int, log_level: str = "warn",
+                 max_running: int | None = None):
         self.servers = []
         if path == "broadcast":  # the engines are the other ranks of this MPI job
             self.publisher = Publisher.from_mpi()
             endpoints = self.publisher.endpoints
         else:
-            flags = dict(threads=threads, kv_cache_mb=64, kv_lazy_pages=True, log_level=log_level)
+            flags = dict(threads=threads, kv_cache_mb=64, kv_lazy_pages=True, log_level=log_level,
+                         max_running=max_running)
             for _ in range(count):
                 self.servers.append(zrollout.launch(model=model, **flags))
             endpoints = [s.endpoint for s in self.servers]

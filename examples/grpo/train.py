@@ -69,6 +69,8 @@ def parse_args(argv=None):
                    help="async: start step v+1's rollout after step v's update and publish v+1 once every engine "
                         "is generating it, so samples switch versions mid-way (mixed weight_version_spans)")
     p.add_argument("--threads", type=int, default=1, help="compute threads per engine")
+    p.add_argument("--max-running", type=int, default=None,
+                   help="sequences each engine runs at once (serve --max-running; the rest wait)")
     p.add_argument("--torch-threads", type=int, default=1, help="trainer threads (0: torch's default)")
     p.add_argument("--memcpy-probe", action="store_true",
                    help="after each publish, time one memcpy of the weights' bytes (pre-faulted buffers): the "
@@ -246,7 +248,7 @@ def run(args) -> list:
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    engines = Engines(args.model, args.engines, args.path, args.threads)
+    engines = Engines(args.model, args.engines, args.path, args.threads, max_running=args.max_running)
     rows = []
     try:
         prompt_ids = engines.tokenize(PROMPTS[:args.prompts] if args.prompts <= len(PROMPTS)

@@ -16,6 +16,14 @@ from model import Llama, token_logprobs  # noqa: E402
 REF_DIR = ROOT.parent / "shared" / "models" / "stories260K"
 
 
+def f32_bound(r: dict) -> float:
+    """How far zrollout's f32 logprobs may sit from the trainer's f64 recompute: f32 rounding, which
+    is 1e-5 on most steps, and never more than twice what PyTorch's own f32 forward is off by on the
+    same tokens (`torch_f32_diff_max`: up to 2.8e-5 on some steps, README). A wrong weight, version
+    or span gives differences of 1e-3 and more."""
+    return max(1e-5, 2 * r["torch_f32_diff_max"])
+
+
 def test_model_matches_reference_logprobs():
     ref = REF_DIR / "reference.json"
     if not ref.is_file():
@@ -39,7 +47,7 @@ def test_three_synchronous_steps(tmp_path):
     for r in rows:
         assert r["tokens"] > 0
         # the trainer's f32 weights (evaluated in f64) against zrollout's f32 logprobs, every token
-        assert r["logprob_diff_max"] <= 1e-5, r
+        assert r["logprob_diff_max"] <= f32_bound(r), r
         # synchronous: every token was produced by the version published before the rollout
         assert r["versions_seen"] == [r["published_before"]], r
         assert r["version"] == r["published_before"] + 1
@@ -56,7 +64,7 @@ def test_three_asynchronous_steps(tmp_path):
                              "--metrics", str(tmp_path / "m.jsonl"), "--plot", ""])
     rows = train.run(args)
     for r in rows:
-        assert r["logprob_diff_max"] <= 1e-5, r
+        assert r["logprob_diff_max"] <= f32_bound(r), r
         assert set(r["versions_seen"]) <= {r["published_before"] - 1, r["published_before"]}, r
     # from step 1 on, the batch was sampled (at least partly) before the trainer's latest publish
     assert all(r["stale_tokens"] > 0 for r in rows[1:]), [r["stale_tokens"] for r in rows]
@@ -67,17 +75,22 @@ def test_asynchronous_steps_with_mixed_version_samples(tmp_path):
     """--publish-mid-rollout: version v+1 is published while step v+1's batch is generating (in-flight
     policy "continue"), so samples hold tokens of two versions. The loss's recompute follows each
     token's span: the difference to zrollout stays at f32 rounding on the mixed samples, while
-    recomputing them under one version (ignoring the spans) is off by far more."""
+    recomputing them under one version (ignoring the spans) is off by far more.
+    Each engine runs 2 of its 16 samples at a time (--max-running 2), so the batch lasts 8 waves and
+    the publish, sent once the first wave streams, lands while samples are mid-sequence however the
+    machine's load stretches the publish (with all 16 at once a loaded machine could finish the
+    batch first: no mixed sample, seen in CI)."""
     args = train.parse_args(["--steps", "3", "--engines", "2", "--prompts", "4", "--n", "8", "--async",
-                             "--publish-mid-rollout", "--max-new-tokens", "48", "--seed", "1", "--quiet",
+                             "--publish-mid-rollout", "--max-running", "2", "--max-new-tokens", "48",
+                             "--seed", "1", "--quiet",
                              "--metrics", str(tmp_path / "m.jsonl"), "--plot", ""])
     rows = train.run(args)
     for r in rows:
-        assert r["logprob_diff_max"] <= 1e-5, r
+        assert r["logprob_diff_max"] <= f32_bound(r), r
         assert set(r["versions_seen"]) <= {r["published_before"] - 1, r["published_before"]}, r
     mixed = [r for r in rows[1:] if r["mixed_samples"] > 0]
     assert mixed, [r["mixed_samples"] for r in rows]  # the publish landed inside a batch
     for r in mixed:
-        assert r["logprob_diff_max_mixed"] <= 1e-5, r
+        assert r["logprob_diff_max_mixed"] <= f32_bound(r), r
         assert r["logprob_diff_max_ignoring_spans"] > 100 * max(r["logprob_diff_max_mixed"], 1e-7), r
     assert rows[-1]["checksums_match"] is True

@@ -44,7 +44,7 @@ def test_grpo_by_broadcast_under_mpirun(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     for r in rows:
         assert r["tokens"] > 0 and r["publish_bytes"] > 0
-        assert r["logprob_diff_max"] <= 1e-5, r
+        assert r["logprob_diff_max"] <= max(1e-5, 2 * r["torch_f32_diff_max"]), r  # f32 rounding (test_grpo.f32_bound)
         assert r["versions_seen"] == [r["published_before"]], r
         assert r["version"] == r["published_before"] + 1
     assert rows[-1]["checksums_compared"] > 0 and rows[-1]["checksums_match"] is True
