@@ -47,8 +47,30 @@ Result<std::string> advertised_endpoint(const std::string& bound, const std::str
   return tcp + ip.value_or("127.0.0.1") + bound.substr(colon);
 }
 
+bool local_only_endpoint(const std::string& endpoint) {
+  if (endpoint.rfind("tcp://", 0) != 0) return true;  // inproc://, ipc://: this host only
+  std::string host = endpoint.substr(6, endpoint.rfind(':') - 6);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  // "tcp://eth0:5555" or "tcp://*:5555" is reachable from elsewhere; only loopback names are local.
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0 || host == "lo";
+}
+
+CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
+                            const CurveClientKeys& explicit_keys) {
+  if (explicit_keys.enabled()) return explicit_keys;
+  if (job && !local_only_endpoint(endpoint)) return job->client_side();
+  return {};
+}
+
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {
-  auto all = world.allgather_strings(role + " " + std::to_string(tp));
+  std::string mine = role + " " + std::to_string(tp);
+  if (role == "trainer") {  // the job's keys ride along (Z85 has no spaces)
+    auto server = make_curve_keypair();
+    auto trainer = make_curve_keypair();
+    if (server.ok() && trainer.ok())
+      mine += " " + server->public_key + " " + server->secret_key + " " + trainer->public_key + " " + trainer->secret_key;
+  }
+  auto all = world.allgather_strings(mine);
   if (!all.ok()) return all.status();
   ClusterPlan plan;
   int serve = 0, tp_all = 0;
@@ -59,6 +81,9 @@ Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int t
     in >> what >> t;
     if (what == "trainer") {
       plan.trainer_rank = r;
+      JobKeys k;
+      if (in >> k.server.public_key >> k.server.secret_key >> k.trainer.public_key >> k.trainer.secret_key)
+        plan.keys = k;
       continue;
     }
     if (what != "serve") continue;
@@ -97,6 +122,7 @@ Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan
   ClusterRoles out;
   out.weight_group = std::move(weights).value();
   out.trainer_rank = plan.trainer_rank;
+  out.keys = plan.keys;
   for (int r = 0; r < static_cast<int>(all->size()); ++r) {
     if ((*roles)[r] != "leader") continue;
     out.engine_endpoints.push_back((*all)[r]);

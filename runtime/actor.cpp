@@ -323,7 +323,7 @@ size_t Actor::drain_router() {
   Status err;
   while (n < opts_.max_batch && recv_frame(*router_, true, f, err)) {
     ++n;
-    const ReplyTo from = ReplyTo::router(f.routing_id);
+    const ReplyTo from = ReplyTo::router(f.routing_id, f.user_id);
     dispatch(f, from, err);
   }
   return n;

@@ -71,9 +71,15 @@ struct ReplyTo {
   static constexpr PeerId kRouter = std::numeric_limits<PeerId>::max();
   PeerId peer = kRouter;    // kRouter: the actor's ROUTER socket; else the DEALER of that peer
   std::string routing_id;   // the requester, on the ROUTER
+  // The CURVE role of the requester's connection (Frame::user_id: "client" / "trainer"; "" without
+  // CURVE or on a peer), for handlers whose behaviour depends on it (limits, whose requests an
+  // abort may touch). Permission checks do not belong here: Actor::dispatch makes them.
+  std::string user_id{};
 
-  static ReplyTo router(std::string routing_id) { return {kRouter, std::move(routing_id)}; }
-  static ReplyTo to_peer(PeerId p) { return {p, {}}; }
+  static ReplyTo router(std::string routing_id, std::string user_id = {}) {
+    return {kRouter, std::move(routing_id), std::move(user_id)};
+  }
+  static ReplyTo to_peer(PeerId p) { return {p, {}, {}}; }
   bool via_router() const { return peer == kRouter; }
 };
 
