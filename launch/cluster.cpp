@@ -4,6 +4,7 @@
 #include <ifaddrs.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -58,7 +59,8 @@ bool local_only_endpoint(const std::string& endpoint) {
 CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
                             const CurveClientKeys& explicit_keys) {
   if (explicit_keys.enabled()) return explicit_keys;
-  if (job && !local_only_endpoint(endpoint)) return job->client_side();
+  if (job && std::find(job->curve_endpoints.begin(), job->curve_endpoints.end(), endpoint) != job->curve_endpoints.end())
+    return job->client_side();
   return {};
 }
 
@@ -110,11 +112,12 @@ Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan) {
   return world.split(plan.engine >= 0 ? plan.engine : MpiGroup::kNoColor, world.rank());
 }
 
-Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint) {
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint,
+                                        bool curve) {
   const bool leader = plan.engine >= 0 && plan.tp_rank == 0;
   auto all = world.allgather_strings(leader ? endpoint : std::string());
   if (!all.ok()) return all.status();
-  auto roles = world.allgather_strings(leader ? "leader" : "-");
+  auto roles = world.allgather_strings(leader ? (curve ? "leader curve" : "leader") : "-");
   if (!roles.ok()) return roles.status();
   const bool in_weights = plan.engine >= 0 || world.rank() == plan.trainer_rank;
   auto weights = world.split(in_weights ? 0 : MpiGroup::kNoColor, world.rank());
@@ -124,7 +127,8 @@ Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan
   out.trainer_rank = plan.trainer_rank;
   out.keys = plan.keys;
   for (int r = 0; r < static_cast<int>(all->size()); ++r) {
-    if ((*roles)[r] != "leader") continue;
+    if ((*roles)[r].rfind("leader", 0) != 0) continue;
+    if ((*roles)[r] == "leader curve" && out.keys) out.keys->curve_endpoints.push_back((*all)[r]);
     out.engine_endpoints.push_back((*all)[r]);
     out.engine_ranks.push_back(r);
   }

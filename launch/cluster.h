@@ -30,6 +30,7 @@ Result<std::string> advertised_endpoint(const std::string& bound, const std::str
 // router rank reach the engines with `trainer`.
 struct JobKeys {
   CurveKeyPair server, trainer;
+  std::vector<std::string> curve_endpoints;  // engines that serve with these keys (exchange_endpoints)
   CurveServerKeys server_side() const { return {server, {trainer.public_key}, {}}; }
   CurveClientKeys client_side() const { return {server.public_key, trainer}; }
 };
@@ -37,7 +38,8 @@ struct JobKeys {
 // True for inproc://, ipc:// and tcp:// on 127.0.0.0/8, ::1 or localhost (protected mode's test).
 bool local_only_endpoint(const std::string& endpoint);
 // The keys a trainer or router uses for the engine at `endpoint`: `explicit_keys` when given (flags),
-// else the job's keys for an engine beyond loopback (such a serve rank serves with them), else none.
+// else the job's keys for an engine that said it serves with them (a serve rank bound beyond
+// loopback), else none.
 CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
                             const CurveClientKeys& explicit_keys = {});
 
@@ -70,7 +72,9 @@ struct ClusterPlan {
 // Roles: "trainer" | "serve" | "router" (a standalone router that finds the engines this way).
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp);
 Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan);
-Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint);
+// `curve`: this leader serves with the job's keys (the others learn it with the endpoint).
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint,
+                                        bool curve = false);
 Result<ClusterRoles> exchange_roles(MpiGroup& world, const std::string& role, const std::string& endpoint);
 
 }  // namespace zr::cli

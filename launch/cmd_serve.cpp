@@ -40,11 +40,9 @@ struct ServeJob {
   std::vector<std::string> weights_roots;
 };
 
-// The job's keys serve this rank when it is reachable beyond loopback (mpirun with a trainer rank).
+// The job's keys serve this rank when it is bound beyond loopback (mpirun with a trainer rank).
 std::optional<CurveServerKeys> job_server_keys(const ServeJob& job, const std::optional<ClusterPlan>& plan) {
-  if (!plan || !plan->keys) return std::nullopt;
-  auto adv = advertised_endpoint(job.bind, job.advertise_host, job.advertise_interface);
-  if (!adv.ok() || local_only_endpoint(*adv)) return std::nullopt;
+  if (!plan || !plan->keys || local_only_endpoint(job.bind)) return std::nullopt;
   return plan->keys->server_side();
 }
 
@@ -73,6 +71,24 @@ std::function<bool()> peers_answer(const std::vector<std::string>& endpoints) {
 std::string follower_bind(const std::string& bind, int tp_rank) {
   if (bind.rfind("tcp://", 0) == 0) return bind.substr(0, bind.rfind(':')) + ":*";
   return bind + ".tp" + std::to_string(tp_rank);
+}
+
+// The engine actor's options from the flags; logs the limits it will enforce.
+RolloutActorOptions actor_options(const ServeJob& job, const ActorOptions& security, std::optional<int> world_rank) {
+  RolloutActorOptions opt;
+  opt.model_path = job.engine.model;
+  if (world_rank) opt.rank = opt.weight_rank = *world_rank;
+  opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
+  opt.curve = security.curve;
+  opt.max_message_bytes = security.max_message_bytes;
+  opt.limits = job.limits;
+  opt.weights_roots = job.weights_roots;
+  if (opt.weights_roots.empty())
+    opt.weights_roots.push_back(std::filesystem::weakly_canonical(job.engine.model).parent_path().string());
+  spdlog::info("limits: max_prompts_per_call={} max_n={} max_in_flight={} max_message_mib={}; weights roots: {}",
+               opt.limits.max_prompts_per_call, opt.limits.max_n, opt.limits.max_in_flight,
+               job.security.max_message_mib, fmt::join(opt.weights_roots, ", "));
+  return opt;
 }
 
 // A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
@@ -156,19 +172,7 @@ int run_serve(const ServeJob& job) {
   }
   std::optional<ClusterRoles> roles;  // holds the weight group: outlives the actor below
   Context ctx;
-  RolloutActorOptions opt;
-  opt.model_path = job.engine.model;
-  if (world) opt.rank = opt.weight_rank = world->world_rank();
-  opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
-  opt.curve = security.curve;
-  opt.max_message_bytes = security.max_message_bytes;
-  opt.limits = job.limits;
-  opt.weights_roots = job.weights_roots;
-  if (opt.weights_roots.empty())
-    opt.weights_roots.push_back(std::filesystem::absolute(job.engine.model).lexically_normal().parent_path().string());
-  spdlog::info("limits: max_prompts_per_call={} max_n={} max_in_flight={} max_message_mib={}; weights roots: {}",
-               opt.limits.max_prompts_per_call, opt.limits.max_n, opt.limits.max_in_flight,
-               job.security.max_message_mib, fmt::join(opt.weights_roots, ", "));
+  RolloutActorOptions opt = actor_options(job, security, world ? std::optional<int>(world->world_rank()) : std::nullopt);
   RolloutActor actor(ctx, std::move(engine).value(), opt);
   if (Status st = actor.bind(job.bind); !st.ok()) {
     spdlog::error("bind {}: {}", job.bind, st.to_string());
@@ -181,7 +185,7 @@ int run_serve(const ServeJob& job) {
       world->abort_group(2);  // the other ranks wait for this endpoint
     }
     const std::string ep = *advertised;
-    auto r = exchange_endpoints(*world, *plan, ep);
+    auto r = exchange_endpoints(*world, *plan, ep, job_server_keys(job, plan).has_value());
     if (!r.ok()) return spdlog::error("MPI endpoint exchange: {}", r.status().to_string()), 1;
     roles.emplace(std::move(r).value());
     actor.set_weight_group(&roles->weight_group);
