@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "actors/rollout_actor.h"
+#include "actors/router_actor.h"
 #include "comm/client.h"
 #include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
@@ -240,6 +241,31 @@ TEST_F(RolloutSecurity, MaxNewTokensPastTheContextIsClipped) {
   const MetaInfo& m = g->outputs[0].meta_info;
   EXPECT_EQ(m.finish_reason.type, FinishReason::Type::length);
   EXPECT_EQ(m.prompt_tokens + m.completion_tokens, info->context_length);
+}
+
+// `zrollout router --curve-secret ...`: the router's own ROUTER checks roles the same way (one
+// dispatch point), and it reaches a CURVE engine with a trainer key.
+TEST_F(RolloutSecurity, RouterChecksRolesAndReachesAKeyedEngine) {
+  start({}, true);  // the engine: CURVE, trainer key = keys_.trainer
+  KeySet front;     // the router's own keys; its callers' keys are listed here
+  RouterActorOptions ro;
+  ro.curve = CurveServerKeys{front.server, {front.trainer.public_key}, {front.client.public_key}};
+  ro.engine_curve_for = [this](const std::string&) { return CurveClientKeys{keys_.server.public_key, keys_.trainer}; };
+  auto router = RouterActor::create(ctx_, {actor_->endpoint()}, ro);
+  ASSERT_TRUE(router.ok()) << router.status().to_string();
+  ASSERT_TRUE((*router)->bind("tcp://127.0.0.1:*").ok());
+  (*router)->start();
+  auto c = Client::connect((*router)->endpoint(), nullptr, front.as(front.client));
+  auto t = Client::connect((*router)->endpoint(), nullptr, front.as(front.trainer));
+  ASSERT_TRUE(c.ok() && t.ok());
+  auto g = (*c)->generate({req("via-router", 3)});
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  EXPECT_EQ(g->outputs[0].output_ids.size(), 3u);
+  auto f = (*c)->flush_cache();
+  EXPECT_EQ(f.status().code, ErrorCode::permission_denied);
+  EXPECT_NE(f.status().message.find("'flush_cache'"), std::string::npos);
+  EXPECT_TRUE((*t)->flush_cache().ok());  // the trainer's call goes through to the engine (trainer key there too)
+  (*router)->stop();
 }
 
 }  // namespace
