@@ -47,7 +47,7 @@ if [[ "${1:-}" == "--fuzz" ]]; then
     cp -n "$ROOT/tests/fuzz/corpus/${t#fuzz_}"/* "$corpus"/
     echo "== $t for ${seconds}s" >&2
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-      "$dir/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+      "$dir/tests/fuzz/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$dir/fuzz-artifacts/$t-" "$corpus" || rc=1
   done
   exit "$rc"
