@@ -48,15 +48,19 @@ std::optional<CurveServerKeys> job_server_keys(const ServeJob& job, const std::o
 
 constexpr int kPeerMisses = 3;  // health pings a TP peer may miss in a row (3 s each) before it is gone
 
-// The peers' liveness check for TpGroup::set_peers_alive: every endpoint answers `health`.
-std::function<bool()> peers_answer(const std::vector<std::string>& endpoints) {
+// The peers' liveness check for TpGroup::set_peers_alive: every endpoint answers `health`. A
+// leader that serves with the job's CURVE keys is pinged with the job's trainer key (`job`).
+std::function<bool()> peers_answer(const std::vector<std::string>& endpoints, const std::optional<JobKeys>& job = {}) {
   struct Peer {
     std::unique_ptr<Client> client;
     int misses = 0;
   };
   auto peers = std::make_shared<std::vector<Peer>>();
-  for (const auto& ep : endpoints)
-    if (auto c = Client::connect(ep); c.ok()) peers->push_back({std::move(c).value(), 0});
+  for (const auto& ep : endpoints) {
+    Client::Options o;
+    o.curve = engine_keys(ep, job);
+    if (auto c = Client::connect(ep, nullptr, o); c.ok()) peers->push_back({std::move(c).value(), 0});
+  }
   return [peers] {
     for (Peer& p : *peers) {
       p.misses = p.client->health(std::chrono::seconds(3)).ok() ? 0 : p.misses + 1;
@@ -121,7 +125,7 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
   (*f)->set_weight_group(&roles->weight_group);
   // Make sure the leader still lives (it may sit on another host): a leader that crashed must not
   // leave this rank waiting forever and the mpirun job never ending.
-  tp.set_peers_alive(peers_answer({roles->engine_endpoints.at(static_cast<size_t>(plan.engine))}));
+  tp.set_peers_alive(peers_answer({roles->engine_endpoints.at(static_cast<size_t>(plan.engine))}, roles->keys));
   (*f)->run();
   health.stop();
   return 0;
