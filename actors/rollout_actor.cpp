@@ -12,6 +12,8 @@ constexpr auto kRateWindow = std::chrono::seconds(5);  // tokens_per_s averages 
 ActorOptions actor_options(const RolloutActorOptions& o) {
   ActorOptions a;
   a.rank = o.rank;
+  a.curve = o.curve;
+  a.max_message_bytes = o.max_message_bytes;
   return a;
 }
 
@@ -56,7 +58,7 @@ void RolloutActor::register_handlers() {
     const ModelConfig& m = engine_->config();
     return ModelInfoReply{c.req_id, m.arch_name, m.vocab_size, m.max_position_embeddings, m.bos_token_id,
                           m.eos_token_ids, m.pad_token_id, engine_->weight_version(), opt_.model_path,
-                          kernels::compute_name(engine_->compute())};
+                          kernels::compute_name(engine_->compute()), opt_.weights_roots};
   });
   actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
     return SimpleReply{c.req_id, {}, engine_->flush_cache()};
@@ -101,7 +103,38 @@ Status RolloutActor::refuse_call(const Call& c, const Status& st) {
   return st;
 }
 
+Status RolloutActor::check_limits(size_t prompts, int max_n, const ReplyTo& from) const {
+  const CallLimits& l = opt_.limits;
+  if (prompts > static_cast<size_t>(l.max_prompts_per_call))
+    return make_error(ErrorCode::invalid_argument, "batch: " + std::to_string(prompts) +
+                                                       " requests in one call exceed the server's --max-prompts-per-call " +
+                                                       std::to_string(l.max_prompts_per_call));
+  if (max_n > l.max_n)
+    return make_error(ErrorCode::invalid_argument, "sampling_params.n: " + std::to_string(max_n) +
+                                                       " exceeds the server's --max-n " + std::to_string(l.max_n));
+  if (from.user_id == "trainer" || !from.via_router()) return {};
+  auto it = in_flight_.find(from.routing_id);
+  const size_t have = it == in_flight_.end() ? 0 : static_cast<size_t>(it->second);
+  if (have + prompts > static_cast<size_t>(l.max_in_flight))
+    return make_error(ErrorCode::unavailable, "batch: this connection has " + std::to_string(have) +
+                                                  " requests in flight; " + std::to_string(prompts) +
+                                                  " more exceed the server's --max-in-flight " +
+                                                  std::to_string(l.max_in_flight));
+  return {};
+}
+
+void RolloutActor::count_in_flight(Call& c, int delta) {
+  if (!c.to.via_router() || (delta > 0) == c.counted) return;
+  c.counted = delta > 0;
+  int& n = in_flight_[c.to.routing_id];
+  n += delta;
+  if (n <= 0) in_flight_.erase(c.to.routing_id);
+}
+
 Status RolloutActor::on_generate(GenerateCall& call, const ReplyTo& from) {
+  int max_n = 0;
+  for (const auto& r : call.batch) max_n = std::max(max_n, r.sampling_params.n);
+  ZR_RETURN_IF_ERROR(check_limits(call.batch.size(), max_n, from));
   auto c = std::make_shared<Call>();
   c->req_id = call.req_id;
   c->to = from;
@@ -117,10 +150,12 @@ Status RolloutActor::on_generate(GenerateCall& call, const ReplyTo& from) {
     c->pending += n;
     call_of_rid_[rid] = c;
   }
+  count_in_flight(*c, static_cast<int>(c->rids.size()));
   return {};
 }
 
 Status RolloutActor::on_score(ScoreCall& call, const ReplyTo& from) {
+  ZR_RETURN_IF_ERROR(check_limits(call.batch.size(), 1, from));
   auto c = std::make_shared<Call>();
   c->req_id = call.req_id;
   c->to = from;
@@ -135,12 +170,23 @@ Status RolloutActor::on_score(ScoreCall& call, const ReplyTo& from) {
     ++c->pending;
     call_of_rid_[rid] = c;
   }
+  count_in_flight(*c, static_cast<int>(c->rids.size()));
   return {};
 }
 
 Status RolloutActor::on_abort(const AbortCall& a, const ReplyTo& from) {
   StepOutputs out;
-  AbortReply reply{a.req_id, engine_->abort(a, out)};
+  AbortReply reply{a.req_id, {}};
+  if (from.user_id == "client") {
+    // A client key aborts only its own requests: those whose call came on this connection.
+    for (const auto& [rid, call] : call_of_rid_) {
+      if (!call->to.via_router() || call->to.routing_id != from.routing_id) continue;
+      if (!a.all && rid != a.rid && (a.rid_prefix.empty() || rid.rfind(a.rid_prefix, 0) != 0)) continue;
+      for (auto& r : engine_->abort(AbortCall{0, rid, "", false}, out)) reply.aborted.push_back(std::move(r));
+    }
+  } else {
+    reply.aborted = engine_->abort(a, out);
+  }
   route(out);  // the aborted requests answer their own calls with partial outputs first
   actor_.send(from, "abort.reply", wire::encode(reply));
   return {};
@@ -191,6 +237,7 @@ void RolloutActor::complete(const std::string& rid) {
   std::shared_ptr<Call> c = call_of_rid_.at(rid);
   if (c->pending > 0) return;
   for (const auto& r : c->rids) call_of_rid_.erase(r);
+  count_in_flight(*c, -static_cast<int>(c->rids.size()));
   if (!c->error.ok()) return reply_error(c->to, c->req_id, c->error);
   if (c->score) {
     ScoreReply reply{c->req_id, {}};

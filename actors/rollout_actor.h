@@ -25,6 +25,16 @@
 
 namespace zr {
 
+// What one caller may ask for (flags of `zrollout serve`, defaults in the README). Each refusal is an
+// error reply naming the field and the flag; nothing else is disturbed.
+struct CallLimits {
+  int max_prompts_per_call = 4096;  // requests in one generate / score call (--max-prompts-per-call)
+  int max_n = 256;                  // sampling_params.n (--max-n)
+  // Requests one connection may have in flight (--max-in-flight); connections with a trainer key
+  // (a router, a trainer) are not counted.
+  int max_in_flight = 65536;
+};
+
 struct RolloutActorOptions {
   std::string name = "rollout";
   std::optional<int> rank;
@@ -32,6 +42,12 @@ struct RolloutActorOptions {
   int weight_rank = 0;     // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
   std::chrono::milliseconds transfer_timeout{60000};  // no broadcast bucket / streamed ipc progress for this long = sender lost
+  std::optional<CurveServerKeys> curve;  // CURVE on the ROUTER (runtime/actor.h ActorOptions::curve)
+  int64_t max_message_bytes = -1;        // ZMQ_MAXMSGSIZE of the ROUTER
+  CallLimits limits;
+  // A disk update reads only under these folders (--weights-root; `zrollout serve` defaults to the
+  // parent of --model); any other disk_path is permission_denied. Empty: any path (in-process use).
+  std::vector<std::string> weights_roots;
 };
 
 class RolloutActor {
@@ -59,6 +75,7 @@ class RolloutActor {
     std::map<std::string, std::optional<ScoreOutput>> scores;
     int pending = 0;  // samples / scores not yet finished
     Status error;     // set when a score of the call was aborted
+    bool counted = false;  // its rids count in in_flight_ of its connection
   };
 
   void register_handlers();
@@ -76,6 +93,10 @@ class RolloutActor {
   Status on_score(ScoreCall& call, const ReplyTo& from);
   Status on_abort(const AbortCall& a, const ReplyTo& from);
   Status refuse_call(const Call& c, const Status& st);
+  // The call-size limits (opt_.limits) for a call of `prompts` requests with the largest n `max_n`
+  // (the in-flight cap does not count trainer-key connections: from.user_id).
+  Status check_limits(size_t prompts, int max_n, const ReplyTo& from) const;
+  void count_in_flight(Call& c, int delta);
   bool tick();
   void drain_on_stop();
   void route(StepOutputs& out);
@@ -87,6 +108,7 @@ class RolloutActor {
   RolloutActorOptions opt_;
   Actor actor_;
   std::unordered_map<std::string, std::shared_ptr<Call>> call_of_rid_;
+  std::unordered_map<std::string, int> in_flight_;  // routing id -> requests in flight (CallLimits)
   std::deque<std::pair<std::chrono::steady_clock::time_point, int>> generated_;  // for tokens_per_s
   // Where the ack of the engine's update in progress goes (the engine walks the update itself).
   ReplyTo update_reply_to_;

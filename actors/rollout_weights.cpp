@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <tuple>
 
 #include "actors/rollout_actor.h"
@@ -40,6 +42,21 @@ bool serves_already(const UpdateWeightsCall& c, const std::map<std::string, Tens
       return false;
   }
   return true;
+}
+
+// A disk update may read only under the allowed roots (all of them when none are set). Both sides
+// are resolved (symlinks, "..") before the prefix test, so a path cannot climb out of a root.
+Status check_weights_root(const std::string& disk_path, const std::vector<std::string>& roots) {
+  if (roots.empty()) return {};
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::weakly_canonical(disk_path, ec);
+  for (const auto& root : roots) {
+    const std::filesystem::path r = std::filesystem::weakly_canonical(root, ec);
+    auto [ri, pi] = std::mismatch(r.begin(), r.end(), p.begin(), p.end());
+    if (ri == r.end() || (std::next(ri) == r.end() && ri->empty())) return {};
+  }
+  return make_error(ErrorCode::permission_denied, "disk_path: " + disk_path +
+                                                      " is outside the server's --weights-root folders");
 }
 
 }  // namespace
@@ -88,6 +105,7 @@ std::vector<std::string> RolloutActor::segments_in_use() const {
 }
 
 Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::string& body, const ReplyTo& from) {
+  if (call.path == WeightPath::disk) ZR_RETURN_IF_ERROR(check_weights_root(call.disk_path, opt_.weights_roots));
   if (!engine_->update_in_progress() &&
       serves_already(call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
       validate_update_meta(engine_->weights(), call.tensors, call.shm_bytes).ok()) {

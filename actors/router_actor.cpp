@@ -27,6 +27,8 @@ const char* const kEngineOps[] = {"generate.chunk",     "generate.reply",       
 ActorOptions actor_options(const RouterActorOptions& o) {
   ActorOptions a;
   a.rank = o.rank;
+  a.curve = o.curve;
+  a.max_message_bytes = o.max_message_bytes;
   return a;
 }
 
@@ -37,7 +39,9 @@ Result<std::unique_ptr<RouterActor>> RouterActor::create(Context& ctx, std::vect
   if (engines.empty()) return make_error(ErrorCode::invalid_argument, "engine: give at least one engine endpoint");
   auto a = std::unique_ptr<RouterActor>(new RouterActor(ctx, engines, std::move(opt)));
   for (const auto& e : engines) {
-    auto p = a->actor_.connect_peer(e);
+    std::optional<CurveClientKeys> keys;
+    if (a->opt_.engine_curve_for) keys = a->opt_.engine_curve_for(e);
+    auto p = a->actor_.connect_peer(e, keys);
     if (!p.ok()) return p.status();
     a->peers_.push_back(*p);
   }

@@ -22,6 +22,10 @@ struct RouterActorOptions {
   // Op "shutdown": called after the reply is sent (the CLI raises SIGTERM). Unset: the op is
   // answered `unsupported` (an in-process router is stopped by its owner).
   std::function<void()> on_shutdown;
+  std::optional<CurveServerKeys> curve;  // CURVE on the router's own ROUTER (its callers)
+  int64_t max_message_bytes = -1;        // ZMQ_MAXMSGSIZE of the router's ROUTER
+  // The keys to reach the engine at `endpoint` (a trainer key: the router calls weight ops).
+  std::function<CurveClientKeys(const std::string& endpoint)> engine_curve_for;
 };
 
 // Ownership: owns its Actor and Router. Thread-safety: as Actor (configure, then start() or

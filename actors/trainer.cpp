@@ -58,9 +58,12 @@ Trainer::~Trainer() = default;
 Result<std::unique_ptr<Trainer>> Trainer::connect(const std::vector<std::string>& endpoints, zmq::context_t* context,
                                                   TrainerOptions opt) {
   if (endpoints.empty()) return make_error(ErrorCode::invalid_argument, "engines: give at least one endpoint");
+  auto curve_for = opt.curve_for;
   auto t = std::unique_ptr<Trainer>(new Trainer(context, endpoints, std::move(opt)));
   for (const auto& e : endpoints) {
-    auto c = Client::connect(e, context);
+    Client::Options co;
+    if (curve_for) co.curve = curve_for(e);
+    auto c = Client::connect(e, context, co);
     if (!c.ok()) return make_error(c.status().code, "engine " + e + ": " + c.status().message);
     t->clients_.push_back(std::move(c).value());
     zmq::socket_t link(*t->context_, zmq::socket_type::dealer);
@@ -68,6 +71,7 @@ Result<std::unique_ptr<Trainer>> Trainer::connect(const std::vector<std::string>
     link.set(zmq::sockopt::sndhwm, 0);
     link.set(zmq::sockopt::rcvhwm, 0);
     try {
+      if (co.curve.enabled()) set_curve_client(link, co.curve);
       link.connect(e);
     } catch (const zmq::error_t& err) {
       return make_error(ErrorCode::invalid_argument, "engine " + e + ": " + err.what());

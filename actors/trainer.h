@@ -101,6 +101,9 @@ struct PublishResult {
 
 struct TrainerOptions {
   RouterOptions router;
+  // The CURVE keys to reach the engine at `endpoint` (server key + a trainer keypair); unset or
+  // disabled keys: plain connection. Under mpirun: the job's keys for engines beyond loopback.
+  std::function<CurveClientKeys(const std::string& endpoint)> curve_for;
 };
 
 class Trainer {
@@ -180,6 +183,9 @@ class Trainer {
   Result<PublishResult> publish_disk(Layout& l, int64_t version, const PublishOptions& opt);
   // disk: puts config.json into `dir` from engine 0's model folder unless it holds one.
   Status ensure_disk_config(const std::string& dir);
+  // A fresh folder under the first --weights-root an engine reports (get_model_info), for a disk
+  // publish without disk_dir.
+  Result<std::string> temp_dir_under_weights_root();
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
   // Sends update_weights to every live engine, or to those in `only` when given (dead ones go to
   // res.dead); returns (engine, req_id).

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <sys/stat.h>
@@ -104,8 +105,16 @@ Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, in
 // Writes the tensors as DIR/model.safetensors (beside the old file, then renamed: an engine that
 // maps the previous one keeps valid pages) and sends the engines the folder with the tensor list.
 Result<PublishResult> Trainer::publish_disk(Layout& l, int64_t version, const PublishOptions& opt) {
-  if (opt.disk_dir.empty())
-    return make_error(ErrorCode::invalid_argument, "disk_dir: give the folder to write (the engines read it)");
+  if (opt.disk_dir.empty()) {  // a fresh folder under the engines' first --weights-root, removed after
+    auto dir = temp_dir_under_weights_root();
+    if (!dir.ok()) return dir.status();
+    PublishOptions o = opt;
+    o.disk_dir = *dir;
+    auto res = publish_disk(l, version, o);
+    std::error_code ec;
+    std::filesystem::remove_all(*dir, ec);
+    return res;
+  }
   std::error_code ec;
   std::filesystem::create_directories(opt.disk_dir, ec);
   if (ec) return make_error(ErrorCode::io_error, "disk_dir: cannot create " + opt.disk_dir + ": " + ec.message());
@@ -128,6 +137,19 @@ Result<PublishResult> Trainer::publish_disk(Layout& l, int64_t version, const Pu
   res->seconds += write_s;
   res->tensors = std::move(l.metas);
   return res;
+}
+
+Result<std::string> Trainer::temp_dir_under_weights_root() {
+  int k = 0;
+  while (k + 1 < static_cast<int>(endpoints_.size()) && !router_->alive(k)) ++k;
+  auto info = clients_[k]->get_model_info(std::chrono::seconds(30));
+  if (!info.ok()) return make_error(info.status().code, "disk_dir: engine " + endpoints_[k] + ": " + info.status().message);
+  std::string root = info->weights_roots.empty() ? std::filesystem::temp_directory_path().string() : info->weights_roots[0];
+  std::string tmpl = root + "/zrollout-weights-XXXXXX";
+  if (!::mkdtemp(tmpl.data()))
+    return make_error(ErrorCode::io_error, "disk_dir: cannot make a folder under the engines' weights root " + root +
+                                               " (give disk_dir)");
+  return tmpl;
 }
 
 Status Trainer::ensure_disk_config(const std::string& dir) {

@@ -7,6 +7,8 @@
 //        (default model: a stories15M-shape model made by make-model into ./bench_models/).
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
+//        bench_service --curve: the cost of CURVE: the 1-token round trip and the 64-client
+//        throughput with and without keys (client-role keys), same run, alternating.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -119,6 +121,79 @@ int client_round_trip(const std::string& endpoint, int samples) {
   return 0;
 }
 
+struct ServiceNumbers {
+  double round_trip_us = 0;
+  double tok_s = 0;
+};
+
+// One server (with CURVE keys or without) over tcp loopback: the median 1-token round trip of 200
+// calls, then `clients` concurrent clients x `rounds` requests.
+ServiceNumbers measure_service(const std::string& model, bool curve, int clients, int rounds, int gen) {
+  CurveKeyPair server = *make_curve_keypair(), client_key = *make_curve_keypair();
+  Client::Options co;
+  RolloutActorOptions ro;
+  if (curve) {
+    ro.curve = CurveServerKeys{server, {}, {client_key.public_key}};
+    co.curve = CurveClientKeys{server.public_key, client_key};
+  }
+  Context ctx;
+  RolloutActor actor(ctx, std::move(Engine::load(model, engine_options())).value(), ro);
+  if (!actor.bind("tcp://127.0.0.1:*").ok()) std::abort();
+  actor.start();
+  const std::string ep = actor.endpoint();
+  const int vocab = actor.engine().config().vocab_size;
+  ServiceNumbers out;
+  {
+    auto client = std::move(Client::connect(ep, nullptr, co)).value();
+    std::vector<double> rt;
+    for (int i = -20; i < 200; ++i) {
+      auto t0 = Clock::now();
+      auto r = client->generate({request("o" + std::to_string(i + 20), vocab, 4, 1, i + 20)});
+      if (!r.ok()) std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), std::abort();
+      if (i >= 0) rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    }
+    out.round_trip_us = median(rt);
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> tokens{0};
+  auto t0 = Clock::now();
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      auto cl = std::move(Client::connect(ep, nullptr, co)).value();
+      for (int r = 0; r < rounds; ++r) {
+        auto rep = cl->generate({request("c" + std::to_string(c) + "-" + std::to_string(r), vocab, 16, gen, c)});
+        if (rep.ok()) tokens += rep->outputs[0].meta_info.completion_tokens;
+      }
+    });
+  for (auto& t : threads) t.join();
+  out.tok_s = tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+  actor.stop();
+  return out;
+}
+
+int curve_cost(const std::string& model, int clients, int rounds, int gen) {
+  std::vector<ServiceNumbers> plain, keyed;
+  for (int rep = 0; rep < 2; ++rep) {  // alternate, so drift on a shared machine hits both
+    plain.push_back(measure_service(model, false, clients, rounds, gen));
+    keyed.push_back(measure_service(model, true, clients, rounds, gen));
+  }
+  auto best = [](const std::vector<ServiceNumbers>& v) {
+    ServiceNumbers b{1e30, 0};
+    for (const auto& n : v) b = {std::min(b.round_trip_us, n.round_trip_us), std::max(b.tok_s, n.tok_s)};
+    return b;
+  };
+  ServiceNumbers p = best(plain), k = best(keyed);
+  std::printf("zrollout bench_service --curve: %s (tcp loopback; best of 2 alternating runs each)\n", model.c_str());
+  for (size_t i = 0; i < plain.size(); ++i)
+    std::printf("  run %zu: plain %.1f us, %.1f tok/s | CURVE %.1f us, %.1f tok/s\n", i, plain[i].round_trip_us,
+                plain[i].tok_s, keyed[i].round_trip_us, keyed[i].tok_s);
+  std::printf("1-token generate round trip (median of 200): plain %8.1f us, CURVE %8.1f us (+%.1f us)\n",
+              p.round_trip_us, k.round_trip_us, k.round_trip_us - p.round_trip_us);
+  std::printf("%d clients x %d requests (%d new tokens):     plain %8.1f tok/s, CURVE %8.1f tok/s (cost %.1f%%, target <= 10%%)\n",
+              clients, rounds, gen, p.tok_s, k.tok_s, 100.0 * (1.0 - k.tok_s / p.tok_s));
+  return 0;
+}
+
 }  // namespace
 }  // namespace zr
 
@@ -134,11 +209,14 @@ int main(int argc, char** argv) {
   int samples = 200;
   app.add_option("--connect", connect, "only measure the client's round trip against this running server");
   app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
+  bool curve = false;
+  app.add_flag("--curve", curve, "measure the cost of CURVE keys: round trip and throughput with and without, same run");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   if (!connect.empty()) return client_round_trip(connect, samples);
   if (model.empty()) model = bench::default_model("stories15M");
   if (model.empty()) return 1;
+  if (curve) return curve_cost(model, clients, rounds, gen);
   Context ctx;
   RolloutActor actor(ctx, std::move(Engine::load(model, engine_options())).value(), RolloutActorOptions{});
   if (!actor.bind("tcp://127.0.0.1:*").ok()) return 1;

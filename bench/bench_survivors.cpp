@@ -119,7 +119,10 @@ int run(const Args& a) {
   {
     auto roles = cli::exchange_roles(*world, "trainer", "");
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
-    auto t = Trainer::connect(roles->engine_endpoints);
+    // Engines bound beyond loopback serve with the job's CURVE keys: reach them with its trainer key.
+    TrainerOptions to;
+    to.curve_for = [keys = roles->keys](const std::string& ep) { return cli::engine_keys(ep, keys); };
+    auto t = Trainer::connect(roles->engine_endpoints, nullptr, to);
     if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
     spdlog::info("{} engine(s) found through MPI", roles->engine_endpoints.size());
     bool ok = true;

@@ -67,6 +67,7 @@ class Client::IoLoop {
       dealer_.set(zmq::sockopt::linger, 0);  // never hold up shutdown for a dead server
       dealer_.set(zmq::sockopt::sndhwm, 0);  // calls are bounded by the caller, not by dropping
       dealer_.set(zmq::sockopt::rcvhwm, 0);
+      if (client_.options_.curve.enabled()) set_curve_client(dealer_, client_.options_.curve);
       dealer_.connect(endpoint);
     } catch (const zmq::error_t& e) {
       ready.set_value(make_error(ErrorCode::unavailable, "client: cannot connect to '" + endpoint + "': " + e.what()));

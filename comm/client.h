@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/curve_keys.h"
 #include "comm/frame.h"
 #include "comm/messages.h"
 #include "comm/status.h"
@@ -46,6 +47,10 @@ class Client {
 
   struct Options {
     wire::EncodeOptions encode;  // e.g. ids_as_bin for long prompts
+    // CURVE: the server's public key and this client's keypair (load_curve_client_keys reads
+    // --curve-server / --curve-key). Disabled (empty) for a server without keys. A key the server
+    // does not list gets no answer: calls end with `timeout`.
+    CurveClientKeys curve;
   };
   // A reply as it came off the wire, for call_raw.
   struct RawReply {

@@ -16,6 +16,9 @@ bool recv_frame(zmq::socket_t& sock, bool router, Frame& out, Status& err, bool 
     if (!more) break;
   }
   size_t i = 0;
+  // Every part that came off the wire carries the connection's metadata (a ROUTER's routing-id part
+  // is made locally and has none); a connection without ZAP has no User-Id.
+  if (const char* uid = zmq_msg_gets(parts.back().handle(), "User-Id")) out.user_id = uid;
   if (router) out.routing_id = parts[i++].to_string();
   if (parts.size() < i + 2) {
     err = make_error(ErrorCode::bad_message, "frame: expected [op, body, bulk...] with " +

@@ -23,6 +23,9 @@ struct Frame {
   std::string op;
   std::string body;        // msgpack bytes
   std::vector<zmq::message_t> bulk;
+  // The ZAP user id of the connection it came in on: the CURVE role ("client" / "trainer",
+  // comm/curve_keys.h); "" when the connection is not authenticated (no CURVE, or inproc).
+  std::string user_id{};
 };
 
 // Receives one multipart message (non-blocking when dontwait). Returns false when nothing was

@@ -217,6 +217,7 @@ struct ModelInfoReply {
   int64_t weight_version = 0;
   std::string model_path;
   std::string compute = "f32";  // the engine's matmul mode: f32 | bf16
+  std::vector<std::string> weights_roots{};  // folders a disk update may read (--weights-root)
 };
 
 // op "tokenize" -> "tokenize.reply": the ids a `text` prompt becomes in generate (with

@@ -5,11 +5,12 @@
 namespace zr {
 
 namespace {
-constexpr std::array<const char*, 16> kNames = {
+constexpr std::array<const char*, 17> kNames = {
     "ok",          "bad_message",     "unknown_op",        "invalid_argument",
     "out_of_range", "too_long",       "duplicate_rid",     "not_found",
     "unsupported", "weight_mismatch", "checksum_mismatch", "io_error",
     "unavailable", "timeout",         "aborted",           "internal",
+    "permission_denied",
 };
 }  // namespace
 

@@ -31,6 +31,7 @@ enum class ErrorCode {
   timeout,
   aborted,
   internal,
+  permission_denied,  // the connection's CURVE role may not call this op, or a path outside the allowed roots
 };
 
 const char* error_code_name(ErrorCode c);

@@ -221,7 +221,8 @@ json to_json(const ModelInfoReply& r) {
   return {{"req_id", r.req_id}, {"architecture", r.architecture}, {"vocab_size", r.vocab_size},
           {"context_length", r.context_length}, {"bos_token_id", r.bos_token_id}, {"eos_token_ids", r.eos_token_ids},
           {"pad_token_id", r.pad_token_id}, {"weight_version", r.weight_version}, {"model_path", r.model_path},
-          {"compute", r.compute}};
+          {"compute", r.compute},
+          {"weights_roots", r.weights_roots}};
 }
 
 json to_json(const ErrorReply& r) { return {{"req_id", r.req_id}, {"code", r.code}, {"message", r.message}}; }
@@ -347,6 +348,7 @@ Result<ModelInfoReply> model_info_reply_from_json(const json& j) {
   f.get("weight_version", r.weight_version);
   f.get("model_path", r.model_path);
   f.get("compute", r.compute);
+  f.get("weights_roots", r.weights_roots);
   return done(f, std::move(r));
 }
 

@@ -4,6 +4,7 @@
 #include <ifaddrs.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -47,8 +48,31 @@ Result<std::string> advertised_endpoint(const std::string& bound, const std::str
   return tcp + ip.value_or("127.0.0.1") + bound.substr(colon);
 }
 
+bool local_only_endpoint(const std::string& endpoint) {
+  if (endpoint.rfind("tcp://", 0) != 0) return true;  // inproc://, ipc://: this host only
+  std::string host = endpoint.substr(6, endpoint.rfind(':') - 6);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  // "tcp://eth0:5555" or "tcp://*:5555" is reachable from elsewhere; only loopback names are local.
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0 || host == "lo";
+}
+
+CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
+                            const CurveClientKeys& explicit_keys) {
+  if (explicit_keys.enabled()) return explicit_keys;
+  if (job && std::find(job->curve_endpoints.begin(), job->curve_endpoints.end(), endpoint) != job->curve_endpoints.end())
+    return job->client_side();
+  return {};
+}
+
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {
-  auto all = world.allgather_strings(role + " " + std::to_string(tp));
+  std::string mine = role + " " + std::to_string(tp);
+  if (role == "trainer") {  // the job's keys ride along (Z85 has no spaces)
+    auto server = make_curve_keypair();
+    auto trainer = make_curve_keypair();
+    if (server.ok() && trainer.ok())
+      mine += " " + server->public_key + " " + server->secret_key + " " + trainer->public_key + " " + trainer->secret_key;
+  }
+  auto all = world.allgather_strings(mine);
   if (!all.ok()) return all.status();
   ClusterPlan plan;
   int serve = 0, tp_all = 0;
@@ -59,6 +83,9 @@ Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int t
     in >> what >> t;
     if (what == "trainer") {
       plan.trainer_rank = r;
+      JobKeys k;
+      if (in >> k.server.public_key >> k.server.secret_key >> k.trainer.public_key >> k.trainer.secret_key)
+        plan.keys = k;
       continue;
     }
     if (what != "serve") continue;
@@ -85,11 +112,12 @@ Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan) {
   return world.split(plan.engine >= 0 ? plan.engine : MpiGroup::kNoColor, world.rank());
 }
 
-Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint) {
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint,
+                                        bool curve) {
   const bool leader = plan.engine >= 0 && plan.tp_rank == 0;
   auto all = world.allgather_strings(leader ? endpoint : std::string());
   if (!all.ok()) return all.status();
-  auto roles = world.allgather_strings(leader ? "leader" : "-");
+  auto roles = world.allgather_strings(leader ? (curve ? "leader curve" : "leader") : "-");
   if (!roles.ok()) return roles.status();
   const bool in_weights = plan.engine >= 0 || world.rank() == plan.trainer_rank;
   auto weights = world.split(in_weights ? 0 : MpiGroup::kNoColor, world.rank());
@@ -97,8 +125,10 @@ Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan
   ClusterRoles out;
   out.weight_group = std::move(weights).value();
   out.trainer_rank = plan.trainer_rank;
+  out.keys = plan.keys;
   for (int r = 0; r < static_cast<int>(all->size()); ++r) {
-    if ((*roles)[r] != "leader") continue;
+    if ((*roles)[r].rfind("leader", 0) != 0) continue;
+    if ((*roles)[r] == "leader curve" && out.keys) out.keys->curve_endpoints.push_back((*all)[r]);
     out.engine_endpoints.push_back((*all)[r]);
     out.engine_ranks.push_back(r);
   }

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "comm/curve_keys.h"
 #include "comm/mpi_group.h"
 #include "comm/status.h"
 
@@ -22,10 +24,30 @@ bool under_mpirun();
 Result<std::string> advertised_endpoint(const std::string& bound, const std::string& advertise_host,
                                         const std::string& advertise_interface = "");
 
+// The job's CURVE keys: made fresh by the trainer rank at start-up and handed to every rank in
+// plan_cluster's allgather, so nobody handles key files under mpirun. A serve rank bound beyond
+// loopback serves with `server` and admits `trainer` as a trainer key; the trainer rank and a
+// router rank reach the engines with `trainer`.
+struct JobKeys {
+  CurveKeyPair server, trainer;
+  std::vector<std::string> curve_endpoints;  // engines that serve with these keys (exchange_endpoints)
+  CurveServerKeys server_side() const { return {server, {trainer.public_key}, {}}; }
+  CurveClientKeys client_side() const { return {server.public_key, trainer}; }
+};
+
+// True for inproc://, ipc:// and tcp:// on 127.0.0.0/8, ::1 or localhost (protected mode's test).
+bool local_only_endpoint(const std::string& endpoint);
+// The keys a trainer or router uses for the engine at `endpoint`: `explicit_keys` when given (flags),
+// else the job's keys for an engine that said it serves with them (a serve rank bound beyond
+// loopback), else none.
+CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
+                            const CurveClientKeys& explicit_keys = {});
+
 struct ClusterRoles {
   std::vector<std::string> engine_endpoints;  // one per engine (its leader's), in rank order
   std::vector<int> engine_ranks;              // the engines' leader ranks
   int trainer_rank = -1;
+  std::optional<JobKeys> keys;                // from the trainer rank (none without one)
   // The weight-broadcast group: the trainer and every serve rank (TP followers included); other
   // roles (a router) get an invalid group. Destroy before the world group.
   MpiGroup weight_group;
@@ -39,6 +61,7 @@ struct ClusterPlan {
   int tp_rank = 0;   // within its engine; 0 is the leader
   int tp_size = 1;
   int trainer_rank = -1;
+  std::optional<JobKeys> keys;  // the trainer rank's fresh keys (none when the job has no trainer)
 };
 
 // Start-up sequence, collective over the world, called by every rank in this order:
@@ -49,7 +72,9 @@ struct ClusterPlan {
 // Roles: "trainer" | "serve" | "router" (a standalone router that finds the engines this way).
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp);
 Result<MpiGroup> split_engines(MpiGroup& world, const ClusterPlan& plan);
-Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint);
+// `curve`: this leader serves with the job's keys (the others learn it with the endpoint).
+Result<ClusterRoles> exchange_endpoints(MpiGroup& world, const ClusterPlan& plan, const std::string& endpoint,
+                                        bool curve = false);
 Result<ClusterRoles> exchange_roles(MpiGroup& world, const std::string& role, const std::string& endpoint);
 
 }  // namespace zr::cli

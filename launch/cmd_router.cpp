@@ -12,6 +12,7 @@
 #include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
+#include "launch/security_options.h"
 #include "runtime/signals.h"
 
 namespace zr::cli {
@@ -23,6 +24,8 @@ struct RouterJob {
   std::vector<std::string> engines;
   int heartbeat_ms = static_cast<int>(kRouterHeartbeatInterval.count());
   int heartbeat_liveness = kRouterHeartbeatLiveness;
+  ServerSecurityCli security;   // the router's own ROUTER (its callers)
+  ClientSecurityCli engine_keys;  // how it reaches the engines (a trainer key)
 };
 
 int run_router(RouterJob job) {
@@ -34,8 +37,10 @@ int run_router(RouterJob job) {
     world.emplace(std::move(w).value());
   }
   set_process_logger("router", job.log_level);
+  std::optional<JobKeys> job_keys;
   if (world) {
     auto roles = exchange_roles(*world, "router", "");
+    if (roles.ok()) job_keys = roles->keys;
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
     job.engines.insert(job.engines.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
@@ -50,6 +55,21 @@ int run_router(RouterJob job) {
   opt.router.heartbeat_liveness = job.heartbeat_liveness;
   opt.router.tokenizer = job.tokenizer;
   opt.on_shutdown = [] { kill(getpid(), SIGTERM); };  // the wait below then stops the router
+  auto explicit_keys = load(job.engine_keys);
+  if (!explicit_keys.ok()) return spdlog::error("{}", explicit_keys.status().to_string()), 2;
+  opt.engine_curve_for = [job_keys, keys = *explicit_keys](const std::string& ep) {
+    return engine_keys(ep, job_keys, keys);
+  };
+  ActorOptions security;
+  std::optional<CurveServerKeys> mpi_keys;
+  // Under mpirun a router bound beyond loopback without its own --curve-secret serves with the job's
+  // keys (only the trainer rank can then call it); with one, its own keys and folders decide.
+  if (job_keys && job.security.curve_secret.empty()) mpi_keys = job_keys->server_side();
+  if (Status st = configure_server(job.security, job.bind, security, local_only_endpoint(job.bind) ? std::nullopt : mpi_keys);
+      !st.ok())
+    return spdlog::error("{}", st.to_string()), 2;
+  opt.curve = security.curve;
+  opt.max_message_bytes = security.max_message_bytes;
   auto router = RouterActor::create(ctx, job.engines, opt);
   if (!router.ok()) return spdlog::error("{}", router.status().to_string()), 1;
   if (Status st = (*router)->bind(job.bind); !st.ok()) return spdlog::error("bind {}: {}", job.bind, st.to_string()), 1;
@@ -79,6 +99,8 @@ void add_router(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tokenizer", job->tokenizer,
                   "tokenizer.json / tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
+  add_server_security_options(cmd, job->security);
+  add_client_security_options(cmd, job->engine_keys);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (int rc = run_router(*job); rc != 0) throw CLI::RuntimeError(rc);

@@ -2,13 +2,17 @@
 // `zrollout client`: the same JSONL as `zrollout generate`, sent to a server.
 #include <spdlog/spdlog.h>
 
+#include <spdlog/fmt/ranges.h>
+
 #include <algorithm>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <future>
 
 #include "actors/rollout_actor.h"
 #include "actors/engine/tp_follower.h"
+#include "actors/engine/request_validation.h"
 #include "actors/engine/tp_group.h"
 #include "comm/wire_codec.h"
 #include "runtime/actor.h"
@@ -17,6 +21,7 @@
 #include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
+#include "launch/security_options.h"
 #include "runtime/signals.h"
 
 namespace zr::cli {
@@ -30,19 +35,32 @@ struct ServeJob {
   std::string bind, advertise_host, advertise_interface;
   int drain_timeout_s = 30;
   int tp = 1;
+  ServerSecurityCli security;
+  CallLimits limits;
+  std::vector<std::string> weights_roots;
 };
+
+// The job's keys serve this rank when it is bound beyond loopback (mpirun with a trainer rank).
+std::optional<CurveServerKeys> job_server_keys(const ServeJob& job, const std::optional<ClusterPlan>& plan) {
+  if (!plan || !plan->keys || local_only_endpoint(job.bind)) return std::nullopt;
+  return plan->keys->server_side();
+}
 
 constexpr int kPeerMisses = 3;  // health pings a TP peer may miss in a row (3 s each) before it is gone
 
-// The peers' liveness check for TpGroup::set_peers_alive: every endpoint answers `health`.
-std::function<bool()> peers_answer(const std::vector<std::string>& endpoints) {
+// The peers' liveness check for TpGroup::set_peers_alive: every endpoint answers `health`. A
+// leader that serves with the job's CURVE keys is pinged with the job's trainer key (`job`).
+std::function<bool()> peers_answer(const std::vector<std::string>& endpoints, const std::optional<JobKeys>& job = {}) {
   struct Peer {
     std::unique_ptr<Client> client;
     int misses = 0;
   };
   auto peers = std::make_shared<std::vector<Peer>>();
-  for (const auto& ep : endpoints)
-    if (auto c = Client::connect(ep); c.ok()) peers->push_back({std::move(c).value(), 0});
+  for (const auto& ep : endpoints) {
+    Client::Options o;
+    o.curve = engine_keys(ep, job);
+    if (auto c = Client::connect(ep, nullptr, o); c.ok()) peers->push_back({std::move(c).value(), 0});
+  }
   return [peers] {
     for (Peer& p : *peers) {
       p.misses = p.client->health(std::chrono::seconds(3)).ok() ? 0 : p.misses + 1;
@@ -59,6 +77,24 @@ std::string follower_bind(const std::string& bind, int tp_rank) {
   return bind + ".tp" + std::to_string(tp_rank);
 }
 
+// The engine actor's options from the flags; logs the limits it will enforce.
+RolloutActorOptions actor_options(const ServeJob& job, const ActorOptions& security, std::optional<int> world_rank) {
+  RolloutActorOptions opt;
+  opt.model_path = job.engine.model;
+  if (world_rank) opt.rank = opt.weight_rank = *world_rank;
+  opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
+  opt.curve = security.curve;
+  opt.max_message_bytes = security.max_message_bytes;
+  opt.limits = job.limits;
+  opt.weights_roots = job.weights_roots;
+  if (opt.weights_roots.empty())
+    opt.weights_roots.push_back(std::filesystem::weakly_canonical(job.engine.model).parent_path().string());
+  spdlog::info("limits: max_prompts_per_call={} max_n={} max_in_flight={} max_message_mib={}; weights roots: {}",
+               opt.limits.max_prompts_per_call, opt.limits.max_n, opt.limits.max_in_flight,
+               job.security.max_message_mib, fmt::join(opt.weights_roots, ", "));
+  return opt;
+}
+
 // A tensor-parallel rank other than the leader: replays the leader's steps until it shuts down.
 int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiGroup& world) {
   EngineOptions eo = job.engine.engine_options();
@@ -69,7 +105,9 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
   }
   // A small actor that answers the leader's liveness pings (a follower serves no requests).
   Context ctx;
-  Actor health(ctx, "tp-follower", ActorOptions{});
+  ActorOptions ho;
+  ho.max_message_bytes = static_cast<int64_t>(job.security.max_message_mib) << 20;
+  Actor health(ctx, "tp-follower", ho);
   health.on("health", [&health](Frame& fr, const ReplyTo& from) {
     health.send(from, "health.reply", wire::encode(HealthReply{wire::peek_req_id(fr.body), "serving", 0}));
   });
@@ -87,7 +125,7 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
   (*f)->set_weight_group(&roles->weight_group);
   // Make sure the leader still lives (it may sit on another host): a leader that crashed must not
   // leave this rank waiting forever and the mpirun job never ending.
-  tp.set_peers_alive(peers_answer({roles->engine_endpoints.at(static_cast<size_t>(plan.engine))}));
+  tp.set_peers_alive(peers_answer({roles->engine_endpoints.at(static_cast<size_t>(plan.engine))}, roles->keys));
   (*f)->run();
   health.stop();
   return 0;
@@ -123,6 +161,12 @@ int run_serve(const ServeJob& job) {
                    MpiGroup::thread_level_name(tp->mpi().thread_level()));
     if (plan->tp_rank > 0) return run_follower(job, *plan, *tp, *world);
   }
+  ActorOptions security;
+  if (Status st = configure_server(job.security, job.bind, security, job_server_keys(job, plan)); !st.ok()) {
+    spdlog::critical("{}", st.to_string());
+    if (world) world->abort_group(2);  // the other ranks wait for this engine's endpoint
+    return 2;
+  }
   EngineOptions eo = job.engine.engine_options();
   eo.tp = tp ? &*tp : nullptr;
   auto engine = Engine::load(job.engine.model, eo);
@@ -132,10 +176,7 @@ int run_serve(const ServeJob& job) {
   }
   std::optional<ClusterRoles> roles;  // holds the weight group: outlives the actor below
   Context ctx;
-  RolloutActorOptions opt;
-  opt.model_path = job.engine.model;
-  if (world) opt.rank = opt.weight_rank = world->world_rank();
-  opt.drain_timeout = std::chrono::seconds(job.drain_timeout_s);
+  RolloutActorOptions opt = actor_options(job, security, world ? std::optional<int>(world->world_rank()) : std::nullopt);
   RolloutActor actor(ctx, std::move(engine).value(), opt);
   if (Status st = actor.bind(job.bind); !st.ok()) {
     spdlog::error("bind {}: {}", job.bind, st.to_string());
@@ -148,7 +189,7 @@ int run_serve(const ServeJob& job) {
       world->abort_group(2);  // the other ranks wait for this endpoint
     }
     const std::string ep = *advertised;
-    auto r = exchange_endpoints(*world, *plan, ep);
+    auto r = exchange_endpoints(*world, *plan, ep, job_server_keys(job, plan).has_value());
     if (!r.ok()) return spdlog::error("MPI endpoint exchange: {}", r.status().to_string()), 1;
     roles.emplace(std::move(r).value());
     actor.set_weight_group(&roles->weight_group);
@@ -171,6 +212,7 @@ int run_serve(const ServeJob& job) {
 
 struct ClientJob {
   std::string connect, input, output, log_level = "info";
+  ClientSecurityCli security;
   int concurrency = 64;
   int timeout_s = 600;
 };
@@ -203,7 +245,11 @@ int run_client(const ClientJob& job) {
     spdlog::error("cannot open {} / {}", job.input, job.output);
     return 1;
   }
-  auto client = Client::connect(job.connect);
+  auto keys = load(job.security);
+  if (!keys.ok()) return spdlog::error("{}", keys.status().to_string()), 2;
+  Client::Options co;
+  co.curve = *keys;
+  auto client = Client::connect(job.connect, nullptr, co);
   if (!client.ok()) {
     spdlog::error("connect {}: {}", job.connect, client.status().to_string());
     return 1;
@@ -253,6 +299,20 @@ void add_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--advertise-host", job->advertise_host,
                   "host or IP that other ranks dial when --bind uses 0.0.0.0 or * (default: first non-loopback IPv4)");
+  add_server_security_options(cmd, job->security);
+  cmd->add_option("--max-prompts-per-call", job->limits.max_prompts_per_call, "requests in one generate / score call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-n", job->limits.max_n, "largest sampling_params.n")
+      ->capture_default_str()
+      ->check(CLI::Range(1, kMaxSamplesPerRequest));
+  cmd->add_option("--max-in-flight", job->limits.max_in_flight,
+                  "requests one connection may have in flight (trainer keys are not counted)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--weights-root", job->weights_roots,
+                  "folder a disk update may read under (repeatable; default: the parent of --model)")
+      ->check(CLI::ExistingDirectory);
   cmd->callback([job] {
     if (int rc = run_serve(*job); rc != 0) throw CLI::RuntimeError(rc);
   });
@@ -266,6 +326,7 @@ void add_client(CLI::App& app) {
   cmd->add_option("--output", job->output, "output JSONL (as for generate)")->required();
   cmd->add_option("--concurrency", job->concurrency, "requests in flight")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--timeout", job->timeout_s, "seconds per request")->capture_default_str();
+  add_client_security_options(cmd, job->security);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (int rc = run_client(*job); rc != 0) throw CLI::RuntimeError(rc);

@@ -12,6 +12,7 @@
 #include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
+#include "launch/security_options.h"
 
 namespace zr::cli {
 
@@ -26,6 +27,7 @@ struct TrainerJob {
   int64_t version = 0;
   uint64_t bucket_mib = 64;
   bool shutdown = false, flush_cache = false;
+  ClientSecurityCli security;
 };
 
 int run_push(Trainer& t, const TrainerJob& job, MpiGroup* world) {
@@ -105,7 +107,12 @@ int run_trainer(const TrainerJob& job) {
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
   if (endpoints.empty()) return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
-  auto t = Trainer::connect(endpoints);
+  auto keys = load(job.security);
+  if (!keys.ok()) return spdlog::error("{}", keys.status().to_string()), 2;
+  TrainerOptions to;
+  std::optional<JobKeys> job_keys = roles ? roles->keys : std::nullopt;
+  to.curve_for = [job_keys, k = *keys](const std::string& ep) { return engine_keys(ep, job_keys, k); };
+  auto t = Trainer::connect(endpoints, nullptr, to);
   if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
   if (!job.push.empty())
     if (int rc = run_push(**t, job, roles ? &roles->weight_group : nullptr); rc != 0) {
@@ -144,6 +151,7 @@ void add_trainer(CLI::App& app) {
   cmd->add_option("--input", job->input, "generate requests (JSONL)");
   cmd->add_option("--output", job->output, "results (JSONL)");
   cmd->add_flag("--shutdown", job->shutdown, "stop the engines at the end");
+  add_client_security_options(cmd, job->security);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (!job->push.empty() && job->version <= 0) throw CLI::ValidationError("--version", "give a version > 0 with --push");

@@ -16,5 +16,6 @@ void add_trainer(CLI::App& app);
 void add_router(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_detokenize(CLI::App& app);
+void add_keygen(CLI::App& app);
 
 }  // namespace zr::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   zr::cli::add_router(app);
   zr::cli::add_tokenize(app);
   zr::cli::add_detokenize(app);
+  zr::cli::add_keygen(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -25,9 +25,9 @@ namespace fs = std::filesystem;
 // Move-only by construction (held through shared_ptr, never copied).
 class Mapping {
  public:
-  Mapping(void* addr, size_t len) : addr_(addr), len_(len) {}
+  Mapping(void* addr, size_t len, bool owned = true) : addr_(addr), len_(len), owned_(owned) {}
   ~Mapping() {
-    if (addr_) ::munmap(addr_, len_);
+    if (addr_ && owned_) ::munmap(addr_, len_);
   }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
@@ -37,6 +37,7 @@ class Mapping {
  private:
   void* addr_;
   size_t len_;
+  bool owned_;  // false: borrowed bytes (parse_bytes)
 };
 
 // Thrown only while parsing a header; caught in open_file.
@@ -185,6 +186,20 @@ int64_t TensorView::numel() const {
 const TensorView* SafetensorsArchive::find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;
+}
+
+Result<SafetensorsArchive> SafetensorsArchive::parse_bytes(const void* bytes, size_t len) {
+  if (len < 8) return make_error(ErrorCode::io_error, "truncated: " + std::to_string(len) + " bytes, no header");
+  auto borrowed = std::make_shared<const Mapping>(const_cast<void*>(bytes), len, /*owned=*/false);
+  SafetensorsArchive ar;
+  try {
+    ar.tensors_ = parse_header(*borrowed);
+  } catch (const HeaderError& e) {
+    return make_error(e.code, e.message);
+  } catch (const json::exception& e) {
+    return make_error(ErrorCode::io_error, std::string("bad header JSON: ") + e.what());
+  }
+  return ar;
 }
 
 Result<SafetensorsArchive> SafetensorsArchive::open_file(const std::string& path) {

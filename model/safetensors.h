@@ -30,6 +30,9 @@ class SafetensorsArchive {
   // Errors: not_found (no file), io_error (truncated / bad header), unsupported (dtype).
   static Result<SafetensorsArchive> open_dir(const std::string& dir);
   static Result<SafetensorsArchive> open_file(const std::string& path);
+  // The same parse over bytes the caller keeps alive as long as the archive (fuzzing, tests):
+  // the views point into `bytes`, nothing is copied or mapped.
+  static Result<SafetensorsArchive> parse_bytes(const void* bytes, size_t len);
 
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const TensorView* find(const std::string& name) const;

@@ -39,6 +39,7 @@ Actor::Actor(Context& ctx, std::string name, ActorOptions opts)
       req_id_of_(default_req_id_of),
       owner_(std::this_thread::get_id()) {
   ZR_CHECK(opts_.max_batch > 0);
+  if (opts_.curve) zap_domain_ = ctx.zap().allow(*opts_.curve);
   static std::atomic<uint64_t> next_ctl{0};  // inproc names are per context; keep them unique
   const std::string ctl_endpoint = "inproc://zr.actor-ctl." + std::to_string(next_ctl++);
   ctl_ = make_socket(zmq::socket_type::pair);
@@ -84,6 +85,8 @@ Status Actor::bind(const std::string& endpoint) {
     router_ = make_socket(zmq::socket_type::router);
     // At its high-water mark a ROUTER drops silently: a stream to a slow client would lose chunks.
     router_->set(zmq::sockopt::sndhwm, 0);
+    router_->set(zmq::sockopt::maxmsgsize, opts_.max_message_bytes);
+    if (opts_.curve) set_curve_server(*router_, opts_.curve->server, zap_domain_);
   }
   try {
     router_->bind(endpoint);
@@ -96,10 +99,11 @@ Status Actor::bind(const std::string& endpoint) {
   return {};
 }
 
-Result<PeerId> Actor::connect_peer(const std::string& endpoint) {
+Result<PeerId> Actor::connect_peer(const std::string& endpoint, const std::optional<CurveClientKeys>& curve) {
   check_owner();
   Peer p;
   p.endpoint = endpoint;
+  p.curve = curve;
   try {
     open_peer_socket(p);
   } catch (const zmq::error_t& e) {
@@ -111,6 +115,8 @@ Result<PeerId> Actor::connect_peer(const std::string& endpoint) {
 
 void Actor::open_peer_socket(Peer& p) {
   auto sock = make_socket(zmq::socket_type::dealer);
+  const std::optional<CurveClientKeys>& curve = p.curve ? p.curve : opts_.peer_curve;
+  if (curve && curve->enabled()) set_curve_client(*sock, *curve);  // throws on a bad key: connect_peer reports it
   sock->connect(p.endpoint);
   p.sock = std::move(sock);
 }
@@ -317,7 +323,7 @@ size_t Actor::drain_router() {
   Status err;
   while (n < opts_.max_batch && recv_frame(*router_, true, f, err)) {
     ++n;
-    const ReplyTo from = ReplyTo::router(f.routing_id);
+    const ReplyTo from = ReplyTo::router(f.routing_id, f.user_id);
     dispatch(f, from, err);
   }
   return n;
@@ -345,6 +351,13 @@ void Actor::dispatch(Frame& f, const ReplyTo& from, const Status& recv_err) {
   if (it == handlers_.end()) {
     reject(from, f.op, f.body, make_error(ErrorCode::unknown_op, "unknown op '" + f.op + "'"));
     return;
+  }
+  // The one place roles are enforced: every op on the ROUTER, before its handler.
+  if (from.via_router()) {
+    if (Status st = authorize_op(f.op, f.user_id); !st.ok()) {
+      reject(from, f.op, f.body, st);
+      return;
+    }
   }
   const Handler handler = it->second;  // a copy: the handler may replace itself with on()
   try {

@@ -18,6 +18,10 @@
 // (default: runtime/error_reply.h). An incoming "error" is never answered with an "error". On a peer
 // (replies to our own calls), such messages are logged and dropped.
 //
+// Roles: on the ROUTER, before any handler runs, the op is checked against the CURVE role of the
+// connection it came in on (comm/curve_keys.h authorize_op); a refused op gets `permission_denied`
+// and its handler never runs. Connections without CURVE have no role and are not checked.
+//
 // Built-in ops (on() may replace them): "ping" -> "pong" with the same body, on any socket;
 // "pong" -> nothing (any message from a watched peer counts as a heartbeat).
 //
@@ -49,6 +53,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "comm/curve_keys.h"
 #include "comm/frame.h"
 #include "comm/status.h"
 #include "comm/wire_typed.h"
@@ -66,9 +71,15 @@ struct ReplyTo {
   static constexpr PeerId kRouter = std::numeric_limits<PeerId>::max();
   PeerId peer = kRouter;    // kRouter: the actor's ROUTER socket; else the DEALER of that peer
   std::string routing_id;   // the requester, on the ROUTER
+  // The CURVE role of the requester's connection (Frame::user_id: "client" / "trainer"; "" without
+  // CURVE or on a peer), for handlers whose behaviour depends on it (limits, whose requests an
+  // abort may touch). Permission checks do not belong here: Actor::dispatch makes them.
+  std::string user_id{};
 
-  static ReplyTo router(std::string routing_id) { return {kRouter, std::move(routing_id)}; }
-  static ReplyTo to_peer(PeerId p) { return {p, {}}; }
+  static ReplyTo router(std::string routing_id, std::string user_id = {}) {
+    return {kRouter, std::move(routing_id), std::move(user_id)};
+  }
+  static ReplyTo to_peer(PeerId p) { return {p, {}, {}}; }
   bool via_router() const { return peer == kRouter; }
 };
 
@@ -82,6 +93,11 @@ struct ActorOptions {
   int linger_ms = 1000;      // how long closing a socket may wait to deliver queued messages
   size_t max_batch = 256;    // messages read per socket per iteration before timers and tick run
   NowFn clock{};             // time for timers and heartbeats; default SteadyClock::now (tests: fake)
+  // The ROUTER speaks CURVE as the server: only keys in these allow-lists get in (the context's ZAP
+  // handler decides), and each message's role is checked against the op before its handler runs.
+  std::optional<CurveServerKeys> curve{};
+  std::optional<CurveClientKeys> peer_curve{};  // DEALERs to peers authenticate with this key
+  int64_t max_message_bytes = -1;  // ZMQ_MAXMSGSIZE of the ROUTER: a larger part drops the connection
 };
 
 class Actor {
@@ -102,7 +118,8 @@ class Actor {
   const std::string& endpoint() const { return endpoint_; }  // last bound; "" before bind
   // A DEALER connected to another actor's ROUTER. Replies (and requests) arriving on it are
   // dispatched by op like the ROUTER's, with ReplyTo::to_peer(id).
-  Result<PeerId> connect_peer(const std::string& endpoint);
+  // `curve` (when enabled) authenticates this DEALER instead of ActorOptions::peer_curve.
+  Result<PeerId> connect_peer(const std::string& endpoint, const std::optional<CurveClientKeys>& curve = std::nullopt);
   // Heartbeats the peer (ping every interval; any message from it counts as heard). When it has
   // been silent for cfg.liveness intervals: on_dead(peer) runs, the DEALER is closed (dropping what
   // was queued to it) and reconnected after an exponential backoff (runtime/liveness.h).
@@ -166,6 +183,7 @@ class Actor {
  private:
   struct Peer {
     std::string endpoint;
+    std::optional<CurveClientKeys> curve;  // this peer's keys (else opts_.peer_curve)
     std::unique_ptr<zmq::socket_t> sock;  // null while waiting to reconnect
     std::optional<Liveness> liveness;     // set by watch_peer
     std::function<void(PeerId)> on_dead;
@@ -201,6 +219,7 @@ class Actor {
 
   std::unique_ptr<zmq::socket_t> router_;
   std::string endpoint_;
+  std::string zap_domain_;  // set when opts_.curve: the ROUTER's allow-lists in the ZAP handler
   std::vector<Peer> peers_;
   std::unique_ptr<zmq::socket_t> ctl_;        // actor side of the control pair
   std::unique_ptr<zmq::socket_t> ctl_owner_;  // owner side: stop() writes here

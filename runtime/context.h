@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "comm/frame.h"
+#include "runtime/zap_handler.h"
 
 namespace zr {
 
@@ -22,9 +23,13 @@ class Context {
   Context& operator=(const Context&) = delete;
 
   zmq::context_t& zmq() { return *ctx_; }
+  // The context's ZAP handler, started on first use (a CURVE server socket needs it before bind).
+  // Not thread-safe: call it where actors are configured, before their threads start.
+  ZapHandler& zap();
 
  private:
   std::unique_ptr<zmq::context_t> ctx_;
+  std::unique_ptr<ZapHandler> zap_;  // declared after ctx_: stopped before the context ends
 };
 
 }  // namespace zr

@@ -28,6 +28,31 @@ if [[ "${1:-}" == "--sanitize" ]]; then
   exit "$rc"
 fi
 
+# --fuzz SECONDS: build the libFuzzer targets of tests/fuzz with clang (build-fuzz/) and run each
+# for SECONDS on a copy of its seed corpus (tests/fuzz/corpus/<target>; new inputs stay in the
+# copy, crashes are written to build-fuzz/fuzz-artifacts/). Exit code 1 if any target failed.
+if [[ "${1:-}" == "--fuzz" ]]; then
+  seconds="${2:?--fuzz needs SECONDS}"
+  dir="$ROOT/build-fuzz"
+  "$ROOT/scripts/deps.sh"
+  CC=clang CXX=clang++ cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZR_BUILD_FUZZ=ON \
+    -DZR_BUILD_TESTS=OFF -DZR_BUILD_BENCH=OFF -DZR_BUILD_PYTHON=OFF >/dev/null
+  targets=(fuzz_msgpack_body fuzz_jsonl_request fuzz_safetensors_header)
+  cmake --build "$dir" -j"$(nproc)" --target "${targets[@]}"
+  mkdir -p "$dir/fuzz-artifacts"
+  rc=0
+  for t in "${targets[@]}"; do
+    corpus="$dir/fuzz-corpus/${t#fuzz_}"
+    mkdir -p "$corpus"
+    cp -n "$ROOT/tests/fuzz/corpus/${t#fuzz_}"/* "$corpus"/
+    echo "== $t for ${seconds}s" >&2
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+      "$dir/tests/fuzz/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="$dir/fuzz-artifacts/$t-" "$corpus" || rc=1
+  done
+  exit "$rc"
+fi
+
 "$ROOT/scripts/build.sh"
 
 # mpirun refuses to start as root unless told it may (CI containers run as root).

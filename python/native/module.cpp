@@ -125,6 +125,7 @@ class PyTrainer {
     TrainerOptions opt;
     if (heartbeat_s > 0) opt.router.heartbeat_interval = Millis(static_cast<int64_t>(heartbeat_s * 1000));
     if (heartbeat_liveness > 0) opt.router.heartbeat_liveness = heartbeat_liveness;
+    opt.curve_for = [](const std::string& ep) { return python::engine_keys_for(ep); };  // under mpirun: the job's keys
     trainer_ = unwrap(Trainer::connect(endpoints, nullptr, std::move(opt)));
   }
 

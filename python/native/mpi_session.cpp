@@ -28,6 +28,13 @@ State& state() {
 
 bool under_mpirun() { return cli::under_mpirun(); }
 
+CurveClientKeys engine_keys_for(const std::string& endpoint) {
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  if (!s.roles) return {};
+  return cli::engine_keys(endpoint, s.roles->keys);
+}
+
 Result<MpiSession> session() {
   State& s = state();
   std::lock_guard lock(s.mu);

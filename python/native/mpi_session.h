@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/curve_keys.h"
 #include "comm/mpi_group.h"
 #include "comm/status.h"
 
@@ -34,6 +35,11 @@ bool under_mpirun();
 // Initializes MPI and runs the exchange on the first call; later calls return the same session.
 // Errors: not under mpirun (unavailable), MPI or exchange failures (naming them).
 Result<MpiSession> session();
+
+// The keys a trainer uses for the engine at `endpoint` in this job (launch/cluster.h engine_keys:
+// the job's keys, made by this trainer rank, for an engine beyond loopback); disabled keys before
+// a session exists or outside mpirun.
+CurveClientKeys engine_keys_for(const std::string& endpoint);
 
 // Frees the weight group, then finalizes MPI if the session initialized it. Idempotent; a
 // session() after it fails (MPI cannot start twice in a process).

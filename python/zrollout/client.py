@@ -37,11 +37,28 @@ from . import errors
 DEFAULT_TIMEOUT = 600.0  # seconds; the C++ client's default (comm/client.h)
 
 
-def _make_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def _curve_keys(curve_server_key: str | None, curve_secret_key: str | None) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, own public, own secret) from zcert files (``zrollout keygen``), or None."""
+    if not curve_server_key and not curve_secret_key:
+        return None
+    if not curve_server_key or not curve_secret_key:
+        raise errors.InvalidArgument("curve_server_key: give both curve_server_key (the server's .key) and "
+                                     "curve_secret_key (this client's .key_secret)")
+    import zmq.auth  # pyzmq's reader of czmq zcert files
+    server_public, _ = zmq.auth.load_certificate(curve_server_key)
+    public, secret = zmq.auth.load_certificate(curve_secret_key)
+    if not secret:
+        raise errors.InvalidArgument(f"curve_secret_key: {curve_secret_key} has no secret-key (give the .key_secret file)")
+    return server_public, public, secret
+
+
+def _make_socket(ctx: zmq.Context, endpoint: str, curve: tuple[bytes, bytes, bytes] | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    if curve is not None:  # CURVE: a key the server does not list gets no answer (calls time out)
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.connect(endpoint)
     return sock
 
@@ -98,11 +115,12 @@ class Client(wire.Ops):
     and returns a handle whose ``result()`` waits, to keep many calls in flight from one thread.
     """
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None):
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, context: zmq.Context | None = None,
+                 curve_server_key: str | None = None, curve_secret_key: str | None = None):
         self.endpoint = endpoint
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
-        self._sock = _make_socket(self._ctx, endpoint)
+        self._sock = _make_socket(self._ctx, endpoint, _curve_keys(curve_server_key, curve_secret_key))
         self._fd = self._sock.getsockopt(zmq.FD)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -314,9 +332,11 @@ class AsyncClient(wire.Ops):
     method. Bound to the event loop of its first call; an async context manager.
     """
 
-    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, context: zmq.asyncio.Context | None = None):
+    def __init__(self, endpoint: str, timeout: float = DEFAULT_TIMEOUT, context: zmq.asyncio.Context | None = None,
+                 curve_server_key: str | None = None, curve_secret_key: str | None = None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self._curve = _curve_keys(curve_server_key, curve_secret_key)
         self._ctx = context
         self._sock: zmq.asyncio.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -332,7 +352,7 @@ class AsyncClient(wire.Ops):
             raise errors.Unavailable("client closed")
         if self._sock is None:
             self._ctx = self._ctx or zmq.asyncio.Context.instance()
-            self._sock = _make_socket(self._ctx, self.endpoint)
+            self._sock = _make_socket(self._ctx, self.endpoint, self._curve)
             self._loop = loop
             self._reader = loop.create_task(self._read_loop())
         elif loop is not self._loop:

@@ -108,10 +108,15 @@ class Internal(ZrolloutError, RuntimeError):
     code = "internal"
 
 
+class PermissionDenied(ZrolloutError, PermissionError):
+    code = "permission_denied"
+
+
 ERRORS: dict[str, type[ZrolloutError]] = {
     cls.code: cls
     for cls in (BadMessage, UnknownOp, InvalidArgument, OutOfRange, TooLong, DuplicateRid, NotFound, Unsupported,
-                WeightMismatch, ChecksumMismatch, IoError, Unavailable, Timeout, Aborted, Internal)
+                WeightMismatch, ChecksumMismatch, IoError, Unavailable, Timeout, Aborted, Internal,
+                PermissionDenied)
 }
 
 

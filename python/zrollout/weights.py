@@ -268,7 +268,8 @@ class Publisher:
         flush_cache: drop cached prefixes with the update.
         name_map: the engine's (Hugging Face) name for each tensor: a dict (names not in it kept)
             or a function (returning None drops the tensor).
-        disk_dir: path "disk": the folder to write (default: a temporary folder, removed after).
+        disk_dir: path "disk": the folder to write (default: a temporary folder under the engines'
+            first ``weights_roots`` entry of get_model_info, removed after).
         bucket_mib: path "broadcast": the bucket size.
         only: publish only these (engine-side) names.
         expected_checksums: {name: checksum64} the engines verify against instead of the checksum
@@ -282,9 +283,7 @@ class Publisher:
             raise PublishError("invalid_argument", f"path: '{path}' (ipc, disk or broadcast)")
         keep: list = []
         refs = _tensor_refs(named_tensors, name_map, expected_checksums, keep)
-        temp_dir = None
-        if path == "disk" and not disk_dir:
-            temp_dir = disk_dir = tempfile.mkdtemp(prefix="zrollout-weights-")
+        temp_dir = None  # without disk_dir, the native trainer writes under the engines' first weights root
         try:
             with self._lock:
                 res = self._trainer.publish(

@@ -201,7 +201,7 @@ TEST(Client, SyncGenerateOverInprocAndTcp) {
   FakeServer tcp(ctx, "tcp://127.0.0.1:*");
   ASSERT_NE(tcp.endpoint().find("tcp://127.0.0.1:"), std::string::npos);
   auto a = Client::connect(inproc.endpoint(), &ctx);
-  auto b = Client::connect(tcp.endpoint(), nullptr, Client::Options{wire::EncodeOptions{true}});  // own context, bin ids
+  auto b = Client::connect(tcp.endpoint(), nullptr, Client::Options{wire::EncodeOptions{true}, {}});  // own context, bin ids
   ASSERT_TRUE(a.ok() && b.ok());
   for (Client* c : {a->get(), b->get()}) {
     GenerateRequest two = req("r2", {4, 5});

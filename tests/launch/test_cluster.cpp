@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -55,13 +56,17 @@ class Cluster : public ::testing::Test {
   std::string launch(const std::string& trainer_args) {
     const std::string bin = ZR_ZROLLOUT_BIN;
     return mpirun_prefix() + " -np 1 " + bin + " trainer " + trainer_args + " : -np 2 " + bin + " serve --model " +
-           (tmp_ / "random") + " --bind tcp://127.0.0.1:* --threads 1";
+           (tmp_ / "random") + " --bind tcp://127.0.0.1:* --threads 1" + roots();
   }
   // 2 engines x TP=2: serve ranks 1-2 are engine 0, ranks 3-4 engine 1 (rank 0 the trainer).
   std::string launch_tp(const std::string& trainer_args) {
     const std::string bin = ZR_ZROLLOUT_BIN;
     return mpirun_prefix() + " -np 1 " + bin + " trainer " + trainer_args + " : -np 4 " + bin + " serve --model " +
-           (tmp_ / "random") + " --tp 2 --bind tcp://127.0.0.1:* --threads 1 --kv-cache-mb 64";
+           (tmp_ / "random") + " --tp 2 --bind tcp://127.0.0.1:* --threads 1 --kv-cache-mb 64" + roots();
+  }
+  // Disk publishes push the shared checkpoint's own folder: the engines may read there too.
+  std::string roots() const {
+    return " --weights-root " + tmp_.path() + " --weights-root " + std::filesystem::path(real_).parent_path().string();
   }
   void kill_one_rank_of_engine1(bool leader, const std::string& survivor_says);
   zr::testing::TempDir tmp_;
@@ -158,11 +163,14 @@ TEST_F(Cluster, WildcardBindAdvertisesTheInterfaceAddress) {
   std::string log = slurp(tmp_ / "log");
   ASSERT_EQ(rc, 0) << log;
   EXPECT_EQ(count(log, "engine at tcp://127.0.0.1:"), 2u) << log;
+  // Bound beyond loopback: both engines serve with the keys the trainer rank handed out over MPI
+  // (the trainer's requests above got through with them).
+  EXPECT_EQ(count(log, "CURVE on: 1 trainer key(s)"), 2u) << log;
   std::ifstream out(tmp_ / "out.jsonl");
   EXPECT_EQ(json::parse(out)["output_ids"], ref_["greedy_ids"]);
 
   rc = run(mpirun_prefix() + " -np 1 " + bin + " serve --model " + real_ +
-               " --bind 'tcp://0.0.0.0:*' --advertise-interface no-such-if0 --threads 1",
+               " --bind 'tcp://0.0.0.0:*' --advertise-interface no-such-if0 --threads 1 --insecure",
            tmp_ / "log");
   log = slurp(tmp_ / "log");
   EXPECT_NE(rc, 0);

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,12 @@ except ImportError:  # pytest run by hand from a checkout
     sys.path.insert(0, str(REPO / "python"))
     import zrollout
 
-# Engine flags for tests: one compute thread (the machine is shared), a small lazily-faulted KV pool.
-SERVE_FLAGS = {"threads": 1, "kv_cache_mb": 32, "kv_lazy_pages": True, "log_level": "warn"}
+# Engine flags for tests: one compute thread (the machine is shared), a small lazily-faulted KV pool,
+# and disk updates allowed from the shared models and the temporary folders the tests write.
+SERVE_FLAGS = {"threads": 1, "kv_cache_mb": 32, "kv_lazy_pages": True, "log_level": "warn",
+               "weights_root": [d for d in (tempfile.gettempdir(),
+                                            os.environ.get("ZROLLOUT_TEST_MODELS") or str(REPO.parent / "shared" / "models"))
+                                if os.path.isdir(d)]}
 
 
 def models_dir() -> Path:

@@ -31,7 +31,7 @@ def test_field_from_message(message, field):
 def test_one_class_per_code():
     codes = ["bad_message", "unknown_op", "invalid_argument", "out_of_range", "too_long", "duplicate_rid", "not_found",
              "unsupported", "weight_mismatch", "checksum_mismatch", "io_error", "unavailable", "timeout", "aborted",
-             "internal"]
+             "internal", "permission_denied"]
     classes = {errors.error_from(c, "x: y", 3).__class__ for c in codes}
     assert len(classes) == len(codes)
     for c in codes:

@@ -200,8 +200,8 @@ def test_weights_from_disk_and_versions(llm, stories):
     case = greedy_cases()[0]
     out = llm.generate(input_ids=case["prompt_ids"], sampling_params={**GREEDY, "max_new_tokens": 4})
     assert out["output_ids"] == case["greedy_ids"][:4] and out["meta_info"]["weight_version"] == v0 + 1
-    ok, msg, _ = llm.update_weights_from_disk("/nonexistent/folder")
-    assert not ok and "not_found" in msg and llm.get_weight_version() == v0 + 1
+    ok, msg, _ = llm.update_weights_from_disk("/nonexistent/folder")  # outside the weights roots
+    assert not ok and "permission_denied" in msg and llm.get_weight_version() == v0 + 1
     with pytest.raises(errors.Unsupported) as e:
         llm.update_weights_from_disk(stories, load_format="gguf")
     assert e.value.field == "load_format"
