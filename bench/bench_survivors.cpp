@@ -119,7 +119,8 @@ int run(const Args& a) {
   {
     auto roles = cli::exchange_roles(*world, "trainer", "");
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
-    auto t = Trainer::connect(roles->engine_endpoints);
+    Context ctx;  // outlives the trainer
+    auto t = Trainer::connect(ctx, roles->engine_endpoints);
     if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
     spdlog::info("{} engine(s) found through MPI", roles->engine_endpoints.size());
     bool ok = true;

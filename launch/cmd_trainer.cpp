@@ -105,7 +105,8 @@ int run_trainer(const TrainerJob& job) {
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
   if (endpoints.empty()) return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
-  auto t = Trainer::connect(endpoints);
+  Context ctx;  // the process's one ZeroMQ context; outlives the trainer
+  auto t = Trainer::connect(ctx, endpoints);
   if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
   if (!job.push.empty())
     if (int rc = run_push(**t, job, roles ? &roles->weight_group : nullptr); rc != 0) {

@@ -82,6 +82,10 @@ struct ActorOptions {
   int linger_ms = 1000;      // how long closing a socket may wait to deliver queued messages
   size_t max_batch = 256;    // messages read per socket per iteration before timers and tick run
   NowFn clock{};             // time for timers and heartbeats; default SteadyClock::now (tests: fake)
+  // An actor never start()ed, driven with run_once() by one thread at a time but not always the
+  // same one (the Trainer, which Python calls from whichever thread holds its lock): the owner
+  // check is off while no actor thread runs. The caller orders the threads' uses (a lock).
+  bool any_owner_thread = false;
 };
 
 class Actor {
