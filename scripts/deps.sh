@@ -12,6 +12,7 @@ PACKAGES=(
   pybind11-dev python3-dev python3-numpy python3-zmq python3-msgpack python3-pytest
   python3-torch python3-mpi4py python3-matplotlib
   iproute2 util-linux
+  clang-format
 )
 
 installed() {
