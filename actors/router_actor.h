@@ -1,5 +1,6 @@
-// RouterActor: the sans-IO Router core (actors/router/router.h) driven by a runtime Actor.
-// Callers reach its ROUTER socket; each engine is a DEALER peer.
+// RouterActor: the sans-IO Router core (actors/router/router.h) driven by a runtime Actor through
+// the RouterDriver (as the Trainer's router is). Callers reach its ROUTER socket; each engine is a
+// DEALER peer.
 #pragma once
 
 #include <functional>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "actors/router/router.h"
+#include "actors/router_driver.h"
 #include "runtime/actor.h"
 #include "runtime/context.h"
 
@@ -46,14 +48,11 @@ class RouterActor {
  private:
   RouterActor(Context& ctx, std::vector<std::string> engines, RouterActorOptions opt);
   void register_handlers();
-  void flush();
-  bool tick();
 
   RouterActorOptions opt_;
   Actor actor_;
   Router router_;
-  std::vector<PeerId> peers_;
-  std::vector<std::vector<RouterMessage>> unsent_;  // per engine: its DEALER's queue was full
+  RouterDriver driver_;  // the engines' side: DEALERs, replies, ticks
 };
 
 }  // namespace zr

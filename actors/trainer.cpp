@@ -12,7 +12,7 @@
 
 #include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
-#include "comm/frame.h"
+#include "comm/wire_codec.h"
 #include "comm/host_pages.h"
 #include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
@@ -40,114 +40,64 @@ Result<T> parse_reply(const Result<RouterMessage>& m, const std::string& engine,
   return parse(*j);
 }
 
+ActorOptions trainer_actor_options() {
+  ActorOptions a;
+  a.linger_ms = 0;  // what the engines were not sent when the trainer goes is not wanted
+  a.any_owner_thread = true;  // Python calls it from whichever thread holds the publisher's lock
+  return a;
+}
+
 }  // namespace
 
-Trainer::Trainer(zmq::context_t* context, const std::vector<std::string>& endpoints, TrainerOptions opt)
-    : owned_context_(context ? nullptr : std::make_unique<zmq::context_t>()),
-      context_(context ? context : owned_context_.get()),
-      endpoints_(endpoints),
-      unsent_(endpoints.size()),
+Trainer::Trainer(Context& ctx, const std::vector<std::string>& endpoints, TrainerOptions opt)
+    : endpoints_(endpoints),
       heartbeat_interval_(opt.router.heartbeat_interval),
       heartbeat_liveness_(opt.router.heartbeat_liveness),
-      router_(std::make_unique<Router>(endpoints, std::move(opt.router), SteadyClock::now())),
-      last_pump_(SteadyClock::now()),
+      actor_(ctx, kCaller, trainer_actor_options()),
+      router_(endpoints, opt.router, actor_.now()),
+      driver_(actor_, router_, opt.router.heartbeat_interval, [this](RouterMessage& m) { on_answer(m); }),
+      last_pump_(actor_.now()),
       shm_in_use_(endpoints.size()) {}
 
 Trainer::~Trainer() = default;
 
-Result<std::unique_ptr<Trainer>> Trainer::connect(const std::vector<std::string>& endpoints, zmq::context_t* context,
+Result<std::unique_ptr<Trainer>> Trainer::connect(Context& ctx, const std::vector<std::string>& endpoints,
                                                   TrainerOptions opt) {
   if (endpoints.empty()) return make_error(ErrorCode::invalid_argument, "engines: give at least one endpoint");
   auto curve_for = opt.curve_for;
-  auto t = std::unique_ptr<Trainer>(new Trainer(context, endpoints, std::move(opt)));
-  for (const auto& e : endpoints) {
-    Client::Options co;
-    if (curve_for) co.curve = curve_for(e);
-    auto c = Client::connect(e, context, co);
-    if (!c.ok()) return make_error(c.status().code, "engine " + e + ": " + c.status().message);
-    t->clients_.push_back(std::move(c).value());
-    zmq::socket_t link(*t->context_, zmq::socket_type::dealer);
-    link.set(zmq::sockopt::linger, 0);
-    link.set(zmq::sockopt::sndhwm, 0);
-    link.set(zmq::sockopt::rcvhwm, 0);
-    try {
-      if (co.curve.enabled()) set_curve_client(link, co.curve);
-      link.connect(e);
-    } catch (const zmq::error_t& err) {
-      return make_error(ErrorCode::invalid_argument, "engine " + e + ": " + err.what());
-    }
-    t->links_.push_back(std::move(link));
-  }
+  auto t = std::unique_ptr<Trainer>(new Trainer(ctx, endpoints, std::move(opt)));
+  ZR_RETURN_IF_ERROR(t->driver_.connect(endpoints, curve_for));
   return t;
 }
 
 // ---- the embedded router
 
-// What the router queued: engine messages go out on the DEALERs (a DEALER with no peer yet keeps
-// them for later; one to a dead engine is dropped), answers to the trainer's calls are kept.
-void Trainer::flush() {
-  for (RouterMessage& m : router_->take_outbox()) {
-    if (m.engine < 0) {
-      const uint64_t id = wire::peek_req_id(m.body);
-      if (m.op != "generate.chunk" && awaiting_.erase(id)) replies_[id] = std::move(m);
-      continue;
-    }
-    unsent_[m.engine].push_back(std::move(m));
-  }
-  for (size_t k = 0; k < links_.size(); ++k) {
-    auto& q = unsent_[k];
-    size_t sent = 0;
-    while (sent < q.size() && (links_[k].get(zmq::sockopt::events) & ZMQ_POLLOUT)) {
-      Frame f{{}, std::move(q[sent].op), std::move(q[sent].body), {}};
-      send_frame(links_[k], false, f);
-      ++sent;
-    }
-    q.erase(q.begin(), q.begin() + static_cast<long>(sent));
-    if (!router_->alive(static_cast<int>(k))) q.clear();
-  }
+void Trainer::on_answer(RouterMessage& m) {
+  const uint64_t id = wire::peek_req_id(m.body);
+  if (m.op != "generate.chunk" && awaiting_.erase(id)) replies_[id] = std::move(m);
 }
 
 Status Trainer::pump(const std::function<bool()>& done, SteadyClock::time_point deadline) {
-  auto now = SteadyClock::now();
-  if (now - last_pump_ > heartbeat_interval_) router_->restart_heartbeats(now);
+  auto now = actor_.now();
+  if (now - last_pump_ > heartbeat_interval_) router_.restart_heartbeats(now);
   flush();
   while (!done()) {
-    now = SteadyClock::now();
+    now = actor_.now();
     if (now >= deadline) {
       last_pump_ = now;
       return make_error(ErrorCode::timeout, "no reply before the deadline");
     }
-    const auto until = std::min(deadline, router_->next_tick());
-    Millis wait = std::chrono::ceil<Millis>(until - now);
-    bool pending = false;
-    for (const auto& q : unsent_) pending = pending || !q.empty();
-    wait = std::clamp(wait, Millis{0}, pending ? Millis{10} : Millis{1000});
-    std::vector<zmq::pollitem_t> items;
-    for (auto& l : links_) items.push_back({l.handle(), 0, ZMQ_POLLIN, 0});
-    try {
-      zmq::poll(items, wait);
-    } catch (const zmq::error_t& e) {
-      if (e.num() != EINTR) throw;
-    }
-    now = SteadyClock::now();
-    for (size_t k = 0; k < links_.size(); ++k) {
-      Frame f;
-      Status err;
-      while (recv_frame(links_[k], false, f, err))
-        if (err.ok()) router_->on_engine_message(static_cast<int>(k), f.op, std::move(f.body), now);
-    }
-    router_->tick(now);
-    flush();
+    actor_.run_once(std::clamp(std::chrono::ceil<Millis>(deadline - now), Millis{0}, Millis{1000}));
   }
-  last_pump_ = SteadyClock::now();
+  last_pump_ = actor_.now();
   return {};
 }
 
 Result<RouterMessage> Trainer::call(int engine, const std::string& op, std::string body, uint64_t req_id,
                                     std::chrono::milliseconds timeout) {
   awaiting_.insert(req_id);
-  if (engine < 0) router_->on_call(kCaller, op, std::move(body), SteadyClock::now());
-  else router_->call_engine(engine, kCaller, op, std::move(body), SteadyClock::now());
+  if (engine < 0) router_.on_call(kCaller, op, std::move(body), SteadyClock::now());
+  else router_.call_engine(engine, kCaller, op, std::move(body), SteadyClock::now());
   Status st = pump([&] { return answered(req_id); }, SteadyClock::now() + timeout);
   if (!st.ok()) {
     awaiting_.erase(req_id);
@@ -165,7 +115,7 @@ std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall ca
   std::vector<std::pair<int, uint64_t>> sent;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
     if (only && std::find(only->begin(), only->end(), k) == only->end()) continue;
-    if (!router_->alive(k)) {
+    if (!router_.alive(k)) {
       spdlog::warn("publish v{}: skipping engine {} ({}): it stopped answering heartbeats", call.version, k,
                    endpoints_[k]);
       res.dead.push_back(k);
@@ -173,7 +123,7 @@ std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall ca
     }
     call.req_id = next_id_++;
     awaiting_.insert(call.req_id);
-    router_->call_engine(k, kCaller, "update_weights", wire::encode(call), SteadyClock::now());
+    router_.call_engine(k, kCaller, "update_weights", wire::encode(call), SteadyClock::now());
     sent.emplace_back(k, call.req_id);
   }
   return sent;
@@ -195,7 +145,7 @@ Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, 
       res.bytes = std::max(res.bytes, ack->bytes);
       res.acks.push_back(*ack);
       res.acked.push_back(k);
-    } else if (!router_->alive(k)) {  // died during the publish: dropped, like an engine dead before it
+    } else if (!router_.alive(k)) {  // died during the publish: dropped, like an engine dead before it
       spdlog::warn("publish v{}: engine {} ({}) stopped answering heartbeats before it acked", res.version, k,
                    endpoints_[k]);
       res.dead.push_back(k);
@@ -237,7 +187,7 @@ Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const Pub
   res.version = version;
   std::vector<int> to;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
-    if (router_->alive(k)) {
+    if (router_.alive(k)) {
       to.push_back(k);
       continue;
     }
@@ -458,7 +408,7 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
 
 void Trainer::refresh_guessed_in_use() {
   for (int k : std::vector<int>(in_use_guessed_.begin(), in_use_guessed_.end())) {
-    if (!router_->alive(k)) continue;
+    if (!router_.alive(k)) continue;
     const uint64_t id = next_id_++;
     auto m = call(k, "get_weight_version", wire::encode_req_id_only(id), id, std::chrono::seconds(5));
     auto r = parse_reply<WeightVersionReply>(m, endpoints_[k], wire::weight_version_reply_from_json);
@@ -478,7 +428,7 @@ Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRe
   for (const GenerateRequest& r : reqs) {
     const uint64_t id = next_id_++;
     awaiting_.insert(id);
-    router_->on_call(kCaller, "generate", wire::encode(GenerateCall{id, {r}}), SteadyClock::now());
+    router_.on_call(kCaller, "generate", wire::encode(GenerateCall{id, {r}}), SteadyClock::now());
     ids.push_back(id);
   }
   Status st = pump([&] { return std::all_of(ids.begin(), ids.end(), [&](uint64_t id) { return answered(id); }); },
@@ -505,7 +455,7 @@ Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRe
     for (auto& o : r->outputs) out.push_back(std::move(o));
   }
   if (!first.ok()) {  // what is still running is not wanted any more
-    if (!st.ok()) router_->on_call(kCaller, "abort", wire::encode(AbortCall{next_id_++, "", "", true}), SteadyClock::now());
+    if (!st.ok()) router_.on_call(kCaller, "abort", wire::encode(AbortCall{next_id_++, "", "", true}), SteadyClock::now());
     flush();
     return first;
   }
@@ -522,16 +472,22 @@ Result<int64_t> Trainer::weight_version(int engine) {
   return r->version;
 }
 
+Result<ModelInfoReply> Trainer::model_info(int engine) {
+  const uint64_t id = next_id_++;
+  auto m = call(engine, "get_model_info", wire::encode_req_id_only(id), id, std::chrono::seconds(30));
+  return parse_reply<ModelInfoReply>(m, endpoints_[engine], wire::model_info_reply_from_json);
+}
+
 Status Trainer::shutdown_engines() {
   std::vector<std::pair<int, uint64_t>> sent;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
-    if (!router_->alive(k)) {
+    if (!router_.alive(k)) {
       spdlog::warn("shutdown: skipping engine {} ({}): it stopped answering heartbeats", k, endpoints_[k]);
       continue;
     }
     const uint64_t id = next_id_++;
     awaiting_.insert(id);
-    router_->call_engine(k, kCaller, "shutdown", wire::encode_req_id_only(id), SteadyClock::now());
+    router_.call_engine(k, kCaller, "shutdown", wire::encode_req_id_only(id), SteadyClock::now());
     sent.emplace_back(k, id);
   }
   (void)pump([&] { return std::all_of(sent.begin(), sent.end(), [&](auto& s) { return answered(s.second); }); },

@@ -3,14 +3,17 @@
 // trainer's state_dict, through python/zrollout/native), or all tensors of a checkpoint folder, or
 // a subset by name.
 //
-// Every call to the engines goes through an embedded Router (actors/router.h): requests are
+// Every call to the engines goes through an embedded Router (actors/router/router.h): requests are
 // balanced by load, and an engine that stops answering heartbeats is declared dead (a warning
 // "engine K (endpoint) stopped answering heartbeats: N requests re-routed"), its requests finish
 // on the others with their partial output kept, engines() reports it, and publishes skip it. The
-// router runs only inside the Trainer's calls (generate, publish, ...), on the calling thread:
-// liveness is watched while the trainer waits for engines, and a pause between two calls is
-// never taken for an engine's silence.
-// Thread-safety: one thread uses a Trainer.
+// router is driven as RouterActor's is (RouterDriver on an Actor of the process's context), but
+// only inside the Trainer's calls (generate, publish, ...), on the calling thread: liveness is
+// watched while the trainer waits for engines, and a pause between two calls is never taken for
+// an engine's silence.
+// Ownership: the Context must outlive the Trainer.
+// Thread-safety: one thread at a time uses a Trainer (not always the same: Python's publisher
+// holds a lock).
 #pragma once
 
 #include <chrono>
@@ -23,12 +26,14 @@
 #include <vector>
 
 #include "actors/router/router.h"
-#include "comm/client.h"
+#include "actors/router_driver.h"
 #include "comm/ipc_pull.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
 #include "comm/messages.h"
 #include "comm/status.h"
+#include "runtime/actor.h"
+#include "runtime/context.h"
 
 namespace zr {
 
@@ -108,9 +113,10 @@ struct TrainerOptions {
 
 class Trainer {
  public:
-  // Connects to every engine endpoint (tcp://, ipc://; inproc:// with the engines' context).
-  static Result<std::unique_ptr<Trainer>> connect(const std::vector<std::string>& endpoints,
-                                                  zmq::context_t* context = nullptr, TrainerOptions opt = {});
+  // Connects to every engine endpoint (tcp://, ipc://; inproc:// in the engines' process), with
+  // sockets of the process's one context.
+  static Result<std::unique_ptr<Trainer>> connect(Context& ctx, const std::vector<std::string>& endpoints,
+                                                  TrainerOptions opt = {});
   ~Trainer();
 
   // Publishes the tensors of a checkpoint folder. ipc: one shared-memory segment (mode 0600,
@@ -127,8 +133,9 @@ class Trainer {
   Result<PublishResult> publish(const std::string& checkpoint_dir, int64_t version, const PublishOptions& opt);
   // The same from tensors in memory (ipc as above; disk: writes opt.disk_dir, then each engine
   // reads it). Tensors are checked first (invalid_argument naming tensors[i] and its name: empty or
-  // repeated name, unknown dtype, nbytes not matching dtype and shape, null data); names ending in
-  // rotary_emb.inv_freq are skipped (a buffer, not a weight). The checkpoint form is a caller of it.
+  // repeated name, unknown dtype, nbytes not matching dtype and shape, null data); recomputed
+  // buffers (model/weights.h: rotary_emb.inv_freq) are skipped. The checkpoint form is a caller of
+  // it with the folder's weights: the tensors its config.json's registry lists (others are left out).
   Result<PublishResult> publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt);
   // Path broadcast: the engines are the other ranks of `group` (the trainer is the root); the
   // tensors go in pipelined MPI_Bcast buckets, each engine verifies them as they arrive. The
@@ -151,15 +158,13 @@ class Trainer {
   Result<int64_t> weight_version(int engine = 0);
   // Asks every live engine to shut down (dead ones are skipped).
   Status shutdown_engines();
-  size_t num_engines() const { return clients_.size(); }
+  size_t num_engines() const { return endpoints_.size(); }
   // Index, endpoint, alive, updating, requests in flight... of every engine, as the router sees them.
-  std::vector<EngineState> engines() const { return router_->engines(); }
+  std::vector<EngineState> engines() const { return router_.engines(); }
   // Engines updated by other means than publish: keep new requests off them meanwhile.
-  void mark_updating(int engine, bool updating) { router_->mark_updating(engine, updating); }
+  void mark_updating(int engine, bool updating) { router_.mark_updating(engine, updating); }
   // ipc segments this trainer holds for later publishes (in use by an engine, or the one spare).
   size_t held_segments() const { return shm_pool_.size(); }
-  // A direct connection to engine k (raw calls; not routed, not watched).
-  Client& client(int engine) { return *clients_.at(engine); }
 
  private:
   // Tensors (filtered by `only`) laid out for a transfer; the bytes are copied into `dst` by
@@ -186,6 +191,7 @@ class Trainer {
   // A fresh folder under the first --weights-root an engine reports (get_model_info), for a disk
   // publish without disk_dir.
   Result<std::string> temp_dir_under_weights_root();
+  Result<ModelInfoReply> model_info(int engine);  // through the router, awaited
   Result<PublishResult> send_update(UpdateWeightsCall call, std::chrono::milliseconds timeout);
   // Sends update_weights to every live engine, or to those in `only` when given (dead ones go to
   // res.dead); returns (engine, req_id).
@@ -211,24 +217,23 @@ class Trainer {
   static UpdateWeightsCall base_call(WeightPath path, int64_t version, const PublishOptions& opt);
 
   // ---- the embedded router, run on the caller's thread
-  Trainer(zmq::context_t* context, const std::vector<std::string>& endpoints, TrainerOptions opt);
-  // Feeds the router with what the engines sent until done() or the deadline (timeout).
+  Trainer(Context& ctx, const std::vector<std::string>& endpoints, TrainerOptions opt);
+  // Steps the actor (the engines' replies go to the router) until done() or the deadline (timeout).
   Status pump(const std::function<bool()>& done, SteadyClock::time_point deadline);
-  void flush();
+  void flush() { driver_.flush(); }
+  // What the router answers to the trainer's calls (chunks of generate are not wanted).
+  void on_answer(RouterMessage& m);
   // One call through the router to engine k (or to the router with engine -1), awaited.
   Result<RouterMessage> call(int engine, const std::string& op, std::string body, uint64_t req_id,
                              std::chrono::milliseconds timeout);
   bool answered(uint64_t req_id) const { return replies_.count(req_id) > 0; }
 
-  std::unique_ptr<zmq::context_t> owned_context_;  // first: destroyed after the sockets
-  zmq::context_t* context_;
   std::vector<std::string> endpoints_;
-  std::vector<std::unique_ptr<Client>> clients_;
-  std::vector<zmq::socket_t> links_;                 // DEALER per engine, read only in pump()
-  std::vector<std::vector<RouterMessage>> unsent_;   // per engine: not writable yet
   Millis heartbeat_interval_;
   int heartbeat_liveness_;
-  std::unique_ptr<Router> router_;
+  Actor actor_;  // never started: pump() steps it with run_once
+  Router router_;
+  RouterDriver driver_;
   std::set<uint64_t> awaiting_;                      // req_ids of the trainer's calls in flight
   std::map<uint64_t, RouterMessage> replies_;        // their final answers
   uint64_t next_id_ = 1;

@@ -25,10 +25,10 @@ std::string join(const std::vector<int>& v) {
 void Trainer::probe_engines() {
   std::vector<std::pair<int, uint64_t>> asked;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
-    if (!router_->alive(k)) continue;
+    if (!router_.alive(k)) continue;
     const uint64_t id = next_id_++;
     awaiting_.insert(id);
-    router_->call_engine(k, "trainer", "get_weight_version", wire::encode_req_id_only(id), SteadyClock::now());
+    router_.call_engine(k, "trainer", "get_weight_version", wire::encode_req_id_only(id), SteadyClock::now());
     asked.emplace_back(k, id);
   }
   // The router declares an engine dead after heartbeat_liveness silent intervals from the last
@@ -41,16 +41,16 @@ void Trainer::probe_engines() {
   (void)pump(
       [&] {
         return std::all_of(asked.begin(), asked.end(),
-                           [&](const auto& a) { return answered(a.second) || !router_->alive(a.first); });
+                           [&](const auto& a) { return answered(a.second) || !router_.alive(a.first); });
       },
       t0 + window);
   const double waited = std::chrono::duration<double>(SteadyClock::now() - t0).count();
   for (const auto& [k, id] : asked)
     if (!answered(id))
-      spdlog::log(router_->alive(k) ? spdlog::level::warn : spdlog::level::info,
+      spdlog::log(router_.alive(k) ? spdlog::level::warn : spdlog::level::info,
                   "broadcast probe: engine {} ({}) did not answer get_weight_version within {:.2f} s: {}", k,
                   endpoints_[k], waited,
-                  router_->alive(k) ? "still alive for its heartbeats, kept in the group" : "declared dead");
+                  router_.alive(k) ? "still alive for its heartbeats, kept in the group" : "declared dead");
   for (const auto& [k, id] : asked) {
     awaiting_.erase(id);
     replies_.erase(id);
@@ -62,7 +62,7 @@ Status Trainer::choose_broadcast_group(MpiGroup& group, int64_t version) {
   const int others = group.size() - 1;
   std::vector<int> dead;
   for (int k = 0; k < engines; ++k)
-    if (!router_->alive(k)) dead.push_back(k);
+    if (!router_.alive(k)) dead.push_back(k);
   if (dead.empty() && bcast_epoch_ == 0 && !bcast_failed_ && !group.poisoned()) return {};  // the whole group
   if (engines == 0 || others % engines != 0)
     return make_error(ErrorCode::unavailable, "broadcast: the weight group's " + std::to_string(others) +
@@ -73,7 +73,7 @@ Status Trainer::choose_broadcast_group(MpiGroup& group, int64_t version) {
   for (int k = 0, r = 0; k < engines; ++k)
     for (int i = 0; i < per_engine; ++i, ++r) {
       const int rank = r < group.rank() ? r : r + 1;  // the trainer's rank is not an engine's
-      (router_->alive(k) ? members : left_out).push_back(rank);
+      (router_.alive(k) ? members : left_out).push_back(rank);
     }
   std::sort(members.begin(), members.end());
   if (members.size() == 1) return make_error(ErrorCode::unavailable, "broadcast: every engine stopped answering heartbeats");

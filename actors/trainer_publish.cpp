@@ -12,7 +12,9 @@
 
 #include "actors/trainer.h"
 #include "comm/checksum.h"
+#include "model/config.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 
 namespace zr {
 
@@ -24,10 +26,30 @@ bool wanted(const std::string& name, const std::vector<std::string>& only) {
   return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
 }
 
-// The tensors of a checkpoint, as references into its mapping (alive as long as `ar`).
-std::vector<TensorRef> refs_of(const SafetensorsArchive& ar) {
+// The weights of checkpoint folder `dir`, as references into its mapping (alive as long as `ar`).
+// The registry of the folder's config.json says which tensors are weights; the others (buffers,
+// optimizer or training state saved beside them) are left out and named in the log. A folder
+// without config.json: every tensor but the recomputed buffers (the engines check the names).
+Result<std::vector<TensorRef>> weight_refs(const std::string& dir, const SafetensorsArchive& ar) {
+  std::optional<WeightNames> weights;
+  if (std::filesystem::exists(std::filesystem::path(dir) / "config.json")) {
+    auto cfg = ModelConfig::from_dir(dir);
+    if (!cfg.ok()) return make_error(cfg.status().code, dir + ": " + cfg.status().message);
+    weights.emplace(model_tensor_specs(*cfg));
+  }
   std::vector<TensorRef> refs;
-  for (const auto& [name, v] : ar.tensors()) refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
+  std::string skipped;
+  size_t num_skipped = 0;
+  for (const auto& [name, v] : ar.tensors()) {
+    if (weights ? !weights->contains(name) : is_recomputed_buffer(name)) {
+      skipped += (num_skipped++ ? ", " : "") + name;
+      continue;
+    }
+    refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
+  }
+  if (num_skipped > 0)
+    spdlog::info("publish from {}: {} tensor(s) that are not weights of its model left out: {}", dir, num_skipped,
+                 skipped);
   return refs;
 }
 
@@ -91,7 +113,9 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
     return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
   auto ar = archive_of(dir);
   if (!ar.ok()) return ar.status();
-  return publish(refs_of(**ar), version, opt);
+  auto refs = weight_refs(dir, **ar);
+  if (!refs.ok()) return refs.status();
+  return publish(*refs, version, opt);
 }
 
 Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt) {
@@ -141,8 +165,8 @@ Result<PublishResult> Trainer::publish_disk(Layout& l, int64_t version, const Pu
 
 Result<std::string> Trainer::temp_dir_under_weights_root() {
   int k = 0;
-  while (k + 1 < static_cast<int>(endpoints_.size()) && !router_->alive(k)) ++k;
-  auto info = clients_[k]->get_model_info(std::chrono::seconds(30));
+  while (k + 1 < static_cast<int>(endpoints_.size()) && !router_.alive(k)) ++k;
+  auto info = model_info(k);
   if (!info.ok()) return make_error(info.status().code, "disk_dir: engine " + endpoints_[k] + ": " + info.status().message);
   std::string root = info->weights_roots.empty() ? std::filesystem::temp_directory_path().string() : info->weights_roots[0];
   std::string tmpl = root + "/zrollout-weights-XXXXXX";
@@ -156,11 +180,10 @@ Status Trainer::ensure_disk_config(const std::string& dir) {
   const std::filesystem::path cfg = std::filesystem::path(dir) / "config.json";
   if (std::filesystem::exists(cfg)) return {};
   int k = 0;
-  while (k + 1 < static_cast<int>(endpoints_.size()) && !router_->alive(k)) ++k;
-  auto info = clients_[k]->get_model_info(std::chrono::seconds(30));
+  while (k + 1 < static_cast<int>(endpoints_.size()) && !router_.alive(k)) ++k;
+  auto info = model_info(k);
   if (!info.ok())
-    return make_error(info.status().code, "disk_dir: no config.json in " + dir + ", and engine " + endpoints_[k] +
-                                              ": " + info.status().message);
+    return make_error(info.status().code, "disk_dir: no config.json in " + dir + ", and " + info.status().message);
   if (info->model_path.empty())
     return make_error(ErrorCode::invalid_argument, "disk_dir: no config.json in " + dir + ", and engine " +
                                                        endpoints_[k] + " names no model folder to copy it from");
@@ -182,7 +205,7 @@ Result<Trainer::Layout> Trainer::layout(const std::vector<TensorRef>& tensors, c
     if (problem.empty() && !seen.insert(t.name).second) problem = "listed twice";
     if (!problem.empty())
       return make_error(ErrorCode::invalid_argument, "tensors[" + std::to_string(i) + "] (" + t.name + "): " + problem);
-    if (!wanted(t.name, only) || t.name.ends_with("rotary_emb.inv_freq")) continue;
+    if (!wanted(t.name, only) || is_recomputed_buffer(t.name)) continue;
     l.metas.push_back({t.name, t.dtype, t.shape, t.nbytes, 0, 0});
     l.src.push_back(t.data);
     l.claimed.push_back(t.checksum);
@@ -205,7 +228,9 @@ Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t
                                                  MpiGroup& group) {
   auto ar = archive_of(dir);
   if (!ar.ok()) return ar.status();
-  return publish_broadcast(refs_of(**ar), version, opt, group);
+  auto refs = weight_refs(dir, **ar);
+  if (!refs.ok()) return refs.status();
+  return publish_broadcast(*refs, version, opt, group);
 }
 
 Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& tensors, int64_t version,

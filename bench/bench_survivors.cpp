@@ -120,9 +120,10 @@ int run(const Args& a) {
     auto roles = cli::exchange_roles(*world, "trainer", "");
     if (!roles.ok()) return spdlog::error("MPI endpoint exchange: {}", roles.status().to_string()), 1;
     // Engines bound beyond loopback serve with the job's CURVE keys: reach them with its trainer key.
+    Context ctx;  // outlives the trainer
     TrainerOptions to;
     to.curve_for = [keys = roles->keys](const std::string& ep) { return cli::engine_keys(ep, keys); };
-    auto t = Trainer::connect(roles->engine_endpoints, nullptr, to);
+    auto t = Trainer::connect(ctx, roles->engine_endpoints, to);
     if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
     spdlog::info("{} engine(s) found through MPI", roles->engine_endpoints.size());
     bool ok = true;

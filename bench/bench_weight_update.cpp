@@ -23,6 +23,7 @@
 #include "actors/rollout_actor.h"
 #include "actors/trainer.h"
 #include "bench/bench_models.h"
+#include "comm/client.h"
 #include "comm/host_pages.h"
 
 namespace zr {
@@ -88,7 +89,7 @@ int main(int argc, char** argv) {
   RolloutActor actor(ctx, std::move(Engine::load(model, eo)).value(), RolloutActorOptions{});
   (void)actor.bind("inproc://bench-weights");
   actor.start();
-  auto trainer = std::move(Trainer::connect({"inproc://bench-weights"}, &ctx.zmq())).value();
+  auto trainer = std::move(Trainer::connect(ctx, {"inproc://bench-weights"})).value();
 
   // 1. Publish-to-ack vs memcpy. Pushes 1 and 2 write new segments (the engine serves from the
   // first while the second arrives); from push 3 on the trainer rewrites the segment the engine
@@ -152,7 +153,9 @@ int main(int argc, char** argv) {
   std::map<std::string, Clock::time_point> last;
   double push_at = 0, push_end = 0, max_gap_across = 0;
   auto t0 = Clock::now();
-  auto& client = trainer->client(0);
+  auto direct = Client::connect("inproc://bench-weights", &ctx.zmq());  // raw streaming calls beside the trainer
+  if (!direct.ok()) return spdlog::error("{}", direct.status().to_string()), 1;
+  Client& client = **direct;
   std::vector<GenerateRequest> reqs;
   for (int i = 0; i < 8; ++i) {
     GenerateRequest r;

@@ -198,9 +198,9 @@ Measurement memcpy_gbps(size_t bytes, int threads, int repeats) {
 
 
 struct LimitSampler::State {
-  State(int threads, size_t read_bytes, int n)
-      : threads(threads), buf(read_bytes), n(n), a(random_f32(size_t(n) * n, 1)), b(random_f32(size_t(n) * n, 2)),
-        c(size_t(n) * n) {}
+  State(int num_threads, size_t read_bytes, int sgemm_n)
+      : threads(num_threads), buf(read_bytes), n(sgemm_n), a(random_f32(size_t(sgemm_n) * sgemm_n, 1)),
+        b(random_f32(size_t(sgemm_n) * sgemm_n, 2)), c(size_t(sgemm_n) * sgemm_n) {}
   int threads;
   Buffer buf;
   int n;

@@ -159,7 +159,8 @@ void client_loop(const std::string& ep, int id, Clock::time_point end, Tally& ta
 // The trainer: an ipc publish of the checkpoint every `every` seconds, versions 1, 2, ...
 void update_loop(const std::string& ep, const std::string& model, double every, Clock::time_point end, Tally& tally,
                  std::atomic<int64_t>& version, std::atomic<pid_t>& self_shm) {
-  auto t = Trainer::connect({ep});
+  Context ctx;  // outlives the trainer
+  auto t = Trainer::connect(ctx, {ep});
   if (!t.ok()) return tally.fail("trainer", t.status());
   auto next = Clock::now();
   while (Clock::now() + std::chrono::milliseconds(500) < end) {

@@ -145,6 +145,7 @@ Result<SamplingParams> sampling_params_from_json(const json& j) {
   f.get("stop_token_ids", p.stop_token_ids);
   f.get("ignore_eos", p.ignore_eos);
   f.get("skip_special_tokens", p.skip_special_tokens);
+  f.get("no_stop_trim", p.no_stop_trim);
   f.get("n", p.n);
   if (const json* v = f.take("seed")) {
     uint64_t seed = 0;

@@ -45,6 +45,7 @@ struct SamplingParams {
   std::vector<int> stop_token_ids;
   bool ignore_eos = false;
   bool skip_special_tokens = true;
+  bool no_stop_trim = false;  // text keeps the stop string that ended it (SGLang)
   int n = 1;
   std::optional<uint64_t> seed;  // sample i of n uses seed + i
   std::vector<std::pair<int, float>> logit_bias;

@@ -67,7 +67,7 @@ struct SegmentPlan {
   size_t count() const { return (buckets() - 1) * per_bucket + segments_in(buckets() - 1); }
   size_t bucket_of(size_t s) const { return s / per_bucket; }
   // Where segment s lands in a ring of kRingSlots slots.
-  char* slot(char* ring, size_t s) const { return ring + (s % kRingSlots) * segment; }
+  char* slot(char* ring_buf, size_t s) const { return ring_buf + (s % kRingSlots) * segment; }
   size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
   size_t length(size_t s) const {
     size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);

@@ -342,6 +342,7 @@ json sampling_json(const SamplingParams& p) {
   if (!p.stop_token_ids.empty()) j["stop_token_ids"] = p.stop_token_ids;
   if (p.ignore_eos != d.ignore_eos) j["ignore_eos"] = p.ignore_eos;
   if (p.skip_special_tokens != d.skip_special_tokens) j["skip_special_tokens"] = p.skip_special_tokens;
+  if (p.no_stop_trim != d.no_stop_trim) j["no_stop_trim"] = p.no_stop_trim;
   put_int("n", p.n, d.n);
   if (p.seed) j["seed"] = *p.seed;
   if (!p.logit_bias.empty()) {

@@ -239,7 +239,7 @@ int run_local(LocalJob job) {
   }
   // Rollout steps; between two steps the trainer publishes weights (ipc: one shared-memory segment
   // mapped by every engine) under the next version, as an RL loop does after each training step.
-  auto trainer = Trainer::connect(endpoints, &ctx.zmq());
+  auto trainer = Trainer::connect(ctx, endpoints);
   if (!trainer.ok()) return spdlog::error("{}", trainer.status().to_string()), 1;
   std::vector<SampleOutput> samples;
   size_t errors = 0;

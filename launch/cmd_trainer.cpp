@@ -112,7 +112,8 @@ int run_trainer(const TrainerJob& job) {
   TrainerOptions to;
   std::optional<JobKeys> job_keys = roles ? roles->keys : std::nullopt;
   to.curve_for = [job_keys, k = *keys](const std::string& ep) { return engine_keys(ep, job_keys, k); };
-  auto t = Trainer::connect(endpoints, nullptr, to);
+  Context ctx;  // the process's one ZeroMQ context; outlives the trainer
+  auto t = Trainer::connect(ctx, endpoints, to);
   if (!t.ok()) return spdlog::error("{}", t.status().to_string()), 1;
   if (!job.push.empty())
     if (int rc = run_push(**t, job, roles ? &roles->weight_group : nullptr); rc != 0) {

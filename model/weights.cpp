@@ -103,6 +103,12 @@ std::vector<TensorSpec> model_tensor_specs(const ModelConfig& cfg) {
   return s;
 }
 
+bool is_recomputed_buffer(std::string_view name) { return ends_with(name, "rotary_emb.inv_freq"); }
+
+WeightNames::WeightNames(const std::vector<TensorSpec>& specs) {
+  for (const TensorSpec& s : specs) names_.insert(s.name);
+}
+
 size_t Weight::nbytes() const {
   size_t n = dtype_size(dtype);
   for (int64_t d : shape) n *= static_cast<size_t>(d);
@@ -151,7 +157,7 @@ Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const Sa
       return make_error(ErrorCode::weight_mismatch, "missing tensor " + spec.name);
   }
   for (const auto& [name, view] : ar.tensors()) {
-    if (!mw.by_name_.count(name) && !ends_with(name, "rotary_emb.inv_freq"))
+    if (!mw.by_name_.count(name) && !is_recomputed_buffer(name))
       return make_error(ErrorCode::weight_mismatch, "unexpected tensor " + name);
   }
   for (size_t i = 0; i < mw.specs_.size(); ++i) {

@@ -11,7 +11,9 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "comm/status.h"
@@ -52,6 +54,23 @@ struct TensorSpec {
 
 // Every tensor of the model, in a fixed order (embed, layers 0..L-1, final_norm, lm_head).
 std::vector<TensorSpec> model_tensor_specs(const ModelConfig& cfg);
+
+// A tensor some checkpoints hold that is no weight of any model here: a buffer the model
+// recomputes from its config (rotary_emb.inv_freq, saved by older transformers versions). Loading
+// and publishing skip it wherever it appears; any other name the registry does not list is an error
+// at load.
+bool is_recomputed_buffer(std::string_view name);
+
+// Which of a checkpoint's tensor names are weights of the model whose registry is `specs`. The
+// trainer publishes only those (a checkpoint may carry buffers and other state beside them).
+class WeightNames {
+ public:
+  explicit WeightNames(const std::vector<TensorSpec>& specs);
+  bool contains(std::string_view name) const { return names_.count(std::string(name)) > 0; }
+
+ private:
+  std::unordered_set<std::string> names_;
+};
 
 // One weight as the kernels see it. Matmul weights and the embedding keep their on-disk dtype when
 // it is f32 or bf16 (f16 is widened to f32 at load); norms and biases are always f32.

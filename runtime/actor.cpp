@@ -67,6 +67,7 @@ void Actor::wake() {
 }
 
 void Actor::check_owner() const {
+  if (opts_.any_owner_thread && !thread_.joinable()) return;
   ZR_CHECK_MSG(owner_.load() == std::this_thread::get_id(),
                "actor '" + name_ + "' used from a thread that does not own it (see actor.h)");
 }

@@ -98,6 +98,10 @@ struct ActorOptions {
   std::optional<CurveServerKeys> curve{};
   std::optional<CurveClientKeys> peer_curve{};  // DEALERs to peers authenticate with this key
   int64_t max_message_bytes = -1;  // ZMQ_MAXMSGSIZE of the ROUTER: a larger part drops the connection
+  // An actor never start()ed, driven with run_once() by one thread at a time but not always the
+  // same one (the Trainer, which Python calls from whichever thread holds its lock): the owner
+  // check is off while no actor thread runs. The caller orders the threads' uses (a lock).
+  bool any_owner_thread = false;
 };
 
 class Actor {

@@ -13,6 +13,7 @@ PACKAGES=(
   python3-torch python3-mpi4py python3-matplotlib
   iproute2 util-linux
   clang libclang-rt-dev  # scripts/test.sh --fuzz: libFuzzer and the sanitizers for clang
+  clang-format
 )
 
 installed() {

@@ -10,11 +10,18 @@ BUILD_DIR="${ZR_BUILD_DIR:-$ROOT/build}"
 
 # --sanitize: build the unit and actor tests with ASan+UBSan (build-asan/) and with TSan
 # (build-tsan/), and run every test but the mpi, python and slow labels there (MPI is not
-# instrumented). Any other arguments go to ctest as usual.
-if [[ "${1:-}" == "--sanitize" ]]; then
+# instrumented). --sanitize=address or --sanitize=thread: that one only. Any other arguments go
+# to ctest as usual (e.g. -L "unit|model").
+if [[ "${1:-}" == --sanitize || "${1:-}" == --sanitize=* ]]; then
+  kinds="address thread"
+  [[ "$1" == --sanitize=* ]] && kinds="${1#--sanitize=}"
   shift
   rc=0
-  for kind in address thread; do
+  for kind in $kinds; do
+    if [[ "$kind" != address && "$kind" != thread ]]; then
+      echo "test.sh: --sanitize=$kind: address or thread" >&2
+      exit 2
+    fi
     dir="$ROOT/build-${kind/address/asan}"
     dir="${dir/thread/tsan}"
     echo "== sanitizer build: $kind in $dir" >&2

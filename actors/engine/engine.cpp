@@ -146,12 +146,17 @@ Status Engine::submit_score(ScoreRequest req) {
   return {};
 }
 
+std::unique_ptr<TextStreamer> Engine::make_text_streamer(const GenerateRequest& r) const {
+  const SamplingParams& sp = r.sampling_params;
+  return std::make_unique<TextStreamer>(text_tokenizer(r), TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
+}
+
 int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, const Session* session) {
   auto s = std::make_unique<Sequence>();
   s->id = next_seq_id_++;
   s->prompt_len = static_cast<int>(req->gen.input_ids.size());
   s->tokens = std::move(tokens);
-  s->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(req->gen), req->gen.sampling_params.skip_special_tokens);
+  s->text = make_text_streamer(req->gen);
   s->req = std::move(req);
   int64_t id = s->id;
   // Prefix-cache reuse stops where logits are first needed: a score's completion, prompt logprobs.
@@ -208,7 +213,7 @@ void Engine::fork_samples(Sequence& parent, const float* row, std::vector<Sample
     c->index = i;
     c->tokens = parent.tokens;
     c->prompt_len = parent.prompt_len;
-    c->detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(r.gen), r.gen.sampling_params.skip_special_tokens);
+    c->text = make_text_streamer(r.gen);
     c->meta.cached_tokens = parent.prompt_len;
     jobs.push_back({SampleJob::Kind::sample, c.get(), row, -1, 0, {}});
     new_forks_.emplace_back(c->id, parent.id);
@@ -256,24 +261,16 @@ bool Engine::apply_token(Sequence& s, const SampledToken& t, StepOutputs& out) {
     if (!r.gen.token_ids_logprob.empty()) s.meta.output_token_ids_logprobs.push_back(to_list(t.ids));
   }
   FinishReason& fr = s.meta.finish_reason;
-  size_t old_len = s.text.size();
-  s.text += s.detok->push(t.token);
   const auto& eos = config().eos_token_ids;
-  if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t.token) != sp.stop_token_ids.end() ||
-      (!sp.ignore_eos && std::find(eos.begin(), eos.end(), t.token) != eos.end())) {
+  const bool stop_token =
+      std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), t.token) != sp.stop_token_ids.end() ||
+      (!sp.ignore_eos && std::find(eos.begin(), eos.end(), t.token) != eos.end());
+  const bool stop_string = s.text->push(t.token, stop_token);
+  if (stop_token || stop_string) {
     fr.type = FinishReason::Type::stop;
-    fr.matched = t.token;
+    if (stop_token) fr.matched = t.token;
+    else fr.matched = *s.text->matched();
     return true;
-  }
-  for (const std::string& stop : sp.stop) {
-    size_t from = old_len >= stop.size() ? old_len - stop.size() + 1 : 0;
-    size_t at = s.text.find(stop, from);
-    if (at != std::string::npos) {
-      s.text.resize(at);
-      fr.type = FinishReason::Type::stop;
-      fr.matched = stop;
-      return true;
-    }
   }
   if (s.num_outputs() >= sp.max_new_tokens ||
       static_cast<int>(s.tokens.size()) >= config().max_position_embeddings) {
@@ -287,14 +284,13 @@ bool Engine::apply_token(Sequence& s, const SampledToken& t, StepOutputs& out) {
 
 void Engine::finish(Sequence& s, FinishReason why, StepOutputs& out) {
   Request& r = *s.req;
-  bool trimmed_by_stop = std::holds_alternative<std::string>(why.matched);
-  if (!trimmed_by_stop) s.text += s.detok->flush();
+  s.text->finish();  // after a stop string: nothing (the text ends at it)
   if (r.gen.stream) emit_chunk(s, /*final=*/true, out);
   if (r.session) detach_session(s, why.type != FinishReason::Type::abort);
   SampleOutput o;
   o.rid = r.gen.rid;
   o.index = s.index;
-  o.text = std::move(s.text);
+  o.text = s.text->release_text();
   o.output_ids.assign(s.tokens.begin() + s.prompt_len, s.tokens.end());
   o.meta_info = std::move(s.meta);
   MetaInfo& m = o.meta_info;

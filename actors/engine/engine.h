@@ -31,6 +31,7 @@
 
 namespace zr {
 
+class TextStreamer;
 class TpGroup;
 
 struct EngineOptions {
@@ -165,6 +166,8 @@ class Engine {
   const Tokenizer& text_tokenizer(const GenerateRequest& r) const {
     return opt_.detokenize && r.detokenize ? tok_ : Tokenizer::none();
   }
+  // The output text of one sample of r: its stop strings, skip_special_tokens, no_stop_trim.
+  std::unique_ptr<TextStreamer> make_text_streamer(const GenerateRequest& r) const;
   // Returns the new sequence's id; with a session, it continues from the session's cached KV.
   int64_t enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, const Session* session = nullptr);
   SeqChunk make_chunk(const Sequence& s, int start, int count) const;

@@ -6,34 +6,21 @@
 
 namespace zr {
 
-namespace {
-
-// Largest prefix of text that is safe to stream: it cannot be the start of a stop string still
-// to be completed, and it ends on a UTF-8 character boundary.
-size_t streamable_prefix(const std::string& text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& st : stops) hold = std::max(hold, st.size() - 1);
-  size_t n = text.size() > hold ? text.size() - hold : 0;
-  while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
-  return n;
-}
-
-}  // namespace
-
+// The text streamer holds back what could start a stop string (final: it was finished first, so
+// nothing is held).
 void Engine::emit_chunk(Sequence& s, bool final, StepOutputs& out) {
   const Request& r = *s.req;
-  size_t text_end = final ? s.text.size() : streamable_prefix(s.text, r.gen.sampling_params.stop);
+  std::string text = s.text->take_chunk();
   size_t ids_end = static_cast<size_t>(s.num_outputs());
-  if (!final && text_end <= s.streamed_text && ids_end <= s.streamed_ids) return;
+  if (!final && text.empty() && ids_end <= s.streamed_ids) return;
   StreamChunk c;
   c.rid = r.gen.rid;
   c.index = s.index;
-  if (text_end > s.streamed_text) c.text = s.text.substr(s.streamed_text, text_end - s.streamed_text);
+  c.text = std::move(text);
   c.output_ids.assign(s.tokens.begin() + s.prompt_len + static_cast<long>(s.streamed_ids), s.tokens.end());
   if (r.gen.return_logprob)
     c.output_token_logprobs.assign(s.meta.output_token_logprobs.begin() + static_cast<long>(s.streamed_ids),
                                    s.meta.output_token_logprobs.end());
-  s.streamed_text = std::max(s.streamed_text, text_end);
   s.streamed_ids = ids_end;
   out.chunks.push_back(std::move(c));
 }
@@ -81,7 +68,7 @@ void Engine::abort_sequence(Sequence& s, StepOutputs& out) {
     ghost.index = i;
     ghost.tokens.assign(s.tokens.begin(), s.tokens.begin() + s.prompt_len);
     ghost.prompt_len = s.prompt_len;
-    ghost.detok = std::make_unique<IncrementalDetokenizer>(text_tokenizer(r.gen), true);
+    ghost.text = make_text_streamer(r.gen);
     finish(ghost, why, out);
   }
 }

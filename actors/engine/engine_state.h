@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "actors/engine/engine.h"
+#include "model/text_streamer.h"
 
 namespace zr {
 
@@ -56,12 +57,10 @@ struct Engine::Sequence {
   int index = 0;  // sample index within the request
   std::vector<int> tokens;
   int prompt_len = 0;
-  std::unique_ptr<IncrementalDetokenizer> detok;
-  std::string text;
+  std::unique_ptr<TextStreamer> text;  // output text: stop strings, what may be streamed
   MetaInfo meta;
   bool done = false;
-  size_t streamed_text = 0;  // bytes of text already sent in stream chunks
-  size_t streamed_ids = 0;   // output ids already sent
+  size_t streamed_ids = 0;  // output ids already sent in stream chunks
   int num_outputs() const { return static_cast<int>(tokens.size()) - prompt_len; }
 };
 

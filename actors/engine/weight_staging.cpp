@@ -415,7 +415,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       TransferVerifier verifier(c.tensors);  // checksums each segment from the cache as it arrives
       Status st = (*group)->bcast_buckets(
           buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-          [&](size_t off, size_t len, const void* bytes) { verifier.add(bytes, off, len); });
+          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); });
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
       ZR_RETURN_IF_ERROR(verifier.verify());

@@ -349,7 +349,8 @@ void Router::continue_sample(const std::shared_ptr<Req>& rp, int i, int dead, Ti
                                        "needs the router's tokenizer (--tokenizer)", now);
   }
   if (tokenizer_ && !s.tracker && q > 0 && r.gen.detokenize) {  // the router builds this sample's text from now on
-    s.tracker = std::make_unique<SampleText>(*tokenizer_, r.gen.sampling_params);
+    const SamplingParams& sp = r.gen.sampling_params;
+    s.tracker = std::make_unique<TextStreamer>(*tokenizer_, TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
     for (int t = 0; t < q; ++t)
       if (s.tracker->push(s.ids[t], is_stop_token(r, s.ids[t]))) {
         s.cut = t + 1;

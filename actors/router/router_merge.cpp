@@ -66,7 +66,7 @@ void Router::rebuild_text(const Req& r, Sample& s, SampleOutput& o, FinishReason
       m.weight_version_spans.pop_back();
     why = FinishReason{FinishReason::Type::stop, *s.tracker->matched(), 0, {}};
   }
-  s.tracker->flush();
+  s.tracker->finish();
   o.text = s.tracker->text();
 }
 

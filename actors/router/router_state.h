@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "actors/router/router.h"
+#include "model/text_streamer.h"
 
 namespace zr {
 
@@ -31,58 +32,6 @@ struct Router::Engine {
   bool updating() const { return marked_updating || updates_in_flight > 0; }
 };
 
-// The text of a re-routed sample, rebuilt by the router from every output id exactly as an engine
-// builds it (incremental detokenizer, stop strings checked after each token, chunks never end
-// inside a character or a possible stop string): so the text does not depend on where the seam is.
-class SampleText {
- public:
-  SampleText(const Tokenizer& tok, const SamplingParams& sp) : detok_(tok, sp.skip_special_tokens), stops_(sp.stop) {}
-  // Appends one output id. A stop token (stop_token_ids or EOS) ends the sample before stop strings
-  // are looked at, as in the engine. True when a stop string completed (the text is cut before it).
-  bool push(int id, bool stop_token) {
-    if (matched_) return true;
-    ++consumed_;
-    const size_t old = text_.size();
-    text_ += detok_.push(id);
-    if (stop_token) return false;
-    for (const std::string& stop : stops_) {
-      const size_t from = old >= stop.size() ? old - stop.size() + 1 : 0;
-      const size_t at = text_.find(stop, from);
-      if (at != std::string::npos) {
-        text_.resize(at);
-        matched_ = stop;
-        return true;
-      }
-    }
-    return false;
-  }
-  void flush() {
-    if (!matched_ && !flushed_) text_ += detok_.flush();
-    flushed_ = true;
-  }
-  const std::string& text() const { return text_; }
-  const std::optional<std::string>& matched() const { return matched_; }
-  size_t consumed() const { return consumed_; }  // ids pushed
-  // The prefix that may be streamed now: not the start of a stop string still to be completed,
-  // ending on a UTF-8 character boundary (the engine's rule).
-  size_t streamable() const {
-    if (matched_ || flushed_) return text_.size();
-    size_t hold = 0;
-    for (const auto& st : stops_) hold = std::max(hold, st.size() - 1);
-    size_t n = text_.size() > hold ? text_.size() - hold : 0;
-    while (n > 0 && n < text_.size() && (static_cast<unsigned char>(text_[n]) & 0xC0) == 0x80) --n;
-    return n;
-  }
-
- private:
-  IncrementalDetokenizer detok_;
-  std::vector<std::string> stops_;
-  std::string text_;
-  std::optional<std::string> matched_;
-  size_t consumed_ = 0;
-  bool flushed_ = false;
-};
-
 // One sample of a caller's request. ids/lps/text grow with every chunk from whichever engine runs
 // it; after a re-route, ids[0, base) are part of the continuation's prompt.
 struct Router::Sample {
@@ -96,7 +45,9 @@ struct Router::Sample {
   std::string engine_rid;                // its rid there
   std::optional<FinishReason> inferred;  // it had finished on a dead engine (known from its tokens)
   int cont_logprob_start = -1;           // logprob_start_len of the current continuation
-  std::unique_ptr<SampleText> tracker;   // re-routed with a tokenizer: the router builds the text
+  // Re-routed with a tokenizer: the router builds the text from all ids, as an engine does (so it
+  // does not depend on where the seam is).
+  std::unique_ptr<TextStreamer> tracker;
   size_t streamed = 0;                   // tracker text sent to the caller
   int cut = -1;                          // tracker found a stop string: the sample ends after ids[cut - 1]
   bool abort_sent = false;

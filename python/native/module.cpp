@@ -117,6 +117,13 @@ py::dict engine_dict(const EngineState& e) {
   return d;
 }
 
+// The one ZeroMQ context of this Python process (runtime/context.h), made on first use. Never
+// destroyed: its destructor waits for every socket, and Python may still hold a Trainer at exit.
+Context& process_context() {
+  static Context* ctx = new Context();
+  return *ctx;
+}
+
 // The Trainer as Python sees it: connect once, publish many times (the ipc segment pool and the
 // broadcast buffer live as long as this object).
 class PyTrainer {
@@ -126,7 +133,7 @@ class PyTrainer {
     if (heartbeat_s > 0) opt.router.heartbeat_interval = Millis(static_cast<int64_t>(heartbeat_s * 1000));
     if (heartbeat_liveness > 0) opt.router.heartbeat_liveness = heartbeat_liveness;
     opt.curve_for = [](const std::string& ep) { return python::engine_keys_for(ep); };  // under mpirun: the job's keys
-    trainer_ = unwrap(Trainer::connect(endpoints, nullptr, std::move(opt)));
+    trainer_ = unwrap(Trainer::connect(process_context(), endpoints, std::move(opt)));
   }
 
   py::dict publish(const py::list& tensors, int64_t version, const std::string& path, const std::string& in_flight,

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -48,6 +49,28 @@ TEST_F(EngineSampling, StopStringIsTrimmedAndReported) {
   EXPECT_EQ(o.text, ", there was a ");  // greedy text is ", there was a little girl named Lily..."
   EXPECT_EQ(o.meta_info.finish_reason.type, FinishReason::Type::stop);
   EXPECT_EQ(std::get<std::string>(o.meta_info.finish_reason.matched), "little");
+}
+
+// no_stop_trim: the text keeps the stop string (and ends with it), streamed or not.
+TEST_F(EngineSampling, NoStopTrimKeepsTheStopString) {
+  auto eng = testing::load_engine(dir_);
+  auto r = req("s", 0, 32, 0);
+  r.sampling_params.stop = {"little"};
+  r.sampling_params.no_stop_trim = true;
+  r.stream = true;
+  ASSERT_TRUE(eng->submit(r).ok());
+  std::string streamed;
+  std::optional<SampleOutput> o;
+  while (!eng->idle()) {
+    StepOutputs out;
+    eng->step(out);
+    for (const auto& c : out.chunks) streamed += c.text;
+    for (auto& f : out.finished) o = std::move(f);
+  }
+  ASSERT_TRUE(o);
+  EXPECT_EQ(o->text, ", there was a little");
+  EXPECT_EQ(streamed, o->text);
+  EXPECT_EQ(std::get<std::string>(o->meta_info.finish_reason.matched), "little");
 }
 
 TEST_F(EngineSampling, StopTokenIdFinishesWithTheToken) {

@@ -798,7 +798,7 @@ TEST_F(RouterService, TheTrainerIsToldWhichEngineDied) {
   Blackhole hole(ctx_, ep("hole"), engine("a"), /*dark_after=*/40);
   TrainerOptions to;
   to.router = fast_heartbeats();
-  auto t = std::move(Trainer::connect({hole.endpoint(), engine("b")}, &ctx_.zmq(), to)).value();
+  auto t = std::move(Trainer::connect(ctx_, {hole.endpoint(), engine("b")}, to)).value();
   auto direct = client(engine("ref"));
   auto reqs = load_for_death(kMaxNew);
   auto got = t->generate(reqs, 120s);

@@ -12,6 +12,7 @@
 #include "actors/router_actor.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
+#include "comm/client.h"
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
 #include "comm/wire_weights.h"
@@ -55,7 +56,8 @@ class WeightSync : public ::testing::Test {
     actor_ = std::make_unique<RolloutActor>(ctx_, testing::load_engine(mo_dir()), ro);
     ASSERT_TRUE(actor_->bind("inproc://ws-" + std::to_string(reinterpret_cast<uintptr_t>(this))).ok());
     actor_->start();
-    trainer_ = std::move(Trainer::connect({actor_->endpoint()}, &ctx_.zmq())).value();
+    trainer_ = std::move(Trainer::connect(ctx_, {actor_->endpoint()})).value();
+    client_ = std::move(Client::connect(actor_->endpoint(), &ctx_.zmq())).value();
   }
   std::vector<int> served_greedy(const std::string& rid) {
     auto out = trainer_->generate({greedy(rid)});
@@ -87,7 +89,7 @@ class WeightSync : public ::testing::Test {
 
   // An update_weights written by hand, straight to the engine; ok or the engine's error.
   Status raw_update(UpdateWeightsCall call) {
-    Client& c = trainer_->client(0);
+    Client& c = *client_;
     call.req_id = c.next_req_id();
     auto r = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30)).get();
     EXPECT_TRUE(r.ok());
@@ -113,6 +115,7 @@ class WeightSync : public ::testing::Test {
   Context ctx_;
   std::unique_ptr<RolloutActor> actor_;
   std::unique_ptr<Trainer> trainer_;
+  std::unique_ptr<Client> client_;  // raw calls straight to the engine, beside the trainer
 };
 
 TEST_F(WeightSync, IpcPushMakesTheEngineMatchTheReference) {
@@ -279,7 +282,7 @@ TEST_F(WeightSync, RefusedPublishesInARowDoNotHoldASegmentEach) {
 TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhere) {
   const std::string base = "inproc://ws-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
   Routed routed = serve_routed(base);
-  auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
+  auto trainer = std::move(Trainer::connect(ctx_, {base + "-router"})).value();
   auto v1 = trainer->publish(real_, 1, PublishOptions{});
   ASSERT_TRUE(v1.ok()) << v1.status().to_string();
   auto v2 = trainer->publish(mo_dir(), 2, PublishOptions{});
@@ -287,12 +290,13 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   ASSERT_NE(v2->shm_segment, v1->shm_segment);
   // Another writer updates engine b alone and keeps none of the trainer's segments: b forgets its
   // mapping of v1's segment, which the trainer will reuse next.
-  auto direct_b = std::move(Trainer::connect({base + "-b"}, &ctx_.zmq())).value();
+  auto direct_b = std::move(Trainer::connect(ctx_, {base + "-b"})).value();
   auto other = std::move(ShmSegment::create("zr-test", 4096)).value();
   UpdateWeightsCall third = norm_update(3, other, 0.5f);
   third.shm_keep = true;
   third.shm_pool = {other.name()};
-  Client& cb = direct_b->client(0);
+  auto client_b = std::move(Client::connect(base + "-b", &ctx_.zmq())).value();
+  Client& cb = *client_b;
   third.req_id = cb.next_req_id();
   auto r3 = cb.call_raw("update_weights", wire::encode(third), {}, third.req_id, std::chrono::seconds(30)).get();
   ASSERT_TRUE(r3.ok() && r3->op == "update_weights.reply") << (r3.ok() ? r3->json.dump() : r3.status().to_string());
@@ -300,7 +304,7 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   ASSERT_TRUE(v4.ok()) << v4.status().to_string();
   EXPECT_FALSE(v4->shm_reused) << "engine b was resent v4 in a fresh segment";
   // Both engines serve the real weights under v4, each from its own segment.
-  auto direct_a = std::move(Trainer::connect({base + "-a"}, &ctx_.zmq())).value();
+  auto direct_a = std::move(Trainer::connect(ctx_, {base + "-a"})).value();
   for (Trainer* t : {direct_a.get(), direct_b.get()}) {
     EXPECT_EQ(*t->weight_version(), 4);
     auto out = t->generate({greedy("v4")});
@@ -342,7 +346,7 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
   // While the update is pending, the engine reports its segment as in use: it may still commit
   // from it, so a writer must not reuse it yet.
   auto in_use_now = [&] {
-    Client& c = trainer_->client(0);
+    Client& c = *client_;
     const uint64_t id = c.next_req_id();
     auto raw = c.call_raw("get_weight_version", wire::encode_req_id_only(id), {}, id, std::chrono::seconds(30)).get();
     EXPECT_TRUE(raw.ok());
@@ -351,7 +355,7 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
     EXPECT_EQ(v->version, 1);
     return std::find(v->shm_in_use.begin(), v->shm_in_use.end(), seg.name()) != v->shm_in_use.end();
   };
-  Client& c = trainer_->client(0);
+  Client& c = *client_;
   call.req_id = c.next_req_id();
   auto pending = c.call_raw("update_weights", wire::encode(call), {}, call.req_id, std::chrono::seconds(30));
   EXPECT_TRUE(in_use_now()) << "a pending update's segment";
@@ -570,7 +574,7 @@ TEST_F(WeightSync, ResumeAfterAPushServesNothingUntilTheNextUpdate) {
       EXPECT_EQ(zero_copy, 0);
     }
     ASSERT_EQ(served_greedy("v1"), expected());
-    Client& cl = trainer_->client(0);
+    Client& cl = *client_;
     auto rel = memory_call(cl, "release_memory", {"weights", "kv_cache"});
     ASSERT_EQ(rel.value("code", ""), "") << rel.dump();
     EXPECT_GT(rel["bytes"].get<uint64_t>(), 0u);
@@ -610,7 +614,7 @@ TEST_F(WeightSync, ResumeAfterAPushServesNothingUntilTheNextUpdate) {
 TEST_F(WeightSync, ResumeWithoutAPushReloadsTheFolderVersion) {
   serve();
   const std::vector<int> before = served_greedy("before");
-  Client& cl = trainer_->client(0);
+  Client& cl = *client_;
   auto rel = memory_call(cl, "release_memory", {"weights"});
   EXPECT_TRUE(rel["version"].is_null()) << rel.dump();
   EXPECT_EQ(cl.health()->status, "released");
@@ -628,9 +632,10 @@ TEST_F(WeightSync, ResumeWithoutAPushReloadsTheFolderVersion) {
 TEST_F(WeightSync, ARouterReportsReleasedEnginesAndServesAfterThePush) {
   const std::string base = "inproc://ws-rel-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
   Routed routed = serve_routed(base);
-  auto trainer = std::move(Trainer::connect({base + "-router"}, &ctx_.zmq())).value();
+  auto trainer = std::move(Trainer::connect(ctx_, {base + "-router"})).value();
   ASSERT_TRUE(trainer->publish(real_, 1, PublishOptions{}).ok());
-  Client& cl = trainer->client(0);
+  auto client = std::move(Client::connect(base + "-router", &ctx_.zmq())).value();
+  Client& cl = *client;
   auto rel = memory_call(cl, "release_memory", {"weights", "kv_cache"});
   ASSERT_EQ(rel.value("code", ""), "") << rel.dump();
   auto res = memory_call(cl, "resume_memory", {"weights", "kv_cache"});

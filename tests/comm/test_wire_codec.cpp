@@ -35,6 +35,7 @@ GenerateRequest full_request(const std::string& rid) {
   p.stop_token_ids = {2, 3};
   p.ignore_eos = true;
   p.skip_special_tokens = false;
+  p.no_stop_trim = true;
   p.n = 4;
   p.seed = 123456789012345ull;
   p.logit_bias = {{7, -1.5f}, {12, 2.25f}};
@@ -130,6 +131,7 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
       EXPECT_EQ(*back->batch[0].sampling_params.processors.allowed_token_ids, (std::vector<int>{1, 2, 3}));
       EXPECT_EQ(back->batch[0].sampling_params.processors.temperature_schedule->warmup_tokens, 3);
       EXPECT_FALSE(back->batch[0].detokenize);
+      EXPECT_TRUE(back->batch[0].sampling_params.no_stop_trim);
       if (batch.size() > 1) {
         EXPECT_TRUE(back->batch[1].detokenize);
       }

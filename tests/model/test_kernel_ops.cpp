@@ -140,7 +140,7 @@ TEST_P(Kernels, PortableAndAvx512PathsGiveTheSameBits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, Kernels, ::testing::Values(DType::f32, DType::bf16),
-                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+                         [](const auto& p) { return std::string(dtype_name(p.param)); });
 
 TEST(KernelsElementwise, DotMatchesFloat64) {
   for (int n : {1, 15, 16, 17, 250}) {

@@ -20,6 +20,7 @@
 #include "actors/engine/tp_group.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
+#include "comm/client.h"
 #include "comm/shm_segment.h"
 #include "model/safetensors.h"
 #include "comm/wire_weights.h"
@@ -291,7 +292,7 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
   RolloutActor actor(ctx, std::move(eng), {});
   ASSERT_TRUE(actor.bind("inproc://tp-actor").ok());
   actor.start();
-  auto trainer = std::move(Trainer::connect({"inproc://tp-actor"}, &ctx.zmq())).value();
+  auto trainer = std::move(Trainer::connect(ctx, {"inproc://tp-actor"})).value();
   auto client = std::move(Client::connect("inproc://tp-actor", &ctx.zmq())).value();
   GenerateRequest probe = testing::greedy_request("p", {1, 403, 407, 261, 378}, 24);
   auto before = client->generate({probe});
@@ -377,7 +378,7 @@ TEST_F(TpTest, ResumeAfterAPushServesNothingUntilTheNextPushOnEveryRank) {
   RolloutActor actor(ctx, std::move(eng), {});
   ASSERT_TRUE(actor.bind("inproc://tp-actor-resume").ok());
   actor.start();
-  auto trainer = std::move(Trainer::connect({"inproc://tp-actor-resume"}, &ctx.zmq())).value();
+  auto trainer = std::move(Trainer::connect(ctx, {"inproc://tp-actor-resume"})).value();
   auto client = std::move(Client::connect("inproc://tp-actor-resume", &ctx.zmq())).value();
   GenerateRequest probe = testing::greedy_request("p", {1, 403, 407, 261, 378}, 24);
   ASSERT_TRUE(trainer->publish(pushed, 1, PublishOptions{}).ok());
