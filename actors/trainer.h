@@ -90,7 +90,8 @@ struct PublishResult {
   double liveness_seconds = 0;  // broadcast: before it, asking the engines whether they are alive
                                 // (up to the router's liveness window when one is silent)
   double write_seconds = 0;  // of which writing the bytes: ipc: copying and checksumming them into the
-                             // segment; broadcast: into the transfer buffer; disk: the file
+                             // segment; broadcast: checksumming them, before `seconds` starts (the
+                             // bytes are sent from where they lie); disk: the file
   std::vector<TensorMeta> tensors;       // what was published, in transfer order, checksums filled in
   std::vector<UpdateWeightsReply> acks;  // one per engine that acked
   std::vector<int> acked;                // the engine of each ack
@@ -167,14 +168,19 @@ class Trainer {
   size_t held_segments() const { return shm_pool_.size(); }
 
  private:
-  // Tensors (filtered by `only`) laid out for a transfer; the bytes are copied into `dst` by
-  // fill() once its size is known.
+  // Tensors (filtered by `only`) laid out for a transfer (TensorMeta::offset); the bytes stay where
+  // the caller holds them (src).
   struct Layout {
     std::vector<TensorMeta> metas;
     std::vector<const void*> src;
     std::vector<std::optional<uint64_t>> claimed;  // TensorRef::checksum of each
     uint64_t bytes = 0;
-    void fill(uint8_t* dst);
+    // Sets each meta's checksum: the claimed one, else checksum64 of its bytes, computed by
+    // `threads` threads, each over an equal share of the transfer.
+    void checksum(unsigned threads);
+    // The transfer as the root of MpiGroup::bcast_buckets_from sends it: the tensors in place and
+    // the zero padding between them.
+    std::vector<MpiGroup::RootPiece> pieces() const;
   };
   static Result<Layout> layout(const std::vector<TensorRef>& tensors, const std::vector<std::string>& only);
   Result<PublishResult> publish_ipc(Layout& l, int64_t version, const PublishOptions& opt);
@@ -242,7 +248,6 @@ class Trainer {
   PullBuffer pull_buf_;             // ipc pull: the transfer the engines copy from (kept, grows only)
   std::set<int> no_pull_;           // engines that refused a pull (sent segments from then on)
   std::string ipc_mode_logged_;     // the last choice logged
-  std::vector<uint8_t> bcast_buf_;  // broadcast: the root's transfer buffer, reused (grows only)
   // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;
   // a failed broadcast publish makes the next one form a new epoch.
   uint64_t bcast_epoch_ = 0;

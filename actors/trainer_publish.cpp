@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <set>
+#include <thread>
 #include <sys/stat.h>
 
 #include "actors/trainer.h"
@@ -216,12 +217,42 @@ Result<Trainer::Layout> Trainer::layout(const std::vector<TensorRef>& tensors, c
   return l;
 }
 
-void Trainer::Layout::fill(uint8_t* dst) {
+void Trainer::Layout::checksum(unsigned threads) {
+  // Thread t sums the transfer bytes [t * share, (t + 1) * share), cut on 8-byte boundaries (tensor
+  // offsets are multiples of 64, so the cuts fall on 8-byte boundaries of each tensor too); the
+  // partial sums of one tensor add up (comm/checksum.h).
+  threads = std::max(1u, threads);
+  std::vector<std::vector<uint64_t>> sums(threads, std::vector<uint64_t>(metas.size(), 0));
+  auto cut = [&](unsigned t) { return t >= threads ? bytes : bytes / threads * t / 8 * 8; };
+  auto work = [&](unsigned t) {
+    for (size_t i = 0; i < metas.size(); ++i) {
+      const uint64_t a = std::max(cut(t), metas[i].offset), b = std::min(cut(t + 1), metas[i].offset + metas[i].nbytes);
+      if (claimed[i] || a >= b) continue;
+      sums[t][i] = checksum64_partial(static_cast<const uint8_t*>(src[i]) + (a - metas[i].offset), b - a,
+                                      a - metas[i].offset);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  work(0);
+  for (auto& h : helpers) h.join();
   for (size_t i = 0; i < metas.size(); ++i) {
-    const uint64_t sum = checksum64_finish(checksum64_copy_partial(dst + metas[i].offset, src[i], metas[i].nbytes, 0),
-                                           metas[i].nbytes);
-    metas[i].checksum = claimed[i] ? *claimed[i] : sum;
+    uint64_t sum = 0;
+    for (unsigned t = 0; t < threads; ++t) sum += sums[t][i];
+    metas[i].checksum = claimed[i] ? *claimed[i] : checksum64_finish(sum, metas[i].nbytes);
   }
+}
+
+std::vector<MpiGroup::RootPiece> Trainer::Layout::pieces() const {
+  std::vector<MpiGroup::RootPiece> out;
+  uint64_t end = 0;
+  for (size_t i = 0; i < metas.size(); ++i) {
+    if (metas[i].offset > end) out.push_back({nullptr, metas[i].offset - end});
+    out.push_back({src[i], metas[i].nbytes});
+    end = metas[i].offset + metas[i].nbytes;
+  }
+  if (bytes > end) out.push_back({nullptr, bytes - end});
+  return out;
 }
 
 Result<PublishResult> Trainer::publish_broadcast(const std::string& dir, int64_t version, const PublishOptions& opt,
@@ -237,13 +268,14 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
                                                  const PublishOptions& opt, MpiGroup& group) {
   auto l = layout(tensors, opt.only);
   if (!l.ok()) return l.status();
-  // Kept between publishes: a new 438 MB buffer costs ~240 ms of page faults and zeroing on this
-  // host before the copy (README), several times the broadcast itself.
-  if (bcast_buf_.size() < l->bytes) bcast_buf_.resize(l->bytes);
-  uint8_t* buf = bcast_buf_.data();
+  // The bytes go from where the caller holds them (no copy into a transfer buffer: that cost a
+  // write and a read of every byte before the first was sent); only the checksums, which the
+  // metadata carries ahead of the bytes, take a pass over them first, on every core (the engines
+  // wait for the metadata meanwhile).
   const uint64_t bytes = l->bytes;
   const auto t_fill = Clock::now();
-  l->fill(buf);
+  l->checksum(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  const std::vector<MpiGroup::RootPiece> pieces = l->pieces();
   const double write_s = std::chrono::duration<double>(Clock::now() - t_fill).count();
   // A collective needs every member: find out who is alive, and leave the dead (or stopped) out.
   const auto t_probe = Clock::now();
@@ -269,7 +301,7 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
   auto sent = start_update(std::move(call), res);
   (void)pump([] { return true; }, SteadyClock::now());  // the metadata goes out now
   auto g = group.survivors(bcast_epoch_, bcast_epoch_ > 0 ? bcast_members_ : std::vector<int>{}, transfer_timeout);
-  Status st = g.ok() ? (*g)->bcast_buckets(buf, bytes, (*g)->rank(), opt.bucket_bytes, transfer_timeout) : g.status();
+  Status st = g.ok() ? (*g)->bcast_buckets_from(pieces, (*g)->rank(), opt.bucket_bytes, transfer_timeout) : g.status();
   if (!st.ok()) {
     for (const auto& s : sent) awaiting_.erase(s.second);
     return make_error(st.code, "broadcast: " + st.message);

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 from zrollout import _native, safetensors  # noqa: E402
 from zrollout.weights import Publisher  # noqa: E402
+from publish_common import ensure_model, free_port, host_settings  # noqa: E402
 
 
 def read_state_dict(model: Path, use_torch: bool) -> dict:
@@ -56,19 +56,6 @@ class MemcpyProbe:
         return time.perf_counter() - t0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sys_text(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "(unreadable)"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="bench_models/stories110M")
@@ -77,8 +64,7 @@ def main() -> int:
     args = ap.parse_args()
     zrollout = Path(_native.zrollout_binary)
     model = Path(args.model)
-    if not (model / "config.json").exists():
-        subprocess.run([str(zrollout), "make-model", "--preset", "stories110M", "--out", str(model)], check=True)
+    ensure_model(zrollout, model)
     try:
         import torch  # noqa: F401
         use_torch = not args.numpy
@@ -128,9 +114,7 @@ def main() -> int:
     med = statistics.median
     print(f"zrollout bench_publish.py: {model}, {total / 1e6:.0f} MB of weights from "
           f"{'torch tensors' if use_torch else 'numpy arrays'} ({len(sd)} tensors), ipc, drain, idle engine")
-    print(f"THP enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/enabled')}; "
-          f"shmem_enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/shmem_enabled')}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(host_settings())
     print("(ratios: median over publishes of (time / one memcpy of the same bytes between pre-faulted buffers,\n"
           " timed right after that publish); target for Python publish -> ack: <= 1.3x)")
     for kind, label in (("fresh", "new segment (first publishes)"), ("reused", "segment reused (steady state)")):

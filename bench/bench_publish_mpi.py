@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+from publish_common import ensure_model, free_port, host_settings  # noqa: E402
 
 
 def result(payload: dict) -> None:
@@ -81,7 +81,7 @@ def role_publish(args) -> int:
             call = time.perf_counter() - t0
             if v > 1:  # the first publish is the warm-up (engine buffers, page faults)
                 rows.append({"call": call, "ack": res.seconds, "write": res.write_seconds,
-                             "stage": res.acks[0].get("stage_seconds", 0.0)})
+                             "live": res.liveness_seconds, "stage": res.acks[0].get("stage_seconds", 0.0)})
     finally:
         pub.shutdown_engines()
         pub.close()
@@ -109,26 +109,12 @@ def run_job(cmd: list) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sys_text(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "(unreadable)"
-
-
 def driver(args) -> int:
     from zrollout import _native
 
     zrollout = Path(_native.zrollout_binary)
     model = Path(args.model)
-    if not (model / "config.json").exists():
-        subprocess.run([str(zrollout), "make-model", "--preset", "stories110M", "--out", str(model)], check=True)
+    ensure_model(zrollout, model)
     me = [sys.executable, str(Path(__file__).resolve())]
     raw, pubs = {"4k": [], "thp": []}, []
     nbytes = None
@@ -151,10 +137,7 @@ def driver(args) -> int:
     print(f"zrollout bench_publish_mpi.py: {model}, {nbytes / 1e6:.0f} MB of f32 weights from "
           f"{'torch tensors' if info['framework'] == 'torch' else 'numpy arrays'} ({info['tensors']} tensors), "
           f"1 engine rank, buckets {args.bucket_mib} MiB, {args.rounds} rounds x {args.repeats} repeats")
-    print(f"THP enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/enabled')}; "
-          f"defrag: {sys_text('/sys/kernel/mm/transparent_hugepage/defrag')}; "
-          f"shmem_enabled: {sys_text('/sys/kernel/mm/transparent_hugepage/shmem_enabled')}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    print(host_settings())
     for pages, label in (("4k", "4 KiB pages, as torch tensors"), ("thp", "THP, numpy's default")):
         raw_s = med(raw[pages])
         print(f"  raw MPI_Bcast (mpi4py, np 2, {label}) {raw_s * 1e3:8.1f} ms  {gb(raw_s):6.2f} GB/s  "
@@ -162,7 +145,8 @@ def driver(args) -> int:
     print(f"  Python publish(path='broadcast') -> ack      {call_s * 1e3:8.1f} ms  {gb(call_s):6.2f} GB/s  "
           f"(target >= 85% of raw MPI_Bcast)")
     print(f"    C++ publish -> last ack                    {med([r['ack'] for r in pubs]) * 1e3:8.1f} ms")
-    print(f"    trainer: checksums + sending               {med([r['write'] for r in pubs]) * 1e3:8.1f} ms")
+    print(f"    before it: trainer checksums (all cores)   {med([r['write'] for r in pubs]) * 1e3:8.1f} ms")
+    print(f"    before it: engines' liveness probe         {med([r.get('live', 0.0) for r in pubs]) * 1e3:8.1f} ms")
     print(f"    engine: receive + verify (staging)         {med([r['stage'] for r in pubs]) * 1e3:8.1f} ms")
     return 0
 

@@ -176,6 +176,7 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
   f.get("stream", r.stream);
   f.get("session_id", r.session_id);
   f.get("detokenize", r.detokenize);
+  f.get("return_text_in_logprobs", r.return_text_in_logprobs);
   std::string mode = "default";
   f.get("logprob_mode", mode);
   if (mode == "raw") r.logprob_mode = LogprobMode::raw;

@@ -67,6 +67,10 @@ struct GenerateRequest {
   // false: output ids are not decoded (text fields empty, stop strings refused); RLinf's
   // detokenize option. A serve option (EngineOptions::detokenize) turns it off for every request.
   bool detokenize = true;
+  // SGLang's return_text_in_logprobs: every [logprob, token_id, text] of the reply's logprob lists
+  // (input, output, top, token_ids) carries the token decoded alone, special tokens kept (SGLang
+  // decodes each id with tokenizer.batch_decode); otherwise text is null.
+  bool return_text_in_logprobs = false;
 };
 
 struct TokenLogprob {

@@ -23,6 +23,7 @@
 #include <deque>
 #include <memory>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -137,6 +138,14 @@ class SegmentBroadcaster {
         st_(st), window_(plan.window()),
         root_poll_(is_root ? root_poll_interval(window_ * plan.segment) : std::chrono::microseconds(0)) {}
 
+  // The root of bcast_buckets_from: segments come from `source`, assembled (when they must be) in
+  // `scratch`, window() slots of one segment. A slot is reused by the segment window() later, which
+  // is posted only once this one is consumed (so completed).
+  void set_source(const std::function<const char*(size_t, size_t, char*)>* source, char* scratch) {
+    source_ = source;
+    scratch_ = scratch;
+  }
+
   void run() {
     const size_t n = plan_.count();
     Clock::time_point last = Clock::now();
@@ -184,6 +193,9 @@ class SegmentBroadcaster {
   bool post() {
     MPI_Request req = MPI_REQUEST_NULL;
     char* at = plan_.ring ? plan_.slot(ring_, posted_) : data_ + plan_.offset(posted_);
+    if (source_)  // MPI reads the root's buffer only
+      at = const_cast<char*>((*source_)(plan_.offset(posted_), plan_.length(posted_),
+                                         scratch_ + (posted_ % window_) * plan_.segment));
     int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
     if (rc != MPI_SUCCESS) {
       finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(posted_)));
@@ -235,6 +247,8 @@ class SegmentBroadcaster {
   PipelineState& st_;
   size_t window_;
   std::chrono::microseconds root_poll_;  // 0: spin with Backoff
+  const std::function<const char*(size_t, size_t, char*)>* source_ = nullptr;
+  char* scratch_ = nullptr;
   std::deque<MPI_Request> inflight_;
   size_t posted_ = 0;
   size_t completed_ = 0;
@@ -341,7 +355,7 @@ Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket
 }
 
 Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
-                                     const SegmentCallback& on_segment) {
+                                     const SegmentCallback& on_segment, const SegmentSource& source) {
   const bool is_root = impl_->rank == root;
   SegmentPlan plan{bytes, bucket_bytes, receives_through_ring(root)};
   const size_t ring_bytes = kRingSlots * plan.segment;
@@ -353,6 +367,11 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
   char* ring = impl_->ring.get();
   PipelineState st;
   SegmentBroadcaster caster(impl_->comm, data, ring, plan, root, is_root, timeout, st);
+  std::unique_ptr<char[]> scratch;
+  if (source) {
+    scratch.reset(new char[plan.window() * plan.segment]);  // only slots of spanning segments are touched
+    caster.set_source(&source, scratch.get());
+  }
   std::optional<SplitCores> cores;
   if (plan.ring) cores.emplace(impl_->on_this_host, impl_->rank, root);
   std::thread helper([&caster, &cores] {
@@ -367,7 +386,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
       if (st.completed <= k) break;  // the helper failed
     }
     const size_t off = plan.offset(k), len = plan.length(k);
-    const char* bytes_at = data + off;
+    const char* bytes_at = data ? data + off : nullptr;  // null: the root of bcast_buckets_from
     if (plan.ring) {
       bytes_at = plan.slot(ring, k);
       copy_streaming(data + off, bytes_at, len);
@@ -395,6 +414,40 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
   }
   if (thrown) std::rethrow_exception(thrown);
   return st.error;
+}
+
+Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root, size_t bucket_bytes,
+                                   milliseconds timeout) {
+  ZR_RETURN_IF_ERROR(usable("bcast_buckets_from"));
+  if (root != impl_->rank)
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: rank " + std::to_string(impl_->rank) +
+                                                       " is not the root " + std::to_string(root));
+  if (bucket_bytes == 0 || bucket_bytes % 64 != 0 || bucket_bytes > (size_t{1} << 30))
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: bucket_bytes " + std::to_string(bucket_bytes) +
+                                                       " must be a multiple of 64 in (0, 1 GiB]");
+  if (timeout.count() <= 0) return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: timeout must be > 0");
+  std::vector<size_t> starts;  // starts[i]: the transfer offset of pieces[i]
+  size_t bytes = 0;
+  for (const RootPiece& p : pieces) {
+    starts.push_back(bytes);
+    bytes += p.bytes;
+  }
+  if (bytes == 0) return Status::ok_status();
+  SegmentSource source = [&](size_t off, size_t len, char* scratch) -> const char* {
+    // The last piece starting at or before off: never an empty one (it shares its start with the next).
+    size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), off) - starts.begin()) - 1;
+    if (pieces[i].data && off + len <= starts[i] + pieces[i].bytes)
+      return static_cast<const char*>(pieces[i].data) + (off - starts[i]);
+    for (size_t done = 0; done < len; ++i) {  // spans pieces (or padding): assemble it
+      const size_t from = off + done - starts[i];
+      const size_t n = std::min(len - done, pieces[i].bytes - from);
+      if (pieces[i].data) std::memcpy(scratch + done, static_cast<const char*>(pieces[i].data) + from, n);
+      else std::memset(scratch + done, 0, n);
+      done += n;
+    }
+    return scratch;
+  };
+  return run_bucket_pipeline(nullptr, bytes, root, bucket_bytes, timeout, {}, source);
 }
 
 void MpiGroup::set_receive_mode(ReceiveMode mode) {

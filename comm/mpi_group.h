@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,20 @@ class MpiGroup {
                        std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
                        const SegmentCallback& on_segment = {});
 
+  // The root's side of bcast_buckets when its bytes do not lie in one buffer: `pieces`, laid end to
+  // end in order, are the transfer (a trainer's tensors where the caller holds them, with null
+  // pieces for the zero padding between them). A segment inside one piece is sent from it in place,
+  // with no copy; one that spans pieces is first assembled in a scratch slot (one per posted
+  // segment, 2 MiB each, so it stays in the cache). The other ranks call bcast_buckets with the sum
+  // of the pieces' sizes and the same root and bucket_bytes: the messages match byte for byte.
+  // The root only (invalid_argument on another rank); pieces must stay unchanged until it returns.
+  struct RootPiece {
+    const void* data = nullptr;  // null: `bytes` zero bytes
+    size_t bytes = 0;
+  };
+  Status bcast_buckets_from(std::span<const RootPiece> pieces, int root, size_t bucket_bytes = kDefaultBucketBytes,
+                            std::chrono::milliseconds timeout = std::chrono::milliseconds(30000));
+
   // Where this rank's bcast_buckets lands received segments (above): automatic (the default:
   // through the ring when every receiver on this host has two cores), or forced either way.
   enum class ReceiveMode { automatic, ring, in_place };
@@ -178,8 +193,12 @@ class MpiGroup {
  private:
   explicit MpiGroup(std::unique_ptr<Impl> impl);
   Status usable(const char* what) const;
+  // source (the root of bcast_buckets_from): where segment (offset, length) is, given a scratch
+  // slot of one segment to assemble it in; data is null then.
+  using SegmentSource = std::function<const char*(size_t offset, size_t length, char* scratch)>;
   Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes,
-                             std::chrono::milliseconds timeout, const SegmentCallback& on_segment);
+                             std::chrono::milliseconds timeout, const SegmentCallback& on_segment,
+                             const SegmentSource& source = {});
 
   std::unique_ptr<Impl> impl_;
 };

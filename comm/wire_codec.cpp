@@ -495,6 +495,7 @@ json to_json(const GenerateRequest& r, const EncodeOptions& opt) {
   if (r.stream) j["stream"] = true;
   if (!r.session_id.empty()) j["session_id"] = r.session_id;
   if (!r.detokenize) j["detokenize"] = false;
+  if (r.return_text_in_logprobs) j["return_text_in_logprobs"] = true;
   return j;
 }
 

@@ -25,6 +25,21 @@ std::vector<TokenLogprob> to_list(const std::vector<std::pair<int, float>>& v) {
 
 }  // namespace
 
+// return_text_in_logprobs: each entry's token decoded alone, special tokens kept, as SGLang's
+// tokenizer.batch_decode(ids) gives it. Entries that already carry text are left alone.
+void fill_logprob_texts(const Tokenizer& tok, std::vector<TokenLogprob>& lps) {
+  for (TokenLogprob& t : lps)
+    if (!t.text) t.text = tok.decode(std::span<const int>(&t.token_id, 1), /*skip_special_tokens=*/false);
+}
+
+void fill_logprob_texts(const Tokenizer& tok, MetaInfo& m) {
+  fill_logprob_texts(tok, m.output_token_logprobs);
+  fill_logprob_texts(tok, m.input_token_logprobs);
+  for (auto* lists : {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs,
+                      &m.input_token_ids_logprobs})
+    for (auto& l : *lists) fill_logprob_texts(tok, l);
+}
+
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const EngineOptions& opt) {
   auto cfg = ModelConfig::from_dir(dir);
   if (!cfg.ok()) return cfg.status();
@@ -309,6 +324,7 @@ void Engine::finish(Sequence& s, FinishReason why, StepOutputs& out) {
     m.input_top_logprobs = r.input_top;
     m.input_token_ids_logprobs = r.input_ids;
   }
+  if (r.gen.return_text_in_logprobs) fill_logprob_texts(text_tokenizer(r.gen), m);
   out.finished.push_back(std::move(o));
   s.done = true;
   if (--r.live_samples == 0) active_rids_.erase(r.gen.rid);

@@ -21,6 +21,7 @@ void Engine::emit_chunk(Sequence& s, bool final, StepOutputs& out) {
   if (r.gen.return_logprob)
     c.output_token_logprobs.assign(s.meta.output_token_logprobs.begin() + static_cast<long>(s.streamed_ids),
                                    s.meta.output_token_logprobs.end());
+  if (r.gen.return_text_in_logprobs) fill_logprob_texts(text_tokenizer(r.gen), c.output_token_logprobs);
   s.streamed_ids = ids_end;
   out.chunks.push_back(std::move(c));
 }

@@ -79,4 +79,9 @@ struct Engine::SampleJob {
 };
 
 
+// return_text_in_logprobs (engine.cpp): fills the null texts of logprob entries with each token
+// decoded alone, special tokens kept (SGLang's batch_decode of the ids).
+void fill_logprob_texts(const Tokenizer& tok, std::vector<TokenLogprob>& lps);
+void fill_logprob_texts(const Tokenizer& tok, MetaInfo& m);
+
 }  // namespace zr

@@ -92,6 +92,9 @@ Status validate_generate(const GenerateRequest& req, const ModelConfig& cfg) {
 
 Status validate_text_use(const GenerateRequest& req, bool has_tokenizer, bool decodes) {
   const std::string stop = "sampling_params.stop";
+  if (req.return_text_in_logprobs && (!has_tokenizer || !decodes))
+    return bad("return_text_in_logprobs", has_tokenizer ? "token text is off (detokenize: false)"
+                                                        : "this model has no tokenizer");
   if (!has_tokenizer) {
     if (req.text) return bad("text", "this model has no tokenizer; send input_ids");
     if (!req.sampling_params.stop.empty()) return bad(stop, "this model has no tokenizer; use stop_token_ids");

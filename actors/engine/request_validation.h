@@ -16,7 +16,7 @@ Status validate_sampling(const SamplingParams& p, int vocab_size);
 Status validate_generate(const GenerateRequest& req, const ModelConfig& cfg);
 Status validate_score(const ScoreRequest& req, const ModelConfig& cfg);
 // Text needs a tokenizer: a text prompt, and stop strings (matched on the output text, so they
-// also need `decodes`: the request's output is decoded).
+// also need `decodes`: the request's output is decoded), and so does return_text_in_logprobs.
 Status validate_text_use(const GenerateRequest& req, bool has_tokenizer, bool decodes);
 
 }  // namespace zr

@@ -79,6 +79,7 @@ py::dict result_dict(const PublishResult& r, const std::string& path, const std:
   d["bytes"] = r.bytes;
   d["seconds"] = r.seconds;
   d["write_seconds"] = r.write_seconds;
+  d["liveness_seconds"] = r.liveness_seconds;
   d["acked"] = r.acked;
   d["dead"] = r.dead;
   py::list acks;

@@ -10,11 +10,11 @@ as the wire does). Names SGLang has and the wire does not:
   ``stop_token_ids`` as a set -> a sorted list.
 - honoured here: ``no_stop_trim`` (the matched stop string is put back at the end of ``text``);
   ``stream_interval`` (a stream yields every k-th token's chunk, and the last);
+  ``return_text_in_logprobs`` (passed on: the server decodes each entry's token, as SGLang does);
   ``spaces_between_special_tokens`` when it changes nothing (True, or special tokens skipped).
 - refused with :class:`zrollout.errors.Unsupported` naming the field, never dropped: ``image_data``,
   ``audio_data``, ``video_data``, ``input_embeds``, ``lora_path``, ``return_hidden_states``,
   ``json_schema``, ``regex``, ``ebnf``, ``structural_tag``, ``stop_regex``, ``custom_params``,
-  ``return_text_in_logprobs=True`` (the server sends no token text in logprobs yet),
   ``session_params`` beyond ``id``, ``priority``, disaggregation and data-parallel routing fields,
   and any other keyword with a non-default value.
 """
@@ -163,8 +163,7 @@ def translate(*, prompt=None, input_ids=None, sampling_params_arg=None, stream=F
         if til:
             req["token_ids_logprob"] = list(til)
         if _pick(per_request.get("return_text_in_logprobs"), i, batch, "return_text_in_logprobs"):
-            raise errors.unsupported("return_text_in_logprobs", "the server sends no token text in logprobs yet "
-                                     "(docs/protocol.md 4.2: text is always null)")
+            req["return_text_in_logprobs"] = True  # the server fills the text of every logprob entry
         if req.get("logprob_start_len") is None:
             req.pop("logprob_start_len", None)
         if session_id:

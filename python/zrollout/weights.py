@@ -12,7 +12,9 @@ sends them to the engines as a new integer version, by one of three paths:
   engines' model folder when ``disk_dir`` has none.
 - ``"broadcast"``: under ``mpirun -np 1 python3 train.py : -np K zrollout serve ...``, this
   process is the root of the bucketed, pipelined ``MPI_Ibcast`` the C++ trainer uses; every
-  engine rank verifies the checksums as buckets arrive (``Publisher.from_mpi()``).
+  engine rank verifies the checksums as buckets arrive (``Publisher.from_mpi()``). The bytes are
+  sent from the tensors' own memory (no copy into a transfer buffer); the checksums, which the
+  engines get ahead of the bytes, take one pass over them on every core first.
 
 All of it is zrollout's C++ code (``actors/trainer.h`` through ``zrollout._native``): the checksum
 (``checksum64``, docs/protocol.md), the segment layout and pool, the broadcast. A publish either
@@ -98,13 +100,15 @@ class PublishResult:
     path: str
     bytes: int                  # bytes each engine received and verified
     seconds: float              # from the start of the transfer to the last ack
-    write_seconds: float        # of which writing the bytes (ipc: copy + checksum into the segment)
+    write_seconds: float        # ipc: of which copy + checksum into the segment; broadcast: the
+                                # checksums, before `seconds` (the bytes go from the tensors)
     acked: list                 # engine indices that now serve `version`
     dead: list                  # engines skipped (stopped answering heartbeats)
     acks: list                  # per acked engine: {engine, endpoint, version, bytes, stage_seconds, ...}
     checksums: dict = field(default_factory=dict)  # {name: checksum64} of what was published
     shm_segment: str = ""
     shm_reused: bool = False
+    liveness_seconds: float = 0.0  # broadcast: asking the engines whether they are alive, before `seconds`
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)

@@ -1,6 +1,10 @@
 // Abort, streaming, sessions and cache flushing on the engine (stepped by hand).
 #include <gtest/gtest.h>
 
+#include <map>
+#include <optional>
+#include <string>
+
 #include "tests/actors/engine_test_util.h"
 #include "tests/test_util.h"
 
@@ -94,6 +98,77 @@ TEST_F(EngineControl, StreamChunksAddUpToTheFinalOutput) {
   EXPECT_EQ(ids, final.output_ids);
   EXPECT_EQ(lps, final.output_ids.size());
   EXPECT_EQ(final.text, ", there was a little girl ");
+}
+
+// Letters of `s` without spaces: per-token texts are each token decoded alone (SGLang), so a
+// word-initial piece loses its leading space; everything else must line up with the output text.
+std::string no_spaces(std::string s) {
+  std::erase(s, ' ');
+  return s;
+}
+
+TEST_F(EngineControl, ReturnTextInLogprobsNamesEveryToken) {
+  auto r = req("t", {1, 403, 407, 261, 378}, 12, 0.0f);
+  r.stream = true;
+  r.logprob_start_len = 0;
+  r.top_logprobs_num = 3;
+  r.token_ids_logprob = {261, 432};
+  r.return_text_in_logprobs = true;
+  auto plain = req("p", {1, 403, 407, 261, 378}, 12, 0.0f);
+  plain.logprob_start_len = 0;
+  plain.top_logprobs_num = 3;
+  ASSERT_TRUE(eng_->submit(r).ok());
+  ASSERT_TRUE(eng_->submit(plain).ok());
+  std::string streamed;
+  size_t chunk_entries = 0;
+  std::map<std::string, SampleOutput> done;
+  while (!eng_->idle()) {
+    StepOutputs out;
+    eng_->step(out);
+    for (auto& c : out.chunks)
+      for (const auto& e : c.output_token_logprobs) {
+        ASSERT_TRUE(e.text.has_value());
+        streamed += *e.text;
+        ++chunk_entries;
+      }
+    for (auto& o : out.finished) done[o.rid] = o;
+  }
+  const MetaInfo& m = done.at("t").meta_info;
+  ASSERT_EQ(m.output_token_logprobs.size(), 12u);
+  EXPECT_EQ(chunk_entries, 12u);
+  std::string joined;
+  for (const auto& e : m.output_token_logprobs) joined += e.text.value_or("<null>");
+  EXPECT_EQ(no_spaces(joined), no_spaces(done.at("t").text));
+  EXPECT_EQ(streamed, joined);
+  ASSERT_EQ(m.input_token_logprobs.size(), 5u);
+  EXPECT_EQ(m.input_token_logprobs[0].text, std::optional<std::string>("<s>"));  // special tokens kept
+  std::string prompt;
+  for (size_t i = 1; i < 5; ++i) prompt += m.input_token_logprobs[i].text.value_or("<null>");
+  EXPECT_EQ(no_spaces(prompt), "Onceuponatime");
+  for (const auto* lists : {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs,
+                            &m.input_token_ids_logprobs}) {
+    ASSERT_FALSE(lists->empty());
+    for (const auto& l : *lists)
+      for (const auto& e : l) EXPECT_TRUE(e.text.has_value()) << e.token_id;
+  }
+  // The top-1 alternative is the chosen token (greedy): same id, same text.
+  for (size_t k = 0; k < 12; ++k) EXPECT_EQ(m.output_top_logprobs[k][0].text, m.output_token_logprobs[k].text);
+  // Without the flag: null texts, the same tokens and logprobs.
+  const MetaInfo& p = done.at("p").meta_info;
+  ASSERT_EQ(p.output_token_logprobs.size(), 12u);
+  for (size_t k = 0; k < 12; ++k) {
+    EXPECT_FALSE(p.output_token_logprobs[k].text.has_value());
+    EXPECT_EQ(p.output_token_logprobs[k].token_id, m.output_token_logprobs[k].token_id);
+    EXPECT_EQ(p.output_token_logprobs[k].logprob, m.output_token_logprobs[k].logprob);
+  }
+  // Token text needs the output text.
+  auto off = req("off", {1, 403}, 2);
+  off.return_text_in_logprobs = true;
+  off.detokenize = false;
+  auto st = eng_->submit(off);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code, ErrorCode::invalid_argument);
+  EXPECT_NE(st.message.find("return_text_in_logprobs"), std::string::npos) << st.message;
 }
 
 TEST_F(EngineControl, SessionTurnsEqualOneLongRequest) {

@@ -50,6 +50,7 @@ GenerateRequest full_request(const std::string& rid) {
   r.stream = true;
   r.session_id = "s1";
   r.detokenize = false;
+  r.return_text_in_logprobs = true;
   return r;
 }
 
@@ -132,8 +133,10 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
       EXPECT_EQ(back->batch[0].sampling_params.processors.temperature_schedule->warmup_tokens, 3);
       EXPECT_FALSE(back->batch[0].detokenize);
       EXPECT_TRUE(back->batch[0].sampling_params.no_stop_trim);
+      EXPECT_TRUE(back->batch[0].return_text_in_logprobs);
       if (batch.size() > 1) {
         EXPECT_TRUE(back->batch[1].detokenize);
+        EXPECT_FALSE(back->batch[1].return_text_in_logprobs);
       }
     }
   }

@@ -215,5 +215,48 @@ TEST(MpiGroup, OnBucketExceptionPropagatesAndPoisonsTheGroup) {
   EXPECT_TRUE(world().barrier().ok());
 }
 
+// The root sends from scattered pieces (bcast_buckets_from), the others receive one buffer with
+// bcast_buckets: the buffer must equal the pieces laid end to end, padding as zeros. The sizes put
+// segments inside one piece (sent in place), across pieces and across padding (assembled), with
+// empty pieces and a ragged end, through the ring and in place.
+TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
+  const int root = world().size() - 1;
+  const std::vector<size_t> sizes = {(size_t{5} << 20) + 40, 0, 24, size_t{3} << 20, 0, (size_t{1} << 20) + 8,
+                                     4096 + 8, 7};
+  std::vector<std::vector<char>> data(sizes.size());
+  std::vector<MpiGroup::RootPiece> pieces;
+  std::vector<char> expected;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    data[i].resize(sizes[i]);
+    fill_random(data[i], 100 + i);
+    const bool padding = i == 2 || i == 6;  // null pieces: zeros
+    pieces.push_back({padding ? nullptr : data[i].data(), sizes[i]});
+    if (padding) expected.insert(expected.end(), sizes[i], char{0});
+    else expected.insert(expected.end(), data[i].begin(), data[i].end());
+  }
+  using Mode = MpiGroup::ReceiveMode;
+  for (auto mode : {Mode::ring, Mode::in_place}) {
+    SCOPED_TRACE(mode == Mode::ring ? "ring" : "in place");
+    world().set_receive_mode(mode);
+    for (size_t bucket : {size_t{4} << 20, size_t{64} << 10}) {
+      std::vector<char> got(expected.size(), char{1});
+      Status s = world().rank() == root
+                     ? world().bcast_buckets_from(pieces, root, bucket, milliseconds(60000))
+                     : world().bcast_buckets(got.data(), got.size(), root, bucket, milliseconds(60000));
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      if (world().rank() != root) {
+        EXPECT_TRUE(got == expected) << "bucket " << bucket << " on rank " << world().rank();
+      }
+    }
+  }
+  world().set_receive_mode(Mode::automatic);
+  // Only the root may send from pieces; the others are refused before any collective starts.
+  if (world().rank() != root) {
+    EXPECT_EQ(world().bcast_buckets_from(pieces, root).code, ErrorCode::invalid_argument);
+  }
+  EXPECT_FALSE(world().poisoned());
+  EXPECT_TRUE(world().barrier().ok());
+}
+
 }  // namespace
 }  // namespace zr

@@ -97,13 +97,45 @@ def test_no_stop_trim_and_max_new_tokens_none(llm):
     assert len(full["output_ids"]) == 512 - len(case["prompt_ids"])  # up to the context length
 
 
+def test_return_text_in_logprobs_gives_sglang_triples(llm):
+    # SGLang: every logprob entry is (logprob, token_id, text), the text being the token decoded
+    # alone with special tokens kept (tokenizer.batch_decode(ids)); None without the flag.
+    case = greedy_cases()[0]
+    kw = dict(input_ids=case["prompt_ids"], sampling_params={**GREEDY, "max_new_tokens": 8}, return_logprob=True,
+              logprob_start_len=0, top_logprobs_num=2, token_ids_logprob=[432, 383])
+    out = llm.generate(**kw, return_text_in_logprobs=True)
+    plain = llm.generate(**kw)
+    meta, pmeta = out["meta_info"], plain["meta_info"]
+    lps = meta["output_token_logprobs"]
+    assert all(isinstance(t, tuple) and len(t) == 3 and isinstance(t[2], str) for t in lps)
+    assert [t[:2] for t in lps] == [t[:2] for t in pmeta["output_token_logprobs"]]
+    assert all(t[2] is None for t in pmeta["output_token_logprobs"])
+    assert [t[1] for t in lps] == case["greedy_ids"][:8]
+    # Each token alone loses its word-initial space; the letters line up with the output text.
+    assert "".join(t[2] for t in lps).replace(" ", "") == out["text"].replace(" ", "")
+    assert case["text"].startswith(out["text"])
+    inp = meta["input_token_logprobs"]
+    assert inp[0][0] is None and inp[0][2] == "<s>"  # BOS, special tokens kept
+    assert "".join(t[2] for t in inp[1:]).replace(" ", "") == case["prompt"].replace(" ", "")
+    for key in ("output_top_logprobs", "input_top_logprobs", "output_token_ids_logprobs", "input_token_ids_logprobs"):
+        rows = [row for row in meta[key] if row]
+        assert rows and all(isinstance(e, tuple) and isinstance(e[2], str) for row in rows for e in row), key
+    assert [row[0][2] for row in meta["output_top_logprobs"]] == [t[2] for t in lps]  # greedy: top-1 is chosen
+    # Streaming and a batch with the flag as a parallel list.
+    items = list(llm.generate(**{**kw, "stream": True}, return_text_in_logprobs=True))
+    assert [t[2] for t in items[-1]["meta_info"]["output_token_logprobs"]] == [t[2] for t in lps]
+    outs = llm.generate(input_ids=[case["prompt_ids"]] * 2, sampling_params={**GREEDY, "max_new_tokens": 3},
+                        return_logprob=True, return_text_in_logprobs=[True, False])
+    assert [t[2] for t in outs[0]["meta_info"]["output_token_logprobs"]] == [t[2] for t in lps[:3]]
+    assert all(t[2] is None for t in outs[1]["meta_info"]["output_token_logprobs"])
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"image_data": "cat.png"}, "image_data"),
     ({"lora_path": ["adapter"]}, "lora_path"),
     ({"sampling_params": {"json_schema": "{}"}}, "sampling_params.json_schema"),
     ({"sampling_params": {"regex": "a+"}}, "sampling_params.regex"),
     ({"sampling_params": {"ebnf": "root ::= 'a'"}}, "sampling_params.ebnf"),
-    ({"return_text_in_logprobs": True, "return_logprob": True}, "return_text_in_logprobs"),
     ({"session_params": {"id": "s", "offset": 3}}, "session_params.offset"),
     ({"priority": 5}, "priority"),
     ({"return_hidden_states": True}, "return_hidden_states"),

@@ -17,6 +17,7 @@ import pytest
 from _fixtures import *  # noqa: F401,F403
 import zrollout
 from zrollout import errors
+from zrollout import main_generation
 from zrollout.integrations import rlinf, skyrl, tunix, verl
 from zrollout.integrations._common import pad_rows, tokenize
 
@@ -33,6 +34,22 @@ def engine(server):
 @pytest.fixture(scope="module")
 def state(stories):
     return read_safetensors(Path(stories) / "model.safetensors")
+
+
+@pytest.mark.parametrize("obj, interface", [
+    (tunix.ZrolloutRollout, "tunix.rl.rollout.base_rollout.BaseRollout"),
+    (skyrl.ZrolloutInferenceEngine, "skyrl_train.inference_engines.base.InferenceEngineInterface"),
+    (verl.ZrolloutAsyncServer, "verl.workers.rollout"),
+    (rlinf.RLinfRollout, "rlinf.workers.rollout.sglang.sglang_worker.SGLangWorker"),
+    (main_generation, "verl/trainer/config/generation.yaml"),
+    (zrollout.Engine, "sglang.Engine"),
+])
+def test_docstrings_name_the_interface(obj, interface):
+    # Each adapter says which framework interface it follows (issue 14): in its class docstring or
+    # in its module's, which the class docstring points to.
+    module = sys.modules[obj.__module__] if isinstance(obj, type) else obj
+    docs = (obj.__doc__ or "") + (module.__doc__ or "")
+    assert interface in docs, f"{obj.__name__}: docstrings do not name {interface}"
 
 
 def test_common_helpers(engine):
