@@ -3,8 +3,12 @@
 //      REQ/REP round trip (64 bytes) and vs the engine step alone;
 //   2. service throughput: 64 concurrent clients over tcp vs the engine's own batch-64 throughput
 //      (the same requests submitted to an Engine directly, prefill included in both).
-// Usage: bench_service [--model DIR] [--rounds 2] [--gen 64]
+// Usage: bench_service [--model DIR] [--rounds 2] [--gen 64] [--hops] [--json FILE]
 //        (default model: a stories15M-shape model made by make-model into ./bench_models/).
+//        --hops: after the overhead rows, 200 more 1-token round trips with comm/hop_trace.h on, and
+//        the median time from each hop to the next (client caller, client I/O thread, actor, engine).
+//        --json: rows generate_rt_1tok (us), service_overhead_1tok (us, bound: the raw round trip,
+//        so ratio = overhead / raw; target <= 2), service_tok_s (bound: the engine alone).
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
 #include <spdlog/spdlog.h>
@@ -17,8 +21,10 @@
 #include <thread>
 
 #include "actors/rollout_actor.h"
-#include "comm/client.h"
+#include "bench/bench_json.h"
 #include "bench/bench_models.h"
+#include "comm/client.h"
+#include "comm/hop_trace.h"
 
 namespace zr {
 namespace {
@@ -92,6 +98,32 @@ double engine_tok_s(const std::string& model, int clients, int gen) {
   return tokens / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// `samples` 1-token round trips with hop tracing on: per hop, the median time since the previous
+// mark of the same request (marks sorted by time), in the order of hop_trace::Hop.
+void hop_report(Client& client, int vocab, int samples) {
+  using hop_trace::Hop;
+  constexpr size_t kHops = static_cast<size_t>(Hop::kCount);
+  std::vector<std::vector<double>> gap(kHops);
+  std::vector<double> total;
+  hop_trace::set_enabled(true);
+  for (int i = -20; i < samples; ++i) {
+    (void)hop_trace::take();
+    auto r = client.generate({request("h" + std::to_string(i + 20), vocab, 4, 1, i + 20)});
+    if (!r.ok() || i < 0) continue;
+    std::vector<hop_trace::Entry> e = hop_trace::take();
+    std::sort(e.begin(), e.end(), [](const auto& a, const auto& b) { return a.ns < b.ns; });
+    std::vector<double> sum(kHops, 0.0);
+    for (size_t k = 1; k < e.size(); ++k) sum[static_cast<size_t>(e[k].hop)] += (e[k].ns - e[k - 1].ns) / 1e3;
+    for (size_t h = 0; h < kHops; ++h) gap[h].push_back(sum[h]);
+    if (e.size() > 1) total.push_back((e.back().ns - e.front().ns) / 1e3);
+  }
+  hop_trace::set_enabled(false);
+  std::printf("hops of a 1-token generate (median us since the previous mark, %d round trips):\n", samples);
+  for (size_t h = 1; h < kHops; ++h)
+    std::printf("  %-18s %8.1f\n", hop_trace::hop_name(static_cast<Hop>(h)), median(gap[h]));
+  if (!total.empty()) std::printf("  %-18s %8.1f  (client_call to client_returned)\n", "total", median(total));
+}
+
 // The C++ client's 1-token generate round trip against a running server (median of `samples`).
 int client_round_trip(const std::string& endpoint, int samples) {
   auto client = Client::connect(endpoint);
@@ -134,7 +166,12 @@ int main(int argc, char** argv) {
   int samples = 200;
   app.add_option("--connect", connect, "only measure the client's round trip against this running server");
   app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
+  bool hops = false;
+  std::string json_path;
+  app.add_flag("--hops", hops, "time each hop of a 1-token generate (comm/hop_trace.h)");
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  bench::JsonRows rows(json_path);
   spdlog::set_level(spdlog::level::warn);
   if (!connect.empty()) return client_round_trip(connect, samples);
   if (model.empty()) model = bench::default_model("stories15M");
@@ -178,6 +215,9 @@ int main(int argc, char** argv) {
   std::printf("  engine alone, same request    %8.1f us\n", engine_only_us);
   std::printf("  service overhead              %8.1f us  (= %.1fx a raw ZeroMQ REQ/REP round trip of %.1f us)\n",
               gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
+  rows.add({"generate_rt_1tok", gen_us, "us", 0});
+  rows.add({"service_overhead_1tok", gen_us - engine_only_us, "us", raw_us});
+  if (hops) hop_report(*client, vocab, 200);
 
   // 2. Throughput: clients x rounds requests over tcp vs the engine alone on the same batch.
   std::vector<std::thread> threads;
@@ -198,5 +238,6 @@ int main(int argc, char** argv) {
   std::printf("throughput, %d concurrent clients x %d requests (16-token prompts, %d new tokens):\n", clients, rounds, gen);
   std::printf("  service over tcp   %8.1f tok/s\n  engine alone       %8.1f tok/s (batch %d, same run)\n  ratio              %7.0f%%  (target >= 90%%)\n",
               service, engine, clients, 100 * service / engine);
-  return 0;
+  rows.add({"service_tok_s_b" + std::to_string(clients), service, "tok/s", engine});
+  return rows.write() ? 0 : 1;
 }
