@@ -157,7 +157,7 @@ bool RolloutActor::tick() {
   if (out.tokens_generated > 0) generated_.emplace_back(SteadyClock::now(), out.tokens_generated);
   route(out);
   if (engine_->idle()) {
-    engine_->park_threads();
+    if (opt_.park_idle_threads) engine_->park_threads();
     return false;
   }
   return true;

@@ -31,7 +31,10 @@ struct RolloutActorOptions {
   std::string model_path;  // reported by get_model_info
   int weight_rank = 0;     // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
-  std::chrono::milliseconds transfer_timeout{60000};  // no broadcast bucket / streamed ipc progress for this long = sender lost
+  std::chrono::milliseconds transfer_timeout{60000};
+  // When the engine goes idle, its compute threads sleep at once instead of spinning for the next
+  // step (Engine::park_threads): the core is then free for the reply's socket threads.
+  bool park_idle_threads = true;  // no broadcast bucket / streamed ipc progress for this long = sender lost
 };
 
 class RolloutActor {
