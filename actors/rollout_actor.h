@@ -33,8 +33,9 @@ struct RolloutActorOptions {
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
   std::chrono::milliseconds transfer_timeout{60000};
   // When the engine goes idle, its compute threads sleep at once instead of spinning for the next
-  // step (Engine::park_threads): the core is then free for the reply's socket threads.
-  bool park_idle_threads = true;  // no broadcast bucket / streamed ipc progress for this long = sender lost
+  // step (Engine::park_threads), freeing the core for the reply's socket threads. Off: in
+  // bench_service's alternating rounds it did not shorten a 1-token round trip (docs/performance.md).
+  bool park_idle_threads = false;  // no broadcast bucket / streamed ipc progress for this long = sender lost
 };
 
 class RolloutActor {

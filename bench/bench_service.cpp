@@ -183,19 +183,19 @@ int main(int argc, char** argv) {
   const std::string ep = actor.endpoint();
   const int vocab = actor.engine().config().vocab_size;
 
-  // 1. Request overhead. Rounds alternate the service (compute threads parked when the engine goes
-  // idle, the default), the service with them spinning for the next step (park_idle_threads off),
-  // and the engine alone, so the three see the same host.
+  // 1. Request overhead. Rounds alternate the service (default options), the service with the
+  // compute threads parked as soon as the engine goes idle (park_idle_threads), and the engine
+  // alone, so the three see the same host.
   double raw_us = raw_zmq_round_trip_us();
-  RolloutActorOptions spin_opt;
-  spin_opt.park_idle_threads = false;
-  RolloutActor spin_actor(ctx, std::move(Engine::load(model, engine_options())).value(), spin_opt);
-  if (!spin_actor.bind("tcp://127.0.0.1:*").ok()) return 1;
-  spin_actor.start();
+  RolloutActorOptions park_opt;
+  park_opt.park_idle_threads = true;
+  RolloutActor park_actor(ctx, std::move(Engine::load(model, engine_options())).value(), park_opt);
+  if (!park_actor.bind("tcp://127.0.0.1:*").ok()) return 1;
+  park_actor.start();
   auto client = std::move(Client::connect(ep)).value();
-  auto spin_client = std::move(Client::connect(spin_actor.endpoint())).value();
+  auto park_client = std::move(Client::connect(park_actor.endpoint())).value();
   auto eng = std::move(Engine::load(model, engine_options())).value();
-  std::vector<double> rt, rt_spin, alone;
+  std::vector<double> rt, rt_park, alone;
   int next = 0;
   auto time_generate = [&](Client& c, std::vector<double>& out) {
     auto t0 = Clock::now();
@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
   };
   for (int round = 0; round < 4; ++round) {
     for (int i = 0; i < 50; ++i) time_generate(*client, rt);
-    for (int i = 0; i < 50; ++i) time_generate(*spin_client, rt_spin);
+    for (int i = 0; i < 50; ++i) time_generate(*park_client, rt_park);
     for (int i = 0; i < 50; ++i) {
       auto t0 = Clock::now();
       (void)eng->submit(request("x" + std::to_string(next), vocab, 4, 1, next));
@@ -218,8 +218,8 @@ int main(int argc, char** argv) {
       alone.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
   }
-  spin_actor.stop();
-  const double engine_only_us = median(alone), spin_us = median(rt_spin);
+  park_actor.stop();
+  const double engine_only_us = median(alone), park_us = median(rt_park);
   double gen_us = median(rt);
   std::printf("zrollout bench_service: %s\n", model.c_str());
   std::printf("request overhead (tcp loopback, median of 200 in 4 alternating rounds):\n");
@@ -227,11 +227,11 @@ int main(int argc, char** argv) {
   std::printf("  engine alone, same request    %8.1f us\n", engine_only_us);
   std::printf("  service overhead              %8.1f us  (= %.1fx a raw ZeroMQ REQ/REP round trip of %.1f us)\n",
               gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
-  std::printf("  with threads spinning when idle %6.1f us round trip, overhead %.1f us (= %.1fx raw)\n", spin_us,
-              spin_us - engine_only_us, (spin_us - engine_only_us) / raw_us);
+  std::printf("  idle threads parked           %8.1f us round trip, overhead %.1f us (= %.1fx raw)\n", park_us,
+              park_us - engine_only_us, (park_us - engine_only_us) / raw_us);
   rows.add({"generate_rt_1tok", gen_us, "us", 0});
   rows.add({"service_overhead_1tok", gen_us - engine_only_us, "us", raw_us});
-  rows.add({"service_overhead_1tok_spin", spin_us - engine_only_us, "us", raw_us});
+  rows.add({"service_overhead_1tok_parked", park_us - engine_only_us, "us", raw_us});
   if (hops) hop_report(*client, vocab, 200);
 
   // 2. Throughput: clients x rounds requests over tcp vs the engine alone on the same batch.
