@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The standard benchmark suite: every bench writes its rows with --json into one folder, then one
 # table of ratios (value / the limit it is held against, measured in the same run) is printed.
-# About ten minutes for everything on the 2-core dev host; run it alone (`cpu bench`), in parts if
-# one call must stay short:
+# About five minutes for everything on the 2-core dev host (plus making the models on first use);
+# run it alone (`cpu bench`), in parts if one call must stay short:
 #   scripts/bench.sh                          # all parts, rows into bench-results/<date>-<commit>/
 #   scripts/bench.sh --out DIR engine service # only these parts (rows added to DIR)
 #   scripts/bench.sh --table DIR              # print the table of the rows in DIR, run nothing
 # Parts: engine service rollout prefix weights tp tokenizer python. Models: random checkpoints made
 # by `zrollout make-model` into bench_models/ on first use (stories15M, stories110M, tiny); the
 # tokenizer part reads ../shared/models (skipped when absent), the python part needs /usr/bin/python3
-# with numpy (skipped otherwise). OPENBLAS_CORETYPE is passed through and printed.
+# with numpy, zmq and msgpack (skipped otherwise). OPENBLAS_CORETYPE is passed through and printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
