@@ -1,5 +1,6 @@
 #include "actors/rollout_actor.h"
 
+#include "comm/hop_trace.h"
 #include "comm/wire_codec.h"
 
 namespace zr {
@@ -151,6 +152,7 @@ Status RolloutActor::on_generate(GenerateCall& call, const ReplyTo& from) {
     call_of_rid_[rid] = c;
   }
   count_in_flight(*c, static_cast<int>(c->rids.size()));
+  hop_trace::mark(hop_trace::Hop::engine_submitted);
   return {};
 }
 
@@ -195,10 +197,16 @@ Status RolloutActor::on_abort(const AbortCall& a, const ReplyTo& from) {
 bool RolloutActor::tick() {
   if (engine_->idle()) return false;  // a stage in progress wakes the loop when it is done
   StepOutputs out;
+  hop_trace::mark(hop_trace::Hop::step_start);
   engine_->step(out);
+  hop_trace::mark(hop_trace::Hop::step_end);
   if (out.tokens_generated > 0) generated_.emplace_back(SteadyClock::now(), out.tokens_generated);
   route(out);
-  return !engine_->idle();
+  if (engine_->idle()) {
+    if (opt_.park_idle_threads) engine_->park_threads();
+    return false;
+  }
+  return true;
 }
 
 void RolloutActor::route(StepOutputs& out) {
@@ -248,7 +256,10 @@ void RolloutActor::complete(const std::string& rid) {
   GenerateReply reply{c->req_id, {}};
   for (const auto& r : c->rids)
     for (auto& s : c->samples[r]) reply.outputs.push_back(std::move(*s));
-  actor_.send(c->to, "generate.reply", wire::encode(reply));
+  std::string body = wire::encode(reply);
+  hop_trace::mark(hop_trace::Hop::reply_encoded);
+  actor_.send(c->to, "generate.reply", std::move(body));
+  hop_trace::mark(hop_trace::Hop::reply_sent);
 }
 
 // SIGTERM / stop(): no new work is read; in-flight requests get drain_timeout to finish, then the

@@ -3,7 +3,9 @@
 // the same run. Prints per mode the positions the forward computed, the positions taken from the
 // cache (meta_info.cached_tokens), the wall time, and whether both modes gave the same bits.
 // Usage: bench_prefix [--model DIR] [--prompts 32] [--copies 8] [--prompt-len 128] [--max-new 1]
-//        [--threads 2] [--kv-cache-mb 1024] [--rounds 1]
+//        [--threads 2] [--kv-cache-mb 1024] [--rounds 1] [--json FILE]
+//        --json rows per round: prefix_cache_speedup (time off / time on, x) and
+//        prefix_cache_computed_ratio (positions computed off / on, x), bench/bench_json.h.
 //        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
 // Run it alone: `cpu bench build/bench/bench_prefix ...`.
 #include <spdlog/spdlog.h>
@@ -15,6 +17,7 @@
 #include <random>
 
 #include "actors/engine/engine.h"
+#include "bench/bench_json.h"
 #include "bench/bench_models.h"
 
 namespace zr {
@@ -97,7 +100,10 @@ int run(int argc, char** argv) {
   app.add_option("--threads", threads)->capture_default_str();
   app.add_option("--kv-cache-mb", kv_mb)->capture_default_str();
   app.add_option("--rounds", rounds, "on/off pairs, alternated")->capture_default_str();
+  std::string json_path;
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  bench::JsonRows rows(json_path);
   spdlog::set_level(spdlog::level::warn);
   if (model.empty()) model = bench::default_model("stories110M");
   if (model.empty()) return 1;
@@ -131,8 +137,12 @@ int run(int argc, char** argv) {
     std::printf("prefix_cache round %d: %.2fx fewer positions computed, %.2fx faster\n", round,
                 static_cast<double>(res[false].computed) / std::max<int64_t>(1, res[true].computed),
                 res[false].seconds / res[true].seconds);
+    if (!same) std::printf("prefix_cache round %d: outputs DIFFER with and without the cache\n", round);
+    rows.add({"prefix_cache_speedup", res[false].seconds / res[true].seconds, "x", 0});
+    rows.add({"prefix_cache_computed_ratio",
+              static_cast<double>(res[false].computed) / std::max<int64_t>(1, res[true].computed), "x", 0});
   }
-  return 0;
+  return rows.write() ? 0 : 1;
 }
 
 }  // namespace

@@ -11,7 +11,9 @@ same run against its limit:
 Usage (from the repository root, after scripts/build.sh):
   PYTHONPATH=python /usr/bin/python3 bench/bench_publish.py [--model DIR] [--pushes 9]
 The model defaults to bench_models/stories110M (made with `zrollout make-model --preset stories110M`
-if absent). Prints the THP settings and OPENBLAS_CORETYPE of the run.
+if absent). Prints the THP settings and OPENBLAS_CORETYPE of the run. --json FILE writes rows
+python_publish_{fresh,reused}_ms (Python call -> ack; bound: one memcpy; target ratio <= 1.3),
+bench/bench_json.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO / "python"))
 from zrollout import _native, safetensors  # noqa: E402
 from zrollout.weights import Publisher  # noqa: E402
 from publish_common import ensure_model, free_port, host_settings  # noqa: E402
+from bench_json import JsonRows  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 
 def read_state_dict(model: Path, use_torch: bool) -> dict:
@@ -61,6 +64,7 @@ def main() -> int:
     ap.add_argument("--model", default="bench_models/stories110M")
     ap.add_argument("--pushes", type=int, default=9)
     ap.add_argument("--numpy", action="store_true", help="numpy arrays even when torch is present")
+    ap.add_argument("--json", help="write result rows to FILE (bench/bench_json.py)")
     args = ap.parse_args()
     zrollout = Path(_native.zrollout_binary)
     model = Path(args.model)
@@ -117,6 +121,7 @@ def main() -> int:
     print(host_settings())
     print("(ratios: median over publishes of (time / one memcpy of the same bytes between pre-faulted buffers,\n"
           " timed right after that publish); target for Python publish -> ack: <= 1.3x)")
+    json_rows = JsonRows(args.json)
     for kind, label in (("fresh", "new segment (first publishes)"), ("reused", "segment reused (steady state)")):
         r = rows[kind]
         if not r:
@@ -132,6 +137,9 @@ def main() -> int:
               f"{ratio('write'):.2f}x memcpy")
         print(f"    engine: map + verify (staging)        {med([x['stage'] for x in r]) * 1e3:8.1f} ms  "
               f"({r[-1]['zero_copy']} tensors zero-copy)")
+        json_rows.add(f"python_publish_{kind}_ms", med([x["call"] for x in r]) * 1e3, "ms",
+                      med([x["memcpy"] for x in r]) * 1e3)
+    json_rows.write()
     return 0
 
 

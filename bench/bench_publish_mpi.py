@@ -14,6 +14,8 @@ host's THP settings. Usage (from the repository root, after scripts/build.sh; th
   /usr/bin/python3 bench/bench_publish_mpi.py [--model bench_models/stories110M] [--repeats 5] [--rounds 2]
 The model defaults to bench_models/stories110M (made with `zrollout make-model --preset stories110M`
 if absent): 438 MB of f32 weights, held as a torch state_dict (numpy arrays without torch).
+--json FILE (the driver) writes rows python_bcast_publish_gbps_{4k,thp} (publish GB/s; bound: raw
+MPI_Bcast from buffers in those pages; target ratio >= 0.85), bench/bench_json.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 from publish_common import ensure_model, free_port, host_settings  # noqa: E402
+from bench_json import JsonRows  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 
 def result(payload: dict) -> None:
@@ -138,8 +141,10 @@ def driver(args) -> int:
           f"{'torch tensors' if info['framework'] == 'torch' else 'numpy arrays'} ({info['tensors']} tensors), "
           f"1 engine rank, buckets {args.bucket_mib} MiB, {args.rounds} rounds x {args.repeats} repeats")
     print(host_settings())
+    json_rows = JsonRows(args.json)
     for pages, label in (("4k", "4 KiB pages, as torch tensors"), ("thp", "THP, numpy's default")):
         raw_s = med(raw[pages])
+        json_rows.add(f"python_bcast_publish_gbps_{pages}", gb(call_s), "GB/s", gb(raw_s))
         print(f"  raw MPI_Bcast (mpi4py, np 2, {label}) {raw_s * 1e3:8.1f} ms  {gb(raw_s):6.2f} GB/s  "
               f"(median of {len(raw[pages])}); publish = {raw_s / call_s * 100:.0f}% of it")
     print(f"  Python publish(path='broadcast') -> ack      {call_s * 1e3:8.1f} ms  {gb(call_s):6.2f} GB/s  "
@@ -148,6 +153,7 @@ def driver(args) -> int:
     print(f"    before it: trainer checksums (all cores)   {med([r['write'] for r in pubs]) * 1e3:8.1f} ms")
     print(f"    before it: engines' liveness probe         {med([r.get('live', 0.0) for r in pubs]) * 1e3:8.1f} ms")
     print(f"    engine: receive + verify (staging)         {med([r['stage'] for r in pubs]) * 1e3:8.1f} ms")
+    json_rows.write()
     return 0
 
 
@@ -160,6 +166,7 @@ def main() -> int:
     ap.add_argument("--bucket-mib", type=int, default=64)
     ap.add_argument("--nbytes", type=int, default=0)
     ap.add_argument("--pages", choices=["4k", "thp"], default="4k", help="(raw role) buffer pages")
+    ap.add_argument("--json", help="(driver) write result rows to FILE (bench/bench_json.py)")
     args = ap.parse_args()
     if args.role == "raw":
         return role_raw(args)

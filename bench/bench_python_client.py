@@ -10,7 +10,9 @@
      (target: >= 90%).
 
 Usage: bench/bench_python_client.py [--model DIR] [--build build] [--rounds 2] [--gen 64] [--samples 200]
-       [--alternations 5]
+       [--alternations 5] [--json FILE]
+--json rows (bench/bench_json.py): python_client_rt_1tok_us (bound: the C++ client's; target ratio
+<= 1.5) and python_client_tok_s (bound: the engine alone; target >= 0.9).
 (default model: the stories15M-shape random model in ./bench_models/, made by make-model as the C++
 benchmarks make it). Run it on a quiet machine: both sides use every core.
 """
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import zrollout  # noqa: E402
+from bench_json import JsonRows  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 CLIENTS = 64  # bench_service's concurrent clients, and so the batch of its engine-alone figure
 
@@ -109,6 +112,7 @@ def main() -> int:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--alternations", type=int, default=5)
+    ap.add_argument("--json", help="write result rows to FILE (bench/bench_json.py)")
     args = ap.parse_args()
     build = Path(args.build)
     model = args.model or default_model(build)
@@ -142,6 +146,10 @@ def main() -> int:
     print(f"  Python AsyncClient  {py_tok_s:8.1f} tok/s")
     print(f"  engine alone        {cpp['engine_tok_s']:8.1f} tok/s (batch {CLIENTS}, bench_service, same run)")
     print(f"  ratio               {100 * py_tok_s / cpp['engine_tok_s']:7.0f}%  (target >= 90%)")
+    rows = JsonRows(args.json)
+    rows.add("python_client_rt_1tok_us", py_rt, "us", cpp_rt)
+    rows.add("python_client_tok_s", py_tok_s, "tok/s", cpp["engine_tok_s"])
+    rows.write()
     return 0
 
 

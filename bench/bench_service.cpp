@@ -3,8 +3,12 @@
 //      REQ/REP round trip (64 bytes) and vs the engine step alone;
 //   2. service throughput: 64 concurrent clients over tcp vs the engine's own batch-64 throughput
 //      (the same requests submitted to an Engine directly, prefill included in both).
-// Usage: bench_service [--model DIR] [--rounds 2] [--gen 64]
+// Usage: bench_service [--model DIR] [--rounds 2] [--gen 64] [--hops] [--json FILE]
 //        (default model: a stories15M-shape model made by make-model into ./bench_models/).
+//        --hops: after the overhead rows, 200 more 1-token round trips with comm/hop_trace.h on, and
+//        the median time from each hop to the next (client caller, client I/O thread, actor, engine).
+//        --json: rows generate_rt_1tok (us), service_overhead_1tok (us, bound: the raw round trip,
+//        so ratio = overhead / raw; target <= 2), service_tok_s (bound: the engine alone).
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
 //        bench_service --curve: the cost of CURVE: the 1-token round trip and the 64-client
@@ -19,8 +23,10 @@
 #include <thread>
 
 #include "actors/rollout_actor.h"
-#include "comm/client.h"
+#include "bench/bench_json.h"
 #include "bench/bench_models.h"
+#include "comm/client.h"
+#include "comm/hop_trace.h"
 
 namespace zr {
 namespace {
@@ -92,6 +98,32 @@ double engine_tok_s(const std::string& model, int clients, int gen) {
     tokens += out.tokens_generated;
   }
   return tokens / std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// `samples` 1-token round trips with hop tracing on: per hop, the median time since the previous
+// mark of the same request (marks sorted by time), in the order of hop_trace::Hop.
+void hop_report(Client& client, int vocab, int samples) {
+  using hop_trace::Hop;
+  constexpr size_t kHops = static_cast<size_t>(Hop::kCount);
+  std::vector<std::vector<double>> gap(kHops);
+  std::vector<double> total;
+  hop_trace::set_enabled(true);
+  for (int i = -20; i < samples; ++i) {
+    (void)hop_trace::take();
+    auto r = client.generate({request("h" + std::to_string(i + 20), vocab, 4, 1, i + 20)});
+    if (!r.ok() || i < 0) continue;
+    std::vector<hop_trace::Entry> e = hop_trace::take();
+    std::sort(e.begin(), e.end(), [](const auto& a, const auto& b) { return a.ns < b.ns; });
+    std::vector<double> sum(kHops, 0.0);
+    for (size_t k = 1; k < e.size(); ++k) sum[static_cast<size_t>(e[k].hop)] += (e[k].ns - e[k - 1].ns) / 1e3;
+    for (size_t h = 0; h < kHops; ++h) gap[h].push_back(sum[h]);
+    if (e.size() > 1) total.push_back((e.back().ns - e.front().ns) / 1e3);
+  }
+  hop_trace::set_enabled(false);
+  std::printf("hops of a 1-token generate (median us since the previous mark, %d round trips):\n", samples);
+  for (size_t h = 1; h < kHops; ++h)
+    std::printf("  %-18s %8.1f\n", hop_trace::hop_name(static_cast<Hop>(h)), median(gap[h]));
+  if (!total.empty()) std::printf("  %-18s %8.1f  (client_call to client_returned)\n", "total", median(total));
 }
 
 // The C++ client's 1-token generate round trip against a running server (median of `samples`).
@@ -211,7 +243,12 @@ int main(int argc, char** argv) {
   app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
   bool curve = false;
   app.add_flag("--curve", curve, "measure the cost of CURVE keys: round trip and throughput with and without, same run");
+  bool hops = false;
+  std::string json_path;
+  app.add_flag("--hops", hops, "time each hop of a 1-token generate (comm/hop_trace.h)");
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  bench::JsonRows rows(json_path);
   spdlog::set_level(spdlog::level::warn);
   if (!connect.empty()) return client_round_trip(connect, samples);
   if (model.empty()) model = bench::default_model("stories15M");
@@ -224,38 +261,56 @@ int main(int argc, char** argv) {
   const std::string ep = actor.endpoint();
   const int vocab = actor.engine().config().vocab_size;
 
-  // 1. Request overhead.
+  // 1. Request overhead. Rounds alternate the service (default options), the service with the
+  // compute threads parked as soon as the engine goes idle (park_idle_threads), and the engine
+  // alone, so the three see the same host.
   double raw_us = raw_zmq_round_trip_us();
+  RolloutActorOptions park_opt;
+  park_opt.park_idle_threads = true;
+  RolloutActor park_actor(ctx, std::move(Engine::load(model, engine_options())).value(), park_opt);
+  if (!park_actor.bind("tcp://127.0.0.1:*").ok()) return 1;
+  park_actor.start();
   auto client = std::move(Client::connect(ep)).value();
-  std::vector<double> rt;
-  for (int i = 0; i < 200; ++i) {
+  auto park_client = std::move(Client::connect(park_actor.endpoint())).value();
+  auto eng = std::move(Engine::load(model, engine_options())).value();
+  std::vector<double> rt, rt_park, alone;
+  int next = 0;
+  auto time_generate = [&](Client& c, std::vector<double>& out) {
     auto t0 = Clock::now();
-    auto r = client->generate({request("o" + std::to_string(i), vocab, 4, 1, i)});
-    rt.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-    if (!r.ok()) return std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), 1;
-  }
-  double engine_only_us;
-  {
-    auto eng = std::move(Engine::load(model, engine_options())).value();
-    std::vector<double> t;
-    for (int i = 0; i < 200; ++i) {
+    auto r = c.generate({request("o" + std::to_string(next), vocab, 4, 1, next)});
+    ++next;
+    out.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (!r.ok()) std::fprintf(stderr, "%s\n", r.status().to_string().c_str()), std::exit(1);
+  };
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 50; ++i) time_generate(*client, rt);
+    for (int i = 0; i < 50; ++i) time_generate(*park_client, rt_park);
+    for (int i = 0; i < 50; ++i) {
       auto t0 = Clock::now();
-      (void)eng->submit(request("x" + std::to_string(i), vocab, 4, 1, i));
+      (void)eng->submit(request("x" + std::to_string(next), vocab, 4, 1, next));
+      ++next;
       while (!eng->idle()) {
         StepOutputs out;
         eng->step(out);
       }
-      t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      alone.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
-    engine_only_us = median(t);
   }
+  park_actor.stop();
+  const double engine_only_us = median(alone), park_us = median(rt_park);
   double gen_us = median(rt);
   std::printf("zrollout bench_service: %s\n", model.c_str());
-  std::printf("request overhead (tcp loopback, median of 200):\n");
+  std::printf("request overhead (tcp loopback, median of 200 in 4 alternating rounds):\n");
   std::printf("  1-token generate round trip   %8.1f us\n", gen_us);
   std::printf("  engine alone, same request    %8.1f us\n", engine_only_us);
   std::printf("  service overhead              %8.1f us  (= %.1fx a raw ZeroMQ REQ/REP round trip of %.1f us)\n",
               gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
+  std::printf("  idle threads parked           %8.1f us round trip, overhead %.1f us (= %.1fx raw)\n", park_us,
+              park_us - engine_only_us, (park_us - engine_only_us) / raw_us);
+  rows.add({"generate_rt_1tok", gen_us, "us", 0});
+  rows.add({"service_overhead_1tok", gen_us - engine_only_us, "us", raw_us});
+  rows.add({"service_overhead_1tok_parked", park_us - engine_only_us, "us", raw_us});
+  if (hops) hop_report(*client, vocab, 200);
 
   // 2. Throughput: clients x rounds requests over tcp vs the engine alone on the same batch.
   std::vector<std::thread> threads;
@@ -276,5 +331,6 @@ int main(int argc, char** argv) {
   std::printf("throughput, %d concurrent clients x %d requests (16-token prompts, %d new tokens):\n", clients, rounds, gen);
   std::printf("  service over tcp   %8.1f tok/s\n  engine alone       %8.1f tok/s (batch %d, same run)\n  ratio              %7.0f%%  (target >= 90%%)\n",
               service, engine, clients, 100 * service / engine);
-  return 0;
+  rows.add({"service_tok_s_b" + std::to_string(clients), service, "tok/s", engine});
+  return rows.write() ? 0 : 1;
 }

@@ -17,6 +17,8 @@
 // a disk publish of the checkpoint (written to DIR by the trainer). --after CMD runs last (e.g.
 // SIGKILL a stopped engine so that mpirun can end).
 // Exit code: 0 when every publish reached every live engine.
+// --json FILE: rows survivors_publish_all_ms and survivors_publish_survivors_ms (medians; the
+// survivors' row bound by the all-engines median), bench/bench_json.h.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -26,6 +28,7 @@
 #include <fstream>
 
 #include "actors/trainer.h"
+#include "bench/bench_json.h"
 #include "comm/json_codec.h"
 #include "launch/cluster.h"
 #include "model/safetensors.h"
@@ -40,6 +43,7 @@ struct Args {
   int publishes = 3;
   int fault_wait_ms = 0;  // after the fault, before the next publish (e.g. let a cut link settle)
   uint64_t bucket_mib = 64;
+  std::string json_path;  // --json
 };
 
 double median(std::vector<double> v) {
@@ -155,6 +159,10 @@ int run(const Args& a) {
                     {"ok", ok}};
     std::printf("%s\n", summary.dump().c_str());
     std::fflush(stdout);
+    bench::JsonRows rows(a.json_path);
+    rows.add({"survivors_publish_all_ms", median(all) * 1e3, "ms", 0});
+    rows.add({"survivors_publish_survivors_ms", median(survivors) * 1e3, "ms", median(all) * 1e3});
+    if (!rows.write()) ok = false;
     (void)(*t)->shutdown_engines();
     if (!a.after.empty()) (void)std::system(a.after.c_str());
     rc = ok ? 0 : 2;
@@ -176,6 +184,7 @@ int main(int argc, char** argv) {
   app.add_option("--input", a.input, "generate requests (JSONL) run after each phase");
   app.add_option("--output", a.output, "prefix of the generate outputs");
   app.add_option("--bucket-mib", a.bucket_mib)->capture_default_str();
+  app.add_option("--json", a.json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
   return run(a);
 }

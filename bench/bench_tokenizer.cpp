@@ -7,7 +7,9 @@
 // engine encodes text prompts); decode and stream take each prompt's ids. Encode is timed cold
 // (first pass: the BPE word cache empty) and warm (best of --reps passes).
 //
-//   bench_tokenizer [--models ../shared/models] [--mb 4] [--chunk-kb 4] [--reps 3]
+//   bench_tokenizer [--models ../shared/models] [--mb 4] [--chunk-kb 4] [--reps 3] [--json FILE]
+// --json rows tokenizer_<text>_<qwen3|llama3|sentencepiece>_{encode,decode} (warm encode and decode,
+// MB/s); the BPE rows are held against sentencepiece's on the same text (bound), bench/bench_json.h.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -18,6 +20,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "bench/bench_json.h"
 
 #include "model/make_model.h"
 #include "model/tokenizer.h"
@@ -99,15 +103,18 @@ int main(int argc, char** argv) {
   app.add_option("--mb", mb, "MB of text per workload")->capture_default_str();
   app.add_option("--chunk-kb", chunk_kb, "prompt size in KB")->capture_default_str();
   app.add_option("--reps", reps, "timed passes (best is reported)")->capture_default_str();
+  std::string json_path;
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  zr::bench::JsonRows rows(json_path);
   spdlog::set_level(spdlog::level::warn);  // keep load lines out of the table
 
   struct Named {
-    std::string name, path;
+    std::string name, path, key;  // key: the --json row name's part
   };
-  const std::vector<Named> tokenizers = {{"qwen3 tokenizer.json", models + "/tokenizers/qwen3/tokenizer.json"},
-                                         {"llama3 tokenizer.json", models + "/tokenizers/llama3/tokenizer.json"},
-                                         {"stories260K sentencepiece", models + "/stories260K/tokenizer.model"}};
+  const std::vector<Named> tokenizers = {{"qwen3 tokenizer.json", models + "/tokenizers/qwen3/tokenizer.json", "qwen3"},
+                                         {"llama3 tokenizer.json", models + "/tokenizers/llama3/tokenizer.json", "llama3"},
+                                         {"stories260K sentencepiece", models + "/stories260K/tokenizer.model", "sentencepiece"}};
   std::string mixed_unit;
   {
     std::ifstream f(models + "/tokenizers/qwen3/cases.json");
@@ -127,6 +134,7 @@ int main(int argc, char** argv) {
               "decode", "stream");
   for (const Text& text : texts) {
     const auto prompts = chunks_of(text.body, static_cast<size_t>(chunk_kb) * 1024);
+    std::vector<std::pair<std::string, Row>> measured;  // sentencepiece (the bound) comes last
     for (const Named& t : tokenizers) {
       auto tok = zr::Tokenizer::load(t.path);
       if (!tok.ok()) {
@@ -136,8 +144,15 @@ int main(int argc, char** argv) {
       const Row r = measure(*tok, prompts, reps);
       std::printf("%-10s %-27s %10.2f %12.1f %12.1f %10.1f %10.1f\n", text.name.c_str(), t.name.c_str(),
                   r.bytes_per_token, r.encode_cold, r.encode_warm, r.decode, r.stream);
+      measured.emplace_back(t.key, r);
+    }
+    const Row* spm = measured.empty() || measured.back().first != "sentencepiece" ? nullptr : &measured.back().second;
+    for (const auto& [key, r] : measured) {
+      const bool bounded = spm && key != "sentencepiece";
+      rows.add({"tokenizer_" + text.name + "_" + key + "_encode", r.encode_warm, "MB/s", bounded ? spm->encode_warm : 0});
+      rows.add({"tokenizer_" + text.name + "_" + key + "_decode", r.decode, "MB/s", bounded ? spm->decode : 0});
     }
     std::printf("  (%s: %.1f MB in %zu prompts)\n", text.name.c_str(), text.body.size() / 1e6, prompts.size());
   }
-  return 0;
+  return rows.write() ? 0 : 1;
 }

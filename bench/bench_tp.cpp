@@ -22,6 +22,8 @@
 // Run: mpirun [--allow-run-as-root] --oversubscribe --bind-to none -np 2 build/bench/bench_tp
 //          [--model DIR] [--batches 1,64] [--prompt 64] [--gen 64] [--threads 1] [--no-same-cores]
 // (default model: a random stories110M-shape model made by make-model into ./bench_models/).
+// --json FILE (rank 0 writes it, bench/bench_json.h): rows tp<T>_decode_b<B> (tok/s; bound: TP=1
+// with the same total threads in one process, else TP=1) and tp1_decode_b<B>.
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
@@ -41,6 +43,7 @@
 #include "actors/engine/engine.h"
 #include "actors/engine/tp_follower.h"
 #include "actors/engine/tp_group.h"
+#include "bench/bench_json.h"
 #include "bench/bench_models.h"
 #include "comm/mpi_group.h"
 #include "model/config.h"
@@ -407,6 +410,8 @@ int main(int argc, char** argv) {
   app.add_option("--gen", gen, "new tokens")->capture_default_str();
   app.add_option("--threads", threads, "compute threads per rank")->capture_default_str();
   app.add_flag("!--no-same-cores", same_cores, "skip TP=1 with threads x ranks threads");
+  std::string json_path;
+  app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   const int T = world.size(), rank = world.rank();
@@ -473,6 +478,13 @@ int main(int argc, char** argv) {
   }
   if (rank == 0 && T > 1) print_tables(rows, T, threads, same_cores, s);
   if (rank == 0 && T == 1) std::printf("np=1: no TP phase (run under mpirun -np 2 or more)\n");
+  bench::JsonRows json(rank == 0 ? json_path : "");
+  for (const Row& r : rows) {
+    json.add({"tp1_decode_b" + std::to_string(r.batch), r.one.tok_s, "tok/s", 0});
+    if (T > 1)
+      json.add({"tp" + std::to_string(T) + "_decode_b" + std::to_string(r.batch), r.tp.tok_s, "tok/s",
+                same_cores ? r.same.tok_s : r.one.tok_s});
+  }
   die_if(world.barrier(), "final barrier");
-  return 0;
+  return json.write() ? 0 : 1;
 }

@@ -11,6 +11,9 @@
 // Run: mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader -np 2
 //          build/bench/bench_weight_sync [--mib 512] [--bucket-mib 64[,16...]] [--repeats 7]
 // (np = 4 for 3 receivers). Rank 0 prints; the ipc part runs on rank 0 while the others sleep.
+// --json FILE (rank 0 writes it, bench/bench_json.h): rows weight_sync_bcast_<B>mib_gbps (bound: the
+// raw MPI_Bcast's GB/s in the same rounds), weight_sync_ipc_gbps (write + open + checksum; bound:
+// memcpy's GB/s), checksum64_dram_gbps.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_json.h"
 #include "comm/checksum.h"
 #include "comm/host_pages.h"
 #include "comm/mpi_group.h"
@@ -137,7 +141,7 @@ struct Consumer {
 
 // ---- ipc and checksum (rank 0 only) -------------------------------------------------------------
 
-void bench_checksum(const std::vector<char>& src) {
+void bench_checksum(const std::vector<char>& src, zr::bench::JsonRows& rows) {
   std::vector<double> hot, cold, par;
   const size_t small = size_t{256} << 10;
   for (int r = 0; r < 9; ++r) {
@@ -153,13 +157,14 @@ void bench_checksum(const std::vector<char>& src) {
     par.push_back(seconds_since(t0));
     if (sink == 42) std::puts("");
   }
+  rows.add({"checksum64_dram_gbps", gbps(src.size(), median(cold)), "GB/s", 0});
   std::printf("checksum64: %.1f GB/s on 256 KiB in cache (1 thread), %.1f GB/s over %zu MiB (1 thread), "
               "%.1f GB/s (2 threads)\n",
               gbps(small, median(hot)), gbps(src.size(), median(cold)), src.size() >> 20,
               gbps(src.size(), median(par)));
 }
 
-void bench_ipc(Consumer& consumer, const std::vector<char>& src, int repeats) {
+void bench_ipc(Consumer& consumer, const std::vector<char>& src, int repeats, zr::bench::JsonRows& rows) {
   const size_t n = src.size();
   const uint64_t want = zr::checksum64(src.data(), n);
   std::vector<char> dst(n, 1);  // pre-faulted
@@ -196,6 +201,7 @@ void bench_ipc(Consumer& consumer, const std::vector<char>& src, int repeats) {
               median(open_pop) * 1e3, median(cks_pop) * 1e3, median(total_pop) * 1e3, median(total_pop) / m);
   std::printf("  consumer open+map lazy     %8.2f ms, checksum %8.2f ms; write+open+checksum %8.2f ms = %.2fx memcpy\n",
               median(open_lazy) * 1e3, median(cks_lazy) * 1e3, median(total_lazy) * 1e3, median(total_lazy) / m);
+  rows.add({"weight_sync_ipc_gbps", gbps(n, median(total_pop)), "GB/s", gbps(n, m)});
   std::printf("  a fresh segment (create: fallocate + populate) %8.2f ms = %.2fx memcpy, paid once if reused\n",
               median(create) * 1e3, median(create) / m);
 }
@@ -269,7 +275,7 @@ BcastTimes bench_bcast(MpiGroup& world, std::vector<char>& buf, size_t bucket, i
   return t;
 }
 
-void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t bucket) {
+void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t bucket, zr::bench::JsonRows& rows) {
   auto all = world.allgather_strings(std::to_string(t.mismatches));
   auto ring = world.allgather_strings(world.receives_through_ring(0) ? "ring" : "in place");
   if (world.rank() != 0) return;
@@ -287,6 +293,8 @@ void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t buc
               median(t.bucketed) * 1e3, gbps(bytes, median(t.bucketed)));
   std::printf("  ratio bucketed/raw: %.1f%% (median of paired runs %.1f%%); checksum mismatches: %zu\n",
               100 * median(t.raw) / median(t.bucketed), 100 * median(ratios), bad);
+  rows.add({"weight_sync_bcast_" + std::to_string(bucket >> 20) + "mib_gbps", gbps(bytes, median(t.bucketed)), "GB/s",
+            gbps(bytes, median(t.raw))});
 }
 
 }  // namespace
@@ -310,7 +318,10 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--repeats", repeats, "timed repeats (medians are printed)");
   app.add_flag("!--no-ipc", ipc, "skip the shared-memory part");
+  std::string json_path;
+  app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  zr::bench::JsonRows rows(world->rank() == 0 ? json_path : "");
   const size_t bytes = mib << 20;
   std::string bucket_list;
   for (size_t b : bucket_mibs) bucket_list += (bucket_list.empty() ? "" : ",") + std::to_string(b);
@@ -322,15 +333,15 @@ int main(int argc, char** argv) {
                 world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
                 zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
                 zr::mapping_pages(buf.data()).describe().c_str());
-    bench_checksum(buf);
-    if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats);
+    bench_checksum(buf, rows);
+    if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats, rows);
     std::fflush(stdout);
   }
   consumer.stop();
   park_until_rank0(*world);
   for (size_t b : bucket_mibs) {  // each against raw MPI_Bcast timed in the same rounds
     BcastTimes t = bench_bcast(*world, buf, b << 20, repeats);
-    report_bcast(*world, t, bytes, b << 20);
+    report_bcast(*world, t, bytes, b << 20, rows);
   }
-  return 0;
+  return rows.write() ? 0 : 1;
 }

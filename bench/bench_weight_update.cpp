@@ -8,6 +8,8 @@
 // Usage: bench_weight_update [--model DIR] [--pushes-only] [--ipc-mode auto|pull|segment]
 //        (default: bench_models/stories110M, made if absent). ZR_WEIGHT_PHASES=1 logs each phase's
 //        time and minor page faults; ZR_NO_HUGEPAGES=1 keeps every buffer in 4 KiB pages.
+//        --json FILE: rows weight_update_{publish,engine}_ms (steady state; bound: one memcpy of the
+//        same bytes) and weight_update_pause_ms (bound: the 50 ms target), bench/bench_json.h.
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 
@@ -22,6 +24,7 @@
 
 #include "actors/rollout_actor.h"
 #include "actors/trainer.h"
+#include "bench/bench_json.h"
 #include "bench/bench_models.h"
 #include "comm/client.h"
 #include "comm/host_pages.h"
@@ -79,7 +82,10 @@ int main(int argc, char** argv) {
   app.add_option("--ipc-mode", ipc_mode, "auto | pull | segment (PublishOptions::ipc_mode)")
       ->check(CLI::IsMember({"auto", "pull", "segment"}));
   app.add_flag("--pushes-only", pushes_only, "measure the idle-engine pushes only, not the pause under load");
+  std::string json_path;
+  app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
   CLI11_PARSE(app, argc, argv);
+  bench::JsonRows rows(json_path);
   spdlog::set_level(spdlog::level::warn);
   if (model.empty()) model = bench::default_model("stories110M");
   if (model.empty()) return 1;
@@ -146,7 +152,9 @@ int main(int argc, char** argv) {
                 ratio(*p, &Push::total_ms));
   }
 
-  if (pushes_only) return 0;
+  rows.add({"weight_update_publish_ms", med(reused, &Push::total_ms), "ms", med(reused, &Push::memcpy_ms)});
+  rows.add({"weight_update_engine_ms", med(reused, &Push::ack_ms), "ms", med(reused, &Push::memcpy_ms)});
+  if (pushes_only) return rows.write() ? 0 : 1;
   // 2. Generation pause under continue.
   std::mutex mu;
   std::vector<double> gaps;  // ms between consecutive chunks, all streams
@@ -197,5 +205,6 @@ int main(int argc, char** argv) {
               push_end - push_at);
   std::printf("  pause (longest gap - median gap)       %8.1f ms  (target < 50 ms); %d/8 streams switched versions\n",
               max_gap_across - median(gaps), switched);
-  return 0;
+  rows.add({"weight_update_pause_ms", max_gap_across - median(gaps), "ms", 50});
+  return rows.write() ? 0 : 1;
 }

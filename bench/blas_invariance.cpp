@@ -10,6 +10,8 @@
 //
 // Runs with 1 and 2 OpenBLAS threads; the 2-thread tables also say whether each result has the
 // same bits as with 1 thread. OPENBLAS_CORETYPE and the core OpenBLAS picked are printed first.
+// Usage: blas_invariance [--json FILE]: rows blas_batch_invariant, blas_gemv_equal,
+// blas_thread_invariant (value 1 = yes, 0 = no), bench/bench_json.h.
 #include <cblas.h>
 
 #include <cmath>
@@ -18,6 +20,9 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <string>
+
+#include "bench/bench_json.h"
 #include <utility>
 #include <vector>
 
@@ -81,7 +86,16 @@ const char* yes_no(bool b) { return b ? "yes" : "no"; }
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  std::string json_path;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: blas_invariance [--json FILE]\n");
+      return 2;
+    }
+  }
   const char* ct = std::getenv("OPENBLAS_CORETYPE");
   std::printf("OPENBLAS_CORETYPE=%s core=%s\nconfig=%s\n", ct && *ct ? ct : "auto",
               openblas_get_corename(), openblas_get_config());
@@ -134,5 +148,9 @@ int main() {
   std::printf("sgemm rows equal to sgemv bits: %s\n", yes_no(all_gemv_equal));
   std::printf("sgemm results independent of thread count (1 vs 2): %s\n",
               yes_no(all_thread_invariant));
-  return 0;
+  zr::bench::JsonRows rows(json_path);
+  rows.add({"blas_batch_invariant", all_batch_invariant ? 1.0 : 0.0, "bool", 0});
+  rows.add({"blas_gemv_equal", all_gemv_equal ? 1.0 : 0.0, "bool", 0});
+  rows.add({"blas_thread_invariant", all_thread_invariant ? 1.0 : 0.0, "bool", 0});
+  return rows.write() ? 0 : 1;
 }

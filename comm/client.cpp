@@ -10,6 +10,8 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "comm/hop_trace.h"
+
 namespace zr {
 
 using nlohmann::json;
@@ -117,10 +119,12 @@ class Client::IoLoop {
     if (call->expect_reply && pending_.count(call->req_id))
       return call->resolve(make_error(ErrorCode::invalid_argument,
                                       "req_id: " + std::to_string(call->req_id) + " is already in flight"));
+    hop_trace::mark(hop_trace::Hop::io_send);
     if (!send(*call)) {
       if (call->expect_reply) call->resolve(make_error(ErrorCode::unavailable, "client: send queue full"));
       return;
     }
+    hop_trace::mark(hop_trace::Hop::io_sent);
     if (!call->expect_reply) return;
     call->seq = ++seq_;
     if (call->deadline != Clock::time_point::max()) deadlines_.emplace(call->deadline, call->seq, call->req_id);
@@ -142,6 +146,7 @@ class Client::IoLoop {
       Frame f;
       Status err;
       if (!recv_frame(dealer_, false, f, err, true)) return;
+      hop_trace::mark(hop_trace::Hop::io_received);
       if (!err.ok()) { ++client_.dropped_; continue; }
       on_reply(std::move(f));
     }
@@ -253,6 +258,7 @@ void Client::submit(std::unique_ptr<Call> call) {
     std::lock_guard lock(queue_mu_);
     queue_.push_back(std::move(call));
   }
+  hop_trace::mark(hop_trace::Hop::client_queued);
   uint64_t one = 1;
   while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
   }
@@ -272,7 +278,9 @@ std::future<Result<T>> Client::call_typed(const std::string& op, std::string bod
   call->deadline = deadline_after(timeout);
   call->on_chunk = std::move(on_chunk);
   call->resolve = [promise, op, decode = std::move(decode)](Result<RawReply> r) {
-    promise->set_value(typed_result<T>(op, std::move(r), decode));
+    Result<T> result = typed_result<T>(op, std::move(r), decode);
+    hop_trace::mark(hop_trace::Hop::io_resolved);
+    promise->set_value(std::move(result));
   };
   submit(std::move(call));
   return future;
@@ -293,7 +301,10 @@ std::future<Result<GenerateReply>> Client::generate_async(const std::vector<Gene
 
 Result<GenerateReply> Client::generate(const std::vector<GenerateRequest>& reqs, Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
-  return generate_async(reqs, timeout).get();
+  hop_trace::mark(hop_trace::Hop::client_call);
+  Result<GenerateReply> r = generate_async(reqs, timeout).get();
+  hop_trace::mark(hop_trace::Hop::client_returned);
+  return r;
 }
 
 std::future<Result<GenerateReply>> Client::generate_stream_async(const std::vector<GenerateRequest>& reqs,

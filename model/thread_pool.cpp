@@ -39,7 +39,7 @@ void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < kSpinIterations; ++spin) {
+    for (int spin = 0; g == seen && spin < kSpinIterations && !park_.load(std::memory_order_relaxed); ++spin) {
       _mm_pause();
       g = generation_.load(std::memory_order_acquire);
     }
@@ -60,6 +60,7 @@ void ThreadPool::parallel_for(int n, const std::function<void(int)>& fn) {
     return;
   }
   fn_ = &fn;
+  park_.store(false, std::memory_order_relaxed);  // ordered before the workers' wake by the release below
   done_.store(0, std::memory_order_relaxed);
   ++job_;
   claim_.store((static_cast<uint64_t>(job_) << 32) | static_cast<uint32_t>(n), std::memory_order_release);

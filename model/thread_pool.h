@@ -22,6 +22,10 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
   // Runs fn(i) for every i in [0, n); returns when all calls have finished.
   void parallel_for(int n, const std::function<void(int)>& fn);
+  // Workers stop spinning and sleep now, until the next parallel_for: for a caller that knows no
+  // job comes soon (the engine went idle). A spinning worker holds a core for up to a few hundred
+  // microseconds, which on a small host is the core a reply's socket threads would run on.
+  void park() { park_.store(true, std::memory_order_relaxed); }
 
  private:
   void worker_loop();
@@ -38,6 +42,7 @@ class ThreadPool {
   std::atomic<uint64_t> claim_{0};
   std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> park_{false};  // set by park(), cleared by parallel_for
   uint32_t job_ = 0;
   const std::function<void(int)>* fn_ = nullptr;
 };

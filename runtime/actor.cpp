@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "comm/hop_trace.h"
 #include "runtime/error_reply.h"
 #include "runtime/logging.h"
 
@@ -324,6 +325,7 @@ size_t Actor::drain_router() {
   Status err;
   while (n < opts_.max_batch && recv_frame(*router_, true, f, err)) {
     ++n;
+    hop_trace::mark(hop_trace::Hop::actor_recv);
     const ReplyTo from = ReplyTo::router(f.routing_id, f.user_id);
     dispatch(f, from, err);
   }

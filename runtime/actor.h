@@ -55,6 +55,7 @@
 
 #include "comm/curve_keys.h"
 #include "comm/frame.h"
+#include "comm/hop_trace.h"
 #include "comm/status.h"
 #include "comm/wire_typed.h"
 #include "runtime/clock.h"
@@ -250,6 +251,7 @@ void Actor::on(std::string op, Fn fn) {
   Handler h = [this, fn = std::move(fn), op, reply_op = op + ".reply"](Frame& f, const ReplyTo& from) mutable {
     Result<Request> req = wire_decode(std::string_view(f.body), op, WireTag<Request>{});
     if (!req.ok()) return send_error(from, req_id_of_(f.body), req.status());
+    hop_trace::mark(hop_trace::Hop::actor_decoded);
     if constexpr (std::is_void_v<Reply>) {
       if (Status st = fn(*req, f, from); !st.ok()) send_error(from, req->req_id, st);
     } else {

@@ -149,6 +149,9 @@ class Engine {
   const Tokenizer& tokenizer() const { return tok_; }
   int64_t weight_version() const { return weight_version_; }
   int threads() const { return pool_->size(); }
+  // The compute threads sleep now instead of spinning for the next step (ThreadPool::park): the
+  // serving loop calls it when the engine went idle, so the cores are free for the reply.
+  void park_threads() { pool_->park(); }
   TpGroup* tp() const { return opt_.tp; }
 
  private:

@@ -4,11 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <map>
 #include <random>
 #include <thread>
 
 #include "actors/rollout_actor.h"
 #include "comm/client.h"
+#include "comm/hop_trace.h"
 #include "comm/wire_codec.h"
 #include "tests/actors/engine_test_util.h"
 #include "tests/test_util.h"
@@ -212,6 +214,42 @@ TEST_F(RolloutService, FiveHundredConcurrentRequestsOverTcp) {
       auto one = testing::run_to_completion(*alone).samples.at(work[t][i].rid).at(0);
       expect_identical(got[t][i]->outputs.at(0), one, work[t][i].rid);
     }
+}
+
+// comm/hop_trace.h: a 1-token generate over tcp marks every hop once tracing is on, in the order the
+// request passes them (what bench_service --hops reports), and nothing while it is off.
+TEST_F(RolloutService, HopTraceMarksEveryHopOfAGenerateInOrder) {
+  using hop_trace::Hop;
+  auto actor = make_actor();
+  ASSERT_TRUE(actor->bind("tcp://127.0.0.1:*").ok());
+  actor->start();
+  auto client = std::move(Client::connect(actor->endpoint())).value();
+  // A get_load after a generate is a fence: the actor answers it only after it finished the
+  // generate's reply, including the marks it makes after sending it.
+  auto generate_and_fence = [&](const std::string& rid) {
+    ASSERT_TRUE(client->generate({req(rid, {1, 5, 6}, 1, 0)}).ok());
+    ASSERT_TRUE(client->get_load().ok());
+  };
+  hop_trace::set_enabled(false);
+  generate_and_fence("off");
+  EXPECT_TRUE(hop_trace::take().empty());
+  hop_trace::set_enabled(true);
+  generate_and_fence("on");
+  hop_trace::set_enabled(false);
+  std::map<Hop, int64_t> first;  // the generate's marks come before the fence's
+  for (const auto& e : hop_trace::take())
+    if (!first.count(e.hop) || e.ns < first[e.hop]) first[e.hop] = e.ns;
+  for (size_t h = 0; h < static_cast<size_t>(Hop::kCount); ++h)
+    EXPECT_TRUE(first.count(static_cast<Hop>(h))) << "no mark at " << hop_trace::hop_name(static_cast<Hop>(h));
+  // io_sent and reply_sent are marked after a send returns, so the other side may come first.
+  const Hop path[] = {Hop::client_call,   Hop::client_queued,    Hop::io_send,    Hop::actor_recv,
+                      Hop::actor_decoded, Hop::engine_submitted, Hop::step_start, Hop::step_end,
+                      Hop::reply_encoded, Hop::io_received,      Hop::io_resolved, Hop::client_returned};
+  for (size_t k = 1; k < std::size(path); ++k)
+    EXPECT_LE(first[path[k - 1]], first[path[k]]) << hop_trace::hop_name(path[k - 1]) << " after " << hop_trace::hop_name(path[k]);
+  EXPECT_LE(first[Hop::io_send], first[Hop::io_sent]);
+  EXPECT_LE(first[Hop::reply_encoded], first[Hop::reply_sent]);
+  actor->stop();
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "model/thread_pool.h"
@@ -27,6 +29,30 @@ TEST(ThreadPool, BackToBackJobsOfGrowingSizeRunEachTaskOnce) {
   }
   EXPECT_EQ(wrong, 0) << "a task ran twice or not at all";
   EXPECT_EQ(early, 0) << "parallel_for returned before all its tasks finished";
+}
+
+// park() (the engine went idle) sends the workers to sleep at once; the next job wakes them, runs
+// each task once, and the workers take part again (a task of 200 us each leaves them time to).
+TEST(ThreadPool, ParkedWorkersWakeForTheNextJob) {
+  ThreadPool pool(2);
+  const auto caller = std::this_thread::get_id();
+  long wrong = 0;
+  std::atomic<int> on_worker{0};
+  for (int it = 0; it < 200; ++it) {
+    pool.park();
+    if (it % 2) std::this_thread::sleep_for(std::chrono::microseconds(100));  // parked and asleep
+    std::vector<std::atomic<int>> hits(8);
+    pool.parallel_for(8, [&](int i) {
+      hits[i].fetch_add(1);
+      if (std::this_thread::get_id() != caller) on_worker.fetch_add(1);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+    });
+    for (int i = 0; i < 8; ++i) wrong += hits[i].load() != 1;
+  }
+  EXPECT_EQ(wrong, 0) << "a task ran twice or not at all after park()";
+  EXPECT_GT(on_worker.load(), 0) << "no task ran on the worker after park(): it never woke";
 }
 
 }  // namespace
