@@ -136,9 +136,14 @@ struct Bf16Rows {
     thread_local std::vector<uint16_t> rows;
     ld = (Kp + 31) / 32 * 32;
     if (ld % 1024 == 0) ld += 32;  // 2 KiB-aligned rows share L1 sets (padded_stride)
-    rows.assign(static_cast<size_t>(M) * ld, 0);
-    for (int m = 0; m < M; ++m)
-      for (int k = 0; k < K; ++k) rows[static_cast<size_t>(m) * ld + k] = f32_to_bf16(x[static_cast<size_t>(m) * ldx + k]);
+    if (rows.size() < static_cast<size_t>(M) * ld) rows.resize(static_cast<size_t>(M) * ld);
+    if (using_avx512() && cpu_has_bf16()) {
+      detail::round_rows_bf16_avx512(x, M, K, ldx, rows.data(), ld);
+    } else {
+      for (int m = 0; m < M; ++m)
+        for (int k = 0; k < ld; ++k)
+          rows[static_cast<size_t>(m) * ld + k] = k < K ? f32_to_bf16(x[static_cast<size_t>(m) * ldx + k]) : 0;
+    }
     data = rows.data();
   }
 };

@@ -31,7 +31,11 @@ inline __m512 load_w(const void* base, size_t off) {
 // Rows [0, MR) x the NP panels of one group over k in [k0, k1). The accumulators start at +0 when
 // first, else from y (an exact f32 partial sum of k < k0); the last panel's columns past N are
 // masked off (`tail`).
-template <int MR, int NP, bool BF16>
+// PF (one row tile: the group streams from memory once): each k also prefetches the weights kPfK
+// k ahead, so the DRAM stream runs ahead of the arithmetic.
+constexpr int kPfK = 24;
+
+template <int MR, int NP, bool BF16, bool PF>
 void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int ldy, __mmask16 tail, bool first) {
   constexpr int W = NP * 16;
   __m512 acc[MR][NP];
@@ -47,6 +51,12 @@ void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int
     __m512 wv[NP];
 #pragma GCC unroll 3
     for (int p = 0; p < NP; ++p) wv[p] = load_w<BF16>(wg, static_cast<size_t>(k) * W + 16 * p);
+    if constexpr (PF) {
+      constexpr size_t kEs = BF16 ? 2 : 4;
+      const char* ahead = static_cast<const char*>(wg) + (static_cast<size_t>(k) + kPfK) * W * kEs;
+#pragma GCC unroll 3
+      for (int p = 0; p < (NP * 16 * static_cast<int>(kEs) + 63) / 64; ++p) _mm_prefetch(ahead + 64 * p, _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512 xb = _mm512_set1_ps(x[static_cast<size_t>(i) * ldx + k]);
@@ -66,23 +76,27 @@ void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int
 
 using TileFn = void (*)(const float*, int, const void*, int, int, float*, int, __mmask16, bool);
 
-template <bool BF16, int MR, int... Ps>
+template <bool BF16, bool PF, int MR, int... Ps>
 constexpr std::array<TileFn, kNP> row_of(std::integer_sequence<int, Ps...>) {
-  return {&tile<MR, Ps + 1, BF16>...};
+  return {&tile<MR, Ps + 1, BF16, PF>...};
 }
 
-template <bool BF16, int... Ms>
+template <bool BF16, bool PF, int... Ms>
 constexpr std::array<std::array<TileFn, kNP>, kMR> make_table(std::integer_sequence<int, Ms...>) {
-  return {row_of<BF16, Ms + 1>(std::make_integer_sequence<int, kNP>{})...};
+  return {row_of<BF16, PF, Ms + 1>(std::make_integer_sequence<int, kNP>{})...};
 }
 
-constexpr auto kTableF32 = make_table<false>(std::make_integer_sequence<int, kMR>{});
-constexpr auto kTableBF16 = make_table<true>(std::make_integer_sequence<int, kMR>{});
+constexpr auto kTableF32 = make_table<false, false>(std::make_integer_sequence<int, kMR>{});
+constexpr auto kTableBF16 = make_table<true, false>(std::make_integer_sequence<int, kMR>{});
+constexpr auto kTableF32Pf = make_table<false, true>(std::make_integer_sequence<int, kMR>{});
+constexpr auto kTableBF16Pf = make_table<true, true>(std::make_integer_sequence<int, kMR>{});
 
 }  // namespace
 
 void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0, int g1, float* y, int ldy) {
-  const auto& table = w.format == PackFormat::bf16 ? kTableBF16 : kTableF32;
+  const bool stream = M <= kMR;
+  const auto& table = w.format == PackFormat::bf16 ? (stream ? kTableBF16Pf : kTableBF16)
+                                                   : (stream ? kTableF32Pf : kTableF32);
   // One row tile streams each group once from memory: no K blocking. Several tiles reuse a group's
   // K block from L1.
   const int kc = M <= kMR ? w.K : kKC;

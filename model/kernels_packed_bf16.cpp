@@ -71,7 +71,27 @@ constexpr std::array<std::array<TileFn, kNP>, kMR> make_table(std::integer_seque
 
 constexpr auto kTable = make_table(std::make_integer_sequence<int, kMR>{});
 
+// 16 f32 -> 16 bf16 with f32_to_bf16's rounding (RNE; NaN payloads aside), as kernels_bf16.cpp.
+inline __m256i round16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
 }  // namespace
+
+void round_rows_bf16_avx512(const float* x, int M, int K, int ldx, uint16_t* out, int ld) {
+  for (int m = 0; m < M; ++m) {
+    const float* src = x + static_cast<size_t>(m) * ldx;
+    uint16_t* dst = out + static_cast<size_t>(m) * ld;
+    for (int k = 0; k < ld; k += 16) {
+      const int n = std::clamp(K - k, 0, 16);
+      const __mmask16 mask = static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1u);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), round16(_mm512_maskz_loadu_ps(mask, src + k)));
+    }
+  }
+}
 
 void packed_pairs_avx512(const uint16_t* xb, int M, int ldxb, const PackedMatrix& w, int g0, int g1, float* y,
                          int ldy) {
