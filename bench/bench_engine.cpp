@@ -32,6 +32,7 @@
 #include "bench/bench_json.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
+#include "model/kernels_packed.h"
 #include "bench/bench_models.h"
 
 namespace zr {
@@ -224,7 +225,8 @@ double time_it(F fn) {
 void parity_cost(const ModelConfig& c, int threads) {
   ThreadPool pool(threads);
   openblas_set_num_threads(threads);
-  std::printf("\ncost of parity: batch-invariant matmul vs OpenBLAS, %d thread(s), GFLOP/s (ours / blas)\n", threads);
+  std::printf("\ncost of parity: batch-invariant packed matmul (compute %s) vs OpenBLAS sgemm, %d thread(s), GFLOP/s (ours / blas)\n",
+              kernels::compute_name(g_compute), threads);
   std::printf("  %-22s %8s %8s %8s %8s\n", "shape (N x K)", "M=1", "M=8", "M=64", "M=256");
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0, 0.02f);
@@ -234,8 +236,9 @@ void parity_cost(const ModelConfig& c, int threads) {
     for (auto& v : w) v = nd(rng);
     for (auto& v : x) v = nd(rng);
     std::printf("  %-22s", (std::to_string(N) + " x " + std::to_string(K)).c_str());
+    const auto packed = kernels::pack(w.data(), DType::f32, N, K, g_compute);
     for (int M : {1, 8, 64, 256}) {
-      double ours = time_it([&] { kernels::matmul(x.data(), M, K, K, w.data(), DType::f32, 0, N, y.data(), N, &pool); });
+      double ours = time_it([&] { kernels::matmul_packed(x.data(), M, K, *packed, y.data(), N, &pool); });
       double blas = time_it([&] {
         if (M == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w.data(), K, x.data(), 1, 0.0f, y.data(), 1);
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), N);

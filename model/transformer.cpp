@@ -25,7 +25,58 @@ void embed_row(const Weight& emb, int token, int d, float* out) {
   }
 }
 
+// The matmul weights of a layer, in the order of their pack slots.
+constexpr TensorRole kLayerMats[] = {TensorRole::wq,     TensorRole::wk,   TensorRole::wv,    TensorRole::wo,
+                                     TensorRole::w_gate, TensorRole::w_up, TensorRole::w_down};
+constexpr int kNumLayerMats = static_cast<int>(std::size(kLayerMats));
+
+int slot_of(TensorRole role, int layer, int num_layers) {
+  if (role == TensorRole::lm_head) return num_layers * kNumLayerMats;
+  for (int i = 0; i < kNumLayerMats; ++i)
+    if (kLayerMats[i] == role) return layer * kNumLayerMats + i;
+  ZR_CHECK_MSG(false, "not a matmul weight: role " + std::to_string(static_cast<int>(role)));
+  return -1;
+}
+
 }  // namespace
+
+size_t Transformer::refresh_packs() {
+  const int L = lc_.num_layers;
+  packs_.resize(static_cast<size_t>(L) * kNumLayerMats + 1);
+  size_t bytes = 0;
+  auto refresh = [&](TensorRole role, int layer) {
+    const Weight& w = w_->get(role, layer);
+    PackSlot& s = packs_[static_cast<size_t>(slot_of(role, layer, L))];
+    const bool fresh = s.m && s.src == w.data && !(s.had_owner && s.owner.expired()) &&
+                       s.m->format == kernels::pack_format(w.dtype, compute_);
+    if (fresh || !w.data) return;
+    ZR_CHECK(w.shape.size() == 2);
+    s.m.reset();  // the old pack's memory goes before the new one's comes
+    s.m = kernels::pack(w.data, w.dtype, static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1]), compute_, pool_);
+    s.src = w.data;
+    s.owner = w.owner;
+    s.had_owner = w.owner != nullptr;
+    bytes += s.m->bytes;
+  };
+  for (int l = 0; l < L; ++l)
+    for (TensorRole r : kLayerMats) refresh(r, l);
+  refresh(TensorRole::lm_head, -1);
+  return bytes;
+}
+
+void Transformer::drop_packs() { packs_.clear(); }
+
+size_t Transformer::pack_bytes() const {
+  size_t n = 0;
+  for (const PackSlot& s : packs_) n += s.m ? s.m->bytes : 0;
+  return n;
+}
+
+const kernels::PackedMatrix& Transformer::packed(TensorRole role, int layer) const {
+  const PackSlot& s = packs_[static_cast<size_t>(slot_of(role, layer, lc_.num_layers))];
+  ZR_CHECK(s.m != nullptr);
+  return *s.m;
+}
 
 Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp,
                          kernels::Compute compute)
@@ -38,6 +89,7 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
   ld_q_ = kernels::padded_stride(lc_.q_dim());
   ld_ffn_ = kernels::padded_stride(lc_.intermediate_size);
   rope_ = make_rope_table(c, c.max_position_embeddings);
+  refresh_packs();
 }
 
 void Transformer::resize(int rows) {
@@ -163,6 +215,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   const int T = static_cast<int>(rows_.size());
   if (T == 0) return;
   resize(T);
+  refresh_packs();
   const Weight& emb = w_->get(TensorRole::embed);
   for (int r = 0; r < T; ++r)
     embed_row(emb, batch[rows_[r].seq].tokens[rows_[r].pos - batch[rows_[r].seq].start_pos], d,
@@ -173,10 +226,11 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   for (int l = 0; l < c.num_layers; ++l) {
     const float* an = w_->get(TensorRole::attn_norm, l).f32();
     for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an, d, c.rms_norm_eps, &xb_[r * ldd]); });
-    kernels::matmul_group(xb_.data(), T, ld_d_,
-                          {{&w_->get(TensorRole::wq, l), q_.data(), ld_q_}, {&w_->get(TensorRole::wk, l), k_.data()},
-                           {&w_->get(TensorRole::wv, l), v_.data()}},
-                          pool_, compute_);
+    kernels::matmul_packed_group(xb_.data(), T, ld_d_,
+                                 {{&packed(TensorRole::wq, l), q_.data(), ld_q_},
+                                  {&packed(TensorRole::wk, l), k_.data(), static_cast<int>(kvd)},
+                                  {&packed(TensorRole::wv, l), v_.data(), static_cast<int>(kvd)}},
+                                 pool_);
     // Qwen3: each q and k head is RMS-normalized (one weight for all heads) before RoPE.
     const float* qn = c.qk_norm ? w_->get(TensorRole::q_norm, l).f32() : nullptr;
     const float* kn = c.qk_norm ? w_->get(TensorRole::k_norm, l).f32() : nullptr;
@@ -199,7 +253,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
       write_kv_row(l, batch[rows_[r].seq], r, rows_[r].pos);
     });
     attention_layer(l, batch);
-    kernels::matmul(att_.data(), T, ld_q_, w_->get(TensorRole::wo, l), xb_.data(), ld_d_, pool_, compute_);
+    kernels::matmul_packed(att_.data(), T, ld_q_, packed(TensorRole::wo, l), xb_.data(), ld_d_, pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);  // the padding sums zeros
     const float* fn = w_->get(TensorRole::ffn_norm, l).f32();
     for_rows(T, [&](int r) {
@@ -208,12 +262,12 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
       for (int i = 0; i < d; ++i) x[i] += xb[i];
       kernels::rmsnorm(x, fn, d, c.rms_norm_eps, xb);
     });
-    kernels::matmul_group(xb_.data(), T, ld_d_,
-                          {{&w_->get(TensorRole::w_gate, l), hb_.data(), ld_ffn_},
-                           {&w_->get(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
-                          pool_, compute_);
+    kernels::matmul_packed_group(xb_.data(), T, ld_d_,
+                                 {{&packed(TensorRole::w_gate, l), hb_.data(), ld_ffn_},
+                                  {&packed(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
+                                 pool_);
     for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
-    kernels::matmul(hb_.data(), T, ld_ffn_, w_->get(TensorRole::w_down, l), xb_.data(), ld_d_, pool_, compute_);
+    kernels::matmul_packed(hb_.data(), T, ld_ffn_, packed(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);
     for_rows(T, [&](int r) {
       for (size_t i = r * ldd; i < r * ldd + d; ++i) x_[i] += xb_[i];
@@ -236,16 +290,16 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
 // vocabulary slice; rank 0 gathers the slices and interleaves them into full rows.
 void Transformer::project_logits(int out_rows, std::vector<float>& logits) {
   const int V = lc_.vocab_size;
-  const Weight& head = w_->get(TensorRole::lm_head);
+  const kernels::PackedMatrix& head = packed(TensorRole::lm_head);
   if (!tp_) {
     size_t base = logits.size();
     logits.resize(base + static_cast<size_t>(out_rows) * V);
-    kernels::matmul(xb_.data(), out_rows, ld_d_, head, logits.data() + base, V, pool_, compute_);
+    kernels::matmul_packed(xb_.data(), out_rows, ld_d_, head, logits.data() + base, V, pool_);
     return;
   }
   const int vr = layout_.vocab.size;
   local_logits_.resize(static_cast<size_t>(out_rows) * vr);
-  kernels::matmul(xb_.data(), out_rows, ld_d_, head, local_logits_.data(), vr, pool_, compute_);
+  kernels::matmul_packed(xb_.data(), out_rows, ld_d_, head, local_logits_.data(), vr, pool_);
   const TpShard sh = tp_->shard();
   std::vector<size_t> counts(sh.size);
   for (int r = 0; r < sh.size; ++r) counts[r] = static_cast<size_t>(out_rows) * split_range(V, {r, sh.size}).size;

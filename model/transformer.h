@@ -7,10 +7,12 @@
 // Thread-safety: one caller at a time.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "model/kernels.h"
+#include "model/kernels_packed.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
 #include "model/thread_pool.h"
@@ -42,6 +44,14 @@ class Transformer {
   void forward(std::span<const SeqChunk> batch, std::vector<float>& logits);
   void set_weights(const ModelWeights* weights) { w_ = weights; }
   const ModelConfig& config() const { return w_->config(); }
+  // Every matmul weight runs as a pack (model/kernels_packed.h) made from the weight's bytes. Packs
+  // follow the weights: a weight whose bytes changed (a commit, a resume) is repacked here, and
+  // forward() calls this first, so a swap that nobody announced still computes on the new weights.
+  // Returns the bytes packed by this call.
+  size_t refresh_packs();
+  // Drops every pack (release_memory: the packs are a second copy of the weights' bytes).
+  void drop_packs();
+  size_t pack_bytes() const;
 
  private:
   struct Row {  // one token of the batch
@@ -62,6 +72,18 @@ class Transformer {
   void for_rows(int rows, F&& fn);
 
   void project_logits(int out_rows, std::vector<float>& logits);
+  // The pack of a matmul weight (refresh_packs() made it current).
+  const kernels::PackedMatrix& packed(TensorRole role, int layer = -1) const;
+
+  // One matmul weight's pack and the bytes it was made from: stale when the weight's data pointer
+  // moved, or when the bytes it was made from were freed (the address may be reused).
+  struct PackSlot {
+    const void* src = nullptr;
+    std::weak_ptr<const void> owner;
+    bool had_owner = false;
+    std::shared_ptr<const kernels::PackedMatrix> m;
+  };
+  std::vector<PackSlot> packs_;  // [layer * kLayerMats + i]; the LM head last
 
   const ModelWeights* w_;
   KvCache* kv_;

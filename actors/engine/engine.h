@@ -184,6 +184,7 @@ class Engine {
   void abort_sequence(Sequence& s, StepOutputs& out);
   void advance_update(StepOutputs& out);  // collects a finished stage, commits when allowed
   void maybe_commit(StepOutputs& out);
+  void repack();  // after a commit or resume: refresh the transformer's weight packs
   Status serving_check() const;
   void finish(Sequence& s, FinishReason why, StepOutputs& out);
   void finish_score(Sequence& s, StepOutputs& out);

@@ -3,6 +3,8 @@
 // the moment of the swap, which is always between two steps.
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+
 #include "actors/engine/engine_state.h"
 #include "actors/engine/tp_group.h"
 
@@ -77,6 +79,7 @@ void Engine::maybe_commit(StepOutputs& out) {
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
   if (st.ok()) folder_weights_ = false;
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
+  if (st.ok()) repack();
   update_.committed(u.weights.version, st, out);  // the followers swap too; the ack
   if (st.ok()) {
     weight_version_ = u.weights.version;
@@ -91,6 +94,15 @@ void Engine::maybe_commit(StepOutputs& out) {
   pending_update_.reset();
 }
 
+// The commit swapped pointers; the changed weights are repacked now (model/kernels_packed.h), so
+// the first step on the new version does not pay for it.
+void Engine::repack() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t bytes = tf_->refresh_packs();
+  spdlog::info("weights: repacked {:.1f} MiB in {:.1f} ms", bytes / 1048576.0,
+               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+}
+
 Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
   if (update_.active()) return make_error(ErrorCode::unavailable, "a weight update is in progress");
   if (!idle())
@@ -103,7 +115,8 @@ Result<size_t> Engine::release_memory(bool weights, bool kv_cache) {
     kv_released_ = true;
   }
   if (weights && !weights_released_) {
-    bytes += weights_.release_all();
+    bytes += weights_.release_all() + tf_->pack_bytes();
+    tf_->drop_packs();
     weights_released_ = true;
   }
   if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::release, 0, {weights, kv_cache}, {}});
@@ -125,6 +138,7 @@ Result<size_t> Engine::resume_memory(bool weights, bool kv_cache) {
     auto staged = stage_from_disk(weights_, model_dir_, weight_version_);
     if (!staged.ok()) return staged.status();
     ZR_RETURN_IF_ERROR(weights_.replace(staged->tensors));
+    repack();
     weights_released_ = false;
     bytes += staged->bytes;
   } else if (weights && weights_released_) {

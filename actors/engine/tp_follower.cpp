@@ -119,6 +119,7 @@ void TpFollower::on_commit(const TpCommand& cmd) {
   }
   if (reclaim_.valid()) reclaim_.wait();
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
+  tf_->refresh_packs();
   version_ = cmd.version;
   staged_.reset();
   spdlog::info("tp rank {}: weights version {} committed", tp_.shard().rank, version_);
@@ -129,7 +130,10 @@ void TpFollower::on_memory(const TpCommand& cmd, bool release) {
   if (release) {
     if (kv) kv_->release_pages();
     kv_released_ = kv_released_ || kv;
-    if (weights) weights_.release_all();
+    if (weights) {
+      weights_.release_all();
+      tf_->drop_packs();
+    }
     return;
   }
   if (kv && kv_released_) {  // the leader sends resume for whatever was asked, released or not
@@ -146,6 +150,7 @@ void TpFollower::on_memory(const TpCommand& cmd, bool release) {
       spdlog::critical("tp rank {}: resume_memory: {}", tp_.shard().rank, st.to_string());
       tp_.mpi().abort_group(70);
     }
+    tf_->refresh_packs();
   }
 }
 

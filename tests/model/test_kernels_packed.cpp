@@ -1,0 +1,144 @@
+// The packed matmul (model/kernels_packed.h) in its three formats: every row is bitwise the same
+// whatever the batch size M, the thread count, the K blocking (M above one row tile) and the ISA
+// path; a group call gives the bits of separate calls; and the result is within the sequential
+// summation bound of a double-precision product of the same (rounded) inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "model/kernels_packed.h"
+
+namespace zr {
+namespace {
+
+using kernels::Compute;
+using kernels::PackFormat;
+
+struct Problem {
+  int K, N, maxM;
+  std::vector<float> x, w;
+  std::vector<uint16_t> wb;
+};
+
+Problem make_problem(int K, int N, int maxM, unsigned seed) {
+  Problem p{K, N, maxM, {}, {}, {}};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  p.x.resize(static_cast<size_t>(maxM) * K);
+  p.w.resize(static_cast<size_t>(N) * K);
+  for (auto& v : p.x) v = nd(rng);
+  for (auto& v : p.w) v = nd(rng);
+  p.wb.resize(p.w.size());
+  for (size_t i = 0; i < p.w.size(); ++i) p.wb[i] = f32_to_bf16(p.w[i]);
+  return p;
+}
+
+struct Mode {
+  DType dt;
+  Compute c;
+};
+constexpr Mode kModes[] = {{DType::f32, Compute::f32}, {DType::bf16, Compute::f32}, {DType::bf16, Compute::bf16},
+                           {DType::f32, Compute::bf16}};
+
+std::shared_ptr<const kernels::PackedMatrix> pack_of(const Problem& p, Mode m) {
+  const void* w = m.dt == DType::f32 ? static_cast<const void*>(p.w.data()) : p.wb.data();
+  return kernels::pack(w, m.dt, p.N, p.K, m.c);
+}
+
+// Rows [row0, row0 + M) of x times the pack; y rows padded past N (ldy) to catch stray writes.
+std::vector<float> run(const Problem& p, const kernels::PackedMatrix& pm, int M, ThreadPool* pool, int row0 = 0) {
+  const int ldy = p.N + 5;
+  std::vector<float> y(static_cast<size_t>(M) * ldy, -7.0f);
+  kernels::matmul_packed(&p.x[static_cast<size_t>(row0) * p.K], M, p.K, pm, y.data(), ldy, pool);
+  for (int m = 0; m < M; ++m)
+    for (int n = p.N; n < ldy; ++n) EXPECT_EQ(y[static_cast<size_t>(m) * ldy + n], -7.0f);
+  return y;
+}
+
+TEST(PackedMatmul, PackFormatFollowsComputeMode) {
+  EXPECT_EQ(kernels::pack_format(DType::f32, Compute::f32), PackFormat::f32);
+  EXPECT_EQ(kernels::pack_format(DType::bf16, Compute::f32), PackFormat::bf16);
+  EXPECT_EQ(kernels::pack_format(DType::f32, Compute::bf16), PackFormat::pairs);
+  EXPECT_EQ(kernels::pack_format(DType::bf16, Compute::bf16), PackFormat::pairs);
+}
+
+// Every batch size 1..maxM gives each row the bits it has in the largest batch, one thread or two;
+// row r alone gives row r of the full batch; the portable path gives the same bits.
+TEST(PackedMatmul, RowsBitwiseIndependentOfBatchThreadsAndIsa) {
+  ThreadPool pool(2);
+  for (Mode mode : kModes) {
+    for (int K : {8, 61, 100, 768, 1000, 2100}) {
+      const Problem p = make_problem(K, 157, 70, 11 + K);
+      const auto pm = pack_of(p, mode);
+      const int ldy = p.N + 5;
+      const std::vector<float> full = run(p, *pm, p.maxM, &pool);
+      for (int M = 1; M <= p.maxM; ++M) {
+        const std::vector<float> part = run(p, *pm, M, M % 2 ? &pool : nullptr);
+        ASSERT_EQ(0, std::memcmp(part.data(), full.data(), part.size() * 4))
+            << "K=" << K << " M=" << M << " format " << static_cast<int>(pm->format);
+      }
+      for (int r = 0; r < p.maxM; r += 7) {
+        const std::vector<float> one = run(p, *pm, 1, &pool, r);
+        ASSERT_EQ(0, std::memcmp(one.data(), &full[static_cast<size_t>(r) * ldy], p.N * 4)) << "K=" << K << " r=" << r;
+      }
+      kernels::force_portable(true);
+      const std::vector<float> port = run(p, *pm, p.maxM, nullptr);
+      kernels::force_portable(false);
+      const bool bf16_isa = pm->format != PackFormat::pairs || kernels::using_avx512_bf16();
+      if (kernels::using_avx512() && bf16_isa) {
+        ASSERT_EQ(0, std::memcmp(port.data(), full.data(), full.size() * 4)) << "K=" << K << " portable";
+      }
+    }
+  }
+}
+
+// The products are the sequential sums they claim to be: within K * 2^-24 * sum |x w| (the
+// bound of a recursive summation with one rounding per step) of the double product of the same
+// inputs (bf16-rounded in pairs format; bf16 weights in bf16 format).
+TEST(PackedMatmul, CloseToDoubleReference) {
+  for (Mode mode : kModes) {
+    for (int K : {8, 33, 768, 2000}) {
+      const Problem p = make_problem(K, 61, 13, 5 + K);
+      const auto pm = pack_of(p, mode);
+      const std::vector<float> y = run(p, *pm, p.maxM, nullptr);
+      const bool round_x = mode.c == Compute::bf16, round_w = mode.c == Compute::bf16 || mode.dt == DType::bf16;
+      for (int m = 0; m < p.maxM; ++m)
+        for (int n = 0; n < p.N; ++n) {
+          double ref = 0, mag = 0;
+          for (int k = 0; k < K; ++k) {
+            const float xf = p.x[static_cast<size_t>(m) * K + k], wf = p.w[static_cast<size_t>(n) * K + k];
+            const double xv = round_x ? bf16_to_f32(f32_to_bf16(xf)) : xf;
+            const double wv = round_w ? bf16_to_f32(f32_to_bf16(wf)) : wf;
+            ref += xv * wv;
+            mag += std::fabs(xv * wv);
+          }
+          const double got = y[static_cast<size_t>(m) * (p.N + 5) + n];
+          ASSERT_LE(std::fabs(got - ref), K * std::ldexp(1.0, -24) * mag + 1e-30) << "K=" << K << " m=" << m;
+        }
+    }
+  }
+}
+
+// Q/K/V-style groups: the bits of separate calls, whatever the thread count.
+TEST(PackedMatmul, GroupMatchesSeparateCalls) {
+  ThreadPool pool(2);
+  for (Mode mode : kModes) {
+    const Problem a = make_problem(300, 200, 20, 1), b = make_problem(300, 40, 20, 2);
+    const auto pa = pack_of(a, mode), pb = pack_of(b, mode);
+    for (int M : {1, 8, 20}) {
+      std::vector<float> ya(static_cast<size_t>(M) * a.N), yb(static_cast<size_t>(M) * b.N);
+      kernels::matmul_packed_group(a.x.data(), M, a.K, {{pa.get(), ya.data(), a.N}, {pb.get(), yb.data(), b.N}}, &pool);
+      std::vector<float> sa(ya.size()), sb(yb.size());
+      kernels::matmul_packed(a.x.data(), M, a.K, *pa, sa.data(), a.N, nullptr);
+      kernels::matmul_packed(a.x.data(), M, a.K, *pb, sb.data(), b.N, nullptr);
+      ASSERT_EQ(0, std::memcmp(ya.data(), sa.data(), ya.size() * 4)) << "M=" << M;
+      ASSERT_EQ(0, std::memcmp(yb.data(), sb.data(), yb.size() * 4)) << "M=" << M;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace zr
