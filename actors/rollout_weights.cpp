@@ -12,6 +12,7 @@
 #include "actors/rollout_actor.h"
 #include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
+#include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
 #include "comm/wire_weights.h"
 
@@ -105,6 +106,7 @@ std::vector<std::string> RolloutActor::segments_in_use() const {
 }
 
 Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::string& body, const ReplyTo& from) {
+  phase_mark("engine: update_weights received");
   if (call.path == WeightPath::disk) ZR_RETURN_IF_ERROR(check_weights_root(call.disk_path, opt_.weights_roots));
   if (!engine_->update_in_progress() &&
       serves_already(call, served_metas_, engine_->weight_version(), engine_->tp() != nullptr) &&
@@ -125,6 +127,7 @@ Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::strin
   }
   StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_, [this] { actor_.wake(); }};
   ZR_RETURN_IF_ERROR(engine_->begin_update(std::move(call), body, std::move(src), opt_.weight_rank));
+  phase_mark("engine: staging started");
   update_reply_to_ = from;
   return {};
 }
@@ -138,6 +141,7 @@ void RolloutActor::on_update_done(const UpdateOutcome& o) {
   UpdateWeightsReply r{o.call.req_id, o.call.version, o.bytes, o.stage_seconds, o.commit_seconds, o.zero_copy,
                        shm_.in_use(engine_->weights())};
   actor_.send(update_reply_to_, "update_weights.reply", wire::encode(r));
+  phase_mark("engine: ack sent");
   actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", o.call.version,
                     o.bytes / 1048576.0, wire::weight_path_name(o.call.path), r.stage_seconds * 1e3,
                     r.commit_seconds * 1e3);

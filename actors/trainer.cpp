@@ -133,6 +133,7 @@ Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, 
                              PublishResult& res, std::vector<std::pair<int, Status>>* refused) {
   (void)pump([&] { return std::all_of(sent.begin(), sent.end(), [&](auto& s) { return answered(s.second); }); },
              deadline);
+  phase_mark("trainer: last ack received");
   Status first_error;
   for (const auto& [k, id] : sent) {
     auto it = replies_.find(id);
@@ -195,6 +196,7 @@ Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const Pub
     res.dead.push_back(k);  // left out, and said so (as start_update does for the other paths)
   }
   refresh_guessed_in_use();
+  phase_mark("trainer: publish_ipc start");
   const auto t0 = Clock::now();
   std::vector<int> segment_to = to;
   if (resolve_ipc_mode(opt.ipc_mode) == IpcMode::pull) {
@@ -219,6 +221,7 @@ Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const Pub
   }
   if (res.acks.empty()) return make_error(ErrorCode::unavailable, "publish: no live engine acked");
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  phase_mark("trainer: publish_ipc end");
   res.tensors = l.metas;
   return res;
 }
@@ -256,6 +259,7 @@ IpcMode Trainer::resolve_ipc_mode(IpcMode asked) {
 Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::vector<int>& to,
                           SteadyClock::time_point deadline, PublishResult& res, std::vector<int>* cannot) {
   const uint64_t offset = shm_stream_offset(l.metas.size());
+  if (offset + l.bytes > pull_buf_.size()) pull_pages_.clear();  // a new buffer
   ZR_RETURN_IF_ERROR(pull_buf_.reserve(offset + l.bytes));
   UpdateWeightsCall call = base;
   call.tensors = l.metas;
@@ -276,9 +280,10 @@ Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::v
     for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
   }
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
-  res.pages = mapping_pages(pull_buf_.data()).describe();
   std::vector<std::pair<int, Status>> refused;
   Status st = collect_acks(sent, deadline, res, &refused);
+  if (pull_pages_.empty()) pull_pages_ = mapping_pages(pull_buf_.data()).describe();
+  res.pages = pull_pages_;
   for (size_t i = acks_before; i < res.acks.size(); ++i) {  // they serve from their own copy now
     shm_in_use_[res.acked[i]] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());
     in_use_guessed_.erase(res.acked[i]);
@@ -350,7 +355,7 @@ Result<size_t> Trainer::segment_for(uint64_t bytes, const std::vector<int>& to, 
   if (best) return *best;
   auto seg = ShmSegment::create("zrollout-w" + std::to_string(version), bytes);
   if (!seg.ok()) return seg.status();
-  shm_pool_.push_back(PooledSegment{std::move(seg).value(), {}});
+  shm_pool_.push_back(PooledSegment{std::move(seg).value(), {}, {}});
   return shm_pool_.size() - 1;
 }
 
@@ -368,14 +373,15 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   for (const PooledSegment& q : shm_pool_) call.shm_pool.push_back(q.seg.name());
   auto* seg = static_cast<uint8_t*>(p.seg.data());
   ShmStreamWriter writer(seg, call.shm_offset, call.version);
-  res.pages = mapping_pages(seg).describe();
   const size_t acks_before = res.acks.size();
+  phase_mark("trainer: segment header ready");
   auto sent = start_update(std::move(call), res, to);
   if (sent.empty()) {
     (void)p.seg.unlink();
     return make_error(ErrorCode::unavailable, "publish: every engine stopped answering heartbeats");
   }
   (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
+  phase_mark("trainer: update_weights sent");
   const auto t0 = Clock::now();
   // The checksums reach the engines through the segment's header; they are kept in the layout so
   // that a resend of this version (below, in publish_ipc) carries them in the message too.
@@ -383,9 +389,12 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
     PhaseProbe probe("trainer: copy + checksum into the segment");
     for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
   }
+  phase_mark("trainer: segment written");
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   Status st = collect_acks(sent, deadline, res, &refused);
   (void)p.seg.unlink();  // every engine has mapped it (or failed); mappings outlive the name
+  if (p.pages.empty()) p.pages = mapping_pages(seg).describe();
+  res.pages = p.pages;
   std::set<int> acked;
   for (size_t i = acks_before; i < res.acks.size(); ++i) {
     const int k = res.acked[i];

@@ -211,6 +211,9 @@ class Trainer {
   struct PooledSegment {
     ShmSegment seg;
     std::set<int> mapped_by;  // engines that acked an update from it (they kept their mapping)
+    // mapping_pages() after its first write, kept: reading /proc/self/smaps walks every mapping's
+    // page tables, 16-48 ms with this process's 4 KiB mappings, and ran inside every publish.
+    std::string pages;
   };
   // A pooled segment of at least `bytes` that every engine of `to` has mapped and none serves
   // from, else a new one (added to the pool). *reused tells which.
@@ -245,6 +248,7 @@ class Trainer {
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
+  std::string pull_pages_;          // mapping_pages() of pull_buf_ after its first write (see PooledSegment)
   PullBuffer pull_buf_;             // ipc pull: the transfer the engines copy from (kept, grows only)
   std::set<int> no_pull_;           // engines that refused a pull (sent segments from then on)
   std::string ipc_mode_logged_;     // the last choice logged

@@ -24,12 +24,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "bench/bench_json.h"
 #include "comm/checksum.h"
 #include "comm/host_pages.h"
+#include "comm/ipc_pull.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
 
@@ -141,7 +143,7 @@ struct Consumer {
 
 // ---- ipc and checksum (rank 0 only) -------------------------------------------------------------
 
-void bench_checksum(const std::vector<char>& src, zr::bench::JsonRows& rows) {
+void bench_checksum(std::span<const char> src, zr::bench::JsonRows& rows) {
   std::vector<double> hot, cold, par;
   const size_t small = size_t{256} << 10;
   for (int r = 0; r < 9; ++r) {
@@ -164,7 +166,7 @@ void bench_checksum(const std::vector<char>& src, zr::bench::JsonRows& rows) {
               gbps(src.size(), median(par)));
 }
 
-void bench_ipc(Consumer& consumer, const std::vector<char>& src, int repeats, zr::bench::JsonRows& rows) {
+void bench_ipc(Consumer& consumer, std::span<const char> src, int repeats, zr::bench::JsonRows& rows) {
   const size_t n = src.size();
   const uint64_t want = zr::checksum64(src.data(), n);
   std::vector<char> dst(n, 1);  // pre-faulted
@@ -224,11 +226,30 @@ double slowest(MpiGroup& world, double local) {
 
 struct BcastTimes {
   std::vector<double> raw, bucketed;
+  std::vector<MpiGroup::BcastPhases> phases;  // this rank's, per bucketed run
   size_t mismatches = 0;
 };
 
-double timed_bcast(MpiGroup& world, std::vector<char>& buf, bool bucketed, size_t bucket,
-                   const std::vector<uint64_t>& expected, size_t& mismatches) {
+// This rank's per-phase medians over the bucketed runs, one line (see MpiGroup::BcastPhases).
+std::string phase_line(const std::vector<MpiGroup::BcastPhases>& runs) {
+  auto med = [&](double MpiGroup::BcastPhases::*f) {
+    std::vector<double> v;
+    for (const auto& p : runs) v.push_back(p.*f);
+    return median(v) * 1e3;
+  };
+  char line[320];
+  std::snprintf(line, sizeof line,
+                "total %6.1f = wait %6.1f + copy out of ring %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast %5.1f, "
+                "MPI_Test %6.1f ms",
+                med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait),
+                med(&MpiGroup::BcastPhases::copy_out), med(&MpiGroup::BcastPhases::on_segment),
+                med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));
+  return line;
+}
+
+double timed_bcast(MpiGroup& world, std::span<char> buf, bool bucketed, size_t bucket,
+                   const std::vector<uint64_t>& expected, size_t& mismatches,
+                   std::vector<MpiGroup::BcastPhases>* phases = nullptr) {
   const bool root = world.rank() == 0;
   if (!root) std::memset(buf.data(), 0, buf.size());  // same cache state for both variants
   die_if(world.barrier(), "barrier");
@@ -244,13 +265,14 @@ double timed_bcast(MpiGroup& world, std::vector<char>& buf, bool bucketed, size_
       sum = 0;
     };
     die_if(world.bcast_buckets(buf.data(), buf.size(), 0, bucket, milliseconds(60000), on_segment), "bcast_buckets");
+    if (phases) phases->push_back(world.last_bcast_phases());
   } else {
     die_if(world.bcast_blocking(buf.data(), buf.size(), 0), "bcast_blocking");
   }
   return slowest(world, seconds_since(t0));
 }
 
-BcastTimes bench_bcast(MpiGroup& world, std::vector<char>& buf, size_t bucket, int repeats) {
+BcastTimes bench_bcast(MpiGroup& world, std::span<char> buf, size_t bucket, int repeats) {
   std::string sums;  // per-bucket checksums, computed by the root, sent as metadata
   if (world.rank() == 0)
     for (size_t off = 0; off < buf.size(); off += bucket) {
@@ -268,16 +290,21 @@ BcastTimes bench_bcast(MpiGroup& world, std::vector<char>& buf, size_t bucket, i
     bool bucketed_first = r % 2 == 1;
     for (int i = 0; i < 2; ++i) {
       bool bucketed = (i == 0) == bucketed_first;
-      (bucketed ? t.bucketed : t.raw).push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches));
+      (bucketed ? t.bucketed : t.raw).push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches, &t.phases));
     }
   }
   t.mismatches = mismatches;
   return t;
 }
 
-void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t bucket, zr::bench::JsonRows& rows) {
+void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t bucket, const std::string& buffer_pages,
+                  zr::bench::JsonRows& rows) {
   auto all = world.allgather_strings(std::to_string(t.mismatches));
-  auto ring = world.allgather_strings(world.receives_through_ring(0) ? "ring" : "in place");
+  // How each receiver took the bytes, and in what pages its ring and buffer were.
+  auto ring = world.allgather_strings(world.receives_through_ring(0)
+                                          ? "ring in " + world.receive_ring_pages() + " into " + buffer_pages
+                                          : "in place into " + buffer_pages);
+  auto phases = world.allgather_strings(phase_line(t.phases));
   if (world.rank() != 0) return;
   std::string modes;
   for (size_t r = 1; r < ring->size(); ++r) modes += (r > 1 ? ", " : "") + (*ring)[r];
@@ -295,6 +322,8 @@ void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t buc
               100 * median(t.raw) / median(t.bucketed), 100 * median(ratios), bad);
   rows.add({"weight_sync_bcast_" + std::to_string(bucket >> 20) + "mib_gbps", gbps(bytes, median(t.bucketed)), "GB/s",
             gbps(bytes, median(t.raw))});
+  std::printf("  per phase, bucketed (medians; root: posts and waits):\n");
+  for (size_t r = 0; r < phases->size(); ++r) std::printf("    rank %zu: %s\n", r, (*phases)[r].c_str());
 }
 
 }  // namespace
@@ -320,13 +349,24 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-ipc", ipc, "skip the shared-memory part");
   std::string json_path;
   app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
+  std::string receive = "auto";
+  app.add_option("--receive", receive, "how receivers land segments: auto | ring | in-place (MpiGroup::set_receive_mode)")
+      ->check(CLI::IsMember({"auto", "ring", "in-place"}));
   CLI11_PARSE(app, argc, argv);
   zr::bench::JsonRows rows(world->rank() == 0 ? json_path : "");
   const size_t bytes = mib << 20;
+  world->set_receive_mode(receive == "ring"       ? MpiGroup::ReceiveMode::ring
+                          : receive == "in-place" ? MpiGroup::ReceiveMode::in_place
+                                                  : MpiGroup::ReceiveMode::automatic);
   std::string bucket_list;
   for (size_t b : bucket_mibs) bucket_list += (bucket_list.empty() ? "" : ",") + std::to_string(b);
 
-  std::vector<char> buf(bytes, 0);  // pre-faulted on every rank
+  // Pre-faulted on every rank, in 2 MiB pages where THP allows (4 KiB under ZR_NO_HUGEPAGES), as
+  // the trainer's transfer buffer and the engines' staging buffers are.
+  zr::PullBuffer mem;
+  die_if(mem.reserve(bytes), "buffer");
+  std::memset(mem.data(), 0, bytes);
+  std::span<char> buf(reinterpret_cast<char*>(mem.data()), bytes);
   if (world->rank() == 0) {
     fill_random(buf.data(), bytes, 42);
     std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; buffer in %s\n",
@@ -341,7 +381,7 @@ int main(int argc, char** argv) {
   park_until_rank0(*world);
   for (size_t b : bucket_mibs) {  // each against raw MPI_Bcast timed in the same rounds
     BcastTimes t = bench_bcast(*world, buf, b << 20, repeats);
-    report_bcast(*world, t, bytes, b << 20, rows);
+    report_bcast(*world, t, bytes, b << 20, zr::mapping_pages(buf.data()).describe(), rows);
   }
   return rows.write() ? 0 : 1;
 }

@@ -30,6 +30,7 @@
 #include <utility>
 
 
+#include "comm/host_pages.h"
 #include "comm/mpi_group_internal.h"
 
 namespace zr {
@@ -52,6 +53,8 @@ namespace {
 //  - in place (into the destination), when cores are short: ring and copy cost CPU time that an
 //    oversubscribed host does not have (np=4 on 2 cores: 75-88% through the ring, 105-124% in
 //    place; one core per rank, mpirun's default binding: ~71% vs ~79%).
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 constexpr size_t kSegmentBytes = size_t{2} << 20;
 constexpr size_t kRingSlots = 4;
 
@@ -170,8 +173,10 @@ class SegmentBroadcaster {
         continue;
       }
       int done = 0;
-      if (int rc = MPI_Test(&inflight_.front(), &done, MPI_STATUS_IGNORE); rc != MPI_SUCCESS)
-        return finish(mpi_status(rc, "MPI_Test of " + segment_text(completed_)));
+      const auto t_test = Clock::now();
+      int rc = MPI_Test(&inflight_.front(), &done, MPI_STATUS_IGNORE);
+      test_s_ += seconds_since(t_test);
+      if (rc != MPI_SUCCESS) return finish(mpi_status(rc, "MPI_Test of " + segment_text(completed_)));
       if (done) {
         inflight_.pop_front();
         complete_one();
@@ -187,16 +192,21 @@ class SegmentBroadcaster {
   }
 
   std::vector<MPI_Request> take_pending() { return {inflight_.begin(), inflight_.end()}; }
+  // Seconds inside MPI_Ibcast and MPI_Test; read after run() returned.
+  double post_seconds() const { return post_s_; }
+  double test_seconds() const { return test_s_; }
   bool all_posted() const { return posted_ == plan_.count(); }
 
  private:
   bool post() {
     MPI_Request req = MPI_REQUEST_NULL;
     char* at = plan_.ring ? plan_.slot(ring_, posted_) : data_ + plan_.offset(posted_);
+    const auto t0 = Clock::now();
     if (source_)  // MPI reads the root's buffer only
       at = const_cast<char*>((*source_)(plan_.offset(posted_), plan_.length(posted_),
                                          scratch_ + (posted_ % window_) * plan_.segment));
     int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
+    post_s_ += seconds_since(t0);
     if (rc != MPI_SUCCESS) {
       finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(posted_)));
       return false;
@@ -252,10 +262,11 @@ class SegmentBroadcaster {
   std::deque<MPI_Request> inflight_;
   size_t posted_ = 0;
   size_t completed_ = 0;
+  double post_s_ = 0, test_s_ = 0;
 };
 
-// The receive ring: in 2 MiB huge pages where the kernel allows (THP "madvise" or "always"),
-// faulted in now. With 4 KiB pages, whole runs of bench_weight_sync on this host went 3x slower
+// The receive ring: in 2 MiB huge pages where the kernel allows (THP "madvise" or "always") and
+// ZR_NO_HUGEPAGES is not set, faulted in now. With 4 KiB pages, whole runs of bench_weight_sync on this host went 3x slower
 // (28-34% of one MPI_Bcast, in about one run in five): the receiver's copy into the ring (the CMA
 // read inside MPI) ran at ~2 GB/s instead of 7-12. In 27 runs with huge pages that never happened
 // (README). Freed with std::free (aligned_alloc).
@@ -264,9 +275,7 @@ char* alloc_ring(size_t bytes) {
   const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
   auto* p = static_cast<char*>(std::aligned_alloc(kHuge, rounded));
   if (!p) return nullptr;
-#ifdef MADV_HUGEPAGE
-  (void)madvise(p, rounded, MADV_HUGEPAGE);
-#endif
+  (void)madvise(p, rounded, huge_pages_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   std::memset(p, 0, rounded);
   return p;
 }
@@ -379,21 +388,31 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
     caster.run();
   });
   std::exception_ptr thrown;
+  BcastPhases ph;
+  ph.ring = plan.ring;
+  const auto t_call = Clock::now();
   for (size_t k = 0; k < plan.count(); ++k) {
+    auto t = Clock::now();
     {
       std::unique_lock lk(st.mu);
       st.cv.wait(lk, [&] { return st.completed > k || st.finished; });
       if (st.completed <= k) break;  // the helper failed
     }
+    ph.wait += seconds_since(t);
+    ++ph.segments;
     const size_t off = plan.offset(k), len = plan.length(k);
     const char* bytes_at = data ? data + off : nullptr;  // null: the root of bcast_buckets_from
     if (plan.ring) {
+      t = Clock::now();
       bytes_at = plan.slot(ring, k);
       copy_streaming(data + off, bytes_at, len);
+      ph.copy_out += seconds_since(t);
     }
     if (on_segment) {
+      t = Clock::now();
       try {
         on_segment(off, len, bytes_at);
+        ph.on_segment += seconds_since(t);
       } catch (...) {
         thrown = std::current_exception();
         std::lock_guard lk(st.mu);
@@ -407,6 +426,10 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
   }
   st.cv.notify_all();
   helper.join();
+  ph.total = seconds_since(t_call);
+  ph.post = caster.post_seconds();
+  ph.test = caster.test_seconds();
+  impl_->phases = ph;
   impl_->pending = caster.take_pending();
   if (!st.error.ok() || (thrown && (!caster.all_posted() || !impl_->pending.empty()))) {
     impl_->poisoned = true;
@@ -458,6 +481,16 @@ bool MpiGroup::receives_through_ring(int root) const {
   if (!valid() || impl_->rank == root) return false;
   const ReceiveMode mode = impl_->receive_mode;
   return mode == ReceiveMode::ring || (mode == ReceiveMode::automatic && use_ring(impl_->on_this_host, root));
+}
+
+const MpiGroup::BcastPhases& MpiGroup::last_bcast_phases() const {
+  static const BcastPhases none;
+  return impl_ ? impl_->phases : none;
+}
+
+std::string MpiGroup::receive_ring_pages() const {
+  if (!impl_ || !impl_->ring) return "none";
+  return mapping_pages(impl_->ring.get()).describe();
 }
 
 Status MpiGroup::bcast_blocking(void* data, size_t bytes, int root) {

@@ -150,6 +150,20 @@ class MpiGroup {
   void set_receive_mode(ReceiveMode mode);
   // Whether a bcast_buckets from `root` would reach this rank through the ring (false on the root).
   bool receives_through_ring(int root) const;
+  // Where the last bcast_buckets on this rank spent its time (wall seconds; always measured, a few
+  // clock reads per 2 MiB segment). Caller thread: waiting for segments, copying them out of the
+  // ring, in on_segment (e.g. checksums). Helper thread: inside MPI_Ibcast posts and MPI_Test
+  // calls (where Open MPI's shared-memory transport does a receiver's copy from the root).
+  struct BcastPhases {
+    double total = 0, wait = 0, copy_out = 0, on_segment = 0;
+    double post = 0, test = 0;
+    size_t segments = 0;
+    bool ring = false;
+  };
+  const BcastPhases& last_bcast_phases() const;
+  // How this rank's receive ring is backed ("2 MiB pages (100%)", "4 KiB pages"; "none" before a
+  // broadcast through it allocated it), from /proc/self/smaps: for benchmark headers.
+  std::string receive_ring_pages() const;
 
   // Collective: one plain blocking MPI_Bcast of the whole buffer (in 1 GiB pieces): no deadline, no
   // pipeline, hangs if a peer never calls. The baseline bcast_buckets is measured against

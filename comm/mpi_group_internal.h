@@ -34,6 +34,7 @@ struct MpiGroup::Impl {
   // bcast_buckets' receive ring (see SegmentPlan); pending broadcasts may still write into it.
   std::unique_ptr<char, void (*)(void*)> ring{nullptr, std::free};
   size_t ring_bytes = 0;
+  BcastPhases phases;  // of the last bcast_buckets
   // survivors(): the sub-group of the latest epoch asked for (destroyed before this group).
   std::unique_ptr<MpiGroup> survivors;
   uint64_t survivors_epoch = 0;

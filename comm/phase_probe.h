@@ -12,6 +12,11 @@
 
 namespace zr {
 
+// A timestamp on the host's monotonic clock (steady_clock: CLOCK_MONOTONIC, the same in every
+// process of the host), logged under ZR_WEIGHT_PHASES: the steps of one publish across the trainer
+// and the engines line up by subtracting marks ("phase mark engine: update received at 812.345 ms").
+inline void phase_mark(const char* what);
+
 class PhaseProbe {
  public:
   explicit PhaseProbe(const char* what) : what_(what), t0_(std::chrono::steady_clock::now()) {
@@ -50,5 +55,11 @@ class PhaseProbe {
   long f0_ = 0, ivcsw0_ = 0;
   double cpu0_ = 0, sys0_ = 0;
 };
+
+inline void phase_mark(const char* what) {
+  if (!PhaseProbe::enabled()) return;
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  spdlog::warn("phase mark {} at {:.3f} ms", what, ms);
+}
 
 }  // namespace zr

@@ -2,6 +2,7 @@
 
 #include "actors/engine/engine.h"
 #include "actors/engine/tp_group.h"
+#include "comm/phase_probe.h"
 
 namespace zr {
 
@@ -33,6 +34,7 @@ Status WeightUpdate::begin(UpdateWeightsCall call, std::string body, const Model
   job->call = std::move(call);
   job->start = SteadyClock::now();
   src.on_done = [finished = job->finished, wake = std::move(src.on_done)] {
+    phase_mark("engine: staged (verified)");
     finished->store(true);
     if (wake) wake();  // the shell's loop sleeps while the stage runs
   };
@@ -50,6 +52,7 @@ std::optional<StagedWeights> WeightUpdate::take_staged(StepOutputs& out) {
   Job& job = *job_;
   Result<StagedWeights> staged = job.staged.get();  // ready within moments of `finished`
   job.staged_at = SteadyClock::now();
+  phase_mark("engine: stage taken by the step loop");
   Status st = staged.ok() ? Status{} : on_rank(staged.status());
   if (tp_) {  // all ranks staged, or nobody commits
     tp_->send(TpCommand{TpCommand::Kind::stage_result, job.call.version, {}, {}});
@@ -78,6 +81,7 @@ void WeightUpdate::refuse(const Status& st, StepOutputs& out) {
 void WeightUpdate::committed(int64_t version, const Status& st, StepOutputs& out) {
   // Every rank swaps before the next forward (the followers staged this version already).
   if (tp_) tp_->send(TpCommand{st.ok() ? TpCommand::Kind::commit : TpCommand::Kind::drop_staged, version, {}, {}});
+  phase_mark("engine: committed");
   if (job_ && job_->handed && job_->call.version == version) finish(on_rank(st), out);
 }
 

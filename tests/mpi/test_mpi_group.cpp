@@ -179,6 +179,33 @@ TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingInPlaceAndMixed) {
   world().set_receive_mode(MpiGroup::ReceiveMode::automatic);
 }
 
+// last_bcast_phases() counts what the call did: 9 MiB + 64 B in 3 MiB buckets is 7 segments
+// (2 + 1 MiB in each of 3 buckets, then 64 B); the caller's parts fit inside its total; a ring receiver says
+// so, and its ring's pages are readable from smaps.
+TEST(MpiGroup, BcastBucketsReportsItsPhases) {
+  using Mode = MpiGroup::ReceiveMode;
+  for (auto mode : {Mode::ring, Mode::in_place}) {
+    world().set_receive_mode(mode);
+    std::vector<char> buf((size_t{9} << 20) + 64, world().rank() == 0 ? 'x' : 0);
+    int calls = 0;
+    Status s = world().bcast_buckets(buf.data(), buf.size(), 0, size_t{3} << 20, milliseconds(30000),
+                                     [&](size_t, size_t, const void*) { ++calls; });
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    const auto& ph = world().last_bcast_phases();
+    EXPECT_EQ(ph.segments, 7u);
+    EXPECT_EQ(calls, 7);
+    EXPECT_EQ(ph.ring, mode == Mode::ring && world().rank() != 0);
+    EXPECT_GT(ph.total, 0.0);
+    EXPECT_LE(ph.wait + ph.copy_out + ph.on_segment, ph.total + 1e-6);
+    EXPECT_EQ(ph.copy_out > 0.0, ph.ring);
+    if (ph.ring) {
+      EXPECT_NE(world().receive_ring_pages().find("pages"), std::string::npos) << world().receive_ring_pages();
+    }
+    EXPECT_EQ(buf[buf.size() - 1], 'x');
+  }
+  world().set_receive_mode(MpiGroup::ReceiveMode::automatic);
+}
+
 TEST(MpiGroup, BcastBucketsZeroBytesCallsNothing) {
   int calls = 0;
   Status s = world().bcast_buckets(nullptr, 0, 0, MpiGroup::kDefaultBucketBytes, milliseconds(1000),
