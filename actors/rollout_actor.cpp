@@ -105,23 +105,12 @@ Status RolloutActor::refuse_call(const Call& c, const Status& st) {
 }
 
 Status RolloutActor::check_limits(size_t prompts, int max_n, const ReplyTo& from) const {
-  const CallLimits& l = opt_.limits;
-  if (prompts > static_cast<size_t>(l.max_prompts_per_call))
-    return make_error(ErrorCode::invalid_argument, "batch: " + std::to_string(prompts) +
-                                                       " requests in one call exceed the server's --max-prompts-per-call " +
-                                                       std::to_string(l.max_prompts_per_call));
-  if (max_n > l.max_n)
-    return make_error(ErrorCode::invalid_argument, "sampling_params.n: " + std::to_string(max_n) +
-                                                       " exceeds the server's --max-n " + std::to_string(l.max_n));
-  if (from.user_id == "trainer" || !from.via_router()) return {};
-  auto it = in_flight_.find(from.routing_id);
-  const size_t have = it == in_flight_.end() ? 0 : static_cast<size_t>(it->second);
-  if (have + prompts > static_cast<size_t>(l.max_in_flight))
-    return make_error(ErrorCode::unavailable, "batch: this connection has " + std::to_string(have) +
-                                                  " requests in flight; " + std::to_string(prompts) +
-                                                  " more exceed the server's --max-in-flight " +
-                                                  std::to_string(l.max_in_flight));
-  return {};
+  std::optional<size_t> have;
+  if (from.via_router() && counts_in_flight(from.user_id)) {
+    auto it = in_flight_.find(from.routing_id);
+    have = it == in_flight_.end() ? 0 : static_cast<size_t>(it->second);
+  }
+  return check_call_limits(opt_.limits, prompts, max_n, have);
 }
 
 void RolloutActor::count_in_flight(Call& c, int delta) {

@@ -19,21 +19,12 @@
 #include <vector>
 
 #include "actors/engine/engine.h"
+#include "comm/call_limits.h"
 #include "comm/mpi_group.h"
 #include "runtime/actor.h"
 #include "runtime/context.h"
 
 namespace zr {
-
-// What one caller may ask for (flags of `zrollout serve`, defaults in the README). Each refusal is an
-// error reply naming the field and the flag; nothing else is disturbed.
-struct CallLimits {
-  int max_prompts_per_call = 4096;  // requests in one generate / score call (--max-prompts-per-call)
-  int max_n = 256;                  // sampling_params.n (--max-n)
-  // Requests one connection may have in flight (--max-in-flight); connections with a trainer key
-  // (a router, a trainer) are not counted.
-  int max_in_flight = 65536;
-};
 
 struct RolloutActorOptions {
   std::string name = "rollout";

@@ -56,14 +56,14 @@ void RouterActor::register_handlers() {
   for (const char* name : kCallerOps) {
     actor_.on(name, [this, op = std::string(name)](Frame& f, const ReplyTo& from) {
       if (!from.via_router()) return;  // engines only answer
-      router_.on_call(from.routing_id, op, std::move(f.body), actor_.now());
+      router_.on_call(from.routing_id, op, std::move(f.body), actor_.now(), from.user_id);
       driver_.flush();
     });
   }
   actor_.on("shutdown", [this](Frame& f, const ReplyTo& from) {
     if (!from.via_router()) return;
     if (!opt_.on_shutdown) {
-      router_.on_call(from.routing_id, "shutdown", std::move(f.body), actor_.now());
+      router_.on_call(from.routing_id, "shutdown", std::move(f.body), actor_.now(), from.user_id);
       return driver_.flush();
     }
     actor_.send(from, "shutdown.reply", wire::encode_req_id_only(wire::peek_req_id(f.body)));

@@ -1,5 +1,6 @@
 #include "comm/json_codec.h"
 
+#include "comm/call_limits.h"
 #include "comm/wire_fields.h"
 
 #include <charconv>
@@ -133,6 +134,9 @@ double json_float(float f) {
 Result<SamplingParams> sampling_params_from_json(const json& j) {
   SamplingParams p;
   FieldReader f(j, "sampling_params.", true);
+  // nil is SGLang's None (as many as the context allows); other absent / nil fields keep defaults.
+  if (auto it = j.find("max_new_tokens"); j.is_object() && it != j.end() && it->is_null())
+    p.max_new_tokens = kMaxNewTokensUnset;
   f.get("max_new_tokens", p.max_new_tokens);
   f.get("min_new_tokens", p.min_new_tokens);
   f.get("temperature", p.temperature);

@@ -26,6 +26,7 @@ struct RouterJob {
   int heartbeat_liveness = kRouterHeartbeatLiveness;
   ServerSecurityCli security;   // the router's own ROUTER (its callers)
   ClientSecurityCli engine_keys;  // how it reaches the engines (a trainer key)
+  CallLimits limits;
 };
 
 int run_router(RouterJob job) {
@@ -54,6 +55,7 @@ int run_router(RouterJob job) {
   opt.router.heartbeat_interval = Millis{job.heartbeat_ms};
   opt.router.heartbeat_liveness = job.heartbeat_liveness;
   opt.router.tokenizer = job.tokenizer;
+  opt.router.limits = job.limits;
   opt.on_shutdown = [] { kill(getpid(), SIGTERM); };  // the wait below then stops the router
   auto explicit_keys = load(job.engine_keys);
   if (!explicit_keys.ok()) return spdlog::error("{}", explicit_keys.status().to_string()), 2;
@@ -101,6 +103,7 @@ void add_router(CLI::App& app) {
                   "tokenizer.json / tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
   add_server_security_options(cmd, job->security);
   add_client_security_options(cmd, job->engine_keys);
+  add_call_limit_options(cmd, job->limits);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
     if (int rc = run_router(*job); rc != 0) throw CLI::RuntimeError(rc);

@@ -300,16 +300,7 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--advertise-host", job->advertise_host,
                   "host or IP that other ranks dial when --bind uses 0.0.0.0 or * (default: first non-loopback IPv4)");
   add_server_security_options(cmd, job->security);
-  cmd->add_option("--max-prompts-per-call", job->limits.max_prompts_per_call, "requests in one generate / score call")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-n", job->limits.max_n, "largest sampling_params.n")
-      ->capture_default_str()
-      ->check(CLI::Range(1, kMaxSamplesPerRequest));
-  cmd->add_option("--max-in-flight", job->limits.max_in_flight,
-                  "requests one connection may have in flight (trainer keys are not counted)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  add_call_limit_options(cmd, job->limits);
   cmd->add_option("--weights-root", job->weights_roots,
                   "folder a disk update may read under (repeatable; default: the parent of --model)")
       ->check(CLI::ExistingDirectory);

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "actors/engine/request_validation.h"
+
 #include <tuple>
 
 namespace zr::cli {
@@ -19,6 +21,19 @@ void add_server_security_options(CLI::App* cmd, ServerSecurityCli& o) {
                 "serve a non-loopback tcp:// address without CURVE keys (anyone who reaches it may push weights)");
   cmd->add_option("--max-message-mib", o.max_message_mib,
                   "largest message part accepted (ZMQ_MAXMSGSIZE); a larger one drops the connection")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+void add_call_limit_options(CLI::App* cmd, CallLimits& limits) {
+  cmd->add_option("--max-prompts-per-call", limits.max_prompts_per_call, "requests in one generate / score call")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-n", limits.max_n, "largest sampling_params.n")
+      ->capture_default_str()
+      ->check(CLI::Range(1, kMaxSamplesPerRequest));
+  cmd->add_option("--max-in-flight", limits.max_in_flight,
+                  "requests one connection may have in flight (trainer keys are not counted)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/call_limits.h"
 #include "comm/curve_keys.h"
 #include "launch/cluster.h"
 #include "runtime/actor.h"
@@ -35,6 +36,9 @@ Status check_protected_mode(const std::string& bind, bool has_keys, bool insecur
 // mpirun (used when no --curve-secret is given).
 Status configure_server(const ServerSecurityCli& o, const std::string& bind, ActorOptions& actor,
                         const std::optional<CurveServerKeys>& mpi_keys = std::nullopt);
+
+// --max-prompts-per-call, --max-n and --max-in-flight (serve, router), into `limits`.
+void add_call_limit_options(CLI::App* cmd, CallLimits& limits);
 
 struct ClientSecurityCli {
   std::string curve_server, curve_key;

@@ -115,6 +115,10 @@ Status Engine::submit(GenerateRequest req) {
     if (session) session->busy = false;
     return make_error(ErrorCode::too_long, "input_ids: the prompt does not fit the KV cache budget");
   }
+  if (Status st = clip_max_new_tokens(req, config(), kv_->num_blocks() * kv_->block_size()); !st.ok()) {
+    if (session) session->busy = false;
+    return st;
+  }
   auto r = std::make_shared<Request>();
   r->gen = std::move(req);
   r->start = Clock::now();

@@ -1,5 +1,6 @@
 #include "actors/engine/request_validation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -87,6 +88,20 @@ Status validate_generate(const GenerateRequest& req, const ModelConfig& cfg) {
   if (req.top_logprobs_num < 0 || req.top_logprobs_num > cfg.vocab_size)
     return bad("top_logprobs_num", "must be in [0, vocab_size]");
   ZR_RETURN_IF_ERROR(check_ids(req.token_ids_logprob, cfg.vocab_size, "token_ids_logprob"));
+  return {};
+}
+
+Status clip_max_new_tokens(GenerateRequest& req, const ModelConfig& cfg, int kv_positions) {
+  SamplingParams& sp = req.sampling_params;
+  const int prompt = static_cast<int>(req.input_ids.size());
+  const int budget = generation_budget(prompt, cfg.max_position_embeddings, kv_positions);
+  if (sp.min_new_tokens > std::max(0, budget))
+    return make_error(ErrorCode::too_long, std::string(req.text ? "text" : "input_ids") + ": " + std::to_string(prompt) +
+                                               " tokens leave room for " + std::to_string(std::max(0, budget)) +
+                                               " new tokens (context length " + std::to_string(cfg.max_position_embeddings) +
+                                               " less 2, as SGLang), fewer than sampling_params.min_new_tokens " +
+                                               std::to_string(sp.min_new_tokens));
+  sp.max_new_tokens = std::min(sp.max_new_tokens, std::max(0, budget));
   return {};
 }
 

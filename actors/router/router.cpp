@@ -351,10 +351,11 @@ void Router::declare_dead(int k, TimePoint now) {
 
 // ---- calls from callers
 
-void Router::on_call(const std::string& caller, const std::string& op, std::string body, TimePoint now) {
-  if (op == "generate") return on_generate(caller, std::move(body), now);
-  if (op == "score") return on_score(caller, std::move(body), now);
-  if (op == "abort") return on_abort(caller, body);
+void Router::on_call(const std::string& caller, const std::string& op, std::string body, TimePoint now,
+                     std::string_view role) {
+  if (op == "generate") return on_generate(caller, std::move(body), now, role);
+  if (op == "score") return on_score(caller, std::move(body), now, role);
+  if (op == "abort") return on_abort(caller, body, role == "client");
   if (op == "open_session") return on_open_session(caller, body);
   if (op == "close_session") return on_close_session(caller, body);
   if (op == "health" || op == "get_engines" || op == "get_model_info") {

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "actors/router/prefix_map.h"
+#include "comm/call_limits.h"
 #include "comm/messages.h"
 #include "comm/status.h"
 #include "model/tokenizer.h"
@@ -66,6 +67,9 @@ struct RouterOptions {
   // re-routed sample. Empty: the router loads the one in the engines' model_path (get_model_info)
   // when it can read it.
   std::string tokenizer;
+  // Call-size and per-caller in-flight caps (`zrollout router` flags), checked before anything is
+  // sent to an engine. Unset (the trainer's in-process router): none.
+  std::optional<CallLimits> limits;
 };
 
 // A message the router wants sent: to engine `engine` when >= 0, else to `caller`.
@@ -86,8 +90,12 @@ class Router {
 
   // A request from a caller (any op of docs/protocol.md §3 plus get_engines). `caller` is opaque:
   // every reply, chunk and error for it is addressed to the same string. Replies that need no
-  // engine (errors, health, get_engines) are in the outbox when this returns.
-  void on_call(const std::string& caller, const std::string& op, std::string body, TimePoint now);
+  // engine (errors, health, get_engines) are in the outbox when this returns. `role` is the
+  // caller's CURVE role ("client", "trainer"; "" without CURVE; the driver checked the op against
+  // it): a "client" aborts only its own requests, and every role but "trainer" counts against
+  // RouterOptions::limits->max_in_flight.
+  void on_call(const std::string& caller, const std::string& op, std::string body, TimePoint now,
+               std::string_view role = {});
   // A message that arrived from engine k (a reply, chunk or error to one of the router's calls).
   void on_engine_message(int engine, const std::string& op, std::string body, TimePoint now);
   // Heartbeats and deaths. Call at least every next_tick().
@@ -159,14 +167,18 @@ class Router {
   void finish_fan_out(FanOut& f);
   void on_open_session(const std::string& caller, std::string_view body);
   void on_close_session(const std::string& caller, std::string_view body);
-  void on_abort(const std::string& caller, std::string_view body);
+  void on_abort(const std::string& caller, std::string_view body, bool own_only);
   void on_abort_part(const std::shared_ptr<AbortOp>& a, const std::string& caller_rid, bool aborted);
   void finish_abort(const std::shared_ptr<AbortOp>& a);
 
   // ---- router_generate.cpp: generate and score calls, chunks, re-routing; router_merge.cpp: outputs
   bool is_stop_token(const Req& r, int id) const;
   std::string fresh_engine_rid(const std::string& rid);
-  void on_generate(const std::string& caller, std::string body, TimePoint now);
+  // RouterOptions::limits for a call from `caller`; the call's requests count in flight when it is
+  // accepted (count_in_flight) until end_call.
+  Status check_limits(const std::string& caller, std::string_view role, size_t prompts, int max_n) const;
+  void count_in_flight(Call& c, std::string_view role);
+  void on_generate(const std::string& caller, std::string body, TimePoint now, std::string_view role);
   Status admit(const Call& c, const GenerateRequest& g, int& engine, std::string& engine_sid,
                const std::vector<int>& extra);
   void send_generate(int engine, std::vector<std::shared_ptr<Req>> reqs);
@@ -185,7 +197,7 @@ class Router {
   void fail_call(Call& c, size_t k, Status st);
   void maybe_complete(Call& c);
   void end_call(Call& c);
-  void on_score(const std::string& caller, std::string body, TimePoint now);
+  void on_score(const std::string& caller, std::string body, TimePoint now, std::string_view role);
   void send_score(Call& c, int exclude);
   void on_score_reply(const Job& job, const std::string& op, json body, int k, TimePoint now);
 
@@ -204,6 +216,7 @@ class Router {
   // caller rid -> (score call, arrival) in flight
   std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> score_rids_;
   std::map<std::string, Session> sessions_;                     // router session id -> its engine
+  std::unordered_map<std::string, size_t> in_flight_;          // caller -> requests of its counted calls
   std::vector<RouterMessage> outbox_;
   PrefixMap prefix_map_;  // which engine was sent which prompt prefixes
 };

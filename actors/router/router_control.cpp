@@ -228,20 +228,25 @@ void Router::on_close_session(const std::string& caller, std::string_view body) 
 // ---- abort: each matching request's engine calls are aborted where they run; the reply waits for
 // every engine's, so the aborted calls' replies go out first (as from an engine).
 
-void Router::on_abort(const std::string& caller, std::string_view body) {
+// `own_only` (a client key): only requests whose call came from `caller` match, as on an engine.
+void Router::on_abort(const std::string& caller, std::string_view body, bool own_only) {
   auto a = wire::decode_abort(body);
   if (!a.ok()) return reply_error(caller, wire::peek_req_id(body), a.status());
   auto op = std::make_shared<AbortOp>();
   op->caller = caller;
   op->req_id = a->req_id;
-  auto matches = [&](const std::string& rid) {
+  auto matches = [&](const std::string& rid, uint64_t call) {
+    if (own_only) {
+      const Call* c = find_call(call);
+      if (!c || c->caller != caller) return false;
+    }
     if (a->all) return true;
     if (!a->rid.empty()) return rid == a->rid;
     return !a->rid_prefix.empty() && rid.compare(0, a->rid_prefix.size(), a->rid_prefix) == 0;
   };
   std::vector<std::tuple<int, std::string, std::string>> targets;  // (engine, engine rid, caller rid)
   for (auto& [rid, r] : rids_) {
-    if (!matches(rid)) continue;
+    if (!matches(rid, r->call)) continue;
     op->matched.emplace_back(r->seq, rid);
     r->aborting = true;
     std::set<uint64_t> jobs;
@@ -252,7 +257,7 @@ void Router::on_abort(const std::string& caller, std::string_view body) {
       }
   }
   for (auto& [rid, ref] : score_rids_) {
-    if (!matches(rid)) continue;
+    if (!matches(rid, ref.first)) continue;
     op->matched.emplace_back(ref.second, rid);
     Call* c = find_call(ref.first);
     if (!c) continue;

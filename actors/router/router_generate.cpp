@@ -54,9 +54,29 @@ std::string Router::fresh_engine_rid(const std::string& rid) {
 
 // ---- generate
 
-void Router::on_generate(const std::string& caller, std::string body, TimePoint now) {
+Status Router::check_limits(const std::string& caller, std::string_view role, size_t prompts, int max_n) const {
+  if (!opt_.limits) return {};
+  std::optional<size_t> have;
+  if (counts_in_flight(role)) {
+    auto it = in_flight_.find(caller);
+    have = it == in_flight_.end() ? 0 : it->second;
+  }
+  return check_call_limits(*opt_.limits, prompts, max_n, have);
+}
+
+void Router::count_in_flight(Call& c, std::string_view role) {
+  if (!opt_.limits || !counts_in_flight(role)) return;
+  c.counted = c.is_score ? c.score.batch.size() : c.reqs.size();
+  in_flight_[c.caller] += c.counted;
+}
+
+void Router::on_generate(const std::string& caller, std::string body, TimePoint now, std::string_view role) {
   auto call = wire::decode_generate(body);
   if (!call.ok()) return reply_error(caller, wire::peek_req_id(body), call.status());
+  int max_n = 0;
+  for (const GenerateRequest& g : call->batch) max_n = std::max(max_n, g.sampling_params.n);
+  if (Status st = check_limits(caller, role, call->batch.size(), max_n); !st.ok())
+    return reply_error(caller, call->req_id, st);
   auto c = std::make_unique<Call>();
   c->id = next_call_++;
   c->caller = caller;
@@ -86,6 +106,7 @@ void Router::on_generate(const std::string& caller, std::string body, TimePoint 
   }
   for (const auto& r : c->reqs) rids_[r->gen.rid] = r;
   c->pending = static_cast<int>(c->reqs.size());
+  count_in_flight(*c, role);
   Call& ref = *c;
   calls_[c->id] = std::move(c);
   for (int k = 0; k < static_cast<int>(engines_.size()); ++k) {
@@ -364,7 +385,7 @@ void Router::continue_sample(const std::shared_ptr<Req>& rp, int i, int dead, Ti
     const int last = s.ids[std::min(q, s.cut >= 0 ? s.cut : q) - 1];
     if (is_stop_token(r, last)) s.inferred = FinishReason{FinishReason::Type::stop, last, 0, {}};
     else if (s.tracker && s.tracker->matched()) s.inferred = FinishReason{FinishReason::Type::stop, *s.tracker->matched(), 0, {}};
-    else if (q >= sp.max_new_tokens || (info && static_cast<int>(r.prompt.size()) + q >= info->context_length))
+    else if (q >= sp.max_new_tokens || (info && q >= generation_budget(static_cast<int>(r.prompt.size()), info->context_length)))
       s.inferred = FinishReason{FinishReason::Type::length, {}, q, {}};
   }
   const bool lists = r.gen.return_logprob && (r.gen.top_logprobs_num > 0 || !r.gen.token_ids_logprob.empty());
@@ -443,6 +464,10 @@ void Router::maybe_complete(Call& c) {
 }
 
 void Router::end_call(Call& c) {
+  if (c.counted > 0) {
+    auto it = in_flight_.find(c.caller);
+    if (it != in_flight_.end() && (it->second -= std::min(it->second, c.counted)) == 0) in_flight_.erase(it);
+  }
   for (const auto& r : c.reqs) {
     auto it = rids_.find(r->gen.rid);
     if (it != rids_.end() && it->second == r) rids_.erase(it);
@@ -457,10 +482,11 @@ void Router::end_call(Call& c) {
 
 // ---- score: stateless, so a whole call goes to one engine and again elsewhere if it dies
 
-void Router::on_score(const std::string& caller, std::string body, TimePoint now) {
+void Router::on_score(const std::string& caller, std::string body, TimePoint now, std::string_view role) {
   auto call = wire::decode_score(body);
   if (!call.ok()) return reply_error(caller, wire::peek_req_id(body), call.status());
   const size_t n = call->batch.size();
+  if (Status st = check_limits(caller, role, n, 1); !st.ok()) return reply_error(caller, call->req_id, st);
   for (size_t k = 0; k < n; ++k) {
     const std::string& rid = call->batch[k].rid;
     if (rid.empty())
@@ -480,6 +506,7 @@ void Router::on_score(const std::string& caller, std::string body, TimePoint now
   c->batch_size = n;
   c->score = std::move(call).value();
   for (const ScoreRequest& s : c->score.batch) score_rids_[s.rid] = {c->id, next_seq_++};
+  count_in_flight(*c, role);
   Call& ref = *c;
   calls_[c->id] = std::move(c);
   send_score(ref, -1);

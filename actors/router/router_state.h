@@ -86,6 +86,7 @@ struct Router::Call {
   bool is_score = false;
   bool score_aborting = false;
   std::vector<int> refused_by;  // engines that answered `unavailable`
+  size_t counted = 0;           // requests counted in Router::in_flight_ of its caller
 };
 
 struct Router::FanOut {

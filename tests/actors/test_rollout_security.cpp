@@ -227,9 +227,11 @@ TEST_F(RolloutSecurity, DiskUpdatesOnlyUnderTheWeightsRoots) {
   EXPECT_NE(code, "");
 }
 
-// SGLang clips max_new_tokens to what the context leaves: the request ends with finish "length"
-// at the context, never runs on.
-TEST_F(RolloutSecurity, MaxNewTokensPastTheContextIsClipped) {
+// SGLang's clip (Scheduler.handle_generate_request): max_new_tokens = min(requested,
+// min(context - 1, KV positions - 1) - prompt - 1), so the request ends with finish "length" two
+// below the context, never runs on. nil (SGLang's None) is "as many as that"; -1 is refused, as
+// SGLang's SamplingParams.verify does.
+TEST_F(RolloutSecurity, MaxNewTokensPastTheContextIsClippedAsSGLangDoes) {
   start({}, false);
   auto c = connect();
   auto info = c->get_model_info();
@@ -240,7 +242,30 @@ TEST_F(RolloutSecurity, MaxNewTokensPastTheContextIsClipped) {
   ASSERT_TRUE(g.ok()) << g.status().to_string();
   const MetaInfo& m = g->outputs[0].meta_info;
   EXPECT_EQ(m.finish_reason.type, FinishReason::Type::length);
-  EXPECT_EQ(m.prompt_tokens + m.completion_tokens, info->context_length);
+  EXPECT_EQ(m.prompt_tokens + m.completion_tokens, info->context_length - 2);
+  EXPECT_EQ(m.completion_tokens, generation_budget(m.prompt_tokens, info->context_length));
+
+  nlohmann::json body = {{"req_id", 7}, {"rid", "none"}, {"input_ids", {1, 403, 407}},
+                         {"sampling_params", {{"max_new_tokens", nullptr}, {"ignore_eos", true}, {"temperature", 0}}}};
+  auto nil = c->call_raw("generate", wire::pack_body(body), {}, 7, 30s).get();
+  ASSERT_TRUE(nil.ok()) << nil.status().to_string();
+  ASSERT_EQ(nil->op, "generate.reply") << nil->json.dump();
+  const auto& meta = nil->json["outputs"][0]["meta_info"];
+  EXPECT_EQ(meta["completion_tokens"].get<int>(), info->context_length - 2 - 3);
+  EXPECT_EQ(meta["finish_reason"]["type"], "length");
+
+  body["rid"] = "minus-one";
+  body["sampling_params"]["max_new_tokens"] = -1;
+  std::string msg;
+  EXPECT_EQ(code_of(*c, "generate", wire::pack_body(body), 7, &msg), "invalid_argument");
+  EXPECT_EQ(msg.rfind("sampling_params.max_new_tokens:", 0), 0u) << msg;
+
+  auto full = req("full", 5);  // no room for min_new_tokens: too_long, naming both
+  full.input_ids.assign(info->context_length - 3, 403);
+  full.sampling_params.min_new_tokens = 2;
+  auto refused = c->generate({full});
+  EXPECT_EQ(refused.status().code, ErrorCode::too_long);
+  EXPECT_NE(refused.status().message.find("min_new_tokens"), std::string::npos) << refused.status().message;
 }
 
 // `zrollout router --curve-secret ...`: the router's own ROUTER checks roles the same way (one
@@ -265,6 +290,88 @@ TEST_F(RolloutSecurity, RouterChecksRolesAndReachesAKeyedEngine) {
   EXPECT_EQ(f.status().code, ErrorCode::permission_denied);
   EXPECT_NE(f.status().message.find("'flush_cache'"), std::string::npos);
   EXPECT_TRUE((*t)->flush_cache().ok());  // the trainer's call goes through to the engine (trainer key there too)
+  (*router)->stop();
+}
+
+// A router in front of a CURVE engine talks to it with a trainer key, so the engine cannot tell its
+// callers apart: the router itself lets a client key abort only its own requests.
+TEST_F(RolloutSecurity, ThroughARouterAClientAbortsOnlyItsOwnRequests) {
+  start({}, true);
+  KeySet front;
+  RouterActorOptions ro;
+  ro.curve = CurveServerKeys{front.server, {front.trainer.public_key}, {front.client.public_key}};
+  ro.engine_curve_for = [this](const std::string&) { return CurveClientKeys{keys_.server.public_key, keys_.trainer}; };
+  auto router = RouterActor::create(ctx_, {actor_->endpoint()}, ro);
+  ASSERT_TRUE(router.ok()) << router.status().to_string();
+  ASSERT_TRUE((*router)->bind("tcp://127.0.0.1:*").ok());
+  (*router)->start();
+  auto at_router = [&](const CurveKeyPair& k) {
+    auto c = Client::connect((*router)->endpoint(), nullptr, front.as(k));
+    EXPECT_TRUE(c.ok());
+    return std::move(c).value();
+  };
+  auto mine = at_router(front.client), theirs = at_router(front.client), trainer = at_router(front.trainer);
+  auto r = req("theirs-1", 500);  // 64 x 500 tokens: runs for a while on any machine
+  r.sampling_params.ignore_eos = true;
+  r.sampling_params.n = 64;
+  auto running = theirs->generate_async({r});
+  ASSERT_TRUE(theirs->health().ok());  // the router has taken the generate before it answers this
+  auto a = mine->abort("theirs-1");
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE(a->aborted.empty());
+  auto all = mine->abort_all();
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->aborted.empty());
+  EXPECT_EQ(running.wait_for(0s), std::future_status::timeout);  // still running
+  auto own = theirs->abort_prefix("theirs-");
+  ASSERT_TRUE(own.ok());
+  EXPECT_EQ(own->aborted, std::vector<std::string>{"theirs-1"});
+  auto g = running.get();
+  ASSERT_TRUE(g.ok()) << g.status().to_string();
+  EXPECT_EQ(g->outputs[0].meta_info.finish_reason.type, FinishReason::Type::abort);
+  auto r2 = r;
+  r2.rid = "theirs-2";
+  auto again = theirs->generate_async({r2});
+  ASSERT_TRUE(theirs->health().ok());
+  auto by_trainer = trainer->abort("theirs-2");
+  ASSERT_TRUE(by_trainer.ok());
+  EXPECT_EQ(by_trainer->aborted, std::vector<std::string>{"theirs-2"});
+  EXPECT_TRUE(again.get().ok());
+  (*router)->stop();
+}
+
+// The router's own limits (`zrollout router --max-in-flight ...`): behind a router every call
+// reaches the engine on the router's one connection, so the per-caller cap is the router's.
+TEST_F(RolloutSecurity, ARouterCapsWhatEachConnectionHasInFlight) {
+  start({}, false);
+  RouterActorOptions ro;
+  ro.router.limits = CallLimits{2, 2, 2};  // prompts per call, n, in flight
+  auto router = RouterActor::create(ctx_, {actor_->endpoint()}, ro);
+  ASSERT_TRUE(router.ok()) << router.status().to_string();
+  ASSERT_TRUE((*router)->bind("tcp://127.0.0.1:*").ok());
+  (*router)->start();
+  auto c = Client::connect((*router)->endpoint());
+  auto other = Client::connect((*router)->endpoint());
+  ASSERT_TRUE(c.ok() && other.ok());
+  auto three = (*c)->generate({req("a", 1), req("b", 1), req("c", 1)});
+  EXPECT_EQ(three.status().code, ErrorCode::invalid_argument);
+  EXPECT_NE(three.status().message.find("--max-prompts-per-call 2"), std::string::npos) << three.status().message;
+  auto wide = req("wide", 1);
+  wide.sampling_params.n = 3;
+  EXPECT_EQ((*c)->generate({wide}).status().code, ErrorCode::invalid_argument);
+  auto long1 = req("long1", 500), long2 = req("long2", 500);
+  long1.sampling_params.ignore_eos = long2.sampling_params.ignore_eos = true;
+  auto busy = (*c)->generate_async({long1, long2});
+  ASSERT_TRUE((*c)->health().ok());  // the router has counted them
+  auto over = (*c)->generate({req("third", 1)});
+  EXPECT_EQ(over.status().code, ErrorCode::unavailable);
+  EXPECT_NE(over.status().message.find("--max-in-flight 2"), std::string::npos) << over.status().message;
+  auto score = (*c)->score({ScoreRequest{"s", {1, 2}, {3}}});
+  EXPECT_EQ(score.status().code, ErrorCode::unavailable);  // score counts too
+  EXPECT_TRUE((*other)->generate({req("elsewhere", 1)}).ok());  // another connection has its own count
+  ASSERT_TRUE((*c)->abort_all().ok());
+  EXPECT_TRUE(busy.get().ok());
+  EXPECT_TRUE((*c)->generate({req("after", 1), req("after2", 1)}).ok());  // the count went back down
   (*router)->stop();
 }
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 
+#include "comm/call_limits.h"
 #include "comm/json_codec.h"
 #include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
@@ -147,6 +148,14 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
   ASSERT_TRUE(minimal.ok()) << minimal.status().to_string();
   EXPECT_EQ(minimal->req_id, 0u);
   EXPECT_EQ(minimal->batch[0].sampling_params.max_new_tokens, 128);
+  // max_new_tokens nil is SGLang's None (as many as the context allows), not the default 128; other
+  // nil fields keep their defaults.
+  auto none = decode_generate(pack_body(json{{"text", "hi"}, {"sampling_params", {{"max_new_tokens", nullptr}, {"top_p", nullptr}}}}));
+  ASSERT_TRUE(none.ok()) << none.status().to_string();
+  EXPECT_EQ(none->batch[0].sampling_params.max_new_tokens, kMaxNewTokensUnset);
+  EXPECT_EQ(none->batch[0].sampling_params.top_p, 1.0f);
+  EXPECT_EQ(generation_budget(10, 512), 500);              // SGLang: min(512 - 1, pool - 1) - 10 - 1
+  EXPECT_EQ(generation_budget(10, 512, /*kv_positions=*/100), 88);
 }
 
 TEST(WireCodec, ScoreAbortSessionAndReqIdBodiesRoundTrip) {
