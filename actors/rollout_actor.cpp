@@ -44,7 +44,8 @@ void RolloutActor::reply_error(const ReplyTo& to, uint64_t req_id, const Status&
 }
 
 void RolloutActor::register_handlers() {
-  actor_.on<GenerateCall>("generate", [this](GenerateCall& c, Frame&, const ReplyTo& from) { return on_generate(c, from); });
+  actor_.on<GenerateCall>("generate",
+                          [this](GenerateCall& c, Frame&, const ReplyTo& from) { return on_generate(c, from); });
   actor_.on<ScoreCall>("score", [this](ScoreCall& c, Frame&, const ReplyTo& from) { return on_score(c, from); });
   actor_.on<AbortCall>("abort", [this](AbortCall& a, Frame&, const ReplyTo& from) { return on_abort(a, from); });
   actor_.on<ReqIdOnly, LoadReply>("get_load", [this](ReqIdOnly& c, const ReplyTo&) -> Result<LoadReply> {
@@ -55,12 +56,16 @@ void RolloutActor::register_handlers() {
     const bool released = engine_->weights_released() || engine_->kv_released();
     return HealthReply{c.req_id, released ? "released" : "serving", engine_->weight_version()};
   });
-  actor_.on<ReqIdOnly, ModelInfoReply>("get_model_info", [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
-    const ModelConfig& m = engine_->config();
-    return ModelInfoReply{c.req_id, m.arch_name, m.vocab_size, m.max_position_embeddings, m.bos_token_id,
-                          m.eos_token_ids, m.pad_token_id, engine_->weight_version(), opt_.model_path,
-                          kernels::compute_name(engine_->compute()), opt_.weights_roots};
-  });
+  actor_.on<ReqIdOnly, ModelInfoReply>(
+      "get_model_info", [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
+        const ModelConfig& m = engine_->config();
+        return ModelInfoReply{c.req_id,          m.arch_name,
+                              m.vocab_size,      m.max_position_embeddings,
+                              m.bos_token_id,    m.eos_token_ids,
+                              m.pad_token_id,    engine_->weight_version(),
+                              opt_.model_path,   kernels::compute_name(engine_->compute()),
+                              opt_.weights_roots};
+      });
   actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
     return SimpleReply{c.req_id, {}, engine_->flush_cache()};
   });
@@ -80,17 +85,18 @@ void RolloutActor::register_text_handlers() {
     if (!tok.has_text()) return make_error(ErrorCode::invalid_argument, "text: this model has no tokenizer");
     return TokenizeReply{c.req_id, tok.encode(c.text, c.add_special_tokens)};
   });
-  actor_.on<DetokenizeCall, DetokenizeReply>("detokenize", [this](DetokenizeCall& c, const ReplyTo&) -> Result<DetokenizeReply> {
-    const Tokenizer& tok = engine_->tokenizer();
-    if (!tok.has_text()) return make_error(ErrorCode::invalid_argument, "input_ids: this model has no tokenizer");
-    const int vocab = engine_->config().vocab_size;
-    for (size_t i = 0; i < c.input_ids.size(); ++i)
-      if (c.input_ids[i] < 0 || c.input_ids[i] >= vocab)
-        return make_error(ErrorCode::out_of_range, "input_ids[" + std::to_string(i) + "]: token id " +
-                                                       std::to_string(c.input_ids[i]) + " is outside the vocabulary [0, " +
-                                                       std::to_string(vocab) + ")");
-    return DetokenizeReply{c.req_id, tok.decode(c.input_ids, c.skip_special_tokens)};
-  });
+  actor_.on<DetokenizeCall, DetokenizeReply>(
+      "detokenize", [this](DetokenizeCall& c, const ReplyTo&) -> Result<DetokenizeReply> {
+        const Tokenizer& tok = engine_->tokenizer();
+        if (!tok.has_text()) return make_error(ErrorCode::invalid_argument, "input_ids: this model has no tokenizer");
+        const int vocab = engine_->config().vocab_size;
+        for (size_t i = 0; i < c.input_ids.size(); ++i)
+          if (c.input_ids[i] < 0 || c.input_ids[i] >= vocab)
+            return make_error(ErrorCode::out_of_range,
+                              "input_ids[" + std::to_string(i) + "]: token id " + std::to_string(c.input_ids[i]) +
+                                  " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+        return DetokenizeReply{c.req_id, tok.decode(c.input_ids, c.skip_special_tokens)};
+      });
 }
 
 // A call is all or nothing: when request k is refused, the ones before it are withdrawn silently
@@ -132,8 +138,9 @@ Status RolloutActor::on_generate(GenerateCall& call, const ReplyTo& from) {
     GenerateRequest& r = call.batch[k];
     const std::string rid = r.rid;
     const int n = r.sampling_params.n;
-    Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
-                                        : engine_->submit(std::move(r));
+    Status st = call_of_rid_.count(rid)
+                    ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
+                    : engine_->submit(std::move(r));
     if (!st.ok()) return refuse_call(*c, in_batch(st, k, call.batch.size()));
     c->rids.push_back(rid);
     c->samples[rid].resize(n);
@@ -153,8 +160,9 @@ Status RolloutActor::on_score(ScoreCall& call, const ReplyTo& from) {
   c->score = true;
   for (size_t k = 0; k < call.batch.size(); ++k) {
     const std::string rid = call.batch[k].rid;
-    Status st = call_of_rid_.count(rid) ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
-                                        : engine_->submit_score(std::move(call.batch[k]));
+    Status st = call_of_rid_.count(rid)
+                    ? make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight")
+                    : engine_->submit_score(std::move(call.batch[k]));
     if (!st.ok()) return refuse_call(*c, in_batch(st, k, call.batch.size()));
     c->rids.push_back(rid);
     c->scores[rid];
@@ -202,7 +210,8 @@ void RolloutActor::route(StepOutputs& out) {
   for (const UpdateOutcome& o : out.updates) on_update_done(o);
   for (const StreamChunk& ch : out.chunks) {
     auto it = call_of_rid_.find(ch.rid);
-    if (it != call_of_rid_.end()) actor_.send(it->second->to, "generate.chunk", wire::encode_chunk(it->second->req_id, ch));
+    if (it != call_of_rid_.end())
+      actor_.send(it->second->to, "generate.chunk", wire::encode_chunk(it->second->req_id, ch));
   }
   for (SampleOutput& o : out.finished) {
     auto it = call_of_rid_.find(o.rid);
@@ -255,7 +264,8 @@ void RolloutActor::complete(const std::string& rid) {
 // rest are aborted; every call is answered before the actor exits.
 void RolloutActor::drain_on_stop() {
   auto deadline = SteadyClock::now() + opt_.drain_timeout;
-  if (!engine_->idle()) actor_.log().info("draining {} running, {} waiting", engine_->stats().running, engine_->stats().waiting);
+  if (!engine_->idle())
+    actor_.log().info("draining {} running, {} waiting", engine_->stats().running, engine_->stats().waiting);
   while (!engine_->idle() && SteadyClock::now() < deadline) tick();
   StepOutputs out;
   auto aborted = engine_->abort(AbortCall{0, "", "", true}, out);

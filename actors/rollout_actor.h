@@ -29,10 +29,11 @@ namespace zr {
 struct RolloutActorOptions {
   std::string name = "rollout";
   std::optional<int> rank;
-  std::string model_path;  // reported by get_model_info
-  int weight_rank = 0;     // this engine's rank, reported with checksums and errors
+  std::string model_path;                          // reported by get_model_info
+  int weight_rank = 0;                             // this engine's rank, reported with checksums and errors
   std::chrono::milliseconds drain_timeout{30000};  // on stop: finish in-flight work this long, then abort
-  std::chrono::milliseconds transfer_timeout{60000};  // no broadcast bucket / streamed ipc progress for this long = sender lost
+  std::chrono::milliseconds transfer_timeout{
+      60000};                            // no broadcast bucket / streamed ipc progress for this long = sender lost
   std::optional<CurveServerKeys> curve;  // CURVE on the ROUTER (runtime/actor.h ActorOptions::curve)
   int64_t max_message_bytes = -1;        // ZMQ_MAXMSGSIZE of the ROUTER
   CallLimits limits;
@@ -68,8 +69,8 @@ class RolloutActor {
     std::vector<std::string> rids;  // request order
     std::map<std::string, std::vector<std::optional<SampleOutput>>> samples;
     std::map<std::string, std::optional<ScoreOutput>> scores;
-    int pending = 0;  // samples / scores not yet finished
-    Status error;     // set when a score of the call was aborted
+    int pending = 0;       // samples / scores not yet finished
+    Status error;          // set when a score of the call was aborted
     bool counted = false;  // its rids count in in_flight_ of its connection
   };
 

@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <tuple>
 
-#include "actors/rollout_actor.h"
 #include "actors/engine/weight_staging.h"
+#include "actors/rollout_actor.h"
 #include "comm/checksum.h"
 #include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
@@ -56,8 +56,8 @@ Status check_weights_root(const std::string& disk_path, const std::vector<std::s
     auto [ri, pi] = std::mismatch(r.begin(), r.end(), p.begin(), p.end());
     if (ri == r.end() || (std::next(ri) == r.end() && ri->empty())) return {};
   }
-  return make_error(ErrorCode::permission_denied, "disk_path: " + disk_path +
-                                                      " is outside the server's --weights-root folders");
+  return make_error(ErrorCode::permission_denied,
+                    "disk_path: " + disk_path + " is outside the server's --weights-root folders");
 }
 
 }  // namespace
@@ -66,9 +66,10 @@ void RolloutActor::register_weight_handlers() {
   actor_.on<UpdateWeightsCall>("update_weights", [this](UpdateWeightsCall& c, Frame& f, const ReplyTo& from) {
     return on_update_weights(c, f.body, from);
   });
-  actor_.on<ReqIdOnly, WeightVersionReply>("get_weight_version", [this](ReqIdOnly& c, const ReplyTo&) -> Result<WeightVersionReply> {
-    return WeightVersionReply{c.req_id, engine_->weight_version(), segments_in_use()};
-  });
+  actor_.on<ReqIdOnly, WeightVersionReply>(
+      "get_weight_version", [this](ReqIdOnly& c, const ReplyTo&) -> Result<WeightVersionReply> {
+        return WeightVersionReply{c.req_id, engine_->weight_version(), segments_in_use()};
+      });
   actor_.on<WeightsChecksumCall, WeightsChecksumReply>(
       "get_weights_checksum", [this](WeightsChecksumCall& c, const ReplyTo&) -> Result<WeightsChecksumReply> {
         WeightsChecksumReply r{c.req_id, opt_.weight_rank, engine_->weight_version(), 1, {}};
@@ -138,7 +139,12 @@ void RolloutActor::on_update_done(const UpdateOutcome& o) {
   for (const TensorMeta& m : o.received) served_metas_[m.name] = m;
   // TP followers serve the same tensors from the same segments (the zero-copy rule depends on
   // dtype and layout only): the leader speaks for all.
-  UpdateWeightsReply r{o.call.req_id, o.call.version, o.bytes, o.stage_seconds, o.commit_seconds, o.zero_copy,
+  UpdateWeightsReply r{o.call.req_id,
+                       o.call.version,
+                       o.bytes,
+                       o.stage_seconds,
+                       o.commit_seconds,
+                       o.zero_copy,
                        shm_.in_use(engine_->weights())};
   actor_.send(update_reply_to_, "update_weights.reply", wire::encode(r));
   phase_mark("engine: ack sent");

@@ -11,11 +11,23 @@ namespace zr {
 namespace {
 
 // What callers may send (docs/protocol.md §3, §10). "shutdown" has its own handler.
-const char* const kCallerOps[] = {"generate",       "score",          "abort",         "get_load",
-                                  "health",         "get_model_info", "flush_cache",   "open_session",
-                                  "close_session",  "update_weights", "get_weight_version",
-                                  "get_weights_checksum", "release_memory", "resume_memory", "get_engines",
-                                  "tokenize",       "detokenize"};
+const char* const kCallerOps[] = {"generate",
+                                  "score",
+                                  "abort",
+                                  "get_load",
+                                  "health",
+                                  "get_model_info",
+                                  "flush_cache",
+                                  "open_session",
+                                  "close_session",
+                                  "update_weights",
+                                  "get_weight_version",
+                                  "get_weights_checksum",
+                                  "release_memory",
+                                  "resume_memory",
+                                  "get_engines",
+                                  "tokenize",
+                                  "detokenize"};
 
 ActorOptions actor_options(const RouterActorOptions& o) {
   ActorOptions a;

@@ -9,12 +9,24 @@ namespace zr {
 namespace {
 
 // What engines send back to the router's calls.
-const char* const kEngineOps[] = {"generate.chunk",     "generate.reply",       "score.reply",
-                                  "abort.reply",        "get_load.reply",       "health.reply",
-                                  "get_model_info.reply", "flush_cache.reply",  "open_session.reply",
-                                  "close_session.reply", "update_weights.reply", "get_weight_version.reply",
-                                  "get_weights_checksum.reply", "release_memory.reply", "resume_memory.reply",
-                                  "shutdown.reply",     "tokenize.reply",       "detokenize.reply",
+const char* const kEngineOps[] = {"generate.chunk",
+                                  "generate.reply",
+                                  "score.reply",
+                                  "abort.reply",
+                                  "get_load.reply",
+                                  "health.reply",
+                                  "get_model_info.reply",
+                                  "flush_cache.reply",
+                                  "open_session.reply",
+                                  "close_session.reply",
+                                  "update_weights.reply",
+                                  "get_weight_version.reply",
+                                  "get_weights_checksum.reply",
+                                  "release_memory.reply",
+                                  "resume_memory.reply",
+                                  "shutdown.reply",
+                                  "tokenize.reply",
+                                  "detokenize.reply",
                                   "error"};
 
 }  // namespace
@@ -25,7 +37,8 @@ RouterDriver::RouterDriver(Actor& actor, Router& router, Millis heartbeat_interv
     actor_.on(name, [this, op = std::string(name)](Frame& f, const ReplyTo& from) {
       if (from.via_router()) {  // a reply op sent as a request: unknown, as on an engine
         if (op != "error")
-          actor_.send_error(from, wire::peek_req_id(f.body), make_error(ErrorCode::unknown_op, "unknown op '" + op + "'"));
+          actor_.send_error(from, wire::peek_req_id(f.body),
+                            make_error(ErrorCode::unknown_op, "unknown op '" + op + "'"));
         return;
       }
       auto it = std::find(peers_.begin(), peers_.end(), from.peer);

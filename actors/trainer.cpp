@@ -12,11 +12,11 @@
 
 #include "actors/engine/weight_staging.h"
 #include "comm/checksum.h"
-#include "comm/wire_codec.h"
 #include "comm/host_pages.h"
 #include "comm/phase_probe.h"
 #include "comm/shm_segment.h"
 #include "comm/shm_stream.h"
+#include "comm/wire_codec.h"
 #include "comm/wire_weights.h"
 
 namespace zr {
@@ -42,7 +42,7 @@ Result<T> parse_reply(const Result<RouterMessage>& m, const std::string& engine,
 
 ActorOptions trainer_actor_options() {
   ActorOptions a;
-  a.linger_ms = 0;  // what the engines were not sent when the trainer goes is not wanted
+  a.linger_ms = 0;            // what the engines were not sent when the trainer goes is not wanted
   a.any_owner_thread = true;  // Python calls it from whichever thread holds the publisher's lock
   return a;
 }
@@ -111,7 +111,7 @@ Result<RouterMessage> Trainer::call(int engine, const std::string& op, std::stri
 // ---- weights
 
 std::vector<std::pair<int, uint64_t>> Trainer::start_update(UpdateWeightsCall call, PublishResult& res,
-                                                           const std::vector<int>* only) {
+                                                            const std::vector<int>* only) {
   std::vector<std::pair<int, uint64_t>> sent;
   for (int k = 0; k < static_cast<int>(endpoints_.size()); ++k) {
     if (only && std::find(only->begin(), only->end(), k) == only->end()) continue;
@@ -137,8 +137,9 @@ Status Trainer::collect_acks(const std::vector<std::pair<int, uint64_t>>& sent, 
   Status first_error;
   for (const auto& [k, id] : sent) {
     auto it = replies_.find(id);
-    Result<RouterMessage> m = it != replies_.end() ? Result<RouterMessage>(std::move(it->second))
-                                                   : Result<RouterMessage>(make_error(ErrorCode::timeout, "no ack before the deadline"));
+    Result<RouterMessage> m = it != replies_.end()
+                                  ? Result<RouterMessage>(std::move(it->second))
+                                  : Result<RouterMessage>(make_error(ErrorCode::timeout, "no ack before the deadline"));
     if (it != replies_.end()) replies_.erase(it);
     awaiting_.erase(id);
     auto ack = parse_reply<UpdateWeightsReply>(m, endpoints_[k], wire::update_weights_reply_from_json);
@@ -209,8 +210,9 @@ Result<PublishResult> Trainer::publish_ipc(Layout& l, int64_t version, const Pub
       res.ipc_mode = "pull";
     }
     for (int k : cannot) {
-      spdlog::warn("publish v{}: engine {} ({}) cannot pull from this trainer; it gets shared-memory segments from now on",
-                   version, k, endpoints_[k]);
+      spdlog::warn(
+          "publish v{}: engine {} ({}) cannot pull from this trainer; it gets shared-memory segments from now on",
+          version, k, endpoints_[k]);
       no_pull_.insert(k);
       segment_to.push_back(k);
     }
@@ -245,8 +247,9 @@ IpcMode Trainer::resolve_ipc_mode(IpcMode asked) {
     mode = IpcMode::segment;
     why = shmem_thp_available() && huge_pages_wanted()
               ? "shmem THP is [" + shmem + "]: segments get 2 MiB pages and engines serve from them in place"
-              : "shmem THP is [" + shmem + "]: segments run in 4 KiB pages (first pushes ~30x one memcpy; "
-                "shmem_enabled=advise fixes it; ZR_IPC_MODE=pull copies with process_vm_readv instead)";
+              : "shmem THP is [" + shmem +
+                    "]: segments run in 4 KiB pages (first pushes ~30x one memcpy; "
+                    "shmem_enabled=advise fixes it; ZR_IPC_MODE=pull copies with process_vm_readv instead)";
   }
   const std::string line = std::string(mode == IpcMode::pull ? "pull" : "segment") + ": " + why;
   if (line != ipc_mode_logged_) {
@@ -272,12 +275,13 @@ Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::v
   ShmStreamWriter writer(pull_buf_.data(), offset, call.version);
   const size_t acks_before = res.acks.size();
   auto sent = start_update(std::move(call), res, &to);
-  if (sent.empty()) return {};  // every one dead: res.dead says so
+  if (sent.empty()) return {};                          // every one dead: res.dead says so
   (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
   const auto t0 = Clock::now();
   {
     PhaseProbe probe("trainer: copy + checksum into the pull buffer");
-    for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+    for (size_t i = 0; i < l.metas.size(); ++i)
+      l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
   }
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<std::pair<int, Status>> refused;
@@ -387,7 +391,8 @@ Status Trainer::push_segment(size_t idx, Layout& l, const UpdateWeightsCall& bas
   // that a resend of this version (below, in publish_ipc) carries them in the message too.
   {
     PhaseProbe probe("trainer: copy + checksum into the segment");
-    for (size_t i = 0; i < l.metas.size(); ++i) l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+    for (size_t i = 0; i < l.metas.size(); ++i)
+      l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
   }
   phase_mark("trainer: segment written");
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
@@ -448,13 +453,15 @@ Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRe
     auto it = replies_.find(ids[i]);
     if (it == replies_.end()) {
       awaiting_.erase(ids[i]);
-      if (first.ok()) first = make_error(st.code, "rid " + reqs[i].rid + ": no reply within " + std::to_string(timeout.count()) + " ms");
+      if (first.ok())
+        first =
+            make_error(st.code, "rid " + reqs[i].rid + ": no reply within " + std::to_string(timeout.count()) + " ms");
       continue;
     }
     RouterMessage m = std::move(it->second);
     replies_.erase(it);
     auto j = wire::unpack_body(m.body);
-    Result<GenerateReply> r = !j.ok()            ? Result<GenerateReply>(j.status())
+    Result<GenerateReply> r = !j.ok()           ? Result<GenerateReply>(j.status())
                               : m.op == "error" ? Result<GenerateReply>(wire::status_from_error_json(*j))
                                                 : wire::generate_reply_from_json(*j);
     if (!r.ok()) {
@@ -464,7 +471,8 @@ Result<std::vector<SampleOutput>> Trainer::generate(const std::vector<GenerateRe
     for (auto& o : r->outputs) out.push_back(std::move(o));
   }
   if (!first.ok()) {  // what is still running is not wanted any more
-    if (!st.ok()) router_.on_call(kCaller, "abort", wire::encode(AbortCall{next_id_++, "", "", true}), SteadyClock::now());
+    if (!st.ok())
+      router_.on_call(kCaller, "abort", wire::encode(AbortCall{next_id_++, "", "", true}), SteadyClock::now());
     flush();
     return first;
   }

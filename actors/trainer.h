@@ -18,9 +18,9 @@
 
 #include <chrono>
 #include <functional>
-#include <optional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -28,9 +28,9 @@
 #include "actors/router/router.h"
 #include "actors/router_driver.h"
 #include "comm/ipc_pull.h"
+#include "comm/messages.h"
 #include "comm/mpi_group.h"
 #include "comm/shm_segment.h"
-#include "comm/messages.h"
 #include "comm/status.h"
 #include "runtime/actor.h"
 #include "runtime/context.h"
@@ -44,11 +44,11 @@ class SafetensorsArchive;
 // the transfer buffer; disk: into the file). Not owned: `data` must stay valid and unchanged until
 // publish returns.
 struct TensorRef {
-  std::string name;                  // Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
-  std::string dtype;                 // "F32" | "BF16" | "F16"
+  std::string name;   // Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight"
+  std::string dtype;  // "F32" | "BF16" | "F16"
   std::vector<int64_t> shape;
-  const void* data = nullptr;        // nbytes contiguous little-endian bytes (null only if nbytes 0)
-  uint64_t nbytes = 0;               // numel(shape) * dtype size
+  const void* data = nullptr;  // nbytes contiguous little-endian bytes (null only if nbytes 0)
+  uint64_t nbytes = 0;         // numel(shape) * dtype size
   // The caller's checksum64 of the bytes (e.g. computed where the tensor was made). Given: the
   // engines verify what they receive against it instead of against the trainer's own checksum of
   // what it sent, so a tensor damaged before the publish is refused (checksum_mismatch naming it).
@@ -69,7 +69,7 @@ struct PublishOptions {
   WeightPath path = WeightPath::ipc;  // ipc | disk (broadcast: publish_broadcast, under mpirun)
   InFlightPolicy in_flight = InFlightPolicy::drain;
   bool flush_cache = false;
-  std::vector<std::string> only;   // publish only these tensors (empty: all)
+  std::vector<std::string> only;  // publish only these tensors (empty: all)
   // ipc: write into a segment of an earlier publish that no engine serves from any more (the
   // engines kept their mappings), instead of a new one. Off: every publish creates, faults in and
   // has the engines map a new segment.
@@ -86,12 +86,12 @@ struct PublishOptions {
 struct PublishResult {
   int64_t version = 0;
   uint64_t bytes = 0;
-  double seconds = 0;  // publish to last ack
-  double liveness_seconds = 0;  // broadcast: before it, asking the engines whether they are alive
-                                // (up to the router's liveness window when one is silent)
-  double write_seconds = 0;  // of which writing the bytes: ipc: copying and checksumming them into the
-                             // segment; broadcast: checksumming them, before `seconds` starts (the
-                             // bytes are sent from where they lie); disk: the file
+  double seconds = 0;                    // publish to last ack
+  double liveness_seconds = 0;           // broadcast: before it, asking the engines whether they are alive
+                                         // (up to the router's liveness window when one is silent)
+  double write_seconds = 0;              // of which writing the bytes: ipc: copying and checksumming them into the
+                                         // segment; broadcast: checksumming them, before `seconds` starts (the
+                                         // bytes are sent from where they lie); disk: the file
   std::vector<TensorMeta> tensors;       // what was published, in transfer order, checksums filled in
   std::vector<UpdateWeightsReply> acks;  // one per engine that acked
   std::vector<int> acked;                // the engine of each ack
@@ -222,7 +222,8 @@ class Trainer {
   // Sends one ipc update from pool entry `idx` to the live engines (of `to`, when given); records
   // their answers.
   Status push_segment(size_t idx, Layout& l, const UpdateWeightsCall& base, const std::vector<int>* to,
-                      SteadyClock::time_point deadline, PublishResult& res, std::vector<std::pair<int, Status>>& refused);
+                      SteadyClock::time_point deadline, PublishResult& res,
+                      std::vector<std::pair<int, Status>>& refused);
   static UpdateWeightsCall base_call(WeightPath path, int64_t version, const PublishOptions& opt);
 
   // ---- the embedded router, run on the caller's thread
@@ -243,15 +244,15 @@ class Trainer {
   Actor actor_;  // never started: pump() steps it with run_once
   Router router_;
   RouterDriver driver_;
-  std::set<uint64_t> awaiting_;                      // req_ids of the trainer's calls in flight
-  std::map<uint64_t, RouterMessage> replies_;        // their final answers
+  std::set<uint64_t> awaiting_;                // req_ids of the trainer's calls in flight
+  std::map<uint64_t, RouterMessage> replies_;  // their final answers
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
-  std::string pull_pages_;          // mapping_pages() of pull_buf_ after its first write (see PooledSegment)
-  PullBuffer pull_buf_;             // ipc pull: the transfer the engines copy from (kept, grows only)
-  std::set<int> no_pull_;           // engines that refused a pull (sent segments from then on)
-  std::string ipc_mode_logged_;     // the last choice logged
+  std::string pull_pages_;       // mapping_pages() of pull_buf_ after its first write (see PooledSegment)
+  PullBuffer pull_buf_;          // ipc pull: the transfer the engines copy from (kept, grows only)
+  std::set<int> no_pull_;        // engines that refused a pull (sent segments from then on)
+  std::string ipc_mode_logged_;  // the last choice logged
   // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;
   // a failed broadcast publish makes the next one form a new epoch.
   uint64_t bcast_epoch_ = 0;
@@ -273,7 +274,7 @@ class Trainer {
   KeptArchive kept_archive_;
   Result<std::shared_ptr<SafetensorsArchive>> archive_of(const std::string& dir);
   std::vector<std::set<std::string>> shm_in_use_;  // per engine: what its last answer said it serves from
-  std::set<int> in_use_guessed_;  // engines whose shm_in_use_ is a guess: they did not ack a push
+  std::set<int> in_use_guessed_;                   // engines whose shm_in_use_ is a guess: they did not ack a push
   // Asks every engine in in_use_guessed_ what it serves from (get_weight_version), so that the
   // segments of refused publishes are not held for good.
   void refresh_guessed_in_use();

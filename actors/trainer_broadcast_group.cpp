@@ -76,7 +76,8 @@ Status Trainer::choose_broadcast_group(MpiGroup& group, int64_t version) {
       (router_.alive(k) ? members : left_out).push_back(rank);
     }
   std::sort(members.begin(), members.end());
-  if (members.size() == 1) return make_error(ErrorCode::unavailable, "broadcast: every engine stopped answering heartbeats");
+  if (members.size() == 1)
+    return make_error(ErrorCode::unavailable, "broadcast: every engine stopped answering heartbeats");
   if (bcast_epoch_ > 0 && members == bcast_members_ && !bcast_failed_) return {};  // the survivors' group of last time
   ++bcast_epoch_;
   bcast_members_ = members;
@@ -84,10 +85,11 @@ Status Trainer::choose_broadcast_group(MpiGroup& group, int64_t version) {
   for (int k : dead) names.push_back(std::to_string(k) + " (" + endpoints_[k] + ")");
   std::string engines_text;
   for (size_t i = 0; i < names.size(); ++i) engines_text += (i ? ", " : "") + names[i];
-  spdlog::warn("broadcast v{}: re-forming the broadcast group over {} of {} ranks (epoch {}); left out: rank(s) {} "
-               "(world rank(s) {}) of engine(s) {}, which stopped answering heartbeats",
-               version, members.size(), group.size(), bcast_epoch_, left_out.empty() ? "none" : join(left_out),
-               left_out.empty() ? "none" : join(group.world_ranks_of(left_out)), dead.empty() ? "none" : engines_text);
+  spdlog::warn(
+      "broadcast v{}: re-forming the broadcast group over {} of {} ranks (epoch {}); left out: rank(s) {} "
+      "(world rank(s) {}) of engine(s) {}, which stopped answering heartbeats",
+      version, members.size(), group.size(), bcast_epoch_, left_out.empty() ? "none" : join(left_out),
+      left_out.empty() ? "none" : join(group.world_ranks_of(left_out)), dead.empty() ? "none" : engines_text);
   return {};
 }
 

@@ -4,12 +4,12 @@
 // trainer.cpp.
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <thread>
-#include <sys/stat.h>
 
 #include "actors/trainer.h"
 #include "comm/checksum.h"
@@ -119,7 +119,8 @@ Result<PublishResult> Trainer::publish(const std::string& dir, int64_t version, 
   return publish(*refs, version, opt);
 }
 
-Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, int64_t version, const PublishOptions& opt) {
+Result<PublishResult> Trainer::publish(const std::vector<TensorRef>& tensors, int64_t version,
+                                       const PublishOptions& opt) {
   if (opt.path == WeightPath::broadcast)
     return make_error(ErrorCode::invalid_argument, "path: broadcast needs the MPI group (publish_broadcast)");
   auto l = layout(tensors, opt.only);
@@ -168,12 +169,14 @@ Result<std::string> Trainer::temp_dir_under_weights_root() {
   int k = 0;
   while (k + 1 < static_cast<int>(endpoints_.size()) && !router_.alive(k)) ++k;
   auto info = model_info(k);
-  if (!info.ok()) return make_error(info.status().code, "disk_dir: engine " + endpoints_[k] + ": " + info.status().message);
-  std::string root = info->weights_roots.empty() ? std::filesystem::temp_directory_path().string() : info->weights_roots[0];
+  if (!info.ok())
+    return make_error(info.status().code, "disk_dir: engine " + endpoints_[k] + ": " + info.status().message);
+  std::string root =
+      info->weights_roots.empty() ? std::filesystem::temp_directory_path().string() : info->weights_roots[0];
   std::string tmpl = root + "/zrollout-weights-XXXXXX";
   if (!::mkdtemp(tmpl.data()))
-    return make_error(ErrorCode::io_error, "disk_dir: cannot make a folder under the engines' weights root " + root +
-                                               " (give disk_dir)");
+    return make_error(ErrorCode::io_error,
+                      "disk_dir: cannot make a folder under the engines' weights root " + root + " (give disk_dir)");
   return tmpl;
 }
 
@@ -212,7 +215,8 @@ Result<Trainer::Layout> Trainer::layout(const std::vector<TensorRef>& tensors, c
     l.claimed.push_back(t.checksum);
   }
   if (l.metas.empty())
-    return make_error(ErrorCode::invalid_argument, only.empty() ? "tensors: nothing to publish" : "only: no tensor matches");
+    return make_error(ErrorCode::invalid_argument,
+                      only.empty() ? "tensors: nothing to publish" : "only: no tensor matches");
   l.bytes = assign_transfer_offsets(l.metas);
   return l;
 }
@@ -228,8 +232,8 @@ void Trainer::Layout::checksum(unsigned threads) {
     for (size_t i = 0; i < metas.size(); ++i) {
       const uint64_t a = std::max(cut(t), metas[i].offset), b = std::min(cut(t + 1), metas[i].offset + metas[i].nbytes);
       if (claimed[i] || a >= b) continue;
-      sums[t][i] = checksum64_partial(static_cast<const uint8_t*>(src[i]) + (a - metas[i].offset), b - a,
-                                      a - metas[i].offset);
+      sums[t][i] =
+          checksum64_partial(static_cast<const uint8_t*>(src[i]) + (a - metas[i].offset), b - a, a - metas[i].offset);
     }
   };
   std::vector<std::thread> helpers;
@@ -295,9 +299,10 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
   const std::chrono::milliseconds transfer_timeout = std::chrono::seconds(60);
   // The engines make the survivors' group when the metadata reaches them; so does this rank, first
   // sending it. The members' order is the weight group's, so the root is where the trainer sits.
-  call.root = bcast_epoch_ == 0 ? group.rank()
-                                : static_cast<int>(std::find(bcast_members_.begin(), bcast_members_.end(), group.rank()) -
-                                                   bcast_members_.begin());
+  call.root = bcast_epoch_ == 0
+                  ? group.rank()
+                  : static_cast<int>(std::find(bcast_members_.begin(), bcast_members_.end(), group.rank()) -
+                                     bcast_members_.begin());
   auto sent = start_update(std::move(call), res);
   (void)pump([] { return true; }, SteadyClock::now());  // the metadata goes out now
   auto g = group.survivors(bcast_epoch_, bcast_epoch_ > 0 ? bcast_members_ : std::vector<int>{}, transfer_timeout);
@@ -312,9 +317,10 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   res.write_seconds = write_s;
   res.tensors = std::move(l->metas);
-  spdlog::info("broadcast of {:.1f} MiB in {} bucket(s) of {:.0f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms",
-               bytes / 1048576.0, (bytes + opt.bucket_bytes - 1) / opt.bucket_bytes,
-               opt.bucket_bytes / 1048576.0, bcast_s * 1e3, bytes / bcast_s / 1e9, res.seconds * 1e3);
+  spdlog::info(
+      "broadcast of {:.1f} MiB in {} bucket(s) of {:.0f} MiB took {:.1f} ms ({:.2f} GB/s), acks after {:.1f} ms",
+      bytes / 1048576.0, (bytes + opt.bucket_bytes - 1) / opt.bucket_bytes, opt.bucket_bytes / 1048576.0, bcast_s * 1e3,
+      bytes / bcast_s / 1e9, res.seconds * 1e3);
   return res;
 }
 

@@ -30,10 +30,10 @@
 
 #include "actors/engine/engine.h"
 #include "bench/bench_json.h"
+#include "bench/bench_models.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
 #include "model/kernels_packed.h"
-#include "bench/bench_models.h"
 
 namespace zr {
 namespace {
@@ -123,9 +123,9 @@ class Sampling {
 };
 
 // Runs `batch` requests (prompt, gen) and times the steps in which every sequence decodes.
-bool g_mmap_weights = false;  // --mmap-weights: serve from the file mapping (no huge-page copy)
+bool g_mmap_weights = false;                         // --mmap-weights: serve from the file mapping (no huge-page copy)
 kernels::Compute g_compute = kernels::Compute::f32;  // --compute
-int g_top_logprobs = -1;  // --top-logprobs
+int g_top_logprobs = -1;                             // --top-logprobs
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
                         const Sampling::Fn& sample) {
@@ -225,8 +225,10 @@ double time_it(F fn) {
 void parity_cost(const ModelConfig& c, int threads) {
   ThreadPool pool(threads);
   openblas_set_num_threads(threads);
-  std::printf("\ncost of parity: batch-invariant packed matmul (compute %s) vs OpenBLAS sgemm, %d thread(s), GFLOP/s (ours / blas)\n",
-              kernels::compute_name(g_compute), threads);
+  std::printf(
+      "\ncost of parity: batch-invariant packed matmul (compute %s) vs OpenBLAS sgemm, %d thread(s), GFLOP/s (ours / "
+      "blas)\n",
+      kernels::compute_name(g_compute), threads);
   std::printf("  %-22s %8s %8s %8s %8s\n", "shape (N x K)", "M=1", "M=8", "M=64", "M=256");
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0, 0.02f);
@@ -241,7 +243,9 @@ void parity_cost(const ModelConfig& c, int threads) {
       double ours = time_it([&] { kernels::matmul_packed(x.data(), M, K, *packed, y.data(), N, &pool); });
       double blas = time_it([&] {
         if (M == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w.data(), K, x.data(), 1, 0.0f, y.data(), 1);
-        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(), N);
+        else
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, y.data(),
+                      N);
       });
       double flop = 2.0 * M * N * K;
       std::printf(" %4.0f/%-4.0f", flop / ours / 1e9, flop / blas / 1e9);
@@ -264,13 +268,18 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--gen", gen, "new tokens")->capture_default_str();
   app.add_option("--prefill-prompts", prefill_prompts, "prompts in the prefill run (0: skip)")->capture_default_str();
-  app.add_flag("--mmap-weights", g_mmap_weights, "engine serves weights from the file mapping (default: huge-page copy)");
-  app.add_option("--sample-every", g_sample_every, "seconds between limit samples during a row (0: before and after only)")
+  app.add_flag("--mmap-weights", g_mmap_weights,
+               "engine serves weights from the file mapping (default: huge-page copy)");
+  app.add_option("--sample-every", g_sample_every,
+                 "seconds between limit samples during a row (0: before and after only)")
       ->capture_default_str();
   std::string json_path, compute = "f32";
   app.add_option("--json", json_path, "write result rows to FILE (bench/bench_json.h)");
-  app.add_option("--compute", compute, "engine matmul mode")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
-  app.add_option("--top-logprobs", g_top_logprobs, "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
+  app.add_option("--compute", compute, "engine matmul mode")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--top-logprobs", g_top_logprobs,
+                 "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
       ->capture_default_str();
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
@@ -285,8 +294,8 @@ int main(int argc, char** argv) {
   const double params = static_cast<double>(cfg->num_params());
   const double weight_bytes = static_cast<double>(w->total_bytes());
 
-  std::printf("zrollout bench_engine: %s (%.1fM params, %.0f MB of weights read per step), %d threads\n",
-              model.c_str(), params / 1e6, weight_bytes / 1e6, threads);
+  std::printf("zrollout bench_engine: %s (%.1fM params, %.0f MB of weights read per step), %d threads\n", model.c_str(),
+              params / 1e6, weight_bytes / 1e6, threads);
   std::printf("%s; engine kernels: %s, compute %s\n", bench::openblas_description().c_str(),
               kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable", compute.c_str());
   // The host is shared: its bandwidth and sgemm speed drift by 2x within minutes, and jump for a
@@ -312,35 +321,38 @@ int main(int argc, char** argv) {
                   rd.repeats, mm.min, mm.max, mm.repeats);
     return Limits{rd.median, mm.median, buf, std::move(trace)};
   };
-  std::printf("limits: memory read GB/s (256 MiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), sampled\n"
-              "between each row's steps (read every %.2f s, sgemm every %d samples, and both before and after);\n"
-              "medians used\n\n",
-              threads, threads, g_sample_every, kSgemmEvery);
-  std::printf("ratio: tok/s over the smaller bound (from the medians); paired: the median over steps of each step's\n"
-              "bound from the samples nearest to it over its time (the host's fast and slow phases paired up)\n\n");
+  std::printf(
+      "limits: memory read GB/s (256 MiB, %d thr) and OpenBLAS sgemm 2048^3 GFLOP/s (%d thr), sampled\n"
+      "between each row's steps (read every %.2f s, sgemm every %d samples, and both before and after);\n"
+      "medians used\n\n",
+      threads, threads, g_sample_every, kSgemmEvery);
+  std::printf(
+      "ratio: tok/s over the smaller bound (from the medians); paired: the median over steps of each step's\n"
+      "bound from the samples nearest to it over its time (the host's fast and slow phases paired up)\n\n");
   std::printf("%-10s %10s %10s %9s %9s %12s %12s %8s %7s\n", "decode", "tok/s", "step ms", "read GB/s", "sgemm GF",
               "bw bound", "flop bound", "ratio", "paired");
   std::stringstream ss(batches_arg);
   for (std::string b; std::getline(ss, b, ',');) {
     int batch = std::stoi(b);
     DecodeResult r;
-    Limits lim = sampled([&](const Sampling::Fn& sample) { r = run_decode(model, threads, batch, prompt, gen, sample); });
+    Limits lim =
+        sampled([&](const Sampling::Fn& sample) { r = run_decode(model, threads, batch, prompt, gen, sample); });
     double bw_bound = batch * lim.bw_gbps * 1e9 / weight_bytes;
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
     double bound = std::min(bw_bound, compute_bound);
     double paired = paired_ratio(r.timed, lim.trace, weight_bytes, 2 * params * batch);
-    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%% %6.0f%%  (%s-bound, %d steps; %s)\n",
-                batch, r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound,
-                100 * r.tok_s / bound, 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps,
-                lim.spread.c_str());
+    std::printf("batch %-4d %10.1f %10.2f %9.1f %9.1f %12.1f %12.1f %7.0f%% %6.0f%%  (%s-bound, %d steps; %s)\n", batch,
+                r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
+                100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
     rows.add({"decode_b" + std::to_string(batch), r.tok_s, "tok/s", bound});
   }
   if (prefill_prompts > 0) {
     double pf = 0;
-    Limits lim = sampled([&](const Sampling::Fn& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
+    Limits lim =
+        sampled([&](const Sampling::Fn& sample) { pf = run_prefill(model, threads, prefill_prompts, prompt, sample); });
     double compute_bound = lim.sgemm_gflops * 1e9 / (2 * params);
-    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%% %7s  (%d x %d-token prompts; %s)\n", pf,
-                "", lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, "", prefill_prompts, prompt,
+    std::printf("prefill    %10.1f %10s %9.1f %9.1f %12s %12.1f %7.0f%% %7s  (%d x %d-token prompts; %s)\n", pf, "",
+                lim.bw_gbps, lim.sgemm_gflops, "", compute_bound, 100 * pf / compute_bound, "", prefill_prompts, prompt,
                 lim.spread.c_str());
     rows.add({"prefill", pf, "tok/s", compute_bound});
   }

@@ -52,8 +52,13 @@ class JsonRows {
     const std::string commit = git_commit(), host = host_name();
     nlohmann::ordered_json arr = nlohmann::ordered_json::array();
     for (const JsonRow& r : rows_)
-      arr.push_back({{"name", r.name}, {"value", r.value}, {"unit", r.unit}, {"bound", r.bound},
-                     {"ratio", r.bound > 0 ? r.value / r.bound : 0.0}, {"commit", commit}, {"host", host}});
+      arr.push_back({{"name", r.name},
+                     {"value", r.value},
+                     {"unit", r.unit},
+                     {"bound", r.bound},
+                     {"ratio", r.bound > 0 ? r.value / r.bound : 0.0},
+                     {"commit", commit},
+                     {"host", host}});
     std::ofstream out(path_, std::ios::trunc);
     out << arr.dump(1) << "\n";
     if (!out) {

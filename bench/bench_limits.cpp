@@ -49,8 +49,7 @@ int main(int argc, char** argv) {
        [](int t) { return b::sgemv_gflops(8192, 4096, t); }},
       {"sgemv 8192x4096 (128 MiB, DRAM)", "sgemv_dram_read", "GB/s",
        [](int t) { return b::sgemv_gbps(8192, 4096, t); }},
-      {"memory read, f32 sum", "mem_read", "GB/s",
-       [](int t) { return b::mem_read_gbps(std::size_t{1} << 30, t); }},
+      {"memory read, f32 sum", "mem_read", "GB/s", [](int t) { return b::mem_read_gbps(std::size_t{1} << 30, t); }},
       {"memcpy into pre-faulted buffer", "memcpy", "GB/s",
        [](int t) { return b::memcpy_gbps(std::size_t{256} << 20, t); }},
   };

@@ -183,8 +183,9 @@ Result<Run> run_tcp(const std::string& model, const std::string& zrollout, const
 }
 
 void print(const char* mode, const Run& r, const Run& engine) {
-  std::printf("  %-7s %9.1f tok/s  %6.1f%% of the engine  %7.2f s wall  first-to-last finished %6.2f s  (%lld tokens)\n",
-              mode, r.tok_s, 100 * r.tok_s / engine.tok_s, r.wall_s, r.spread_s, static_cast<long long>(r.tokens));
+  std::printf(
+      "  %-7s %9.1f tok/s  %6.1f%% of the engine  %7.2f s wall  first-to-last finished %6.2f s  (%lld tokens)\n", mode,
+      r.tok_s, 100 * r.tok_s / engine.tok_s, r.wall_s, r.spread_s, static_cast<long long>(r.tokens));
 }
 
 }  // namespace
@@ -213,10 +214,11 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   if (model.empty()) model = bench::default_model("tiny");
   if (model.empty()) return 1;
-  std::printf("zrollout bench_rollout: %s, %d prompts x n=%d, prompt %d, response log-normal median %d sigma %.2f "
-              "in [1, %d], logprobs on, tcp via %s\n",
-              model.c_str(), s.prompts, s.n, s.prompt_len, s.median_len, s.sigma, s.max_len,
-              zrollout.empty() ? "an in-process actor" : zrollout.c_str());
+  std::printf(
+      "zrollout bench_rollout: %s, %d prompts x n=%d, prompt %d, response log-normal median %d sigma %.2f "
+      "in [1, %d], logprobs on, tcp via %s\n",
+      model.c_str(), s.prompts, s.n, s.prompt_len, s.median_len, s.sigma, s.max_len,
+      zrollout.empty() ? "an in-process actor" : zrollout.c_str());
   bench::JsonRows rows(json_path);
   for (int round = 0; round < rounds; ++round) {
     Run engine = run_engine(model, s);

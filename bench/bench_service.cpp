@@ -71,7 +71,8 @@ GenerateRequest request(const std::string& rid, int vocab, int prompt, int gen, 
   GenerateRequest r;
   r.rid = rid;
   r.input_ids.push_back(1);
-  while (static_cast<int>(r.input_ids.size()) < prompt) r.input_ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
+  while (static_cast<int>(r.input_ids.size()) < prompt)
+    r.input_ids.push_back(3 + static_cast<int>(rng() % (vocab - 3)));
   r.sampling_params.max_new_tokens = gen;
   r.sampling_params.temperature = 1.0f;
   r.sampling_params.seed = seed;
@@ -221,8 +222,10 @@ int curve_cost(const std::string& model, int clients, int rounds, int gen) {
                 plain[i].tok_s, keyed[i].round_trip_us, keyed[i].tok_s);
   std::printf("1-token generate round trip (median of 200): plain %8.1f us, CURVE %8.1f us (+%.1f us)\n",
               p.round_trip_us, k.round_trip_us, k.round_trip_us - p.round_trip_us);
-  std::printf("%d clients x %d requests (%d new tokens):     plain %8.1f tok/s, CURVE %8.1f tok/s (cost %.1f%%, target <= 10%%)\n",
-              clients, rounds, gen, p.tok_s, k.tok_s, 100.0 * (1.0 - k.tok_s / p.tok_s));
+  std::printf(
+      "%d clients x %d requests (%d new tokens):     plain %8.1f tok/s, CURVE %8.1f tok/s (cost %.1f%%, target <= "
+      "10%%)\n",
+      clients, rounds, gen, p.tok_s, k.tok_s, 100.0 * (1.0 - k.tok_s / p.tok_s));
   return 0;
 }
 
@@ -242,7 +245,8 @@ int main(int argc, char** argv) {
   app.add_option("--connect", connect, "only measure the client's round trip against this running server");
   app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
   bool curve = false;
-  app.add_flag("--curve", curve, "measure the cost of CURVE keys: round trip and throughput with and without, same run");
+  app.add_flag("--curve", curve,
+               "measure the cost of CURVE keys: round trip and throughput with and without, same run");
   bool hops = false;
   std::string json_path;
   app.add_flag("--hops", hops, "time each hop of a 1-token generate (comm/hop_trace.h)");
@@ -328,9 +332,12 @@ int main(int argc, char** argv) {
   double service = tokens / std::chrono::duration<double>(Clock::now() - t0).count();
   actor.stop();
   double engine = engine_tok_s(model, clients, gen);
-  std::printf("throughput, %d concurrent clients x %d requests (16-token prompts, %d new tokens):\n", clients, rounds, gen);
-  std::printf("  service over tcp   %8.1f tok/s\n  engine alone       %8.1f tok/s (batch %d, same run)\n  ratio              %7.0f%%  (target >= 90%%)\n",
-              service, engine, clients, 100 * service / engine);
+  std::printf("throughput, %d concurrent clients x %d requests (16-token prompts, %d new tokens):\n", clients, rounds,
+              gen);
+  std::printf(
+      "  service over tcp   %8.1f tok/s\n  engine alone       %8.1f tok/s (batch %d, same run)\n  ratio              "
+      "%7.0f%%  (target >= 90%%)\n",
+      service, engine, clients, 100 * service / engine);
   rows.add({"service_tok_s_b" + std::to_string(clients), service, "tok/s", engine});
   return rows.write() ? 0 : 1;
 }

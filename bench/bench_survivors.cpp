@@ -19,9 +19,9 @@
 // Exit code: 0 when every publish reached every live engine.
 // --json FILE: rows survivors_publish_all_ms and survivors_publish_survivors_ms (medians; the
 // survivors' row bound by the all-engines median), bench/bench_json.h.
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -86,7 +86,8 @@ void disk_publish(Trainer& t, const Args& a, int64_t* v, bool* ok) {
   const int64_t version = ++*v;
   if (ar.ok()) {
     std::vector<TensorRef> refs;
-    for (const auto& [name, w] : ar->tensors()) refs.push_back({name, dtype_name(w.dtype), w.shape, w.data, w.nbytes, {}});
+    for (const auto& [name, w] : ar->tensors())
+      refs.push_back({name, dtype_name(w.dtype), w.shape, w.data, w.nbytes, {}});
     PublishOptions opt;
     opt.path = WeightPath::disk;
     opt.disk_dir = a.disk;

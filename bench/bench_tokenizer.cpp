@@ -10,9 +10,9 @@
 //   bench_tokenizer [--models ../shared/models] [--mb 4] [--chunk-kb 4] [--reps 3] [--json FILE]
 // --json rows tokenizer_<text>_<qwen3|llama3|sentencepiece>_{encode,decode} (warm encode and decode,
 // MB/s); the BPE rows are held against sentencepiece's on the same text (bound), bench/bench_json.h.
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -112,9 +112,10 @@ int main(int argc, char** argv) {
   struct Named {
     std::string name, path, key;  // key: the --json row name's part
   };
-  const std::vector<Named> tokenizers = {{"qwen3 tokenizer.json", models + "/tokenizers/qwen3/tokenizer.json", "qwen3"},
-                                         {"llama3 tokenizer.json", models + "/tokenizers/llama3/tokenizer.json", "llama3"},
-                                         {"stories260K sentencepiece", models + "/stories260K/tokenizer.model", "sentencepiece"}};
+  const std::vector<Named> tokenizers = {
+      {"qwen3 tokenizer.json", models + "/tokenizers/qwen3/tokenizer.json", "qwen3"},
+      {"llama3 tokenizer.json", models + "/tokenizers/llama3/tokenizer.json", "llama3"},
+      {"stories260K sentencepiece", models + "/stories260K/tokenizer.model", "sentencepiece"}};
   std::string mixed_unit;
   {
     std::ifstream f(models + "/tokenizers/qwen3/cases.json");
@@ -149,7 +150,8 @@ int main(int argc, char** argv) {
     const Row* spm = measured.empty() || measured.back().first != "sentencepiece" ? nullptr : &measured.back().second;
     for (const auto& [key, r] : measured) {
       const bool bounded = spm && key != "sentencepiece";
-      rows.add({"tokenizer_" + text.name + "_" + key + "_encode", r.encode_warm, "MB/s", bounded ? spm->encode_warm : 0});
+      rows.add(
+          {"tokenizer_" + text.name + "_" + key + "_encode", r.encode_warm, "MB/s", bounded ? spm->encode_warm : 0});
       rows.add({"tokenizer_" + text.name + "_" + key + "_decode", r.decode, "MB/s", bounded ? spm->decode : 0});
     }
     std::printf("  (%s: %.1f MB in %zu prompts)\n", text.name.c_str(), text.body.size() / 1e6, prompts.size());

@@ -254,7 +254,8 @@ Raw raw_collectives(MpiGroup& world, TpGroup& tp, const Shape& s, int rows) {
   // the logits gather: rank r sends rows x (its vocabulary slice) floats
   std::vector<size_t> counts(T);
   size_t total = 0;
-  for (int r = 0; r < T; ++r) total += counts[r] = static_cast<size_t>(rows) * split_range(s.vocab, {r, T}).size * sizeof(float);
+  for (int r = 0; r < T; ++r)
+    total += counts[r] = static_cast<size_t>(rows) * split_range(s.vocab, {r, T}).size * sizeof(float);
   std::vector<float> local(counts[world.rank()] / sizeof(float), 0.5f), gathered(total / sizeof(float));
 
   Raw r;
@@ -274,9 +275,8 @@ Raw raw_collectives(MpiGroup& world, TpGroup& tp, const Shape& s, int rows) {
     tp.allreduce_sum(buf.data(), n);
   });
   tp.reset_stats();
-  r.gather_us = per_call_us(world, reps, [&] {
-    die_if(world.gather_bytes(local.data(), counts, gathered.data(), 0), "MPI_Gatherv");
-  });
+  r.gather_us = per_call_us(
+      world, reps, [&] { die_if(world.gather_bytes(local.data(), counts, gathered.data(), 0), "MPI_Gatherv"); });
   auto all = world.allgather_strings(std::to_string(involuntary_switches() - cs0));
   die_if(all.status(), "allgather");
   for (const auto& v : *all) r.preempted.push_back(std::stol(v));
@@ -323,17 +323,18 @@ void print_tables(const std::vector<Row>& rows, int T, int threads, bool same_co
     const Decode& d = r.tp;
     if (d.steps == 0) continue;
     const double st = d.seconds / d.steps * 1e3, ar = d.comm.allreduce_s / d.steps * 1e3,
-                 ga = d.comm.gather_s / d.steps * 1e3, cm = d.comm.command_s / d.steps * 1e3,
-                 rest = st - ar - ga - cm;
+                 ga = d.comm.gather_s / d.steps * 1e3, cm = d.comm.command_s / d.steps * 1e3, rest = st - ar - ga - cm;
     std::printf("%-6d %8.2f %9.3f (%4.1f%%) %8.3f (%4.1f%%) %8.3f (%4.1f%%) %8.3f (%4.1f%%) %10.1f %12.1f\n", r.batch,
                 st, ar, 100 * ar / st, ga, 100 * ga / st, cm, 100 * cm / st, rest, 100 * rest / st,
                 static_cast<double>(d.comm.allreduce_calls) / d.steps,
                 d.comm.allreduce_calls ? d.comm.allreduce_bytes / 1024.0 / d.comm.allreduce_calls : 0.0);
   }
-  std::printf("(step ms here = mean; rest = the leader's own compute: its shard of the forward, logits interleave, "
-              "sampling, scheduling)\n");
-  std::printf("whole TP phase (prefill + decode), time in allreduce / phase length, by rank (a rank waiting in the "
-              "allreduce for a slower peer counts there):\n");
+  std::printf(
+      "(step ms here = mean; rest = the leader's own compute: its shard of the forward, logits interleave, "
+      "sampling, scheduling)\n");
+  std::printf(
+      "whole TP phase (prefill + decode), time in allreduce / phase length, by rank (a rank waiting in the "
+      "allreduce for a slower peer counts there):\n");
   for (const Row& r : rows) {
     std::printf("  batch %-4d phase %.2f s:", r.batch, r.tp.phase_s);
     for (size_t i = 0; i < r.tp.phase_ar_s.size(); ++i)
@@ -374,21 +375,24 @@ void print_tables(const std::vector<Row>& rows, int T, int threads, bool same_co
                 meas_ar, meas_ar / pred_ar, r.batch * split_range(s.vocab, {0, T}).size * 4 / 1024.0, pred_ga, meas_ga,
                 ideal, 100 * r.tp.tok_s / ideal);
   }
-  std::printf("(ideal TP tok/s = batch / (TP=1 mean decode step / %d + predicted allreduce + predicted gather): a "
-              "perfect split of TP=1's work plus only the raw collective cost)\n",
-              T);
-  std::printf("\n== noise: involuntary context switches per phase (another process took the core) and 1-min load "
-              "average at its end ==\n");
+  std::printf(
+      "(ideal TP tok/s = batch / (TP=1 mean decode step / %d + predicted allreduce + predicted gather): a "
+      "perfect split of TP=1's work plus only the raw collective cost)\n",
+      T);
+  std::printf(
+      "\n== noise: involuntary context switches per phase (another process took the core) and 1-min load "
+      "average at its end ==\n");
   auto list = [](const std::vector<long>& v) {
     std::string out;
     for (size_t i = 0; i < v.size(); ++i) out += (i ? "/" : "") + std::to_string(v[i]);
     return out.empty() ? std::string("-") : out;
   };
   for (const Row& r : rows)
-    std::printf("batch %-4d TP=1: %s (load %.2f)   TP=1': %s (load %.2f)   TP=%d ranks 0/1/..: %s (load %.2f)   raw "
-                "collectives: %s\n",
-                r.batch, list(r.one.preempted).c_str(), r.one.load, list(r.same.preempted).c_str(), r.same.load, T,
-                list(r.tp.preempted).c_str(), r.tp.load, list(r.raw.preempted).c_str());
+    std::printf(
+        "batch %-4d TP=1: %s (load %.2f)   TP=1': %s (load %.2f)   TP=%d ranks 0/1/..: %s (load %.2f)   raw "
+        "collectives: %s\n",
+        r.batch, list(r.one.preempted).c_str(), r.one.load, list(r.same.preempted).c_str(), r.same.load, T,
+        list(r.tp.preempted).c_str(), r.tp.load, list(r.raw.preempted).c_str());
   std::printf("(the TP phase itself keeps %d cores busy: a load near %d there is this benchmark)\n", T, T);
 }
 
@@ -440,20 +444,24 @@ int main(int argc, char** argv) {
   if (rank == 0) {
     std::printf("zrollout bench_tp: %s (%.1fM params, hidden %d, %d layers, vocab %d), TP=%d vs TP=1\n", model.c_str(),
                 s.params / 1e6, s.hidden, s.layers, s.vocab, T);
-    std::printf("machine: %u cores (hardware_concurrency), OPENBLAS_CORETYPE=%s, engine kernels %s, MPI thread level %s\n",
-                cores, coretype ? coretype : "unset", kernels::using_avx512() ? "AVX-512" : "portable",
-                MpiGroup::thread_level_name(world.thread_level()));
-    std::printf("run: np=%d, %d thread(s) per rank (%d busy threads in the TP phase), prompt %d, gen %d, greedy, "
-                "ignore_eos\n",
-                T, threads, ranks_threads, prompt, gen);
+    std::printf(
+        "machine: %u cores (hardware_concurrency), OPENBLAS_CORETYPE=%s, engine kernels %s, MPI thread level %s\n",
+        cores, coretype ? coretype : "unset", kernels::using_avx512() ? "AVX-512" : "portable",
+        MpiGroup::thread_level_name(world.thread_level()));
+    std::printf(
+        "run: np=%d, %d thread(s) per rank (%d busy threads in the TP phase), prompt %d, gen %d, greedy, "
+        "ignore_eos\n",
+        T, threads, ranks_threads, prompt, gen);
     if (ranks_threads > static_cast<int>(cores))
-      std::printf("NOTE: %d busy threads > %u cores: oversubscribed, ranks share cores and MPI waits spin; TP numbers "
-                  "are not meaningful\n",
-                  ranks_threads, cores);
+      std::printf(
+          "NOTE: %d busy threads > %u cores: oversubscribed, ranks share cores and MPI waits spin; TP numbers "
+          "are not meaningful\n",
+          ranks_threads, cores);
     else
-      std::printf("note: ranks x threads = %d <= %u cores: each busy thread can have a core (ranks > cores would "
-                  "oversubscribe)\n",
-                  ranks_threads, cores);
+      std::printf(
+          "note: ranks x threads = %d <= %u cores: each busy thread can have a core (ranks > cores would "
+          "oversubscribe)\n",
+          ranks_threads, cores);
     std::fflush(stdout);
   }
 

@@ -160,10 +160,10 @@ void bench_checksum(std::span<const char> src, zr::bench::JsonRows& rows) {
     if (sink == 42) std::puts("");
   }
   rows.add({"checksum64_dram_gbps", gbps(src.size(), median(cold)), "GB/s", 0});
-  std::printf("checksum64: %.1f GB/s on 256 KiB in cache (1 thread), %.1f GB/s over %zu MiB (1 thread), "
-              "%.1f GB/s (2 threads)\n",
-              gbps(small, median(hot)), gbps(src.size(), median(cold)), src.size() >> 20,
-              gbps(src.size(), median(par)));
+  std::printf(
+      "checksum64: %.1f GB/s on 256 KiB in cache (1 thread), %.1f GB/s over %zu MiB (1 thread), "
+      "%.1f GB/s (2 threads)\n",
+      gbps(small, median(hot)), gbps(src.size(), median(cold)), src.size() >> 20, gbps(src.size(), median(par)));
 }
 
 void bench_ipc(Consumer& consumer, std::span<const char> src, int repeats, zr::bench::JsonRows& rows) {
@@ -195,8 +195,9 @@ void bench_ipc(Consumer& consumer, std::span<const char> src, int repeats, zr::b
     die_if(fresh.status(), "ShmSegment::create");
   }
   const double m = median(copy);
-  std::printf("\nipc path, %zu MiB, medians of %d (consumer = another process, checksum64 on 1 thread); segment in %s\n",
-              n >> 20, repeats, zr::mapping_pages(seg->data()).describe().c_str());
+  std::printf(
+      "\nipc path, %zu MiB, medians of %d (consumer = another process, checksum64 on 1 thread); segment in %s\n",
+      n >> 20, repeats, zr::mapping_pages(seg->data()).describe().c_str());
   std::printf("  memcpy baseline            %8.2f ms  %6.1f GB/s\n", m * 1e3, gbps(n, m));
   std::printf("  producer write into shm    %8.2f ms  %6.1f GB/s\n", median(write) * 1e3, gbps(n, median(write)));
   std::printf("  consumer open+map populate %8.2f ms, checksum %8.2f ms; write+open+checksum %8.2f ms = %.2fx memcpy\n",
@@ -238,12 +239,12 @@ std::string phase_line(const std::vector<MpiGroup::BcastPhases>& runs) {
     return median(v) * 1e3;
   };
   char line[320];
-  std::snprintf(line, sizeof line,
-                "total %6.1f = wait %6.1f + copy out of ring %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast %5.1f, "
-                "MPI_Test %6.1f ms",
-                med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait),
-                med(&MpiGroup::BcastPhases::copy_out), med(&MpiGroup::BcastPhases::on_segment),
-                med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));
+  std::snprintf(
+      line, sizeof line,
+      "total %6.1f = wait %6.1f + copy out of ring %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast %5.1f, "
+      "MPI_Test %6.1f ms",
+      med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait), med(&MpiGroup::BcastPhases::copy_out),
+      med(&MpiGroup::BcastPhases::on_segment), med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));
   return line;
 }
 
@@ -290,7 +291,8 @@ BcastTimes bench_bcast(MpiGroup& world, std::span<char> buf, size_t bucket, int 
     bool bucketed_first = r % 2 == 1;
     for (int i = 0; i < 2; ++i) {
       bool bucketed = (i == 0) == bucketed_first;
-      (bucketed ? t.bucketed : t.raw).push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches, &t.phases));
+      (bucketed ? t.bucketed : t.raw)
+          .push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches, &t.phases));
     }
   }
   t.mismatches = mismatches;
@@ -312,8 +314,9 @@ void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t buc
   for (const auto& s : *all) bad += std::stoul(s);
   std::vector<double> ratios;
   for (size_t i = 0; i < t.raw.size(); ++i) ratios.push_back(t.raw[i] / t.bucketed[i]);
-  std::printf("\nbroadcast, %zu MiB from rank 0 to %d receivers (receiving %s), medians of %zu (time = slowest rank):\n",
-              bytes >> 20, world.size() - 1, modes.c_str(), t.raw.size());
+  std::printf(
+      "\nbroadcast, %zu MiB from rank 0 to %d receivers (receiving %s), medians of %zu (time = slowest rank):\n",
+      bytes >> 20, world.size() - 1, modes.c_str(), t.raw.size());
   std::printf("  MPI_Bcast (one call)                         %8.2f ms  %6.2f GB/s\n", median(t.raw) * 1e3,
               gbps(bytes, median(t.raw)));
   std::printf("  bcast_buckets %3zu MiB + receivers' checksums  %8.2f ms  %6.2f GB/s\n", bucket >> 20,
@@ -343,14 +346,16 @@ int main(int argc, char** argv) {
   die_if(world.status(), "MpiGroup::init");
   CLI::App app{"zrollout weight-sync benchmark (run under mpirun)"};
   app.add_option("--mib", mib, "transfer size in MiB");
-  app.add_option("--bucket-mib", bucket_mibs, "bcast_buckets bucket size in MiB; several (64,16) run one after the other")
+  app.add_option("--bucket-mib", bucket_mibs,
+                 "bcast_buckets bucket size in MiB; several (64,16) run one after the other")
       ->delimiter(',');
   app.add_option("--repeats", repeats, "timed repeats (medians are printed)");
   app.add_flag("!--no-ipc", ipc, "skip the shared-memory part");
   std::string json_path;
   app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   std::string receive = "auto";
-  app.add_option("--receive", receive, "how receivers land segments: auto | ring | in-place (MpiGroup::set_receive_mode)")
+  app.add_option("--receive", receive,
+                 "how receivers land segments: auto | ring | in-place (MpiGroup::set_receive_mode)")
       ->check(CLI::IsMember({"auto", "ring", "in-place"}));
   CLI11_PARSE(app, argc, argv);
   zr::bench::JsonRows rows(world->rank() == 0 ? json_path : "");

@@ -47,8 +47,10 @@ class MemcpyProbe {
     if (bytes != bytes_) {
       release();
       bytes_ = bytes;
-      src_ = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
-      dst_ = static_cast<char*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+      src_ = static_cast<char*>(
+          mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+      dst_ = static_cast<char*>(
+          mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
       std::memset(src_, 1, bytes);
       std::memcpy(dst_, src_, bytes);  // warm-up
     }
@@ -137,11 +139,14 @@ int main(int argc, char** argv) {
               huge_pages_wanted() ? "" : ", ZR_NO_HUGEPAGES set", used_mode.c_str(), ipc_mode.c_str(), pages.c_str());
   if (used_mode != "pull" && !shmem_thp_available())
     std::printf("  (shared-memory segments run in 4 KiB pages here: shmem_enabled=advise gives them 2 MiB pages)\n");
-  std::printf("(ratios: median over pushes of push time / one memcpy of the same bytes between pre-faulted\n"
-              " buffers, timed right after that push)\n");
+  std::printf(
+      "(ratios: median over pushes of push time / one memcpy of the same bytes between pre-faulted\n"
+      " buffers, timed right after that push)\n");
   for (const auto* p : {&fresh, &reused}) {
     std::printf("ipc, %s (median of %zu pushes):\n",
-                p == &fresh ? "pushes 1-2: new buffers / segments (first pushes)" : "pushes 3-9: buffers / segments reused (steady state)", p->size());
+                p == &fresh ? "pushes 1-2: new buffers / segments (first pushes)"
+                            : "pushes 3-9: buffers / segments reused (steady state)",
+                p->size());
     std::printf("  one memcpy of the same bytes          %8.1f ms\n", med(*p, &Push::memcpy_ms));
     std::printf("  engine: map + verify + commit (ack)   %8.1f ms  = %.2fx memcpy  (%d tensors zero-copy)\n",
                 med(*p, &Push::ack_ms), ratio(*p, &Push::ack_ms), zero_copy);

@@ -22,9 +22,9 @@
 #include <random>
 #include <string>
 
-#include "bench/bench_json.h"
 #include <utility>
 #include <vector>
+#include "bench/bench_json.h"
 
 namespace {
 
@@ -45,8 +45,7 @@ std::vector<float> random_f32(size_t n, uint32_t seed) {
 // Y(m, n) = X(m, k) · W(n, k)^T, row-major: the Linear-layer call.
 std::vector<float> linear_sgemm(const float* x, int m, const std::vector<float>& w, int n) {
   std::vector<float> y(size_t(m) * n);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kK, 1.f, x, kK, w.data(), kK, 0.f,
-              y.data(), n);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kK, 1.f, x, kK, w.data(), kK, 0.f, y.data(), n);
   return y;
 }
 
@@ -63,22 +62,19 @@ struct Diff {
   bool bitwise() const { return rows_differing == 0; }
 };
 
-Diff compare(const std::vector<float>& a, const std::vector<std::vector<float>>& ref, int rows,
-             int n) {
+Diff compare(const std::vector<float>& a, const std::vector<std::vector<float>>& ref, int rows, int n) {
   Diff d;
   for (int i = 0; i < rows; ++i) {
     const float* r = a.data() + size_t(i) * n;
     if (std::memcmp(r, ref[i].data(), sizeof(float) * n) != 0) ++d.rows_differing;
-    for (int j = 0; j < n; ++j)
-      d.max_abs = std::max(d.max_abs, std::fabs(double(r[j]) - ref[i][j]));
+    for (int j = 0; j < n; ++j) d.max_abs = std::max(d.max_abs, std::fabs(double(r[j]) - ref[i][j]));
   }
   return d;
 }
 
 std::vector<std::vector<float>> rows_of(const std::vector<float>& y, int m, int n) {
   std::vector<std::vector<float>> out;
-  for (int i = 0; i < m; ++i)
-    out.emplace_back(y.begin() + size_t(i) * n, y.begin() + size_t(i + 1) * n);
+  for (int i = 0; i < m; ++i) out.emplace_back(y.begin() + size_t(i) * n, y.begin() + size_t(i + 1) * n);
   return out;
 }
 
@@ -97,10 +93,9 @@ int main(int argc, char** argv) {
     }
   }
   const char* ct = std::getenv("OPENBLAS_CORETYPE");
-  std::printf("OPENBLAS_CORETYPE=%s core=%s\nconfig=%s\n", ct && *ct ? ct : "auto",
-              openblas_get_corename(), openblas_get_config());
-  std::printf(
-      "Y = X·W^T, K = %d, X and W uniform(-1, 1); row i of an M-row sgemm vs row i alone.\n", kK);
+  std::printf("OPENBLAS_CORETYPE=%s core=%s\nconfig=%s\n", ct && *ct ? ct : "auto", openblas_get_corename(),
+              openblas_get_config());
+  std::printf("Y = X·W^T, K = %d, X and W uniform(-1, 1); row i of an M-row sgemm vs row i alone.\n", kK);
 
   const auto x = random_f32(size_t(kMaxM) * kK, 7);
   // (N, M) -> Y computed with 1 thread, to check thread-count invariance.
@@ -129,9 +124,8 @@ int main(int argc, char** argv) {
         Diff dg = compare(y, ref_gemm, m, n), dv = compare(y, ref_gemv, m, n);
         all_batch_invariant &= dg.bitwise();
         all_gemv_equal &= dv.bitwise();
-        std::printf("| %d | %.3g | %s | %d/%d | %.3g | %s | %d/%d |", m, dg.max_abs,
-                    yes_no(dg.bitwise()), dg.rows_differing, m, dv.max_abs, yes_no(dv.bitwise()),
-                    dv.rows_differing, m);
+        std::printf("| %d | %.3g | %s | %d/%d | %.3g | %s | %d/%d |", m, dg.max_abs, yes_no(dg.bitwise()),
+                    dg.rows_differing, m, dv.max_abs, yes_no(dv.bitwise()), dv.rows_differing, m);
         std::printf(" %s |", yes_no(compare(y, rows_256, m, n).bitwise()));
         if (threads == 1) {
           one_thread[{n, m}] = y;
@@ -146,8 +140,7 @@ int main(int argc, char** argv) {
   }
   std::printf("\nsgemm rows independent of M (batch-invariant): %s\n", yes_no(all_batch_invariant));
   std::printf("sgemm rows equal to sgemv bits: %s\n", yes_no(all_gemv_equal));
-  std::printf("sgemm results independent of thread count (1 vs 2): %s\n",
-              yes_no(all_thread_invariant));
+  std::printf("sgemm results independent of thread count (1 vs 2): %s\n", yes_no(all_thread_invariant));
   zr::bench::JsonRows rows(json_path);
   rows.add({"blas_batch_invariant", all_batch_invariant ? 1.0 : 0.0, "bool", 0});
   rows.add({"blas_gemv_equal", all_gemv_equal ? 1.0 : 0.0, "bool", 0});

@@ -22,9 +22,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Minimum duration of one timed sample: short calls (a cache-hot sgemv is ~0.1 ms) are repeated
 // inside a sample so timer resolution and single interrupts do not decide the result.
@@ -82,8 +80,7 @@ class Buffer {
 };
 
 // Runs fn(t, begin, end) on `threads` std::threads over [0, n), chunks rounded to `align` elements.
-void parallel_for(size_t n, int threads, size_t align,
-                  const std::function<void(int, size_t, size_t)>& fn) {
+void parallel_for(size_t n, int threads, size_t align, const std::function<void(int, size_t, size_t)>& fn) {
   threads = std::max(threads, 1);
   size_t chunk = (n / threads + align - 1) / align * align;
   std::vector<std::thread> pool;
@@ -133,9 +130,7 @@ Measurement sgemv_run(int m, int k, int threads, int repeats, bool as_bytes) {
   openblas_set_num_threads(threads);
   auto w = random_f32(size_t(m) * k, 1), x = random_f32(k, 2);
   std::vector<float> y(m);
-  auto run = [&] {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, 1.f, w.data(), k, x.data(), 1, 0.f, y.data(), 1);
-  };
+  auto run = [&] { cblas_sgemv(CblasRowMajor, CblasNoTrans, m, k, 1.f, w.data(), k, x.data(), 1, 0.f, y.data(), 1); };
   double work = as_bytes ? 4.0 * m * k : 2.0 * m * k;
   return measure(work, repeats, run, std::to_string(m) + "x" + std::to_string(k));
 }
@@ -148,8 +143,7 @@ Measurement sgemm_gflops(int n, int threads, int repeats) {
     auto a = random_f32(size_t(n) * n, 1), b = random_f32(size_t(n) * n, 2);
     std::vector<float> c(size_t(n) * n);
     auto run = [&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n,
-                  0.f, c.data(), n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
     };
     auto t0 = Clock::now();
     run();
@@ -161,13 +155,9 @@ Measurement sgemm_gflops(int n, int threads, int repeats) {
   }
 }
 
-Measurement sgemv_gflops(int m, int k, int threads, int repeats) {
-  return sgemv_run(m, k, threads, repeats, false);
-}
+Measurement sgemv_gflops(int m, int k, int threads, int repeats) { return sgemv_run(m, k, threads, repeats, false); }
 
-Measurement sgemv_gbps(int m, int k, int threads, int repeats) {
-  return sgemv_run(m, k, threads, repeats, true);
-}
+Measurement sgemv_gbps(int m, int k, int threads, int repeats) { return sgemv_run(m, k, threads, repeats, true); }
 
 namespace {
 // One read of the whole buffer, split across `threads`; the sum is stored so nothing is elided.
@@ -183,24 +173,27 @@ void read_pass(Buffer& buf, int threads) {
 
 Measurement mem_read_gbps(size_t bytes, int threads, int repeats) {
   Buffer buf(bytes);
-  return measure(double(bytes), repeats, [&] { read_pass(buf, threads); }, std::to_string(bytes >> 20) + " MiB");
+  return measure(
+      double(bytes), repeats, [&] { read_pass(buf, threads); }, std::to_string(bytes >> 20) + " MiB");
 }
 
 Measurement memcpy_gbps(size_t bytes, int threads, int repeats) {
   Buffer src(bytes), dst(bytes);
   auto run = [&] {
-    parallel_for(bytes, threads, 4096, [&](int, size_t b, size_t e) {
-      std::memcpy(dst.data() + b, src.data() + b, e - b);
-    });
+    parallel_for(bytes, threads, 4096,
+                 [&](int, size_t b, size_t e) { std::memcpy(dst.data() + b, src.data() + b, e - b); });
   };
   return measure(double(bytes), repeats, run, std::to_string(bytes >> 20) + " MiB");
 }
 
-
 struct LimitSampler::State {
   State(int num_threads, size_t read_bytes, int sgemm_n)
-      : threads(num_threads), buf(read_bytes), n(sgemm_n), a(random_f32(size_t(sgemm_n) * sgemm_n, 1)),
-        b(random_f32(size_t(sgemm_n) * sgemm_n, 2)), c(size_t(sgemm_n) * sgemm_n) {}
+      : threads(num_threads),
+        buf(read_bytes),
+        n(sgemm_n),
+        a(random_f32(size_t(sgemm_n) * sgemm_n, 1)),
+        b(random_f32(size_t(sgemm_n) * sgemm_n, 2)),
+        c(size_t(sgemm_n) * sgemm_n) {}
   int threads;
   Buffer buf;
   int n;
@@ -208,8 +201,7 @@ struct LimitSampler::State {
   std::vector<double> read, sgemm;
 };
 
-LimitSampler::LimitSampler(int threads, size_t read_bytes, int sgemm_n)
-    : s_(new State(threads, read_bytes, sgemm_n)) {
+LimitSampler::LimitSampler(int threads, size_t read_bytes, int sgemm_n) : s_(new State(threads, read_bytes, sgemm_n)) {
   openblas_set_num_threads(threads);
   // Warm-up: OpenBLAS's buffers and the read buffer's first pass, untimed.
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, sgemm_n, sgemm_n, sgemm_n, 1.f, s_->a.data(), sgemm_n,
@@ -242,9 +234,7 @@ Measurement LimitSampler::read_gbps() const {
   return summarize(s_->read, std::to_string(s_->buf.size() >> 20) + " MiB");
 }
 
-Measurement LimitSampler::sgemm_gflops() const {
-  return summarize(s_->sgemm, std::to_string(s_->n) + "^3");
-}
+Measurement LimitSampler::sgemm_gflops() const { return summarize(s_->sgemm, std::to_string(s_->n) + "^3"); }
 
 std::string openblas_coretype() {
   const char* v = std::getenv("OPENBLAS_CORETYPE");

@@ -32,13 +32,11 @@ Measurement sgemv_gflops(int m, int k, int threads = 1, int repeats = 7);
 Measurement sgemv_gbps(int m, int k, int threads = 1, int repeats = 7);
 
 // Read bandwidth: sum of a pre-faulted f32 buffer of `bytes` (>> L3), split across `threads`.
-Measurement mem_read_gbps(std::size_t bytes = std::size_t{1} << 30, int threads = 1,
-                          int repeats = 7);
+Measurement mem_read_gbps(std::size_t bytes = std::size_t{1} << 30, int threads = 1, int repeats = 7);
 
 // memcpy of `bytes` into a pre-faulted destination, split across `threads`. GB/s counts the bytes
 // copied (not read + written).
-Measurement memcpy_gbps(std::size_t bytes = std::size_t{256} << 20, int threads = 1,
-                        int repeats = 7);
+Measurement memcpy_gbps(std::size_t bytes = std::size_t{256} << 20, int threads = 1, int repeats = 7);
 
 // Limits sampled while something else runs: call sample() between pieces of the work being
 // measured (e.g. every few decode steps), so the limits and the work see the same host. Bursts

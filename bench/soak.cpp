@@ -7,11 +7,11 @@
 //
 // Exit code: 0 when every call succeeded and the resources stayed flat; 1 otherwise (the report
 // says which). The server runs with --threads 1 on ipc:// in a temporary folder.
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -78,8 +78,8 @@ int64_t rss_kib(pid_t pid) {
 int count_fds(pid_t pid) {
   std::error_code ec;
   int n = 0;
-  for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec); !ec && it != fs::directory_iterator();
-       it.increment(ec))
+  for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec))
     ++n;
   return n;
 }
@@ -148,7 +148,8 @@ void client_loop(const std::string& ep, int id, Clock::time_point end, Tally& ta
         std::atomic<int> chunks{0};
         GenerateRequest r = gen(rid, 16, i);
         r.stream = true;
-        auto reply = cl.generate_stream({r}, [&](const StreamChunk&) { ++chunks; }, timeout);
+        auto reply = cl.generate_stream(
+            {r}, [&](const StreamChunk&) { ++chunks; }, timeout);
         if (reply.ok() && chunks == 0) tally.fail("generate_stream", make_error(ErrorCode::internal, "no chunk"));
         else tally.count("generate_stream", reply);
       }
@@ -181,8 +182,8 @@ pid_t start_server(const Args& a, const std::string& ep, const std::string& log)
   if (pid == 0) {
     std::freopen(log.c_str(), "w", stdout);
     std::freopen(log.c_str(), "a", stderr);
-    execl(a.zrollout.c_str(), a.zrollout.c_str(), "serve", "--model", a.model.c_str(), "--bind", ep.c_str(), "--threads",
-          "1", static_cast<char*>(nullptr));
+    execl(a.zrollout.c_str(), a.zrollout.c_str(), "serve", "--model", a.model.c_str(), "--bind", ep.c_str(),
+          "--threads", "1", static_cast<char*>(nullptr));
     _exit(127);
   }
   return pid;
@@ -213,15 +214,19 @@ json flatness(const std::vector<Sample>& s, double warm_t, bool* flat) {
     out[name] = {{"first_third_max", first}, {"last_third_max", last}, {"flat", ok}};
     *flat = *flat && ok;
   };
-  check("rss_kib", [](const Sample& x) { return x.rss_kib; }, [](int64_t v) { return std::max<int64_t>(v / 200, 4096); });
+  check(
+      "rss_kib", [](const Sample& x) { return x.rss_kib; }, [](int64_t v) { return std::max<int64_t>(v / 200, 4096); });
   // The trend too, for the report: least-squares slope of RSS over the samples after the warm-up.
   double n = 0, st = 0, sr = 0, stt = 0, str = 0;
   for (const auto& x : after) {
-    n += 1, st += x.t, sr += static_cast<double>(x.rss_kib), stt += x.t * x.t, str += x.t * static_cast<double>(x.rss_kib);
+    n += 1, st += x.t, sr += static_cast<double>(x.rss_kib), stt += x.t * x.t,
+        str += x.t * static_cast<double>(x.rss_kib);
   }
   out["rss_kib_per_s"] = (n * str - st * sr) / std::max(1e-9, n * stt - st * st);
-  check("fds", [](const Sample& x) { return int64_t{x.fds}; }, [](int64_t) { return int64_t{0}; });
-  check("shm_segments", [](const Sample& x) { return int64_t{x.shm}; }, [](int64_t) { return int64_t{0}; });
+  check(
+      "fds", [](const Sample& x) { return int64_t{x.fds}; }, [](int64_t) { return int64_t{0}; });
+  check(
+      "shm_segments", [](const Sample& x) { return int64_t{x.shm}; }, [](int64_t) { return int64_t{0}; });
   return out;
 }
 
@@ -273,7 +278,8 @@ int run(const Args& a) {
   report["ok"] = ok;
   kill(server, SIGTERM);
   int st = 0;
-  for (int i = 0; i < 100 && waitpid(server, &st, WNOHANG) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 100 && waitpid(server, &st, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   if (waitpid(server, &st, WNOHANG) == 0) {
     kill(server, SIGKILL);
     waitpid(server, &st, 0);

@@ -35,7 +35,8 @@ inline uint64_t word_term(uint64_t w, uint64_t key) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #endif
-uint64_t sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
+uint64_t
+sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
   uint64_t key = (first_index + 1) * kP1;
   uint64_t s = 0;
   for (size_t i = 0; i < nw; ++i) {
@@ -57,8 +58,8 @@ uint64_t tail_term(const unsigned char* p, size_t rest, uint64_t index) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #endif
-uint64_t copy_sum_words(unsigned char* __restrict dst, const unsigned char* __restrict src, size_t nw,
-                        uint64_t first_index) {
+uint64_t
+copy_sum_words(unsigned char* __restrict dst, const unsigned char* __restrict src, size_t nw, uint64_t first_index) {
   uint64_t key = (first_index + 1) * kP1;
   uint64_t s = 0;
   for (size_t i = 0; i < nw; ++i) {
@@ -75,8 +76,8 @@ uint64_t copy_sum_words(unsigned char* __restrict dst, const unsigned char* __re
 }  // namespace
 
 uint64_t checksum64_copy_partial(void* dst, const void* src, size_t n, uint64_t byte_offset) {
-  ZR_CHECK_MSG(byte_offset % 8 == 0, "checksum64_copy_partial: byte_offset " + std::to_string(byte_offset) +
-                                         " is not a multiple of 8");
+  ZR_CHECK_MSG(byte_offset % 8 == 0,
+               "checksum64_copy_partial: byte_offset " + std::to_string(byte_offset) + " is not a multiple of 8");
   auto* d = static_cast<unsigned char*>(dst);
   const auto* p = static_cast<const unsigned char*>(src);
   size_t whole = n / 8;
@@ -90,8 +91,8 @@ uint64_t checksum64_copy_partial(void* dst, const void* src, size_t n, uint64_t 
 }
 
 uint64_t checksum64_partial(const void* data, size_t n, uint64_t byte_offset) {
-  ZR_CHECK_MSG(byte_offset % 8 == 0, "checksum64_partial: byte_offset " + std::to_string(byte_offset) +
-                                         " is not a multiple of 8");
+  ZR_CHECK_MSG(byte_offset % 8 == 0,
+               "checksum64_partial: byte_offset " + std::to_string(byte_offset) + " is not a multiple of 8");
   const auto* p = static_cast<const unsigned char*>(data);
   size_t whole = n / 8;
   uint64_t first = byte_offset / 8;
@@ -110,9 +111,7 @@ uint64_t checksum64_finish(uint64_t sum, uint64_t total_bytes) {
   return h;
 }
 
-uint64_t checksum64(const void* data, size_t n) {
-  return checksum64_finish(checksum64_partial(data, n, 0), n);
-}
+uint64_t checksum64(const void* data, size_t n) { return checksum64_finish(checksum64_partial(data, n, 0), n); }
 
 uint64_t checksum64_parallel(const void* data, size_t n, unsigned threads) {
   constexpr size_t kMinPerThread = size_t{4} << 20;  // below this a thread costs more than it saves
@@ -176,8 +175,8 @@ Status TransferVerifier::verify() const {
     uint64_t got = checksum64_finish(sums_[i], t.nbytes);
     if (got != t.checksum) {
       char buf[96];
-      std::snprintf(buf, sizeof buf, ": checksum 0x%016llx, expected 0x%016llx",
-                    static_cast<unsigned long long>(got), static_cast<unsigned long long>(t.checksum));
+      std::snprintf(buf, sizeof buf, ": checksum 0x%016llx, expected 0x%016llx", static_cast<unsigned long long>(got),
+                    static_cast<unsigned long long>(t.checksum));
       return make_error(ErrorCode::checksum_mismatch, "tensor " + t.name + buf);
     }
   }

@@ -86,8 +86,8 @@ class TransferVerifier {
 
  private:
   std::vector<TensorMeta> tensors_;
-  std::vector<uint64_t> sums_;       // partial sums per tensor
-  std::vector<uint64_t> received_;   // bytes fed per tensor
+  std::vector<uint64_t> sums_;      // partial sums per tensor
+  std::vector<uint64_t> received_;  // bytes fed per tensor
 };
 
 }  // namespace zr

@@ -25,10 +25,10 @@ struct Client::Call {
   std::string body;
   std::vector<std::string> bulk;
   Clock::time_point deadline = Clock::time_point::max();
-  bool expect_reply = true;  // false: send_raw
-  ChunkCallback on_chunk;    // "generate.chunk" frames go here when set
+  bool expect_reply = true;                       // false: send_raw
+  ChunkCallback on_chunk;                         // "generate.chunk" frames go here when set
   std::function<void(Result<RawReply>)> resolve;  // called exactly once (on the I/O thread unless submit fails)
-  uint64_t seq = 0;          // I/O thread's number for this call, tells stale deadline entries apart
+  uint64_t seq = 0;  // I/O thread's number for this call, tells stale deadline entries apart
 };
 
 namespace {
@@ -99,8 +99,7 @@ class Client::IoLoop {
 
   std::deque<std::unique_ptr<Call>> take_queue() {
     uint64_t wakeups = 0;
-    while (::read(client_.wake_fd_, &wakeups, sizeof wakeups) < 0 && errno == EINTR) {
-    }
+    while (::read(client_.wake_fd_, &wakeups, sizeof wakeups) < 0 && errno == EINTR) {}
     std::deque<std::unique_ptr<Call>> calls;
     std::lock_guard lock(client_.queue_mu_);
     calls.swap(client_.queue_);
@@ -117,8 +116,8 @@ class Client::IoLoop {
 
   void start_call(std::unique_ptr<Call> call) {
     if (call->expect_reply && pending_.count(call->req_id))
-      return call->resolve(make_error(ErrorCode::invalid_argument,
-                                      "req_id: " + std::to_string(call->req_id) + " is already in flight"));
+      return call->resolve(
+          make_error(ErrorCode::invalid_argument, "req_id: " + std::to_string(call->req_id) + " is already in flight"));
     hop_trace::mark(hop_trace::Hop::io_send);
     if (!send(*call)) {
       if (call->expect_reply) call->resolve(make_error(ErrorCode::unavailable, "client: send queue full"));
@@ -137,7 +136,8 @@ class Client::IoLoop {
     // The remaining parts of a multipart message are always accepted once the first one was.
     dealer_.send(zmq::buffer(call.body), call.bulk.empty() ? zmq::send_flags::none : zmq::send_flags::sndmore);
     for (size_t i = 0; i < call.bulk.size(); ++i)
-      dealer_.send(zmq::buffer(call.bulk[i]), i + 1 == call.bulk.size() ? zmq::send_flags::none : zmq::send_flags::sndmore);
+      dealer_.send(zmq::buffer(call.bulk[i]),
+                   i + 1 == call.bulk.size() ? zmq::send_flags::none : zmq::send_flags::sndmore);
     return true;
   }
 
@@ -147,7 +147,10 @@ class Client::IoLoop {
       Status err;
       if (!recv_frame(dealer_, false, f, err, true)) return;
       hop_trace::mark(hop_trace::Hop::io_received);
-      if (!err.ok()) { ++client_.dropped_; continue; }
+      if (!err.ok()) {
+        ++client_.dropped_;
+        continue;
+      }
       on_reply(std::move(f));
     }
   }
@@ -156,7 +159,10 @@ class Client::IoLoop {
     auto body = wire::unpack_body(f.body);
     auto id = body.ok() ? wire::req_id_from_json(*body) : Result<uint64_t>(body.status());
     auto it = id.ok() ? pending_.find(*id) : pending_.end();
-    if (it == pending_.end()) { ++client_.dropped_; return; }
+    if (it == pending_.end()) {
+      ++client_.dropped_;
+      return;
+    }
     Call& call = *it->second;
     if (f.op == "generate.chunk") {
       if (call.on_chunk) deliver_chunk(it, *body);
@@ -196,8 +202,8 @@ class Client::IoLoop {
       if (it == pending_.end() || it->second->seq != seq) continue;  // already answered
       std::unique_ptr<Call> done = std::move(it->second);
       pending_.erase(it);
-      done->resolve(make_error(ErrorCode::timeout, done->op + ": no reply within the timeout (req_id " +
-                                                        std::to_string(id) + ")"));
+      done->resolve(make_error(ErrorCode::timeout,
+                               done->op + ": no reply within the timeout (req_id " + std::to_string(id) + ")"));
     }
   }
 
@@ -226,8 +232,7 @@ Client::Client(zmq::context_t* context, Options options)
       options_(options),
       wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
 
-Result<std::unique_ptr<Client>> Client::connect(const std::string& endpoint, zmq::context_t* context,
-                                                Options options) {
+Result<std::unique_ptr<Client>> Client::connect(const std::string& endpoint, zmq::context_t* context, Options options) {
   std::unique_ptr<Client> c(new Client(context, options));
   ZR_RETURN_IF_ERROR(c->start(endpoint));
   return c;
@@ -260,8 +265,7 @@ void Client::submit(std::unique_ptr<Call> call) {
   }
   hop_trace::mark(hop_trace::Hop::client_queued);
   uint64_t one = 1;
-  while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
-  }
+  while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {}
 }
 
 // ---- calls --------------------------------------------------------------------------------------
@@ -353,21 +357,24 @@ Result<LoadReply> Client::get_load(Timeout timeout) {
 Result<HealthReply> Client::health(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   uint64_t id = next_req_id();
-  return call_typed<HealthReply>("health", wire::encode_req_id_only(id), id, timeout, wire::health_reply_from_json).get();
+  return call_typed<HealthReply>("health", wire::encode_req_id_only(id), id, timeout, wire::health_reply_from_json)
+      .get();
 }
 
 Result<ModelInfoReply> Client::get_model_info(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   uint64_t id = next_req_id();
   return call_typed<ModelInfoReply>("get_model_info", wire::encode_req_id_only(id), id, timeout,
-                                    wire::model_info_reply_from_json).get();
+                                    wire::model_info_reply_from_json)
+      .get();
 }
 
 Result<std::vector<int>> Client::tokenize(const std::string& text, bool add_special_tokens, Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   TokenizeCall call{next_req_id(), text, add_special_tokens};
-  auto r = call_typed<TokenizeReply>("tokenize", wire::encode(call), call.req_id, timeout,
-                                     wire::tokenize_reply_from_json).get();
+  auto r =
+      call_typed<TokenizeReply>("tokenize", wire::encode(call), call.req_id, timeout, wire::tokenize_reply_from_json)
+          .get();
   if (!r.ok()) return r.status();
   return std::move(r->input_ids);
 }
@@ -376,7 +383,8 @@ Result<std::string> Client::detokenize(const std::vector<int>& ids, bool skip_sp
   if (on_io_thread()) return deadlock_error();
   DetokenizeCall call{next_req_id(), ids, skip_special_tokens};
   auto r = call_typed<DetokenizeReply>("detokenize", wire::encode(call, options_.encode), call.req_id, timeout,
-                                       wire::detokenize_reply_from_json).get();
+                                       wire::detokenize_reply_from_json)
+               .get();
   if (!r.ok()) return r.status();
   return std::move(r->text);
 }
@@ -384,8 +392,9 @@ Result<std::string> Client::detokenize(const std::vector<int>& ids, bool skip_sp
 Result<std::string> Client::open_session(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   SessionCall call{next_req_id(), {}};
-  auto r = call_typed<SimpleReply>("open_session", wire::encode(call), call.req_id, timeout,
-                                   [](const json& j) { return wire::simple_reply_from_json("open_session", j); }).get();
+  auto r = call_typed<SimpleReply>("open_session", wire::encode(call), call.req_id, timeout, [](const json& j) {
+             return wire::simple_reply_from_json("open_session", j);
+           }).get();
   if (!r.ok()) return r.status();
   return r->session_id;
 }
@@ -402,8 +411,9 @@ Status Client::close_session(const std::string& session_id, Timeout timeout) {
 Result<int64_t> Client::flush_cache(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   uint64_t id = next_req_id();
-  auto r = call_typed<SimpleReply>("flush_cache", wire::encode_req_id_only(id), id, timeout,
-                                   [](const json& j) { return wire::simple_reply_from_json("flush_cache", j); }).get();
+  auto r = call_typed<SimpleReply>("flush_cache", wire::encode_req_id_only(id), id, timeout, [](const json& j) {
+             return wire::simple_reply_from_json("flush_cache", j);
+           }).get();
   if (!r.ok()) return r.status();
   return r->value;
 }

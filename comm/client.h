@@ -55,8 +55,8 @@ class Client {
   // A reply as it came off the wire, for call_raw.
   struct RawReply {
     std::string op;
-    std::string body;             // msgpack bytes
-    nlohmann::json json;          // the body decoded
+    std::string body;     // msgpack bytes
+    nlohmann::json json;  // the body decoded
     std::vector<std::string> bulk;
   };
   struct Stats {
@@ -112,8 +112,8 @@ class Client {
   Stats stats() const { return Stats{dropped_.load()}; }
 
  private:
-  struct Call;    // a request on its way through the I/O thread (client.cpp)
-  class IoLoop;   // runs on io_thread_, owns the sockets (client.cpp)
+  struct Call;   // a request on its way through the I/O thread (client.cpp)
+  class IoLoop;  // runs on io_thread_, owns the sockets (client.cpp)
 
   Client(zmq::context_t* context, Options options);
   Status start(const std::string& endpoint);
@@ -121,7 +121,8 @@ class Client {
   bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
   template <class T>
   std::future<Result<T>> call_typed(const std::string& op, std::string body, uint64_t req_id, Timeout timeout,
-                                    std::function<Result<T>(const nlohmann::json&)> decode, ChunkCallback on_chunk = {});
+                                    std::function<Result<T>(const nlohmann::json&)> decode,
+                                    ChunkCallback on_chunk = {});
   Result<AbortReply> abort_call(AbortCall call, Timeout timeout);
   std::future<Result<GenerateReply>> generate_impl(std::vector<GenerateRequest> reqs, ChunkCallback on_chunk,
                                                    Timeout timeout);
@@ -129,9 +130,9 @@ class Client {
   std::unique_ptr<zmq::context_t> owned_context_;  // declared first: destroyed after the sockets
   zmq::context_t* context_;
   Options options_;
-  std::mutex queue_mu_;  // guards queue_ only (a plain container; no socket behind a mutex)
+  std::mutex queue_mu_;                      // guards queue_ only (a plain container; no socket behind a mutex)
   std::deque<std::unique_ptr<Call>> queue_;  // calls not yet taken by the I/O thread
-  int wake_fd_ = -1;     // eventfd: submit() -> I/O thread
+  int wake_fd_ = -1;                         // eventfd: submit() -> I/O thread
   std::atomic<uint64_t> next_req_id_{1};
   std::atomic<uint64_t> dropped_{0};
   std::thread io_thread_;

@@ -150,9 +150,12 @@ Result<std::vector<std::string>> read_curve_key_dir(const std::string& dir) {
 
 const char* role_name(Role r) {
   switch (r) {
-    case Role::client: return "client";
-    case Role::trainer: return "trainer";
-    case Role::none: break;
+    case Role::client:
+      return "client";
+    case Role::trainer:
+      return "trainer";
+    case Role::none:
+      break;
   }
   return "none";
 }
@@ -167,9 +170,20 @@ Role required_role(std::string_view op) {
   // One table: the ops a client key may call (docs/protocol.md §1). Everything else needs a
   // trainer key, so an op added later is protected until it is listed here.
   static constexpr std::string_view kClientOps[] = {
-      "generate",       "score",           "abort",      "get_load",    "health",
-      "get_model_info", "open_session",    "close_session", "get_weight_version",
-      "get_weights_checksum", "get_engines", "tokenize",  "detokenize",  "ping",
+      "generate",
+      "score",
+      "abort",
+      "get_load",
+      "health",
+      "get_model_info",
+      "open_session",
+      "close_session",
+      "get_weight_version",
+      "get_weights_checksum",
+      "get_engines",
+      "tokenize",
+      "detokenize",
+      "ping",
       "pong",
   };
   for (std::string_view c : kClientOps)
@@ -183,8 +197,8 @@ Status authorize_op(std::string_view op, std::string_view user_id) {
   const Role need = required_role(op);
   if (have == Role::trainer || (have == Role::client && need == Role::client)) return {};
   return make_error(ErrorCode::permission_denied, "op '" + std::string(op) + "' needs a " + role_name(need) +
-                                                      " key; this connection's key has role '" +
-                                                      std::string(user_id) + "'");
+                                                      " key; this connection's key has role '" + std::string(user_id) +
+                                                      "'");
 }
 
 void set_curve_server(zmq::socket_t& s, const CurveKeyPair& server, const std::string& zap_domain) {
@@ -201,8 +215,8 @@ void set_curve_client(zmq::socket_t& s, const CurveClientKeys& keys) {
 
 Result<CurveClientKeys> load_curve_client_keys(const std::string& server_key_file, const std::string& key_file) {
   if (server_key_file.empty() != key_file.empty())
-    return make_error(ErrorCode::invalid_argument,
-                      server_key_file.empty() ? "curve-server: needed with --curve-key" : "curve-key: needed with --curve-server");
+    return make_error(ErrorCode::invalid_argument, server_key_file.empty() ? "curve-server: needed with --curve-key"
+                                                                           : "curve-key: needed with --curve-server");
   CurveClientKeys out;
   if (server_key_file.empty()) return out;
   auto server = read_curve_cert(server_key_file);
@@ -210,7 +224,8 @@ Result<CurveClientKeys> load_curve_client_keys(const std::string& server_key_fil
   auto own = read_curve_cert(key_file);
   if (!own.ok()) return make_error(own.status().code, "curve-key: " + own.status().message);
   if (own->secret_key.empty())
-    return make_error(ErrorCode::invalid_argument, "curve-key: " + key_file + " has no secret-key (give the .key_secret file)");
+    return make_error(ErrorCode::invalid_argument,
+                      "curve-key: " + key_file + " has no secret-key (give the .key_secret file)");
   out.server_key = server->public_key;
   out.own = *own;
   return out;
@@ -222,10 +237,12 @@ Result<CurveServerKeys> load_curve_server_keys(const std::string& secret_file, c
   auto server = read_curve_cert(secret_file);
   if (!server.ok()) return make_error(server.status().code, "curve-secret: " + server.status().message);
   if (server->secret_key.empty())
-    return make_error(ErrorCode::invalid_argument, "curve-secret: " + secret_file + " has no secret-key (give the .key_secret file)");
+    return make_error(ErrorCode::invalid_argument,
+                      "curve-secret: " + secret_file + " has no secret-key (give the .key_secret file)");
   out.server = *server;
   if (trainer_dir.empty() && client_dir.empty())
-    return make_error(ErrorCode::invalid_argument, "trainer-keys: give --trainer-keys and/or --client-keys with --curve-secret");
+    return make_error(ErrorCode::invalid_argument,
+                      "trainer-keys: give --trainer-keys and/or --client-keys with --curve-secret");
   if (!trainer_dir.empty()) {
     auto k = read_curve_key_dir(trainer_dir);
     if (!k.ok()) return make_error(k.status().code, "trainer-keys: " + k.status().message);

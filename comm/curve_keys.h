@@ -52,8 +52,8 @@ bool valid_z85_key(std::string_view z85);
 
 // Who may call what. `none` is no authenticated role (a message without a User-Id).
 enum class Role { none, client, trainer };
-const char* role_name(Role r);                 // "none", "client", "trainer"
-Role role_from_user_id(std::string_view id);   // "client" / "trainer"; anything else: none
+const char* role_name(Role r);                // "none", "client", "trainer"
+Role role_from_user_id(std::string_view id);  // "client" / "trainer"; anything else: none
 
 // The role an op needs. Client ops: generate, score, abort, sessions and the read ops; everything
 // else (weight ops, release/resume_memory, flush_cache, shutdown and any op not listed) needs a
@@ -66,9 +66,9 @@ Status authorize_op(std::string_view op, std::string_view user_id);
 // The socket-side settings. A server socket with `server` set speaks CURVE as the server and sends
 // every handshake to the context's ZAP handler under `zap_domain`.
 struct CurveServerKeys {
-  CurveKeyPair server;                   // the server's own keypair (from --curve-secret)
-  std::vector<std::string> trainer_keys; // Z85 public keys (from --trainer-keys DIR)
-  std::vector<std::string> client_keys;  // Z85 public keys (from --client-keys DIR)
+  CurveKeyPair server;                    // the server's own keypair (from --curve-secret)
+  std::vector<std::string> trainer_keys;  // Z85 public keys (from --trainer-keys DIR)
+  std::vector<std::string> client_keys;   // Z85 public keys (from --client-keys DIR)
 };
 // What a connecting socket needs: the server's public key and its own keypair.
 struct CurveClientKeys {

@@ -21,8 +21,8 @@ bool recv_frame(zmq::socket_t& sock, bool router, Frame& out, Status& err, bool 
   if (const char* uid = zmq_msg_gets(parts.back().handle(), "User-Id")) out.user_id = uid;
   if (router) out.routing_id = parts[i++].to_string();
   if (parts.size() < i + 2) {
-    err = make_error(ErrorCode::bad_message, "frame: expected [op, body, bulk...] with " +
-                                                 std::to_string(parts.size() - i) + " part(s)");
+    err = make_error(ErrorCode::bad_message,
+                     "frame: expected [op, body, bulk...] with " + std::to_string(parts.size() - i) + " part(s)");
     return true;
   }
   out.op = parts[i++].to_string();

@@ -21,7 +21,7 @@ namespace zr {
 struct Frame {
   std::string routing_id;  // set by recv on a ROUTER socket; required by send on a ROUTER socket
   std::string op;
-  std::string body;        // msgpack bytes
+  std::string body;  // msgpack bytes
   std::vector<zmq::message_t> bulk;
   // The ZAP user id of the connection it came in on: the CURVE role ("client" / "trainer",
   // comm/curve_keys.h); "" when the connection is not authenticated (no CURVE, or inproc).

@@ -37,10 +37,9 @@ enum class Hop : uint8_t {
 };
 
 inline const char* hop_name(Hop h) {
-  static constexpr const char* kNames[] = {"client_call",   "client_queued", "io_send",       "io_sent",
-                                           "actor_recv",    "actor_decoded", "engine_submitted", "step_start",
-                                           "step_end",      "reply_encoded", "reply_sent",    "io_received",
-                                           "io_resolved",   "client_returned"};
+  static constexpr const char* kNames[] = {
+      "client_call", "client_queued", "io_send",       "io_sent",    "actor_recv",  "actor_decoded", "engine_submitted",
+      "step_start",  "step_end",      "reply_encoded", "reply_sent", "io_received", "io_resolved",   "client_returned"};
   static_assert(sizeof kNames / sizeof kNames[0] == static_cast<size_t>(Hop::kCount));
   return kNames[static_cast<size_t>(h)];
 }
@@ -69,8 +68,8 @@ inline bool enabled() { return detail::state().on.load(std::memory_order_relaxed
 inline void mark(Hop h) {
   detail::State& s = detail::state();
   if (!s.on.load(std::memory_order_relaxed)) return;
-  const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                         std::chrono::steady_clock::now().time_since_epoch()).count();
+  const int64_t ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
   s.ring[s.next.fetch_add(1, std::memory_order_relaxed) % detail::kRing] = Entry{h, ns};
 }
 

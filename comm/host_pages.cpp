@@ -34,7 +34,8 @@ std::string MappingPages::describe() const {
   if (!found) return "unknown";
   if (kernel_page_kib >= 2048) return std::to_string(kernel_page_kib / 1024) + " MiB pages (hugetlb)";
   if (huge_kib == 0) return std::to_string(kernel_page_kib) + " KiB pages";
-  const int pct = size_kib ? static_cast<int>(100.0 * static_cast<double>(huge_kib) / static_cast<double>(size_kib) + 0.5) : 0;
+  const int pct =
+      size_kib ? static_cast<int>(100.0 * static_cast<double>(huge_kib) / static_cast<double>(size_kib) + 0.5) : 0;
   if (pct >= 99) return "2 MiB pages (" + std::to_string(pct) + "%)";
   return std::to_string(kernel_page_kib) + " KiB pages (" + std::to_string(pct) + "% in 2 MiB)";
 }
@@ -48,8 +49,8 @@ MappingPages mapping_pages(const void* addr) {
   while (std::getline(in, line)) {
     unsigned long lo = 0, hi = 0;
     // A VMA header: "lo-hi perms offset dev inode [path]"; field lines start with a capital.
-    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && !std::isupper(static_cast<unsigned char>(line[0])) &&
-        std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        !std::isupper(static_cast<unsigned char>(line[0])) && std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2) {
       if (inside) break;
       inside = at >= lo && at < hi;
       if (inside) out.found = true;
@@ -67,6 +68,8 @@ MappingPages mapping_pages(const void* addr) {
   return out;
 }
 
-std::string thp_line() { return "THP anon=[" + thp_setting("enabled") + "] shmem=[" + thp_setting("shmem_enabled") + "]"; }
+std::string thp_line() {
+  return "THP anon=[" + thp_setting("enabled") + "] shmem=[" + thp_setting("shmem_enabled") + "]";
+}
 
 }  // namespace zr

@@ -27,8 +27,8 @@ bool huge_pages_wanted();
 
 // How the mapping that contains addr is backed, from /proc/self/smaps.
 struct MappingPages {
-  size_t size_kib = 0;       // of the whole mapping (VMA)
-  size_t huge_kib = 0;       // AnonHugePages + ShmemPmdMapped + FilePmdMapped
+  size_t size_kib = 0;         // of the whole mapping (VMA)
+  size_t huge_kib = 0;         // AnonHugePages + ShmemPmdMapped + FilePmdMapped
   size_t kernel_page_kib = 0;  // KernelPageSize (2048 for hugetlb)
   bool found = false;
   // "2 MiB pages (100%)", "4 KiB pages", "4 KiB pages (37% in 2 MiB)", "unknown".

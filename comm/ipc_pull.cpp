@@ -33,7 +33,8 @@ Status PullBuffer::reserve(size_t bytes) {
   // Over-map by one huge page to align the start on 2 MiB, so every page can be a huge one.
   void* raw = ::mmap(nullptr, rounded + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED)
-    return make_error(ErrorCode::io_error, "pull buffer: mmap of " + std::to_string(rounded) + " bytes: " + errno_text(errno));
+    return make_error(ErrorCode::io_error,
+                      "pull buffer: mmap of " + std::to_string(rounded) + " bytes: " + errno_text(errno));
   auto* p = static_cast<uint8_t*>(raw);
   const size_t lead = (kHuge - reinterpret_cast<uintptr_t>(p) % kHuge) % kHuge;
   if (lead) ::munmap(p, lead);
@@ -86,8 +87,8 @@ Status PullReader::wait_for(uint64_t end) {
     uint64_t head[2] = {0, 0};  // version, written
     ZR_RETURN_IF_ERROR(read(head, header_ + kVersionAt, sizeof head));
     if (head[0] != static_cast<uint64_t>(version_))
-      return make_error(ErrorCode::invalid_argument, "ipc pull: the trainer is writing version " + std::to_string(head[0]) +
-                                                         ", not " + std::to_string(version_));
+      return make_error(ErrorCode::invalid_argument, "ipc pull: the trainer is writing version " +
+                                                         std::to_string(head[0]) + ", not " + std::to_string(version_));
     if (head[1] >= end) {
       seen_ = head[1];
       return {};

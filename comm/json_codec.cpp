@@ -22,7 +22,8 @@ Status parse_custom_processor(const std::string& s, LogitProcessors& lp) {
   const std::string field = "custom_logit_processor";
   size_t colon = s.find(':');
   if (colon == std::string::npos)
-    return make_error(ErrorCode::invalid_argument, field + ": expected 'rl_action_mask:ids' or 'disallowed_tokens:ids'");
+    return make_error(ErrorCode::invalid_argument,
+                      field + ": expected 'rl_action_mask:ids' or 'disallowed_tokens:ids'");
   std::string kind = s.substr(0, colon);
   std::vector<int> ids;
   std::stringstream ss(s.substr(colon + 1));
@@ -34,7 +35,8 @@ Status parse_custom_processor(const std::string& s, LogitProcessors& lp) {
     ids.push_back(v);
   }
   if (kind == "rl_action_mask") lp.allowed_token_ids = ids;
-  else if (kind == "disallowed_tokens") lp.disallowed_token_ids.insert(lp.disallowed_token_ids.end(), ids.begin(), ids.end());
+  else if (kind == "disallowed_tokens")
+    lp.disallowed_token_ids.insert(lp.disallowed_token_ids.end(), ids.begin(), ids.end());
   else return make_error(ErrorCode::invalid_argument, field + ": unknown processor '" + kind + "'");
   return {};
 }
@@ -67,10 +69,12 @@ Status parse_stop(FieldReader& f, SamplingParams& p) {
   else if (v.is_array()) {
     for (size_t i = 0; i < v.size(); ++i) {
       if (!v[i].is_string())
-        return make_error(ErrorCode::invalid_argument, "sampling_params.stop[" + std::to_string(i) + "]: expected a string");
+        return make_error(ErrorCode::invalid_argument,
+                          "sampling_params.stop[" + std::to_string(i) + "]: expected a string");
       p.stop.push_back(v[i].get<std::string>());
     }
-  } else return make_error(ErrorCode::invalid_argument, "sampling_params.stop: expected a string or an array of strings");
+  } else
+    return make_error(ErrorCode::invalid_argument, "sampling_params.stop: expected a string or an array of strings");
   return {};
 }
 
@@ -78,7 +82,9 @@ Status parse_logit_bias(FieldReader& f, SamplingParams& p) {
   const json* bias = f.take("logit_bias");
   if (!bias) return {};
   const json& v = *bias;
-  if (!v.is_object()) return make_error(ErrorCode::invalid_argument, "sampling_params.logit_bias: expected an object {\"token_id\": bias}");
+  if (!v.is_object())
+    return make_error(ErrorCode::invalid_argument,
+                      "sampling_params.logit_bias: expected an object {\"token_id\": bias}");
   for (auto it = v.begin(); it != v.end(); ++it) {
     int id = 0;
     const std::string& k = it.key();
@@ -116,9 +122,12 @@ json finish_json(const FinishReason& f) {
                                                       : json(std::get<std::string>(f.matched));
       return {{"type", "stop"}, {"matched", m}};
     }
-    case FinishReason::Type::length: return {{"type", "length"}, {"length", f.length}};
-    case FinishReason::Type::abort: return {{"type", "abort"}, {"message", f.message}};
-    default: return nullptr;
+    case FinishReason::Type::length:
+      return {{"type", "length"}, {"length", f.length}};
+    case FinishReason::Type::abort:
+      return {{"type", "abort"}, {"message", f.message}};
+    default:
+      return nullptr;
   }
 }
 
@@ -197,14 +206,18 @@ Result<GenerateRequest> generate_request_from_json(const json& j) {
     if (c.is_string()) f.fail_status(parse_custom_processor(c.get<std::string>(), r.sampling_params.processors));
     else if (c.is_array()) {
       for (const json& e : c) {
-        if (!e.is_string()) { f.fail("custom_logit_processor", "expected a string or an array of strings"); break; }
+        if (!e.is_string()) {
+          f.fail("custom_logit_processor", "expected a string or an array of strings");
+          break;
+        }
         f.fail_status(parse_custom_processor(e.get<std::string>(), r.sampling_params.processors));
       }
     } else f.fail("custom_logit_processor", "expected a string or an array of strings");
   }
   Status st = f.finish();
   if (!st.ok()) return st;
-  if (!r.text && r.input_ids.empty()) return make_error(ErrorCode::invalid_argument, "input_ids: give text or input_ids");
+  if (!r.text && r.input_ids.empty())
+    return make_error(ErrorCode::invalid_argument, "input_ids: give text or input_ids");
   if (!r.input_ids.empty()) r.text.reset();  // input_ids takes precedence (SGLang: text is not tokenized)
   if (r.rid.empty()) r.rid = fresh_rid();
   return r;

@@ -36,7 +36,7 @@ struct SamplingParams {
   int min_new_tokens = 0;
   float temperature = 1.0f;  // 0 = greedy
   float top_p = 1.0f;
-  int top_k = -1;            // -1 = off
+  int top_k = -1;  // -1 = off
   float min_p = 0.0f;
   float repetition_penalty = 1.0f;
   float frequency_penalty = 0.0f;
@@ -132,7 +132,7 @@ struct ScoreRequest {
 
 struct ScoreOutput {
   std::string rid;
-  std::vector<float> logprobs;  // one per completion token
+  std::vector<float> logprobs;                                   // one per completion token
   std::vector<std::vector<std::pair<int, float>>> top_logprobs;  // when top_logprobs_num > 0
   int64_t weight_version = 0;
 };
@@ -160,8 +160,8 @@ struct GenerateCall {
 struct StreamChunk {
   std::string rid;
   int index = 0;
-  std::string text;                 // new text only
-  std::vector<int> output_ids;      // new ids only
+  std::string text;                                 // new text only
+  std::vector<int> output_ids;                      // new ids only
   std::vector<TokenLogprob> output_token_logprobs;  // for the new ids, when return_logprob
 };
 // op "generate.reply": every sample of every request of the call, once all have finished.
@@ -221,7 +221,7 @@ struct ModelInfoReply {
   int pad_token_id = -1;
   int64_t weight_version = 0;
   std::string model_path;
-  std::string compute = "f32";  // the engine's matmul mode: f32 | bf16
+  std::string compute = "f32";               // the engine's matmul mode: f32 | bf16
   std::vector<std::string> weights_roots{};  // folders a disk update may read (--weights-root)
 };
 
@@ -267,14 +267,14 @@ struct SimpleReply {  // replies that carry only an acknowledgement and one opti
 // trainer rank), ipc (a POSIX shared-memory segment named shm_name), disk (a checkpoint folder).
 struct UpdateWeightsCall {
   uint64_t req_id = 0;
-  int64_t version = 0;          // must be greater than the serving version
-  WeightPath path = WeightPath::ipc;  // on the wire: "broadcast" | "ipc" | "disk"
-  std::vector<TensorMeta> tensors;  // broadcast / ipc: what arrives, in transfer order
+  int64_t version = 0;                               // must be greater than the serving version
+  WeightPath path = WeightPath::ipc;                 // on the wire: "broadcast" | "ipc" | "disk"
+  std::vector<TensorMeta> tensors;                   // broadcast / ipc: what arrives, in transfer order
   InFlightPolicy in_flight = InFlightPolicy::drain;  // on the wire: "drain" | "abort" | "continue" | "recompute"
   bool flush_cache = false;
-  std::string shm_name;         // ipc
-  uint64_t shm_bytes = 0;       // ipc: bytes of the transfer (the segment may be larger)
-  uint64_t shm_offset = 0;      // ipc: where the transfer starts in the segment (a multiple of 64)
+  std::string shm_name;     // ipc
+  uint64_t shm_bytes = 0;   // ipc: bytes of the transfer (the segment may be larger)
+  uint64_t shm_offset = 0;  // ipc: where the transfer starts in the segment (a multiple of 64)
   // ipc: the trainer is still writing the segment (comm/shm_stream.h): its header says how far it
   // got and carries the checksums (TensorMeta::checksum is not used); the engine verifies behind it.
   bool shm_stream = false;
@@ -290,9 +290,9 @@ struct UpdateWeightsCall {
   // (header, then the transfer at shm_offset) starts at address pull_addr.
   int64_t pull_pid = 0;
   uint64_t pull_addr = 0;
-  std::string disk_path;        // disk
+  std::string disk_path;                       // disk
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
-  int root = 0;                 // broadcast: the sender's rank in the broadcast group (below)
+  int root = 0;                                // broadcast: the sender's rank in the broadcast group (below)
   // broadcast: the group the bytes go over. Epoch 0: the whole weight group (trainer + every serve
   // rank). After engines died, the trainer re-forms it over the survivors under a new epoch:
   // group_ranks lists the members (ranks of the weight group, increasing), and only they take part
@@ -302,11 +302,11 @@ struct UpdateWeightsCall {
 };
 struct UpdateWeightsReply {
   uint64_t req_id = 0;
-  int64_t version = 0;     // now serving
-  uint64_t bytes = 0;      // bytes received and verified
-  double stage_seconds = 0;   // receive + verify
-  double commit_seconds = 0;  // waiting for the step boundary (drain: the running batch) + swap
-  int zero_copy_tensors = 0;  // tensors served in place from the transfer buffer
+  int64_t version = 0;                  // now serving
+  uint64_t bytes = 0;                   // bytes received and verified
+  double stage_seconds = 0;             // receive + verify
+  double commit_seconds = 0;            // waiting for the step boundary (drain: the running batch) + swap
+  int zero_copy_tensors = 0;            // tensors served in place from the transfer buffer
   std::vector<std::string> shm_in_use;  // ipc: kept segments the serving weights still point into
 };
 
@@ -321,7 +321,7 @@ struct WeightVersionReply {
 // op "get_weights_checksum" {req_id, names?} -> "get_weights_checksum.reply"
 struct TensorChecksum {
   std::string name;
-  std::string dtype;   // as served (matrices keep f32/bf16; norms and biases are f32)
+  std::string dtype;      // as served (matrices keep f32/bf16; norms and biases are f32)
   uint64_t checksum = 0;  // checksum64 of the served bytes
   int tp_rank = 0;        // tensor parallelism: the rank whose shard this is (model/tp.h)
 };
@@ -368,9 +368,9 @@ struct EngineState {
   int in_flight_samples = 0;
   int waiting = 0, running = 0;  // its last get_load
   int64_t weight_version = 0;    // its last health reply
-  int rerouted = 0;       // requests moved to other engines when it stopped answering
-  int finished = 0;       // requests (or re-routed samples) it completed for the router
-  int sessions = 0;       // sessions open on it through the router
+  int rerouted = 0;              // requests moved to other engines when it stopped answering
+  int finished = 0;              // requests (or re-routed samples) it completed for the router
+  int sessions = 0;              // sessions open on it through the router
 };
 // op "get_engines" {req_id} -> "get_engines.reply" {req_id, engines: [EngineState]}
 struct EnginesReply {

@@ -3,10 +3,10 @@
 #include "comm/mpi_group.h"
 
 #include <mpi.h>
-#include <sys/mman.h>
 #include <pthread.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <emmintrin.h>
@@ -15,20 +15,19 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <cstdlib>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <memory>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
-
 
 #include "comm/host_pages.h"
 #include "comm/mpi_group_internal.h"
@@ -65,9 +64,7 @@ struct SegmentPlan {
   size_t segment = std::min({bucket, kSegmentBytes, (bytes + 63) / 64 * 64});
   size_t per_bucket = (bucket + segment - 1) / segment;
   size_t buckets() const { return (bytes + bucket - 1) / bucket; }
-  size_t segments_in(size_t b) const {
-    return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment;
-  }
+  size_t segments_in(size_t b) const { return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment; }
   size_t count() const { return (buckets() - 1) * per_bucket + segments_in(buckets() - 1); }
   size_t bucket_of(size_t s) const { return s / per_bucket; }
   // Where segment s lands in a ring of kRingSlots slots.
@@ -137,8 +134,14 @@ class SegmentBroadcaster {
  public:
   SegmentBroadcaster(MPI_Comm comm, char* data, char* ring, SegmentPlan plan, int root, bool is_root,
                      milliseconds timeout, PipelineState& st)
-      : comm_(comm), data_(data), ring_(ring), plan_(plan), root_(root), timeout_(timeout),
-        st_(st), window_(plan.window()),
+      : comm_(comm),
+        data_(data),
+        ring_(ring),
+        plan_(plan),
+        root_(root),
+        timeout_(timeout),
+        st_(st),
+        window_(plan.window()),
         root_poll_(is_root ? root_poll_interval(window_ * plan.segment) : std::chrono::microseconds(0)) {}
 
   // The root of bcast_buckets_from: segments come from `source`, assembled (when they must be) in
@@ -203,8 +206,8 @@ class SegmentBroadcaster {
     char* at = plan_.ring ? plan_.slot(ring_, posted_) : data_ + plan_.offset(posted_);
     const auto t0 = Clock::now();
     if (source_)  // MPI reads the root's buffer only
-      at = const_cast<char*>((*source_)(plan_.offset(posted_), plan_.length(posted_),
-                                         scratch_ + (posted_ % window_) * plan_.segment));
+      at = const_cast<char*>(
+          (*source_)(plan_.offset(posted_), plan_.length(posted_), scratch_ + (posted_ % window_) * plan_.segment));
     int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
     post_s_ += seconds_since(t0);
     if (rc != MPI_SUCCESS) {
@@ -440,7 +443,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
 }
 
 Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root, size_t bucket_bytes,
-                                   milliseconds timeout) {
+                                    milliseconds timeout) {
   ZR_RETURN_IF_ERROR(usable("bcast_buckets_from"));
   if (root != impl_->rank)
     return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: rank " + std::to_string(impl_->rank) +
@@ -496,7 +499,8 @@ std::string MpiGroup::receive_ring_pages() const {
 Status MpiGroup::bcast_blocking(void* data, size_t bytes, int root) {
   ZR_RETURN_IF_ERROR(usable("bcast_blocking"));
   if (root < 0 || root >= impl_->size)
-    return make_error(ErrorCode::invalid_argument, "bcast_blocking: root " + std::to_string(root) + " not in the group");
+    return make_error(ErrorCode::invalid_argument,
+                      "bcast_blocking: root " + std::to_string(root) + " not in the group");
   constexpr size_t kPiece = size_t{1} << 30;  // MPI counts are int
   auto* p = static_cast<char*>(data);
   for (size_t off = 0; off < bytes; off += kPiece) {

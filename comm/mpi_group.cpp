@@ -4,10 +4,10 @@
 #include "comm/mpi_group.h"
 
 #include <mpi.h>
-#include <sys/mman.h>
 #include <pthread.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <emmintrin.h>
@@ -16,19 +16,18 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <cstdlib>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <memory>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
-
 
 #include "comm/mpi_group_internal.h"
 
@@ -169,13 +168,14 @@ void finalize_with_deadline() {
 MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
-  g.survivors.reset();  // a sub-group of this one: freed first
+  g.survivors.reset();                             // a sub-group of this one: freed first
   if (!g.pending.empty()) (void)g.ring.release();  // undrained receives may still write into it
   if (!g.is_world) {
     if (g.comm == MPI_COMM_NULL) return;
     if (g.pending.empty()) MPI_Comm_free(&g.comm);
-    else spdlog::warn("MpiGroup: leaking a communicator with {} undrained broadcasts ({})", g.pending.size(),
-                      g.poison_reason);
+    else
+      spdlog::warn("MpiGroup: leaking a communicator with {} undrained broadcasts ({})", g.pending.size(),
+                   g.poison_reason);
     return;
   }
   if (!g.pending.empty())
@@ -201,10 +201,14 @@ const std::string& MpiGroup::poison_reason() const {
 
 const char* MpiGroup::thread_level_name(ThreadLevel level) {
   switch (level) {
-    case ThreadLevel::single: return "MPI_THREAD_SINGLE";
-    case ThreadLevel::funneled: return "MPI_THREAD_FUNNELED";
-    case ThreadLevel::serialized: return "MPI_THREAD_SERIALIZED";
-    case ThreadLevel::multiple: return "MPI_THREAD_MULTIPLE";
+    case ThreadLevel::single:
+      return "MPI_THREAD_SINGLE";
+    case ThreadLevel::funneled:
+      return "MPI_THREAD_FUNNELED";
+    case ThreadLevel::serialized:
+      return "MPI_THREAD_SERIALIZED";
+    case ThreadLevel::multiple:
+      return "MPI_THREAD_MULTIPLE";
   }
   return "?";
 }
@@ -220,8 +224,8 @@ Status MpiGroup::usable(const char* what) const {
 Result<MpiGroup> MpiGroup::split(int color, int key) {
   ZR_RETURN_IF_ERROR(usable("split"));
   MPI_Comm comm = MPI_COMM_NULL;
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Comm_split(impl_->comm, color < 0 ? MPI_UNDEFINED : color, key, &comm),
-                                "MPI_Comm_split"));
+  ZR_RETURN_IF_ERROR(
+      mpi_status(MPI_Comm_split(impl_->comm, color < 0 ? MPI_UNDEFINED : color, key, &comm), "MPI_Comm_split"));
   auto impl = std::make_unique<Impl>();
   impl->level = impl_->level;
   impl->world_rank = impl_->world_rank;
@@ -248,12 +252,13 @@ Result<std::vector<std::string>> MpiGroup::allgather_strings(const std::string& 
     if (total > INT_MAX) return make_error(ErrorCode::invalid_argument, "allgather_strings: over 2 GiB in total");
   }
   std::string all(static_cast<size_t>(total), '\0');
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(),
-                                               MPI_CHAR, impl_->comm),
-                                "MPI_Allgatherv"));
+  ZR_RETURN_IF_ERROR(mpi_status(
+      MPI_Allgatherv(local.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, impl_->comm),
+      "MPI_Allgatherv"));
   std::vector<std::string> out;
   out.reserve(lens.size());
-  for (size_t i = 0; i < lens.size(); ++i) out.emplace_back(all, static_cast<size_t>(displs[i]), static_cast<size_t>(lens[i]));
+  for (size_t i = 0; i < lens.size(); ++i)
+    out.emplace_back(all, static_cast<size_t>(displs[i]), static_cast<size_t>(lens[i]));
   return out;
 }
 
@@ -267,8 +272,8 @@ Status MpiGroup::allreduce_sum(float* data, size_t n) {
   constexpr size_t kChunk = size_t{1} << 30;  // MPI counts are int
   for (size_t off = 0; off < n; off += kChunk) {
     int count = static_cast<int>(std::min(kChunk, n - off));
-    ZR_RETURN_IF_ERROR(mpi_status(MPI_Allreduce(MPI_IN_PLACE, data + off, count, MPI_FLOAT, MPI_SUM, impl_->comm),
-                                  "MPI_Allreduce"));
+    ZR_RETURN_IF_ERROR(
+        mpi_status(MPI_Allreduce(MPI_IN_PLACE, data + off, count, MPI_FLOAT, MPI_SUM, impl_->comm), "MPI_Allreduce"));
   }
   return Status::ok_status();
 }
@@ -319,7 +324,8 @@ Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::mic
                                   const std::function<bool()>& still_wanted) {
   ZR_RETURN_IF_ERROR(usable("bcast_small_idle"));
   if (root < 0 || root >= impl_->size)
-    return make_error(ErrorCode::invalid_argument, "bcast_small_idle: root " + std::to_string(root) + " not in the group");
+    return make_error(ErrorCode::invalid_argument,
+                      "bcast_small_idle: root " + std::to_string(root) + " not in the group");
   unsigned long long len = value.size();
   MPI_Request req;
   ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&len, 1, MPI_UNSIGNED_LONG_LONG, root, impl_->comm, &req), "MPI_Ibcast"));
@@ -350,12 +356,11 @@ Status MpiGroup::bcast_small_idle(std::string& value, int root, std::chrono::mic
   }
   if (len > INT_MAX) return make_error(ErrorCode::invalid_argument, "bcast_small_idle: value over 2 GiB");
   value.resize(static_cast<size_t>(len));
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm, &req),
-                                "MPI_Ibcast"));
+  ZR_RETURN_IF_ERROR(
+      mpi_status(MPI_Ibcast(value.data(), static_cast<int>(len), MPI_CHAR, root, impl_->comm, &req), "MPI_Ibcast"));
   // The value is small, but a root cannot finish sending it to a dead rank either.
   return wait_or_abandon(req, still_wanted, *impl_, "MPI_Ibcast");
 }
-
 
 Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out, const std::function<bool()>& still_wanted) {
   ZR_RETURN_IF_ERROR(usable("allgather_bytes"));
@@ -363,9 +368,9 @@ Status MpiGroup::allgather_bytes(const void* in, size_t bytes, void* out, const 
   // Always the nonblocking form, also without still_wanted: a nonblocking collective never matches
   // a blocking one, and some ranks of a group pass still_wanted while others do not.
   MPI_Request req;
-  ZR_RETURN_IF_ERROR(mpi_status(MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes),
-                                               MPI_BYTE, impl_->comm, &req),
-                                "MPI_Iallgather"));
+  ZR_RETURN_IF_ERROR(mpi_status(
+      MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE, impl_->comm, &req),
+      "MPI_Iallgather"));
   return wait_or_abandon(req, still_wanted, *impl_, "MPI_Iallgather");
 }
 

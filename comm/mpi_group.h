@@ -61,10 +61,10 @@ class MpiGroup {
   MpiGroup& operator=(const MpiGroup&) = delete;
   ~MpiGroup();
 
-  bool valid() const;      // false for a moved-from group or a kNoColor split result
-  int rank() const;        // in this group (-1 if !valid())
-  int size() const;        // of this group (0 if !valid())
-  int world_rank() const;  // this process in MPI_COMM_WORLD
+  bool valid() const;                // false for a moved-from group or a kNoColor split result
+  int rank() const;                  // in this group (-1 if !valid())
+  int size() const;                  // of this group (0 if !valid())
+  int world_rank() const;            // this process in MPI_COMM_WORLD
   ThreadLevel thread_level() const;  // what MPI provided
   static const char* thread_level_name(ThreadLevel level);
 
@@ -210,9 +210,8 @@ class MpiGroup {
   // source (the root of bcast_buckets_from): where segment (offset, length) is, given a scratch
   // slot of one segment to assemble it in; data is null then.
   using SegmentSource = std::function<const char*(size_t offset, size_t length, char* scratch)>;
-  Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes,
-                             std::chrono::milliseconds timeout, const SegmentCallback& on_segment,
-                             const SegmentSource& source = {});
+  Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, std::chrono::milliseconds timeout,
+                             const SegmentCallback& on_segment, const SegmentSource& source = {});
 
   std::unique_ptr<Impl> impl_;
 };

@@ -29,7 +29,7 @@ struct MpiGroup::Impl {
   bool poisoned = false;
   std::string poison_reason;
   std::vector<MPI_Request> pending;  // broadcasts posted by a failed bcast_buckets, not completed
-  std::vector<char> on_this_host;  // by rank: shares this process's host (MPI_COMM_TYPE_SHARED)
+  std::vector<char> on_this_host;    // by rank: shares this process's host (MPI_COMM_TYPE_SHARED)
   ReceiveMode receive_mode = ReceiveMode::automatic;
   // bcast_buckets' receive ring (see SegmentPlan); pending broadcasts may still write into it.
   std::unique_ptr<char, void (*)(void*)> ring{nullptr, std::free};

@@ -89,19 +89,21 @@ Result<MpiGroup*> MpiGroup::survivors(uint64_t epoch, const std::vector<int>& me
   if (epoch == g.survivors_epoch && g.survivors) {
     if (members != g.survivor_members)
       return make_error(ErrorCode::invalid_argument, "group_ranks: epoch " + std::to_string(epoch) + " was " +
-                                                         ranks_text(g.survivor_members) + ", now " + ranks_text(members));
+                                                         ranks_text(g.survivor_members) + ", now " +
+                                                         ranks_text(members));
     return g.survivors.get();
   }
   if (epoch < g.survivors_epoch)
-    return make_error(ErrorCode::invalid_argument, "group_epoch: " + std::to_string(epoch) + " is older than " +
-                                                       std::to_string(g.survivors_epoch));
+    return make_error(ErrorCode::invalid_argument,
+                      "group_epoch: " + std::to_string(epoch) + " is older than " + std::to_string(g.survivors_epoch));
   for (size_t i = 0; i < members.size(); ++i)
     if (members[i] < 0 || members[i] >= g.size || (i > 0 && members[i] <= members[i - 1]))
-      return make_error(ErrorCode::invalid_argument, "group_ranks: " + ranks_text(members) + " are not increasing ranks of a group of " +
-                                                         std::to_string(g.size));
+      return make_error(
+          ErrorCode::invalid_argument,
+          "group_ranks: " + ranks_text(members) + " are not increasing ranks of a group of " + std::to_string(g.size));
   if (!std::binary_search(members.begin(), members.end(), g.rank))
-    return make_error(ErrorCode::invalid_argument, "group_ranks: " + ranks_text(members) + " leave out this rank (" +
-                                                       std::to_string(g.rank) + ")");
+    return make_error(ErrorCode::invalid_argument,
+                      "group_ranks: " + ranks_text(members) + " leave out this rank (" + std::to_string(g.rank) + ")");
   g.survivors.reset();  // the previous epoch's group: nobody broadcasts on it any more
   auto c = std::make_shared<Creation>();
   // MPI tags are at least 0..32767; epochs wrap (two creations in flight at once never share one).
@@ -113,8 +115,8 @@ Result<MpiGroup*> MpiGroup::survivors(uint64_t epoch, const std::vector<int>& me
   }
   std::unique_lock lock(c->m);
   if (!c->cv.wait_for(lock, timeout, [&] { return c->done; }))
-    return make_error(ErrorCode::timeout, "re-forming the broadcast group (epoch " + std::to_string(epoch) + ", ranks " +
-                                              ranks_text(members) + "): not every member entered within " +
+    return make_error(ErrorCode::timeout, "re-forming the broadcast group (epoch " + std::to_string(epoch) +
+                                              ", ranks " + ranks_text(members) + "): not every member entered within " +
                                               std::to_string(timeout.count()) + " ms (did one die meanwhile?)");
   ZR_RETURN_IF_ERROR(mpi_status(c->rc, "MPI_Comm_create_group"));
   auto impl = std::make_unique<Impl>();

@@ -4,8 +4,8 @@
 // hot path costs two getrusage calls and nothing else.
 #pragma once
 
-#include <sys/resource.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -32,10 +32,11 @@ class PhaseProbe {
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0_).count();
     rusage ru{};
     getrusage(RUSAGE_THREAD, &ru);
-    const double cpu = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3 - cpu0_;
+    const double cpu =
+        (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3 - cpu0_;
     const double sys = ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3 - sys0_;
-    spdlog::warn("phase {}: {:.1f} ms, cpu {:.1f} ms (sys {:.1f}), {} minor faults, {} invol. switches", what_, ms, cpu, sys,
-                 ru.ru_minflt - f0_, ru.ru_nivcsw - ivcsw0_);
+    spdlog::warn("phase {}: {:.1f} ms, cpu {:.1f} ms (sys {:.1f}), {} minor faults, {} invol. switches", what_, ms, cpu,
+                 sys, ru.ru_minflt - f0_, ru.ru_nivcsw - ivcsw0_);
   }
   PhaseProbe(const PhaseProbe&) = delete;
   PhaseProbe& operator=(const PhaseProbe&) = delete;
@@ -58,7 +59,8 @@ class PhaseProbe {
 
 inline void phase_mark(const char* what) {
   if (!PhaseProbe::enabled()) return;
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
   spdlog::warn("phase mark {} at {:.3f} ms", what, ms);
 }
 

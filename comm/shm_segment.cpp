@@ -74,7 +74,7 @@ Result<ShmSegment> ShmSegment::open(const std::string& name, size_t bytes, bool 
   int fd = ::shm_open(name.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
   if (fd < 0) {
     int err = errno;
-    ErrorCode code = err == ENOENT ? ErrorCode::not_found
+    ErrorCode code = err == ENOENT   ? ErrorCode::not_found
                      : err == EACCES ? ErrorCode::unavailable
                                      : ErrorCode::io_error;
     return make_error(code, "shm_open(" + name + "): " + errno_text(err));
@@ -86,7 +86,8 @@ Result<ShmSegment> ShmSegment::open(const std::string& name, size_t bytes, bool 
   if (bytes == 0) bytes = have;
   if (bytes == 0 || have < bytes)
     return make_error(ErrorCode::io_error, "shm segment " + name + " holds " + std::to_string(have) +
-                                               " bytes, expected at least " + std::to_string(std::max<size_t>(bytes, 1)));
+                                               " bytes, expected at least " +
+                                               std::to_string(std::max<size_t>(bytes, 1)));
   int prot = read_only ? PROT_READ : PROT_READ | PROT_WRITE;
   void* addr = ::mmap(nullptr, bytes, prot, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0);
   if (addr == MAP_FAILED) return make_error(ErrorCode::io_error, "mmap(" + name + "): " + errno_text(errno));

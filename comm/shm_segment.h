@@ -38,8 +38,7 @@ class ShmSegment {
   // whole segment; otherwise the segment must hold at least `bytes` bytes (io_error if smaller).
   // populate pre-faults the mapping (MAP_POPULATE): a slower open, a faster first read.
   // Errors: not_found (no such name), unavailable (permission denied), io_error (other).
-  static Result<ShmSegment> open(const std::string& name, size_t bytes, bool read_only,
-                                 bool populate = true);
+  static Result<ShmSegment> open(const std::string& name, size_t bytes, bool read_only, bool populate = true);
 
   ShmSegment(ShmSegment&& other) noexcept;
   ShmSegment& operator=(ShmSegment&& other) noexcept;

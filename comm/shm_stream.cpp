@@ -12,8 +12,8 @@ namespace zr {
 namespace {
 
 constexpr uint64_t kVersionAt = 0, kWrittenAt = 8, kChecksumsAt = 64;
-constexpr uint64_t kPiece = uint64_t{1} << 20;      // between two looks at the publish step
-constexpr uint64_t kPublish = uint64_t{4} << 20;    // readers are told about progress this often
+constexpr uint64_t kPiece = uint64_t{1} << 20;    // between two looks at the publish step
+constexpr uint64_t kPublish = uint64_t{4} << 20;  // readers are told about progress this often
 
 // The header word at byte `at`, accessed atomically (readers map the segment read-only and only load).
 std::atomic_ref<uint64_t> word(const uint8_t* seg, uint64_t at) {
@@ -82,6 +82,8 @@ Status ShmStreamReader::wait_for(uint64_t end) {
   }
 }
 
-uint64_t ShmStreamReader::checksum(size_t i) const { return word(seg_, kChecksumsAt + 8 * i).load(std::memory_order_relaxed); }
+uint64_t ShmStreamReader::checksum(size_t i) const {
+  return word(seg_, kChecksumsAt + 8 * i).load(std::memory_order_relaxed);
+}
 
 }  // namespace zr

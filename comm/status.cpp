@@ -6,10 +6,22 @@ namespace zr {
 
 namespace {
 constexpr std::array<const char*, 17> kNames = {
-    "ok",          "bad_message",     "unknown_op",        "invalid_argument",
-    "out_of_range", "too_long",       "duplicate_rid",     "not_found",
-    "unsupported", "weight_mismatch", "checksum_mismatch", "io_error",
-    "unavailable", "timeout",         "aborted",           "internal",
+    "ok",
+    "bad_message",
+    "unknown_op",
+    "invalid_argument",
+    "out_of_range",
+    "too_long",
+    "duplicate_rid",
+    "not_found",
+    "unsupported",
+    "weight_mismatch",
+    "checksum_mismatch",
+    "io_error",
+    "unavailable",
+    "timeout",
+    "aborted",
+    "internal",
     "permission_denied",
 };
 }  // namespace
@@ -31,8 +43,7 @@ std::string Status::to_string() const {
 }
 
 void check_failed(const char* expr, const char* file, int line, const std::string& msg) {
-  std::fprintf(stderr, "ZR_CHECK failed: %s at %s:%d%s%s\n", expr, file, line, msg.empty() ? "" : ": ",
-               msg.c_str());
+  std::fprintf(stderr, "ZR_CHECK failed: %s at %s:%d%s%s\n", expr, file, line, msg.empty() ? "" : ": ", msg.c_str());
   std::fflush(stderr);
   std::abort();
 }

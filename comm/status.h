@@ -16,18 +16,18 @@ namespace zr {
 // Stable wire codes: docs/protocol.md lists them. Append only.
 enum class ErrorCode {
   ok = 0,
-  bad_message,      // undecodable frame or msgpack
-  unknown_op,       // message type not in the dispatch table
-  invalid_argument, // wrong type, unknown field, impossible value
-  out_of_range,     // token id outside the vocabulary
-  too_long,         // prompt (plus min_new_tokens) over the context length
-  duplicate_rid,    // rid already in flight
-  not_found,        // missing file / rid / session
-  unsupported,      // architecture, dtype, feature this build does not have
-  weight_mismatch,  // tensor name, shape or dtype does not match the model
+  bad_message,       // undecodable frame or msgpack
+  unknown_op,        // message type not in the dispatch table
+  invalid_argument,  // wrong type, unknown field, impossible value
+  out_of_range,      // token id outside the vocabulary
+  too_long,          // prompt (plus min_new_tokens) over the context length
+  duplicate_rid,     // rid already in flight
+  not_found,         // missing file / rid / session
+  unsupported,       // architecture, dtype, feature this build does not have
+  weight_mismatch,   // tensor name, shape or dtype does not match the model
   checksum_mismatch,
-  io_error,         // truncated or unreadable file
-  unavailable,      // memory released, engine shutting down
+  io_error,     // truncated or unreadable file
+  unavailable,  // memory released, engine shutting down
   timeout,
   aborted,
   internal,
@@ -52,8 +52,8 @@ inline Status make_error(ErrorCode code, std::string message) { return Status{co
 template <class T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}           // NOLINT(implicit)
-  Result(Status error) : v_(std::move(error)) {}      // NOLINT(implicit)
+  Result(T value) : v_(std::move(value)) {}       // NOLINT(implicit)
+  Result(Status error) : v_(std::move(error)) {}  // NOLINT(implicit)
   bool ok() const { return v_.index() == 0; }
   T& value() & { return std::get<0>(v_); }
   const T& value() const& { return std::get<0>(v_); }
@@ -75,17 +75,17 @@ class Result {
 
 }  // namespace zr
 
-#define ZR_CHECK(cond)                                                     \
-  do {                                                                     \
-    if (!(cond)) ::zr::check_failed(#cond, __FILE__, __LINE__, {});       \
+#define ZR_CHECK(cond)                                              \
+  do {                                                              \
+    if (!(cond)) ::zr::check_failed(#cond, __FILE__, __LINE__, {}); \
   } while (0)
-#define ZR_CHECK_MSG(cond, msg)                                            \
-  do {                                                                     \
-    if (!(cond)) ::zr::check_failed(#cond, __FILE__, __LINE__, (msg));    \
+#define ZR_CHECK_MSG(cond, msg)                                        \
+  do {                                                                 \
+    if (!(cond)) ::zr::check_failed(#cond, __FILE__, __LINE__, (msg)); \
   } while (0)
 // Propagate an error Status from an expression returning Status.
-#define ZR_RETURN_IF_ERROR(expr)              \
-  do {                                        \
-    ::zr::Status zr_st_ = (expr);             \
-    if (!zr_st_.ok()) return zr_st_;          \
+#define ZR_RETURN_IF_ERROR(expr)     \
+  do {                               \
+    ::zr::Status zr_st_ = (expr);    \
+    if (!zr_st_.ok()) return zr_st_; \
   } while (0)

@@ -36,9 +36,15 @@ class BudgetVisitor : public msgpack::null_visitor {
   bool visit_bin(const char*, uint32_t size) { return count(1 + size / 4); }
   bool visit_ext(const char*, uint32_t) { return stop("msgpack ext values are not accepted"); }
   bool start_array(uint32_t) { return count(1) && enter(); }
-  bool end_array() { --depth_; return true; }
+  bool end_array() {
+    --depth_;
+    return true;
+  }
   bool start_map(uint32_t) { return count(1) && enter(); }
-  bool end_map() { --depth_; return true; }
+  bool end_map() {
+    --depth_;
+    return true;
+  }
   void parse_error(size_t, size_t at) { error_ = "malformed msgpack at byte " + std::to_string(at); }
   void insufficient_bytes(size_t, size_t) { error_ = "truncated msgpack"; }
   const std::string& error() const { return error_; }
@@ -98,8 +104,7 @@ bool valid_utf8(std::string_view s) {
 }
 
 Status ids_from_bin(const msgpack::object_bin& b, const Path& path, json& out) {
-  if (!path.is_id_field())
-    return field_error(path.str(), "bin is only accepted for input_ids and completion_ids");
+  if (!path.is_id_field()) return field_error(path.str(), "bin is only accepted for input_ids and completion_ids");
   if (b.size % 4 != 0)
     return field_error(path.str(), "bin of " + std::to_string(b.size) + " bytes is not a whole number of int32");
   json::array_t ids;
@@ -132,19 +137,30 @@ Status convert_map(const msgpack::object_map& m, const Path& path, json& out) {
 
 Status convert(const msgpack::object& o, const Path& path, json& out) {
   switch (o.type) {
-    case msgpack::type::NIL: out = nullptr; return {};
-    case msgpack::type::BOOLEAN: out = o.via.boolean; return {};
-    case msgpack::type::POSITIVE_INTEGER: out = static_cast<uint64_t>(o.via.u64); return {};
-    case msgpack::type::NEGATIVE_INTEGER: out = static_cast<int64_t>(o.via.i64); return {};
+    case msgpack::type::NIL:
+      out = nullptr;
+      return {};
+    case msgpack::type::BOOLEAN:
+      out = o.via.boolean;
+      return {};
+    case msgpack::type::POSITIVE_INTEGER:
+      out = static_cast<uint64_t>(o.via.u64);
+      return {};
+    case msgpack::type::NEGATIVE_INTEGER:
+      out = static_cast<int64_t>(o.via.i64);
+      return {};
     case msgpack::type::FLOAT32:
-    case msgpack::type::FLOAT64: out = o.via.f64; return {};
+    case msgpack::type::FLOAT64:
+      out = o.via.f64;
+      return {};
     case msgpack::type::STR: {
       std::string_view s(o.via.str.ptr, o.via.str.size);
       if (!valid_utf8(s)) return bad_message(path.str(), "string is not valid UTF-8");
       out = std::string(s);
       return {};
     }
-    case msgpack::type::BIN: return ids_from_bin(o.via.bin, path, out);
+    case msgpack::type::BIN:
+      return ids_from_bin(o.via.bin, path, out);
     case msgpack::type::ARRAY: {
       json::array_t a(o.via.array.size);
       for (uint32_t i = 0; i < o.via.array.size; ++i)
@@ -152,8 +168,10 @@ Status convert(const msgpack::object& o, const Path& path, json& out) {
       out = std::move(a);
       return {};
     }
-    case msgpack::type::MAP: return convert_map(o.via.map, path, out);
-    default: return bad_message(path.str(), "msgpack ext values are not accepted");
+    case msgpack::type::MAP:
+      return convert_map(o.via.map, path, out);
+    default:
+      return bad_message(path.str(), "msgpack ext values are not accepted");
   }
 }
 
@@ -169,10 +187,18 @@ void pack_float64(msgpack::sbuffer& buf, double d) {
 
 void pack_value(msgpack::sbuffer& buf, msgpack::packer<msgpack::sbuffer>& pk, const json& v) {
   switch (v.type()) {
-    case json::value_t::boolean: v.get<bool>() ? pk.pack_true() : pk.pack_false(); break;
-    case json::value_t::number_integer: pk.pack_int64(v.get<int64_t>()); break;
-    case json::value_t::number_unsigned: pk.pack_uint64(v.get<uint64_t>()); break;
-    case json::value_t::number_float: pack_float64(buf, v.get<double>()); break;
+    case json::value_t::boolean:
+      v.get<bool>() ? pk.pack_true() : pk.pack_false();
+      break;
+    case json::value_t::number_integer:
+      pk.pack_int64(v.get<int64_t>());
+      break;
+    case json::value_t::number_unsigned:
+      pk.pack_uint64(v.get<uint64_t>());
+      break;
+    case json::value_t::number_float:
+      pack_float64(buf, v.get<double>());
+      break;
     case json::value_t::string: {
       const auto& s = v.get_ref<const std::string&>();
       pk.pack_str(static_cast<uint32_t>(s.size())).pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
@@ -191,11 +217,14 @@ void pack_value(msgpack::sbuffer& buf, msgpack::packer<msgpack::sbuffer>& pk, co
     case json::value_t::object:
       pk.pack_map(static_cast<uint32_t>(v.size()));
       for (auto it = v.begin(); it != v.end(); ++it) {
-        pk.pack_str(static_cast<uint32_t>(it.key().size())).pack_str_body(it.key().data(), static_cast<uint32_t>(it.key().size()));
+        pk.pack_str(static_cast<uint32_t>(it.key().size()))
+            .pack_str_body(it.key().data(), static_cast<uint32_t>(it.key().size()));
         pack_value(buf, pk, it.value());
       }
       break;
-    default: pk.pack_nil(); break;
+    default:
+      pk.pack_nil();
+      break;
   }
 }
 
@@ -209,7 +238,8 @@ namespace {
 // converted: `out` references `bytes`.
 Status parse_map(std::string_view bytes, const BodyLimits& limits, msgpack::object_handle& out) {
   if (bytes.size() > limits.max_bytes)
-    return bad_message("body", std::to_string(bytes.size()) + " bytes, over the limit of " + std::to_string(limits.max_bytes));
+    return bad_message("body",
+                       std::to_string(bytes.size()) + " bytes, over the limit of " + std::to_string(limits.max_bytes));
   if (bytes.empty()) return bad_message("body", "empty, expected a msgpack map");
   BudgetVisitor budget(limits);
   size_t off = 0;
@@ -272,8 +302,7 @@ uint64_t peek_req_id(std::string_view bytes) {
       if (kv.key.type == msgpack::type::STR && std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "req_id")
         return kv.val.type == msgpack::type::POSITIVE_INTEGER ? kv.val.via.u64 : 0;
     }
-  } catch (const std::exception&) {
-  }
+  } catch (const std::exception&) {}
   return 0;
 }
 
@@ -327,8 +356,12 @@ json ids_json(const std::vector<int>& ids, const EncodeOptions& opt) {
 json sampling_json(const SamplingParams& p) {
   const SamplingParams d;
   json j = json::object();
-  auto put_int = [&](const char* k, int v, int dv) { if (v != dv) j[k] = v; };
-  auto put_float = [&](const char* k, float v, float dv) { if (v != dv) j[k] = json_float(v); };
+  auto put_int = [&](const char* k, int v, int dv) {
+    if (v != dv) j[k] = v;
+  };
+  auto put_float = [&](const char* k, float v, float dv) {
+    if (v != dv) j[k] = json_float(v);
+  };
   put_int("max_new_tokens", p.max_new_tokens, d.max_new_tokens);
   put_int("min_new_tokens", p.min_new_tokens, d.min_new_tokens);
   put_float("temperature", p.temperature, d.temperature);
@@ -358,7 +391,8 @@ json processors_json(const LogitProcessors& lp) {
   if (lp.allowed_token_ids) j["allowed_token_ids"] = *lp.allowed_token_ids;
   if (!lp.disallowed_token_ids.empty()) j["disallowed_token_ids"] = lp.disallowed_token_ids;
   if (const auto& t = lp.temperature_schedule)
-    j["temperature_schedule"] = {{"initial", json_float(t->initial)}, {"final", json_float(t->final)}, {"warmup_tokens", t->warmup_tokens}};
+    j["temperature_schedule"] = {
+        {"initial", json_float(t->initial)}, {"final", json_float(t->final)}, {"warmup_tokens", t->warmup_tokens}};
   return j;
 }
 
@@ -500,7 +534,8 @@ json to_json(const GenerateRequest& r, const EncodeOptions& opt) {
 }
 
 json to_json(const ScoreRequest& r, const EncodeOptions& opt) {
-  json j = {{"rid", r.rid}, {"input_ids", ids_json(r.input_ids, opt)}, {"completion_ids", ids_json(r.completion_ids, opt)}};
+  json j = {
+      {"rid", r.rid}, {"input_ids", ids_json(r.input_ids, opt)}, {"completion_ids", ids_json(r.completion_ids, opt)}};
   if (r.temperature != 1.0f) j["temperature"] = json_float(r.temperature);
   if (r.top_logprobs_num != 0) j["top_logprobs_num"] = r.top_logprobs_num;
   return j;
@@ -528,7 +563,8 @@ json to_json(const TokenizeCall& c) {
 }
 
 json to_json(const DetokenizeCall& c, const EncodeOptions& opt) {
-  return {{"req_id", c.req_id}, {"input_ids", ids_json(c.input_ids, opt)}, {"skip_special_tokens", c.skip_special_tokens}};
+  return {
+      {"req_id", c.req_id}, {"input_ids", ids_json(c.input_ids, opt)}, {"skip_special_tokens", c.skip_special_tokens}};
 }
 
 std::string encode(const GenerateCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }

@@ -40,7 +40,7 @@ using nlohmann::json;
 // max_values * sizeof(json).
 struct BodyLimits {
   size_t max_bytes = size_t{64} << 20;
-  int max_depth = 32;               // nesting of maps and arrays; the schema needs about 6
+  int max_depth = 32;  // nesting of maps and arrays; the schema needs about 6
   size_t max_values = size_t{8} << 20;
 };
 
@@ -123,7 +123,7 @@ json to_json(const ErrorReply& r);
 // SimpleReply's wire form depends on the op it answers: "flush_cache" -> {req_id, freed_blocks},
 // "open_session" -> {req_id, session_id}, anything else -> {req_id}.
 json simple_reply_to_json(std::string_view op, const SimpleReply& r);
-json to_json(const EnginesReply& r);  // "get_engines.reply" (routers)
+json to_json(const EnginesReply& r);     // "get_engines.reply" (routers)
 json to_json(const TokenizeReply& r);    // {req_id, input_ids}
 json to_json(const DetokenizeReply& r);  // {req_id, text}
 

@@ -89,7 +89,8 @@ Status read_value(const json& v, const std::string& path, T& out) {
 class FieldReader {
  public:
   FieldReader(const json& j, std::string prefix, bool strict) : j_(j), prefix_(std::move(prefix)), strict_(strict) {
-    if (!j.is_object()) err_ = field_error(prefix_.empty() ? "body" : prefix_.substr(0, prefix_.size() - 1), "expected a map");
+    if (!j.is_object())
+      err_ = field_error(prefix_.empty() ? "body" : prefix_.substr(0, prefix_.size() - 1), "expected a map");
   }
   std::string path(const std::string& name) const { return prefix_ + name; }
   bool ok() const { return err_.ok(); }

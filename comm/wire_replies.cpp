@@ -102,7 +102,8 @@ Status read_meta_info(const json& v, const std::string& path, SampleOutput& o) {
   MetaInfo& m = o.meta_info;
   FieldReader f(v, path + ".", false);
   f.get("id", m.id);
-  if (const json* fr = f.take("finish_reason")) f.fail_status(read_finish_reason(*fr, f.path("finish_reason"), m.finish_reason));
+  if (const json* fr = f.take("finish_reason"))
+    f.fail_status(read_finish_reason(*fr, f.path("finish_reason"), m.finish_reason));
   f.get("prompt_tokens", m.prompt_tokens);
   f.get("completion_tokens", m.completion_tokens);
   f.get("cached_tokens", m.cached_tokens);
@@ -144,7 +145,8 @@ Status read_score_output(const json& j, const std::string& path, ScoreOutput& o)
   if (const json* v = f.take("logprobs")) {
     if (!v->is_array()) return field_error(f.path("logprobs"), "expected an array");
     o.logprobs.resize(v->size());
-    for (size_t i = 0; i < v->size(); ++i) ZR_RETURN_IF_ERROR(read_score_lp((*v)[i], at(f.path("logprobs"), i), o.logprobs[i]));
+    for (size_t i = 0; i < v->size(); ++i)
+      ZR_RETURN_IF_ERROR(read_score_lp((*v)[i], at(f.path("logprobs"), i), o.logprobs[i]));
   }
   if (const json* v = f.take("top_logprobs")) {
     const std::string p = f.path("top_logprobs");
@@ -196,7 +198,8 @@ json to_json(const GenerateReply& r) {
 json chunk_to_json(uint64_t req_id, const StreamChunk& c) {
   json lps = json::array();
   for (const auto& t : c.output_token_logprobs) lps.push_back(token_lp_json(t));
-  return {{"req_id", req_id}, {"rid", c.rid}, {"index", c.index}, {"text", c.text},
+  return {{"req_id", req_id},           {"rid", c.rid},
+          {"index", c.index},           {"text", c.text},
           {"output_ids", c.output_ids}, {"output_token_logprobs", std::move(lps)}};
 }
 
@@ -209,8 +212,12 @@ json to_json(const ScoreReply& r) {
 json to_json(const AbortReply& r) { return {{"req_id", r.req_id}, {"aborted", r.aborted}}; }
 
 json to_json(const LoadReply& r) {
-  return {{"req_id", r.req_id}, {"waiting", r.waiting}, {"running", r.running}, {"kv_blocks_used", r.kv_blocks_used},
-          {"kv_blocks_total", r.kv_blocks_total}, {"tokens_per_s", r.tokens_per_s}};
+  return {{"req_id", r.req_id},
+          {"waiting", r.waiting},
+          {"running", r.running},
+          {"kv_blocks_used", r.kv_blocks_used},
+          {"kv_blocks_total", r.kv_blocks_total},
+          {"tokens_per_s", r.tokens_per_s}};
 }
 
 json to_json(const HealthReply& r) {
@@ -218,9 +225,15 @@ json to_json(const HealthReply& r) {
 }
 
 json to_json(const ModelInfoReply& r) {
-  return {{"req_id", r.req_id}, {"architecture", r.architecture}, {"vocab_size", r.vocab_size},
-          {"context_length", r.context_length}, {"bos_token_id", r.bos_token_id}, {"eos_token_ids", r.eos_token_ids},
-          {"pad_token_id", r.pad_token_id}, {"weight_version", r.weight_version}, {"model_path", r.model_path},
+  return {{"req_id", r.req_id},
+          {"architecture", r.architecture},
+          {"vocab_size", r.vocab_size},
+          {"context_length", r.context_length},
+          {"bos_token_id", r.bos_token_id},
+          {"eos_token_ids", r.eos_token_ids},
+          {"pad_token_id", r.pad_token_id},
+          {"weight_version", r.weight_version},
+          {"model_path", r.model_path},
           {"compute", r.compute},
           {"weights_roots", r.weights_roots}};
 }
@@ -237,10 +250,19 @@ json simple_reply_to_json(std::string_view op, const SimpleReply& r) {
 json to_json(const EnginesReply& r) {
   json engines = json::array();
   for (const EngineState& e : r.engines)
-    engines.push_back({{"index", e.index}, {"endpoint", e.endpoint}, {"alive", e.alive}, {"updating", e.updating},
-                       {"status", e.status}, {"in_flight", e.in_flight}, {"in_flight_samples", e.in_flight_samples},
-                       {"waiting", e.waiting}, {"running", e.running}, {"weight_version", e.weight_version},
-                       {"rerouted", e.rerouted}, {"finished", e.finished}, {"sessions", e.sessions}});
+    engines.push_back({{"index", e.index},
+                       {"endpoint", e.endpoint},
+                       {"alive", e.alive},
+                       {"updating", e.updating},
+                       {"status", e.status},
+                       {"in_flight", e.in_flight},
+                       {"in_flight_samples", e.in_flight_samples},
+                       {"waiting", e.waiting},
+                       {"running", e.running},
+                       {"weight_version", e.weight_version},
+                       {"rerouted", e.rerouted},
+                       {"finished", e.finished},
+                       {"sessions", e.sessions}});
   return {{"req_id", r.req_id}, {"engines", std::move(engines)}};
 }
 
@@ -255,7 +277,9 @@ std::string encode(const LoadReply& r) { return pack_body(to_json(r)); }
 std::string encode(const HealthReply& r) { return pack_body(to_json(r)); }
 std::string encode(const ModelInfoReply& r) { return pack_body(to_json(r)); }
 std::string encode(const ErrorReply& r) { return pack_body(to_json(r)); }
-std::string encode_simple_reply(std::string_view op, const SimpleReply& r) { return pack_body(simple_reply_to_json(op, r)); }
+std::string encode_simple_reply(std::string_view op, const SimpleReply& r) {
+  return pack_body(simple_reply_to_json(op, r));
+}
 std::string encode(const EnginesReply& r) { return pack_body(to_json(r)); }
 std::string encode(const TokenizeReply& r) { return pack_body(to_json(r)); }
 std::string encode(const DetokenizeReply& r) { return pack_body(to_json(r)); }

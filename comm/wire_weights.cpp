@@ -25,8 +25,8 @@ Status read_tensor(const json& j, const std::string& prefix, TensorMeta& m) {
 }
 
 json tensor_json(const TensorMeta& m) {
-  return {{"name", m.name}, {"dtype", m.dtype}, {"shape", m.shape}, {"nbytes", m.nbytes},
-          {"checksum", m.checksum}, {"offset", m.offset}};
+  return {{"name", m.name},     {"dtype", m.dtype},       {"shape", m.shape},
+          {"nbytes", m.nbytes}, {"checksum", m.checksum}, {"offset", m.offset}};
 }
 
 }  // namespace
@@ -48,19 +48,26 @@ std::optional<WeightPath> weight_path_from_name(std::string_view s) {
 
 const char* weight_path_name(WeightPath p) {
   switch (p) {
-    case WeightPath::broadcast: return "broadcast";
-    case WeightPath::ipc: return "ipc";
-    case WeightPath::disk: return "disk";
+    case WeightPath::broadcast:
+      return "broadcast";
+    case WeightPath::ipc:
+      return "ipc";
+    case WeightPath::disk:
+      return "disk";
   }
   return "ipc";
 }
 
 const char* in_flight_name(InFlightPolicy p) {
   switch (p) {
-    case InFlightPolicy::drain: return "drain";
-    case InFlightPolicy::abort: return "abort";
-    case InFlightPolicy::continue_: return "continue";
-    case InFlightPolicy::recompute: return "recompute";
+    case InFlightPolicy::drain:
+      return "drain";
+    case InFlightPolicy::abort:
+      return "abort";
+    case InFlightPolicy::continue_:
+      return "continue";
+    case InFlightPolicy::recompute:
+      return "recompute";
   }
   return "drain";
 }
@@ -116,7 +123,8 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
     return field_error("shm_offset", "shm_offset + shm_bytes overflows");
   if (c.shm_stream && c.shm_offset < 64 + 8 * c.tensors.size())
     return field_error("shm_offset", "a streamed segment's header (64 + 8 bytes per tensor) comes first");
-  if (c.path != WeightPath::disk && c.tensors.empty()) return field_error("tensors", std::string("required for path ") + path);
+  if (c.path != WeightPath::disk && c.tensors.empty())
+    return field_error("tensors", std::string("required for path ") + path);
   if (c.bucket_bytes == 0) return field_error("bucket_bytes", "must be > 0");
   if (c.group_epoch == 0 && !c.group_ranks.empty())
     return field_error("group_ranks", "only with a group_epoch > 0 (epoch 0 is the whole weight group)");
@@ -153,18 +161,35 @@ Result<MemoryCall> decode_memory(std::string_view body) {
 std::string encode(const UpdateWeightsCall& c) {
   json tensors = json::array();
   for (const auto& m : c.tensors) tensors.push_back(tensor_json(m));
-  return pack_body({{"req_id", c.req_id}, {"version", c.version}, {"path", weight_path_name(c.path)}, {"tensors", tensors},
-                    {"in_flight", in_flight_name(c.in_flight)}, {"flush_cache", c.flush_cache}, {"shm_name", c.shm_name},
-                    {"shm_bytes", c.shm_bytes}, {"shm_offset", c.shm_offset}, {"shm_stream", c.shm_stream},
-                    {"shm_keep", c.shm_keep}, {"shm_pool", c.shm_pool}, {"pull_pid", c.pull_pid},
-                    {"pull_addr", c.pull_addr}, {"disk_path", c.disk_path}, {"bucket_bytes", c.bucket_bytes},
-                    {"root", c.root}, {"group_epoch", c.group_epoch}, {"group_ranks", c.group_ranks}});
+  return pack_body({{"req_id", c.req_id},
+                    {"version", c.version},
+                    {"path", weight_path_name(c.path)},
+                    {"tensors", tensors},
+                    {"in_flight", in_flight_name(c.in_flight)},
+                    {"flush_cache", c.flush_cache},
+                    {"shm_name", c.shm_name},
+                    {"shm_bytes", c.shm_bytes},
+                    {"shm_offset", c.shm_offset},
+                    {"shm_stream", c.shm_stream},
+                    {"shm_keep", c.shm_keep},
+                    {"shm_pool", c.shm_pool},
+                    {"pull_pid", c.pull_pid},
+                    {"pull_addr", c.pull_addr},
+                    {"disk_path", c.disk_path},
+                    {"bucket_bytes", c.bucket_bytes},
+                    {"root", c.root},
+                    {"group_epoch", c.group_epoch},
+                    {"group_ranks", c.group_ranks}});
 }
 std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
 std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }
 std::string encode(const UpdateWeightsReply& r) {
-  return pack_body({{"req_id", r.req_id}, {"version", r.version}, {"bytes", r.bytes}, {"stage_seconds", r.stage_seconds},
-                    {"commit_seconds", r.commit_seconds}, {"zero_copy_tensors", r.zero_copy_tensors},
+  return pack_body({{"req_id", r.req_id},
+                    {"version", r.version},
+                    {"bytes", r.bytes},
+                    {"stage_seconds", r.stage_seconds},
+                    {"commit_seconds", r.commit_seconds},
+                    {"zero_copy_tensors", r.zero_copy_tensors},
                     {"shm_in_use", r.shm_in_use}});
 }
 std::string encode(const WeightVersionReply& r) {
@@ -174,8 +199,8 @@ std::string encode(const WeightsChecksumReply& r) {
   json tensors = json::array();
   for (const auto& t : r.tensors)
     tensors.push_back({{"name", t.name}, {"dtype", t.dtype}, {"checksum", t.checksum}, {"tp_rank", t.tp_rank}});
-  return pack_body({{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tp_size", r.tp_size},
-                    {"tensors", tensors}});
+  return pack_body(
+      {{"req_id", r.req_id}, {"rank", r.rank}, {"version", r.version}, {"tp_size", r.tp_size}, {"tensors", tensors}});
 }
 std::string encode(const MemoryReply& r) {
   return pack_body({{"req_id", r.req_id},

@@ -42,8 +42,8 @@ Result<std::string> advertised_endpoint(const std::string& bound, const std::str
   if (!advertise_host.empty()) return tcp + advertise_host + bound.substr(colon);
   auto ip = interface_ipv4(advertise_interface);
   if (!ip && !advertise_interface.empty())
-    return make_error(ErrorCode::invalid_argument, "advertise-interface: no IPv4 address on interface '" +
-                                                       advertise_interface + "'");
+    return make_error(ErrorCode::invalid_argument,
+                      "advertise-interface: no IPv4 address on interface '" + advertise_interface + "'");
   // A host with no network but loopback (a laptop, a CI container): only local peers can dial it.
   return tcp + ip.value_or("127.0.0.1") + bound.substr(colon);
 }
@@ -59,7 +59,8 @@ bool local_only_endpoint(const std::string& endpoint) {
 CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<JobKeys>& job,
                             const CurveClientKeys& explicit_keys) {
   if (explicit_keys.enabled()) return explicit_keys;
-  if (job && std::find(job->curve_endpoints.begin(), job->curve_endpoints.end(), endpoint) != job->curve_endpoints.end())
+  if (job &&
+      std::find(job->curve_endpoints.begin(), job->curve_endpoints.end(), endpoint) != job->curve_endpoints.end())
     return job->client_side();
   return {};
 }
@@ -70,7 +71,8 @@ Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int t
     auto server = make_curve_keypair();
     auto trainer = make_curve_keypair();
     if (server.ok() && trainer.ok())
-      mine += " " + server->public_key + " " + server->secret_key + " " + trainer->public_key + " " + trainer->secret_key;
+      mine +=
+          " " + server->public_key + " " + server->secret_key + " " + trainer->public_key + " " + trainer->secret_key;
   }
   auto all = world.allgather_strings(mine);
   if (!all.ok()) return all.status();
@@ -102,8 +104,9 @@ Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int t
   }
   plan.tp_size = std::max(tp_all, 1);
   if (serve % plan.tp_size != 0)
-    return make_error(ErrorCode::invalid_argument, "tp: " + std::to_string(serve) + " serve ranks are not a multiple of --tp " +
-                                                       std::to_string(plan.tp_size));
+    return make_error(
+        ErrorCode::invalid_argument,
+        "tp: " + std::to_string(serve) + " serve ranks are not a multiple of --tp " + std::to_string(plan.tp_size));
   plan.num_engines = serve / plan.tp_size;
   return plan;
 }

@@ -47,7 +47,7 @@ struct ClusterRoles {
   std::vector<std::string> engine_endpoints;  // one per engine (its leader's), in rank order
   std::vector<int> engine_ranks;              // the engines' leader ranks
   int trainer_rank = -1;
-  std::optional<JobKeys> keys;                // from the trainer rank (none without one)
+  std::optional<JobKeys> keys;  // from the trainer rank (none without one)
   // The weight-broadcast group: the trainer and every serve rank (TP followers included); other
   // roles (a router) get an invalid group. Destroy before the world group.
   MpiGroup weight_group;
@@ -57,8 +57,8 @@ struct ClusterRoles {
 // form engines of tp consecutive ranks (serve ranks K must be a multiple of tp: K / tp engines).
 struct ClusterPlan {
   int num_engines = 0;
-  int engine = -1;   // this rank's engine (-1: not a serve rank)
-  int tp_rank = 0;   // within its engine; 0 is the leader
+  int engine = -1;  // this rank's engine (-1: not a serve rank)
+  int tp_rank = 0;  // within its engine; 0 is the leader
   int tp_size = 1;
   int trainer_rank = -1;
   std::optional<JobKeys> keys;  // the trainer rank's fresh keys (none when the job has no trainer)

@@ -61,7 +61,8 @@ class OrderedWriter {
 Status submit_line(Engine& engine, const std::string& line, size_t index, bool score, LineSlot& slot) {
   slot.rid = std::to_string(index);
   json j = json::parse(line, nullptr, false);
-  if (j.is_discarded()) return make_error(ErrorCode::bad_message, "line " + std::to_string(index + 1) + ": not valid JSON");
+  if (j.is_discarded())
+    return make_error(ErrorCode::bad_message, "line " + std::to_string(index + 1) + ": not valid JSON");
   if (j.is_object() && j.contains("rid") && j["rid"].is_string()) slot.rid = j["rid"].get<std::string>();
   if (j.is_object() && !j.contains("rid")) j["rid"] = slot.rid;
   if (score) {

@@ -3,13 +3,13 @@
 // logprobs, balanced across engines by requests in flight, with a progress bar and a summary.
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
-#include <unistd.h>
 
 #include "actors/rollout_actor.h"
 #include "actors/trainer.h"
@@ -26,13 +26,22 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-constexpr const char* kBuiltinPrompts[] = {
-    "Once upon a time", "The little dog ran to the park", "Lily found a shiny red ball",
-    "One day, the sun was hot and", "Tom and his mom went to the shop", "The old tree in the garden",
-    "A small bird sat on the window", "The children wanted to build a boat", "Max was sad because",
-    "In the morning, the cat", "The big bear liked honey", "Sara drew a picture of",
-    "The rain stopped and the sky", "Ben had a new friend named", "The toy car was broken, so",
-    "At night, the moon and the stars"};
+constexpr const char* kBuiltinPrompts[] = {"Once upon a time",
+                                           "The little dog ran to the park",
+                                           "Lily found a shiny red ball",
+                                           "One day, the sun was hot and",
+                                           "Tom and his mom went to the shop",
+                                           "The old tree in the garden",
+                                           "A small bird sat on the window",
+                                           "The children wanted to build a boat",
+                                           "Max was sad because",
+                                           "In the morning, the cat",
+                                           "The big bear liked honey",
+                                           "Sara drew a picture of",
+                                           "The rain stopped and the sky",
+                                           "Ben had a new friend named",
+                                           "The toy car was broken, so",
+                                           "At night, the moon and the stars"};
 
 struct LocalJob {
   std::string model, prompts, output, log_level = "warn", compute = "f32";
@@ -49,7 +58,8 @@ struct LocalJob {
 // tiny random model, made once into the user's cache.
 Result<std::string> default_model() {
 #ifdef ZR_DEFAULT_MODEL_DIR
-  if (std::filesystem::exists(std::string(ZR_DEFAULT_MODEL_DIR) + "/config.json")) return std::string(ZR_DEFAULT_MODEL_DIR);
+  if (std::filesystem::exists(std::string(ZR_DEFAULT_MODEL_DIR) + "/config.json"))
+    return std::string(ZR_DEFAULT_MODEL_DIR);
 #endif
   const char* env = std::getenv("ZROLLOUT_CACHE");
   const char* home = std::getenv("HOME");
@@ -97,8 +107,7 @@ class Driver {
   }
   void run() {
     start_ = last_draw_ = Clock::now();
-    while (next_ < prompts_.size() && dispatch()) {
-    }
+    while (next_ < prompts_.size() && dispatch()) {}
     while (done_ < prompts_.size()) {
       actor_.run_once(std::chrono::milliseconds(50));
       if (Clock::now() - last_draw_ > std::chrono::milliseconds(200)) draw_progress();
@@ -157,8 +166,7 @@ class Driver {
         samples_.push_back(std::move(o));
       }
     }
-    while (next_ < prompts_.size() && dispatch()) {
-    }
+    while (next_ < prompts_.size() && dispatch()) {}
   }
   void on_error(Frame& f, PeerId peer) {
     --engine_of(peer).in_flight;
@@ -166,8 +174,7 @@ class Driver {
     ++errors_;
     auto body = wire::unpack_body(f.body);
     spdlog::error("engine error: {}", body.ok() ? wire::status_from_error_json(*body).to_string() : "unreadable");
-    while (next_ < prompts_.size() && dispatch()) {
-    }
+    while (next_ < prompts_.size() && dispatch()) {}
   }
   void draw_progress() {
     last_draw_ = Clock::now();
@@ -198,8 +205,8 @@ void Driver::summary(const std::string& model) const {
   std::printf("  %-10s %-9s %-13s %-13s %-10s %-10s %-7s\n", "requests", "samples", "prompt tok", "generated tok",
               "elapsed s", "tok/s", "errors");
   std::printf("  %-10zu %-9zu %-13lld %-13lld %-10.2f %-10.1f %-7zu\n", prompts_.size(), samples_.size(),
-              static_cast<long long>(prompt_tokens_), static_cast<long long>(tokens_), secs, tokens_ / std::max(secs, 1e-9),
-              errors_);
+              static_cast<long long>(prompt_tokens_), static_cast<long long>(tokens_), secs,
+              tokens_ / std::max(secs, 1e-9), errors_);
   std::printf("  %-10s %-9s %-13s %-10s\n", "engine", "requests", "generated tok", "share");
   for (size_t i = 0; i < engines_.size(); ++i)
     std::printf("  %-10zu %-9d %-13lld %3.0f%%\n", i, engines_[i].requests, static_cast<long long>(engines_[i].tokens),
@@ -260,7 +267,8 @@ int run_local(LocalJob job) {
     std::snprintf(row, sizeof row, "  %-6d %-8d %-8zu %-10lld %-10.1f %s", step, step, driver.samples().size(),
                   static_cast<long long>(driver.tokens()), driver.tokens() / std::max(driver.seconds(), 1e-9),
                   step + 1 < job.steps ? (std::to_string(static_cast<int>(push_ms * 10) / 10.0).substr(0, 5) + " (v" +
-                                          std::to_string(step + 1) + " by ipc)").c_str()
+                                          std::to_string(step + 1) + " by ipc)")
+                                             .c_str()
                                        : "-");
     rows.push_back(row);
     if (step + 1 == job.steps) driver.summary(job.model);
@@ -295,7 +303,8 @@ void add_local(CLI::App& app) {
   cmd->add_option("--compute", job->compute, "matmul mode of the engines (f32 | bf16, as serve --compute)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_flag("--no-prefix-cache", job->no_prefix_cache, "never reuse the KV of an equal token prefix across requests");
+  cmd->add_flag("--no-prefix-cache", job->no_prefix_cache,
+                "never reuse the KV of an equal token prefix across requests");
   cmd->add_option("--output", job->output, "write every sample as JSONL");
   cmd->add_option("--steps", job->steps, "rollout steps, with a weight push (next version) between two")
       ->capture_default_str()

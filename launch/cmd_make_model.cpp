@@ -4,8 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
-#include <string>
 #include <memory>
+#include <string>
 
 #include "launch/commands.h"
 #include "model/make_model.h"
@@ -14,8 +14,9 @@ namespace zr::cli {
 
 void add_make_model(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
-      "make-model", "Write a random-weight checkpoint: config.json, model.safetensors and a tokenizer (trained for a "
-                    "preset; copied with the config and generation_config.json for --like)");
+      "make-model",
+      "Write a random-weight checkpoint: config.json, model.safetensors and a tokenizer (trained for a "
+      "preset; copied with the config and generation_config.json for --like)");
   // Owned by the callback, which CLI11 keeps alive as long as the app.
   auto opt = std::make_shared<MakeModelOptions>();
   CLI::Option* preset = cmd->add_option("--preset", opt->preset, "architecture preset")
@@ -28,7 +29,8 @@ void add_make_model(CLI::App& app) {
   preset->excludes(like);
   cmd->add_option("--seed", opt->seed, "seed of the random weights")->capture_default_str();
   auto dtype = std::make_shared<std::string>();
-  cmd->add_option("--dtype", *dtype, "weight dtype (default: f32 for a preset, bf16 for qwen2.5-0.5b, the source's dtype for --like)")
+  cmd->add_option("--dtype", *dtype,
+                  "weight dtype (default: f32 for a preset, bf16 for qwen2.5-0.5b, the source's dtype for --like)")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->add_option("--out", opt->out_dir, "output folder (created if missing)")->required();
 

@@ -3,10 +3,10 @@
 // load, keeps sessions on their engine, and re-routes the requests of an engine that stops
 // answering heartbeats; `get_engines` tells which engine died.
 #include <signal.h>
-#include <cstdio>
-#include <optional>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <cstdio>
+#include <optional>
 
 #include "actors/router_actor.h"
 #include "launch/cluster.h"
@@ -24,13 +24,13 @@ struct RouterJob {
   std::vector<std::string> engines;
   int heartbeat_ms = static_cast<int>(kRouterHeartbeatInterval.count());
   int heartbeat_liveness = kRouterHeartbeatLiveness;
-  ServerSecurityCli security;   // the router's own ROUTER (its callers)
+  ServerSecurityCli security;     // the router's own ROUTER (its callers)
   ClientSecurityCli engine_keys;  // how it reaches the engines (a trainer key)
   CallLimits limits;
 };
 
 int run_router(RouterJob job) {
-  install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  install_shutdown_signals();     // before any thread exists, so every thread inherits the mask
   std::optional<MpiGroup> world;  // under mpirun: the engines are the job's serve ranks
   if (under_mpirun()) {
     auto w = MpiGroup::init(nullptr, nullptr);
@@ -46,7 +46,8 @@ int run_router(RouterJob job) {
     job.engines.insert(job.engines.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
-  if (job.engines.empty()) return spdlog::error("--engine: give at least one engine endpoint (or launch under mpirun)"), 1;
+  if (job.engines.empty())
+    return spdlog::error("--engine: give at least one engine endpoint (or launch under mpirun)"), 1;
   spdlog::info("router: {} engine(s), heartbeat every {} ms, dead after {} silent heartbeats, tokenizer {}",
                job.engines.size(), job.heartbeat_ms, job.heartbeat_liveness,
                job.tokenizer.empty() ? "from the engines' model_path" : job.tokenizer);
@@ -67,7 +68,8 @@ int run_router(RouterJob job) {
   // Under mpirun a router bound beyond loopback without its own --curve-secret serves with the job's
   // keys (only the trainer rank can then call it); with one, its own keys and folders decide.
   if (job_keys && job.security.curve_secret.empty()) mpi_keys = job_keys->server_side();
-  if (Status st = configure_server(job.security, job.bind, security, local_only_endpoint(job.bind) ? std::nullopt : mpi_keys);
+  if (Status st =
+          configure_server(job.security, job.bind, security, local_only_endpoint(job.bind) ? std::nullopt : mpi_keys);
       !st.ok())
     return spdlog::error("{}", st.to_string()), 2;
   opt.curve = security.curve;
@@ -92,7 +94,8 @@ void add_router(CLI::App& app) {
   auto job = std::make_shared<RouterJob>();
   CLI::App* cmd = app.add_subcommand("router", "balance requests across engines, re-route those of a dead engine");
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
-  cmd->add_option("--engine", job->engines, "engine endpoint (repeatable; under mpirun the job's serve ranks are added)");
+  cmd->add_option("--engine", job->engines,
+                  "engine endpoint (repeatable; under mpirun the job's serve ranks are added)");
   cmd->add_option("--heartbeat-ms", job->heartbeat_ms, "health ping interval per engine")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -100,7 +103,8 @@ void add_router(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tokenizer", job->tokenizer,
-                  "tokenizer.json / tokenizer.model or model folder of the engines' model (default: their model_path, if readable)");
+                  "tokenizer.json / tokenizer.model or model folder of the engines' model (default: their model_path, "
+                  "if readable)");
   add_server_security_options(cmd, job->security);
   add_client_security_options(cmd, job->engine_keys);
   add_call_limit_options(cmd, job->limits);

@@ -10,18 +10,18 @@
 #include <fstream>
 #include <future>
 
-#include "actors/rollout_actor.h"
-#include "actors/engine/tp_follower.h"
 #include "actors/engine/request_validation.h"
+#include "actors/engine/tp_follower.h"
 #include "actors/engine/tp_group.h"
-#include "comm/wire_codec.h"
-#include "runtime/actor.h"
+#include "actors/rollout_actor.h"
 #include "comm/client.h"
 #include "comm/json_codec.h"
+#include "comm/wire_codec.h"
 #include "launch/cluster.h"
 #include "launch/commands.h"
 #include "launch/engine_options.h"
 #include "launch/security_options.h"
+#include "runtime/actor.h"
 #include "runtime/signals.h"
 
 namespace zr::cli {
@@ -132,7 +132,7 @@ int run_follower(const ServeJob& job, const ClusterPlan& plan, TpGroup& tp, MpiG
 }
 
 int run_serve(const ServeJob& job) {
-  install_shutdown_signals();  // before any thread exists, so every thread inherits the mask
+  install_shutdown_signals();     // before any thread exists, so every thread inherits the mask
   std::optional<MpiGroup> world;  // under mpirun: endpoint exchange and the weight-sync group
   if (under_mpirun()) {
     auto w = MpiGroup::init(nullptr, nullptr);
@@ -154,7 +154,8 @@ int run_serve(const ServeJob& job) {
     if (plan->tp_size > 1) tp.emplace(std::move(g).value());
   }
   log_startup(plan && plan->tp_rank > 0 ? "tp-follower" : "serve", job.engine);
-  if (plan) spdlog::info("engine {} of {}, tp rank {} of {}", plan->engine, plan->num_engines, plan->tp_rank, plan->tp_size);
+  if (plan)
+    spdlog::info("engine {} of {}, tp rank {} of {}", plan->engine, plan->num_engines, plan->tp_rank, plan->tp_size);
   if (tp) {
     if (tp->mpi().thread_level() != MpiGroup::ThreadLevel::multiple)
       spdlog::warn("MPI gives {}: weight broadcasts while serving need MPI_THREAD_MULTIPLE",
@@ -176,7 +177,8 @@ int run_serve(const ServeJob& job) {
   }
   std::optional<ClusterRoles> roles;  // holds the weight group: outlives the actor below
   Context ctx;
-  RolloutActorOptions opt = actor_options(job, security, world ? std::optional<int>(world->world_rank()) : std::nullopt);
+  RolloutActorOptions opt =
+      actor_options(job, security, world ? std::optional<int>(world->world_rank()) : std::nullopt);
   RolloutActor actor(ctx, std::move(engine).value(), opt);
   if (Status st = actor.bind(job.bind); !st.ok()) {
     spdlog::error("bind {}: {}", job.bind, st.to_string());
@@ -234,7 +236,8 @@ void write_pending(Pending& p, std::ofstream& out) {
     out << error_to_json(p.rid, r.status()).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
     return;
   }
-  for (const SampleOutput& o : r->outputs) out << to_json(o).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+  for (const SampleOutput& o : r->outputs)
+    out << to_json(o).dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
 }
 
 int run_client(const ClientJob& job) {
@@ -263,7 +266,8 @@ int run_client(const ClientJob& job) {
     p.rid = std::to_string(index);
     json j = json::parse(line, nullptr, false);
     if (j.is_discarded()) {
-      p.error_line = error_to_json(p.rid, make_error(ErrorCode::bad_message, "line " + std::to_string(index + 1) + ": not valid JSON"));
+      p.error_line = error_to_json(
+          p.rid, make_error(ErrorCode::bad_message, "line " + std::to_string(index + 1) + ": not valid JSON"));
     } else {
       if (j.is_object() && j.contains("rid") && j["rid"].is_string()) p.rid = j["rid"].get<std::string>();
       if (j.is_object() && !j.contains("rid")) j["rid"] = p.rid;
@@ -291,10 +295,13 @@ void add_serve(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("serve", "serve one rollout engine over ZeroMQ (msgpack, docs/protocol.md)");
   add_engine_options(cmd, job->engine);
   cmd->add_option("--bind", job->bind, "endpoint: tcp://HOST:PORT or ipc://PATH")->required();
-  cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")->capture_default_str();
+  cmd->add_option("--drain-timeout", job->drain_timeout_s, "seconds to finish in-flight work on SIGTERM")
+      ->capture_default_str();
   cmd->add_option("--advertise-interface", job->advertise_interface,
                   "network interface whose IPv4 address other ranks dial (when --bind uses 0.0.0.0 or *)");
-  cmd->add_option("--tp", job->tp, "tensor parallelism: ranks per engine (under mpirun; serve ranks form engines of --tp consecutive ranks)")
+  cmd->add_option(
+         "--tp", job->tp,
+         "tensor parallelism: ranks per engine (under mpirun; serve ranks form engines of --tp consecutive ranks)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--advertise-host", job->advertise_host,
@@ -315,7 +322,9 @@ void add_client(CLI::App& app) {
   cmd->add_option("--connect", job->connect, "server endpoint")->required();
   cmd->add_option("--input", job->input, "input JSONL (as for generate)")->required();
   cmd->add_option("--output", job->output, "output JSONL (as for generate)")->required();
-  cmd->add_option("--concurrency", job->concurrency, "requests in flight")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--concurrency", job->concurrency, "requests in flight")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--timeout", job->timeout_s, "seconds per request")->capture_default_str();
   add_client_security_options(cmd, job->security);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();

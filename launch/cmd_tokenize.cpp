@@ -61,7 +61,8 @@ std::vector<int> parse_ids(const std::string& s) {
 void add_tokenize(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("tokenize", "Print the ids a text becomes with a model's tokenizer");
   auto o = std::make_shared<TextOptions>();
-  cmd->add_option("--model", o->model, "model folder (tokenizer.json or tokenizer.model) or tokenizer file")->required();
+  cmd->add_option("--model", o->model, "model folder (tokenizer.json or tokenizer.model) or tokenizer file")
+      ->required();
   CLI::Option* text = cmd->add_option("--text", o->text, "the text");
   CLI::Option* file = cmd->add_option("--file", o->file, "read the text from this file ('-': stdin)");
   text->excludes(file);
@@ -85,7 +86,8 @@ void add_tokenize(CLI::App& app) {
 void add_detokenize(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("detokenize", "Print the text ids decode to with a model's tokenizer");
   auto o = std::make_shared<TextOptions>();
-  cmd->add_option("--model", o->model, "model folder (tokenizer.json or tokenizer.model) or tokenizer file")->required();
+  cmd->add_option("--model", o->model, "model folder (tokenizer.json or tokenizer.model) or tokenizer file")
+      ->required();
   cmd->add_option("--ids", o->ids, "token ids, comma-separated (1,2,3)")->required();
   cmd->add_flag("--keep-special", o->keep_special, "keep special tokens (default: skipped, as generate does)");
   cmd->callback([o] {

@@ -82,7 +82,8 @@ int run_requests(Trainer& t, const TrainerJob& job) {
   for (const auto& s : *samples) by_rid[s.rid].push_back(to_json(s));
   for (size_t i = 0; i < reqs.size(); ++i) lines[line_of_req[i]] = json(by_rid[reqs[i].rid]);
   for (const auto& l : lines) {
-    if (l.is_array()) for (const auto& s : l) out << s.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+    if (l.is_array())
+      for (const auto& s : l) out << s.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
     else out << l.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
   }
   spdlog::info("{} samples written to {}", samples->size(), job.output);
@@ -106,7 +107,8 @@ int run_trainer(const TrainerJob& job) {
     endpoints.insert(endpoints.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
-  if (endpoints.empty()) return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
+  if (endpoints.empty())
+    return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
   auto keys = load(job.security);
   if (!keys.ok()) return spdlog::error("{}", keys.status().to_string()), 2;
   TrainerOptions to;
@@ -138,7 +140,9 @@ void add_trainer(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("trainer", "publish weights, run requests, stop engines");
   cmd->add_option("--connect", job->connect, "engine endpoint (repeatable)");
   cmd->add_option("--push", job->push, "checkpoint folder whose weights to publish");
-  cmd->add_option("--path", job->path, "broadcast (under mpirun) | ipc | disk")->capture_default_str()->check(CLI::IsMember({"ipc", "disk", "broadcast"}));
+  cmd->add_option("--path", job->path, "broadcast (under mpirun) | ipc | disk")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ipc", "disk", "broadcast"}));
   cmd->add_option("--version", job->version, "new weight version (must grow)");
   cmd->add_option("--in-flight", job->in_flight, "drain | abort | continue | recompute")
       ->capture_default_str()
@@ -155,7 +159,8 @@ void add_trainer(CLI::App& app) {
   add_client_security_options(cmd, job->security);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {
-    if (!job->push.empty() && job->version <= 0) throw CLI::ValidationError("--version", "give a version > 0 with --push");
+    if (!job->push.empty() && job->version <= 0)
+      throw CLI::ValidationError("--version", "give a version > 0 with --push");
     if (int rc = run_trainer(*job); rc != 0) throw CLI::RuntimeError(rc);
   });
 }

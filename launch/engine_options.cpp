@@ -28,10 +28,11 @@ EngineOptions EngineCliOptions::engine_options() const {
 
 std::string EngineCliOptions::describe() const {
   return "model=" + model + " threads=" + std::to_string(threads) + " max_running=" + std::to_string(max_running) +
-         " max_step_tokens=" + std::to_string(max_step_tokens) + " max_prefill_chunk=" +
-         std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
-         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") + (kv_lazy_pages ? " kv_lazy_pages" : "") +
-         (no_detokenize ? " no_detokenize" : "") + " compute=" + compute + (no_prefix_cache ? " no_prefix_cache" : "");
+         " max_step_tokens=" + std::to_string(max_step_tokens) +
+         " max_prefill_chunk=" + std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
+         " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") +
+         (kv_lazy_pages ? " kv_lazy_pages" : "") + (no_detokenize ? " no_detokenize" : "") + " compute=" + compute +
+         (no_prefix_cache ? " no_prefix_cache" : "");
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
@@ -49,15 +50,21 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
   cmd->add_option("--max-prefill-chunk", o.max_prefill_chunk, "prompt tokens of one request per step")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-cache-mb", o.kv_cache_mb, "KV cache budget in MiB")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--kv-block-size", o.kv_block_size, "positions per KV block")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_flag("--mmap-weights", o.mmap_weights,
-                "serve weights from the checkpoint's file mapping (no copy; default: a copy in huge pages, faster decode)");
+  cmd->add_option("--kv-cache-mb", o.kv_cache_mb, "KV cache budget in MiB")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--kv-block-size", o.kv_block_size, "positions per KV block")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag(
+      "--mmap-weights", o.mmap_weights,
+      "serve weights from the checkpoint's file mapping (no copy; default: a copy in huge pages, faster decode)");
   cmd->add_flag("--kv-lazy-pages", o.kv_lazy_pages,
                 "fault KV pages in on first write (no memory for an unused budget; default: all at start-up, "
                 "no page faults in forward steps)");
-  cmd->add_flag("--no-detokenize", o.no_detokenize,
-                "never decode output ids: text fields stay empty and stop strings are refused (RLinf's detokenize off)");
+  cmd->add_flag(
+      "--no-detokenize", o.no_detokenize,
+      "never decode output ids: text fields stay empty and stop strings are refused (RLinf's detokenize off)");
   cmd->add_option("--compute", o.compute,
                   "how matmuls multiply: f32, or bf16 (activations and weights rounded to bf16, f32 accumulation "
                   "with vdpbf16ps; batch-invariant within the mode)")
@@ -87,10 +94,11 @@ void log_startup(const std::string& command, const EngineCliOptions& o) {
   // ipc weight updates through shared-memory segments run in 4 KiB pages without shmem THP: a
   // fresh segment's first push costs ~30x one memcpy (README, weight sync).
   if (command == "serve" && !shmem_thp_available())
-    spdlog::warn("ipc weight updates: {}: shared-memory segments are mapped in 4 KiB pages here (first pushes ~30x "
-                 "one memcpy); fix: echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled, or publish "
-                 "with ZR_IPC_MODE=pull",
-                 thp_line());
+    spdlog::warn(
+        "ipc weight updates: {}: shared-memory segments are mapped in 4 KiB pages here (first pushes ~30x "
+        "one memcpy); fix: echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled, or publish "
+        "with ZR_IPC_MODE=pull",
+        thp_line());
 }
 
 }  // namespace zr::cli

@@ -48,9 +48,10 @@ void add_client_security_options(CLI::App* cmd, ClientSecurityCli& o) {
 Status check_protected_mode(const std::string& bind, bool has_keys, bool insecure) {
   if (has_keys || insecure || local_only_endpoint(bind)) return {};
   return make_error(ErrorCode::invalid_argument,
-                    "bind: " + bind + " is reachable from other hosts and no CURVE keys are set; give --curve-secret "
-                    "with --trainer-keys / --client-keys (see `zrollout keygen`), or --insecure to serve it open "
-                    "anyway");
+                    "bind: " + bind +
+                        " is reachable from other hosts and no CURVE keys are set; give --curve-secret "
+                        "with --trainer-keys / --client-keys (see `zrollout keygen`), or --insecure to serve it open "
+                        "anyway");
 }
 
 namespace {
@@ -89,7 +90,8 @@ Status configure_server(const ServerSecurityCli& o, const std::string& bind, Act
     spdlog::info("CURVE on: {} trainer key(s), {} client key(s); other keys get no answer",
                  actor.curve->trainer_keys.size(), actor.curve->client_keys.size());
   else if (!local_only_endpoint(bind))
-    spdlog::warn("--insecure: {} serves without CURVE keys; anyone who reaches it may push weights or shut it down", bind);
+    spdlog::warn("--insecure: {} serves without CURVE keys; anyone who reaches it may push weights or shut it down",
+                 bind);
   return {};
 }
 

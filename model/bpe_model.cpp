@@ -11,8 +11,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kNumPrintable = 188;  // bytes that stand for themselves in GPT-2's alphabet
-constexpr size_t kMaxCachedWord = 256;       // longer pre-tokens are merged every time (as HF)
+constexpr int kNumPrintable = 188;                  // bytes that stand for themselves in GPT-2's alphabet
+constexpr size_t kMaxCachedWord = 256;              // longer pre-tokens are merged every time (as HF)
 constexpr size_t kCacheCapacity = size_t{1} << 17;  // words; once full, nothing more is cached
 
 bool printable(int b) { return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); }
@@ -148,7 +148,8 @@ Status check_options(const json& model) {
     return make_error(ErrorCode::unsupported, "model.dropout: BPE dropout is not supported");
   for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (model.contains(f) && model[f].is_string() && !model[f].get<std::string>().empty())
-      return make_error(ErrorCode::unsupported, std::string("model.") + f + ": not supported (byte-level BPE has none)");
+      return make_error(ErrorCode::unsupported,
+                        std::string("model.") + f + ": not supported (byte-level BPE has none)");
   if (model.value("byte_fallback", false))
     return make_error(ErrorCode::unsupported, "model.byte_fallback: not supported (a sentencepiece-style BPE)");
   return {};

@@ -61,7 +61,7 @@ class BpeModel {
 
   std::vector<std::string> bytes_;  // by id
   IdOfBytes id_of_;
-  int byte_id_[256];                // id of each single byte, -1 if absent
+  int byte_id_[256];  // id of each single byte, -1 if absent
   std::unique_ptr<MergeTable> merges_;
   std::unique_ptr<Cache> cache_;
   size_t num_merges_ = 0;

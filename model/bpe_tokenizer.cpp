@@ -1,7 +1,7 @@
 #include "model/bpe_tokenizer.h"
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -70,7 +70,8 @@ Result<json> read_json(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return make_error(ErrorCode::io_error, "tokenizer: " + path + " is not a JSON object");
+  if (j.is_discarded() || !j.is_object())
+    return make_error(ErrorCode::io_error, "tokenizer: " + path + " is not a JSON object");
   return j;
 }
 
@@ -179,9 +180,9 @@ class BpeTokenizer final : public TokenizerBackend {
   bpe::NormalForm nf_ = bpe::NormalForm::none;
   std::vector<AddedToken> added_;
   AddedTokenMatcher matcher_;
-  std::vector<IdKind> kind_;               // by id
-  std::vector<std::string_view> bytes_;    // by id: raw bytes (views into model_ / added_)
-  std::vector<int> prefix_, suffix_;       // added around a text when add_special
+  std::vector<IdKind> kind_;             // by id
+  std::vector<std::string_view> bytes_;  // by id: raw bytes (views into model_ / added_)
+  std::vector<int> prefix_, suffix_;     // added around a text when add_special
   int bos_ = -1, eos_ = -1, pad_ = -1;
   bool clean_up_ = false;
 };
@@ -192,7 +193,8 @@ Status BpeTokenizer::init_added(const json& list) {
     const json& a = list[i];
     if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
         !a["content"].is_string() || a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= (int64_t{1} << 30))
-      return make_error(ErrorCode::invalid_argument, "added_tokens[" + std::to_string(i) + "]: expected {id, content, ...}");
+      return make_error(ErrorCode::invalid_argument,
+                        "added_tokens[" + std::to_string(i) + "]: expected {id, content, ...}");
     AddedToken t;
     t.id = a["id"].get<int>();
     t.content = a["content"].get<std::string>();
@@ -241,7 +243,8 @@ Status BpeTokenizer::init_post_processor(const json& pp, const std::string& fiel
       ids.push_back(id);
     }
     if (ids.empty())
-      return make_error(ErrorCode::invalid_argument, field + ".single[" + std::to_string(i) + "]: unknown special token '" + name + "'");
+      return make_error(ErrorCode::invalid_argument,
+                        field + ".single[" + std::to_string(i) + "]: unknown special token '" + name + "'");
     (after ? suffix_ : prefix_).insert((after ? suffix_ : prefix_).end(), ids.begin(), ids.end());
   }
   return {};
@@ -285,7 +288,8 @@ Status BpeTokenizer::init(const json& tok, const json* config) {
     return make_error(ErrorCode::unsupported, "pre_tokenizer: no ByteLevel step (only byte-level BPE is supported)");
   const json& dec = field_or_null(tok, "decoder");
   if (!dec.is_null() && dec.value("type", std::string()) != "ByteLevel")
-    return make_error(ErrorCode::unsupported, "decoder.type: '" + dec.value("type", std::string()) + "' is not supported (ByteLevel)");
+    return make_error(ErrorCode::unsupported,
+                      "decoder.type: '" + dec.value("type", std::string()) + "' is not supported (ByteLevel)");
   ZR_RETURN_IF_ERROR(init_added(field_or_null(tok, "added_tokens")));
   ZR_RETURN_IF_ERROR(init_post_processor(field_or_null(tok, "post_processor"), "post_processor"));
   if (config) init_config(*config);
@@ -297,7 +301,8 @@ Status BpeTokenizer::init(const json& tok, const json* config) {
   bytes_.assign(n, {});
   for (int id = 0; id < model_.size(); ++id)
     if (!model_.bytes_of(id).empty()) kind_[id] = IdKind::normal, bytes_[id] = model_.bytes_of(id);
-  for (const AddedToken& t : added_) kind_[t.id] = t.special ? IdKind::special : IdKind::added, bytes_[t.id] = t.content;
+  for (const AddedToken& t : added_)
+    kind_[t.id] = t.special ? IdKind::special : IdKind::added, bytes_[t.id] = t.content;
   return {};
 }
 

@@ -186,8 +186,7 @@ void check_unsupported(const json& j, const ModelConfig& c) {
   if (window_on && present(j, "sliding_window")) {
     int w = get_int(j, "sliding_window", std::nullopt);
     if (w < c.max_position_embeddings)
-      fail(ErrorCode::unsupported, "sliding_window",
-           std::to_string(w) + " < max_position_embeddings is not supported");
+      fail(ErrorCode::unsupported, "sliding_window", std::to_string(w) + " < max_position_embeddings is not supported");
   }
 }
 
@@ -196,8 +195,7 @@ void check_positive(int v, const char* key) {
 }
 
 void check_token(int id, int vocab, const char* key) {
-  if (id >= vocab || id < -1)
-    fail(ErrorCode::invalid_argument, key, std::to_string(id) + " is outside the vocabulary");
+  if (id >= vocab || id < -1) fail(ErrorCode::invalid_argument, key, std::to_string(id) + " is outside the vocabulary");
 }
 
 void validate(const ModelConfig& c) {
@@ -333,9 +331,7 @@ int64_t ModelConfig::num_params() const {
   return n;
 }
 
-Result<ModelConfig> ModelConfig::from_json_text(const std::string& text) {
-  return parse_text(text, "config.json");
-}
+Result<ModelConfig> ModelConfig::from_json_text(const std::string& text) { return parse_text(text, "config.json"); }
 
 Result<ModelConfig> ModelConfig::from_dir(const std::string& dir) {
   const std::string path = (std::filesystem::path(dir) / "config.json").string();

@@ -4,9 +4,12 @@ namespace zr {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
+    case DType::f32:
+      return "F32";
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
   }
   return "?";
 }
@@ -52,8 +55,8 @@ uint16_t f32_to_f16(float f) {
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
   if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to inf
-  if (a >= 0x38800000u) {                                               // normal half (>= 2^-14)
-    uint32_t r = a - 0x38000000u;                                       // rebias 127 -> 15
+  if (a >= 0x38800000u) {                                              // normal half (>= 2^-14)
+    uint32_t r = a - 0x38000000u;                                      // rebias 127 -> 15
     r += 0xfffu + ((r >> 13) & 1u);
     return static_cast<uint16_t>(sign | (r >> 13));
   }

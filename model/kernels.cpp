@@ -53,15 +53,14 @@ float dot_portable(const float* x, const WT* w, int K) {
 
 namespace detail {
 
-void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
-                     int n1, float* y, int ldy) {
+void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0, int n1, float* y,
+                     int ldy) {
   for (int m = 0; m < M; ++m) {
     for (int n = n0; n < n1; ++n) {
-      float v = wdtype == DType::bf16
-                    ? dot_portable(x + static_cast<size_t>(m) * ldx,
-                                   static_cast<const uint16_t*>(w) + static_cast<size_t>(n) * K, K)
-                    : dot_portable(x + static_cast<size_t>(m) * ldx,
-                                   static_cast<const float*>(w) + static_cast<size_t>(n) * K, K);
+      float v = wdtype == DType::bf16 ? dot_portable(x + static_cast<size_t>(m) * ldx,
+                                                     static_cast<const uint16_t*>(w) + static_cast<size_t>(n) * K, K)
+                                      : dot_portable(x + static_cast<size_t>(m) * ldx,
+                                                     static_cast<const float*>(w) + static_cast<size_t>(n) * K, K);
       y[static_cast<size_t>(m) * ldy + n] = v;
     }
   }
@@ -127,13 +126,14 @@ class Products {
     if (ldxb_ % 1024 == 0) ldxb_ += 32;  // 2 KiB-aligned rows share L1 sets (padded_stride)
     rows.assign(static_cast<size_t>(M) * ldxb_, 0);
     for (int m = 0; m < M; ++m)
-      for (int k = 0; k < K; ++k) rows[static_cast<size_t>(m) * ldxb_ + k] = f32_to_bf16(x[static_cast<size_t>(m) * ldx + k]);
+      for (int k = 0; k < K; ++k)
+        rows[static_cast<size_t>(m) * ldxb_ + k] = f32_to_bf16(x[static_cast<size_t>(m) * ldx + k]);
     xb_ = rows.data();
   }
   void operator()(const void* w, DType wdtype, int n0, int n1, float* y, int ldy) const {
     if (compute_ == Compute::bf16) {
       (using_avx512_bf16() ? detail::matmul_bf16_avx512 : detail::matmul_bf16_portable)(xb_, M_, K_, ldxb_, w, wdtype,
-                                                                                         n0, n1, y, ldy);
+                                                                                        n0, n1, y, ldy);
       return;
     }
     (using_avx512() ? detail::matmul_avx512 : detail::matmul_portable)(x_, M_, K_, ldx_, w, wdtype, n0, n1, y, ldy);
@@ -148,8 +148,8 @@ class Products {
 };
 }  // namespace
 
-void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
-            int n_end, float* y, int ldy, ThreadPool* pool, Compute compute) {
+void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin, int n_end, float* y,
+            int ldy, ThreadPool* pool, Compute compute) {
   ZR_CHECK(wdtype == DType::f32 || wdtype == DType::bf16);
   if (M <= 0 || n_end <= n_begin) return;
   const Products block(x, M, K, ldx, compute);
@@ -237,8 +237,8 @@ void attention_scores_heads(const float* q, int hd, int heads, const float* cons
                      scores + h * score_stride);
 }
 
-void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                      float* out, bool accumulate) {
+void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd, float* out,
+                      bool accumulate) {
   if (using_avx512())
     return detail::attention_values_heads_avx512(p, 0, 1, v_blocks, (n + bs - 1) / bs, bs, v_stride, n, hd, out, 0,
                                                  accumulate);

@@ -37,8 +37,8 @@ void force_portable(bool on);
 // y[m, n] = sum_k x[m, k] * w[n, k] for m < M, n in [n_begin, n_end).
 //   x: (M, K) row-major f32, row stride ldx; w: (N, K) row-major f32 or bf16 (a Linear weight);
 //   y: (M, ldy) row-major, written at columns n.
-void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin,
-            int n_end, float* y, int ldy, ThreadPool* pool, Compute compute = Compute::f32);
+void matmul(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n_begin, int n_end, float* y,
+            int ldy, ThreadPool* pool, Compute compute = Compute::f32);
 // Convenience: full weight, contiguous x and y.
 void matmul(const float* x, int M, const Weight& w, float* y, ThreadPool* pool, Compute compute = Compute::f32);
 // Full weight, x and y with row strides ldx and ldy.
@@ -51,8 +51,8 @@ void matmul(const float* x, int M, int ldx, const Weight& w, float* y, int ldy, 
 // x: (M, K) row-major with row stride ldx (0: K).
 struct MatmulOut {
   const Weight* w;
-  float* y;      // (M, w.rows) row-major
-  int ldy = 0;   // row stride of y (0: w.rows)
+  float* y;     // (M, w.rows) row-major
+  int ldy = 0;  // row stride of y (0: w.rows)
 };
 void matmul_group(const float* x, int M, int ldx, std::initializer_list<MatmulOut> outs, ThreadPool* pool,
                   Compute compute = Compute::f32);
@@ -71,8 +71,7 @@ float dot(const float* a, const float* b, int n);
 // Keys are stored transposed inside a block, so 16 positions' scores come from one FMA chain:
 // key j, dim i is at kt_blocks[j / bs][i * bs + j % bs]. scores[j] = (sum_i q[i] * k_j[i]) * scale,
 // the sum a sequential fused multiply-add chain over i (a pure function of q and k_j).
-void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
-                      float* scores);
+void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale, float* scores);
 // Several heads at once, over positions [0, n) held by nblk blocks (block b holds positions
 // [b * bs, (b + 1) * bs)). Head h reads q + h * hd and the blocks kt[h * nblk + b] (its KV head's
 // transposed keys: dim i, slot j at [i * bs + j]), and writes scores + h * score_stride. Each score
@@ -83,8 +82,8 @@ void attention_scores_heads(const float* q, int hd, int heads, const float* cons
 // out[i] = sum_j p[j] * v_j[i] (sequential FMA chain over j); value j, dim i is at
 // v_blocks[j / bs][(j % bs) * v_stride + i]. With accumulate, the chain continues from out[i]
 // (positions split into runs give the bits of one call over all of them).
-void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd,
-                      float* out, bool accumulate = false);
+void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd, float* out,
+                      bool accumulate = false);
 // Several heads at once: head h reads p + h * p_stride and the blocks v[h * nblk + b] (its values:
 // slot j, dim i at [j * v_stride + i]) and writes out + h * out_stride; the bits of attention_values.
 void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,

@@ -94,13 +94,14 @@ void tile(const float* x, int ldx, const void* w, int K, int n, float* y, int ld
 // reduced into y. The chain of every lane is the one of a single pass over K, so chunking changes
 // no bits; it keeps the MR x chunk of x and NR x chunk of w in L1 when whole rows do not fit.
 template <int MR, int NR, bool BF16>
-void tile_chunk(const float* x, int ldx, const void* w, int K, int k0, int k1, int n, float* y, int ldy,
-                float* spill, bool first, bool last) {
+void tile_chunk(const float* x, int ldx, const void* w, int K, int k0, int k1, int n, float* y, int ldy, float* spill,
+                bool first, bool last) {
   __m512 acc[MR][NR];
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 6
-    for (int j = 0; j < NR; ++j) acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (i * NR + j) * kLanes);
+    for (int j = 0; j < NR; ++j)
+      acc[i][j] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (i * NR + j) * kLanes);
   const size_t wrow = static_cast<size_t>(K);
   int k = k0;
   for (; k + kLanes <= k1; k += kLanes) {
@@ -202,8 +203,8 @@ constexpr auto kTableBF16Pf = make_table<true, true>();
 
 }  // namespace
 
-void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
-                   int n1, float* y, int ldy) {
+void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0, int n1, float* y,
+                   int ldy) {
   const bool bf16 = wdtype == DType::bf16;
   const auto& table = bf16 ? kTableBF16 : kTableF32;
   const auto& table_pf = bf16 ? kTableBF16Pf : kTableF32Pf;
@@ -292,21 +293,21 @@ void scores_tile(const float* q, int hd, const float* const* kt, int nblk, int b
 }
 
 using ScoresFn = void (*)(const float*, int, const float* const*, int, int, const Chunk*, float, float*, size_t);
-constexpr ScoresFn kScores[2][4] = {
-    {&scores_tile<1, 1>, &scores_tile<1, 2>, &scores_tile<1, 3>, &scores_tile<1, 4>},
-    {&scores_tile<2, 1>, &scores_tile<2, 2>, &scores_tile<2, 3>, &scores_tile<2, 4>}};
+constexpr ScoresFn kScores[2][4] = {{&scores_tile<1, 1>, &scores_tile<1, 2>, &scores_tile<1, 3>, &scores_tile<1, 4>},
+                                    {&scores_tile<2, 1>, &scores_tile<2, 2>, &scores_tile<2, 3>, &scores_tile<2, 4>}};
 
 // Dims [g, g + 16 C) of T heads' outputs over positions [0, n): T x C chains over positions, each
 // the chain of attention_values. A position step loads T broadcasts of p and T x C value vectors.
 template <int T, int C>
-void values_tile(const float* p, size_t p_stride, const float* const* v, int nblk, int g, int bs, int v_stride,
-                 int n, const __mmask16* mask, float* out, size_t out_stride, bool accumulate) {
+void values_tile(const float* p, size_t p_stride, const float* const* v, int nblk, int g, int bs, int v_stride, int n,
+                 const __mmask16* mask, float* out, size_t out_stride, bool accumulate) {
   __m512 acc[T][C];
 #pragma GCC unroll 2
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c)
-      acc[t][c] = accumulate ? _mm512_maskz_loadu_ps(mask[c], out + t * out_stride + g + c * kLanes) : _mm512_setzero_ps();
+      acc[t][c] =
+          accumulate ? _mm512_maskz_loadu_ps(mask[c], out + t * out_stride + g + c * kLanes) : _mm512_setzero_ps();
   for (int j0 = 0, b = 0; j0 < n && b < nblk; j0 += bs, ++b) {
     const float* vb[T];
 #pragma GCC unroll 2
@@ -351,8 +352,9 @@ void attention_scores_heads_avx512(const float* q, int hd, int heads, const floa
     for (int h = 0; h < heads; h += 2) {
       const int t = std::min(2, heads - h);
       for (int c = 0; c < count; c += 4)
-        kScores[t - 1][std::min(4, count - c) - 1](q + static_cast<size_t>(h) * hd, hd, kt + static_cast<size_t>(h) * nblk,
-                                                    nblk, bs, chunks + c, scale, scores + h * score_stride, score_stride);
+        kScores[t - 1][std::min(4, count - c) - 1](q + static_cast<size_t>(h) * hd, hd,
+                                                   kt + static_cast<size_t>(h) * nblk, nblk, bs, chunks + c, scale,
+                                                   scores + h * score_stride, score_stride);
     }
   }
 }
@@ -372,8 +374,8 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
     for (int h = 0; h < heads; h += 2) {
       const size_t hs = static_cast<size_t>(h);
       (heads - h >= 2 ? kValues2 : kValues1)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0, bs,
-                                                           v_stride, n, mask, out + hs * out_stride, out_stride,
-                                                           accumulate);
+                                                         v_stride, n, mask, out + hs * out_stride, out_stride,
+                                                         accumulate);
     }
     return;
   }
@@ -394,7 +396,8 @@ namespace {
 // below kMin give 0, NaN stays NaN; callers keep arguments <= kMax (larger ones overflow to inf).
 inline __m512 exp16(__m512 a) {
   using namespace expc;
-  const __m512 nn = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 nn =
+      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // fma(-n, c, a) of the portable path: negating n is exact, so -(n * c) + a fused is the same.
   __m512 r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Hi), a);
   r = _mm512_fnmadd_ps(nn, _mm512_set1_ps(kLn2Lo), r);
@@ -423,9 +426,10 @@ double max_and_exp_sum(const float* x, int n, float* exps, float* max_out) {
   __m512d sum = _mm512_setzero_pd();
   for (int j = 0; j < n; j += kLanes) {
     const __mmask16 m = lanes_mask(n - j);
-    const __m512 y = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx)));  // lanes past n: 0
+    const __m512 y =
+        _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), mx)));  // lanes past n: 0
     if (exps) _mm512_mask_storeu_ps(exps + j, m, y);
-    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));        // elements j .. j+7
+    sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_castps512_ps256(y)));     // elements j .. j+7
     sum = _mm512_add_pd(sum, _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));  // elements j+8 .. j+15
   }
   const __m256d s4 = _mm256_add_pd(_mm512_castpd512_pd256(sum), _mm512_extractf64x4_pd(sum, 1));

@@ -11,10 +11,10 @@ namespace zr::kernels::detail {
 constexpr int kLanes = 16;  // partial sums per dot product (one AVX-512 register of f32)
 
 // Rows [0, M) x columns [n0, n1) of y = x * w^T. Same bits in both implementations.
-void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
-                     int n1, float* y, int ldy);
-void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0,
-                   int n1, float* y, int ldy);
+void matmul_portable(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0, int n1, float* y,
+                     int ldy);
+void matmul_avx512(const float* x, int M, int K, int ldx, const void* w, DType wdtype, int n0, int n1, float* y,
+                   int ldy);
 float dot_avx512(const float* a, const float* b, int n);
 // Compute::bf16: xb (M, ldxb) bf16 rows, zero-padded to a multiple of 32; w bf16 or f32 (rounded
 // to bf16 as it is read). Same bits in both implementations where the CPU's vdpbf16ps follows

@@ -73,8 +73,7 @@ void packed_portable(const float* x, const uint16_t* xb, int M, int ldx, int ldx
 void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0, int g1, float* y, int ldy);
 // out rows (ld apart, ld a multiple of 16) = x rounded with f32_to_bf16, zeros past K.
 void round_rows_bf16_avx512(const float* x, int M, int K, int ldx, uint16_t* out, int ld);
-void packed_pairs_avx512(const uint16_t* xb, int M, int ldxb, const PackedMatrix& w, int g0, int g1, float* y,
-                         int ldy);
+void packed_pairs_avx512(const uint16_t* xb, int M, int ldxb, const PackedMatrix& w, int g0, int g1, float* y, int ldy);
 }  // namespace detail
 
 }  // namespace zr::kernels

@@ -44,8 +44,7 @@ void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int
 #pragma GCC unroll 3
     for (int p = 0; p < NP; ++p) {
       float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      acc[i][p] = first ? _mm512_setzero_ps()
-                        : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
+      acc[i][p] = first ? _mm512_setzero_ps() : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
     }
   for (int k = k0; k < k1; ++k) {
     __m512 wv[NP];
@@ -95,8 +94,8 @@ constexpr auto kTableBF16Pf = make_table<true, true>(std::make_integer_sequence<
 
 void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0, int g1, float* y, int ldy) {
   const bool stream = M <= kMR;
-  const auto& table = w.format == PackFormat::bf16 ? (stream ? kTableBF16Pf : kTableBF16)
-                                                   : (stream ? kTableF32Pf : kTableF32);
+  const auto& table =
+      w.format == PackFormat::bf16 ? (stream ? kTableBF16Pf : kTableBF16) : (stream ? kTableF32Pf : kTableF32);
   // One row tile streams each group once from memory: no K blocking. Several tiles reuse a group's
   // K block from L1.
   const int kc = M <= kMR ? w.K : kKC;

@@ -30,8 +30,7 @@ void tile(const uint16_t* xb, int ldxb, const uint16_t* wg, int kp0, int kp1, fl
 #pragma GCC unroll 3
     for (int p = 0; p < NP; ++p) {
       float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      acc[i][p] = first ? _mm512_setzero_ps()
-                        : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
+      acc[i][p] = first ? _mm512_setzero_ps() : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
     }
   for (int kp = kp0; kp < kp1; ++kp) {
     __m512i wv[NP];

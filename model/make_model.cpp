@@ -98,8 +98,8 @@ bool is_norm(TensorRole role) {
 
 // What --like copies byte for byte besides config.json, when the source folder has it.
 constexpr const char* kLikeFiles[] = {
-    "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja"};
+    "generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json",      "vocab.json",      "merges.txt",     "chat_template.jinja"};
 
 // Files of the output folder other than model.safetensors: (name, bytes).
 using FileList = std::vector<std::pair<std::string, std::string>>;
@@ -191,8 +191,8 @@ Status resolve_preset(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtyp
   const auto start = std::chrono::steady_clock::now();
   auto trained = train_tokenizer(builtin_corpus(), p->tokenizer_pieces > 0 ? p->tokenizer_pieces : cfg->vocab_size);
   if (!trained.ok()) return trained.status();
-  spdlog::info("make-model: trained a {}-piece tokenizer on the built-in corpus ({} KB) in {:.2f} s",
-               cfg->vocab_size, builtin_corpus().size() / 1024,
+  spdlog::info("make-model: trained a {}-piece tokenizer on the built-in corpus ({} KB) in {:.2f} s", cfg->vocab_size,
+               builtin_corpus().size() / 1024,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   files->emplace_back("config.json", cfg->to_json_text());
   files->emplace_back("tokenizer.model", std::move(trained).value());
@@ -212,10 +212,8 @@ Status write_weights(const ModelConfig& cfg, const MakeModelOptions& opt, DType 
   const std::map<std::string, std::string> metadata = {
       {"format", "pt"}, {"zrollout.make_model", source + ", seed " + std::to_string(opt.seed)}};
   ZR_RETURN_IF_ERROR(write_safetensors(path.string(), tensors, metadata));
-  spdlog::info("make-model: {} tensors, {:.1f} MB {} in {:.2f} s -> {}", tensors.size(), bytes / 1e6,
-               dtype_name(dtype),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
-               path.string());
+  spdlog::info("make-model: {} tensors, {:.1f} MB {} in {:.2f} s -> {}", tensors.size(), bytes / 1e6, dtype_name(dtype),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), path.string());
   return Status::ok_status();
 }
 
@@ -261,9 +259,8 @@ Status make_model(const MakeModelOptions& opt) {
                                           : resolve_like(opt, &cfg, &dtype, &files));
   cfg.torch_dtype = torch_dtype_name(dtype);
   spdlog::info("make-model: {} d={} ffn={} layers={} heads={}/{} head_dim={} vocab={} ctx={} ({:.1f}M params)",
-               cfg.arch_name, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads,
-               cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings,
-               cfg.num_params() / 1e6);
+               cfg.arch_name, cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
+               cfg.head_dim, cfg.vocab_size, cfg.max_position_embeddings, cfg.num_params() / 1e6);
   const fs::path out(opt.out_dir);
   std::error_code ec;
   fs::create_directories(out, ec);

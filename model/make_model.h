@@ -19,7 +19,7 @@ struct MakeModelOptions {
   // files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...: whichever it has).
   std::string like_dir;
   uint64_t seed = 0;
-  std::optional<DType> dtype;   // default: the preset's (f32; bf16 for qwen2.5-0.5b), the source's for like_dir
+  std::optional<DType> dtype;  // default: the preset's (f32; bf16 for qwen2.5-0.5b), the source's for like_dir
   std::string out_dir;
 };
 

@@ -4,8 +4,8 @@
 #include <pcre2.h>
 #include <utf8proc.h>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdlib>
@@ -17,8 +17,7 @@ using nlohmann::json;
 namespace {
 
 // GPT-2's split, which ByteLevel applies itself when use_regex is true (HF tokenizers byte_level.rs).
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 Status unsupported(const std::string& field, const std::string& what) {
   return make_error(ErrorCode::unsupported, field + ": " + what);
@@ -98,8 +97,8 @@ std::string_view normalize(std::string_view text, NormalForm nf, std::string& sc
   if (nf == NormalForm::nfkc || nf == NormalForm::nfkd) options |= UTF8PROC_COMPAT;
   utf8proc_uint8_t* out = nullptr;
   const auto* src = reinterpret_cast<const utf8proc_uint8_t*>(text.data() + from);
-  const utf8proc_ssize_t len =
-      utf8proc_map(src, static_cast<utf8proc_ssize_t>(text.size() - from), &out, static_cast<utf8proc_option_t>(options));
+  const utf8proc_ssize_t len = utf8proc_map(src, static_cast<utf8proc_ssize_t>(text.size() - from), &out,
+                                            static_cast<utf8proc_option_t>(options));
   if (len < 0) return text;  // invalid UTF-8: callers pass valid text, keep it as it is
   scratch.assign(text.substr(0, from));
   scratch.append(reinterpret_cast<const char*>(out), static_cast<size_t>(len));
@@ -121,12 +120,12 @@ struct PreTokenizer::Stage {
   bool find(std::string_view text, size_t from, size_t* s, size_t* e) const {
     MatchScratch& m = scratch();
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-    int rc = jit ? pcre2_jit_match(code, subject, text.size(), from, 0, m.data, m.context)
-                 : PCRE2_ERROR_JIT_BADOPTION;
+    int rc = jit ? pcre2_jit_match(code, subject, text.size(), from, 0, m.data, m.context) : PCRE2_ERROR_JIT_BADOPTION;
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_JIT_BADOPTION)
       rc = pcre2_match(code, subject, text.size(), from, PCRE2_NO_UTF_CHECK, m.data, m.context);
     if (rc < 0) {
-      if (rc != PCRE2_ERROR_NOMATCH) spdlog::warn("tokenizer: regex match failed ({}): rest of the piece kept whole", rc);
+      if (rc != PCRE2_ERROR_NOMATCH)
+        spdlog::warn("tokenizer: regex match failed ({}): rest of the piece kept whole", rc);
       return false;
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(m.data);
@@ -150,10 +149,18 @@ struct PreTokenizer::Stage {
         continue;
       }
       switch (behavior) {
-        case Behavior::isolated: piece(last, s), piece(s, e), last = e; break;
-        case Behavior::removed: piece(last, s), last = e; break;
-        case Behavior::merged_with_previous: piece(last, e), last = e; break;
-        case Behavior::merged_with_next: piece(last, s), last = s; break;
+        case Behavior::isolated:
+          piece(last, s), piece(s, e), last = e;
+          break;
+        case Behavior::removed:
+          piece(last, s), last = e;
+          break;
+        case Behavior::merged_with_previous:
+          piece(last, e), last = e;
+          break;
+        case Behavior::merged_with_next:
+          piece(last, s), last = s;
+          break;
         case Behavior::contiguous:
           if (run && s == run_e) {
             run_e = e;
@@ -212,19 +219,20 @@ Status PreTokenizerBuilder::add(PreTokenizer& p, const json& j, const std::strin
   }
   if (type != "Split") return unsupported(field + ".type", "pre-tokenizer '" + type + "' is not supported");
   if (j.value("invert", false)) return unsupported(field + ".invert", "true is not supported");
-  static const std::pair<const char*, Behavior> kBehaviors[] = {
-      {"Isolated", Behavior::isolated},
-      {"Removed", Behavior::removed},
-      {"MergedWithPrevious", Behavior::merged_with_previous},
-      {"MergedWithNext", Behavior::merged_with_next},
-      {"Contiguous", Behavior::contiguous}};
+  static const std::pair<const char*, Behavior> kBehaviors[] = {{"Isolated", Behavior::isolated},
+                                                                {"Removed", Behavior::removed},
+                                                                {"MergedWithPrevious", Behavior::merged_with_previous},
+                                                                {"MergedWithNext", Behavior::merged_with_next},
+                                                                {"Contiguous", Behavior::contiguous}};
   const std::string name = j.value("behavior", std::string());
-  const auto* b = std::find_if(std::begin(kBehaviors), std::end(kBehaviors), [&](const auto& kv) { return name == kv.first; });
+  const auto* b =
+      std::find_if(std::begin(kBehaviors), std::end(kBehaviors), [&](const auto& kv) { return name == kv.first; });
   if (b == std::end(kBehaviors)) return unsupported(field + ".behavior", "'" + name + "' is not supported");
   const json& pat = j.value("pattern", json::object());
   std::string pattern;
   if (pat.contains("Regex") && pat["Regex"].is_string()) pattern = pat["Regex"].get<std::string>();
-  else if (pat.contains("String") && pat["String"].is_string()) pattern = escape_literal(pat["String"].get<std::string>());
+  else if (pat.contains("String") && pat["String"].is_string())
+    pattern = escape_literal(pat["String"].get<std::string>());
   else return unsupported(field + ".pattern", "expected {\"Regex\": ...} or {\"String\": ...}");
   auto st = compile(pattern, b->second, field + ".pattern");
   if (!st.ok()) return st.status();
@@ -236,8 +244,8 @@ Result<std::unique_ptr<PreTokenizer::Stage>> PreTokenizerBuilder::compile(const 
                                                                           const std::string& field) {
   int err = 0;
   PCRE2_SIZE at = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &err, &at, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                                   &err, &at, nullptr);
   if (!code) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof msg);

@@ -27,9 +27,14 @@ std::vector<double> rope_inverse_frequencies(const ModelConfig& cfg) {
   for (int i = 0; i < half; ++i) {
     double f = 1.0 / std::pow(static_cast<double>(cfg.rope_theta), (2.0 * i) / cfg.head_dim);
     switch (cfg.rope_scaling.type) {
-      case RopeScaling::Type::none: break;
-      case RopeScaling::Type::linear: f /= cfg.rope_scaling.factor; break;
-      case RopeScaling::Type::llama3: f = llama3_scaled(f, cfg.rope_scaling); break;
+      case RopeScaling::Type::none:
+        break;
+      case RopeScaling::Type::linear:
+        f /= cfg.rope_scaling.factor;
+        break;
+      case RopeScaling::Type::llama3:
+        f = llama3_scaled(f, cfg.rope_scaling);
+        break;
     }
     inv[static_cast<size_t>(i)] = f;
   }

@@ -118,8 +118,8 @@ TensorView parse_entry(const std::string& name, const json& e, const uint8_t* da
                                   " but the data section has " + std::to_string(data_len) + " bytes");
   uint64_t want = numel * dtype_size(*dtype);
   if (end - begin != want)
-    fail(ErrorCode::io_error, where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + dt +
-                                  " " + shape_text(v.shape) + " needs " + std::to_string(want));
+    fail(ErrorCode::io_error, where + ": data_offsets span " + std::to_string(end - begin) + " bytes but " + dt + " " +
+                                  shape_text(v.shape) + " needs " + std::to_string(want));
   v.data = data + begin;
   v.nbytes = static_cast<size_t>(want);
   return v;
@@ -162,7 +162,8 @@ Result<std::map<std::string, std::vector<std::string>>> read_index(const std::st
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       return make_error(ErrorCode::io_error, path + ": weight_map is missing or not an object");
     for (const auto& [name, file] : j["weight_map"].items()) {
-      if (!file.is_string()) return make_error(ErrorCode::io_error, path + ": weight_map[" + name + "] is not a string");
+      if (!file.is_string())
+        return make_error(ErrorCode::io_error, path + ": weight_map[" + name + "] is not a string");
       std::string f = file.get<std::string>();
       fs::path p(f);
       if (f.empty() || p.is_absolute() || f.find("..") != std::string::npos)
@@ -267,7 +268,9 @@ Result<std::string> make_header(const std::vector<TensorBytes>& tensors,
                                                          shape_text(t.shape));
     if (t.name.empty() || t.name == "__metadata__" || h.contains(t.name))
       return make_error(ErrorCode::invalid_argument, "tensor '" + t.name + "': empty, reserved or duplicate name");
-    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + numel * dtype_size(t.dtype)}}};
+    h[t.name] = {{"dtype", dtype_name(t.dtype)},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + numel * dtype_size(t.dtype)}}};
     offset += t.nbytes;
   }
   std::string text = h.dump();

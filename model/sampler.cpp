@@ -63,8 +63,7 @@ std::vector<std::pair<int, float>> top_n(const float* lp, int vocab, int n, std:
   return out;
 }
 
-void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out,
-                 std::vector<int>& order) {
+void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out, std::vector<int>& order) {
   if (!lo.enabled) return;
   if (lo.top_n > 0) out.top = top_n(lp, vocab, lo.top_n, order);
   for (int t : lo.token_ids) out.ids.emplace_back(t, lp[t]);
@@ -124,8 +123,8 @@ void scaled_log_softmax(const float* x, int n, float temperature, float* out) {
   kernels::log_softmax(out, n, out);
 }
 
-SampledToken position_logprob(const float* raw, int vocab, float temperature, int token,
-                              const LogprobOptions& lo, SamplerScratch& s) {
+SampledToken position_logprob(const float* raw, int vocab, float temperature, int token, const LogprobOptions& lo,
+                              SamplerScratch& s) {
   s.lp.resize(vocab);
   float t = (lo.mode == LogprobMode::raw || temperature <= 0.0f) ? 1.0f : temperature;
   scaled_log_softmax(raw, vocab, t, s.lp.data());
@@ -136,8 +135,8 @@ SampledToken position_logprob(const float* raw, int vocab, float temperature, in
   return out;
 }
 
-SampledToken sample_token(const float* raw, int vocab, const std::vector<int>& eos_ids,
-                          const SampleContext& ctx, const LogprobOptions& lo, SamplerScratch& s) {
+SampledToken sample_token(const float* raw, int vocab, const std::vector<int>& eos_ids, const SampleContext& ctx,
+                          const LogprobOptions& lo, SamplerScratch& s) {
   const SamplingParams& p = *ctx.params;
   const int step = static_cast<int>(ctx.output_ids.size());
   s.work.assign(raw, raw + vocab);

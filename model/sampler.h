@@ -38,7 +38,7 @@ struct LogprobOptions {
 
 struct SampledToken {
   int token = -1;
-  float logprob = 0.0f;  // in the requested mode
+  float logprob = 0.0f;                    // in the requested mode
   std::vector<std::pair<int, float>> top;  // top_n (id, logprob), best first
   std::vector<std::pair<int, float>> ids;  // (id, logprob) for token_ids
 };
@@ -52,8 +52,8 @@ struct SamplerScratch {
 float effective_temperature(const SamplingParams& p, int step);
 
 // Draws the next token. eos_ids: the model's EOS ids (masked while below min_new_tokens).
-SampledToken sample_token(const float* raw_logits, int vocab, const std::vector<int>& eos_ids,
-                          const SampleContext& ctx, const LogprobOptions& lo, SamplerScratch& s);
+SampledToken sample_token(const float* raw_logits, int vocab, const std::vector<int>& eos_ids, const SampleContext& ctx,
+                          const LogprobOptions& lo, SamplerScratch& s);
 
 // Logprob of `token` for a prompt or scored position: log_softmax(raw / T) (T = 1 in raw mode),
 // plus top_n and token_ids. The same function serves generate's prompt logprobs and score, so the

@@ -114,8 +114,7 @@ class SentencePieceTokenizer final : public TokenizerBackend {
  private:
   Status init();
   bool dropped(int id, bool skip_special) const {
-    return id < 0 || id >= static_cast<int>(pieces_.size()) ||
-           (skip_special && pieces_[id].kind == PieceKind::special);
+    return id < 0 || id >= static_cast<int>(pieces_.size()) || (skip_special && pieces_[id].kind == PieceKind::special);
   }
 
   sentencepiece::SentencePieceProcessor sp_;
@@ -160,8 +159,8 @@ Status SentencePieceTokenizer::init() {
 
 std::string SentencePieceTokenizer::decode(std::span<const int> ids, bool skip_special) const {
   std::string out;
-  std::string run;         // pending byte-piece bytes, read as UTF-8 once the run ends
-  bool at_start = true;    // no piece has contributed to the text yet
+  std::string run;       // pending byte-piece bytes, read as UTF-8 once the run ends
+  bool at_start = true;  // no piece has contributed to the text yet
   for (int id : ids) {
     if (dropped(id, skip_special)) continue;
     const PieceInfo& p = pieces_[id];
@@ -197,8 +196,7 @@ Status SentencePieceTokenizer::load(const std::string& path) {
   try {
     const auto st = sp_.Load(path);
     if (!st.ok()) {
-      return make_error(ErrorCode::io_error,
-                        "tokenizer: " + path + " is not a sentencepiece model: " + st.ToString());
+      return make_error(ErrorCode::io_error, "tokenizer: " + path + " is not a sentencepiece model: " + st.ToString());
     }
     Status inited = init();
     if (!inited.ok()) return make_error(inited.code, "tokenizer: " + path + ": " + inited.message);
@@ -255,15 +253,24 @@ class CorpusLines : public sentencepiece::SentenceIterator {
 
 // One deterministic training run (single thread, no sampling or shuffling): Llama's settings.
 Result<std::string> train_once(std::string_view corpus, int vocab_size, int num_unused) {
-  std::unordered_map<std::string, std::string> args = {
-      {"model_type", "bpe"}, {"vocab_size", std::to_string(vocab_size)},
-      {"byte_fallback", "true"}, {"hard_vocab_limit", "false"},
-      {"character_coverage", "0.9995"}, {"split_digits", "true"},
-      {"allow_whitespace_only_pieces", "true"}, {"normalization_rule_name", "identity"},
-      {"remove_extra_whitespaces", "false"}, {"add_dummy_prefix", "true"},
-      {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"},
-      {"num_threads", "1"}, {"shuffle_input_sentence", "false"}, {"input_sentence_size", "0"},
-      {"minloglevel", "1"}};
+  std::unordered_map<std::string, std::string> args = {{"model_type", "bpe"},
+                                                       {"vocab_size", std::to_string(vocab_size)},
+                                                       {"byte_fallback", "true"},
+                                                       {"hard_vocab_limit", "false"},
+                                                       {"character_coverage", "0.9995"},
+                                                       {"split_digits", "true"},
+                                                       {"allow_whitespace_only_pieces", "true"},
+                                                       {"normalization_rule_name", "identity"},
+                                                       {"remove_extra_whitespaces", "false"},
+                                                       {"add_dummy_prefix", "true"},
+                                                       {"unk_id", "0"},
+                                                       {"bos_id", "1"},
+                                                       {"eos_id", "2"},
+                                                       {"pad_id", "-1"},
+                                                       {"num_threads", "1"},
+                                                       {"shuffle_input_sentence", "false"},
+                                                       {"input_sentence_size", "0"},
+                                                       {"minloglevel", "1"}};
   if (num_unused > 0) {
     std::string names;
     for (int i = 0; i < num_unused; ++i) names += (i ? ",<unused" : "<unused") + std::to_string(i) + ">";
@@ -306,8 +313,8 @@ Result<std::string> train_tokenizer(std::string_view corpus, int vocab_size) {
   if (!padded.ok()) return padded;
   const int got = count_pieces(*padded);
   if (got != vocab_size) {
-    return make_error(ErrorCode::internal, "tokenizer training gave " + std::to_string(got) +
-                                               " pieces, want " + std::to_string(vocab_size));
+    return make_error(ErrorCode::internal,
+                      "tokenizer training gave " + std::to_string(got) + " pieces, want " + std::to_string(vocab_size));
   }
   return padded;
 }

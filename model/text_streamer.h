@@ -37,7 +37,7 @@ class TextStreamer {
   void finish();
 
   const std::string& text() const { return text_; }
-  std::string release_text() { return std::move(text_); }  // the streamer is done with it
+  std::string release_text() { return std::move(text_); }                 // the streamer is done with it
   const std::optional<std::string>& matched() const { return matched_; }  // the stop string that ended it
   size_t consumed() const { return consumed_; }  // ids pushed (those after a match not counted)
   bool ended() const { return matched_ || finished_; }

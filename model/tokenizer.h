@@ -69,9 +69,9 @@ class Tokenizer {
   std::string token_text(int id) const;
 
   int num_pieces() const;
-  int bos_id() const;  // -1 if none
-  int eos_id() const;  // -1 if none
-  int pad_id() const;  // -1 if none
+  int bos_id() const;             // -1 if none
+  int eos_id() const;             // -1 if none
+  int pad_id() const;             // -1 if none
   bool is_special(int id) const;  // control/unknown (sentencepiece) or special added token (BPE)
 
  private:
@@ -96,8 +96,8 @@ Result<std::string> train_tokenizer(std::string_view corpus, int vocab_size);
 class IncrementalDetokenizer {
  public:
   IncrementalDetokenizer(const Tokenizer& tok, bool skip_special_tokens);
-  std::string push(int id);   // text newly completed by this id (may be empty)
-  std::string flush();        // whatever is still held back, made valid UTF-8
+  std::string push(int id);                          // text newly completed by this id (may be empty)
+  std::string flush();                               // whatever is still held back, made valid UTF-8
   const std::string& text() const { return text_; }  // everything emitted so far
 
  private:

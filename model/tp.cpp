@@ -13,11 +13,18 @@ enum class Split { replicated, rows, cols };
 
 Split split_of(TensorRole role) {
   switch (role) {
-    case TensorRole::wq: case TensorRole::wk: case TensorRole::wv:
-    case TensorRole::bq: case TensorRole::bk: case TensorRole::bv:
-    case TensorRole::w_gate: case TensorRole::w_up: case TensorRole::lm_head:
+    case TensorRole::wq:
+    case TensorRole::wk:
+    case TensorRole::wv:
+    case TensorRole::bq:
+    case TensorRole::bk:
+    case TensorRole::bv:
+    case TensorRole::w_gate:
+    case TensorRole::w_up:
+    case TensorRole::lm_head:
       return Split::rows;
-    case TensorRole::wo: case TensorRole::w_down:
+    case TensorRole::wo:
+    case TensorRole::w_down:
       return Split::cols;
     default:
       return Split::replicated;
@@ -29,11 +36,18 @@ Range owned(TensorRole role, const ModelConfig& cfg, TpShard shard) {
   TpLayout l = tp_layout(cfg, shard);
   const int hd = cfg.head_dim;
   switch (role) {
-    case TensorRole::wq: case TensorRole::bq: case TensorRole::wo:
+    case TensorRole::wq:
+    case TensorRole::bq:
+    case TensorRole::wo:
       return {l.heads.begin * hd, l.heads.size * hd};
-    case TensorRole::wk: case TensorRole::wv: case TensorRole::bk: case TensorRole::bv:
+    case TensorRole::wk:
+    case TensorRole::wv:
+    case TensorRole::bk:
+    case TensorRole::bv:
       return {l.kv_heads.begin * hd, l.kv_heads.size * hd};
-    case TensorRole::w_gate: case TensorRole::w_up: case TensorRole::w_down:
+    case TensorRole::w_gate:
+    case TensorRole::w_up:
+    case TensorRole::w_down:
       return l.ffn;
     case TensorRole::lm_head:
       return l.vocab;
@@ -45,13 +59,14 @@ Range owned(TensorRole role, const ModelConfig& cfg, TpShard shard) {
 }  // namespace
 
 Status check_tp(const ModelConfig& cfg, int tp_size) {
-  if (tp_size < 1) return make_error(ErrorCode::invalid_argument, "tp: must be at least 1, got " + std::to_string(tp_size));
+  if (tp_size < 1)
+    return make_error(ErrorCode::invalid_argument, "tp: must be at least 1, got " + std::to_string(tp_size));
   if (cfg.num_kv_heads % tp_size != 0)
     return make_error(ErrorCode::invalid_argument, "tp: num_key_value_heads " + std::to_string(cfg.num_kv_heads) +
                                                        " is not a multiple of tp " + std::to_string(tp_size));
   if (cfg.intermediate_size < tp_size || cfg.vocab_size < tp_size)
-    return make_error(ErrorCode::invalid_argument, "tp: " + std::to_string(tp_size) +
-                                                       " ranks exceed intermediate_size or vocab_size");
+    return make_error(ErrorCode::invalid_argument,
+                      "tp: " + std::to_string(tp_size) + " ranks exceed intermediate_size or vocab_size");
   return {};
 }
 

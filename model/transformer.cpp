@@ -164,8 +164,8 @@ void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, 
     for (int h = 0; h < heads; ++h) {
       const size_t kvh = static_cast<size_t>((h0 + h) / group);
       for (int b = 0; b < nblk; ++b)
-        sc.blocks[static_cast<size_t>(h) * nblk + b] = keys ? kv_->keys(layer, table[b0 + b]) + kvh * hd * bs
-                                                            : kv_->values(layer, table[b0 + b]) + kvh * hd * bs;
+        sc.blocks[static_cast<size_t>(h) * nblk + b] =
+            keys ? kv_->keys(layer, table[b0 + b]) + kvh * hd * bs : kv_->values(layer, table[b0 + b]) + kvh * hd * bs;
     }
   };
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
@@ -178,8 +178,8 @@ void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, 
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
     gather(b0, nblk, /*keys=*/false);
-    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, sc.blocks.data(), nblk, bs,
-                                    hd, np, hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
+    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, sc.blocks.data(), nblk, bs, hd,
+                                    np, hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
   }
 }
 
@@ -210,8 +210,7 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
   const int d = c.hidden_size, hd = c.head_dim;
   rows_.clear();
   for (size_t s = 0; s < batch.size(); ++s)
-    for (int i = 0; i < batch[s].num_tokens; ++i)
-      rows_.push_back({static_cast<int>(s), batch[s].start_pos + i});
+    for (int i = 0; i < batch[s].num_tokens; ++i) rows_.push_back({static_cast<int>(s), batch[s].start_pos + i});
   const int T = static_cast<int>(rows_.size());
   if (T == 0) return;
   resize(T);
@@ -262,10 +261,10 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
       for (int i = 0; i < d; ++i) x[i] += xb[i];
       kernels::rmsnorm(x, fn, d, c.rms_norm_eps, xb);
     });
-    kernels::matmul_packed_group(xb_.data(), T, ld_d_,
-                                 {{&packed(TensorRole::w_gate, l), hb_.data(), ld_ffn_},
-                                  {&packed(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
-                                 pool_);
+    kernels::matmul_packed_group(
+        xb_.data(), T, ld_d_,
+        {{&packed(TensorRole::w_gate, l), hb_.data(), ld_ffn_}, {&packed(TensorRole::w_up, l), hb2_.data(), ld_ffn_}},
+        pool_);
     for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
     kernels::matmul_packed(hb_.data(), T, ld_ffn_, packed(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);

@@ -60,8 +60,8 @@ class Transformer {
   };
   void resize(int rows);
   void attention_layer(int layer, std::span<const SeqChunk> batch);
-  struct AttnScratch {  // per pool thread
-    std::vector<float> scores;  // [head - h0][position]
+  struct AttnScratch {                 // per pool thread
+    std::vector<float> scores;         // [head - h0][position]
     std::vector<const float*> blocks;  // [head - h0][block of the group]: keys or values of the head's KV head
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);

@@ -23,9 +23,7 @@ Status shape_error(const std::string& name, const std::vector<int64_t>& want, co
                     "tensor " + name + ": expected shape " + shape_text(want) + ", got " + shape_text(got));
 }
 
-std::string layer_name(int layer, const char* suffix) {
-  return "model.layers." + std::to_string(layer) + "." + suffix;
-}
+std::string layer_name(int layer, const char* suffix) { return "model.layers." + std::to_string(layer) + "." + suffix; }
 
 // Norms and biases are read as f32 by the kernels; everything else is a matmul operand or embedding.
 bool is_f32_only(TensorRole r) {
@@ -116,8 +114,7 @@ size_t Weight::nbytes() const {
 }
 
 Result<Weight> ModelWeights::make_weight(const TensorSpec& spec, const TensorView& view) {
-  if (view.shape != spec.shape)
-    return shape_error(spec.name, spec.shape, view.shape);
+  if (view.shape != spec.shape) return shape_error(spec.name, spec.shape, view.shape);
   if (view.dtype != DType::f32 && view.dtype != DType::bf16 && view.dtype != DType::f16)
     return make_error(ErrorCode::unsupported, "tensor " + spec.name + ": unsupported dtype");
   if (!view.data || view.nbytes != static_cast<size_t>(view.numel()) * dtype_size(view.dtype))
@@ -162,7 +159,7 @@ Result<ModelWeights> ModelWeights::from_archive(const ModelConfig& cfg, const Sa
   }
   for (size_t i = 0; i < mw.specs_.size(); ++i) {
     const TensorView* view = ar.find(mw.specs_[i].name);
-    if (!view) continue;  // optional and absent: the tied head
+    if (!view) continue;          // optional and absent: the tied head
     if (mw.specs_[i].optional) {  // a stored tied head: shape-checked, then ignored for embed's bytes
       if (view->shape != mw.specs_[i].shape) return shape_error(view->name, mw.specs_[i].shape, view->shape);
       continue;
@@ -195,8 +192,8 @@ void ModelWeights::bind_tied_head() {
 }
 
 const Weight& ModelWeights::get(TensorRole role, int layer) const {
-  ZR_CHECK_MSG(has(role, layer), "no weight for role " + std::to_string(static_cast<int>(role)) + " layer " +
-                                     std::to_string(layer));
+  ZR_CHECK_MSG(has(role, layer),
+               "no weight for role " + std::to_string(static_cast<int>(role)) + " layer " + std::to_string(layer));
   return weights_[static_cast<size_t>(slot_[static_cast<size_t>(layer + 1)][static_cast<size_t>(role)])];
 }
 
@@ -219,7 +216,8 @@ Status ModelWeights::replace(const std::vector<std::pair<std::string, Weight>>& 
     const size_t i = it->second;
     const Weight& cur = weights_[i];
     if (!seen.insert(i).second) return make_error(ErrorCode::weight_mismatch, "duplicate tensor " + name);
-    if (w.shape != local_shape(specs_[i], cfg_, shard_)) return shape_error(name, local_shape(specs_[i], cfg_, shard_), w.shape);
+    if (w.shape != local_shape(specs_[i], cfg_, shard_))
+      return shape_error(name, local_shape(specs_[i], cfg_, shard_), w.shape);
     if (w.dtype != cur.dtype)
       return make_error(ErrorCode::weight_mismatch, "tensor " + name + ": expected dtype " + dtype_name(cur.dtype) +
                                                         ", got " + dtype_name(w.dtype));
@@ -257,7 +255,8 @@ Result<size_t> ModelWeights::copy_to_anonymous_memory() {
   }
   if (total == 0) return size_t{0};
   void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return make_error(ErrorCode::unavailable, "weights: cannot map " + std::to_string(total) + " bytes");
+  if (p == MAP_FAILED)
+    return make_error(ErrorCode::unavailable, "weights: cannot map " + std::to_string(total) + " bytes");
 #ifdef MADV_HUGEPAGE
   ::madvise(p, total, MADV_HUGEPAGE);  // advisory: without THP the copy still works, in 4 KiB pages
 #endif

@@ -25,12 +25,14 @@
 namespace zr {
 
 enum class TensorRole : uint8_t {
-  embed,       // model.embed_tokens.weight            (vocab, d)
-  attn_norm,   // model.layers.L.input_layernorm.weight (d)
-  wq,          // model.layers.L.self_attn.q_proj.weight (n_heads*head_dim, d)
-  wk,          // model.layers.L.self_attn.k_proj.weight (n_kv_heads*head_dim, d)
-  wv,          // model.layers.L.self_attn.v_proj.weight (n_kv_heads*head_dim, d)
-  bq, bk, bv,  // model.layers.L.self_attn.{q,k,v}_proj.bias (Qwen2, attention_bias)
+  embed,      // model.embed_tokens.weight            (vocab, d)
+  attn_norm,  // model.layers.L.input_layernorm.weight (d)
+  wq,         // model.layers.L.self_attn.q_proj.weight (n_heads*head_dim, d)
+  wk,         // model.layers.L.self_attn.k_proj.weight (n_kv_heads*head_dim, d)
+  wv,         // model.layers.L.self_attn.v_proj.weight (n_kv_heads*head_dim, d)
+  bq,
+  bk,
+  bv,          // model.layers.L.self_attn.{q,k,v}_proj.bias (Qwen2, attention_bias)
   q_norm,      // model.layers.L.self_attn.q_norm.weight (head_dim), Qwen3: shared by every q head
   k_norm,      // model.layers.L.self_attn.k_norm.weight (head_dim), Qwen3: shared by every k head
   wo,          // model.layers.L.self_attn.o_proj.weight (d, n_heads*head_dim)
@@ -45,11 +47,11 @@ enum class TensorRole : uint8_t {
 constexpr int kNumRoles = static_cast<int>(TensorRole::count_);
 
 struct TensorSpec {
-  std::string name;             // Hugging Face name
-  std::vector<int64_t> shape;   // expected shape
+  std::string name;            // Hugging Face name
+  std::vector<int64_t> shape;  // expected shape
   TensorRole role;
-  int layer = -1;               // -1 for non-layer tensors
-  bool optional = false;        // lm_head when tied
+  int layer = -1;         // -1 for non-layer tensors
+  bool optional = false;  // lm_head when tied
 };
 
 // Every tensor of the model, in a fixed order (embed, layers 0..L-1, final_norm, lm_head).

@@ -168,8 +168,7 @@ void Actor::set_req_id_of(ReqIdFn fn) {
 
 // ---- sending
 
-Status Actor::send(const ReplyTo& to, std::string op, std::string body,
-                   std::vector<zmq::message_t> bulk) {
+Status Actor::send(const ReplyTo& to, std::string op, std::string body, std::vector<zmq::message_t> bulk) {
   check_owner();
   Frame f{to.routing_id, std::move(op), std::move(body), std::move(bulk)};
   if (to.via_router()) {
@@ -187,13 +186,11 @@ Status Actor::send(const ReplyTo& to, std::string op, std::string body,
   return {};
 }
 
-Status Actor::send_to(std::string routing_id, std::string op, std::string body,
-                      std::vector<zmq::message_t> bulk) {
+Status Actor::send_to(std::string routing_id, std::string op, std::string body, std::vector<zmq::message_t> bulk) {
   return send(ReplyTo::router(std::move(routing_id)), std::move(op), std::move(body), std::move(bulk));
 }
 
-Status Actor::send_peer(PeerId peer, std::string op, std::string body,
-                        std::vector<zmq::message_t> bulk) {
+Status Actor::send_peer(PeerId peer, std::string op, std::string body, std::vector<zmq::message_t> bulk) {
   return send(ReplyTo::to_peer(peer), std::move(op), std::move(body), std::move(bulk));
 }
 
@@ -226,7 +223,7 @@ size_t Actor::fire_timers(TimePoint now) {
     Timer& t = it->second;
     t.next += t.period;
     if (t.next <= now) t.next = now + t.period;  // skip missed periods
-    std::function<void()> fn = t.fn;  // a copy: fn may cancel its own timer
+    std::function<void()> fn = t.fn;             // a copy: fn may cancel its own timer
     run_guarded(*log_, "timer", fn);
   }
   return due.size();
@@ -247,8 +244,8 @@ size_t Actor::heartbeat_peers(TimePoint now) {
       ++events;
     } else if (p.liveness->dead(now)) {
       Millis backoff = p.liveness->reconnect_backoff();
-      log_->warn("peer {}: silent for {} heartbeats; reconnecting in {} ms", p.endpoint,
-                 p.liveness->config().liveness, backoff.count());
+      log_->warn("peer {}: silent for {} heartbeats; reconnecting in {} ms", p.endpoint, p.liveness->config().liveness,
+                 backoff.count());
       p.sock->set(zmq::sockopt::linger, 0);  // drop what was queued to the dead peer
       p.sock.reset();
       p.reconnect_at = now + backoff;
@@ -371,14 +368,12 @@ void Actor::dispatch(Frame& f, const ReplyTo& from, const Status& recv_err) {
   }
 }
 
-void Actor::reject(const ReplyTo& from, const std::string& op, const std::string& body,
-                   const Status& st) {
+void Actor::reject(const ReplyTo& from, const std::string& op, const std::string& body, const Status& st) {
   // Never answer an error with an error (two actors would bounce it forever), and never answer a
   // peer: what arrives there are replies to our own calls.
   if (!from.via_router() || op == "error") {
     log_->warn("dropped a message (op '{}') from {}: {}", op,
-               from.via_router() ? std::string("a client") : peers_[from.peer].endpoint,
-               st.to_string());
+               from.via_router() ? std::string("a client") : peers_[from.peer].endpoint, st.to_string());
     return;
   }
   log_->warn("rejected op '{}': {}", op, st.to_string());
@@ -387,8 +382,7 @@ void Actor::reject(const ReplyTo& from, const std::string& op, const std::string
 
 void Actor::refuse_queued() {
   if (!router_) return;
-  const Status shutting_down =
-      make_error(ErrorCode::unavailable, "actor '" + name_ + "' is shutting down");
+  const Status shutting_down = make_error(ErrorCode::unavailable, "actor '" + name_ + "' is shutting down");
   Frame f;
   Status err;
   size_t n = 0;
@@ -422,8 +416,7 @@ void Actor::start() {
 
 void Actor::stop() {
   if (thread_.joinable()) {
-    ZR_CHECK_MSG(std::this_thread::get_id() != thread_.get_id(),
-                 "actor '" + name_ + "': stop() from its own thread");
+    ZR_CHECK_MSG(std::this_thread::get_id() != thread_.get_id(), "actor '" + name_ + "': stop() from its own thread");
     ctl_owner_->send(zmq::str_buffer("stop"), zmq::send_flags::none);
     thread_.join();
     owner_ = std::this_thread::get_id();

@@ -64,14 +64,14 @@
 
 namespace zr {
 
-using PeerId = size_t;   // index of a peer of one actor, from connect_peer
+using PeerId = size_t;  // index of a peer of one actor, from connect_peer
 using TimerId = uint64_t;
 
 // Where a message came from, hence where its replies go. Copy it to reply later.
 struct ReplyTo {
   static constexpr PeerId kRouter = std::numeric_limits<PeerId>::max();
-  PeerId peer = kRouter;    // kRouter: the actor's ROUTER socket; else the DEALER of that peer
-  std::string routing_id;   // the requester, on the ROUTER
+  PeerId peer = kRouter;   // kRouter: the actor's ROUTER socket; else the DEALER of that peer
+  std::string routing_id;  // the requester, on the ROUTER
   // The CURVE role of the requester's connection (Frame::user_id: "client" / "trainer"; "" without
   // CURVE or on a peer), for handlers whose behaviour depends on it (limits, whose requests an
   // abort may touch). Permission checks do not belong here: Actor::dispatch makes them.
@@ -91,14 +91,14 @@ using ReqIdFn = std::function<uint64_t(std::string_view body)>;
 
 struct ActorOptions {
   std::optional<int> rank{};  // logger "<name>@rank<r>"; default $OMPI_COMM_WORLD_RANK when set
-  int linger_ms = 1000;      // how long closing a socket may wait to deliver queued messages
-  size_t max_batch = 256;    // messages read per socket per iteration before timers and tick run
-  NowFn clock{};             // time for timers and heartbeats; default SteadyClock::now (tests: fake)
+  int linger_ms = 1000;       // how long closing a socket may wait to deliver queued messages
+  size_t max_batch = 256;     // messages read per socket per iteration before timers and tick run
+  NowFn clock{};              // time for timers and heartbeats; default SteadyClock::now (tests: fake)
   // The ROUTER speaks CURVE as the server: only keys in these allow-lists get in (the context's ZAP
   // handler decides), and each message's role is checked against the op before its handler runs.
   std::optional<CurveServerKeys> curve{};
   std::optional<CurveClientKeys> peer_curve{};  // DEALERs to peers authenticate with this key
-  int64_t max_message_bytes = -1;  // ZMQ_MAXMSGSIZE of the ROUTER: a larger part drops the connection
+  int64_t max_message_bytes = -1;               // ZMQ_MAXMSGSIZE of the ROUTER: a larger part drops the connection
   // An actor never start()ed, driven with run_once() by one thread at a time but not always the
   // same one (the Trainer, which Python calls from whichever thread holds its lock): the owner
   // check is off while no actor thread runs. The caller orders the threads' uses (a lock).
@@ -132,7 +132,7 @@ class Actor {
   bool peer_connected(PeerId peer) const;  // false while waiting to reconnect
 
   // ---- behaviour
-  void on(std::string op, Handler handler);           // replaces a previous handler for op
+  void on(std::string op, Handler handler);  // replaces a previous handler for op
   // A typed handler, the decode-or-error and encode lines written once for every op: the body is
   // decoded as Request (wire_decode, found by type: comm/wire_typed.h), a body that does not
   // decode is answered with op "error" and the req_id the body carries, fn runs, and its result
@@ -145,20 +145,17 @@ class Actor {
   // handler runs applies to typed handlers too.
   template <class Request, class Reply = void, class Fn>
   void on(std::string op, Fn fn);
-  void set_tick(std::function<bool()> tick);          // returns true while it has more work now
-  void set_on_stop(std::function<void()> on_stop);    // finish or abort in-flight work and reply
+  void set_tick(std::function<bool()> tick);        // returns true while it has more work now
+  void set_on_stop(std::function<void()> on_stop);  // finish or abort in-flight work and reply
   void set_error_body(ErrorBodyFn fn);
-  void set_req_id_of(ReqIdFn fn);                     // req_id of a body, for error replies
+  void set_req_id_of(ReqIdFn fn);  // req_id of a body, for error replies
 
   // ---- sending (actor thread). A send to the ROUTER never blocks: a reply to a requester that is
   // gone (or whose queue is full) is dropped by ZeroMQ. A send to a peer fails with `unavailable`
   // while it reconnects or when its queue is full.
-  Status send(const ReplyTo& to, std::string op, std::string body,
-              std::vector<zmq::message_t> bulk = {});
-  Status send_to(std::string routing_id, std::string op, std::string body,
-                 std::vector<zmq::message_t> bulk = {});
-  Status send_peer(PeerId peer, std::string op, std::string body,
-                   std::vector<zmq::message_t> bulk = {});
+  Status send(const ReplyTo& to, std::string op, std::string body, std::vector<zmq::message_t> bulk = {});
+  Status send_to(std::string routing_id, std::string op, std::string body, std::vector<zmq::message_t> bulk = {});
+  Status send_peer(PeerId peer, std::string op, std::string body, std::vector<zmq::message_t> bulk = {});
   // op "error" with error_body(req_id, status).
   void send_error(const ReplyTo& to, uint64_t req_id, const Status& status);
 
@@ -189,8 +186,8 @@ class Actor {
   struct Peer {
     std::string endpoint;
     std::optional<CurveClientKeys> curve;  // this peer's keys (else opts_.peer_curve)
-    std::unique_ptr<zmq::socket_t> sock;  // null while waiting to reconnect
-    std::optional<Liveness> liveness;     // set by watch_peer
+    std::unique_ptr<zmq::socket_t> sock;   // null while waiting to reconnect
+    std::optional<Liveness> liveness;      // set by watch_peer
     std::function<void(PeerId)> on_dead;
     TimePoint reconnect_at{};
   };

@@ -12,13 +12,13 @@
 
 namespace zr {
 
-inline constexpr int kHeartbeatLiveness = 3;              // HEARTBEAT_LIVENESS: 3-5 is reasonable
-inline constexpr Millis kHeartbeatInterval{1000};         // HEARTBEAT_INTERVAL
-inline constexpr Millis kReconnectIntervalInit{1000};     // INTERVAL_INIT: first reconnect delay
-inline constexpr Millis kReconnectIntervalMax{32000};     // INTERVAL_MAX: backoff cap
+inline constexpr int kHeartbeatLiveness = 3;           // HEARTBEAT_LIVENESS: 3-5 is reasonable
+inline constexpr Millis kHeartbeatInterval{1000};      // HEARTBEAT_INTERVAL
+inline constexpr Millis kReconnectIntervalInit{1000};  // INTERVAL_INIT: first reconnect delay
+inline constexpr Millis kReconnectIntervalMax{32000};  // INTERVAL_MAX: backoff cap
 
 struct LivenessConfig {
-  int liveness = kHeartbeatLiveness;    // silent intervals before the peer counts as dead
+  int liveness = kHeartbeatLiveness;  // silent intervals before the peer counts as dead
   Millis interval = kHeartbeatInterval;
   Millis backoff_init = kReconnectIntervalInit;
   Millis backoff_max = kReconnectIntervalMax;

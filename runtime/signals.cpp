@@ -41,8 +41,7 @@ std::optional<int> wait_for_shutdown_signal(Millis timeout) {
       sig = sigwaitinfo(&set, nullptr);
     } else {
       auto left = std::max(std::chrono::nanoseconds{0}, deadline - SteadyClock::now());
-      timespec ts{static_cast<time_t>(left.count() / 1000000000),
-                  static_cast<long>(left.count() % 1000000000)};
+      timespec ts{static_cast<time_t>(left.count() / 1000000000), static_cast<long>(left.count() % 1000000000)};
       sig = sigtimedwait(&set, nullptr, &ts);
     }
     if (sig > 0) return sig;

@@ -89,8 +89,9 @@ void ZapHandler::answer(zmq::socket_t& rep) {
     role = role_of(req[2].to_string(), req[6].to_string());
   const bool ok = role != Role::none;
   (ok ? admitted_ : denied_).fetch_add(1);
-  if (!ok) spdlog::warn("zap: refused a CURVE handshake from {} (key not in the allow-lists)",
-                        req.size() > 3 ? req[3].to_string() : std::string("?"));
+  if (!ok)
+    spdlog::warn("zap: refused a CURVE handshake from {} (key not in the allow-lists)",
+                 req.size() > 3 ? req[3].to_string() : std::string("?"));
   const std::string request_id = req.size() > 1 ? req[1].to_string() : std::string();
   rep.send(zmq::str_buffer("1.0"), zmq::send_flags::sndmore);
   rep.send(zmq::buffer(request_id), zmq::send_flags::sndmore);

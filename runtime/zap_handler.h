@@ -36,7 +36,7 @@ class ZapHandler {
   // Registers the allow-lists of one server socket under a fresh ZAP domain and returns it (the
   // socket sets it as ZMQ_ZAP_DOMAIN before bind).
   std::string allow(const CurveServerKeys& keys);
-  uint64_t denied() const { return denied_.load(); }    // handshakes refused so far
+  uint64_t denied() const { return denied_.load(); }  // handshakes refused so far
   uint64_t admitted() const { return admitted_.load(); }
 
  private:
@@ -46,11 +46,11 @@ class ZapHandler {
   Role role_of(const std::string& domain, const std::string& key) const;
 
   zmq::context_t& ctx_;
-  mutable std::mutex mu_;                         // guards domains_ and next_domain_
+  mutable std::mutex mu_;  // guards domains_ and next_domain_
   std::map<std::string, std::map<Key, Role>> domains_;
   uint64_t next_domain_ = 0;
   std::atomic<uint64_t> denied_{0}, admitted_{0};
-  int stop_fd_ = -1;                              // eventfd: the destructor wakes the thread
+  int stop_fd_ = -1;  // eventfd: the destructor wakes the thread
   std::thread thread_;
 };
 

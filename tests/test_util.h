@@ -45,8 +45,8 @@ class TempDir {
 }  // namespace zr::testing
 
 // Skips the test with a clear message when the shared model is absent.
-#define ZR_REQUIRE_SHARED_MODEL(var, name)                                                   \
-  auto var##_opt = ::zr::testing::shared_model_dir(name);                                    \
-  if (!var##_opt) GTEST_SKIP() << "shared model '" << name                                   \
-                               << "' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models"; \
+#define ZR_REQUIRE_SHARED_MODEL(var, name)                                                                         \
+  auto var##_opt = ::zr::testing::shared_model_dir(name);                                                          \
+  if (!var##_opt)                                                                                                  \
+    GTEST_SKIP() << "shared model '" << name << "' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models"; \
   const std::string var = *var##_opt

@@ -35,8 +35,8 @@ void fill_logprob_texts(const Tokenizer& tok, std::vector<TokenLogprob>& lps) {
 void fill_logprob_texts(const Tokenizer& tok, MetaInfo& m) {
   fill_logprob_texts(tok, m.output_token_logprobs);
   fill_logprob_texts(tok, m.input_token_logprobs);
-  for (auto* lists : {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs,
-                      &m.input_token_ids_logprobs})
+  for (auto* lists :
+       {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs, &m.input_token_ids_logprobs})
     for (auto& l : *lists) fill_logprob_texts(tok, l);
 }
 
@@ -51,7 +51,8 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& dir, const Engin
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto tok = Tokenizer::load(dir);
   if (!tok.ok()) return tok.status();
-  if (!tok->has_text()) spdlog::info("engine: no tokenizer in {}: token-only mode (input_ids in, text fields empty)", dir);
+  if (!tok->has_text())
+    spdlog::info("engine: no tokenizer in {}: token-only mode (input_ids in, text fields empty)", dir);
   auto eng = std::unique_ptr<Engine>(new Engine(std::move(w).value(), std::move(tok).value(), opt));
   eng->model_dir_ = dir;
   return eng;
@@ -70,9 +71,9 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   if (opt.kv_prefault) prefault_kv();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp, opt.compute);
-  spdlog::info("engine: {} threads, {} compute, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}",
-               threads, kernels::compute_name(opt.compute), kv_->num_blocks(), kv_->block_size(),
-               kv_->bytes() / 1048576.0, opt.scheduler.max_running,
+  spdlog::info("engine: {} threads, {} compute, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
+               kernels::compute_name(opt.compute), kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0,
+               opt.scheduler.max_running,
                opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
 }
 
@@ -90,7 +91,7 @@ Engine::~Engine() {
 EngineStats Engine::stats() const {
   // Blocks only the prefix cache holds are free on demand: not "used".
   const int used = sched_.blocks().num_used() - sched_.prefix_cache().num_idle();
-  return {sched_.num_waiting(), sched_.num_running(), used, sched_.blocks().num_blocks(), preemptions_,
+  return {sched_.num_waiting(),       sched_.num_running(),        used, sched_.blocks().num_blocks(), preemptions_,
           sched_.prefix_hit_tokens(), sched_.prefix_cache().size()};
 }
 
@@ -167,7 +168,8 @@ Status Engine::submit_score(ScoreRequest req) {
 
 std::unique_ptr<TextStreamer> Engine::make_text_streamer(const GenerateRequest& r) const {
   const SamplingParams& sp = r.sampling_params;
-  return std::make_unique<TextStreamer>(text_tokenizer(r), TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
+  return std::make_unique<TextStreamer>(text_tokenizer(r),
+                                        TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
 }
 
 int64_t Engine::enqueue(std::shared_ptr<Request> req, std::vector<int> tokens, const Session* session) {
@@ -254,7 +256,8 @@ void Engine::run_jobs(std::vector<SampleJob>& jobs) {
       LogprobOptions lo = r.lo();
       if (job.kind == SampleJob::Kind::sample) {
         const Sequence& s = *job.seq;
-        SampleContext ctx{&r.gen.sampling_params, {s.tokens.data(), static_cast<size_t>(s.prompt_len)},
+        SampleContext ctx{&r.gen.sampling_params,
+                          {s.tokens.data(), static_cast<size_t>(s.prompt_len)},
                           {s.tokens.data() + s.prompt_len, static_cast<size_t>(s.num_outputs())},
                           r.seed + static_cast<uint64_t>(s.index)};
         job.result = sample_token(job.row, V, eos, ctx, lo, scratch);
@@ -291,8 +294,7 @@ bool Engine::apply_token(Sequence& s, const SampledToken& t, StepOutputs& out) {
     else fr.matched = *s.text->matched();
     return true;
   }
-  if (s.num_outputs() >= sp.max_new_tokens ||
-      static_cast<int>(s.tokens.size()) >= config().max_position_embeddings) {
+  if (s.num_outputs() >= sp.max_new_tokens || static_cast<int>(s.tokens.size()) >= config().max_position_embeddings) {
     fr.type = FinishReason::Type::length;
     fr.length = s.num_outputs();
     return true;

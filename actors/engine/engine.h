@@ -10,8 +10,8 @@
 
 #include <chrono>
 #include <future>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -35,7 +35,7 @@ class TextStreamer;
 class TpGroup;
 
 struct EngineOptions {
-  int threads = 0;                        // compute threads; 0 = all hardware threads
+  int threads = 0;                            // compute threads; 0 = all hardware threads
   size_t kv_cache_bytes = size_t{512} << 20;  // per rank under tensor parallelism
   int kv_block_size = 16;
   // Fault the whole KV pool in at start-up (and again after resume_memory kv_cache), as GPU
@@ -61,18 +61,18 @@ struct EngineOptions {
 struct StepOutputs {
   std::vector<SampleOutput> finished;
   std::vector<ScoreOutput> scores;
-  std::vector<StreamChunk> chunks;          // stream: true requests, what each sample gained
-  std::vector<std::string> aborted_scores;  // score requests removed by abort()
+  std::vector<StreamChunk> chunks;                    // stream: true requests, what each sample gained
+  std::vector<std::string> aborted_scores;            // score requests removed by abort()
   std::vector<std::pair<int64_t, Status>> committed;  // weight updates committed (or failed) this step
-  std::vector<UpdateOutcome> updates;  // begin_update calls that ended this step: ack or error
-  int tokens_processed = 0;  // rows through the forward this step
+  std::vector<UpdateOutcome> updates;                 // begin_update calls that ended this step: ack or error
+  int tokens_processed = 0;                           // rows through the forward this step
   int tokens_generated = 0;
 };
 
 struct EngineStats {
   int waiting = 0, running = 0;
   int kv_blocks_used = 0, kv_blocks_total = 0;
-  int64_t preemptions = 0;  // since start
+  int64_t preemptions = 0;        // since start
   int64_t prefix_hit_tokens = 0;  // positions taken from the prefix cache, since start
   int prefix_cached_blocks = 0;   // blocks the prefix cache indexes now
 };

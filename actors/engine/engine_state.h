@@ -34,9 +34,9 @@ struct Engine::Request {
   ScoreOutput score_out;
   uint64_t seed = 0;
   Clock::time_point start;
-  bool forked = false;      // the n samples have been created
-  std::shared_ptr<Session> session;  // multi-turn continuation, or null
-  bool input_done = false;  // input logprobs computed (never recomputed after preemption)
+  bool forked = false;                 // the n samples have been created
+  std::shared_ptr<Session> session;    // multi-turn continuation, or null
+  bool input_done = false;             // input logprobs computed (never recomputed after preemption)
   std::vector<TokenLogprob> input_lp;  // positions [logprob_start_len, prompt_len)
   std::vector<std::vector<TokenLogprob>> input_top, input_ids;
   int live_samples = 1;
@@ -77,7 +77,6 @@ struct Engine::SampleJob {
   int slot = 0;    // input / score: index in the destination vector
   SampledToken result;
 };
-
 
 // return_text_in_logprobs (engine.cpp): fills the null texts of logprob entries with each token
 // decoded alone, special tokens kept (SGLang's batch_decode of the ids).

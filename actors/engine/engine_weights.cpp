@@ -23,8 +23,8 @@ Status Engine::serving_check() const {
 
 Status Engine::request_update(StagedWeights w, UpdateOptions opt, StepOutputs& out) {
   if (pending_update_)
-    return make_error(ErrorCode::unavailable, "version: update to " + std::to_string(pending_update_->weights.version) +
-                                                  " is still pending");
+    return make_error(ErrorCode::unavailable,
+                      "version: update to " + std::to_string(pending_update_->weights.version) + " is still pending");
   if (w.version <= weight_version_)
     return make_error(ErrorCode::invalid_argument, "version: " + std::to_string(w.version) +
                                                        " must be greater than the serving version " +
@@ -142,9 +142,10 @@ Result<size_t> Engine::resume_memory(bool weights, bool kv_cache) {
     weights_released_ = false;
     bytes += staged->bytes;
   } else if (weights && weights_released_) {
-    spdlog::warn("resume_memory: weights stay released: version {} came from an update and was not kept; "
-                 "generate and score answer unavailable until an update commits",
-                 weight_version_);
+    spdlog::warn(
+        "resume_memory: weights stay released: version {} came from an update and was not kept; "
+        "generate and score answer unavailable until an update commits",
+        weight_version_);
   }
   if (opt_.tp) opt_.tp->send(TpCommand{TpCommand::Kind::resume, weight_version_, {weights, kv_cache, reload}, {}});
   return bytes;

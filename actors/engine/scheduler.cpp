@@ -67,7 +67,8 @@ void Scheduler::fork(int64_t parent, int64_t child, int computed, std::vector<in
   c.table = blocks_.share(shared);
   if (!p.tokens.empty()) {
     c.tokens = std::move(tokens);
-    c.hashes.assign(p.hashes.begin(), p.hashes.begin() + std::min<size_t>(p.hashes.size(), computed / blocks_.block_size()));
+    c.hashes.assign(p.hashes.begin(),
+                    p.hashes.begin() + std::min<size_t>(p.hashes.size(), computed / blocks_.block_size()));
   }
   c.kv_version = p.kv_version;
   seqs_[child] = std::move(c);
@@ -150,8 +151,7 @@ void Scheduler::drop_cached(int64_t key) {
 
 int Scheduler::drop_all_cached() {
   const int before = blocks_.num_free();
-  while (evict_oldest_cached()) {
-  }
+  while (evict_oldest_cached()) {}
   prefix_->clear();
   return blocks_.num_free() - before;
 }
@@ -191,9 +191,9 @@ void Scheduler::preempt(int64_t victim, StepPlan& plan, int& budget) {
   v.indexed = 0;
   budget += v.scheduled;
   v.scheduled = 0;
-  plan.seqs.erase(std::remove_if(plan.seqs.begin(), plan.seqs.end(),
-                                 [victim](const ScheduledSeq& s) { return s.id == victim; }),
-                  plan.seqs.end());
+  plan.seqs.erase(
+      std::remove_if(plan.seqs.begin(), plan.seqs.end(), [victim](const ScheduledSeq& s) { return s.id == victim; }),
+      plan.seqs.end());
   running_.erase(std::find(running_.begin(), running_.end(), victim));
   auto pos = std::upper_bound(waiting_.begin(), waiting_.end(), v.arrival,
                               [this](int64_t a, int64_t other) { return a < seqs_.at(other).arrival; });
@@ -222,8 +222,8 @@ StepPlan Scheduler::schedule() {
     }
     ++i;
   }
-  for (auto it = waiting_.begin(); it != waiting_.end() && budget > 0 &&
-                                   static_cast<int>(running_.size()) < cfg_.max_running;) {
+  for (auto it = waiting_.begin();
+       it != waiting_.end() && budget > 0 && static_cast<int>(running_.size()) < cfg_.max_running;) {
     int64_t id = *it;
     Seq& s = seqs_[id];
     if (!admit_ && !s.ran) {  // closed for new work: look further for preempted sequences

@@ -43,16 +43,16 @@
 namespace zr {
 
 struct SchedulerConfig {
-  int max_running = 256;         // sequences in the running batch
-  int max_step_tokens = 2048;    // tokens per forward step (decode + prefill chunks)
-  int max_prefill_chunk = 512;   // tokens of one prompt per step
-  bool prefix_cache = true;      // reuse cached KV of equal token prefixes (--no-prefix-cache: off)
+  int max_running = 256;        // sequences in the running batch
+  int max_step_tokens = 2048;   // tokens per forward step (decode + prefill chunks)
+  int max_prefill_chunk = 512;  // tokens of one prompt per step
+  bool prefix_cache = true;     // reuse cached KV of equal token prefixes (--no-prefix-cache: off)
 };
 
 struct ScheduledSeq {
   int64_t id;
-  int start;  // first position processed this step (= tokens already in the KV cache)
-  int count;  // tokens processed this step
+  int start;       // first position processed this step (= tokens already in the KV cache)
+  int count;       // tokens processed this step
   int cached = 0;  // admitted this step starting from `cached` positions of prefix-cached KV
 };
 
@@ -140,7 +140,7 @@ class Scheduler {
     bool ran = false;   // admitted at least once
     BlockTable table;   // KV of positions [0, computed + scheduled)
     // Prefix caching (empty tokens: the sequence takes no part).
-    std::vector<int> tokens;      // the known tokens, [0, total)
+    std::vector<int> tokens;       // the known tokens, [0, total)
     std::vector<uint64_t> hashes;  // chain hashes of tokens' full blocks
     int reuse_limit = kNoLimit;
     int indexed = 0;         // leading blocks handed to the prefix cache
@@ -148,8 +148,8 @@ class Scheduler {
   };
   struct Cached {
     BlockTable table;
-    int computed = 0;      // positions whose KV the table holds
-    int64_t stamp = 0;     // cache order: the lowest is evicted first
+    int computed = 0;   // positions whose KV the table holds
+    int64_t stamp = 0;  // cache order: the lowest is evicted first
   };
   int add_seq(int64_t id, Seq s, int64_t cached_key);
   int take_for(const Seq& s, int budget) const;
@@ -168,7 +168,7 @@ class Scheduler {
 
   SchedulerConfig cfg_;
   BlockAllocator blocks_;
-  std::unique_ptr<PrefixCache> prefix_;  // refers to blocks_
+  std::unique_ptr<PrefixCache> prefix_;   // refers to blocks_
   std::unordered_set<uint64_t> pending_;  // hashes of blocks the current step completes
   int64_t prefix_hit_tokens_ = 0;
   std::unordered_map<int64_t, Seq> seqs_;  // node-based: table() references stay valid

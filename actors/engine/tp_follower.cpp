@@ -9,7 +9,8 @@
 namespace zr {
 
 Result<std::unique_ptr<TpFollower>> TpFollower::load(const std::string& dir, const EngineOptions& opt, TpGroup& tp,
-                                                     MpiGroup* weight_group, std::chrono::milliseconds transfer_timeout) {
+                                                     MpiGroup* weight_group,
+                                                     std::chrono::milliseconds transfer_timeout) {
   auto cfg = ModelConfig::from_dir(dir);
   if (!cfg.ok()) return cfg.status();
   auto w = ModelWeights::load_dir(*cfg, dir, tp.shard());
@@ -31,9 +32,10 @@ TpFollower::TpFollower(ModelWeights w, const EngineOptions& opt, TpGroup& tp) : 
   if (kv_prefault_) kv_->prefault();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), &tp, opt.compute);
   TpLayout l = tp_layout(weights_.config(), tp.shard());
-  spdlog::info("tp rank {}/{}: heads [{}, {}), kv heads [{}, {}), ffn [{}, {}), vocab [{}, {}), {} threads, KV {} blocks",
-               tp.shard().rank, tp.shard().size, l.heads.begin, l.heads.end(), l.kv_heads.begin, l.kv_heads.end(),
-               l.ffn.begin, l.ffn.end(), l.vocab.begin, l.vocab.end(), threads, kv_->num_blocks());
+  spdlog::info(
+      "tp rank {}/{}: heads [{}, {}), kv heads [{}, {}), ffn [{}, {}), vocab [{}, {}), {} threads, KV {} blocks",
+      tp.shard().rank, tp.shard().size, l.heads.begin, l.heads.end(), l.kv_heads.begin, l.kv_heads.end(), l.ffn.begin,
+      l.ffn.end(), l.vocab.begin, l.vocab.end(), threads, kv_->num_blocks());
 }
 
 TpFollower::~TpFollower() {
@@ -56,12 +58,24 @@ void TpFollower::run() {
         tf_->forward(plan->chunks, no_logits_);
         break;
       }
-      case Kind::stage: on_stage(cmd); break;
-      case Kind::stage_result: on_stage_result(cmd); break;
-      case Kind::drop_staged: staged_.reset(); break;
-      case Kind::commit: on_commit(cmd); break;
-      case Kind::release: on_memory(cmd, true); break;
-      case Kind::resume: on_memory(cmd, false); break;
+      case Kind::stage:
+        on_stage(cmd);
+        break;
+      case Kind::stage_result:
+        on_stage_result(cmd);
+        break;
+      case Kind::drop_staged:
+        staged_.reset();
+        break;
+      case Kind::commit:
+        on_commit(cmd);
+        break;
+      case Kind::release:
+        on_memory(cmd, true);
+        break;
+      case Kind::resume:
+        on_memory(cmd, false);
+        break;
       case Kind::checksum: {
         std::vector<std::string> names;
         for (size_t at = 0, nl; (nl = cmd.blob.find('\n', at)) != std::string::npos; at = nl + 1)
@@ -99,11 +113,12 @@ void TpFollower::on_stage_result(const TpCommand& cmd) {
     staging_job_.reset();
     if (!r.ok()) st = r.status();
     else if (r->version != cmd.version)
-      st = make_error(ErrorCode::internal, "staged version " + std::to_string(r->version) + ", expected " +
-                                               std::to_string(cmd.version));
+      st = make_error(ErrorCode::internal,
+                      "staged version " + std::to_string(r->version) + ", expected " + std::to_string(cmd.version));
     else staged_ = std::move(r).value();
   }
-  if (!st.ok()) spdlog::warn("tp rank {}: update to version {} failed here: {}", tp_.shard().rank, cmd.version, st.to_string());
+  if (!st.ok())
+    spdlog::warn("tp rank {}: update to version {} failed here: {}", tp_.shard().rank, cmd.version, st.to_string());
   tp_.gather_strings(status_line(st));
 }
 

@@ -21,9 +21,9 @@ class TpFollower {
  public:
   // opt: the leader's engine options (threads, KV budget and block size must match the leader's).
   // weight_group: the cluster's weight-sync group (broadcast path), or null.
-  static Result<std::unique_ptr<TpFollower>> load(const std::string& model_dir, const EngineOptions& opt, TpGroup& tp,
-                                                  MpiGroup* weight_group,
-                                                  std::chrono::milliseconds transfer_timeout = std::chrono::seconds(60));
+  static Result<std::unique_ptr<TpFollower>> load(
+      const std::string& model_dir, const EngineOptions& opt, TpGroup& tp, MpiGroup* weight_group,
+      std::chrono::milliseconds transfer_timeout = std::chrono::seconds(60));
   ~TpFollower();
   // Serves commands until the leader sends shutdown (a leader found gone ends the process: see
   // TpGroup::set_leader_alive).

@@ -120,7 +120,8 @@ void TpGroup::send(const TpCommand& cmd) {
   msgpack::sbuffer buf;
   msgpack::pack(buf, WireCommand{static_cast<int>(cmd.kind), cmd.version, cmd.ints, cmd.blob});
   std::string s(buf.data(), buf.size());
-  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok()) fail(st, "command broadcast");
+  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok())
+    fail(st, "command broadcast");
 }
 
 void TpGroup::peer_gone() {
@@ -134,7 +135,8 @@ void TpGroup::peer_gone() {
 
 TpCommand TpGroup::receive() {
   std::string s;
-  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok()) fail(st, "command broadcast");
+  if (Status st = group_.bcast_small_idle(s, 0, kFollowerMaxSleep, peers_alive_); !st.ok())
+    fail(st, "command broadcast");
   WireCommand w;
   try {
     msgpack::object_handle oh = msgpack::unpack(s.data(), s.size());

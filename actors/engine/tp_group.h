@@ -96,7 +96,8 @@ class TpGroup final : public TpComm {
 
 // checksum64 of the bytes this rank serves for each named tensor (all when `names` is empty), and
 // their text form for gather_strings.
-std::vector<TensorChecksum> shard_checksums(const ModelWeights& w, const std::vector<std::string>& names, int tp_rank = 0);
+std::vector<TensorChecksum> shard_checksums(const ModelWeights& w, const std::vector<std::string>& names,
+                                            int tp_rank = 0);
 std::string format_checksums(const std::vector<TensorChecksum>& sums);
 std::vector<TensorChecksum> parse_checksums(const std::string& text, int tp_rank);
 

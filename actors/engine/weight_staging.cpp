@@ -137,8 +137,8 @@ Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, con
     ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + m.nbytes));
     const uint64_t expected = reader.checksum(i);
     if (uint64_t got = checksum64_finish(sum, m.nbytes); mine[i] && got != expected)
-      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(got) +
-                                                          " != " + std::to_string(expected));
+      return make_error(ErrorCode::checksum_mismatch,
+                        "tensor " + m.name + ": checksum " + std::to_string(got) + " != " + std::to_string(expected));
     m.checksum = expected;
   }
   return metas;
@@ -183,7 +183,8 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
   for (const TensorMeta& m : metas) {
     const TensorSpec* spec = spec_of(current, m.name);
     if (!spec) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": not a tensor of this model");
-    if (!seen.insert(m.name).second) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": listed twice");
+    if (!seen.insert(m.name).second)
+      return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": listed twice");
     if (m.shape != spec->shape)
       return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": expected shape " + shape_str(spec->shape) +
                                                         ", got " + shape_str(m.shape));
@@ -211,8 +212,8 @@ Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::
     const TensorMeta& m = metas[i];
     const uint8_t* p = base + m.offset;
     if (uint64_t sum = verify_checksums ? sums[i] : m.checksum; sum != m.checksum)
-      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
-                                                          " != " + std::to_string(m.checksum));
+      return make_error(ErrorCode::checksum_mismatch,
+                        "tensor " + m.name + ": checksum " + std::to_string(sum) + " != " + std::to_string(m.checksum));
     TensorView view{m.name, *dtype_from_name(m.dtype), m.shape, p, m.nbytes, owner};
     auto w = current.make_local(*spec_of(current, m.name), view);  // this rank's shard under TP
     if (!w.ok()) return w.status();
@@ -245,7 +246,8 @@ std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes, bool prefault) {
   std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
   buffers_.emplace_back(buf, bytes);
   if (buffers_.size() > 2) {  // keep at most two idle buffers (double buffering)
-    auto idle = std::find_if(buffers_.begin(), buffers_.end(), [&](const auto& b) { return b.first.use_count() == 1 && b.first != buf; });
+    auto idle = std::find_if(buffers_.begin(), buffers_.end(),
+                             [&](const auto& b) { return b.first.use_count() == 1 && b.first != buf; });
     if (idle != buffers_.end()) buffers_.erase(idle);
   }
   return buf;
@@ -275,8 +277,9 @@ Result<std::shared_ptr<ShmSegment>> ShmMappings::acquire(const std::string& name
     seg = *it;
     if (serves_from(serving, *seg))
       return make_error(ErrorCode::invalid_argument,
-                        "shm_name: segment " + name + " still holds the serving weights; the trainer must write a new "
-                        "version into a segment no engine lists in shm_in_use");
+                        "shm_name: segment " + name +
+                            " still holds the serving weights; the trainer must write a new "
+                            "version into a segment no engine lists in shm_in_use");
   } else {
     auto opened = ShmSegment::open(name, keep ? 0 : bytes, /*read_only=*/true, /*populate=*/false);
     if (!opened.ok() && opened.status().code == ErrorCode::not_found)
@@ -305,8 +308,8 @@ std::vector<std::string> ShmMappings::in_use(const ModelWeights& serving) const 
   for (const auto& seg : kept_)
     if (serves_from(serving, *seg)) names.push_back(seg->name());
   for (const auto& weak : unkept_)
-    if (auto seg = weak.lock(); seg && serves_from(serving, *seg) &&
-                                std::find(names.begin(), names.end(), seg->name()) == names.end())
+    if (auto seg = weak.lock();
+        seg && serves_from(serving, *seg) && std::find(names.begin(), names.end(), seg->name()) == names.end())
       names.push_back(seg->name());
   return names;
 }
@@ -345,11 +348,12 @@ Result<StagedWeights> stage_listed_from_disk(const ModelWeights& current, const 
     if (!v) return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": listed but not in " + dir);
     if (dtype_name(v->dtype) != m.dtype || v->nbytes != m.nbytes)
       return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": " + dir + " holds " + dtype_name(v->dtype) +
-                                                        " of " + std::to_string(v->nbytes) + " bytes, the update lists " +
-                                                        m.dtype + " of " + std::to_string(m.nbytes));
+                                                        " of " + std::to_string(v->nbytes) +
+                                                        " bytes, the update lists " + m.dtype + " of " +
+                                                        std::to_string(m.nbytes));
     if (uint64_t sum = checksum64(v->data, v->nbytes); sum != m.checksum)
-      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) + " != " +
-                                                          std::to_string(m.checksum) + " in " + dir);
+      return make_error(ErrorCode::checksum_mismatch, "tensor " + m.name + ": checksum " + std::to_string(sum) +
+                                                          " != " + std::to_string(m.checksum) + " in " + dir);
     auto w = current.make_local(*spec_of(current, m.name), *v);  // this rank's shard under TP
     if (!w.ok()) return w.status();
     const Weight* cur = current.find(m.name);
@@ -368,12 +372,13 @@ namespace {
 Result<std::future<Result<StagedWeights>>> begin_pull(const UpdateWeightsCall& c, const ModelWeights& current,
                                                       const StageSources& src, uint64_t* bytes) {
   if (!src.pool) return make_error(ErrorCode::unsupported, "pull_pid: this engine has no staging buffers");
-  auto reader = std::make_shared<PullReader>(static_cast<pid_t>(c.pull_pid), c.pull_addr, c.version,
-                                             src.transfer_timeout);
+  auto reader =
+      std::make_shared<PullReader>(static_cast<pid_t>(c.pull_pid), c.pull_addr, c.version, src.transfer_timeout);
   ZR_RETURN_IF_ERROR(reader->probe());
   if (src.shm) src.shm->retain(c.shm_pool);  // segments the trainer no longer holds
   std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(c.shm_bytes, 64), /*prefault=*/false);
-  if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(c.shm_bytes) + " bytes");
+  if (!buf)
+    return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(c.shm_bytes) + " bytes");
   *bytes = c.shm_bytes;
   const ModelWeights* cur = &current;
   return run_staging(src, [cur, buf, reader, c]() -> Result<StagedWeights> {
@@ -413,9 +418,9 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       auto group = src.weight_group->survivors(c.group_epoch, c.group_ranks, src.transfer_timeout);
       if (!group.ok()) return group.status();
       TransferVerifier verifier(c.tensors);  // checksums each segment from the cache as it arrives
-      Status st = (*group)->bcast_buckets(
-          buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); });
+      Status st =
+          (*group)->bcast_buckets(buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
+                                  [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); });
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
       ZR_RETURN_IF_ERROR(verifier.verify());
@@ -439,8 +444,10 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   if (c.shm_stream)  // the written count is a prefix of the transfer: tensors must come in its order
     for (size_t i = 1; i < c.tensors.size(); ++i)
       if (c.tensors[i].offset < c.tensors[i - 1].offset + c.tensors[i - 1].nbytes)
-        return make_error(ErrorCode::invalid_argument, "tensors[" + std::to_string(i) + "].offset: a streamed "
-                                                       "update lists tensors in increasing, non-overlapping offsets");
+        return make_error(ErrorCode::invalid_argument,
+                          "tensors[" + std::to_string(i) +
+                              "].offset: a streamed "
+                              "update lists tensors in increasing, non-overlapping offsets");
   if (c.pull_pid != 0) return begin_pull(c, current, src, bytes);
   std::shared_ptr<ShmSegment> owner;
   if (src.shm) {

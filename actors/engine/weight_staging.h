@@ -4,8 +4,8 @@
 #pragma once
 
 #include <chrono>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -24,14 +24,13 @@ struct StagedWeights {
   int64_t version = 0;
   std::vector<std::pair<std::string, Weight>> tensors;  // validated against the registry
   size_t bytes = 0;
-  int zero_copy = 0;  // tensors served in place from the transfer buffer
+  int zero_copy = 0;                 // tensors served in place from the transfer buffer
   std::vector<TensorMeta> received;  // the update's tensors as verified (checksums filled in); disk: empty
 };
 
 // Names known to the model, shapes equal, dtype supported, byte ranges inside the buffer, nbytes
 // consistent with dtype and shape, no duplicates. Errors (weight_mismatch) name the tensor.
-Status validate_update_meta(const ModelWeights& current, const std::vector<TensorMeta>& metas,
-                            uint64_t buffer_bytes);
+Status validate_update_meta(const ModelWeights& current, const std::vector<TensorMeta>& metas, uint64_t buffer_bytes);
 
 // Builds the weights from `base` (tensor i at metas[i].offset), verifying each checksum64
 // (checksum_mismatch names the tensor). f32/bf16 matrices in the serving dtype are used in place
@@ -54,6 +53,7 @@ class StagingPool {
   // prefault: fault the pages in now (a broadcast writes into them from MPI); false leaves that to
   // the first writer (an ipc pull, on the staging thread, not the actor's).
   std::shared_ptr<uint8_t> get(uint64_t bytes, bool prefault = true);
+
  private:
   std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers_;
 };
@@ -107,7 +107,7 @@ struct StageSources {
   MpiGroup* weight_group = nullptr;  // broadcast: the trainer + engines group (null: not in a cluster)
   StagingPool* pool = nullptr;       // broadcast receive buffers
   std::chrono::milliseconds transfer_timeout{60000};
-  ShmMappings* shm = nullptr;        // ipc: kept segment mappings (null: map each update anew)
+  ShmMappings* shm = nullptr;  // ipc: kept segment mappings (null: map each update anew)
   // Called on the staging thread just before its result is set (the future is ready moments
   // later): lets an event loop sleep while a stage runs instead of polling the future.
   std::function<void()> on_done;

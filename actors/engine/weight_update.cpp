@@ -59,7 +59,8 @@ std::optional<StagedWeights> WeightUpdate::take_staged(StepOutputs& out) {
     std::vector<std::string> lines = tp_->gather_strings(status_line(st));
     for (size_t r = 1; r < lines.size() && st.ok(); ++r)
       if (Status fst = status_from_line(lines[r]); !fst.ok())
-        st = make_error(fst.code, fst.message + " (rank " + std::to_string(rank_) + ", tp rank " + std::to_string(r) + ")");
+        st = make_error(fst.code,
+                        fst.message + " (rank " + std::to_string(rank_) + ", tp rank " + std::to_string(r) + ")");
     if (!st.ok()) drop_everywhere(job.call.version);
   }
   if (!st.ok()) {

@@ -44,15 +44,17 @@ Router::Router(std::vector<std::string> endpoints, RouterOptions opt, TimePoint 
     tokenizer_tried_ = true;
     auto tok = Tokenizer::load(opt_.tokenizer);
     if (tok.ok() && tok->has_text()) tokenizer_.emplace(std::move(tok).value());
-    else log().warn("router: {} (re-routing text prompts with partial output is off)",
-                    tok.ok() ? "no tokenizer in " + opt_.tokenizer : tok.status().to_string());
+    else
+      log().warn("router: {} (re-routing text prompts with partial output is off)",
+                 tok.ok() ? "no tokenizer in " + opt_.tokenizer : tok.status().to_string());
   }
   // Load, status and model info from the start, not one interval later.
   for (int k = 0; k < static_cast<int>(engines_.size()); ++k) {
     for (const char* op : {"health", "get_load", "get_model_info"}) {
       auto job = std::make_unique<Job>();
-      job->kind = std::string(op) == "health" ? Job::Kind::health
-                  : std::string(op) == "get_load" ? Job::Kind::load : Job::Kind::info;
+      job->kind = std::string(op) == "health"     ? Job::Kind::health
+                  : std::string(op) == "get_load" ? Job::Kind::load
+                                                  : Job::Kind::info;
       uint64_t id = next_req_id_++;
       send_job(id, k, op, wire::encode_req_id_only(id), std::move(job));
     }
@@ -170,7 +172,8 @@ void Router::tick(TimePoint now) {
       continue;
     }
     if (!e.liveness.tick(now)) continue;
-    std::vector<std::pair<const char*, Job::Kind>> beats = {{"health", Job::Kind::health}, {"get_load", Job::Kind::load}};
+    std::vector<std::pair<const char*, Job::Kind>> beats = {{"health", Job::Kind::health},
+                                                            {"get_load", Job::Kind::load}};
     if (!e.info) beats.emplace_back("get_model_info", Job::Kind::info);
     for (const auto& [op, kind] : beats) {
       auto job = std::make_unique<Job>();
@@ -378,8 +381,9 @@ void Router::on_call(const std::string& caller, const std::string& op, std::stri
     return fan_out(caller, op, body, wire::peek_req_id(body));
   }
   if (op == "get_weights_checksum")
-    return reply_error(caller, wire::peek_req_id(body),
-                       make_error(ErrorCode::unsupported, "get_weights_checksum: ask each engine (get_engines lists them)"));
+    return reply_error(
+        caller, wire::peek_req_id(body),
+        make_error(ErrorCode::unsupported, "get_weights_checksum: ask each engine (get_engines lists them)"));
   if (op == "shutdown")
     return reply_error(caller, wire::peek_req_id(body),
                        make_error(ErrorCode::unsupported, "shutdown: this router is stopped by its owner"));

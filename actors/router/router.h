@@ -31,8 +31,8 @@
 // Thread-safety: none; one thread drives a Router. RouterActor: like every Actor (runtime/actor.h).
 #pragma once
 
-#include <nlohmann/json_fwd.hpp>
 #include <spdlog/logger.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <chrono>
 #include <functional>
@@ -135,7 +135,19 @@ class Router {
     std::string engine_sid;  // the engine's own id for it
     bool lost = false;       // its engine died: its tokens and KV are gone
   };
-  enum class JobKind { generate, score, forward, open_session, close_session, fan_out, abort, health, load, info, ignore };
+  enum class JobKind {
+    generate,
+    score,
+    forward,
+    open_session,
+    close_session,
+    fan_out,
+    abort,
+    health,
+    load,
+    info,
+    ignore
+  };
   using json = nlohmann::json;
 
   // ---- router.cpp: engines, liveness, dispatch, death
@@ -158,8 +170,8 @@ class Router {
   void declare_dead(int k, TimePoint now);
   void dispatch_engine_message(int k, const std::string& op, const std::string& body, TimePoint now);
   // ---- router_control.cpp: forwarded calls, health, fan-outs, sessions, abort
-  void forward(int engine, const std::string& caller, uint64_t caller_req_id, const std::string& op,
-               std::string body, JobKind kind, std::string session = {});
+  void forward(int engine, const std::string& caller, uint64_t caller_req_id, const std::string& op, std::string body,
+               JobKind kind, std::string session = {});
   void on_forward_reply(const Job& job, const std::string& op, json body);
   void on_health(const std::string& caller, uint64_t req_id);
   void fan_out(const std::string& caller, const std::string& op, std::string_view body, uint64_t req_id);
@@ -208,15 +220,15 @@ class Router {
   bool tokenizer_tried_ = false;
   uint64_t next_req_id_ = 1;  // the router's req_ids towards engines (one sequence for all)
   uint64_t next_call_ = 1;
-  uint64_t next_seq_ = 1;     // arrival order of requests, for abort replies
+  uint64_t next_seq_ = 1;  // arrival order of requests, for abort replies
   uint64_t next_reroute_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Job>> jobs_;  // by the router's req_id
   std::map<uint64_t, std::unique_ptr<Call>> calls_;
   std::unordered_map<std::string, std::shared_ptr<Req>> rids_;  // caller rid -> request in flight
   // caller rid -> (score call, arrival) in flight
   std::unordered_map<std::string, std::pair<uint64_t, uint64_t>> score_rids_;
-  std::map<std::string, Session> sessions_;                     // router session id -> its engine
-  std::unordered_map<std::string, size_t> in_flight_;          // caller -> requests of its counted calls
+  std::map<std::string, Session> sessions_;            // router session id -> its engine
+  std::unordered_map<std::string, size_t> in_flight_;  // caller -> requests of its counted calls
   std::vector<RouterMessage> outbox_;
   PrefixMap prefix_map_;  // which engine was sent which prompt prefixes
 };

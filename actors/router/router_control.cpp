@@ -30,7 +30,8 @@ Result<json> with_req_id(std::string_view body, uint64_t id) {
 void Router::call_engine(int engine, const std::string& caller, const std::string& op, std::string body, TimePoint) {
   const uint64_t caller_id = wire::peek_req_id(body);
   if (engine < 0 || engine >= static_cast<int>(engines_.size()))
-    return reply_error(caller, caller_id, make_error(ErrorCode::invalid_argument, "engine: no engine " + std::to_string(engine)));
+    return reply_error(caller, caller_id,
+                       make_error(ErrorCode::invalid_argument, "engine: no engine " + std::to_string(engine)));
   if (!engines_[engine].alive)
     return reply_error(caller, caller_id,
                        make_error(ErrorCode::unavailable, engine_name(engine) + " stopped answering heartbeats"));
@@ -111,7 +112,8 @@ void Router::fan_out(const std::string& caller, const std::string& op, std::stri
     ++f->pending;
     send_job(id, k, op, wire::pack_body(*j), std::move(job));
   }
-  if (f->pending == 0) reply_error(caller, req_id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
+  if (f->pending == 0)
+    reply_error(caller, req_id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
 }
 
 void Router::on_fan_out_part(FanOut& f, int k, const json* body, const Status& error) {
@@ -122,7 +124,8 @@ void Router::on_fan_out_part(FanOut& f, int k, const json* body, const Status& e
   // Memory ops and commits change whether an engine serves: take it from the reply rather than
   // wait for the next heartbeat, so a generate right after resume + update is routed.
   if (body && (f.op == "release_memory" || f.op == "resume_memory")) {
-    if (auto r = wire::memory_reply_from_json(*body); r.ok()) engines_[k].status = r->released.empty() ? "serving" : "released";
+    if (auto r = wire::memory_reply_from_json(*body); r.ok())
+      engines_[k].status = r->released.empty() ? "serving" : "released";
   } else if (body && f.op == "update_weights" && engines_[k].status == "released") {
     engines_[k].status = "";  // unknown until its next health: a commit of every tensor serves again
   }
@@ -159,7 +162,8 @@ void Router::finish_fan_out(FanOut& f) {
       if (!r.ok()) continue;
       v.version = first ? r->version : std::min(v.version, r->version);
       for (const auto& name : r->shm_in_use)  // a segment any engine serves from is in use
-        if (std::find(v.shm_in_use.begin(), v.shm_in_use.end(), name) == v.shm_in_use.end()) v.shm_in_use.push_back(name);
+        if (std::find(v.shm_in_use.begin(), v.shm_in_use.end(), name) == v.shm_in_use.end())
+          v.shm_in_use.push_back(name);
       first = false;
     }
     body = wire::encode(v);
@@ -175,7 +179,8 @@ void Router::finish_fan_out(FanOut& f) {
       m.commit_seconds = std::max(m.commit_seconds, r->commit_seconds);
       m.zero_copy_tensors = first ? r->zero_copy_tensors : std::min(m.zero_copy_tensors, r->zero_copy_tensors);
       for (const auto& name : r->shm_in_use)  // a segment any engine serves from is in use
-        if (std::find(m.shm_in_use.begin(), m.shm_in_use.end(), name) == m.shm_in_use.end()) m.shm_in_use.push_back(name);
+        if (std::find(m.shm_in_use.begin(), m.shm_in_use.end(), name) == m.shm_in_use.end())
+          m.shm_in_use.push_back(name);
       first = false;
     }
     body = wire::encode(m);
@@ -206,7 +211,8 @@ void Router::on_open_session(const std::string& caller, std::string_view body) {
   auto c = wire::decode_open_session(body);
   if (!c.ok()) return reply_error(caller, wire::peek_req_id(body), c.status());
   int k = pick();
-  if (k < 0) return reply_error(caller, c->req_id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
+  if (k < 0)
+    return reply_error(caller, c->req_id, make_error(ErrorCode::unavailable, "no live engine behind this router"));
   forward(k, caller, c->req_id, "open_session", std::string(body), Job::Kind::open_session);
 }
 
@@ -215,10 +221,12 @@ void Router::on_close_session(const std::string& caller, std::string_view body) 
   if (!c.ok()) return reply_error(caller, wire::peek_req_id(body), c.status());
   auto it = sessions_.find(c->session_id);
   if (it == sessions_.end())
-    return reply_error(caller, c->req_id, make_error(ErrorCode::not_found, "session_id: no session '" + c->session_id + "'"));
+    return reply_error(caller, c->req_id,
+                       make_error(ErrorCode::not_found, "session_id: no session '" + c->session_id + "'"));
   if (it->second.lost) {  // gone with its engine: closing it only forgets it
     sessions_.erase(it);
-    return reply(caller, "close_session.reply", wire::encode_simple_reply("close_session", SimpleReply{c->req_id, {}, 0}));
+    return reply(caller, "close_session.reply",
+                 wire::encode_simple_reply("close_session", SimpleReply{c->req_id, {}, 0}));
   }
   SessionCall to_engine{0, it->second.engine_sid};
   forward(it->second.engine, caller, c->req_id, "close_session", wire::encode(to_engine), Job::Kind::close_session,

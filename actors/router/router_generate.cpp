@@ -128,8 +128,7 @@ Status Router::admit(const Call& c, const GenerateRequest& g, int& engine, std::
     return make_error(ErrorCode::duplicate_rid, "rid: '" + g.rid + "' is already in flight");
   if (!g.session_id.empty()) {
     auto it = sessions_.find(g.session_id);
-    if (it == sessions_.end())
-      return make_error(ErrorCode::not_found, "session_id: no session '" + g.session_id + "'");
+    if (it == sessions_.end()) return make_error(ErrorCode::not_found, "session_id: no session '" + g.session_id + "'");
     if (it->second.lost)
       return make_error(ErrorCode::unavailable, "session_id: session '" + g.session_id + "' was on " +
                                                     engine_name(it->second.engine) +
@@ -222,13 +221,15 @@ void Router::on_chunk(Job& job, const json& body) {
   for (size_t t = 0; t < ch->output_ids.size(); ++t) {
     const int pos = static_cast<int>(s.ids.size());
     s.ids.push_back(ch->output_ids[t]);
-    if (r.gen.return_logprob) s.lps.push_back(t < ch->output_token_logprobs.size() ? ch->output_token_logprobs[t] : TokenLogprob{});
+    if (r.gen.return_logprob)
+      s.lps.push_back(t < ch->output_token_logprobs.size() ? ch->output_token_logprobs[t] : TokenLogprob{});
     if (s.cut >= 0) continue;  // past a stop string the router found: the engine is being stopped
     out.output_ids.push_back(ch->output_ids[t]);
     if (r.gen.return_logprob) out.output_token_logprobs.push_back(s.lps.back());
     if (s.tracker && s.tracker->push(ch->output_ids[t], is_stop_token(r, ch->output_ids[t]))) {
       s.cut = pos + 1;  // a stop string across the seam: the engine could not see it
-      if (!s.abort_sent) send_engine(job.engine, "abort", wire::encode(AbortCall{next_req_id_++, s.engine_rid, "", false}));
+      if (!s.abort_sent)
+        send_engine(job.engine, "abort", wire::encode(AbortCall{next_req_id_++, s.engine_rid, "", false}));
       s.abort_sent = true;
     }
   }
@@ -249,7 +250,8 @@ void Router::on_generate_reply(Job& job, const json& body, TimePoint now) {
   if (!rep.ok()) {
     const int k = job.engine;
     return on_generate_error(std::make_unique<Job>(std::move(job)), k,
-                             make_error(ErrorCode::internal, "unreadable generate.reply: " + rep.status().message), now);
+                             make_error(ErrorCode::internal, "unreadable generate.reply: " + rep.status().message),
+                             now);
   }
   const uint64_t call = job.call;
   for (SampleOutput& o : rep->outputs) {
@@ -339,8 +341,10 @@ void Router::reroute_samples(const std::shared_ptr<Req>& r, const std::vector<in
   }
   if (!r->gen.session_id.empty()) {
     for (int i : samples)
-      finish_sample_abort(*r, i, engine_name(dead) + " stopped answering heartbeats: session '" + r->gen.session_id +
-                                     "' is lost with it", now);
+      finish_sample_abort(
+          *r, i,
+          engine_name(dead) + " stopped answering heartbeats: session '" + r->gen.session_id + "' is lost with it",
+          now);
     return;
   }
   bool untouched = !r->split && static_cast<int>(samples.size()) == r->gen.sampling_params.n;
@@ -366,12 +370,16 @@ void Router::continue_sample(const std::shared_ptr<Req>& rp, int i, int dead, Ti
     if (!r.gen.input_ids.empty()) r.prompt = r.gen.input_ids;
     else if (r.gen.text && tokenizer_) r.prompt = tokenizer_->encode(*r.gen.text, /*add_bos=*/true);
     else
-      return finish_sample_abort(r, i, engine_name(dead) + " stopped answering heartbeats; continuing a text prompt "
-                                       "needs the router's tokenizer (--tokenizer)", now);
+      return finish_sample_abort(r, i,
+                                 engine_name(dead) +
+                                     " stopped answering heartbeats; continuing a text prompt "
+                                     "needs the router's tokenizer (--tokenizer)",
+                                 now);
   }
   if (tokenizer_ && !s.tracker && q > 0 && r.gen.detokenize) {  // the router builds this sample's text from now on
     const SamplingParams& sp = r.gen.sampling_params;
-    s.tracker = std::make_unique<TextStreamer>(*tokenizer_, TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
+    s.tracker = std::make_unique<TextStreamer>(*tokenizer_,
+                                               TextStreamerOptions{sp.stop, sp.skip_special_tokens, sp.no_stop_trim});
     for (int t = 0; t < q; ++t)
       if (s.tracker->push(s.ids[t], is_stop_token(r, s.ids[t]))) {
         s.cut = t + 1;
@@ -384,8 +392,10 @@ void Router::continue_sample(const std::shared_ptr<Req>& rp, int i, int dead, Ti
   if (q > 0 && !s.inferred) {
     const int last = s.ids[std::min(q, s.cut >= 0 ? s.cut : q) - 1];
     if (is_stop_token(r, last)) s.inferred = FinishReason{FinishReason::Type::stop, last, 0, {}};
-    else if (s.tracker && s.tracker->matched()) s.inferred = FinishReason{FinishReason::Type::stop, *s.tracker->matched(), 0, {}};
-    else if (q >= sp.max_new_tokens || (info && q >= generation_budget(static_cast<int>(r.prompt.size()), info->context_length)))
+    else if (s.tracker && s.tracker->matched())
+      s.inferred = FinishReason{FinishReason::Type::stop, *s.tracker->matched(), 0, {}};
+    else if (q >= sp.max_new_tokens ||
+             (info && q >= generation_budget(static_cast<int>(r.prompt.size()), info->context_length)))
       s.inferred = FinishReason{FinishReason::Type::length, {}, q, {}};
   }
   const bool lists = r.gen.return_logprob && (r.gen.top_logprobs_num > 0 || !r.gen.token_ids_logprob.empty());
@@ -490,12 +500,14 @@ void Router::on_score(const std::string& caller, std::string body, TimePoint now
   for (size_t k = 0; k < n; ++k) {
     const std::string& rid = call->batch[k].rid;
     if (rid.empty())
-      return reply_error(caller, call->req_id, in_batch(make_error(ErrorCode::invalid_argument, "rid: must be a non-empty string"), k, n));
+      return reply_error(caller, call->req_id,
+                         in_batch(make_error(ErrorCode::invalid_argument, "rid: must be a non-empty string"), k, n));
     bool twice = false;
     for (size_t j = 0; j < k; ++j) twice = twice || call->batch[j].rid == rid;
     if (twice || rids_.count(rid) || score_rids_.count(rid))
-      return reply_error(caller, call->req_id,
-                         in_batch(make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight"), k, n));
+      return reply_error(
+          caller, call->req_id,
+          in_batch(make_error(ErrorCode::duplicate_rid, "rid: '" + rid + "' is already in flight"), k, n));
   }
   auto c = std::make_unique<Call>();
   c->id = next_call_++;

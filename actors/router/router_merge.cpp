@@ -50,7 +50,8 @@ SampleOutput Router::local_output(Req& r, int i, FinishReason why, TimePoint now
 // completed across the seam (no engine could see it) ends the sample there: ids, per-token lists
 // and spans are cut after it and the finish reason is that stop string.
 void Router::rebuild_text(const Req& r, Sample& s, SampleOutput& o, FinishReason& why) const {
-  for (int t = static_cast<int>(s.tracker->consumed()); t < static_cast<int>(o.output_ids.size()) && !s.tracker->matched(); ++t)
+  for (int t = static_cast<int>(s.tracker->consumed());
+       t < static_cast<int>(o.output_ids.size()) && !s.tracker->matched(); ++t)
     if (s.tracker->push(o.output_ids[t], is_stop_token(r, o.output_ids[t]))) {
       s.cut = t + 1;
       break;
@@ -110,7 +111,8 @@ SampleOutput Router::merge_continuation(Req& r, int i, SampleOutput cont, TimePo
     if (!c.input_token_ids_logprobs.empty()) m.input_token_ids_logprobs = slice(c.input_token_ids_logprobs, 0, count);
   }
   m.weight_version_spans = s.spans;
-  for (const WeightVersionSpan& sp : c.weight_version_spans) add_span(m.weight_version_spans, sp.first_token_index + b, sp.version);
+  for (const WeightVersionSpan& sp : c.weight_version_spans)
+    add_span(m.weight_version_spans, sp.first_token_index + b, sp.version);
   FinishReason why = s.inferred ? *s.inferred : c.finish_reason;
   if (s.tracker) rebuild_text(r, s, o, why);
   else o.text = s.text.substr(0, s.text_base) + cont.text;

@@ -25,8 +25,8 @@ struct Router::Engine {
   int updates_in_flight = 0;     // update_weights sent, not answered
   std::string status;            // last health status
   Liveness liveness;
-  LoadReply load;                // last get_load
-  int64_t weight_version = 0;    // last health
+  LoadReply load;              // last get_load
+  int64_t weight_version = 0;  // last health
   std::optional<ModelInfoReply> info;
   int in_flight = 0, in_flight_samples = 0, rerouted = 0, finished = 0;
   bool updating() const { return marked_updating || updates_in_flight > 0; }
@@ -36,8 +36,8 @@ struct Router::Engine {
 // it; after a re-route, ids[0, base) are part of the continuation's prompt.
 struct Router::Sample {
   std::vector<int> ids;
-  std::vector<TokenLogprob> lps;         // return_logprob: one per id
-  std::string text;                      // chunk texts as the engines sent them
+  std::vector<TokenLogprob> lps;  // return_logprob: one per id
+  std::string text;               // chunk texts as the engines sent them
   int base = 0;
   size_t text_base = 0;                  // text.size() at the last re-route (no tokenizer)
   std::vector<WeightVersionSpan> spans;  // versions of ids[0, base)
@@ -48,20 +48,20 @@ struct Router::Sample {
   // Re-routed with a tokenizer: the router builds the text from all ids, as an engine does (so it
   // does not depend on where the seam is).
   std::unique_ptr<TextStreamer> tracker;
-  size_t streamed = 0;                   // tracker text sent to the caller
-  int cut = -1;                          // tracker found a stop string: the sample ends after ids[cut - 1]
+  size_t streamed = 0;  // tracker text sent to the caller
+  int cut = -1;         // tracker found a stop string: the sample ends after ids[cut - 1]
   bool abort_sent = false;
   std::optional<SampleOutput> out;
 };
 
 // One request of a caller's generate call.
 struct Router::Req {
-  uint64_t call = 0;  // the Call's id (the call may have ended: look it up)
-  size_t index = 0;   // in the caller's batch
-  uint64_t seq = 0;   // arrival order
-  TimePoint start;    // arrival (e2e_latency of re-routed samples)
-  GenerateRequest gen;     // as the caller sent it (session_id: the router's)
-  std::string engine_sid;  // in a session: the engine's id for it
+  uint64_t call = 0;        // the Call's id (the call may have ended: look it up)
+  size_t index = 0;         // in the caller's batch
+  uint64_t seq = 0;         // arrival order
+  TimePoint start;          // arrival (e2e_latency of re-routed samples)
+  GenerateRequest gen;      // as the caller sent it (session_id: the router's)
+  std::string engine_sid;   // in a session: the engine's id for it
   std::vector<int> prompt;  // prompt ids, once known (for re-routing)
   bool split = false;       // its samples run as separate continuations
   bool aborting = false;
@@ -76,8 +76,8 @@ struct Router::Call {
   TimePoint start;
   size_t batch_size = 1;
   std::vector<std::shared_ptr<Req>> reqs;  // generate
-  int pending = 0;     // generate: requests without every output
-  int jobs_open = 0;   // engine calls not yet answered
+  int pending = 0;                         // generate: requests without every output
+  int jobs_open = 0;                       // engine calls not yet answered
   bool failed = false;
   size_t error_index = 0;
   Status error;
@@ -95,8 +95,8 @@ struct Router::FanOut {
   std::string op;
   int pending = 0;
   std::vector<std::pair<int, nlohmann::json>> replies;  // (engine, body)
-  std::vector<int> lost;                               // died before answering
-  Status error;                                        // the first engine error
+  std::vector<int> lost;                                // died before answering
+  Status error;                                         // the first engine error
 };
 
 struct Router::AbortOp {

@@ -58,8 +58,9 @@ std::vector<TensorRef> tensors_from(const py::list& items) {
   for (size_t i = 0; i < items.size(); ++i) {
     auto t = items[i].cast<py::tuple>();
     if (t.size() != 6)
-      raise(make_error(ErrorCode::invalid_argument,
-                       "tensors[" + std::to_string(i) + "]: expected (name, dtype, shape, data_ptr, nbytes, checksum)"));
+      raise(
+          make_error(ErrorCode::invalid_argument,
+                     "tensors[" + std::to_string(i) + "]: expected (name, dtype, shape, data_ptr, nbytes, checksum)"));
     TensorRef r;
     r.name = t[0].cast<std::string>();
     r.dtype = t[1].cast<std::string>();
@@ -147,7 +148,9 @@ class PyTrainer {
     if (!wp) raise(make_error(ErrorCode::invalid_argument, "path: '" + path + "' (ipc, disk or broadcast)"));
     opt.path = *wp;
     auto policy = wire::in_flight_from_name(in_flight);
-    if (!policy) raise(make_error(ErrorCode::invalid_argument, "in_flight: '" + in_flight + "' (drain, abort, continue or recompute)"));
+    if (!policy)
+      raise(make_error(ErrorCode::invalid_argument,
+                       "in_flight: '" + in_flight + "' (drain, abort, continue or recompute)"));
     opt.in_flight = *policy;
     opt.flush_cache = flush_cache;
     opt.only = only;
@@ -260,8 +263,8 @@ struct MappedBytes {
 // [(name, dtype, shape, MappedBytes)] of a safetensors file, or of a folder (model.safetensors or
 // the shards of model.safetensors.index.json), sorted by name.
 py::list read_safetensors(const std::string& path) {
-  auto opened = std::filesystem::is_directory(path) ? SafetensorsArchive::open_dir(path)
-                                                    : SafetensorsArchive::open_file(path);
+  auto opened =
+      std::filesystem::is_directory(path) ? SafetensorsArchive::open_dir(path) : SafetensorsArchive::open_file(path);
   SafetensorsArchive ar = unwrap(std::move(opened));
   py::list out;
   for (const auto& [name, v] : ar.tensors())
@@ -295,19 +298,21 @@ PYBIND11_MODULE(_native, m) {
 
   m.def("checksum64", &zp::checksum_buffer, py::arg("buffer"),
         "checksum64 (comm/checksum.h) of a C-contiguous buffer: bytes, memoryview, numpy array");
-  m.def("checksum64_ptr", [](uintptr_t ptr, uint64_t nbytes) {
-          if (!ptr && nbytes) raise(zr::make_error(zr::ErrorCode::invalid_argument, "checksum64_ptr: null pointer"));
-          return checksum_of(reinterpret_cast<const void*>(ptr), nbytes);
-        }, py::arg("data_ptr"), py::arg("nbytes"),
-        "checksum64 of nbytes at an address the caller keeps alive (a torch tensor's data_ptr())");
+  m.def(
+      "checksum64_ptr",
+      [](uintptr_t ptr, uint64_t nbytes) {
+        if (!ptr && nbytes) raise(zr::make_error(zr::ErrorCode::invalid_argument, "checksum64_ptr: null pointer"));
+        return checksum_of(reinterpret_cast<const void*>(ptr), nbytes);
+      },
+      py::arg("data_ptr"), py::arg("nbytes"),
+      "checksum64 of nbytes at an address the caller keeps alive (a torch tensor's data_ptr())");
 
   py::class_<PyTrainer>(m, "Trainer")
       .def(py::init<std::vector<std::string>, double, int>(), py::arg("endpoints"), py::arg("heartbeat_s") = 0.0,
            py::arg("heartbeat_liveness") = 0)
       .def("publish", &PyTrainer::publish, py::arg("tensors"), py::arg("version"), py::arg("path") = "ipc",
-           py::arg("in_flight") = "drain", py::arg("flush_cache") = false,
-           py::arg("only") = std::vector<std::string>{}, py::arg("disk_dir") = "",
-           py::arg("bucket_bytes") = uint64_t{64} << 20, py::arg("timeout_s") = 600.0,
+           py::arg("in_flight") = "drain", py::arg("flush_cache") = false, py::arg("only") = std::vector<std::string>{},
+           py::arg("disk_dir") = "", py::arg("bucket_bytes") = uint64_t{64} << 20, py::arg("timeout_s") = 600.0,
            py::arg("reuse_segments") = true)
       .def("weight_version", &PyTrainer::weight_version, py::arg("engine") = 0)
       .def("engines", &PyTrainer::engines)

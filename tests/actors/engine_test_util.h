@@ -51,7 +51,8 @@ inline std::string missing_tokenizer(const std::string& dir) {
   o.kv_prefault = false;
   o.copy_weights = false;
   auto e = Engine::load(dir, o);
-  if (e.ok() || e.status().code != ErrorCode::not_found || e.status().message.find("tokenizer.model") == std::string::npos)
+  if (e.ok() || e.status().code != ErrorCode::not_found ||
+      e.status().message.find("tokenizer.model") == std::string::npos)
     return {};
   return e.status().to_string();
 }
@@ -95,6 +96,6 @@ inline void expect_identical(const SampleOutput& a, const SampleOutput& b, const
 
 // Skips the test while the engine cannot read the model folder's tokenizer (missing_tokenizer);
 // any other load error still fails.
-#define ZR_REQUIRE_ENGINE_TOKENIZER(dir)                                                       \
-  if (auto why_ = ::zr::testing::missing_tokenizer(dir); !why_.empty())                        \
+#define ZR_REQUIRE_ENGINE_TOKENIZER(dir)                                \
+  if (auto why_ = ::zr::testing::missing_tokenizer(dir); !why_.empty()) \
   GTEST_SKIP() << dir << ": the engine does not read this folder's tokenizer yet (" << why_ << ")"

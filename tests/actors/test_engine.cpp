@@ -33,7 +33,8 @@ void check_golden_engine(const std::string& name) {
   for (const auto& cs : ref["cases"]) {
     std::string rid = "case" + std::to_string(i++);
     if (cs["kind"] == "greedy") {
-      ASSERT_TRUE(eng->submit(testing::greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()))).ok());
+      ASSERT_TRUE(
+          eng->submit(testing::greedy_request(rid, cs["prompt_ids"], static_cast<int>(cs["greedy_ids"].size()))).ok());
     } else {
       for (const char* t : {"1.0", "0.7"}) {
         ScoreRequest s{rid + "@" + t, cs["prompt_ids"], cs["completion_ids"], std::stof(t), 0};
@@ -68,7 +69,8 @@ void check_golden_engine(const std::string& name) {
         const ScoreOutput& s = res.scores.at(rid + "@" + t);
         const auto& expect = cs[std::string("logprobs_T") + t];
         ASSERT_EQ(s.logprobs.size(), expect.size());
-        for (size_t k = 0; k < expect.size(); ++k) EXPECT_NEAR(s.logprobs[k], expect[k].get<double>(), 1e-4) << t << " " << k;
+        for (size_t k = 0; k < expect.size(); ++k)
+          EXPECT_NEAR(s.logprobs[k], expect[k].get<double>(), 1e-4) << t << " " << k;
       }
     }
   }
@@ -125,7 +127,8 @@ void check_batch_invariance(const std::string& dir, int count = 64, kernels::Com
     std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937_64(order + 7));
     for (const auto& r : shuffled) ASSERT_TRUE(batched->submit(r).ok());
     auto res = run_to_completion(*batched);
-    for (const auto& r : reqs) expect_identical(alone[r.rid], res.samples.at(r.rid).at(0), r.rid + " order " + std::to_string(order));
+    for (const auto& r : reqs)
+      expect_identical(alone[r.rid], res.samples.at(r.rid).at(0), r.rid + " order " + std::to_string(order));
   }
   // Score of each generated completion returns generate's logprobs bit for bit (unpenalized
   // requests: default-mode logprobs are log_softmax(logits / T)).
@@ -143,7 +146,8 @@ void check_batch_invariance(const std::string& dir, int count = 64, kernels::Com
     for (size_t k = 0; k < s.logprobs.size(); ++k) {
       // top-k/top-p truncation does not change default-mode logprobs, so all requests qualify.
       ASSERT_TRUE(same_bits(s.logprobs[k], *o.meta_info.output_token_logprobs[k].logprob))
-          << r.rid << " token " << k << ": " << s.logprobs[k] << " vs " << *o.meta_info.output_token_logprobs[k].logprob;
+          << r.rid << " token " << k << ": " << s.logprobs[k] << " vs "
+          << *o.meta_info.output_token_logprobs[k].logprob;
     }
   }
 }

@@ -145,8 +145,8 @@ TEST_F(EngineControl, ReturnTextInLogprobsNamesEveryToken) {
   std::string prompt;
   for (size_t i = 1; i < 5; ++i) prompt += m.input_token_logprobs[i].text.value_or("<null>");
   EXPECT_EQ(no_spaces(prompt), "Onceuponatime");
-  for (const auto* lists : {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs,
-                            &m.input_token_ids_logprobs}) {
+  for (const auto* lists :
+       {&m.output_top_logprobs, &m.input_top_logprobs, &m.output_token_ids_logprobs, &m.input_token_ids_logprobs}) {
     ASSERT_FALSE(lists->empty());
     for (const auto& l : *lists)
       for (const auto& e : l) EXPECT_TRUE(e.text.has_value()) << e.token_id;

@@ -201,7 +201,7 @@ TEST_F(EngineSampling, BadRequestsNameTheField) {
   bad([](GenerateRequest& r) { r.logprob_start_len = 5; }, ErrorCode::invalid_argument, "logprob_start_len");
   ASSERT_TRUE(eng->submit(req("dup", 1.0f, 8, 0)).ok());
   EXPECT_EQ(eng->submit(req("dup", 1.0f, 8, 0)).code, ErrorCode::duplicate_rid);
-  run_to_completion(*eng);  // the good one still finishes
+  run_to_completion(*eng);                                // the good one still finishes
   EXPECT_TRUE(eng->submit(req("dup", 1.0f, 8, 0)).ok());  // a finished rid can be reused
 }
 

@@ -76,7 +76,8 @@ class PrefixEngine : public ::testing::Test {
     for (const auto& [rid, s] : a.scores) {
       const auto& t = b.scores.at(rid);
       ASSERT_EQ(s.logprobs.size(), t.logprobs.size()) << rid;
-      for (size_t i = 0; i < s.logprobs.size(); ++i) EXPECT_TRUE(same_bits(s.logprobs[i], t.logprobs[i])) << rid << " " << i;
+      for (size_t i = 0; i < s.logprobs.size(); ++i)
+        EXPECT_TRUE(same_bits(s.logprobs[i], t.logprobs[i])) << rid << " " << i;
     }
   }
   std::string dir_;
@@ -95,9 +96,9 @@ TEST_F(PrefixEngine, HitsAreBitwiseEqualToMissesAcrossRequestsAndSamples) {
   longer.insert(longer.end(), {40, 41, 42});
   auto n3 = request("n3", p, 12, 0.9f);
   n3.sampling_params.n = 3;
-  std::vector<GenerateRequest> wave = {request("greedy", p, 20, 0.0f), request("sampled", p, 20, 0.9f), n3,
-                                       request("longer", longer, 8, 0.7f), request("lp0", p, 6, 0.0f, 0),
-                                       request("lp40", p, 6, 0.5f, 40)};
+  std::vector<GenerateRequest> wave = {
+      request("greedy", p, 20, 0.0f),     request("sampled", p, 20, 0.9f), n3,
+      request("longer", longer, 8, 0.7f), request("lp0", p, 6, 0.0f, 0),   request("lp40", p, 6, 0.5f, 40)};
   ScoreRequest sc;
   sc.rid = "score";
   sc.input_ids = p;
@@ -125,7 +126,8 @@ TEST_F(PrefixEngine, HitsAreBitwiseEqualToMissesAcrossRequestsAndSamples) {
 TEST_F(PrefixEngine, CopiesSubmittedTogetherPrefillOnce) {
   std::vector<GenerateRequest> wave;
   for (int k = 0; k < 8; ++k)
-    for (int q = 0; q < 2; ++q) wave.push_back(request("p" + std::to_string(q) + "-" + std::to_string(k), prompt(40, q), 5, 1.0f));
+    for (int q = 0; q < 2; ++q)
+      wave.push_back(request("p" + std::to_string(q) + "-" + std::to_string(k), prompt(40, q), 5, 1.0f));
   auto on = load(true), off = load(false);
   ASSERT_TRUE(on && off);
   auto a = run(*on, {wave}), b = run(*off, {wave});
@@ -166,7 +168,8 @@ TEST_F(PrefixEngine, TinyKvBudgetEvictsWithoutErrorsAndStaysBitwiseEqual) {
   std::vector<std::vector<GenerateRequest>> waves;
   for (int w = 0; w < 3; ++w) {
     std::vector<GenerateRequest> wave;
-    for (int q = 0; q < 4; ++q) wave.push_back(request("w" + std::to_string(w) + "q" + std::to_string(q), prompt(37, q % 3), 20, 0.8f));
+    for (int q = 0; q < 4; ++q)
+      wave.push_back(request("w" + std::to_string(w) + "q" + std::to_string(q), prompt(37, q % 3), 20, 0.8f));
     waves.push_back(wave);
   }
   auto on = load(true, per_block * 12), off = load(false, per_block * 12);

@@ -128,13 +128,23 @@ TEST_F(RolloutService, SurvivesTenThousandHostileMessages) {
   for (int i = 0; i < 10000; ++i) {
     std::string body = good;
     switch (rng() % 4) {
-      case 0: body.resize(rng() % (body.size() + 1)); break;                           // truncation
-      case 1: for (int k = 0; k < 3; ++k) body[rng() % body.size()] ^= char(1 << (rng() % 8)); break;  // bit flips
-      case 2: body.assign(rng() % 64, '\0'); for (auto& c : body) c = char(rng()); break;  // noise
-      default: body = body.substr(0, rng() % body.size()) + good.substr(rng() % good.size()); break;  // splice
+      case 0:
+        body.resize(rng() % (body.size() + 1));
+        break;  // truncation
+      case 1:
+        for (int k = 0; k < 3; ++k) body[rng() % body.size()] ^= char(1 << (rng() % 8));
+        break;  // bit flips
+      case 2:
+        body.assign(rng() % 64, '\0');
+        for (auto& c : body) c = char(rng());
+        break;  // noise
+      default:
+        body = body.substr(0, rng() % body.size()) + good.substr(rng() % good.size());
+        break;  // splice
     }
     client->send_raw(ops[rng() % 8], body);
-    if (i % 64 == 0) while (actor->run_once(0ms)) {}
+    if (i % 64 == 0)
+      while (actor->run_once(0ms)) {}
   }
   for (int i = 0; i < 2000 && !actor->engine().idle(); ++i) actor->run_once(1ms);
   while (actor->run_once(5ms)) {}
@@ -242,11 +252,12 @@ TEST_F(RolloutService, HopTraceMarksEveryHopOfAGenerateInOrder) {
   for (size_t h = 0; h < static_cast<size_t>(Hop::kCount); ++h)
     EXPECT_TRUE(first.count(static_cast<Hop>(h))) << "no mark at " << hop_trace::hop_name(static_cast<Hop>(h));
   // io_sent and reply_sent are marked after a send returns, so the other side may come first.
-  const Hop path[] = {Hop::client_call,   Hop::client_queued,    Hop::io_send,    Hop::actor_recv,
-                      Hop::actor_decoded, Hop::engine_submitted, Hop::step_start, Hop::step_end,
+  const Hop path[] = {Hop::client_call,   Hop::client_queued,    Hop::io_send,     Hop::actor_recv,
+                      Hop::actor_decoded, Hop::engine_submitted, Hop::step_start,  Hop::step_end,
                       Hop::reply_encoded, Hop::io_received,      Hop::io_resolved, Hop::client_returned};
   for (size_t k = 1; k < std::size(path); ++k)
-    EXPECT_LE(first[path[k - 1]], first[path[k]]) << hop_trace::hop_name(path[k - 1]) << " after " << hop_trace::hop_name(path[k]);
+    EXPECT_LE(first[path[k - 1]], first[path[k]])
+        << hop_trace::hop_name(path[k - 1]) << " after " << hop_trace::hop_name(path[k]);
   EXPECT_LE(first[Hop::io_send], first[Hop::io_sent]);
   EXPECT_LE(first[Hop::reply_encoded], first[Hop::reply_sent]);
   actor->stop();

@@ -245,7 +245,9 @@ TEST_F(RolloutSecurity, MaxNewTokensPastTheContextIsClippedAsSGLangDoes) {
   EXPECT_EQ(m.prompt_tokens + m.completion_tokens, info->context_length - 2);
   EXPECT_EQ(m.completion_tokens, generation_budget(m.prompt_tokens, info->context_length));
 
-  nlohmann::json body = {{"req_id", 7}, {"rid", "none"}, {"input_ids", {1, 403, 407}},
+  nlohmann::json body = {{"req_id", 7},
+                         {"rid", "none"},
+                         {"input_ids", {1, 403, 407}},
                          {"sampling_params", {{"max_new_tokens", nullptr}, {"ignore_eos", true}, {"temperature", 0}}}};
   auto nil = c->call_raw("generate", wire::pack_body(body), {}, 7, 30s).get();
   ASSERT_TRUE(nil.ok()) << nil.status().to_string();
@@ -367,7 +369,7 @@ TEST_F(RolloutSecurity, ARouterCapsWhatEachConnectionHasInFlight) {
   EXPECT_EQ(over.status().code, ErrorCode::unavailable);
   EXPECT_NE(over.status().message.find("--max-in-flight 2"), std::string::npos) << over.status().message;
   auto score = (*c)->score({ScoreRequest{"s", {1, 2}, {3}}});
-  EXPECT_EQ(score.status().code, ErrorCode::unavailable);  // score counts too
+  EXPECT_EQ(score.status().code, ErrorCode::unavailable);       // score counts too
   EXPECT_TRUE((*other)->generate({req("elsewhere", 1)}).ok());  // another connection has its own count
   ASSERT_TRUE((*c)->abort_all().ok());
   EXPECT_TRUE(busy.get().ok());

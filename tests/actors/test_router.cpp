@@ -58,13 +58,17 @@ class RouterCore : public ::testing::Test {
   void beat(int k) {
     drain();
     std::vector<RouterMessage> rest, beats;
-    for (auto& m : sent_) (m.engine == k && (m.op == "health" || m.op == "get_load" || m.op == "get_model_info") ? beats : rest).push_back(m);
+    for (auto& m : sent_)
+      (m.engine == k && (m.op == "health" || m.op == "get_load" || m.op == "get_model_info") ? beats : rest)
+          .push_back(m);
     sent_ = rest;
     for (const auto& m : beats) {
       const uint64_t id = wire::peek_req_id(m.body);
       if (m.op == "health") from_engine(k, "health.reply", wire::encode(HealthReply{id, "serving", 3}));
       else if (m.op == "get_load") from_engine(k, "get_load.reply", wire::encode(LoadReply{id, 0, 0, 0, 0, 0}));
-      else from_engine(k, "get_model_info.reply", wire::encode(ModelInfoReply{id, "LlamaForCausalLM", 1024, 1024, 1, {2}, -1, 3, ""}));
+      else
+        from_engine(k, "get_model_info.reply",
+                    wire::encode(ModelInfoReply{id, "LlamaForCausalLM", 1024, 1024, 1, {2}, -1, 3, ""}));
     }
   }
   // Time passes in half intervals; the engines in `alive` answer their heartbeats.
@@ -167,7 +171,8 @@ TEST_F(RouterCore, PicksTheLeastLoadedEngineAndAvoidsUpdatingOnes) {
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_TRUE(router_->engines()[1].updating);
   EXPECT_EQ(engine_of("r7", 1), 0);
-  from_engine(1, "update_weights.reply", wire::encode(UpdateWeightsReply{wire::peek_req_id(sent[0].body), 4, 10, 0, 0, 0, {}}));
+  from_engine(1, "update_weights.reply",
+              wire::encode(UpdateWeightsReply{wire::peek_req_id(sent[0].body), 4, 10, 0, 0, 0, {}}));
   EXPECT_FALSE(router_->engines()[1].updating);
   auto acks = replies("update_weights.reply");
   ASSERT_EQ(acks.size(), 1u);
@@ -242,7 +247,8 @@ TEST_F(RouterCore, ADeadEnginesSamplesContinueElsewhereWithTheirPartialOutput) {
   EXPECT_EQ(take(0, "abort").size(), 1u);  // in case it only seemed dead
   auto conts = generates(1);
   ASSERT_EQ(conts.size(), 2u);
-  std::sort(conts.begin(), conts.end(), [](auto& x, auto& y) { return x.batch[0].input_ids.size() > y.batch[0].input_ids.size(); });
+  std::sort(conts.begin(), conts.end(),
+            [](auto& x, auto& y) { return x.batch[0].input_ids.size() > y.batch[0].input_ids.size(); });
   const GenerateRequest& c0 = conts[0].batch.at(0);
   const GenerateRequest& c1 = conts[1].batch.at(0);
   EXPECT_EQ(c0.input_ids, (std::vector<int>{1, 10, 11, 5, 6, 7}));
@@ -335,7 +341,8 @@ TEST_F(RouterCore, AStopStringAcrossTheSeamEndsTheSample) {
   call("generate", wire::encode(GenerateCall{40, {g}}));
   auto sent = generates(0);
   ASSERT_EQ(sent.size(), 1u);
-  from_engine(0, "generate.chunk", wire::encode_chunk(sent[0].req_id, StreamChunk{"s", 0, "", {ids[0], ids[1], ids[2]}, {}}));
+  from_engine(0, "generate.chunk",
+              wire::encode_chunk(sent[0].req_id, StreamChunk{"s", 0, "", {ids[0], ids[1], ids[2]}, {}}));
   pass(600ms, {1});
   auto cont = generates(1);
   ASSERT_EQ(cont.size(), 1u);
@@ -440,9 +447,10 @@ TEST_F(RouterCore, ABatchStaysAllOrNothingAcrossEngines) {
   auto gx = generates(0), gy = generates(1);
   ASSERT_EQ(gx.size(), 1u);
   ASSERT_EQ(gy.size(), 1u);
-  from_engine(1, "error",
-              wire::error_body(gy[0].req_id, make_error(ErrorCode::out_of_range,
-                                                        "input_ids[1]: token id 999 is outside the vocabulary [0, 512)")));
+  from_engine(
+      1, "error",
+      wire::error_body(gy[0].req_id, make_error(ErrorCode::out_of_range,
+                                                "input_ids[1]: token id 999 is outside the vocabulary [0, 512)")));
   auto aborts = take(0, "abort");
   ASSERT_EQ(aborts.size(), 1u);  // the part that was accepted stops
   EXPECT_EQ(wire::decode_abort(aborts[0].body)->rid, "x");
@@ -529,11 +537,31 @@ class Blackhole {
       : actor_(ctx, "blackhole"), dark_after_(dark_after) {
     EXPECT_TRUE(actor_.bind(bind).ok());
     peer_ = actor_.connect_peer(engine).value();
-    for (const char* op : {"generate", "score", "abort", "get_load", "health", "get_model_info", "flush_cache",
-                           "open_session", "close_session", "update_weights", "get_weight_version", "shutdown",
-                           "generate.chunk", "generate.reply", "score.reply", "abort.reply", "get_load.reply",
-                           "health.reply", "get_model_info.reply", "flush_cache.reply", "open_session.reply",
-                           "close_session.reply", "update_weights.reply", "get_weight_version.reply", "error"})
+    for (const char* op : {"generate",
+                           "score",
+                           "abort",
+                           "get_load",
+                           "health",
+                           "get_model_info",
+                           "flush_cache",
+                           "open_session",
+                           "close_session",
+                           "update_weights",
+                           "get_weight_version",
+                           "shutdown",
+                           "generate.chunk",
+                           "generate.reply",
+                           "score.reply",
+                           "abort.reply",
+                           "get_load.reply",
+                           "health.reply",
+                           "get_model_info.reply",
+                           "flush_cache.reply",
+                           "open_session.reply",
+                           "close_session.reply",
+                           "update_weights.reply",
+                           "get_weight_version.reply",
+                           "error"})
       actor_.on(op, [this, name = std::string(op)](Frame& f, const ReplyTo& from) { relay(name, f, from); });
     actor_.start();
   }
@@ -761,12 +789,15 @@ TEST_F(RouterService, AnEngineThatStopsAnsweringUnderLoadIsReRouted) {
   auto reqs = load_for_death(kMaxNew);
   std::mutex mu;
   std::map<std::string, std::pair<std::string, std::vector<int>>> streamed;  // rid/index -> text, ids
-  auto got = c->generate_stream(reqs, [&](const StreamChunk& ch) {
-    std::lock_guard<std::mutex> lock(mu);
-    auto& s = streamed[ch.rid + "/" + std::to_string(ch.index)];
-    s.first += ch.text;
-    s.second.insert(s.second.end(), ch.output_ids.begin(), ch.output_ids.end());
-  }, 120s);
+  auto got = c->generate_stream(
+      reqs,
+      [&](const StreamChunk& ch) {
+        std::lock_guard<std::mutex> lock(mu);
+        auto& s = streamed[ch.rid + "/" + std::to_string(ch.index)];
+        s.first += ch.text;
+        s.second.insert(s.second.end(), ch.output_ids.begin(), ch.output_ids.end());
+      },
+      120s);
   ASSERT_TRUE(got.ok()) << got.status().to_string();
   EXPECT_TRUE(hole.dark());
   auto want = direct->generate(reqs, 120s);
@@ -865,8 +896,10 @@ TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
   both("score", wire::to_json(ScoreCall{0, {s, ScoreRequest{"sd", {1, 2}, {3}, 1.0f, 0}}}));
   // Errors name the same field, with the same code.
   both("generate", json{{"rid", "x"}, {"input_ids", {1, 2}}, {"sampling_params", {{"top_k", "x"}}}});
-  both("generate", json{{"batch", {{{"rid", "ok"}, {"input_ids", {1, 2}}}, {{"rid", "bad"}, {"input_ids", {1, 5000}}}}}});
-  both("generate", json{{"batch", {{{"rid", "twice"}, {"input_ids", {1, 2}}}, {{"rid", "twice"}, {"input_ids", {1, 3}}}}}});
+  both("generate",
+       json{{"batch", {{{"rid", "ok"}, {"input_ids", {1, 2}}}, {{"rid", "bad"}, {"input_ids", {1, 5000}}}}}});
+  both("generate",
+       json{{"batch", {{{"rid", "twice"}, {"input_ids", {1, 2}}}, {{"rid", "twice"}, {"input_ids", {1, 3}}}}}});
   both("generate", json{{"rid", "s"}, {"input_ids", {1, 2}}, {"session_id", "nope"}});
   both("generate", json{{"rid", "t"}, {"input_ids", {1, 2}}, {"sampling_params", {{"n", 0}}}});
   both("nonsense", json::object());
@@ -879,7 +912,8 @@ TEST_F(RouterService, AClientCannotTellTheRouterFromAnEngine) {
   for (Client* cl : {direct.get(), via.get()}) {
     GenerateRequest l = greedy("long", {1, 403}, 1000);
     std::atomic<int> chunks{0};
-    auto fut = cl->generate_stream_async({l}, [&](const StreamChunk&) { ++chunks; }, 60s);
+    auto fut = cl->generate_stream_async(
+        {l}, [&](const StreamChunk&) { ++chunks; }, 60s);
     for (int i = 0; i < 30000 && chunks < 5; ++i) std::this_thread::sleep_for(1ms);
     auto ab = cl->abort("long", 30s);
     ASSERT_TRUE(ab.ok());

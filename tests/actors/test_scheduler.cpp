@@ -19,7 +19,8 @@ std::set<int> blocks_held(const Scheduler& s, const std::vector<int64_t>& ids) {
 }
 
 // Runs one step as an engine would: every scheduled sequence that reaches its end samples one token.
-std::vector<SeqUpdate> fake_outputs(const StepPlan& plan, std::map<int64_t, int>& total, std::map<int64_t, int>& remaining) {
+std::vector<SeqUpdate> fake_outputs(const StepPlan& plan, std::map<int64_t, int>& total,
+                                    std::map<int64_t, int>& remaining) {
   std::vector<SeqUpdate> ups;
   for (const auto& s : plan.seqs) {
     SeqUpdate u{s.id};
@@ -73,7 +74,7 @@ TEST(Scheduler, MaxRunningIsRespectedAndFifoAdmission) {
 }
 
 TEST(Scheduler, PreemptsTheLatestArrivalWhenKvRunsOut) {
-  Scheduler s({8, 100, 100}, 4, 4);  // 16 positions in all
+  Scheduler s({8, 100, 100}, 4, 4);                                           // 16 positions in all
   std::map<int64_t, int> total{{1, 4}, {2, 4}}, remaining{{1, 10}, {2, 10}};  // 14 positions each: one fits alone
   s.add(1, 4);
   s.add(2, 4);

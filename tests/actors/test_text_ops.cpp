@@ -135,9 +135,7 @@ TEST_F(TextOps, DetokenizeFalseLeavesTextEmpty) {
   off.detokenize = false;
   std::string streamed_off;
   auto a = run([&] { return client_->generate({on}); });
-  auto b = run([&] {
-    return client_->generate_stream({off}, [&](const StreamChunk& c) { streamed_off += c.text; });
-  });
+  auto b = run([&] { return client_->generate_stream({off}, [&](const StreamChunk& c) { streamed_off += c.text; }); });
   ASSERT_TRUE(a.ok() && b.ok()) << b.status().to_string();
   EXPECT_FALSE(a->outputs[0].text.empty());
   EXPECT_EQ(b->outputs[0].text, "");

@@ -39,7 +39,7 @@ TEST(TrainerPublish, ACheckpointsNonWeightTensorsAreLeftOut) {
   zr::testing::TempDir tmp;
   const std::map<std::string, std::vector<float>> extra = {
       {"model.layers.0.self_attn.rotary_emb.inv_freq", {1.0f, 0.5f}},  // a buffer older transformers saved
-      {"model.ema_decay", {0.999f}},                                    // training state, no weight at all
+      {"model.ema_decay", {0.999f}},                                   // training state, no weight at all
   };
   write_checkpoint(tmp / "ckpt", extra);
 

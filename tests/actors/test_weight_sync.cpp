@@ -486,7 +486,8 @@ TEST_F(WeightSync, InFlightPolicies) {
     reqs.push_back(r);
   }
   auto late = greedy("late");
-  for (InFlightPolicy p : {InFlightPolicy::drain, InFlightPolicy::abort, InFlightPolicy::continue_, InFlightPolicy::recompute}) {
+  for (InFlightPolicy p :
+       {InFlightPolicy::drain, InFlightPolicy::abort, InFlightPolicy::continue_, InFlightPolicy::recompute}) {
     SCOPED_TRACE(wire::in_flight_name(p));
     PolicyRun run = run_policy(mo_dir(), real_, p, reqs, late);
     EXPECT_TRUE(run.committed);
@@ -657,7 +658,6 @@ TEST_F(WeightSync, ARouterReportsReleasedEnginesAndServesAfterThePush) {
   routed.stop();
 }
 
-
 // Every form of the ipc path, and the fallback from pull to segment, commits the reference
 // weights with checksums verified: the engine then generates what a fresh start on them does.
 class IpcModes : public WeightSync {
@@ -714,7 +714,8 @@ TEST_F(IpcModes, APulledTensorThatDiffersFromItsChecksumIsRefused) {
   auto ar = SafetensorsArchive::open_dir(real_);
   ASSERT_TRUE(ar.ok());
   std::vector<TensorRef> refs;
-  for (const auto& [name, v] : ar->tensors()) refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
+  for (const auto& [name, v] : ar->tensors())
+    refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
   refs.back().checksum = checksum64(refs.back().data, refs.back().nbytes) ^ 1;  // damaged before the publish
   PublishOptions po;
   po.ipc_mode = IpcMode::pull;

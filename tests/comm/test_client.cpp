@@ -86,14 +86,17 @@ class FakeServer {
     }
     if (f.op == "open_session" || f.op == "close_session") return on_session(s, f);
     if (!id.ok()) return send(s, f.routing_id, "error", wire::error_body(wire::peek_req_id(f.body), id.status()));
-    if (f.op == "get_load") return send(s, f.routing_id, "get_load.reply", wire::encode(LoadReply{*id, 1, 2, 3, 4, 5.5}));
+    if (f.op == "get_load")
+      return send(s, f.routing_id, "get_load.reply", wire::encode(LoadReply{*id, 1, 2, 3, 4, 5.5}));
     if (f.op == "health") return send(s, f.routing_id, "health.reply", wire::encode(HealthReply{*id, "serving", 7}));
     if (f.op == "get_model_info")
       return send(s, f.routing_id, "get_model_info.reply",
                   wire::encode(ModelInfoReply{*id, "LlamaForCausalLM", 100, 64, 1, {2}, 0, 7, "/m"}));
     if (f.op == "flush_cache")
-      return send(s, f.routing_id, "flush_cache.reply", wire::encode_simple_reply("flush_cache", SimpleReply{*id, "", 42}));
-    send(s, f.routing_id, "error", wire::error_body(*id, make_error(ErrorCode::unknown_op, "op: unknown '" + f.op + "'")));
+      return send(s, f.routing_id, "flush_cache.reply",
+                  wire::encode_simple_reply("flush_cache", SimpleReply{*id, "", 42}));
+    send(s, f.routing_id, "error",
+         wire::error_body(*id, make_error(ErrorCode::unknown_op, "op: unknown '" + f.op + "'")));
   }
 
   void on_generate(zmq::socket_t& s, Frame& f) {
@@ -102,7 +105,8 @@ class FakeServer {
     const std::string& rid = call->batch[0].rid;
     if (rid.rfind("err", 0) == 0)
       return send(s, f.routing_id, "error",
-                  wire::error_body(call->req_id, make_error(ErrorCode::out_of_range, "batch[0].input_ids[0]: 999 is not in the vocabulary")));
+                  wire::error_body(call->req_id, make_error(ErrorCode::out_of_range,
+                                                            "batch[0].input_ids[0]: 999 is not in the vocabulary")));
     if (rid.rfind("slow", 0) == 0) return slow_.push_back({f.routing_id, *call});
     if (rid.rfind("hold-", 0) == 0) {
       held_.push_back({f.routing_id, *call});
@@ -116,12 +120,14 @@ class FakeServer {
 
   // Streams three chunks per stream request, then the one final reply. `abort_message` set: the
   // outputs finish with abort.
-  void reply_generate(zmq::socket_t& s, const std::string& peer, const GenerateCall& call, const std::string* abort_message) {
+  void reply_generate(zmq::socket_t& s, const std::string& peer, const GenerateCall& call,
+                      const std::string* abort_message) {
     GenerateReply reply{call.req_id, {}};
     for (const auto& r : call.batch) {
       if (r.stream && !abort_message)
         for (int k = 0; k < 3; ++k)
-          send(s, peer, "generate.chunk", wire::encode_chunk(call.req_id, StreamChunk{r.rid, 0, "t" + std::to_string(k), {k}, {}}));
+          send(s, peer, "generate.chunk",
+               wire::encode_chunk(call.req_id, StreamChunk{r.rid, 0, "t" + std::to_string(k), {k}, {}}));
       for (int i = 0; i < r.sampling_params.n; ++i) {
         SampleOutput o;
         o.rid = r.rid;
@@ -163,11 +169,13 @@ class FakeServer {
     if (open) {
       std::string id = "sess-" + std::to_string(++sessions_);
       open_sessions_.insert(id);
-      return send(s, f.routing_id, "open_session.reply", wire::encode_simple_reply(f.op, SimpleReply{call->req_id, id, 0}));
+      return send(s, f.routing_id, "open_session.reply",
+                  wire::encode_simple_reply(f.op, SimpleReply{call->req_id, id, 0}));
     }
     if (!open_sessions_.erase(call->session_id))
       return send(s, f.routing_id, "error",
-                  wire::error_body(call->req_id, make_error(ErrorCode::not_found, "session_id: '" + call->session_id + "' is not open")));
+                  wire::error_body(call->req_id, make_error(ErrorCode::not_found,
+                                                            "session_id: '" + call->session_id + "' is not open")));
     send(s, f.routing_id, "close_session.reply", wire::encode_simple_reply(f.op, SimpleReply{call->req_id, "", 0}));
   }
 
@@ -201,7 +209,8 @@ TEST(Client, SyncGenerateOverInprocAndTcp) {
   FakeServer tcp(ctx, "tcp://127.0.0.1:*");
   ASSERT_NE(tcp.endpoint().find("tcp://127.0.0.1:"), std::string::npos);
   auto a = Client::connect(inproc.endpoint(), &ctx);
-  auto b = Client::connect(tcp.endpoint(), nullptr, Client::Options{wire::EncodeOptions{true}, {}});  // own context, bin ids
+  auto b =
+      Client::connect(tcp.endpoint(), nullptr, Client::Options{wire::EncodeOptions{true}, {}});  // own context, bin ids
   ASSERT_TRUE(a.ok() && b.ok());
   for (Client* c : {a->get(), b->get()}) {
     GenerateRequest two = req("r2", {4, 5});
@@ -248,7 +257,8 @@ TEST(Client, AsyncCallsInFlightAreMatchedByReqId) {
 TEST(Client, StreamCallbackSeesChunksInOrderBeforeTheReply) {
   Fixture f;
   std::vector<std::string> seen;  // written on the I/O thread, read after the future resolved
-  auto r = f.client->generate_stream({req("a"), req("b")}, [&](const StreamChunk& c) { seen.push_back(c.rid + ":" + c.text); });
+  auto r = f.client->generate_stream({req("a"), req("b")},
+                                     [&](const StreamChunk& c) { seen.push_back(c.rid + ":" + c.text); });
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(seen, (std::vector<std::string>{"a:t0", "a:t1", "a:t2", "b:t0", "b:t1", "b:t2"}));
   EXPECT_EQ(r->outputs.size(), 2u);
@@ -280,7 +290,11 @@ TEST(Client, ErrorsResolveTheCallWithTheirStatus) {
   auto unknown = f.client->call_raw("frobnicate", wire::encode_req_id_only(id), {}, id).get();
   ASSERT_TRUE(unknown.ok());
   EXPECT_EQ(wire::status_from_error_json(unknown->json).code, ErrorCode::unknown_op);
-  auto schema = f.client->call_raw("generate", wire::pack_body(json{{"req_id", 5}, {"rid", "x"}, {"input_ids", {1}}, {"temprature", 1}}), {}, 5).get();
+  auto schema =
+      f.client
+          ->call_raw("generate",
+                     wire::pack_body(json{{"req_id", 5}, {"rid", "x"}, {"input_ids", {1}}, {"temprature", 1}}), {}, 5)
+          .get();
   EXPECT_EQ(wire::status_from_error_json(schema->json).code, ErrorCode::invalid_argument);
   EXPECT_NE(schema->json["message"].get<std::string>().find("temprature"), std::string::npos);
   EXPECT_TRUE(f.client->generate({req("still-serving")}).ok());

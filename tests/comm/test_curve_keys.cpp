@@ -36,7 +36,7 @@ TEST(CurveKeys, CertRoundTripAndModes) {
   auto keys = make_curve_keypair();
   ASSERT_TRUE(keys.ok());
   ASSERT_TRUE(write_curve_cert((d / "sub" / "engine").string(), *keys).ok());
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((d / "sub" / "engine.key_secret").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   ASSERT_EQ(::stat((d / "sub" / "engine.key").c_str(), &st), 0);
@@ -112,14 +112,14 @@ TEST(CurveKeys, KeyDirListsEveryPublicKey) {
 }
 
 TEST(Roles, ClientOpsAndTrainerOps) {
-  for (const char* op : {"generate", "score", "abort", "get_load", "health", "get_model_info", "open_session",
-                         "close_session", "get_weight_version", "get_weights_checksum", "get_engines", "tokenize",
-                         "detokenize", "ping"}) {
+  for (const char* op :
+       {"generate", "score", "abort", "get_load", "health", "get_model_info", "open_session", "close_session",
+        "get_weight_version", "get_weights_checksum", "get_engines", "tokenize", "detokenize", "ping"}) {
     EXPECT_TRUE(authorize_op(op, "client").ok()) << op;
     EXPECT_TRUE(authorize_op(op, "trainer").ok()) << op;
   }
-  for (const char* op : {"update_weights", "release_memory", "resume_memory", "flush_cache", "shutdown",
-                         "some_future_op"}) {
+  for (const char* op :
+       {"update_weights", "release_memory", "resume_memory", "flush_cache", "shutdown", "some_future_op"}) {
     Status st = authorize_op(op, "client");
     EXPECT_EQ(st.code, ErrorCode::permission_denied) << op;
     EXPECT_NE(st.message.find(std::string("'") + op + "'"), std::string::npos) << st.message;

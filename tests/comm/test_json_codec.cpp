@@ -35,27 +35,31 @@ TEST(JsonCodec, ParsesAFullRequest) {
 }
 
 TEST(JsonCodec, ErrorsNameTheField) {
-  struct Case { const char* text; const char* field; };
-  for (auto c : {Case{R"({"rid":"a","input_ids":"x"})", "input_ids"},
-                 Case{R"({"rid":"a","input_ids":[1,"b"]})", "input_ids[1]"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"top_k":1.5}})", "sampling_params.top_k"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"temprature":1}})", "sampling_params.temprature"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"stop":[1]}})", "sampling_params.stop[0]"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"logit_bias":{"x":1}}})", "logit_bias"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"seed":-1}})", "sampling_params.seed"},
-                 Case{R"({"rid":"a","input_ids":[1],"logprob_mode":"weird"})", "logprob_mode"},
-                 Case{R"({"rid":"a","input_ids":[1],"extra":1})", "extra"},
-                 Case{R"({"rid":7,"input_ids":[1]})", "rid"},
-                 Case{R"({"rid":"a","input_ids":[1],"custom_logit_processor":"foo:1"})", "custom_logit_processor"},
-                 Case{R"({"rid":"a","input_ids":[1],"custom_logit_processor":"rl_action_mask:1,x"})", "custom_logit_processor"},
-                 Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"max_new_tokens":99999999999}})", "max_new_tokens"},
-                 Case{R"({"rid":"a"})", "input_ids"}}) {
+  struct Case {
+    const char* text;
+    const char* field;
+  };
+  for (auto c :
+       {Case{R"({"rid":"a","input_ids":"x"})", "input_ids"}, Case{R"({"rid":"a","input_ids":[1,"b"]})", "input_ids[1]"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"top_k":1.5}})", "sampling_params.top_k"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"temprature":1}})", "sampling_params.temprature"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"stop":[1]}})", "sampling_params.stop[0]"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"logit_bias":{"x":1}}})", "logit_bias"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"seed":-1}})", "sampling_params.seed"},
+        Case{R"({"rid":"a","input_ids":[1],"logprob_mode":"weird"})", "logprob_mode"},
+        Case{R"({"rid":"a","input_ids":[1],"extra":1})", "extra"}, Case{R"({"rid":7,"input_ids":[1]})", "rid"},
+        Case{R"({"rid":"a","input_ids":[1],"custom_logit_processor":"foo:1"})", "custom_logit_processor"},
+        Case{R"({"rid":"a","input_ids":[1],"custom_logit_processor":"rl_action_mask:1,x"})", "custom_logit_processor"},
+        Case{R"({"rid":"a","input_ids":[1],"sampling_params":{"max_new_tokens":99999999999}})", "max_new_tokens"},
+        Case{R"({"rid":"a"})", "input_ids"}}) {
     Status st = parse_error(c.text);
     EXPECT_FALSE(st.ok()) << c.text;
     EXPECT_NE(st.message.find(c.field), std::string::npos) << c.text << " -> " << st.message;
   }
   EXPECT_FALSE(generate_request_from_json(json::array()).ok());
-  EXPECT_FALSE(score_request_from_json(json::parse(R"({"rid":"a","input_ids":[1],"completion_ids":[2],"temperature":"hot"})")).ok());
+  EXPECT_FALSE(
+      score_request_from_json(json::parse(R"({"rid":"a","input_ids":[1],"completion_ids":[2],"temperature":"hot"})"))
+          .ok());
 }
 
 TEST(JsonCodec, FloatsReadBackAsTheSameFloat32) {

@@ -98,9 +98,15 @@ Status status_of(const Result<T>& r) {
 }
 
 TEST(WireCodec, PlainValuesRoundTripAndIntegersStaySmall) {
-  json j = {{"a", 1}, {"b", -2}, {"c", 1.5}, {"d", "x"}, {"e", nullptr}, {"f", true},
+  json j = {{"a", 1},
+            {"b", -2},
+            {"c", 1.5},
+            {"d", "x"},
+            {"e", nullptr},
+            {"f", true},
             {"g", json::array({1, json::array({2}), json::object({{"h", false}})})},
-            {"big", std::numeric_limits<uint64_t>::max()}, {"neg", std::numeric_limits<int64_t>::min()}};
+            {"big", std::numeric_limits<uint64_t>::max()},
+            {"neg", std::numeric_limits<int64_t>::min()}};
   auto back = unpack_body(pack_body(j));
   ASSERT_TRUE(back.ok()) << back.status().to_string();
   EXPECT_EQ(*back, j);
@@ -150,11 +156,12 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
   EXPECT_EQ(minimal->batch[0].sampling_params.max_new_tokens, 128);
   // max_new_tokens nil is SGLang's None (as many as the context allows), not the default 128; other
   // nil fields keep their defaults.
-  auto none = decode_generate(pack_body(json{{"text", "hi"}, {"sampling_params", {{"max_new_tokens", nullptr}, {"top_p", nullptr}}}}));
+  auto none = decode_generate(
+      pack_body(json{{"text", "hi"}, {"sampling_params", {{"max_new_tokens", nullptr}, {"top_p", nullptr}}}}));
   ASSERT_TRUE(none.ok()) << none.status().to_string();
   EXPECT_EQ(none->batch[0].sampling_params.max_new_tokens, kMaxNewTokensUnset);
   EXPECT_EQ(none->batch[0].sampling_params.top_p, 1.0f);
-  EXPECT_EQ(generation_budget(10, 512), 500);              // SGLang: min(512 - 1, pool - 1) - 10 - 1
+  EXPECT_EQ(generation_budget(10, 512), 500);  // SGLang: min(512 - 1, pool - 1) - 10 - 1
   EXPECT_EQ(generation_budget(10, 512, /*kv_positions=*/100), 88);
 }
 
@@ -170,7 +177,8 @@ TEST(WireCodec, ScoreAbortSessionAndReqIdBodiesRoundTrip) {
     ASSERT_TRUE(single.ok()) << single.status().to_string();
     EXPECT_EQ(single->batch[0].temperature, 0.5f);
   }
-  for (const AbortCall& c : {AbortCall{1, "r", "", false}, AbortCall{2, "", "grp-", false}, AbortCall{3, "", "", true}}) {
+  for (const AbortCall& c :
+       {AbortCall{1, "r", "", false}, AbortCall{2, "", "grp-", false}, AbortCall{3, "", "", true}}) {
     auto back = decode_abort(encode(c));
     ASSERT_TRUE(back.ok()) << back.status().to_string();
     EXPECT_EQ(back->req_id, c.req_id);
@@ -284,14 +292,17 @@ TEST(WireCodec, OtherRepliesRoundTrip) {
   EXPECT_EQ(body_of(encode_simple_reply("flush_cache", flushed)), (json{{"req_id", 6}, {"freed_blocks", 99}}));
   EXPECT_EQ(simple_reply_from_json("flush_cache", body_of(encode_simple_reply("flush_cache", flushed)))->value, 99);
   SimpleReply opened{7, "sess-1", 0};
-  EXPECT_EQ(simple_reply_from_json("open_session", body_of(encode_simple_reply("open_session", opened)))->session_id, "sess-1");
+  EXPECT_EQ(simple_reply_from_json("open_session", body_of(encode_simple_reply("open_session", opened)))->session_id,
+            "sess-1");
   EXPECT_EQ(body_of(encode_simple_reply("close_session", SimpleReply{8, "", 0})), (json{{"req_id", 8}}));
 
   json err = body_of(error_body(9, make_error(ErrorCode::too_long, "input_ids: 5000 tokens over the context of 2048")));
-  EXPECT_EQ(err, (json{{"req_id", 9}, {"code", "too_long"}, {"message", "input_ids: 5000 tokens over the context of 2048"}}));
+  EXPECT_EQ(
+      err, (json{{"req_id", 9}, {"code", "too_long"}, {"message", "input_ids: 5000 tokens over the context of 2048"}}));
   Status st = status_from_error_json(err);
   EXPECT_EQ(st.code, ErrorCode::too_long);
-  EXPECT_EQ(status_from_error_json(json{{"req_id", 1}, {"code", "brand_new"}, {"message", "m"}}).code, ErrorCode::internal);
+  EXPECT_EQ(status_from_error_json(json{{"req_id", 1}, {"code", "brand_new"}, {"message", "m"}}).code,
+            ErrorCode::internal);
   EXPECT_EQ(status_from_error_json(json{{"code", 5}}).code, ErrorCode::bad_message);
   // Replies are lenient: a newer server's extra field does not break an older client.
   EXPECT_TRUE(health_reply_from_json(json{{"req_id", 1}, {"status", "serving"}, {"new_field", 1}}).ok());
@@ -332,12 +343,17 @@ TEST(WireCodec, TokenizeOpsRoundTripAndNameTheirFields) {
   EXPECT_EQ(message(decode_tokenize(pack_body(json{{"text", "a"}, {"ids", 1}}))).rfind("ids:", 0), 0u);
   EXPECT_EQ(message(decode_detokenize(pack_body(json{{"input_ids", {1, "x"}}}))).rfind("input_ids[1]:", 0), 0u);
   EXPECT_EQ(message(decode_detokenize(pack_body(json{{"input_ids", {1}}, {"skip_special_tokens", 1}})))
-                .rfind("skip_special_tokens:", 0), 0u);
+                .rfind("skip_special_tokens:", 0),
+            0u);
 }
 
 TEST(WireCodec, BadBodiesAreBadMessage) {
   std::string valid = encode(GenerateCall{3, {full_request("a")}});
-  struct Case { std::string body; std::string field; std::string what; };
+  struct Case {
+    std::string body;
+    std::string field;
+    std::string what;
+  };
   std::string deep = "\x91";  // nested one-element arrays
   for (int i = 0; i < 100; ++i) deep += "\x91";
   deep += "\x01";
@@ -366,13 +382,17 @@ TEST(WireCodec, BadBodiesAreBadMessage) {
   expect_error(status_of(unpack_body(valid, small)), ErrorCode::bad_message, "limit", "over max_bytes");
   small = BodyLimits{};
   small.max_values = 5;
-  expect_error(status_of(unpack_body(pack_body(json{{"input_ids", {1, 2, 3, 4, 5, 6}}}), small)), ErrorCode::bad_message,
-               "values", "over max_values");
+  expect_error(status_of(unpack_body(pack_body(json{{"input_ids", {1, 2, 3, 4, 5, 6}}}), small)),
+               ErrorCode::bad_message, "values", "over max_values");
 }
 
 TEST(WireCodec, SchemaErrorsNameTheField) {
   std::string bin7 = bytes({0xc4, 7, 1, 0, 0, 0, 2, 0, 0});
-  struct Case { std::string body; std::function<Status(const std::string&)> decode; std::string field; };
+  struct Case {
+    std::string body;
+    std::function<Status(const std::string&)> decode;
+    std::string field;
+  };
   auto gen = [](const std::string& b) { return status_of(decode_generate(b)); };
   auto score = [](const std::string& b) { return status_of(decode_score(b)); };
   auto abort = [](const std::string& b) { return status_of(decode_abort(b)); };
@@ -380,7 +400,11 @@ TEST(WireCodec, SchemaErrorsNameTheField) {
   auto close = [](const std::string& b) { return status_of(decode_close_session(b)); };
   auto only = [](const std::string& b) { return status_of(decode_req_id_only(b)); };
   json r = {{"rid", "a"}, {"input_ids", {1}}};
-  auto with = [&](json extra) { json j = r; j.update(extra); return pack_body(j); };
+  auto with = [&](json extra) {
+    json j = r;
+    j.update(extra);
+    return pack_body(j);
+  };
   std::vector<Case> cases = {
       {with({{"sampling_params", {{"top_k", "x"}}}}), gen, "sampling_params.top_k"},
       {with({{"sampling_params", {{"temprature", 1}}}}), gen, "sampling_params.temprature"},
@@ -389,9 +413,11 @@ TEST(WireCodec, SchemaErrorsNameTheField) {
       {with({{"req_id", -1}}), gen, "req_id"},
       {with({{"req_id", 1.5}}), gen, "req_id"},
       {with({{"return_logprob", 1}}), gen, "return_logprob"},
-      {pack_body(json{{"batch", json::array({r, {{"rid", "b"}, {"input_ids", {1}}, {"bogus", 2}}})}}), gen, "batch[1].bogus"},
+      {pack_body(json{{"batch", json::array({r, {{"rid", "b"}, {"input_ids", {1}}, {"bogus", 2}}})}}), gen,
+       "batch[1].bogus"},
       {pack_body(json{{"batch", json::array({r, 5})}}), gen, "batch[1]"},
-      {pack_body(json{{"batch", json::array({{{"rid", "b"}, {"input_ids", {1, "x"}}}})}}), gen, "batch[0].input_ids[1]"},
+      {pack_body(json{{"batch", json::array({{{"rid", "b"}, {"input_ids", {1, "x"}}}})}}), gen,
+       "batch[0].input_ids[1]"},
       {pack_body(json{{"batch", json::array()}}), gen, "batch"},
       {pack_body(json{{"batch", r}}), gen, "batch"},
       {pack_body(json{{"batch", json::array({r})}, {"rid", "x"}}), gen, "rid"},
@@ -442,7 +468,9 @@ std::string mutate(const std::vector<std::string>& seeds, std::mt19937& rng) {
     case 0:  // bit flips
       for (size_t k = 1 + pick(8); k-- && !s.empty();) s[pick(s.size())] ^= char(1 << pick(8));
       break;
-    case 1: s.resize(pick(s.size() + 1)); break;  // truncation
+    case 1:
+      s.resize(pick(s.size() + 1));
+      break;   // truncation
     case 2: {  // splice: a prefix of one body and a suffix of another
       const std::string& t = seeds[pick(seeds.size())];
       s = s.substr(0, pick(s.size() + 1)) + t.substr(pick(t.size() + 1));
@@ -461,7 +489,8 @@ std::string mutate(const std::vector<std::string>& seeds, std::mt19937& rng) {
       }
       break;
     case 5: {  // overwrite a byte with a length-carrying or odd marker
-      static const unsigned char kMarks[] = {0xdc, 0xdd, 0xde, 0xdf, 0xda, 0xdb, 0xc4, 0xc5, 0xc6, 0xd4, 0xc7, 0xc1, 0xff, 0x00};
+      static const unsigned char kMarks[] = {0xdc, 0xdd, 0xde, 0xdf, 0xda, 0xdb, 0xc4,
+                                             0xc5, 0xc6, 0xd4, 0xc7, 0xc1, 0xff, 0x00};
       if (!s.empty()) s[pick(s.size())] = char(kMarks[pick(sizeof kMarks)]);
       break;
     }
@@ -563,7 +592,7 @@ TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   };
   UpdateWeightsCall bad = c;
   bad.shm_offset = 100;
-  refused(bad, "shm_offset");  // not a multiple of 64
+  refused(bad, "shm_offset");                                    // not a multiple of 64
   bad.shm_offset = std::numeric_limits<uint64_t>::max() - 4095;  // a multiple of 64 that wraps
   refused(bad, "shm_offset");
   bad.shm_offset = 64;  // a streamed header needs 64 + 8 bytes for the one tensor

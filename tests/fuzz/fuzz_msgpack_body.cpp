@@ -18,15 +18,33 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   (void)wire::peek_req_id(body);
   switch (which % 12) {
-    case 0: (void)wire::decode_generate(body); break;
-    case 1: (void)wire::decode_score(body); break;
-    case 2: (void)wire::decode_abort(body); break;
-    case 3: (void)wire::decode_open_session(body); break;
-    case 4: (void)wire::decode_close_session(body); break;
-    case 5: (void)wire::decode_req_id_only(body); break;
-    case 6: (void)wire::decode_tokenize(body); break;
-    case 7: (void)wire::decode_detokenize(body); break;
-    case 8: (void)wire::decode_update_weights(body); break;
+    case 0:
+      (void)wire::decode_generate(body);
+      break;
+    case 1:
+      (void)wire::decode_score(body);
+      break;
+    case 2:
+      (void)wire::decode_abort(body);
+      break;
+    case 3:
+      (void)wire::decode_open_session(body);
+      break;
+    case 4:
+      (void)wire::decode_close_session(body);
+      break;
+    case 5:
+      (void)wire::decode_req_id_only(body);
+      break;
+    case 6:
+      (void)wire::decode_tokenize(body);
+      break;
+    case 7:
+      (void)wire::decode_detokenize(body);
+      break;
+    case 8:
+      (void)wire::decode_update_weights(body);
+      break;
     default: {  // the client side: a reply body
       auto j = wire::unpack_body(body);
       if (!j.ok()) break;

@@ -1,10 +1,10 @@
 // The zrollout binary end to end: generate/score JSONL with bad lines, and serve + client with a
 // SIGTERM that drains in-flight work and exits 0.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <fstream>
@@ -59,8 +59,10 @@ TEST(Cli, ScoreMatchesReference) {
   zr::testing::TempDir tmp;
   std::ifstream f(dir + "/reference.json");
   json cs = json::parse(f)["cases"][2];
-  json line = {{"rid", "s"}, {"input_ids", cs["prompt_ids"]}, {"completion_ids", cs["completion_ids"]}, {"temperature", 0.7}};
-  write(tmp / "in.jsonl", line.dump() + "\n{\"rid\":\"bad\",\"input_ids\":[1],\"completion_ids\":[2],\"temperature\":0}\n");
+  json line = {
+      {"rid", "s"}, {"input_ids", cs["prompt_ids"]}, {"completion_ids", cs["completion_ids"]}, {"temperature", 0.7}};
+  write(tmp / "in.jsonl",
+        line.dump() + "\n{\"rid\":\"bad\",\"input_ids\":[1],\"completion_ids\":[2],\"temperature\":0}\n");
   ASSERT_EQ(run(std::string(ZR_ZROLLOUT_BIN) + " score --model " + dir + " --input " + (tmp / "in.jsonl") +
                 " --output " + (tmp / "out.jsonl")),
             0);
@@ -80,20 +82,22 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     freopen("/dev/null", "w", stderr);
-    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), "--kv-cache-mb", "64",
-          "--max-running", "1", nullptr);
+    execl(ZR_ZROLLOUT_BIN, ZR_ZROLLOUT_BIN, "serve", "--model", dir.c_str(), "--bind", sock.c_str(), "--kv-cache-mb",
+          "64", "--max-running", "1", nullptr);
     _exit(127);
   }
   // Long requests run one at a time (--max-running 1), so all four are inside the engine, one running
   // and three waiting, well before the last finishes; the drain must finish all of them.
   std::string in;
   for (int i = 0; i < 4; ++i)
-    in += R"({"rid":"r)" + std::to_string(i) + R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})" "\n";
+    in += R"({"rid":"r)" + std::to_string(i) +
+          R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})"
+          "\n";
   write(tmp / "in.jsonl", in);
   // The client gives up after 120 s, so a lost reply fails the test instead of hanging it.
   std::thread client([&] {
-    run(std::string(ZR_ZROLLOUT_BIN) + " client --timeout 120 --connect " + sock + " --input " +
-        (tmp / "in.jsonl") + " --output " + (tmp / "out.jsonl"));
+    run(std::string(ZR_ZROLLOUT_BIN) + " client --timeout 120 --connect " + sock + " --input " + (tmp / "in.jsonl") +
+        " --output " + (tmp / "out.jsonl"));
   });
   // SIGTERM only once all four requests are inside the engine (get_load says so): the drain must
   // then finish them. A request still on the wire when the server stops reading is refused, not
@@ -123,8 +127,8 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   client.join();
-  ASSERT_TRUE(all_inside) << "the four requests were never in the engine together (last load: " << inside
-                          << " inside, " << running << " running)";
+  ASSERT_TRUE(all_inside) << "the four requests were never in the engine together (last load: " << inside << " inside, "
+                          << running << " running)";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto lines = read_jsonl(tmp / "out.jsonl");

@@ -1,11 +1,11 @@
 // The zrollout binary's security and limit flags: keygen, protected mode, --insecure, and a served
 // engine behind CURVE reached by `zrollout client` with and without a listed key.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <fstream>
@@ -38,7 +38,7 @@ std::string bin() { return ZR_ZROLLOUT_BIN; }
 TEST(CliSecurity, KeygenWritesZcertFiles) {
   zr::testing::TempDir tmp;
   ASSERT_EQ(run(bin() + " keygen --out " + (tmp / "keys/server"), tmp / "log"), 0) << slurp(tmp / "log");
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat((tmp / "keys/server.key_secret").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   auto pub = zr::read_curve_cert(tmp / "keys/server.key");
@@ -89,9 +89,20 @@ class ServedWithKeys : public ::testing::Test {
   std::string serve(const std::vector<std::string>& extra) {
     int port = 20000 + (getpid() % 20000);
     std::string ep = "tcp://127.0.0.1:" + std::to_string(port);
-    std::vector<std::string> args = {bin(), "serve", "--model", dir_, "--bind", ep, "--kv-cache-mb", "64",
-                                     "--curve-secret", tmp_ / "server.key_secret", "--trainer-keys", tmp_ / "trainers",
-                                     "--client-keys", tmp_ / "clients"};
+    std::vector<std::string> args = {bin(),
+                                     "serve",
+                                     "--model",
+                                     dir_,
+                                     "--bind",
+                                     ep,
+                                     "--kv-cache-mb",
+                                     "64",
+                                     "--curve-secret",
+                                     tmp_ / "server.key_secret",
+                                     "--trainer-keys",
+                                     tmp_ / "trainers",
+                                     "--client-keys",
+                                     tmp_ / "clients"};
     args.insert(args.end(), extra.begin(), extra.end());
     pid_ = fork();
     if (pid_ == 0) {
@@ -120,8 +131,9 @@ class ServedWithKeys : public ::testing::Test {
 
 TEST_F(ServedWithKeys, ListedClientIsServedUnlistedGetsNoAnswer) {
   std::string ep = serve({});
-  std::ofstream(tmp_ / "in.jsonl") << R"({"rid":"a","input_ids":[1,403],"sampling_params":{"max_new_tokens":4,"temperature":0}})"
-                                   << "\n";
+  std::ofstream(tmp_ / "in.jsonl")
+      << R"({"rid":"a","input_ids":[1,403],"sampling_params":{"max_new_tokens":4,"temperature":0}})"
+      << "\n";
   ASSERT_EQ(run(client_cmd(ep, tmp_ / "clients/c.key_secret"), tmp_ / "log"), 0) << slurp(tmp_ / "log");
   json good = json::parse(slurp(tmp_ / "out.jsonl"));
   EXPECT_EQ(good["output_ids"].size(), 4u) << good.dump();

@@ -1,10 +1,10 @@
 // The cluster launch under mpirun: `mpirun -np 1 zrollout trainer ... : -np 2 zrollout serve ...`.
 // Engines are found through MPI, weights go by MPI broadcast, refused pushes exit non-zero.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -49,7 +49,8 @@ class Cluster : public ::testing::Test {
     ASSERT_TRUE(zr::make_model(mo).ok());
     std::ifstream f(real_ + "/reference.json");
     ref_ = json::parse(f)["cases"][0];
-    json req = {{"rid", "g"}, {"input_ids", ref_["prompt_ids"]},
+    json req = {{"rid", "g"},
+                {"input_ids", ref_["prompt_ids"]},
                 {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}};
     std::ofstream(tmp_ / "in.jsonl") << req.dump() << "\n";
   }
@@ -195,10 +196,10 @@ TEST_F(Cluster, KillingOneTp2EngineUnderLoadReRoutesEveryRequest) {
   }
   // Engine 0 is the first app context, engine 1 the second (told apart by its --kv-cache-mb).
   auto cmd = [&](const std::string& out) {
-    return mpirun_prefix() + " --mca orte_enable_recovery 1 -np 1 " + bin + " trainer --input " + (tmp_ / "load.jsonl") +
-           " --output " + out + " --shutdown : -np 2 " + bin + " serve --model " + real_ +
-           " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " + bin + " serve --model " + real_ +
-           " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
+    return mpirun_prefix() + " --mca orte_enable_recovery 1 -np 1 " + bin + " trainer --input " +
+           (tmp_ / "load.jsonl") + " --output " + out + " --shutdown : -np 2 " + bin + " serve --model " + real_ +
+           " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " + bin + " serve --model " +
+           real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
   };
   ASSERT_EQ(run(cmd(tmp_ / "healthy.jsonl"), tmp_ / "healthy.log"), 0) << slurp(tmp_ / "healthy.log");
 
@@ -218,7 +219,8 @@ TEST_F(Cluster, KillingOneTp2EngineUnderLoadReRoutesEveryRequest) {
   std::string log = slurp(tmp_ / "killed.log");
   EXPECT_NE(log.find("engine 1 ("), std::string::npos) << log;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(log, m, std::regex("stopped answering heartbeats: ([0-9]+) requests re-routed"))) << log;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("stopped answering heartbeats: ([0-9]+) requests re-routed")))
+      << log;
   EXPECT_GT(std::stoi(m[1]), 0) << log;  // it died with work in flight
 
   auto read = [](const std::string& path) {
@@ -250,9 +252,9 @@ TEST_F(Cluster, StandaloneRouterFindsTheEnginesThroughMpi) {
   const std::string ep = "ipc://" + (tmp_ / "router.ipc");
   pid_t pid = fork();
   if (pid == 0) {
-    std::string cmd = mpirun_prefix() + " -np 1 " + bin + " router --bind " + ep + " : -np 4 " + bin + " serve --model " +
-                      real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 > " + (tmp_ / "log") +
-                      " 2>&1";
+    std::string cmd = mpirun_prefix() + " -np 1 " + bin + " router --bind " + ep + " : -np 4 " + bin +
+                      " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 > " +
+                      (tmp_ / "log") + " 2>&1";
     execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), nullptr);
     _exit(127);
   }
@@ -265,8 +267,9 @@ TEST_F(Cluster, StandaloneRouterFindsTheEnginesThroughMpi) {
       in << req.dump() << "\n";
     }
   }
-  int rc = run(bin + " client --connect " + ep + " --input " + (tmp_ / "in4.jsonl") + " --output " + (tmp_ / "out4.jsonl"),
-               tmp_ / "client.log");
+  int rc =
+      run(bin + " client --connect " + ep + " --input " + (tmp_ / "in4.jsonl") + " --output " + (tmp_ / "out4.jsonl"),
+          tmp_ / "client.log");
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -313,8 +316,9 @@ void Cluster::kill_one_rank_of_engine1(bool leader, const std::string& survivor_
   if (pid == 0) {
     std::string cmd = mpirun_prefix() + " --mca orte_enable_recovery 1 -np 1 " + bin + " trainer --input " +
                       (tmp_ / "load.jsonl") + " --output " + (tmp_ / "out.jsonl") + " --shutdown : -np 2 " + bin +
-                      " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " +
-                      bin + " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
+                      " serve --model " + real_ +
+                      " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 64 : -np 2 " + bin +
+                      " serve --model " + real_ + " --tp 2 --bind 'tcp://127.0.0.1:*' --threads 1 --kv-cache-mb 65";
     execl("/bin/sh", "sh", "-c", ("exec " + cmd + " > " + (tmp_ / "log") + " 2>&1").c_str(), nullptr);
     _exit(127);
   }

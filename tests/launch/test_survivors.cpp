@@ -4,9 +4,9 @@
 // the trainer's log names the ranks left out. The trainer rank is bench_survivors (the same
 // program is the benchmark); the engines are `zrollout serve` ranks of the same mpirun job.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <sstream>
@@ -38,8 +38,10 @@ class Survivors : public ::testing::Test {
     ref_ = json::parse(f)["cases"][0];
     std::ofstream in(tmp_ / "in.jsonl");
     for (int i = 0; i < 4; ++i)
-      in << json{{"rid", "g" + std::to_string(i)}, {"input_ids", ref_["prompt_ids"]},
-                 {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}}.dump()
+      in << json{{"rid", "g" + std::to_string(i)},
+                 {"input_ids", ref_["prompt_ids"]},
+                 {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}}
+                .dump()
          << "\n";
   }
   // The job: the trainer rank, then engine 0 and engine 1 of `tp` ranks each (engine 1's ranks

@@ -37,10 +37,10 @@ std::optional<std::string> tokenizer_dir(const std::string& name) {
   return std::nullopt;
 }
 
-#define REQUIRE_TOKENIZER_DIR(var, name)                                                         \
-  auto var##_opt = tokenizer_dir(name);                                                          \
-  if (!var##_opt) GTEST_SKIP() << "shared tokenizer '" << name                                   \
-                               << "' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models"; \
+#define REQUIRE_TOKENIZER_DIR(var, name)                                                                               \
+  auto var##_opt = tokenizer_dir(name);                                                                                \
+  if (!var##_opt)                                                                                                      \
+    GTEST_SKIP() << "shared tokenizer '" << name << "' not found: set ZROLLOUT_TEST_MODELS or place ../shared/models"; \
   const std::string var = *var##_opt
 
 using zr::testing::valid_utf8;
@@ -166,8 +166,8 @@ TEST(BpeTokenizer, IncrementalMatchesDecodeOnRandomIds) {
     REQUIRE_TOKENIZER_DIR(dir, name);
     const Tokenizer& tok = cached(dir);
     std::vector<int> pool;
-    for (const char* s : {"中文😀🇫🇷é", " .", " ,", " n't", " 's", " 're", " ' ", "'m", "x y", "<|im_end|>",
-                          "<|eot_id|>", "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", "日本語"})
+    for (const char* s : {"中文😀🇫🇷é", " .", " ,", " n't", " 's", " 're", " ' ", "'m", "x y", "<|im_end|>", "<|eot_id|>",
+                          "\xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD", "日本語"})
       for (int id : tok.encode(s, false)) pool.push_back(id);
     std::mt19937 rng(11);
     std::uniform_int_distribution<int> any(0, tok.num_pieces() + 2);
@@ -255,7 +255,10 @@ TEST(BpeTokenizer, MergesApplyByRankLeftmostFirst) {
   EXPECT_EQ(tok.decode(std::vector<int>{0xE4, 0xB8, 0xAD}, false), "\xE4\xB8\xAD");
   EXPECT_EQ(tok.decode(std::vector<int>{0x80, 0xFF}, false), kFffd + kFffd);
   EXPECT_EQ(tok.token_text(0xE4), kFffd);
-  EXPECT_EQ(stream(tok, {0xE4, 0xB8, 0xAD, 'a', 0xE4}, false), "\xE4\xB8\xAD" "a" + kFffd);
+  EXPECT_EQ(stream(tok, {0xE4, 0xB8, 0xAD, 'a', 0xE4}, false),
+            "\xE4\xB8\xAD"
+            "a" +
+                kFffd);
   // A long word (no cache, many merges) merges the same as short ones.
   std::string longword;
   for (int i = 0; i < 300; ++i) longword += "abc";
@@ -275,7 +278,8 @@ TEST(BpeTokenizer, TemplateAndConfigAddSpecialTokens) {
     EXPECT_EQ(t.encode("a", false), std::vector<int>({'a'}));
     EXPECT_EQ(t.bos_id(), 1000);
   }
-  Tokenizer off = write_and_load(tmp, tok, {{"add_bos_token", false}, {"bos_token", "<s>"}, {"eos_token", {{"content", "<tool>"}}}});
+  Tokenizer off = write_and_load(
+      tmp, tok, {{"add_bos_token", false}, {"bos_token", "<s>"}, {"eos_token", {{"content", "<tool>"}}}});
   EXPECT_EQ(off.encode("a", true), std::vector<int>({'a'}));
   EXPECT_EQ(off.eos_id(), 1001);
 }

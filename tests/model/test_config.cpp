@@ -28,19 +28,35 @@ using testing::TempDir;
 
 // A tiny Qwen3: d=8, 2 heads of head_dim 6 (q_dim 12 != d), 1 kv head, vocab 32.
 json qwen3_config(const json& patch = json::object()) {
-  json j = {{"architectures", {"Qwen3ForCausalLM"}}, {"model_type", "qwen3"}, {"hidden_size", 8},
-            {"intermediate_size", 16}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
-            {"num_key_value_heads", 1}, {"head_dim", 6}, {"vocab_size", 32}, {"max_position_embeddings", 64},
-            {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000}, {"rope_scaling", nullptr}, {"attention_bias", false},
-            {"use_sliding_window", false}, {"sliding_window", nullptr}, {"tie_word_embeddings", true},
-            {"bos_token_id", 30}, {"eos_token_id", 31}};
+  json j = {{"architectures", {"Qwen3ForCausalLM"}},
+            {"model_type", "qwen3"},
+            {"hidden_size", 8},
+            {"intermediate_size", 16},
+            {"num_hidden_layers", 2},
+            {"num_attention_heads", 2},
+            {"num_key_value_heads", 1},
+            {"head_dim", 6},
+            {"vocab_size", 32},
+            {"max_position_embeddings", 64},
+            {"rms_norm_eps", 1e-6},
+            {"rope_theta", 1000000},
+            {"rope_scaling", nullptr},
+            {"attention_bias", false},
+            {"use_sliding_window", false},
+            {"sliding_window", nullptr},
+            {"tie_word_embeddings", true},
+            {"bos_token_id", 30},
+            {"eos_token_id", 31}};
   j.merge_patch(patch);
   return j;
 }
 
 json llama3_scaling(const json& patch = json::object()) {
-  json r = {{"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-            {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+  json r = {{"factor", 8.0},
+            {"low_freq_factor", 1.0},
+            {"high_freq_factor", 4.0},
+            {"original_max_position_embeddings", 8192},
+            {"rope_type", "llama3"}};
   r.merge_patch(patch);
   return r;
 }
@@ -147,8 +163,8 @@ TEST(ConfigFamilies, RopeScalingForms) {
   EXPECT_EQ(parse(qwen3_config({{"rope_scaling", {{"rope_type", "default"}}}})).rope_scaling.type,
             RopeScaling::Type::none);
   // transformers 5: rope_parameters, with rope_theta inside.
-  ModelConfig v5 = parse(qwen3_config({{"rope_theta", nullptr},
-                                       {"rope_parameters", llama3_scaling({{"rope_theta", 500000.0}})}}));
+  ModelConfig v5 =
+      parse(qwen3_config({{"rope_theta", nullptr}, {"rope_parameters", llama3_scaling({{"rope_theta", 500000.0}})}}));
   EXPECT_EQ(v5.rope_scaling.type, RopeScaling::Type::llama3);
   EXPECT_EQ(v5.rope_theta, 500000.0f);
 }
@@ -198,8 +214,8 @@ TEST(Rope, DefaultAndLinear) {
   const auto inv = rope_inverse_frequencies(c);
   ASSERT_EQ(inv.size(), 8u);
   for (size_t i = 0; i < inv.size(); ++i) EXPECT_DOUBLE_EQ(inv[i], std::pow(10000.0, -2.0 * i / 16));
-  ModelConfig lin = parse(qwen3_config({{"head_dim", 16}, {"rope_theta", 10000},
-                                        {"rope_scaling", {{"rope_type", "linear"}, {"factor", 4.0}}}}));
+  ModelConfig lin = parse(qwen3_config(
+      {{"head_dim", 16}, {"rope_theta", 10000}, {"rope_scaling", {{"rope_type", "linear"}, {"factor", 4.0}}}}));
   const auto scaled = rope_inverse_frequencies(lin);
   for (size_t i = 0; i < inv.size(); ++i) EXPECT_DOUBLE_EQ(scaled[i], inv[i] / 4.0);
   // Position p with factor 4 is position p / 4 without scaling.
@@ -252,8 +268,9 @@ TEST(GenerationConfig, StopIdsAreTheUnionInOrder) {
   ASSERT_TRUE(only.ok()) << only.status().to_string();
   EXPECT_EQ(only->eos_token_ids, (std::vector<int>{31, 5}));
   EXPECT_EQ(only->bos_token_id, -1);
-  write_text(tmp / "generation_config.json",
-             json{{"eos_token_id", {7, 31, 9}}, {"bos_token_id", 30}, {"pad_token_id", 2}, {"temperature", 0.6}}.dump());
+  write_text(
+      tmp / "generation_config.json",
+      json{{"eos_token_id", {7, 31, 9}}, {"bos_token_id", 30}, {"pad_token_id", 2}, {"temperature", 0.6}}.dump());
   auto both = ModelConfig::from_dir(tmp.path());
   ASSERT_TRUE(both.ok()) << both.status().to_string();
   EXPECT_EQ(both->eos_token_ids, (std::vector<int>{31, 5, 7, 9}));

@@ -1,8 +1,8 @@
 // Golden tests of the forward pass and the invariant kernels against the shared reference models.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -14,8 +14,8 @@
 #include <tuple>
 #include <utility>
 
-#include "model/kernels.h"
 #include "model/block_allocator.h"
+#include "model/kernels.h"
 #include "model/kv_cache.h"
 #include "model/safetensors.h"
 #include "model/sampler.h"
@@ -217,7 +217,8 @@ void check_bf16_equals_widened(const std::string& name) {
   EXPECT_EQ(a.ids, b.ids);
   EXPECT_EQ(0, std::memcmp(a.logprobs.data(), b.logprobs.data(), a.logprobs.size() * sizeof(float)));
   ASSERT_EQ(a.prompt_logprobs.size(), b.prompt_logprobs.size());
-  EXPECT_EQ(0, std::memcmp(a.prompt_logprobs.data(), b.prompt_logprobs.data(), a.prompt_logprobs.size() * sizeof(float)));
+  EXPECT_EQ(0,
+            std::memcmp(a.prompt_logprobs.data(), b.prompt_logprobs.data(), a.prompt_logprobs.size() * sizeof(float)));
 }
 
 TEST(Forward, Bf16AsStoredEqualsWidenedQwen3Tiny) { check_bf16_equals_widened("qwen3-tiny"); }
@@ -249,7 +250,8 @@ TEST(Kernels, MatmulRowInvariantAcrossShapesAndPaths) {
           ASSERT_EQ(one[n], full[static_cast<size_t>(m) * N + n]) << "K=" << K << " m=" << m << " n=" << n;
           double ref = 0;
           for (int k = 0; k < K; ++k) {
-            float wv = dt == DType::f32 ? w[static_cast<size_t>(n) * K + k] : bf16_to_f32(wb[static_cast<size_t>(n) * K + k]);
+            float wv =
+                dt == DType::f32 ? w[static_cast<size_t>(n) * K + k] : bf16_to_f32(wb[static_cast<size_t>(n) * K + k]);
             ref += static_cast<double>(x[static_cast<size_t>(m) * K + k]) * wv;
           }
           ASSERT_NEAR(one[n], ref, 1e-4 * std::sqrt(static_cast<double>(K)) + 1e-5);
@@ -264,7 +266,8 @@ TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
   std::mt19937 rng(4);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int K = 200, M = 9;
-  std::vector<std::vector<float>> ws = {std::vector<float>(97 * K), std::vector<float>(50 * K), std::vector<float>(130 * K)};
+  std::vector<std::vector<float>> ws = {std::vector<float>(97 * K), std::vector<float>(50 * K),
+                                        std::vector<float>(130 * K)};
   std::vector<Weight> w(3);
   for (int i = 0; i < 3; ++i) {
     for (auto& v : ws[i]) v = nd(rng);
@@ -279,7 +282,8 @@ TEST(Kernels, MatmulGroupEqualsSeparateCalls) {
     grp[i].resize(sep[i].size());
     kernels::matmul(x.data(), M, w[i], sep[i].data(), &pool);
   }
-  kernels::matmul_group(x.data(), M, 0, {{&w[0], grp[0].data()}, {&w[1], grp[1].data()}, {&w[2], grp[2].data()}}, &pool);
+  kernels::matmul_group(x.data(), M, 0, {{&w[0], grp[0].data()}, {&w[1], grp[1].data()}, {&w[2], grp[2].data()}},
+                        &pool);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(0, std::memcmp(sep[i].data(), grp[i].data(), sep[i].size() * 4)) << i;
 
   // Padded row strides (how the transformer lays out its activations) change no bits.
@@ -353,12 +357,17 @@ TEST(Kernels, AttentionSplitIntoBlocksGivesTheBitsOfOneCall) {
 TEST(Kernels, AttentionOfSeveralHeadsIsThatOfOneHeadAtATime) {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (auto [bs, hd, heads, n] : {std::tuple{16, 64, 7, 83}, {16, 72, 4, 40}, {32, 48, 5, 70}, {4, 64, 2, 13},
-                                  {16, 136, 3, 50}, {16, 64, 3, 1120}}) {
+  for (auto [bs, hd, heads, n] : {std::tuple{16, 64, 7, 83},
+                                  {16, 72, 4, 40},
+                                  {32, 48, 5, 70},
+                                  {4, 64, 2, 13},
+                                  {16, 136, 3, 50},
+                                  {16, 64, 3, 1120}}) {
     SCOPED_TRACE("bs=" + std::to_string(bs) + " hd=" + std::to_string(hd) + " heads=" + std::to_string(heads) +
                  " n=" + std::to_string(n));
     const int nblk = (n + bs - 1) / bs, v_stride = hd + 8;
-    std::vector<std::vector<float>> kt(static_cast<size_t>(heads) * nblk, std::vector<float>(static_cast<size_t>(hd) * bs)),
+    std::vector<std::vector<float>> kt(static_cast<size_t>(heads) * nblk,
+                                       std::vector<float>(static_cast<size_t>(hd) * bs)),
         v(static_cast<size_t>(heads) * nblk, std::vector<float>(static_cast<size_t>(bs) * v_stride));
     std::vector<const float*> ktp, vp;
     for (size_t i = 0; i < kt.size(); ++i) {
@@ -399,7 +408,8 @@ TEST(Kernels, AttentionOfSeveralHeadsIsThatOfOneHeadAtATime) {
       const int h = heads - 1, j = n - 1;  // the last head's last position against double precision
       double ref = 0, ref_out = 5.0;
       for (int i = 0; i < hd; ++i)
-        ref += static_cast<double>(q[static_cast<size_t>(h) * hd + i]) * kt[static_cast<size_t>(h) * nblk + j / bs][static_cast<size_t>(i) * bs + j % bs];
+        ref += static_cast<double>(q[static_cast<size_t>(h) * hd + i]) *
+               kt[static_cast<size_t>(h) * nblk + j / bs][static_cast<size_t>(i) * bs + j % bs];
       for (int jj = 0; jj < n; ++jj)
         ref_out += static_cast<double>(p[h * stride + jj]) *
                    v[static_cast<size_t>(h) * nblk + jj / bs][static_cast<size_t>(jj % bs) * v_stride + hd - 1];

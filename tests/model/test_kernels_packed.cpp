@@ -40,8 +40,8 @@ struct Mode {
   DType dt;
   Compute c;
 };
-constexpr Mode kModes[] = {{DType::f32, Compute::f32}, {DType::bf16, Compute::f32}, {DType::bf16, Compute::bf16},
-                           {DType::f32, Compute::bf16}};
+constexpr Mode kModes[] = {
+    {DType::f32, Compute::f32}, {DType::bf16, Compute::f32}, {DType::bf16, Compute::bf16}, {DType::f32, Compute::bf16}};
 
 std::shared_ptr<const kernels::PackedMatrix> pack_of(const Problem& p, Mode m) {
   const void* w = m.dt == DType::f32 ? static_cast<const void*>(p.w.data()) : p.wb.data();

@@ -22,7 +22,7 @@ ModelConfig small_config() {  // 2 layers, kv_dim 16
   c.head_dim = 8;
   return c;
 }
-constexpr int kBs = 4;  // positions per block
+constexpr int kBs = 4;                                            // positions per block
 constexpr size_t kFloatsPerHalf = static_cast<size_t>(kBs) * 16;  // one layer's keys (or values) of a block
 
 // A value unique to (layer, block, keys|values, element): a layout bug shows as a wrong value.

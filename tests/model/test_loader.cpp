@@ -42,9 +42,7 @@ float from_bits(uint32_t u) {
   return f;
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -61,11 +59,20 @@ void write_raw(const std::string& path, const std::string& header, const std::st
 
 // A tiny llama: d=8, ffn=16, 2 layers, 2 heads of 4, 1 kv head, vocab 16.
 json tiny_config(const json& patch = json::object()) {
-  json j = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 8}, {"intermediate_size", 16},
-            {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
-            {"vocab_size", 16}, {"max_position_embeddings", 32}, {"rms_norm_eps", 1e-5},
-            {"hidden_act", "silu"}, {"tie_word_embeddings", false}, {"bos_token_id", 1},
-            {"eos_token_id", 2}, {"torch_dtype", "float32"}};
+  json j = {{"architectures", {"LlamaForCausalLM"}},
+            {"hidden_size", 8},
+            {"intermediate_size", 16},
+            {"num_hidden_layers", 2},
+            {"num_attention_heads", 2},
+            {"num_key_value_heads", 1},
+            {"vocab_size", 16},
+            {"max_position_embeddings", 32},
+            {"rms_norm_eps", 1e-5},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", false},
+            {"bos_token_id", 1},
+            {"eos_token_id", 2},
+            {"torch_dtype", "float32"}};
   j.merge_patch(patch);
   return j;
 }
@@ -128,7 +135,7 @@ TEST(LoaderDtype, Bf16RoundsToNearestEven) {
   EXPECT_EQ(f32_to_bf16(from_bits(0x3f818000)), 0x3f82);  // tie, even above
   EXPECT_EQ(f32_to_bf16(from_bits(0x3f808001)), 0x3f81);  // just above the tie
   EXPECT_EQ(f32_to_bf16(from_bits(0x3f807fff)), 0x3f80);
-  EXPECT_EQ(f32_to_bf16(-0.29474878f), 0xbe97);            // stories260K embed[0][0]
+  EXPECT_EQ(f32_to_bf16(-0.29474878f), 0xbe97);           // stories260K embed[0][0]
   EXPECT_EQ(f32_to_bf16(from_bits(0x7f7fffff)), 0x7f80);  // FLT_MAX rounds to inf
   EXPECT_EQ(f32_to_bf16(INFINITY), 0x7f80);
   EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
@@ -142,20 +149,20 @@ TEST(LoaderDtype, Bf16RoundsToNearestEven) {
 
 TEST(LoaderDtype, F16KnownValues) {
   const std::pair<uint16_t, float> exact[] = {
-      {0x3c00, 1.0f},       {0xc000, -2.0f},        {0x7bff, 65504.0f},   // max finite
-      {0x0400, 0x1p-14f},   {0x0001, 0x1p-24f},     {0x03ff, 0x3ffp-24f},  // min normal, subnormals
-      {0x8001, -0x1p-24f},  {0x7c00, INFINITY},     {0xfc00, -INFINITY}};
+      {0x3c00, 1.0f},      {0xc000, -2.0f},    {0x7bff, 65504.0f},    // max finite
+      {0x0400, 0x1p-14f},  {0x0001, 0x1p-24f}, {0x03ff, 0x3ffp-24f},  // min normal, subnormals
+      {0x8001, -0x1p-24f}, {0x7c00, INFINITY}, {0xfc00, -INFINITY}};
   for (auto [h, f] : exact) {
     EXPECT_EQ(f16_to_f32(h), f) << std::hex << h;
     EXPECT_EQ(f32_to_f16(f), h) << f;
   }
   EXPECT_EQ(bits(f16_to_f32(0x8000)), 0x80000000u);  // -0
   const std::pair<float, uint16_t> rounded[] = {
-      {65519.0f, 0x7bff},          {65520.0f, 0x7c00},  // the tie rounds to even: inf
-      {-1e6f, 0xfc00},             {1.0f + 0x1p-11f, 0x3c00},  // tie, even below
-      {1.0f + 0x3p-11f, 0x3c02},   {0x1p-25f, 0x0000},  // ties, even above; 0 vs min subnormal
-      {0x3p-26f, 0x0001},          {0x3p-25f, 0x0002},  // subnormal ties: 1.5 ulp up, 2.5 ulp down
-      {0x5p-25f, 0x0002},          {0x7ffp-25f, 0x0400},  // carries into the min normal
+      {65519.0f, 0x7bff},        {65520.0f, 0x7c00},         // the tie rounds to even: inf
+      {-1e6f, 0xfc00},           {1.0f + 0x1p-11f, 0x3c00},  // tie, even below
+      {1.0f + 0x3p-11f, 0x3c02}, {0x1p-25f, 0x0000},         // ties, even above; 0 vs min subnormal
+      {0x3p-26f, 0x0001},        {0x3p-25f, 0x0002},         // subnormal ties: 1.5 ulp up, 2.5 ulp down
+      {0x5p-25f, 0x0002},        {0x7ffp-25f, 0x0400},       // carries into the min normal
       {-0x1p-30f, 0x8000}};
   for (auto [f, h] : rounded) EXPECT_EQ(f32_to_f16(f), h) << f;
   EXPECT_TRUE(std::isnan(f16_to_f32(0x7e00)));
@@ -248,8 +255,11 @@ void expect_same(const ModelConfig& a, const ModelConfig& b) {
 TEST(LoaderConfig, JsonRoundTrips) {
   std::vector<json> cases = {
       tiny_config({{"rms_norm_eps", 1e-6}, {"rope_theta", 500000.0}, {"eos_token_id", {2, 3, 7}}}),
-      tiny_config({{"architectures", {"MistralForCausalLM"}}, {"sliding_window", nullptr},
-                   {"tie_word_embeddings", true}, {"bos_token_id", nullptr}, {"pad_token_id", 0}}),
+      tiny_config({{"architectures", {"MistralForCausalLM"}},
+                   {"sliding_window", nullptr},
+                   {"tie_word_embeddings", true},
+                   {"bos_token_id", nullptr},
+                   {"pad_token_id", 0}}),
       tiny_config({{"architectures", {"Qwen2ForCausalLM"}}, {"torch_dtype", "bfloat16"}, {"head_dim", 6}}),
       tiny_config({{"attention_bias", true}, {"eos_token_id", nullptr}})};
   for (const auto& j : cases) {
@@ -270,8 +280,8 @@ TEST(LoaderConfig, MistralAndQwen2) {
                    tiny_config({{"architectures", {"MistralForCausalLM"}}, {"sliding_window", 16}}).dump())
                    .status(),
                ErrorCode::unsupported, "sliding_window");
-  ModelConfig q = parse(tiny_config({{"architectures", {"Qwen2ForCausalLM"}}, {"sliding_window", 4},
-                                     {"use_sliding_window", false}}));
+  ModelConfig q = parse(
+      tiny_config({{"architectures", {"Qwen2ForCausalLM"}}, {"sliding_window", 4}, {"use_sliding_window", false}}));
   EXPECT_EQ(q.arch, Architecture::qwen2);
   EXPECT_TRUE(q.qkv_bias);
   EXPECT_EQ(q.num_params(), parse(tiny_config()).num_params() + 2 * (8 + 4 + 4));
@@ -428,10 +438,10 @@ TEST(LoaderSafetensors, OpenDirErrors) {
   fs::remove(tmp / "model-00002-of-00002.safetensors");
   EXPECT_ERROR(SafetensorsArchive::open_dir(tmp.path()).status(), ErrorCode::not_found,
                "model-00002-of-00002.safetensors");
-  write_text(tmp / "model.safetensors.index.json",
-             json({{"weight_map", {{"a", "model-00001-of-00002.safetensors"},
-                                   {"ghost", "model-00001-of-00002.safetensors"}}}})
-                 .dump());
+  write_text(
+      tmp / "model.safetensors.index.json",
+      json({{"weight_map", {{"a", "model-00001-of-00002.safetensors"}, {"ghost", "model-00001-of-00002.safetensors"}}}})
+          .dump());
   EXPECT_ERROR(SafetensorsArchive::open_dir(tmp.path()).status(), ErrorCode::io_error, "ghost");
   write_text(tmp / "model.safetensors.index.json", "{\"weight_map\": 3}");
   EXPECT_ERROR(SafetensorsArchive::open_dir(tmp.path()).status(), ErrorCode::io_error, "weight_map");

@@ -164,10 +164,10 @@ TEST(MakeModel, TinyTokenizer) {
   EXPECT_EQ(tok->pad_id(), -1);
   EXPECT_TRUE(tok->is_special(0));
   EXPECT_EQ(tok->token_text(3), std::string(1, '\0'));  // <0x00>: byte pieces follow the specials
-  const std::vector<std::string> texts = {
-      "Once upon a time, a little fox counted 47 stars.",
-      "Two  spaces,\ttabs and\nnew lines stay as they are.",
-      "Caf\xC3\xA9 cr\xC3\xA8me br\xC3\xBBl\xC3\xA9" "e, \xE7\x8C\xAB \xE5\xB1\xB1 and \xF0\x9F\x9A\x80\xF0\x9F\x90\xB1"};
+  const std::vector<std::string> texts = {"Once upon a time, a little fox counted 47 stars.",
+                                          "Two  spaces,\ttabs and\nnew lines stay as they are.",
+                                          "Caf\xC3\xA9 cr\xC3\xA8me br\xC3\xBBl\xC3\xA9"
+                                          "e, \xE7\x8C\xAB \xE5\xB1\xB1 and \xF0\x9F\x9A\x80\xF0\x9F\x90\xB1"};
   for (const std::string& text : texts) {
     const std::vector<int> ids = tok->encode(text, true);
     EXPECT_EQ(ids.front(), 1);
@@ -263,7 +263,8 @@ void check_like(const std::string& name) {
   for (const char* f : {"generation_config.json", "tokenizer.json", "tokenizer_config.json"})
     EXPECT_EQ(read_bytes(out / f), read_bytes(src + "/" + f)) << f;
   EXPECT_FALSE(std::filesystem::exists(out / "reference.json"));
-  EXPECT_EQ(nlohmann::json::parse(read_bytes(out / "config.json")), nlohmann::json::parse(read_bytes(src + "/config.json")));
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(out / "config.json")),
+            nlohmann::json::parse(read_bytes(src + "/config.json")));
   auto want = ModelConfig::from_dir(src);
   auto got = ModelConfig::from_dir(out.path());
   ASSERT_TRUE(want.ok() && got.ok());

@@ -38,7 +38,8 @@ class TextStreamerTest : public ::testing::Test {
       const std::string c = s.take_chunk();
       EXPECT_TRUE(zr::testing::valid_utf8(c)) << "chunk after id " << i;
       streamed += c;
-      EXPECT_EQ(s.text().compare(0, streamed.size(), streamed), 0) << "streamed '" << streamed << "' text '" << s.text() << "'";
+      EXPECT_EQ(s.text().compare(0, streamed.size(), streamed), 0)
+          << "streamed '" << streamed << "' text '" << s.text() << "'";
     }
     s.finish();
     streamed += s.take_chunk();
@@ -77,14 +78,18 @@ TEST_F(TextStreamerTest, StopStringAcrossTokenBoundaries) {
 TEST_F(TextStreamerTest, MultiByteCharacterSplitAcrossByteTokens) {
   // "a€b": € is E2 82 AC, one byte token each. Nothing of it streams until it is whole.
   TextStreamer s(tok_, {{}, true, false});
-  const std::vector<int> ids = bytes("a\xE2\x82\xAC" "b");
+  const std::vector<int> ids = bytes(
+      "a\xE2\x82\xAC"
+      "b");
   std::vector<std::string> chunks;
   for (int id : ids) {
     EXPECT_FALSE(s.push(id));
     chunks.push_back(s.take_chunk());
   }
   EXPECT_EQ(chunks, (std::vector<std::string>{"a", "", "", "\xE2\x82\xAC", "b"}));
-  EXPECT_EQ(s.text(), "a\xE2\x82\xAC" "b");
+  EXPECT_EQ(s.text(),
+            "a\xE2\x82\xAC"
+            "b");
 }
 
 TEST_F(TextStreamerTest, StopEndingInAMultiByteCharacterIsHeldWhole) {
@@ -92,7 +97,11 @@ TEST_F(TextStreamerTest, StopEndingInAMultiByteCharacterIsHeldWhole) {
   // stop completes on the last byte and the text ends before it.
   TextStreamer s(tok_, {{"x\xE2\x82\xAC"}, true, false});
   std::string streamed;
-  const int hit = run(s, bytes("ab" "x\xE2\x82\xAC" "cd"), streamed);
+  const int hit = run(s,
+                      bytes("ab"
+                            "x\xE2\x82\xAC"
+                            "cd"),
+                      streamed);
   EXPECT_EQ(hit, 5);  // the last byte of €
   EXPECT_EQ(s.text(), "ab");
   // Same bytes, a different character after "x": the held "x" goes out once the text goes on.

@@ -46,8 +46,7 @@ TEST(ThreadPool, ParkedWorkersWakeForTheNextJob) {
       hits[i].fetch_add(1);
       if (std::this_thread::get_id() != caller) on_worker.fetch_add(1);
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-      while (std::chrono::steady_clock::now() < until) {
-      }
+      while (std::chrono::steady_clock::now() < until) {}
     });
     for (int i = 0; i < 8; ++i) wrong += hits[i].load() != 1;
   }

@@ -51,8 +51,8 @@ std::string stream(const Tokenizer& tok, const std::vector<int>& ids, bool skip)
 std::vector<int> random_ids(std::mt19937& rng, int num_pieces, int len) {
   std::vector<int> ids;
   std::uniform_int_distribution<int> kind(0, 9), any(0, num_pieces - 1), byte(0, 255);
-  const std::vector<std::string> chars = {"\xC3\xA9", "\xE7\x8C\xAB", "\xF0\x9F\x9A\x80",
-                                          "\xE2\x82\xAC", "\xED\x9F\xBF"};
+  const std::vector<std::string> chars = {"\xC3\xA9", "\xE7\x8C\xAB", "\xF0\x9F\x9A\x80", "\xE2\x82\xAC",
+                                          "\xED\x9F\xBF"};
   while (static_cast<int>(ids.size()) < len) {
     const int k = kind(rng);
     if (k <= 2) {
@@ -94,7 +94,8 @@ TEST(Tokenizer, Stories260KRoundTrip) {
   EXPECT_EQ(tok.encode("Once upon a time", true), prompt);
   EXPECT_EQ(tok.encode("Once upon a time", false), std::vector<int>(prompt.begin() + 1, prompt.end()));
   EXPECT_EQ(tok.decode(prompt), "Once upon a time");
-  for (const char* text : {"Lily saw a big dog.", "caf\xC3\xA9 \xE7\x8C\xAB \xF0\x9F\x9A\x80!", "One day, Tom (7) ran.\nThe end."}) {
+  for (const char* text :
+       {"Lily saw a big dog.", "caf\xC3\xA9 \xE7\x8C\xAB \xF0\x9F\x9A\x80!", "One day, Tom (7) ran.\nThe end."}) {
     EXPECT_EQ(tok.decode(tok.encode(text, true)), text);
   }
 }
@@ -103,9 +104,8 @@ TEST(Tokenizer, Stories260KReferenceText) {
   ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
   Tokenizer tok = load_stories(dir);
   // reference.json, case 0: greedy ids after "Once upon a time" and their text.
-  const std::vector<int> ids = {432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
-                                338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322,
-                                265, 282, 295, 433, 426, 385, 328, 432, 358, 394};
+  const std::vector<int> ids = {432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
+                                410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385, 328, 432, 358, 394};
   const std::string text =
       ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw";
   EXPECT_EQ(tok.decode(ids), text);
@@ -164,8 +164,8 @@ TEST(Tokenizer, ByteFallbackUtf8) {
   Tokenizer tok = load_stories(dir);
   EXPECT_EQ(tok.decode(byte_ids("\xF0\x9F\x9A\x80")), "\xF0\x9F\x9A\x80");
   EXPECT_EQ(tok.decode(byte_ids("\xF0\x9F\x9A")), kFffd + kFffd + kFffd);  // truncated
-  EXPECT_EQ(tok.decode(byte_ids("\xC0\xAF")), kFffd + kFffd);               // overlong
-  EXPECT_EQ(tok.decode(byte_ids("\xED\xA0\x80")), kFffd + kFffd + kFffd);   // surrogate
+  EXPECT_EQ(tok.decode(byte_ids("\xC0\xAF")), kFffd + kFffd);              // overlong
+  EXPECT_EQ(tok.decode(byte_ids("\xED\xA0\x80")), kFffd + kFffd + kFffd);  // surrogate
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> any(-3, tok.num_pieces() + 3);
   for (int trial = 0; trial < 2000; ++trial) {

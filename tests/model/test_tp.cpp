@@ -62,7 +62,8 @@ TEST(TpSplit, RefusesWhatCannotBeSplit) {
 TEST(TpSplit, ShardsReassembleEveryTensor) {
   ModelConfig c = tiny_config();
   for (const TensorSpec& spec : model_tensor_specs(c)) {
-    size_t rows = static_cast<size_t>(spec.shape[0]), cols = spec.shape.size() > 1 ? static_cast<size_t>(spec.shape[1]) : 1;
+    size_t rows = static_cast<size_t>(spec.shape[0]),
+           cols = spec.shape.size() > 1 ? static_cast<size_t>(spec.shape[1]) : 1;
     auto buf = std::make_shared<std::vector<float>>(rows * cols);
     for (size_t i = 0; i < buf->size(); ++i) (*buf)[i] = static_cast<float>(i);
     Weight full{DType::f32, spec.shape, buf->data(), buf};

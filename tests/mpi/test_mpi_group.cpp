@@ -31,8 +31,8 @@ void fill_random(std::vector<char>& buf, uint64_t seed) {
 }
 
 std::string endpoint_of(int rank) {
-  return "role=" + std::string(rank == 0 ? "trainer" : "rollout") + " ep=tcp://10.0.0." + std::to_string(rank) +
-         ":" + std::to_string(5555 + rank);
+  return "role=" + std::string(rank == 0 ? "trainer" : "rollout") + " ep=tcp://10.0.0." + std::to_string(rank) + ":" +
+         std::to_string(5555 + rank);
 }
 
 TEST(MpiGroup, WorldBasics) {
@@ -159,9 +159,7 @@ void bucketed_roundtrip(size_t bytes, size_t bucket, int root, uint64_t seed) {
   for (const auto& c : *all) EXPECT_EQ(c, (*all)[0]);
 }
 
-TEST(MpiGroup, BcastBuckets200MiBIn16MiBBuckets) {
-  bucketed_roundtrip(size_t{200} << 20, size_t{16} << 20, 0, 1);
-}
+TEST(MpiGroup, BcastBuckets200MiBIn16MiBBuckets) { bucketed_roundtrip(size_t{200} << 20, size_t{16} << 20, 0, 1); }
 
 TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingInPlaceAndMixed) {
   const int last = world().size() - 1;
@@ -173,8 +171,8 @@ TEST(MpiGroup, BcastBucketsOddSizesAndRootsThroughTheRingInPlaceAndMixed) {
     bucketed_roundtrip((size_t{9} << 20) + 64, size_t{3} << 20, last, 5);  // 2 MiB + 1 MiB segments, ragged end
     bucketed_roundtrip(size_t{40} << 20, size_t{16} << 20, 0, 6);  // 8 segments per bucket: windows are segments
     bucketed_roundtrip((size_t{1} << 20) + 13, size_t{64} << 10, last, 2);  // ragged last bucket
-    bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                        // one bucket, smaller
-    bucketed_roundtrip(3 * 4096, 4096, 0, 4);                                // exact multiple
+    bucketed_roundtrip(1000, size_t{64} << 20, 1, 3);                       // one bucket, smaller
+    bucketed_roundtrip(3 * 4096, 4096, 0, 4);                               // exact multiple
   }
   world().set_receive_mode(MpiGroup::ReceiveMode::automatic);
 }
@@ -218,10 +216,8 @@ TEST(MpiGroup, BcastBucketsRejectsBadArgumentsOnEveryRank) {
   std::vector<char> buf(4096);
   EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), world().size(), 1024, milliseconds(100)).code,
             ErrorCode::invalid_argument);
-  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 100, milliseconds(100)).code,
-            ErrorCode::invalid_argument);
-  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 1024, milliseconds(0)).code,
-            ErrorCode::invalid_argument);
+  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 100, milliseconds(100)).code, ErrorCode::invalid_argument);
+  EXPECT_EQ(world().bcast_buckets(buf.data(), buf.size(), 0, 1024, milliseconds(0)).code, ErrorCode::invalid_argument);
   EXPECT_FALSE(world().poisoned());
   EXPECT_TRUE(world().barrier().ok());
 }
@@ -248,8 +244,8 @@ TEST(MpiGroup, OnBucketExceptionPropagatesAndPoisonsTheGroup) {
 // empty pieces and a ragged end, through the ring and in place.
 TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
   const int root = world().size() - 1;
-  const std::vector<size_t> sizes = {(size_t{5} << 20) + 40, 0, 24, size_t{3} << 20, 0, (size_t{1} << 20) + 8,
-                                     4096 + 8, 7};
+  const std::vector<size_t> sizes = {(size_t{5} << 20) + 40, 0,        24, size_t{3} << 20, 0,
+                                     (size_t{1} << 20) + 8,  4096 + 8, 7};
   std::vector<std::vector<char>> data(sizes.size());
   std::vector<MpiGroup::RootPiece> pieces;
   std::vector<char> expected;

@@ -33,7 +33,8 @@ void expect_timeout(MpiGroup& g, std::vector<char>& buf, int root, size_t bucket
                     const std::string& first = "bucket 1/2 (1 MiB at offset 0)") {
   int calls = 0;
   auto t0 = Clock::now();
-  Status s = g.bcast_buckets(buf.data(), buf.size(), root, bucket, kDeadline, [&](size_t, size_t, const void*) { ++calls; });
+  Status s =
+      g.bcast_buckets(buf.data(), buf.size(), root, bucket, kDeadline, [&](size_t, size_t, const void*) { ++calls; });
   auto waited = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
   EXPECT_EQ(s.code, ErrorCode::timeout) << s.to_string();
   EXPECT_GE(waited.count(), kDeadline.count());

@@ -15,16 +15,16 @@
 #include <fstream>
 #include <random>
 
-#include "actors/rollout_actor.h"
 #include "actors/engine/tp_follower.h"
 #include "actors/engine/tp_group.h"
+#include "actors/rollout_actor.h"
 #include "actors/trainer.h"
 #include "comm/checksum.h"
 #include "comm/client.h"
 #include "comm/shm_segment.h"
-#include "model/safetensors.h"
 #include "comm/wire_weights.h"
 #include "model/make_model.h"
+#include "model/safetensors.h"
 #include "tests/actors/engine_test_util.h"
 #include "tests/mpi/mpi_test_env.h"
 #include "tests/test_util.h"
@@ -187,7 +187,8 @@ TEST_F(TpTest, SharedPromptBlocksAreCopiedOnEveryRank) {
   auto eng = start(dir_);
   if (!eng) return;
   auto single = testing::load_engine(dir_, small_options());
-  GenerateRequest r = testing::greedy_request("n3", {1, 403, 407, 261, 378, 300, 301}, 40);  // 7 tokens: a partial block
+  GenerateRequest r =
+      testing::greedy_request("n3", {1, 403, 407, 261, 378, 300, 301}, 40);  // 7 tokens: a partial block
   r.sampling_params.n = 3;
   ASSERT_TRUE(eng->submit(r).ok());
   ASSERT_TRUE(single->submit(r).ok());
@@ -255,7 +256,8 @@ void TpTest::check_parity(const std::string& dir, int count) {
   // score(prompt, completion) at the sampling temperature == generate's logprobs, bit for bit.
   for (const auto& r : reqs) {
     const SampleOutput& o = batched.samples.at(r.rid).at(0);
-    ASSERT_TRUE(eng->submit_score(ScoreRequest{"s" + r.rid, r.input_ids, o.output_ids, r.sampling_params.temperature, 0}).ok());
+    ASSERT_TRUE(
+        eng->submit_score(ScoreRequest{"s" + r.rid, r.input_ids, o.output_ids, r.sampling_params.temperature, 0}).ok());
   }
   auto scored = testing::run_to_completion(*eng);
   for (const auto& r : reqs) {
@@ -263,7 +265,8 @@ void TpTest::check_parity(const std::string& dir, int count) {
     const ScoreOutput& s = scored.scores.at("s" + r.rid);
     ASSERT_EQ(s.logprobs.size(), o.output_ids.size());
     for (size_t k = 0; k < s.logprobs.size(); ++k)
-      ASSERT_TRUE(testing::same_bits(s.logprobs[k], *o.meta_info.output_token_logprobs[k].logprob)) << r.rid << " " << k;
+      ASSERT_TRUE(testing::same_bits(s.logprobs[k], *o.meta_info.output_token_logprobs[k].logprob))
+          << r.rid << " " << k;
   }
 }
 
@@ -320,7 +323,8 @@ TEST_F(TpTest, IpcAndDiskUpdatesReachEveryShard) {
       ASSERT_NE(spec, nullptr) << name;
       const int rank = t["tp_rank"].get<int>();
       Weight shard = shard_weight(*spec, *full.find(name), cfg, TpShard{rank, T()});
-      EXPECT_EQ(t["checksum"].get<uint64_t>(), checksum64(shard.data, shard.nbytes())) << name << " tp rank " << t["tp_rank"];
+      EXPECT_EQ(t["checksum"].get<uint64_t>(), checksum64(shard.data, shard.nbytes()))
+          << name << " tp rank " << t["tp_rank"];
       ++checked;
     }
     EXPECT_EQ(checked, static_cast<int>(full.specs().size()) * T());

@@ -9,11 +9,11 @@
 #include <fstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include "actors/rollout_actor.h"
 #include "comm/checksum.h"
 #include "comm/client.h"
 #include "comm/wire_weights.h"
-#include <nlohmann/json.hpp>
 #include "model/safetensors.h"
 #include "tests/mpi/mpi_test_env.h"
 #include "tests/test_util.h"
@@ -89,12 +89,12 @@ class MpiWeightSync : public ::testing::Test {
       int sent = 0;
       struct Lost {};
       try {
-        (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, [&](size_t, size_t, const void*) {
-          if (++sent == lost_after) throw Lost{};
-        });
+        (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s,
+                                      [&](size_t, size_t, const void*) {
+                                        if (++sent == lost_after) throw Lost{};
+                                      });
         ADD_FAILURE() << "the broadcast should have been cut";
-      } catch (const Lost&) {
-      }
+      } catch (const Lost&) {}
       EXPECT_TRUE(weights_->poisoned());
       EXPECT_GT(buf.size(), static_cast<size_t>(lost_after + 2) * call.bucket_bytes) << "too few buckets to cut";
     }
@@ -146,8 +146,7 @@ TEST_F(MpiWeightSync, BroadcastCommitsOnEveryEngine) {
 
 TEST_F(MpiWeightSync, TrainerLostDuringTransferLeavesTheOldVersionServing) {
   if (zr::testing::world().rank() != 0) return;
-  for (const std::string& msg : lost_push(7, false))
-    EXPECT_NE(msg.find("rank"), std::string::npos) << msg;
+  for (const std::string& msg : lost_push(7, false)) EXPECT_NE(msg.find("rank"), std::string::npos) << msg;
 }
 
 // The trainer sends the first bucket, then is gone: every engine times out on a later bucket, says
@@ -163,7 +162,8 @@ TEST_F(MpiWeightSync, TrainerLostMidTransferLeavesTheOldVersionServing) {
 // every engine serves it and reports it.
 TEST_F(MpiWeightSync, ResumeAfterABroadcastServesNothingUntilTheNextOne) {
   if (zr::testing::world().rank() != 0) return;
-  for (auto& r : push(1, true)) ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
+  for (auto& r : push(1, true))
+    ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
   std::ifstream f(dir_ + "/reference.json");
   const auto ref = nlohmann::json::parse(f)["cases"][0];
   GenerateRequest probe;
@@ -186,7 +186,8 @@ TEST_F(MpiWeightSync, ResumeAfterABroadcastServesNothingUntilTheNextOne) {
     EXPECT_EQ(g.status().code, ErrorCode::unavailable);
     EXPECT_EQ(c->health()->status, "released");
   }
-  for (auto& r : push(2, true)) ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
+  for (auto& r : push(2, true))
+    ASSERT_TRUE(r.ok() && r->op == "update_weights.reply") << (r.ok() ? r->json.dump() : "");
   for (size_t r = 1; r < endpoints_.size(); ++r) {
     auto c = std::move(Client::connect(endpoints_[r])).value();
     auto g = c->generate({probe});

@@ -70,15 +70,13 @@ ErrorFields decode_error(const Frame& f) {
   EXPECT_EQ(f.op, "error");
   msgpack::object_handle oh = msgpack::unpack(f.body.data(), f.body.size());
   auto m = oh.get().as<std::map<std::string, msgpack::object>>();
-  return {m.at("req_id").as<uint64_t>(), m.at("code").as<std::string>(),
-          m.at("message").as<std::string>()};
+  return {m.at("req_id").as<uint64_t>(), m.at("code").as<std::string>(), m.at("message").as<std::string>()};
 }
 
 // An actor that answers "echo" with "echo.reply" (same body and bulk frames).
 void add_echo(Actor& a) {
-  a.on("echo", [&a](Frame& f, const ReplyTo& from) {
-    a.send(from, "echo.reply", std::move(f.body), std::move(f.bulk));
-  });
+  a.on("echo",
+       [&a](Frame& f, const ReplyTo& from) { a.send(from, "echo.reply", std::move(f.body), std::move(f.bulk)); });
 }
 
 void expect_echo_roundtrip(const std::string& bind_endpoint) {
@@ -247,9 +245,8 @@ TEST(RuntimeActor, ErrorHooksShapeTheErrorBody) {
   Context ctx;
   Actor a(ctx, "a");
   a.set_req_id_of([](std::string_view body) -> uint64_t { return body.size(); });
-  a.set_error_body([](uint64_t req_id, const Status& st) {
-    return "E" + std::to_string(req_id) + ":" + error_code_name(st.code);
-  });
+  a.set_error_body(
+      [](uint64_t req_id, const Status& st) { return "E" + std::to_string(req_id) + ":" + error_code_name(st.code); });
   ASSERT_TRUE(a.bind("inproc://rt-hooks").ok());
   Client c(ctx, a.endpoint());
   c.send("nope", "12345");
@@ -322,12 +319,11 @@ TEST(RuntimeActor, StreamsSeveralRepliesToOneRequest) {
   ASSERT_TRUE(a.bind("inproc://rt-stream").ok());
   Client c(ctx, a.endpoint());
   c.send("generate", "");
-  while (a.run_once()) {
-  }
+  while (a.run_once()) {}
   std::vector<std::string> got;
   while (auto f = c.try_recv()) got.push_back(f->op + "/" + f->body);
-  EXPECT_EQ(got, (std::vector<std::string>{"generate.chunk/chunk0", "generate.chunk/chunk1",
-                                           "generate.chunk/chunk2", "generate.reply/final"}));
+  EXPECT_EQ(got, (std::vector<std::string>{"generate.chunk/chunk0", "generate.chunk/chunk1", "generate.chunk/chunk2",
+                                           "generate.reply/final"}));
 }
 
 TEST(RuntimeActor, TickWithMoreWorkDoesNotWait) {
@@ -337,8 +333,7 @@ TEST(RuntimeActor, TickWithMoreWorkDoesNotWait) {
   a.set_tick([&] { return ++steps < 5; });
   a.run_once();  // first tick: more work
   const TimePoint t0 = SteadyClock::now();
-  while (a.run_once(Millis{60000})) {
-  }
+  while (a.run_once(Millis{60000})) {}
   EXPECT_EQ(steps, 5);
   EXPECT_LT(SteadyClock::now() - t0, 30s);  // a blocking poll would have waited a minute per call
 }
@@ -356,8 +351,7 @@ TEST(RuntimeActor, MaxBatchLetsTickRunBetweenBatches) {
   ASSERT_TRUE(a.bind("inproc://rt-batch").ok());
   Client c(ctx, a.endpoint());
   for (int i = 0; i < 5; ++i) c.send("req", "");
-  while (a.run_once()) {
-  }
+  while (a.run_once()) {}
   EXPECT_EQ(handled, 5);
   EXPECT_EQ(handled_at_tick, (std::vector<int>{2, 4, 5, 5}));
 }
@@ -461,7 +455,8 @@ TEST(RuntimePeer, WatchedPeerDiesThenReconnectsWithBackoff) {
   Actor watcher(ctx, "watcher", ActorOptions{.clock = clock});
   PeerId peer = *watcher.connect_peer(server.endpoint());
   std::vector<PeerId> dead;
-  watcher.watch_peer(peer, [&](PeerId p) { dead.push_back(p); }, LivenessConfig{3, 100ms, 100ms, 400ms});
+  watcher.watch_peer(
+      peer, [&](PeerId p) { dead.push_back(p); }, LivenessConfig{3, 100ms, 100ms, 400ms});
 
   auto exchange = [&] {  // the watcher pings when due and the server answers
     watcher.run_once();

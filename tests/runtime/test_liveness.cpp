@@ -66,8 +66,7 @@ TEST(RuntimeLiveness, BackoffDoublesUpToMaxAndResetsWhenHeard) {
   Liveness l(kT0, LivenessConfig{3, 1000ms, 1000ms, 32000ms});
   std::vector<Millis> got;
   for (int i = 0; i < 8; ++i) got.push_back(l.reconnect_backoff());
-  EXPECT_EQ(got, (std::vector<Millis>{1000ms, 2000ms, 4000ms, 8000ms, 16000ms, 32000ms, 32000ms,
-                                      32000ms}));
+  EXPECT_EQ(got, (std::vector<Millis>{1000ms, 2000ms, 4000ms, 8000ms, 16000ms, 32000ms, 32000ms, 32000ms}));
   l.on_reconnect(kT0 + 1h);  // a reconnect alone keeps the backoff
   EXPECT_EQ(l.reconnect_backoff(), 32000ms);
   l.on_heard(kT0 + 1h);
