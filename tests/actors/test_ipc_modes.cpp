@@ -1,0 +1,95 @@
+// The ipc path in each of its forms (pull, segment, 4 KiB pages) and the fallback order.
+#include "tests/actors/weight_sync_fixture.h"
+
+namespace zr {
+namespace {
+
+class IpcModes : public WeightSync {
+ protected:
+  void TearDown() override {
+    ::unsetenv("ZR_NO_IPC_PULL");
+    ::unsetenv("ZR_NO_HUGEPAGES");
+  }
+  // Three pushes (new buffers twice, then a reused one) in `mode`; each must serve the reference.
+  void three_pushes(IpcMode mode, const std::string& want_mode) {
+    serve();
+    EXPECT_NE(served_greedy("before"), expected());
+    PublishOptions po;
+    po.ipc_mode = mode;
+    for (int64_t v = 1; v <= 3; ++v) {
+      auto res = trainer_->publish(real_, v, po);
+      ASSERT_TRUE(res.ok()) << res.status().to_string();
+      EXPECT_EQ(res->ipc_mode, want_mode);
+      EXPECT_EQ(res->acks.at(0).version, v);
+      EXPECT_GT(res->acks.at(0).zero_copy_tensors, 0);  // served in place from the transfer buffer
+      EXPECT_EQ(served_greedy("v" + std::to_string(v)), expected()) << "version " << v;
+    }
+    actor_->stop();
+  }
+};
+
+TEST_F(IpcModes, PullCommitsTheReference) { three_pushes(IpcMode::pull, "pull"); }
+TEST_F(IpcModes, SegmentCommitsTheReference) { three_pushes(IpcMode::segment, "segment"); }
+
+TEST_F(IpcModes, ForcedSmallPagesStillCommitTheReference) {
+  ::setenv("ZR_NO_HUGEPAGES", "1", 1);
+  three_pushes(IpcMode::pull, "pull");
+}
+
+TEST_F(IpcModes, AnEngineThatCannotPullGetsSegmentsFromThenOn) {
+  ::setenv("ZR_NO_IPC_PULL", "1", 1);
+  serve();
+  PublishOptions po;
+  po.ipc_mode = IpcMode::pull;
+  auto first = trainer_->publish(real_, 1, po);
+  ASSERT_TRUE(first.ok()) << first.status().to_string();
+  EXPECT_EQ(first->ipc_mode, "pull+segment");  // refused the pull, then got a segment
+  EXPECT_EQ(served_greedy("first"), expected());
+  auto second = trainer_->publish(real_, 2, po);
+  ASSERT_TRUE(second.ok()) << second.status().to_string();
+  EXPECT_EQ(second->ipc_mode, "segment");  // not asked to pull again
+  EXPECT_EQ(*trainer_->weight_version(), 2);
+  actor_->stop();
+}
+
+TEST_F(IpcModes, APulledTensorThatDiffersFromItsChecksumIsRefused) {
+  serve();
+  const auto before = served_greedy("before");
+  auto ar = SafetensorsArchive::open_dir(real_);
+  ASSERT_TRUE(ar.ok());
+  std::vector<TensorRef> refs;
+  for (const auto& [name, v] : ar->tensors())
+    refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
+  refs.back().checksum = checksum64(refs.back().data, refs.back().nbytes) ^ 1;  // damaged before the publish
+  PublishOptions po;
+  po.ipc_mode = IpcMode::pull;
+  auto res = trainer_->publish(refs, 1, po);
+  ASSERT_FALSE(res.ok());
+  EXPECT_EQ(res.status().code, ErrorCode::checksum_mismatch) << res.status().to_string();
+  EXPECT_NE(res.status().message.find(refs.back().name), std::string::npos) << res.status().message;
+  EXPECT_EQ(*trainer_->weight_version(), 0);
+  EXPECT_EQ(served_greedy("after"), before);
+  actor_->stop();
+}
+
+TEST_F(IpcModes, APullFromAProcessThatIsGoneIsRefusedAsUnsupported) {
+  serve();
+  std::vector<float> bytes(64, 1.0f);
+  UpdateWeightsCall call;
+  call.version = 1;
+  call.path = WeightPath::ipc;
+  call.tensors = {{"model.norm.weight", "F32", {64}, 256, checksum64(bytes.data(), 256), 0}};
+  call.shm_bytes = 256;
+  call.shm_offset = 4096;
+  call.shm_stream = true;
+  call.pull_pid = 0x3fffffff;  // above pid_max: no such process
+  call.pull_addr = 4096;
+  Status st = raw_update(call);
+  EXPECT_EQ(st.code, ErrorCode::unsupported) << st.to_string();
+  EXPECT_NE(st.message.find("ipc pull"), std::string::npos) << st.message;
+  EXPECT_EQ(*trainer_->weight_version(), 0);
+  actor_->stop();
+}
+
+}  // namespace
+}  // namespace zr
