@@ -104,12 +104,16 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   // drained, so signalling after the first one arrives would test something else. Polling also
   // proves the server is up, with its signal handler installed.
   auto probe = std::move(zr::Client::connect(sock)).value();
-  int inside = 0, running = 0;
+  int inside = 0, running = 0, answered = 0, max_inside = 0;
+  std::string last_error = "none";  // a failed get_load is told apart from an empty engine
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (inside < 4 && std::chrono::steady_clock::now() < deadline) {
     auto load = probe->get_load(std::chrono::milliseconds(500));
+    if (!load.ok()) last_error = load.status().to_string();
+    answered += load.ok();
     inside = load.ok() ? load->running + load->waiting : 0;
     running = load.ok() ? load->running : 0;
+    max_inside = std::max(max_inside, inside);
     if (inside < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const bool all_inside = inside == 4 && running > 0;  // 1 running + 3 waiting
@@ -128,7 +132,8 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   }
   client.join();
   ASSERT_TRUE(all_inside) << "the four requests were never in the engine together (last load: " << inside << " inside, "
-                          << running << " running)";
+                          << running << " running; " << answered << " get_load answered, most inside at once "
+                          << max_inside << ", last get_load error: " << last_error << ")";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto lines = read_jsonl(tmp / "out.jsonl");
