@@ -87,10 +87,15 @@ std::shared_ptr<const PackedMatrix> pack(const void* w, DType wdtype, int N, int
   p->Kp = p->format == PackFormat::pairs ? (K + 1) / 2 * 2 : K;
   p->bytes = static_cast<size_t>(p->groups()) * kGroup * p->Kp * p->elem_size();
   p->storage = alloc_pack(p->bytes);
-  if (pool && p->groups() > 1) pool->parallel_for(p->groups(), [&](int g) { pack_group(w, wdtype, *p, g); });
-  else
-    for (int g = 0; g < p->groups(); ++g) pack_group(w, wdtype, *p, g);
+  repack(w, wdtype, *p, pool);
   return p;
+}
+
+void repack(const void* w, DType wdtype, PackedMatrix& p, ThreadPool* pool) {
+  ZR_CHECK(wdtype == DType::f32 || wdtype == DType::bf16);
+  if (pool && p.groups() > 1) pool->parallel_for(p.groups(), [&](int g) { pack_group(w, wdtype, p, g); });
+  else
+    for (int g = 0; g < p.groups(); ++g) pack_group(w, wdtype, p, g);
 }
 
 namespace detail {

@@ -52,6 +52,9 @@ PackFormat pack_format(DType wdtype, Compute compute);
 // pool the groups are packed in parallel.
 std::shared_ptr<const PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Compute compute,
                                          ThreadPool* pool = nullptr);
+// Packs w again into p's storage (same shape and format as p was made for): a commit's new bytes
+// into the pack the old ones used, with no fresh pages to fault in.
+void repack(const void* w, DType wdtype, PackedMatrix& p, ThreadPool* pool = nullptr);
 
 // y[m, n] = sum_k x[m, k] * w[n, k], m < M, every n < N: x (M, K) f32 rows ldx apart, y (M, ldy).
 // The compute mode is the pack's (pairs: x is rounded to bf16 first).

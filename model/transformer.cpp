@@ -51,8 +51,16 @@ size_t Transformer::refresh_packs() {
                        s.m->format == kernels::pack_format(w.dtype, compute_);
     if (fresh || !w.data) return;
     ZR_CHECK(w.shape.size() == 2);
-    s.m.reset();  // the old pack's memory goes before the new one's comes
-    s.m = kernels::pack(w.data, w.dtype, static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1]), compute_, pool_);
+    const int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
+    const kernels::PackFormat format = kernels::pack_format(w.dtype, compute_);
+    if (s.m && s.m.use_count() == 1 && s.m->N == N && s.m->K == K && s.m->format == format) {
+      // A commit of same-shaped weights: the new bytes go into the old pack's pages (nobody else
+      // holds it), which are already faulted in; a fresh 2 MiB-page pack costs more than the copy.
+      kernels::repack(w.data, w.dtype, const_cast<kernels::PackedMatrix&>(*s.m), pool_);
+    } else {
+      s.m.reset();  // the old pack's memory goes before the new one's comes
+      s.m = kernels::pack(w.data, w.dtype, N, K, compute_, pool_);
+    }
     s.src = w.data;
     s.owner = w.owner;
     s.had_owner = w.owner != nullptr;

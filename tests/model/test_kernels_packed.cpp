@@ -140,5 +140,20 @@ TEST(PackedMatmul, GroupMatchesSeparateCalls) {
   }
 }
 
+// A commit repacks new weights into the pack the old ones used (Transformer::refresh_packs): the
+// result must be the pack of the new weights, bit for bit, whatever the old pack held.
+TEST(PackedMatmul, RepackIntoAnOldPackEqualsAFreshPack) {
+  for (const Mode m : kModes) {
+    const Problem old_w = make_problem(70, 100, 9, 11), new_w = make_problem(70, 100, 9, 12);
+    auto fresh = pack_of(new_w, m);
+    auto reused = std::const_pointer_cast<kernels::PackedMatrix>(pack_of(old_w, m));
+    const void* w = m.dt == DType::f32 ? static_cast<const void*>(new_w.w.data()) : new_w.wb.data();
+    kernels::repack(w, m.dt, *reused, nullptr);
+    ASSERT_EQ(reused->bytes, fresh->bytes);
+    EXPECT_EQ(std::memcmp(reused->storage.get(), fresh->storage.get(), fresh->bytes), 0);
+    EXPECT_EQ(run(new_w, *reused, 9, nullptr), run(new_w, *fresh, 9, nullptr));
+  }
+}
+
 }  // namespace
 }  // namespace zr
