@@ -9,20 +9,12 @@
 #include <cstdint>
 #include <utility>
 
+#include "model/kernels_avx512_internal.h"
 #include "model/kernels_internal.h"
 
 namespace zr::kernels::detail {
 
 namespace {
-
-// Same tree as hsum16 in kernels.cpp: (i, i+8), then (i, i+4), (i, i+2), (0, 1).
-inline float hsum16(__m512 v) {
-  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-  return _mm_cvtss_f32(s1);
-}
 
 // 16 f32 -> 16 bf16 with f32_to_bf16's rounding (NaN payloads aside: a NaN stays a NaN).
 inline __m256i round16(__m512 f) {

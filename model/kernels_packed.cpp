@@ -78,7 +78,7 @@ bool cpu_has_bf16() {
 
 }  // namespace
 
-std::shared_ptr<const PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Compute compute, ThreadPool* pool) {
+std::shared_ptr<PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Compute compute, ThreadPool* pool) {
   ZR_CHECK(wdtype == DType::f32 || wdtype == DType::bf16);
   auto p = std::make_shared<PackedMatrix>();
   p->format = pack_format(wdtype, compute);

@@ -50,8 +50,8 @@ struct PackedMatrix {
 PackFormat pack_format(DType wdtype, Compute compute);
 // Packs w (N, K) row-major f32 or bf16 (f32 weights are rounded with f32_to_bf16 for pairs). With a
 // pool the groups are packed in parallel.
-std::shared_ptr<const PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Compute compute,
-                                         ThreadPool* pool = nullptr);
+std::shared_ptr<PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Compute compute,
+                                   ThreadPool* pool = nullptr);
 // Packs w again into p's storage (same shape and format as p was made for): a commit's new bytes
 // into the pack the old ones used, with no fresh pages to fault in.
 void repack(const void* w, DType wdtype, PackedMatrix& p, ThreadPool* pool = nullptr);

@@ -6,6 +6,7 @@
 #include <array>
 #include <utility>
 
+#include "model/kernels_avx512_internal.h"
 #include "model/kernels_packed.h"
 
 namespace zr::kernels::detail {
@@ -39,13 +40,7 @@ template <int MR, int NP, bool BF16, bool PF>
 void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int ldy, __mmask16 tail, bool first) {
   constexpr int W = NP * 16;
   __m512 acc[MR][NP];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int p = 0; p < NP; ++p) {
-      float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      acc[i][p] = first ? _mm512_setzero_ps() : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
-    }
+  load_tile_acc(acc, y, ldy, tail, first);
   for (int k = k0; k < k1; ++k) {
     __m512 wv[NP];
 #pragma GCC unroll 3
@@ -63,14 +58,7 @@ void tile(const float* x, int ldx, const void* wg, int k0, int k1, float* y, int
       for (int p = 0; p < NP; ++p) acc[i][p] = _mm512_fmadd_ps(xb, wv[p], acc[i][p]);
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int p = 0; p < NP; ++p) {
-      float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      if (p == NP - 1) _mm512_mask_storeu_ps(yp, tail, acc[i][p]);
-      else _mm512_storeu_ps(yp, acc[i][p]);
-    }
+  store_tile_acc(acc, y, ldy, tail);
 }
 
 using TileFn = void (*)(const float*, int, const void*, int, int, float*, int, __mmask16, bool);

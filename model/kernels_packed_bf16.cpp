@@ -8,6 +8,7 @@
 #include <cstring>
 #include <utility>
 
+#include "model/kernels_avx512_internal.h"
 #include "model/kernels_packed.h"
 
 namespace zr::kernels::detail {
@@ -25,13 +26,7 @@ void tile(const uint16_t* xb, int ldxb, const uint16_t* wg, int kp0, int kp1, fl
           bool first) {
   constexpr int W = NP * 16;
   __m512 acc[MR][NP];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int p = 0; p < NP; ++p) {
-      float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      acc[i][p] = first ? _mm512_setzero_ps() : (p == NP - 1 ? _mm512_maskz_loadu_ps(tail, yp) : _mm512_loadu_ps(yp));
-    }
+  load_tile_acc(acc, y, ldy, tail, first);
   for (int kp = kp0; kp < kp1; ++kp) {
     __m512i wv[NP];
 #pragma GCC unroll 3
@@ -46,14 +41,7 @@ void tile(const uint16_t* xb, int ldxb, const uint16_t* wg, int kp0, int kp1, fl
         acc[i][p] = _mm512_dpbf16_ps(acc[i][p], reinterpret_cast<__m512bh>(xv), reinterpret_cast<__m512bh>(wv[p]));
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int p = 0; p < NP; ++p) {
-      float* yp = y + static_cast<size_t>(i) * ldy + 16 * p;
-      if (p == NP - 1) _mm512_mask_storeu_ps(yp, tail, acc[i][p]);
-      else _mm512_storeu_ps(yp, acc[i][p]);
-    }
+  store_tile_acc(acc, y, ldy, tail);
 }
 
 using TileFn = void (*)(const uint16_t*, int, const uint16_t*, int, int, float*, int, __mmask16, bool);

@@ -56,7 +56,7 @@ size_t Transformer::refresh_packs() {
     if (s.m && s.m.use_count() == 1 && s.m->N == N && s.m->K == K && s.m->format == format) {
       // A commit of same-shaped weights: the new bytes go into the old pack's pages (nobody else
       // holds it), which are already faulted in; a fresh 2 MiB-page pack costs more than the copy.
-      kernels::repack(w.data, w.dtype, const_cast<kernels::PackedMatrix&>(*s.m), pool_);
+      kernels::repack(w.data, w.dtype, *s.m, pool_);
     } else {
       s.m.reset();  // the old pack's memory goes before the new one's comes
       s.m = kernels::pack(w.data, w.dtype, N, K, compute_, pool_);

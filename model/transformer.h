@@ -81,7 +81,7 @@ class Transformer {
     const void* src = nullptr;
     std::weak_ptr<const void> owner;
     bool had_owner = false;
-    std::shared_ptr<const kernels::PackedMatrix> m;
+    std::shared_ptr<kernels::PackedMatrix> m;  // the transformer's own: repacked in place on a commit
   };
   std::vector<PackSlot> packs_;  // [layer * kLayerMats + i]; the LM head last
 

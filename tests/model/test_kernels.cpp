@@ -9,30 +9,15 @@
 #include <vector>
 
 #include "model/kernels.h"
+#include "tests/model/matmul_problem.h"
 
 namespace zr {
 namespace {
 
 using kernels::Compute;
 
-struct Problem {
-  int K, N, maxM;
-  std::vector<float> x, w;
-  std::vector<uint16_t> wb;
-};
-
-Problem make_problem(int K, int N, int maxM, unsigned seed) {
-  Problem p{K, N, maxM, {}, {}, {}};
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  p.x.resize(static_cast<size_t>(maxM) * K);
-  p.w.resize(static_cast<size_t>(N) * K);
-  for (auto& v : p.x) v = nd(rng);
-  for (auto& v : p.w) v = nd(rng);
-  p.wb.resize(p.w.size());
-  for (size_t i = 0; i < p.w.size(); ++i) p.wb[i] = f32_to_bf16(p.w[i]);
-  return p;
-}
+using testing::make_problem;
+using testing::Problem;
 
 // Rows [0, M) of x times every column, on `pool` (nullptr: one thread).
 std::vector<float> run(const Problem& p, int M, DType dt, Compute c, ThreadPool* pool, int row0 = 0) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/kernels_packed.h"
+#include "tests/model/matmul_problem.h"
 
 namespace zr {
 namespace {
@@ -17,24 +18,8 @@ namespace {
 using kernels::Compute;
 using kernels::PackFormat;
 
-struct Problem {
-  int K, N, maxM;
-  std::vector<float> x, w;
-  std::vector<uint16_t> wb;
-};
-
-Problem make_problem(int K, int N, int maxM, unsigned seed) {
-  Problem p{K, N, maxM, {}, {}, {}};
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  p.x.resize(static_cast<size_t>(maxM) * K);
-  p.w.resize(static_cast<size_t>(N) * K);
-  for (auto& v : p.x) v = nd(rng);
-  for (auto& v : p.w) v = nd(rng);
-  p.wb.resize(p.w.size());
-  for (size_t i = 0; i < p.w.size(); ++i) p.wb[i] = f32_to_bf16(p.w[i]);
-  return p;
-}
+using testing::make_problem;
+using testing::Problem;
 
 struct Mode {
   DType dt;
@@ -43,7 +28,7 @@ struct Mode {
 constexpr Mode kModes[] = {
     {DType::f32, Compute::f32}, {DType::bf16, Compute::f32}, {DType::bf16, Compute::bf16}, {DType::f32, Compute::bf16}};
 
-std::shared_ptr<const kernels::PackedMatrix> pack_of(const Problem& p, Mode m) {
+std::shared_ptr<kernels::PackedMatrix> pack_of(const Problem& p, Mode m) {
   const void* w = m.dt == DType::f32 ? static_cast<const void*>(p.w.data()) : p.wb.data();
   return kernels::pack(w, m.dt, p.N, p.K, m.c);
 }
@@ -146,7 +131,7 @@ TEST(PackedMatmul, RepackIntoAnOldPackEqualsAFreshPack) {
   for (const Mode m : kModes) {
     const Problem old_w = make_problem(70, 100, 9, 11), new_w = make_problem(70, 100, 9, 12);
     auto fresh = pack_of(new_w, m);
-    auto reused = std::const_pointer_cast<kernels::PackedMatrix>(pack_of(old_w, m));
+    auto reused = pack_of(old_w, m);
     const void* w = m.dt == DType::f32 ? static_cast<const void*>(new_w.w.data()) : new_w.wb.data();
     kernels::repack(w, m.dt, *reused, nullptr);
     ASSERT_EQ(reused->bytes, fresh->bytes);
