@@ -86,10 +86,14 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
           "64", "--max-running", "1", nullptr);
     _exit(127);
   }
-  // Long requests run one at a time (--max-running 1), so all four are inside the engine, one running
-  // and three waiting, well before the last finishes; the drain must finish all of them.
+  // Long requests run one at a time (--max-running 1), so all of them are inside the engine, one
+  // running and the rest waiting, long before the last finishes; the drain must finish all of them.
+  // 32 x 400 tokens one after another take seconds even on stories260K, so no scheduling delay of
+  // the probe below can miss the moment they are all inside (four took ~0.3 s in all, and a probe
+  // starved of CPU beside other tests once missed them).
+  constexpr int kRequests = 32;
   std::string in;
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < kRequests; ++i)
     in += R"({"rid":"r)" + std::to_string(i) +
           R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})"
           "\n";
@@ -99,7 +103,7 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     run(std::string(ZR_ZROLLOUT_BIN) + " client --timeout 120 --connect " + sock + " --input " + (tmp / "in.jsonl") +
         " --output " + (tmp / "out.jsonl"));
   });
-  // SIGTERM only once all four requests are inside the engine (get_load says so): the drain must
+  // SIGTERM only once all the requests are inside the engine (get_load says so): the drain must
   // then finish them. A request still on the wire when the server stops reading is refused, not
   // drained, so signalling after the first one arrives would test something else. Polling also
   // proves the server is up, with its signal handler installed.
@@ -107,16 +111,16 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   int inside = 0, running = 0, answered = 0, max_inside = 0;
   std::string last_error = "none";  // a failed get_load is told apart from an empty engine
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (inside < 4 && std::chrono::steady_clock::now() < deadline) {
+  while (inside < kRequests && std::chrono::steady_clock::now() < deadline) {
     auto load = probe->get_load(std::chrono::milliseconds(500));
     if (!load.ok()) last_error = load.status().to_string();
     answered += load.ok();
     inside = load.ok() ? load->running + load->waiting : 0;
     running = load.ok() ? load->running : 0;
     max_inside = std::max(max_inside, inside);
-    if (inside < 4) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (inside < kRequests) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  const bool all_inside = inside == 4 && running > 0;  // 1 running + 3 waiting
+  const bool all_inside = inside == kRequests && running > 0;  // 1 running, the rest waiting
   if (all_inside) kill(pid, SIGTERM);
   else kill(pid, SIGKILL);  // fail below, without leaving the server or the client behind
   int status = 0;
@@ -131,13 +135,13 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   client.join();
-  ASSERT_TRUE(all_inside) << "the four requests were never in the engine together (last load: " << inside << " inside, "
+  ASSERT_TRUE(all_inside) << "the requests were never all in the engine together (last load: " << inside << " inside, "
                           << running << " running; " << answered << " get_load answered, most inside at once "
                           << max_inside << ", last get_load error: " << last_error << ")";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto lines = read_jsonl(tmp / "out.jsonl");
-  ASSERT_EQ(lines.size(), 4u);  // every request was answered
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kRequests));  // every request was answered
   for (const auto& l : lines) {
     ASSERT_TRUE(l.contains("output_ids")) << l.dump();
     EXPECT_EQ(l["output_ids"].size(), 400u);  // drained: finished, not cut
