@@ -55,6 +55,11 @@ std::shared_ptr<PackedMatrix> pack(const void* w, DType wdtype, int N, int K, Co
 // Packs w again into p's storage (same shape and format as p was made for): a commit's new bytes
 // into the pack the old ones used, with no fresh pages to fault in.
 void repack(const void* w, DType wdtype, PackedMatrix& p, ThreadPool* pool = nullptr);
+// Groups [g0, g1) of repack, on the calling thread (staging splits a version's groups over its own
+// threads: model/weight_packs.h).
+void repack_groups(const void* w, DType wdtype, PackedMatrix& p, int g0, int g1);
+// A pack of that shape and format with its storage allocated (contents undefined until repacked).
+std::shared_ptr<PackedMatrix> alloc_packed(DType wdtype, int N, int K, Compute compute);
 
 // y[m, n] = sum_k x[m, k] * w[n, k], m < M, every n < N: x (M, K) f32 rows ldx apart, y (M, ldy).
 // The compute mode is the pack's (pairs: x is rounded to bf16 first).

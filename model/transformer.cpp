@@ -25,65 +25,20 @@ void embed_row(const Weight& emb, int token, int d, float* out) {
   }
 }
 
-// The matmul weights of a layer, in the order of their pack slots.
-constexpr TensorRole kLayerMats[] = {TensorRole::wq,     TensorRole::wk,   TensorRole::wv,    TensorRole::wo,
-                                     TensorRole::w_gate, TensorRole::w_up, TensorRole::w_down};
-constexpr int kNumLayerMats = static_cast<int>(std::size(kLayerMats));
-
-int slot_of(TensorRole role, int layer, int num_layers) {
-  if (role == TensorRole::lm_head) return num_layers * kNumLayerMats;
-  for (int i = 0; i < kNumLayerMats; ++i)
-    if (kLayerMats[i] == role) return layer * kNumLayerMats + i;
-  ZR_CHECK_MSG(false, "not a matmul weight: role " + std::to_string(static_cast<int>(role)));
-  return -1;
-}
-
 }  // namespace
 
-size_t Transformer::refresh_packs() {
-  const int L = lc_.num_layers;
-  packs_.resize(static_cast<size_t>(L) * kNumLayerMats + 1);
-  size_t bytes = 0;
-  auto refresh = [&](TensorRole role, int layer) {
-    const Weight& w = w_->get(role, layer);
-    PackSlot& s = packs_[static_cast<size_t>(slot_of(role, layer, L))];
-    const bool fresh = s.m && s.src == w.data && !(s.had_owner && s.owner.expired()) &&
-                       s.m->format == kernels::pack_format(w.dtype, compute_);
-    if (fresh || !w.data) return;
-    ZR_CHECK(w.shape.size() == 2);
-    const int N = static_cast<int>(w.shape[0]), K = static_cast<int>(w.shape[1]);
-    const kernels::PackFormat format = kernels::pack_format(w.dtype, compute_);
-    if (s.m && s.m.use_count() == 1 && s.m->N == N && s.m->K == K && s.m->format == format) {
-      // A commit of same-shaped weights: the new bytes go into the old pack's pages (nobody else
-      // holds it), which are already faulted in; a fresh 2 MiB-page pack costs more than the copy.
-      kernels::repack(w.data, w.dtype, *s.m, pool_);
-    } else {
-      s.m.reset();  // the old pack's memory goes before the new one's comes
-      s.m = kernels::pack(w.data, w.dtype, N, K, compute_, pool_);
-    }
-    s.src = w.data;
-    s.owner = w.owner;
-    s.had_owner = w.owner != nullptr;
-    bytes += s.m->bytes;
+size_t Transformer::refresh_packs() { return packs_.refresh(*w_, pool_); }
+
+std::function<WeightPacks(const ModelWeights&, const ModelWeights&)> Transformer::pack_stager() const {
+  return [compute = compute_, pool = pack_pool_, threads = pool_->size()](const ModelWeights& current,
+                                                                         const ModelWeights& next) {
+    return WeightPacks::stage(current, next, compute, pool.get(), threads);
   };
-  for (int l = 0; l < L; ++l)
-    for (TensorRole r : kLayerMats) refresh(r, l);
-  refresh(TensorRole::lm_head, -1);
-  return bytes;
 }
 
-void Transformer::drop_packs() { packs_.clear(); }
-
-size_t Transformer::pack_bytes() const {
-  size_t n = 0;
-  for (const PackSlot& s : packs_) n += s.m ? s.m->bytes : 0;
-  return n;
-}
-
-const kernels::PackedMatrix& Transformer::packed(TensorRole role, int layer) const {
-  const PackSlot& s = packs_[static_cast<size_t>(slot_of(role, layer, lc_.num_layers))];
-  ZR_CHECK(s.m != nullptr);
-  return *s.m;
+void Transformer::drop_packs() {
+  packs_.clear();
+  pack_pool_->clear();
 }
 
 Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* pool, TpComm* tp,
@@ -92,6 +47,7 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
   const ModelConfig& c = weights->config();
   const TpShard shard = tp ? tp->shard() : TpShard{};
   lc_ = local_config(c, shard);
+  packs_ = WeightPacks(compute, lc_.num_layers);
   layout_ = tp_layout(c, shard);
   ld_d_ = kernels::padded_stride(lc_.hidden_size);
   ld_q_ = kernels::padded_stride(lc_.q_dim());

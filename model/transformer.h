@@ -7,6 +7,7 @@
 // Thread-safety: one caller at a time.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "model/rope.h"
 #include "model/thread_pool.h"
 #include "model/tp.h"
+#include "model/weight_packs.h"
 #include "model/weights.h"
 
 namespace zr {
@@ -44,14 +46,24 @@ class Transformer {
   void forward(std::span<const SeqChunk> batch, std::vector<float>& logits);
   void set_weights(const ModelWeights* weights) { w_ = weights; }
   const ModelConfig& config() const { return w_->config(); }
-  // Every matmul weight runs as a pack (model/kernels_packed.h) made from the weight's bytes. Packs
-  // follow the weights: a weight whose bytes changed (a commit, a resume) is repacked here, and
-  // forward() calls this first, so a swap that nobody announced still computes on the new weights.
-  // Returns the bytes packed by this call.
+  // Every matmul weight runs as a pack (model/weight_packs.h) made from the weight's bytes. A
+  // weight update builds its packs while it stages (pack_stager(), on the staging thread) and the
+  // commit swaps them in with the pointers (adopt_packs()). Packs still follow the weights: one
+  // whose bytes changed without a staged pack (a resume) is repacked here, and forward() calls this
+  // first, so a swap that nobody announced still computes on the new weights. Returns the bytes
+  // packed by this call (0 after a commit that adopted its staged packs).
   size_t refresh_packs();
-  // Drops every pack (release_memory: the packs are a second copy of the weights' bytes).
+  // Builds the packs version `next` needs beside the live ones (current: the serving weights),
+  // into the pages of the packs the last commit retired. Callable from any thread while this
+  // transformer serves; the function keeps the pool alive, not the transformer.
+  std::function<WeightPacks(const ModelWeights& current, const ModelWeights& next)> pack_stager() const;
+  // The commit: staged packs replace the live ones (which go to the pool for the next stage).
+  void adopt_packs(WeightPacks&& staged) { packs_.adopt(std::move(staged), pack_pool_.get()); }
+  // Drops every pack, live and retired (release_memory: the packs are copies of the weights' bytes).
   void drop_packs();
-  size_t pack_bytes() const;
+  // Bytes of the live packs and the retired ones kept for the next stage.
+  size_t pack_bytes() const { return packs_.bytes() + pack_pool_->bytes(); }
+  const WeightPacks& packs() const { return packs_; }
 
  private:
   struct Row {  // one token of the batch
@@ -73,18 +85,10 @@ class Transformer {
 
   void project_logits(int out_rows, std::vector<float>& logits);
   // The pack of a matmul weight (refresh_packs() made it current).
-  const kernels::PackedMatrix& packed(TensorRole role, int layer = -1) const;
+  const kernels::PackedMatrix& packed(TensorRole role, int layer = -1) const { return packs_.get(role, layer); }
 
-  // One matmul weight's pack and the bytes it was made from: stale when the weight's data pointer
-  // moved, or when the bytes it was made from were freed (the address may be reused).
-  struct PackSlot {
-    const void* src = nullptr;
-    std::weak_ptr<const void> owner;
-    bool had_owner = false;
-    std::shared_ptr<kernels::PackedMatrix> m;  // the transformer's own: repacked in place on a commit
-  };
-  std::vector<PackSlot> packs_;  // [layer * kLayerMats + i]; the LM head last
-
+  WeightPacks packs_;
+  std::shared_ptr<PackPool> pack_pool_ = std::make_shared<PackPool>();  // shared with staging threads
   const ModelWeights* w_;
   KvCache* kv_;
   ThreadPool* pool_;

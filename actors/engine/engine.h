@@ -97,6 +97,7 @@ class Engine {
   // that start nothing come back here; anything else ends as one StepOutputs::updates entry.
   // src.on_done is called from the staging thread when step() has a stage to collect.
   Status begin_update(UpdateWeightsCall call, std::string body, StageSources src, int rank = 0) {
+    src.build_packs = tf_->pack_stager();  // the staged version's packs, built while it stages
     return update_.begin(std::move(call), std::move(body), weights_, weight_version_, std::move(src), rank);
   }
   bool update_in_progress() const { return update_.active(); }
@@ -116,6 +117,11 @@ class Engine {
   // The commit half of begin_update, for a caller that staged the weights itself (tests,
   // single-process use); not under tensor parallelism (the followers would not have them).
   Status request_update(StagedWeights w, UpdateOptions opt, StepOutputs& out);
+  // The packs of weights staged by hand, built beside the live ones as begin_update's staging
+  // builds them, so that request_update's commit is a pointer swap (without them it packs).
+  void build_packs(StagedWeights& w) const;
+  // The live packs of the matmul weights (model/weight_packs.h).
+  const WeightPacks& packs() const;
   bool update_pending() const { return pending_update_ != nullptr; }
   const ModelWeights& weights() const { return weights_; }
   const std::string& model_dir() const { return model_dir_; }
@@ -184,7 +190,7 @@ class Engine {
   void abort_sequence(Sequence& s, StepOutputs& out);
   void advance_update(StepOutputs& out);  // collects a finished stage, commits when allowed
   void maybe_commit(StepOutputs& out);
-  void repack();  // after a commit or resume: refresh the transformer's weight packs
+  void repack();  // after a commit or resume: packs the weights that have no current pack
   Status serving_check() const;
   void finish(Sequence& s, FinishReason why, StepOutputs& out);
   void finish_score(Sequence& s, StepOutputs& out);

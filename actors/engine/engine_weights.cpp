@@ -79,7 +79,8 @@ void Engine::maybe_commit(StepOutputs& out) {
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
   if (st.ok()) folder_weights_ = false;
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
-  if (st.ok()) repack();
+  if (st.ok()) tf_->adopt_packs(std::move(u.weights.packs));  // built while staging: a pointer swap
+  if (st.ok()) repack();  // only what staging did not pack (a caller that staged no packs)
   update_.committed(u.weights.version, st, out);  // the followers swap too; the ack
   if (st.ok()) {
     weight_version_ = u.weights.version;
@@ -94,12 +95,18 @@ void Engine::maybe_commit(StepOutputs& out) {
   pending_update_.reset();
 }
 
-// The commit swapped pointers; the changed weights are repacked now (model/kernels_packed.h), so
-// the first step on the new version does not pay for it.
+void Engine::build_packs(StagedWeights& w) const { build_staged_packs(tf_->pack_stager(), weights_, w); }
+
+const WeightPacks& Engine::packs() const { return tf_->packs(); }
+
+// The weights whose packs are not current are packed now (model/weight_packs.h): after a commit
+// that adopted its staged packs, none; after a resume, all of them. Before the next step, so the
+// first step on the new bytes does not pay for it.
 void Engine::repack() {
   const auto t0 = std::chrono::steady_clock::now();
   const size_t bytes = tf_->refresh_packs();
-  spdlog::info("weights: repacked {:.1f} MiB in {:.1f} ms", bytes / 1048576.0,
+  if (bytes == 0) return;
+  spdlog::info("weights: packed {:.1f} MiB in {:.1f} ms on the step loop", bytes / 1048576.0,
                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 

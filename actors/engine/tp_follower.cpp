@@ -20,7 +20,8 @@ Result<std::unique_ptr<TpFollower>> TpFollower::load(const std::string& dir, con
     if (auto copied = w->copy_to_anonymous_memory(); !copied.ok()) return copied.status();
   auto f = std::unique_ptr<TpFollower>(new TpFollower(std::move(w).value(), opt, tp));
   f->model_dir_ = dir;
-  f->sources_ = StageSources{weight_group, &f->staging_, transfer_timeout, &f->shm_, {}};
+  f->sources_ = StageSources{weight_group, &f->staging_, transfer_timeout, &f->shm_, {}, {}};
+  f->sources_.build_packs = f->tf_->pack_stager();  // each rank packs its own shard while staging
   return f;
 }
 
@@ -134,7 +135,8 @@ void TpFollower::on_commit(const TpCommand& cmd) {
   }
   if (reclaim_.valid()) reclaim_.wait();
   reclaim_ = std::async(std::launch::async, [old = std::move(old)]() mutable { old.clear(); });
-  tf_->refresh_packs();
+  tf_->adopt_packs(std::move(staged_->packs));  // built while staging
+  tf_->refresh_packs();                         // only what staging did not pack
   version_ = cmd.version;
   staged_.reset();
   spdlog::info("tp rank {}: weights version {} committed", tp_.shard().rank, version_);

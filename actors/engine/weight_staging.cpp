@@ -27,18 +27,21 @@ namespace {
 // push slows decoding as little as possible (the commit itself is a pointer swap).
 void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10); }
 
-// Runs a stage on its own thread at that priority; src.on_done is called as it finishes.
+// Runs a stage on its own thread at that priority, then builds its packs; src.on_done is called as
+// it finishes. `current` (the serving weights) must not change until the future is ready.
 template <class F>
-std::future<Result<StagedWeights>> run_staging(const StageSources& src, F f) {
-  return std::async(std::launch::async, [f = std::move(f), done = src.on_done]() mutable {
+std::future<Result<StagedWeights>> run_staging(const StageSources& src, const ModelWeights* current, F f) {
+  return std::async(std::launch::async, [f = std::move(f), src, current]() mutable {
     struct Notify {  // also when f throws: the future then holds the exception
-      std::function<void()>& fn;
+      const std::function<void()>& fn;
       ~Notify() {
         if (fn) fn();
       }
-    } notify{done};
+    } notify{src.on_done};
     lower_priority();
-    return f();
+    Result<StagedWeights> r = f();
+    if (r.ok()) build_staged_packs(src.build_packs, *current, *r);
+    return r;
   });
 }
 
@@ -199,6 +202,17 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
       return make_error(ErrorCode::weight_mismatch, "tensor " + m.name + ": bytes outside the transfer");
   }
   return {};
+}
+
+// The staged tensors are swapped into a copy of the registry (copies share bytes) to see what the
+// commit will serve. A registry that refuses them leaves the packs to the commit, which refuses too.
+void build_staged_packs(const std::function<WeightPacks(const ModelWeights&, const ModelWeights&)>& build_packs,
+                        const ModelWeights& current, StagedWeights& staged) {
+  if (!build_packs) return;
+  ModelWeights next = current;
+  if (!next.replace(staged.tensors).ok()) return;
+  PhaseProbe probe("engine: packs of the staged version built");
+  staged.packs = build_packs(current, next);
 }
 
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
@@ -381,7 +395,7 @@ Result<std::future<Result<StagedWeights>>> begin_pull(const UpdateWeightsCall& c
     return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(c.shm_bytes) + " bytes");
   *bytes = c.shm_bytes;
   const ModelWeights* cur = &current;
-  return run_staging(src, [cur, buf, reader, c]() -> Result<StagedWeights> {
+  return run_staging(src, cur, [cur, buf, reader, c]() -> Result<StagedWeights> {
     auto verified = [&] {
       PhaseProbe probe("engine: pull + verify behind the writer");
       return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, buf.get());
@@ -411,7 +425,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     Status refuse = validate_update_meta(current, c.tensors, n);
     if (refuse.ok() && c.version <= serving_version) refuse = stale();
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
-    return run_staging(src, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
+    return run_staging(src, cur, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
       // After engines died the trainer names the survivors: the group over them is made here, on the
       // staging thread, since every member blocks in its creation until all have entered.
@@ -431,9 +445,9 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   if (c.version <= serving_version) return stale();
   if (c.path == WeightPath::disk) {
     if (c.tensors.empty())
-      return run_staging(src, [cur, dir = c.disk_path, v = c.version] { return stage_from_disk(*cur, dir, v); });
+      return run_staging(src, cur, [cur, dir = c.disk_path, v = c.version] { return stage_from_disk(*cur, dir, v); });
     ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, UINT64_MAX));  // offsets mean nothing here
-    return run_staging(src, [cur, dir = c.disk_path, metas = c.tensors, v = c.version] {
+    return run_staging(src, cur, [cur, dir = c.disk_path, metas = c.tensors, v = c.version] {
       return stage_listed_from_disk(*cur, dir, metas, v);
     });
   }
@@ -462,7 +476,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   *bytes = c.shm_bytes;
   // The ranks of a TP engine map the same segment: each verifies its share of the tensors, and the
   // engine commits only if every rank's share checked out (actors/tp_group.h, stage_result).
-  return run_staging(src, [cur, owner, c, stall = src.transfer_timeout] {
+  return run_staging(src, cur, [cur, owner, c, stall = src.transfer_timeout] {
     auto segment = static_cast<const uint8_t*>(owner->data());
     const uint8_t* base = segment + c.shm_offset;
     std::shared_ptr<const void> keep(owner, base);

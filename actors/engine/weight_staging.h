@@ -16,6 +16,7 @@
 #include "comm/mpi_group.h"
 #include "comm/status.h"
 #include "comm/weight_transfer.h"
+#include "model/weight_packs.h"
 #include "model/weights.h"
 
 namespace zr {
@@ -26,6 +27,9 @@ struct StagedWeights {
   size_t bytes = 0;
   int zero_copy = 0;                 // tensors served in place from the transfer buffer
   std::vector<TensorMeta> received;  // the update's tensors as verified (checksums filled in); disk: empty
+  // The packs of the changed matmul weights, built while staging (StageSources::build_packs; the
+  // commit swaps them in). Dropped with the update when it does not commit. Empty: the commit packs.
+  WeightPacks packs;
 };
 
 // Names known to the model, shapes equal, dtype supported, byte ranges inside the buffer, nbytes
@@ -42,6 +46,12 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
                                         const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
                                         bool verify_checksums = true, TpShard verify_share = {});
+
+// The packs of the version `staged` makes of `current` (its changed matmul weights), built by
+// `build_packs` (Transformer::pack_stager) into staged.packs. Runs at the end of every stage that
+// has StageSources::build_packs; callers that stage by hand use Engine::build_packs.
+void build_staged_packs(const std::function<WeightPacks(const ModelWeights&, const ModelWeights&)>& build_packs,
+                        const ModelWeights& current, StagedWeights& staged);
 
 // Bytes a transfer of these tensors spans (the end of the last one).
 uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
@@ -111,6 +121,9 @@ struct StageSources {
   // Called on the staging thread just before its result is set (the future is ready moments
   // later): lets an event loop sleep while a stage runs instead of polling the future.
   std::function<void()> on_done;
+  // Builds the staged version's matmul packs on the staging thread, after its bytes are verified
+  // (Transformer::pack_stager): the commit is then a pointer swap. Unset: the commit packs.
+  std::function<WeightPacks(const ModelWeights& current, const ModelWeights& next)> build_packs;
 };
 
 // Starts staging an update_weights call on a worker thread below the compute threads' priority;
