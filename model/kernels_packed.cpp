@@ -75,7 +75,21 @@ void pack_group_tiled(const Src* w, PackedMatrix& p, int g) {
     for (int c = 0; c < W; ++c) base[packed_index<F>(k, c, W)] = 0;
 }
 
+// The groups whose elements are 32 bits wide (f32, and pairs of an even K from bf16 weights: a pair
+// is the 32-bit word at row + k) go through the AVX-512 transpose: 16 x 16 in registers.
+bool pack_group_avx512(const void* w, DType dt, PackedMatrix& p, int g) {
+  const bool f32 = p.format == PackFormat::f32, pairs = p.format == PackFormat::pairs && dt == DType::bf16 && p.K % 2 == 0;
+  if (!using_avx512() || !(f32 || pairs)) return false;
+  const int W = p.width(g), n0 = g * kGroup, ncols = std::min(W, p.N - n0);
+  const size_t ld = f32 ? static_cast<size_t>(p.K) : static_cast<size_t>(p.K) / 2;  // 32-bit words per row
+  auto* base = reinterpret_cast<uint32_t*>(static_cast<char*>(p.storage.get()) +
+                                           static_cast<size_t>(g) * kGroup * p.Kp * p.elem_size());
+  detail::pack_transpose32_avx512(static_cast<const uint32_t*>(w) + n0 * ld, ld, ncols, static_cast<int>(ld), base, W);
+  return true;
+}
+
 void pack_group(const void* w, DType dt, PackedMatrix& p, int g) {
+  if (pack_group_avx512(w, dt, p, g)) return;
   const bool bf = dt == DType::bf16;
   switch (p.format) {
     case PackFormat::f32:

@@ -81,6 +81,9 @@ void packed_portable(const float* x, const uint16_t* xb, int M, int ldx, int ldx
 void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0, int g1, float* y, int ldy);
 // out rows (ld apart, ld a multiple of 16) = x rounded with f32_to_bf16, zeros past K.
 void round_rows_bf16_avx512(const float* x, int M, int K, int ldx, uint16_t* out, int ld);
+// dst[k * W + c] = w[c * ld + k] for k < kn, c < W (zero for c >= ncols): a group of 32-bit
+// elements (f32, or the bf16 pairs of an even K) transposed 16 x 16 in registers.
+void pack_transpose32_avx512(const uint32_t* w, size_t ld, int ncols, int kn, uint32_t* dst, int W);
 void packed_pairs_avx512(const uint16_t* xb, int M, int ldxb, const PackedMatrix& w, int g0, int g1, float* y, int ldy);
 }  // namespace detail
 

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/kernels_packed.h"
@@ -138,6 +140,36 @@ TEST(PackedMatmul, RepackIntoAnOldPackEqualsAFreshPack) {
     EXPECT_EQ(std::memcmp(reused->storage.get(), fresh->storage.get(), fresh->bytes), 0);
     EXPECT_EQ(run(new_w, *reused, 9, nullptr), run(new_w, *fresh, 9, nullptr));
   }
+}
+
+// Every element of a pack where the header's layout puts it, zeros in the padding (columns past N,
+// the pair past an odd K), whatever path packed it (the AVX-512 transpose for 32-bit elements, the
+// tiled scalar loops otherwise): shapes ragged against 16, the tile (64 k) and the group (48).
+TEST(PackedMatmul, PackPutsEveryElementWhereTheLayoutSays) {
+  for (const Mode m : kModes)
+    for (const auto& [K, N] : {std::pair{70, 100}, std::pair{71, 33}, std::pair{16, 48}, std::pair{130, 17}}) {
+      SCOPED_TRACE("K=" + std::to_string(K) + " N=" + std::to_string(N));
+      const Problem pr = make_problem(K, N, 1, 5);
+      auto pm = pack_of(pr, m);
+      for (int g = 0; g < pm->groups(); ++g) {
+        const int W = pm->width(g);
+        for (int k = 0; k < pm->Kp; ++k)
+          for (int c = 0; c < W; ++c) {
+            const int n = g * kernels::kGroup + c;
+            const bool in = n < N && k < K;
+            const size_t i = static_cast<size_t>(n) * K + k;
+            if (pm->format == PackFormat::f32) {
+              const float got = static_cast<const float*>(pm->group(g))[static_cast<size_t>(k) * W + c];
+              ASSERT_EQ(got, in ? pr.w[i] : 0.0f) << "g " << g << " k " << k << " c " << c;
+              continue;
+            }
+            const size_t at = pm->format == PackFormat::pairs ? static_cast<size_t>(k / 2) * 2 * W + 2 * c + k % 2
+                                                              : static_cast<size_t>(k) * W + c;
+            const uint16_t got = static_cast<const uint16_t*>(pm->group(g))[at];
+            ASSERT_EQ(got, in ? pr.wb[i] : 0) << "g " << g << " k " << k << " c " << c;
+          }
+      }
+    }
 }
 
 }  // namespace
