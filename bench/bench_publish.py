@@ -59,6 +59,18 @@ class MemcpyProbe:
         return time.perf_counter() - t0
 
 
+def memory_of(pid: int) -> dict:
+    """VmRSS, RssAnon (the engine's own copies: weights loaded from the folder, packs, KV) and
+    RssShmem (the segments served zero-copy) of a process, in MB, from /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssShmem"):
+                out[key] = int(rest.split()[0]) * 1024 / 1e6
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="bench_models/stories110M")
@@ -93,6 +105,7 @@ def main() -> int:
                 except Exception:
                     if time.monotonic() > deadline or serve.poll() is not None:
                         raise
+            memory = {"loaded": memory_of(serve.pid)}
             for v in range(1, args.pushes + 1):
                 t0 = time.perf_counter()
                 res = pub.publish(sd, v, path="ipc")
@@ -102,6 +115,8 @@ def main() -> int:
                     {"call": call_s, "ack": res.seconds, "write": res.write_seconds,
                      "stage": res.acks[0]["stage_seconds"], "memcpy": memcpy_s,
                      "zero_copy": res.acks[0]["zero_copy_tensors"]})
+            time.sleep(0.5)  # the last replaced version's bytes are unmapped off the engine thread
+            memory["pushed"] = memory_of(serve.pid)
             pub.shutdown_engines()
     except Exception:
         print(f"(the engine's log: {log.name})", file=sys.stderr)
@@ -139,6 +154,10 @@ def main() -> int:
               f"({r[-1]['zero_copy']} tensors zero-copy)")
         json_rows.add(f"python_publish_{kind}_ms", med([x["call"] for x in r]) * 1e3, "ms",
                       med([x["memcpy"] for x in r]) * 1e3)
+    print("engine process memory (MB; RssAnon: weights copied from the folder, packs, KV 64 MiB; RssShmem: segments):")
+    for when, label in (("loaded", "after load"), ("pushed", f"after {args.pushes} publishes")):
+        m = memory[when]
+        print(f"  {label:<22} VmRSS {m['VmRSS']:7.0f}  RssAnon {m['RssAnon']:7.0f}  RssShmem {m['RssShmem']:7.0f}")
     json_rows.write()
     return 0
 
