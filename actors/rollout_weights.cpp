@@ -126,7 +126,8 @@ Status RolloutActor::on_update_weights(UpdateWeightsCall& call, const std::strin
     actor_.send(from, "update_weights.reply", wire::encode(r));
     return {};
   }
-  StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_, [this] { actor_.wake(); }, {}};  // Engine sets build_packs
+  // build_packs: the engine sets it (its transformer's pack stager).
+  StageSources src{weight_group_, &staging_, opt_.transfer_timeout, &shm_, [this] { actor_.wake(); }, {}};
   ZR_RETURN_IF_ERROR(engine_->begin_update(std::move(call), body, std::move(src), opt_.weight_rank));
   phase_mark("engine: staging started");
   update_reply_to_ = from;

@@ -50,8 +50,8 @@ void pack_transpose32_avx512(const uint32_t* w, size_t ld, int ncols, int kn, ui
     const __mmask16 m = static_cast<__mmask16>((1u << kb) - 1);
     for (int c0 = 0; c0 < W; c0 += 16) {
       for (int i = 0; i < 16; ++i)
-        r[i] = c0 + i < ncols ? _mm512_maskz_loadu_ps(m, w + static_cast<size_t>(c0 + i) * ld + k0)
-                             : _mm512_setzero_ps();
+        r[i] =
+            c0 + i < ncols ? _mm512_maskz_loadu_ps(m, w + static_cast<size_t>(c0 + i) * ld + k0) : _mm512_setzero_ps();
       transpose16(r);
       for (int k = 0; k < kb; ++k) _mm512_storeu_ps(dst + static_cast<size_t>(k0 + k) * W + c0, r[k]);
     }

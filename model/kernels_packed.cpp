@@ -78,7 +78,8 @@ void pack_group_tiled(const Src* w, PackedMatrix& p, int g) {
 // The groups whose elements are 32 bits wide (f32, and pairs of an even K from bf16 weights: a pair
 // is the 32-bit word at row + k) go through the AVX-512 transpose: 16 x 16 in registers.
 bool pack_group_avx512(const void* w, DType dt, PackedMatrix& p, int g) {
-  const bool f32 = p.format == PackFormat::f32, pairs = p.format == PackFormat::pairs && dt == DType::bf16 && p.K % 2 == 0;
+  const bool f32 = p.format == PackFormat::f32,
+             pairs = p.format == PackFormat::pairs && dt == DType::bf16 && p.K % 2 == 0;
   if (!using_avx512() || !(f32 || pairs)) return false;
   const int W = p.width(g), n0 = g * kGroup, ncols = std::min(W, p.N - n0);
   const size_t ld = f32 ? static_cast<size_t>(p.K) : static_cast<size_t>(p.K) / 2;  // 32-bit words per row

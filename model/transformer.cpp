@@ -31,7 +31,7 @@ size_t Transformer::refresh_packs() { return packs_.refresh(*w_, pool_); }
 
 std::function<WeightPacks(const ModelWeights&, const ModelWeights&)> Transformer::pack_stager() const {
   return [compute = compute_, pool = pack_pool_, threads = pool_->size()](const ModelWeights& current,
-                                                                         const ModelWeights& next) {
+                                                                          const ModelWeights& next) {
     return WeightPacks::stage(current, next, compute, pool.get(), threads);
   };
 }

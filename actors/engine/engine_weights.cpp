@@ -80,7 +80,7 @@ void Engine::maybe_commit(StepOutputs& out) {
   if (st.ok()) folder_weights_ = false;
   if (st.ok() && weights_released_ && weights_.complete()) weights_released_ = false;
   if (st.ok()) tf_->adopt_packs(std::move(u.weights.packs));  // built while staging: a pointer swap
-  if (st.ok()) repack();  // only what staging did not pack (a caller that staged no packs)
+  if (st.ok()) repack();                          // only what staging did not pack (a caller that staged no packs)
   update_.committed(u.weights.version, st, out);  // the followers swap too; the ack
   if (st.ok()) {
     weight_version_ = u.weights.version;

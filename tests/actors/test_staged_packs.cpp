@@ -45,7 +45,7 @@ TEST_F(WeightSync, AStagedThenDroppedUpdateLeavesTheLivePacksAndTheOutputs) {
     ASSERT_TRUE(staged_wq);
     EXPECT_NE(staged_wq->storage.get(), live->storage.get());  // beside the live pack, not in it
     EXPECT_NE(pack_bytes_of(*staged_wq), wq_bytes);            // the real weights differ from the random ones
-  }  // dropped: never committed
+  }                                                            // dropped: never committed
   EXPECT_EQ(eng->packs().find(TensorRole::wq, 0), live);
   EXPECT_EQ(pack_bytes_of(*eng->packs().find(TensorRole::wq, 0)), wq_bytes);
   EXPECT_EQ(pack_bytes_of(*eng->packs().find(TensorRole::lm_head)), head_bytes);
