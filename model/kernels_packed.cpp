@@ -210,11 +210,12 @@ void run_groups(const float* x, const Bf16Rows* xb, int M, int ldx, const Packed
   detail::packed_portable(x, nullptr, M, ldx, 0, w, g0, g1, y, ldy);
 }
 
-// Tasks per thread: few rows are bound by memory and finish fast, so smaller tasks even out a core
-// held up by a neighbour; many rows take one contiguous share of the groups per task pair.
-int tasks_for(int M, int groups, ThreadPool* pool) {
+// Four tasks per thread (claimed as threads come free): a core held up by a neighbour on this shared
+// host then leaves less than a quarter of its share to wait for (with two, the caller spun ~3% of
+// the batch-64 step in parallel_for).
+int tasks_for(int groups, ThreadPool* pool) {
   if (!pool || pool->size() == 1) return 1;
-  return std::max(1, std::min(groups, pool->size() * (M <= 8 ? 4 : 2)));
+  return std::max(1, std::min(groups, pool->size() * 4));
 }
 
 }  // namespace
@@ -235,7 +236,7 @@ void matmul_packed_group(const float* x, int M, int ldx, std::initializer_list<P
     ZR_CHECK(o[i].w->K == first.K && o[i].w->format == first.format);
     total += o[i].w->groups();
   }
-  const int tasks = tasks_for(M, total, pool);
+  const int tasks = tasks_for(total, pool);
   auto run = [&](int t) {
     const int a = static_cast<int>(static_cast<int64_t>(total) * t / tasks);
     const int b = static_cast<int>(static_cast<int64_t>(total) * (t + 1) / tasks);

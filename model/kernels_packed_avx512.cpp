@@ -81,9 +81,11 @@ constexpr auto kTableBF16Pf = make_table<true, true>(std::make_integer_sequence<
 }  // namespace
 
 void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0, int g1, float* y, int ldy) {
-  const bool stream = M <= kMR;
-  const auto& table =
-      w.format == PackFormat::bf16 ? (stream ? kTableBF16Pf : kTableBF16) : (stream ? kTableF32Pf : kTableF32);
+  // The first row tile of a K block meets the block's weights in memory: it prefetches ahead (into
+  // the next block at its end); the later tiles find the block in L1.
+  const bool bf16 = w.format == PackFormat::bf16;
+  const auto& table = bf16 ? kTableBF16 : kTableF32;
+  const auto& table_pf = bf16 ? kTableBF16Pf : kTableF32Pf;
   // One row tile streams each group once from memory: no K blocking. Several tiles reuse a group's
   // K block from L1.
   const int kc = M <= kMR ? w.K : kKC;
@@ -96,7 +98,7 @@ void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0
       const int k1 = std::min(w.K, k0 + kc);
       for (int m = 0; m < M; m += kMR) {
         const int mr = std::min(kMR, M - m);
-        table[mr - 1][W / 16 - 1](x + static_cast<size_t>(m) * ldx, ldx, wg, k0, k1,
+        (m == 0 ? table_pf : table)[mr - 1][W / 16 - 1](x + static_cast<size_t>(m) * ldx, ldx, wg, k0, k1,
                                   y + static_cast<size_t>(m) * ldy + n0, ldy, tail, k0 == 0);
       }
     }

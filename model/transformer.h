@@ -77,7 +77,8 @@ class Transformer {
     std::vector<const float*> blocks;  // [head - h0][block of the group]: keys or values of the head's KV head
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
-  void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos);
+  // K and V of one row into the cache, KV heads [kvh0, kvh1).
+  void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos, int kvh0, int kvh1);
   // fn(r) for every row r in [0, rows): on the pool when there are enough rows to pay for the
   // hand-off, else on this thread. Row work is a pure function of the row (any split, same bits).
   template <class F>
