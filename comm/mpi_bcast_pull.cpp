@@ -40,8 +40,11 @@ struct PullOffer {
   int64_t offered = 0;
 };
 
-// Waits for `req` to complete, at most `timeout`; else timeout naming `what`.
-Status wait_request(MPI_Request& req, milliseconds timeout, const std::string& what) {
+// Waits for `req` to complete, at most `timeout`; else timeout naming `what`. poll > 0: sleeps
+// that long between tests (the root while its receivers pull: spinning took a core from their
+// two threads).
+Status wait_request(MPI_Request& req, milliseconds timeout, const std::string& what,
+                    std::chrono::microseconds poll = std::chrono::microseconds(0)) {
   const auto start = Clock::now();
   Backoff backoff;
   for (;;) {
@@ -51,7 +54,8 @@ Status wait_request(MPI_Request& req, milliseconds timeout, const std::string& w
     const auto idle = Clock::now() - start;
     if (idle >= timeout)
       return make_error(ErrorCode::timeout, what + " did not complete within " + std::to_string(timeout.count()) + " ms");
-    backoff.pause(idle);
+    if (poll.count() > 0) std::this_thread::sleep_for(poll);
+    else backoff.pause(idle);
   }
 }
 
@@ -198,7 +202,9 @@ Status MpiGroup::run_pull(char* data, size_t bytes, int root, size_t bucket_byte
   }
   if (st.ok()) {
     st = mpi_status(MPI_Ibarrier(impl_->comm, &req), "MPI_Ibarrier");
-    if (st.ok()) st = wait_request(req, timeout, "the receivers' end of the pulled broadcast");
+    if (st.ok())
+      st = wait_request(req, timeout, "the receivers' end of the pulled broadcast",
+                        is_root ? std::chrono::microseconds(200) : std::chrono::microseconds(0));
   }
   ph.total = seconds_since(t_call);
   impl_->phases = ph;
