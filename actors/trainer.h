@@ -90,8 +90,9 @@ struct PublishResult {
   double liveness_seconds = 0;           // broadcast: before it, asking the engines whether they are alive
                                          // (up to the router's liveness window when one is silent)
   double write_seconds = 0;              // of which writing the bytes: ipc: copying and checksumming them into the
-                                         // segment; broadcast: checksumming them, before `seconds` starts (the
-                                         // bytes are sent from where they lie); disk: the file
+                                         // segment; broadcast: laying them out, before `seconds` starts (the
+                                         // bytes are sent from where they lie, checksummed as they go); disk:
+                                         // the file
   std::vector<TensorMeta> tensors;       // what was published, in transfer order, checksums filled in
   std::vector<UpdateWeightsReply> acks;  // one per engine that acked
   std::vector<int> acked;                // the engine of each ack
@@ -175,9 +176,6 @@ class Trainer {
     std::vector<const void*> src;
     std::vector<std::optional<uint64_t>> claimed;  // TensorRef::checksum of each
     uint64_t bytes = 0;
-    // Sets each meta's checksum: the claimed one, else checksum64 of its bytes, computed by
-    // `threads` threads, each over an equal share of the transfer.
-    void checksum(unsigned threads);
     // The transfer as the root of MpiGroup::bcast_buckets_from sends it: the tensors in place and
     // the zero padding between them.
     std::vector<MpiGroup::RootPiece> pieces() const;

@@ -303,7 +303,8 @@ void report_bcast(MpiGroup& world, const BcastTimes& t, size_t bytes, size_t buc
                   zr::bench::JsonRows& rows) {
   auto all = world.allgather_strings(std::to_string(t.mismatches));
   // How each receiver took the bytes, and in what pages its ring and buffer were.
-  auto ring = world.allgather_strings(world.receives_through_ring(0)
+  auto ring = world.allgather_strings(world.last_bcast_phases().pull ? "pulled (process_vm_readv) into " + buffer_pages
+                                      : world.receives_through_ring(0)
                                           ? "ring in " + world.receive_ring_pages() + " into " + buffer_pages
                                           : "in place into " + buffer_pages);
   auto phases = world.allgather_strings(phase_line(t.phases));
@@ -355,13 +356,14 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   std::string receive = "auto";
   app.add_option("--receive", receive,
-                 "how receivers land segments: auto | ring | in-place (MpiGroup::set_receive_mode)")
-      ->check(CLI::IsMember({"auto", "ring", "in-place"}));
+                 "how receivers land segments: auto | ring | in-place | pull (MpiGroup::set_receive_mode)")
+      ->check(CLI::IsMember({"auto", "ring", "in-place", "pull"}));
   CLI11_PARSE(app, argc, argv);
   zr::bench::JsonRows rows(world->rank() == 0 ? json_path : "");
   const size_t bytes = mib << 20;
   world->set_receive_mode(receive == "ring"       ? MpiGroup::ReceiveMode::ring
                           : receive == "in-place" ? MpiGroup::ReceiveMode::in_place
+                          : receive == "pull"     ? MpiGroup::ReceiveMode::pull
                                                   : MpiGroup::ReceiveMode::automatic);
   std::string bucket_list;
   for (size_t b : bucket_mibs) bucket_list += (bucket_list.empty() ? "" : ",") + std::to_string(b);

@@ -167,16 +167,31 @@ void TransferVerifier::add(const void* bytes, uint64_t offset, uint64_t len) {
 }
 
 Status TransferVerifier::verify() const {
+  std::vector<uint64_t> expected;
+  for (const TensorMeta& t : tensors_) expected.push_back(t.checksum);
+  return verify(expected);
+}
+
+std::vector<uint64_t> TransferVerifier::checksums() const {
+  std::vector<uint64_t> out;
+  for (size_t i = 0; i < tensors_.size(); ++i) out.push_back(checksum64_finish(sums_[i], tensors_[i].nbytes));
+  return out;
+}
+
+Status TransferVerifier::verify(std::span<const uint64_t> expected) const {
+  if (expected.size() != tensors_.size())
+    return make_error(ErrorCode::invalid_argument, "checksums: " + std::to_string(expected.size()) + " for " +
+                                                       std::to_string(tensors_.size()) + " tensors");
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const TensorMeta& t = tensors_[i];
     if (received_[i] != t.nbytes)
       return make_error(ErrorCode::io_error, "tensor " + t.name + ": received " + std::to_string(received_[i]) +
                                                  " of " + std::to_string(t.nbytes) + " bytes");
     uint64_t got = checksum64_finish(sums_[i], t.nbytes);
-    if (got != t.checksum) {
+    if (got != expected[i]) {
       char buf[96];
       std::snprintf(buf, sizeof buf, ": checksum 0x%016llx, expected 0x%016llx", static_cast<unsigned long long>(got),
-                    static_cast<unsigned long long>(t.checksum));
+                    static_cast<unsigned long long>(expected[i]));
       return make_error(ErrorCode::checksum_mismatch, "tensor " + t.name + buf);
     }
   }

@@ -38,6 +38,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "comm/status.h"
@@ -83,6 +84,12 @@ class TransferVerifier {
   // ok when every tensor was fully fed and matches; else checksum_mismatch naming the first
   // tensor that differs (expected and actual values), or io_error naming one not fully received.
   Status verify() const;
+  // The same against `expected` (one checksum per tensor, in the order given to the constructor)
+  // instead of the metas' checksum fields: a broadcast's checksum trailer.
+  Status verify(std::span<const uint64_t> expected) const;
+  // checksum64 of every tensor so far, in that order (the root of a broadcast with a trailer: what
+  // it sent, once every byte was fed).
+  std::vector<uint64_t> checksums() const;
 
  private:
   std::vector<TensorMeta> tensors_;

@@ -299,6 +299,11 @@ struct UpdateWeightsCall {
   // (comm/mpi_group.h, survivors()).
   uint64_t group_epoch = 0;
   std::vector<int> group_ranks;
+  // broadcast: the checksums come after the bytes, as a trailer broadcast (8 bytes per tensor,
+  // checksum64 little-endian, in list order; MpiGroup::bcast_buckets' trailer), not in
+  // tensors[].checksum: the root checksums each segment as it goes out instead of in a pass over
+  // every byte before the metadata. Engines verify against the trailer before they commit.
+  bool checksum_trailer = false;
 };
 struct UpdateWeightsReply {
   uint64_t req_id = 0;

@@ -38,47 +38,6 @@ using namespace mpi_detail;
 
 namespace {
 
-// How bcast_buckets cuts a transfer. Each bucket (bucket_bytes) moves as segments of at most
-// kSegmentBytes, one MPI_Ibcast each; segments never cross a bucket's end. Every rank keeps at most
-// window() segments posted and not yet consumed: the same number everywhere, so what a rank that
-// fails has posted is what its peers post first (drain() relies on it). The cut is the same on
-// every rank (message sizes must match); where a receiver lands a segment is its own choice:
-//  - through the ring, when it has a core for each of its two threads (see use_ring): kRingSlots
-//    slots that stay in the cache; the caller copies each slot into the destination with streaming
-//    stores and verifies it from the slot: one DRAM read and one DRAM write per byte, like a plain
-//    MPI_Bcast. Receiving in place and checksumming there reads every byte from DRAM a second time:
-//    on a 2-core host np=2 reached 81-92% of one MPI_Bcast that way, 95-105% through the ring
-//    (bench/bench_weight_sync.cpp).
-//  - in place (into the destination), when cores are short: ring and copy cost CPU time that an
-//    oversubscribed host does not have (np=4 on 2 cores: 75-88% through the ring, 105-124% in
-//    place; one core per rank, mpirun's default binding: ~71% vs ~79%).
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-constexpr size_t kSegmentBytes = size_t{2} << 20;
-constexpr size_t kRingSlots = 4;
-
-struct SegmentPlan {
-  size_t bytes;
-  size_t bucket;
-  bool ring;  // this rank receives through the ring (never on the root)
-  size_t segment = std::min({bucket, kSegmentBytes, (bytes + 63) / 64 * 64});
-  size_t per_bucket = (bucket + segment - 1) / segment;
-  size_t buckets() const { return (bytes + bucket - 1) / bucket; }
-  size_t segments_in(size_t b) const { return (std::min(bucket, bytes - b * bucket) + segment - 1) / segment; }
-  size_t count() const { return (buckets() - 1) * per_bucket + segments_in(buckets() - 1); }
-  size_t bucket_of(size_t s) const { return s / per_bucket; }
-  // Where segment s lands in a ring of kRingSlots slots.
-  char* slot(char* ring_buf, size_t s) const { return ring_buf + (s % kRingSlots) * segment; }
-  size_t offset(size_t s) const { return bucket_of(s) * bucket + (s % per_bucket) * segment; }
-  size_t length(size_t s) const {
-    size_t end = std::min(bytes, (bucket_of(s) + 1) * bucket);
-    return std::min(segment, end - offset(s));
-  }
-  // Posted and not yet consumed, at most, on every rank (receiving through the ring or not): two
-  // buckets, and no more than the ring has slots.
-  size_t window() const { return std::min(kRingSlots, 2 * per_bucket); }
-};
-
 // State shared by the caller (copies out, runs on_segment) and the helper thread (every MPI call).
 struct PipelineState {
   std::mutex mu;
@@ -150,6 +109,18 @@ class SegmentBroadcaster {
   void set_source(const std::function<const char*(size_t, size_t, char*)>* source, char* scratch) {
     source_ = source;
     scratch_ = scratch;
+    sent_at_.assign(window_, nullptr);
+  }
+  // Where the root of bcast_buckets_from sent segment k from (in place or a scratch slot); valid
+  // from its completion until it is consumed (the slot's next segment is posted only after that).
+  const char* sent_at(size_t k) const { return sent_at_[k % window_]; }
+
+  // One more broadcast after the segments (`bytes` at `at`), posted once this rank consumed the
+  // last segment: on the root, its on_segment has filled it by then (e.g. the checksums of what
+  // it sent).
+  void set_trailer(char* at, size_t bytes) {
+    trailer_ = at;
+    trailer_bytes_ = bytes;
   }
 
   void run() {
@@ -169,7 +140,12 @@ class SegmentBroadcaster {
         last = Clock::now();
       }
       if (inflight_.empty()) {
-        if (completed_ == n || stop) return finish(Status::ok_status());
+        if (completed_ == n + (trailer_ ? 1 : 0) || stop) return finish(Status::ok_status());
+        if (completed_ == n && consumed == n) {  // every segment consumed: the trailer goes now
+          if (!post_trailer()) return;
+          last = Clock::now();
+          continue;
+        }
         std::unique_lock lk(st_.mu);  // every slot holds a completed segment: wait for the caller
         st_.cv.wait(lk, [&] { return st_.consumed != consumed || st_.stop; });
         last = Clock::now();
@@ -198,7 +174,7 @@ class SegmentBroadcaster {
   // Seconds inside MPI_Ibcast and MPI_Test; read after run() returned.
   double post_seconds() const { return post_s_; }
   double test_seconds() const { return test_s_; }
-  bool all_posted() const { return posted_ == plan_.count(); }
+  bool all_posted() const { return posted_ == plan_.count() && (!trailer_ || trailer_posted_); }
 
  private:
   bool post() {
@@ -208,6 +184,7 @@ class SegmentBroadcaster {
     if (source_)  // MPI reads the root's buffer only
       at = const_cast<char*>(
           (*source_)(plan_.offset(posted_), plan_.length(posted_), scratch_ + (posted_ % window_) * plan_.segment));
+    if (source_) sent_at_[posted_ % window_] = at;
     int rc = MPI_Ibcast(at, static_cast<int>(plan_.length(posted_)), MPI_BYTE, root_, comm_, &req);
     post_s_ += seconds_since(t0);
     if (rc != MPI_SUCCESS) {
@@ -216,6 +193,18 @@ class SegmentBroadcaster {
     }
     inflight_.push_back(req);
     ++posted_;
+    return true;
+  }
+
+  bool post_trailer() {
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Ibcast(trailer_, static_cast<int>(trailer_bytes_), MPI_BYTE, root_, comm_, &req);
+    if (rc != MPI_SUCCESS) {
+      finish(mpi_status(rc, "MPI_Ibcast of " + segment_text(plan_.count())));
+      return false;
+    }
+    inflight_.push_back(req);
+    trailer_posted_ = true;
     return true;
   }
 
@@ -240,6 +229,7 @@ class SegmentBroadcaster {
   // "bucket 3/8 (64 MiB at offset ...)" when a bucket is one segment, else
   // "bucket 3/8, segment 5/32 (2 MiB at offset ...)".
   std::string segment_text(size_t s) const {
+    if (s >= plan_.count()) return "the trailer (" + std::to_string(trailer_bytes_) + " bytes)";
     std::string t = "bucket " + std::to_string(plan_.bucket_of(s) + 1) + "/" + std::to_string(plan_.buckets());
     if (size_t in = plan_.segments_in(plan_.bucket_of(s)); in > 1)
       t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(in);
@@ -262,6 +252,10 @@ class SegmentBroadcaster {
   std::chrono::microseconds root_poll_;  // 0: spin with Backoff
   const std::function<const char*(size_t, size_t, char*)>* source_ = nullptr;
   char* scratch_ = nullptr;
+  std::vector<const char*> sent_at_;  // by segment % window_ (root of bcast_buckets_from)
+  char* trailer_ = nullptr;
+  size_t trailer_bytes_ = 0;
+  bool trailer_posted_ = false;
   std::deque<MPI_Request> inflight_;
   size_t posted_ = 0;
   size_t completed_ = 0;
@@ -283,77 +277,10 @@ char* alloc_ring(size_t bytes) {
   return p;
 }
 
-// Whether this receiver lands segments through the ring: it needs a core for each of its two
-// threads, and so does every other receiver on this host (the root's thread mostly sleeps).
-bool use_ring(const std::vector<char>& on_this_host, int root) {
-#ifdef __linux__
-  cpu_set_t mask;
-  if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0) return false;
-  const long cores = CPU_COUNT(&mask);
-#else
-  const long cores = static_cast<long>(std::thread::hardware_concurrency());
-#endif
-  long receivers = std::count(on_this_host.begin(), on_this_host.end(), char{1});
-  if (root >= 0 && static_cast<size_t>(root) < on_this_host.size() && on_this_host[static_cast<size_t>(root)])
-    --receivers;
-  return cores >= 2 && cores >= 2 * std::max(1L, receivers);
-}
-
-// Through the ring, a receiver's two threads each keep a core busy (the helper copies segments
-// in, inside MPI; the caller copies them out and verifies them), so they must not share one: when
-// they did (the scheduler's wake-up placement does that on its own now and then), np=2 fell from
-// ~95% to 50-65% of one MPI_Bcast. For the duration of a receive, receiver number i on this host
-// (by rank, the root not counted) runs its caller on core 2i and its helper on core 2i+1 of its
-// affinity mask (counted modulo the mask's size); the caller's mask is restored afterwards.
-// use_ring() chose the ring only if the mask has two cores per receiver on the host.
-class SplitCores {
- public:
-  SplitCores(const std::vector<char>& on_this_host, int rank, int root) {
-#ifdef __linux__
-    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0 || CPU_COUNT(&saved_) < 2) return;
-    std::vector<int> cpus;
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &saved_)) cpus.push_back(c);
-    size_t index = 0;  // among this host's receivers
-    for (int r = 0; r < rank && static_cast<size_t>(r) < on_this_host.size(); ++r)
-      index += on_this_host[static_cast<size_t>(r)] && r != root;
-    cpu_set_t mine;
-    CPU_ZERO(&mine);
-    CPU_SET(cpus[(2 * index) % cpus.size()], &mine);
-    CPU_ZERO(&helper_);
-    CPU_SET(cpus[(2 * index + 1) % cpus.size()], &helper_);
-    active_ = pthread_setaffinity_np(pthread_self(), sizeof mine, &mine) == 0;
-#else
-    (void)on_this_host, (void)rank, (void)root;
-#endif
-  }
-  ~SplitCores() {
-#ifdef __linux__
-    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
-#endif
-  }
-  SplitCores(const SplitCores&) = delete;
-  SplitCores& operator=(const SplitCores&) = delete;
-
-  // Called on the helper thread.
-  void place_helper() const {
-#ifdef __linux__
-    if (active_) (void)pthread_setaffinity_np(pthread_self(), sizeof helper_, &helper_);
-#endif
-  }
-
- private:
-#ifdef __linux__
-  cpu_set_t saved_{};
-  cpu_set_t helper_{};
-#endif
-  bool active_ = false;
-};
-
 }  // namespace
 
 Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
-                               const SegmentCallback& on_segment) {
+                               const SegmentCallback& on_segment, std::span<std::byte> trailer) {
   ZR_RETURN_IF_ERROR(usable("bcast_buckets"));
   if (root < 0 || root >= impl_->size)
     return make_error(ErrorCode::invalid_argument, "bcast_buckets: root " + std::to_string(root) + " not in the group");
@@ -361,13 +288,23 @@ Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket
     return make_error(ErrorCode::invalid_argument, "bcast_buckets: bucket_bytes " + std::to_string(bucket_bytes) +
                                                        " must be a multiple of 64 in (0, 1 GiB]");
   if (timeout.count() <= 0) return make_error(ErrorCode::invalid_argument, "bcast_buckets: timeout must be > 0");
+  if (trailer.size() > kMaxTrailerBytes)
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets: trailer of " + std::to_string(trailer.size()) +
+                                                       " bytes is over " + std::to_string(kMaxTrailerBytes));
   if (bytes == 0) return Status::ok_status();
   if (!data) return make_error(ErrorCode::invalid_argument, "bcast_buckets: null data");
-  return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment);
+  if (impl_->receive_mode == ReceiveMode::pull) {  // every rank: the same mode (mpi_group.h)
+    uint64_t pid = 0, addr = 0;
+    auto pull = agree_on_pull(static_cast<char*>(data), bytes, root, timeout, &pid, &addr);
+    if (!pull.ok()) return pull.status();
+    if (*pull) return run_pull(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer, pid, addr);
+  }
+  return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer);
 }
 
 Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, milliseconds timeout,
-                                     const SegmentCallback& on_segment, const SegmentSource& source) {
+                                     const SegmentCallback& on_segment, std::span<std::byte> trailer,
+                                     const SegmentSource& source) {
   const bool is_root = impl_->rank == root;
   SegmentPlan plan{bytes, bucket_bytes, receives_through_ring(root)};
   const size_t ring_bytes = kRingSlots * plan.segment;
@@ -384,6 +321,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
     scratch.reset(new char[plan.window() * plan.segment]);  // only slots of spanning segments are touched
     caster.set_source(&source, scratch.get());
   }
+  if (!trailer.empty()) caster.set_trailer(reinterpret_cast<char*>(trailer.data()), trailer.size());
   std::optional<SplitCores> cores;
   if (plan.ring) cores.emplace(impl_->on_this_host, impl_->rank, root);
   std::thread helper([&caster, &cores] {
@@ -404,7 +342,7 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
     ph.wait += seconds_since(t);
     ++ph.segments;
     const size_t off = plan.offset(k), len = plan.length(k);
-    const char* bytes_at = data ? data + off : nullptr;  // null: the root of bcast_buckets_from
+    const char* bytes_at = data ? data + off : caster.sent_at(k);  // the root of bcast_buckets_from
     if (plan.ring) {
       t = Clock::now();
       bytes_at = plan.slot(ring, k);
@@ -443,7 +381,8 @@ Status MpiGroup::run_bucket_pipeline(char* data, size_t bytes, int root, size_t 
 }
 
 Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root, size_t bucket_bytes,
-                                    milliseconds timeout) {
+                                    milliseconds timeout, const SegmentCallback& on_segment,
+                                    std::span<std::byte> trailer) {
   ZR_RETURN_IF_ERROR(usable("bcast_buckets_from"));
   if (root != impl_->rank)
     return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: rank " + std::to_string(impl_->rank) +
@@ -452,6 +391,9 @@ Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root,
     return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: bucket_bytes " + std::to_string(bucket_bytes) +
                                                        " must be a multiple of 64 in (0, 1 GiB]");
   if (timeout.count() <= 0) return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: timeout must be > 0");
+  if (trailer.size() > kMaxTrailerBytes)
+    return make_error(ErrorCode::invalid_argument, "bcast_buckets_from: trailer of " + std::to_string(trailer.size()) +
+                                                       " bytes is over " + std::to_string(kMaxTrailerBytes));
   std::vector<size_t> starts;  // starts[i]: the transfer offset of pieces[i]
   size_t bytes = 0;
   for (const RootPiece& p : pieces) {
@@ -459,6 +401,11 @@ Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root,
     bytes += p.bytes;
   }
   if (bytes == 0) return Status::ok_status();
+  if (impl_->receive_mode == ReceiveMode::pull) {  // the receivers expect the agreement: no offer
+    uint64_t pid = 0, addr = 0;
+    auto pull = agree_on_pull(nullptr, bytes, root, timeout, &pid, &addr);
+    if (!pull.ok()) return pull.status();
+  }
   SegmentSource source = [&](size_t off, size_t len, char* scratch) -> const char* {
     // The last piece starting at or before off: never an empty one (it shares its start with the next).
     size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), off) - starts.begin()) - 1;
@@ -473,7 +420,7 @@ Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root,
     }
     return scratch;
   };
-  return run_bucket_pipeline(nullptr, bytes, root, bucket_bytes, timeout, {}, source);
+  return run_bucket_pipeline(nullptr, bytes, root, bucket_bytes, timeout, on_segment, trailer, source);
 }
 
 void MpiGroup::set_receive_mode(ReceiveMode mode) {
@@ -483,7 +430,8 @@ void MpiGroup::set_receive_mode(ReceiveMode mode) {
 bool MpiGroup::receives_through_ring(int root) const {
   if (!valid() || impl_->rank == root) return false;
   const ReceiveMode mode = impl_->receive_mode;
-  return mode == ReceiveMode::ring || (mode == ReceiveMode::automatic && use_ring(impl_->on_this_host, root));
+  return mode == ReceiveMode::ring ||
+         ((mode == ReceiveMode::automatic || mode == ReceiveMode::pull) && use_ring(impl_->on_this_host, root));
 }
 
 const MpiGroup::BcastPhases& MpiGroup::last_bcast_phases() const {

@@ -33,6 +33,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <span>
@@ -126,9 +127,16 @@ class MpiGroup {
   // from rank 0 did not complete within 30000 ms", and the group is poisoned (see above). A
   // transfer that keeps moving never times out, however large. Never hangs: the call returns by
   // then.
+  // Trailer (optional, at most kMaxTrailerBytes; every rank passes the same size): one more
+  // broadcast of `trailer` from the root after the segments, posted on each rank once its
+  // on_segment returned for the last segment. The root fills it by then (in that call: e.g. the
+  // checksums of what it sent, so they need no pass over the bytes before the first goes out);
+  // receivers find it there when the call returns ok. A stalled trailer times out like a segment
+  // ("the trailer (N bytes)"). Nothing is sent when bytes is 0, the trailer neither.
+  static constexpr size_t kMaxTrailerBytes = size_t{1} << 30;
   Status bcast_buckets(void* data, size_t bytes, int root, size_t bucket_bytes = kDefaultBucketBytes,
                        std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
-                       const SegmentCallback& on_segment = {});
+                       const SegmentCallback& on_segment = {}, std::span<std::byte> trailer = {});
 
   // The root's side of bcast_buckets when its bytes do not lie in one buffer: `pieces`, laid end to
   // end in order, are the transfer (a trainer's tensors where the caller holds them, with null
@@ -137,16 +145,27 @@ class MpiGroup {
   // segment, 2 MiB each, so it stays in the cache). The other ranks call bcast_buckets with the sum
   // of the pieces' sizes and the same root and bucket_bytes: the messages match byte for byte.
   // The root only (invalid_argument on another rank); pieces must stay unchanged until it returns.
+  // on_segment and trailer as for bcast_buckets: on_segment's `bytes` are where the segment was
+  // sent from (the piece, or the scratch slot it was assembled in: still in the cache).
   struct RootPiece {
     const void* data = nullptr;  // null: `bytes` zero bytes
     size_t bytes = 0;
   };
   Status bcast_buckets_from(std::span<const RootPiece> pieces, int root, size_t bucket_bytes = kDefaultBucketBytes,
-                            std::chrono::milliseconds timeout = std::chrono::milliseconds(30000));
+                            std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
+                            const SegmentCallback& on_segment = {}, std::span<std::byte> trailer = {});
 
   // Where this rank's bcast_buckets lands received segments (above): automatic (the default:
   // through the ring when every receiver on this host has two cores), or forced either way.
-  enum class ReceiveMode { automatic, ring, in_place };
+  // pull (opt-in; every rank of the group sets it, the root too): when every rank shares one host
+  // and has two cores per receiver, each receiver copies the transfer out of the root's buffer
+  // with process_vm_readv on its helper thread while its caller runs on_segment behind it
+  // (comm/mpi_bcast_pull.cpp); the ranks agree on it first (two small collectives), and fall back
+  // to the pipeline (ring or in place, as automatic) when the root sends pieces
+  // (bcast_buckets_from), a receiver may not read the root (ptrace rules), or ZR_NO_BCAST_PULL is
+  // set. Not the default: a peer that never arrives times out in that agreement, not in a named
+  // bucket, and drain() does not cover it.
+  enum class ReceiveMode { automatic, ring, in_place, pull };
   void set_receive_mode(ReceiveMode mode);
   // Whether a bcast_buckets from `root` would reach this rank through the ring (false on the root).
   bool receives_through_ring(int root) const;
@@ -159,6 +178,7 @@ class MpiGroup {
     double post = 0, test = 0;
     size_t segments = 0;
     bool ring = false;
+    bool pull = false;  // pulled (ReceiveMode::pull): `post` is the helper's time in process_vm_readv
   };
   const BcastPhases& last_bcast_phases() const;
   // How this rank's receive ring is backed ("2 MiB pages (100%)", "4 KiB pages"; "none" before a
@@ -211,7 +231,16 @@ class MpiGroup {
   // slot of one segment to assemble it in; data is null then.
   using SegmentSource = std::function<const char*(size_t offset, size_t length, char* scratch)>;
   Status run_bucket_pipeline(char* data, size_t bytes, int root, size_t bucket_bytes, std::chrono::milliseconds timeout,
-                             const SegmentCallback& on_segment, const SegmentSource& source = {});
+                             const SegmentCallback& on_segment, std::span<std::byte> trailer,
+                             const SegmentSource& source = {});
+
+  // The pull form (comm/mpi_bcast_pull.cpp): whether this rank wants it for a broadcast from
+  // root; the agreement (all ranks; *pid and *addr: the root's process and buffer); the transfer.
+  bool pull_wanted(int root) const;
+  Result<bool> agree_on_pull(char* data, size_t bytes, int root, std::chrono::milliseconds timeout, uint64_t* pid,
+                             uint64_t* addr);
+  Status run_pull(char* data, size_t bytes, int root, size_t bucket_bytes, std::chrono::milliseconds timeout,
+                  const SegmentCallback& on_segment, std::span<std::byte> trailer, uint64_t root_pid, uint64_t root_addr);
 
   std::unique_ptr<Impl> impl_;
 };

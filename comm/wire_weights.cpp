@@ -96,6 +96,7 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   f.get("root", c.root);
   f.get("group_epoch", c.group_epoch);
   f.get("group_ranks", c.group_ranks);
+  f.get("checksum_trailer", c.checksum_trailer);
   if (const json* t = f.take("tensors")) {
     if (!t->is_array()) f.fail("tensors", "expected an array");
     for (size_t i = 0; f.ok() && t->is_array() && i < t->size(); ++i) {
@@ -129,6 +130,8 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   if (c.group_epoch == 0 && !c.group_ranks.empty())
     return field_error("group_ranks", "only with a group_epoch > 0 (epoch 0 is the whole weight group)");
   if (c.group_epoch > 0 && c.group_ranks.empty()) return field_error("group_ranks", "required with a group_epoch > 0");
+  if (c.checksum_trailer && c.path != WeightPath::broadcast)
+    return field_error("checksum_trailer", "only for path broadcast");
   return c;
 }
 
@@ -179,7 +182,8 @@ std::string encode(const UpdateWeightsCall& c) {
                     {"bucket_bytes", c.bucket_bytes},
                     {"root", c.root},
                     {"group_epoch", c.group_epoch},
-                    {"group_ranks", c.group_ranks}});
+                    {"group_ranks", c.group_ranks},
+                    {"checksum_trailer", c.checksum_trailer}});
 }
 std::string encode(const WeightsChecksumCall& c) { return pack_body({{"req_id", c.req_id}, {"names", c.names}}); }
 std::string encode(const MemoryCall& c) { return pack_body({{"req_id", c.req_id}, {"tags", c.tags}}); }

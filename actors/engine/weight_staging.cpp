@@ -432,13 +432,22 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       auto group = src.weight_group->survivors(c.group_epoch, c.group_ranks, src.transfer_timeout);
       if (!group.ok()) return group.status();
       TransferVerifier verifier(c.tensors);  // checksums each segment from the cache as it arrives
-      Status st =
-          (*group)->bcast_buckets(buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-                                  [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); });
+      // With checksum_trailer the expected checksums arrive after the bytes (docs/protocol.md; the
+      // wire's little-endian u64s are this host's order: zrollout runs on x86-64 and aarch64 only).
+      std::vector<uint64_t> trailer(c.checksum_trailer ? c.tensors.size() : 0);
+      Status st = (*group)->bcast_buckets(
+          buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
+          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); }, std::as_writable_bytes(std::span(trailer)));
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
-      ZR_RETURN_IF_ERROR(verifier.verify());
-      return stage_from_buffer(*cur, c.tensors, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
+      std::vector<TensorMeta> metas = c.tensors;
+      if (c.checksum_trailer) {
+        ZR_RETURN_IF_ERROR(verifier.verify(trailer));
+        for (size_t i = 0; i < metas.size(); ++i) metas[i].checksum = trailer[i];
+      } else {
+        ZR_RETURN_IF_ERROR(verifier.verify());
+      }
+      return stage_from_buffer(*cur, metas, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
                                /*verify_checksums=*/false);
     });
   }

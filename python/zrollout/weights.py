@@ -13,8 +13,9 @@ sends them to the engines as a new integer version, by one of three paths:
 - ``"broadcast"``: under ``mpirun -np 1 python3 train.py : -np K zrollout serve ...``, this
   process is the root of the bucketed, pipelined ``MPI_Ibcast`` the C++ trainer uses; every
   engine rank verifies the checksums as buckets arrive (``Publisher.from_mpi()``). The bytes are
-  sent from the tensors' own memory (no copy into a transfer buffer); the checksums, which the
-  engines get ahead of the bytes, take one pass over them on every core first.
+  sent from the tensors' own memory (no copy into a transfer buffer) and checksummed as each
+  segment goes out; the checksums follow the bytes as the broadcast's trailer, and the engines
+  verify against them before they commit (docs/protocol.md, ``checksum_trailer``).
 
 All of it is zrollout's C++ code (``actors/trainer.h`` through ``zrollout._native``): the checksum
 (``checksum64``, docs/protocol.md), the segment layout and pool, the broadcast. A publish either
@@ -101,7 +102,8 @@ class PublishResult:
     bytes: int                  # bytes each engine received and verified
     seconds: float              # from the start of the transfer to the last ack
     write_seconds: float        # ipc: of which copy + checksum into the segment; broadcast: the
-                                # checksums, before `seconds` (the bytes go from the tensors)
+                                # layout, before `seconds` (the bytes go from the tensors, checksummed
+                                # as they go out)
     acked: list                 # engine indices that now serve `version`
     dead: list                  # engines skipped (stopped answering heartbeats)
     acks: list                  # per acked engine: {engine, endpoint, version, bytes, stage_seconds, ...}

@@ -566,6 +566,26 @@ TEST(WireCodec, UpdateWeightsBroadcastGroupFieldsRoundTripAndAreChecked) {
   EXPECT_EQ(back->group_epoch, 0u);
 }
 
+// checksum_trailer (broadcast only): round-trips, defaults to false, and is refused elsewhere.
+TEST(WireCodec, UpdateWeightsChecksumTrailerIsBroadcastOnly) {
+  UpdateWeightsCall c;
+  c.version = 2;
+  c.path = WeightPath::broadcast;
+  c.tensors = {{"model.norm.weight", "F32", {64}, 256, 0, 0}};
+  auto back = decode_update_weights(encode(c));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_FALSE(back->checksum_trailer);
+  c.checksum_trailer = true;
+  back = decode_update_weights(encode(c));
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_TRUE(back->checksum_trailer);
+  c.path = WeightPath::disk;
+  c.disk_path = "/tmp/x";
+  auto r = decode_update_weights(encode(c));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message.find("checksum_trailer"), std::string::npos) << r.status().message;
+}
+
 TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   UpdateWeightsCall c;
   c.req_id = 3;

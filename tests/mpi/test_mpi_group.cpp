@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/checksum.h"
@@ -238,8 +240,44 @@ TEST(MpiGroup, OnBucketExceptionPropagatesAndPoisonsTheGroup) {
   EXPECT_TRUE(world().barrier().ok());
 }
 
+// ReceiveMode::pull on every rank: at np=2 on one host the receiver copies the bytes out of the
+// root's buffer (process_vm_readv); the bytes, the on_segment cut and the trailer are as through
+// the pipeline. Elsewhere (np=4 on 2 cores, or a root sending pieces) the pipeline runs.
+TEST(MpiGroup, BcastBucketsPullEqualsThePipeline) {
+  world().set_receive_mode(MpiGroup::ReceiveMode::pull);
+  std::vector<char> src((size_t{5} << 20) + 24);
+  fill_random(src, 7);
+  for (size_t bucket : {size_t{4} << 20, size_t{64} << 10}) {
+    std::vector<char> buf = world().rank() == 0 ? src : std::vector<char>(src.size(), 0);
+    uint64_t trailer = world().rank() == 0 ? 0 : 1;
+    size_t calls = 0, next = 0;
+    bool in_order = true;
+    Status s = world().bcast_buckets(buf.data(), buf.size(), 0, bucket, milliseconds(60000),
+                                     [&](size_t off, size_t len, const void* at) {
+                                       in_order = in_order && off == next && len <= (size_t{2} << 20) &&
+                                                  std::memcmp(at, src.data() + off, len) == 0;
+                                       next = off + len, ++calls;
+                                       if (world().rank() == 0 && next == src.size()) trailer = 42;
+                                     },
+                                     std::as_writable_bytes(std::span(&trailer, 1)));
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_TRUE(in_order) << "bucket " << bucket;
+    EXPECT_EQ(next, src.size());
+    EXPECT_EQ(calls, world().last_bcast_phases().segments);
+    EXPECT_EQ(trailer, 42u);
+    EXPECT_TRUE(buf == src) << "bucket " << bucket << " on rank " << world().rank();
+    // Two cores per receiver (mpirun --bind-to none: the host's cores): pulled, on every rank.
+    const unsigned cores = std::thread::hardware_concurrency();
+    EXPECT_EQ(world().last_bcast_phases().pull, cores >= 2 * static_cast<unsigned>(world().size() - 1));
+  }
+  EXPECT_FALSE(world().poisoned());
+  world().set_receive_mode(MpiGroup::ReceiveMode::automatic);
+  EXPECT_TRUE(world().barrier().ok());
+}
+
 // The root sends from scattered pieces (bcast_buckets_from), the others receive one buffer with
-// bcast_buckets: the buffer must equal the pieces laid end to end, padding as zeros. The sizes put
+// bcast_buckets: the buffer must equal the pieces laid end to end, padding as zeros, and the
+// trailer the root filled from what its on_segment saw must reach every rank. The sizes put
 // segments inside one piece (sent in place), across pieces and across padding (assembled), with
 // empty pieces and a ragged end, through the ring and in place.
 TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
@@ -263,12 +301,27 @@ TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
     world().set_receive_mode(mode);
     for (size_t bucket : {size_t{4} << 20, size_t{64} << 10}) {
       std::vector<char> got(expected.size(), char{1});
+      // The root's on_segment sees each segment where it was sent from; its last call fills the
+      // trailer (checksum64 of what it saw, then the number of calls), which follows the bytes.
+      uint64_t trailer[2] = {0, 0};
+      std::vector<char> seen(expected.size(), char{1});
+      uint64_t calls = 0;
+      auto on_root_segment = [&](size_t off, size_t len, const void* at) {
+        std::memcpy(seen.data() + off, at, len);
+        if (++calls, off + len == seen.size()) trailer[0] = checksum64(seen.data(), seen.size()), trailer[1] = calls;
+      };
       Status s = world().rank() == root
-                     ? world().bcast_buckets_from(pieces, root, bucket, milliseconds(60000))
-                     : world().bcast_buckets(got.data(), got.size(), root, bucket, milliseconds(60000));
+                     ? world().bcast_buckets_from(pieces, root, bucket, milliseconds(60000), on_root_segment,
+                                                  std::as_writable_bytes(std::span(trailer)))
+                     : world().bcast_buckets(got.data(), got.size(), root, bucket, milliseconds(60000), {},
+                                             std::as_writable_bytes(std::span(trailer)));
       ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_EQ(trailer[0], checksum64(expected.data(), expected.size())) << "bucket " << bucket;
+      EXPECT_EQ(trailer[1], world().last_bcast_phases().segments) << "bucket " << bucket;
       if (world().rank() != root) {
         EXPECT_TRUE(got == expected) << "bucket " << bucket << " on rank " << world().rank();
+      } else {
+        EXPECT_TRUE(seen == expected) << "bucket " << bucket << ": the root's on_segment";
       }
     }
   }

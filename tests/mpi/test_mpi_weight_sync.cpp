@@ -5,9 +5,12 @@
 // collective, so the group it poisons is left behind instead of the world.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <thread>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include "actors/rollout_actor.h"
@@ -102,6 +105,48 @@ class MpiWeightSync : public ::testing::Test {
     for (auto& f : futs) replies.push_back(f.get());
     return replies;
   }
+  // Trainer side of a push with the checksums in the trailer (checksum_trailer), as zrollout's
+  // trainer sends it: the metadata carries no checksums; the root checksums each segment as it goes
+  // out and sends the sums after the bytes. damage_trailer / damage_bytes (a tensor index, -1:
+  // none) flip one bit of that tensor's trailer entry, or of its first byte after it was
+  // checksummed (bytes damaged in transit).
+  std::vector<Result<Client::RawReply>> push_trailer(int64_t version, int damage_trailer, int damage_bytes) {
+    std::vector<TensorMeta> metas;
+    std::vector<uint8_t> buf = layout(dir_, metas);
+    UpdateWeightsCall call;
+    call.version = version;
+    call.path = WeightPath::broadcast;
+    call.checksum_trailer = true;
+    call.tensors = metas;
+    for (auto& m : call.tensors) m.checksum = 0;
+    call.bucket_bytes = 256 << 10;
+    std::vector<std::unique_ptr<Client>> clients;
+    std::vector<std::future<Result<Client::RawReply>>> futs;
+    for (size_t r = 1; r < endpoints_.size(); ++r) {
+      clients.push_back(std::move(Client::connect(endpoints_[r])).value());
+      call.req_id = clients.back()->next_req_id();
+      futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
+    }
+    TransferVerifier sums(call.tensors);
+    std::vector<uint64_t> trailer(metas.size());
+    auto on_segment = [&](size_t off, size_t len, const void* at) {
+      if (damage_bytes >= 0 && off <= metas[damage_bytes].offset && metas[damage_bytes].offset < off + len)
+        buf[metas[damage_bytes].offset] ^= 1;  // sent damaged, summed intact...
+      sums.add(at, off, len);
+      if (off + len < buf.size()) return;
+      const std::vector<uint64_t> sent = sums.checksums();  // into the buffer the trailer goes from
+      std::copy(sent.begin(), sent.end(), trailer.begin());
+      if (damage_trailer >= 0) trailer[damage_trailer] ^= 1;
+    };
+    if (damage_bytes >= 0) buf[metas[damage_bytes].offset] ^= 1;  // ...flipped here, back in on_segment
+    EXPECT_TRUE(weights_
+                    ->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, on_segment,
+                                    std::as_writable_bytes(std::span(trailer)))
+                    .ok());
+    std::vector<Result<Client::RawReply>> replies;
+    for (auto& f : futs) replies.push_back(f.get());
+    return replies;
+  }
   // A push whose trainer is lost: every engine answers timeout naming a bucket and keeps serving
   // an older version. Returns the error messages for further checks.
   std::vector<std::string> lost_push(int64_t version, bool send_bytes, int lost_after = -1) {
@@ -142,6 +187,39 @@ TEST_F(MpiWeightSync, BroadcastCommitsOnEveryEngine) {
     EXPECT_EQ(r->json["version"], 1);
   }
   for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_EQ(*version_of(static_cast<int>(r)), 1);
+}
+
+TEST_F(MpiWeightSync, ChecksumTrailerCommitsOnEveryEngine) {
+  if (zr::testing::world().rank() != 0) return;
+  for (auto& r : push_trailer(3, -1, -1)) {
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->op, "update_weights.reply") << r->json.dump();
+  }
+  for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_EQ(*version_of(static_cast<int>(r)), 3);
+}
+
+// A trailer entry that does not match the bytes, or bytes that do not match the trailer: every
+// engine refuses with checksum_mismatch naming the tensor and keeps serving what it served.
+TEST_F(MpiWeightSync, ChecksumTrailerMismatchIsRefusedNamingTheTensor) {
+  if (zr::testing::world().rank() != 0) return;
+  std::vector<TensorMeta> metas;
+  (void)layout(dir_, metas);
+  ASSERT_GT(metas.size(), 3u);
+  const std::vector<int64_t> before = [&] {
+    std::vector<int64_t> v;
+    for (size_t r = 1; r < endpoints_.size(); ++r) v.push_back(*version_of(static_cast<int>(r)));
+    return v;
+  }();
+  for (auto [damage_trailer, damage_bytes, version] : {std::tuple{2, -1, 40}, std::tuple{-1, 3, 41}}) {
+    const std::string& name = metas[static_cast<size_t>(damage_trailer >= 0 ? damage_trailer : damage_bytes)].name;
+    for (auto& r : push_trailer(version, damage_trailer, damage_bytes)) {
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(r->op, "error");
+      EXPECT_EQ(r->json["code"], "checksum_mismatch") << r->json.dump();
+      EXPECT_NE(r->json.value("message", "").find(name), std::string::npos) << name << ": " << r->json.dump();
+    }
+    for (size_t r = 1; r < endpoints_.size(); ++r) EXPECT_EQ(*version_of(static_cast<int>(r)), before[r - 1]);
+  }
 }
 
 TEST_F(MpiWeightSync, TrainerLostDuringTransferLeavesTheOldVersionServing) {
