@@ -198,12 +198,11 @@ bool RolloutActor::tick() {
   engine_->step(out);
   hop_trace::mark(hop_trace::Hop::step_end);
   if (out.tokens_generated > 0) generated_.emplace_back(SteadyClock::now(), out.tokens_generated);
+  // Parked before the replies go out: a worker spinning for the next job would hold one of the
+  // cores the replies' socket threads (ours, ZeroMQ's, the client's) need right now.
+  if (opt_.park_idle_threads && engine_->idle()) engine_->park_threads();
   route(out);
-  if (engine_->idle()) {
-    if (opt_.park_idle_threads) engine_->park_threads();
-    return false;
-  }
-  return true;
+  return !engine_->idle();
 }
 
 void RolloutActor::route(StepOutputs& out) {

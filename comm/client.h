@@ -1,14 +1,20 @@
 // C++ client of a zrollout server (docs/protocol.md): a DEALER socket connected to the server's
 // ROUTER, msgpack bodies from comm/wire_codec.
 //
-// Threading (ZeroMQ guide): the DEALER socket belongs to one internal I/O thread and no other
-// thread ever touches a socket. A public method builds and encodes the request on the caller's
+// Threading (ZeroMQ guide): one thread at a time owns the DEALER socket, handed over under
+// queue_mu_ (a full barrier, as ZeroMQ requires to move a socket between threads). Normally that
+// is the internal I/O thread: a public method builds and encodes the request on the caller's
 // thread, appends it to a command queue and wakes the I/O thread (eventfd polled next to the
 // DEALER), and gets the result through a std::future. The I/O thread sends the calls in queue
 // order (so calls made one after another by one thread reach the server in that order: an abort
 // never overtakes the generate it aborts), matches replies to calls by req_id (each call gets a
 // fresh one), runs stream callbacks, and resolves calls whose deadline passed with
 // ErrorCode::timeout (a reply arriving later is dropped).
+// A blocking call (not a stream) made while nothing is in flight or queued skips the I/O thread:
+// the I/O thread has given the socket up (io_idle_), the caller sends and reads its reply itself,
+// as a raw REQ socket would, saving two thread hand-offs per call. When another call comes in
+// meanwhile, the caller hands the socket and its own pending call back to the I/O thread
+// (drive_fd_ wakes it) and waits like any call, so blocking and async calls still mix freely.
 //
 // Thread-safety: every public method may be called from any number of threads at once, except the
 // destructor, which must not race with other calls. Stream callbacks run on the I/O thread: they
@@ -26,6 +32,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -113,11 +120,22 @@ class Client {
 
  private:
   struct Call;   // a request on its way through the I/O thread (client.cpp)
-  class IoLoop;  // runs on io_thread_, owns the sockets (client.cpp)
+  class IoLoop;  // runs on io_thread_, owns the socket while !io_idle_ (client.cpp)
 
   Client(zmq::context_t* context, Options options);
   Status start(const std::string& endpoint);
   void submit(std::unique_ptr<Call> call);  // any thread; in order per calling thread
+  static bool send_call(zmq::socket_t& dealer, const Call& call);
+  // Blocking calls: on the caller's thread when the I/O thread is idle, else through it.
+  Result<RawReply> call_sync(std::unique_ptr<Call> call);
+  bool take_socket();                           // true: this thread now drives the socket
+  void release_socket();                        // after the reply came (or failed)
+  void hand_over(std::unique_ptr<Call> call);   // the I/O thread takes the socket and this call
+  std::optional<Result<RawReply>> drive(const Call& call);  // nullopt: another call wants the socket
+  std::optional<Result<RawReply>> read_reply(uint64_t req_id);
+  template <class T>
+  Result<T> call_wait(const std::string& op, std::string body, uint64_t req_id, Timeout timeout,
+                      std::function<Result<T>(const nlohmann::json&)> decode);
   bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id_; }
   template <class T>
   std::future<Result<T>> call_typed(const std::string& op, std::string body, uint64_t req_id, Timeout timeout,
@@ -133,6 +151,10 @@ class Client {
   std::mutex queue_mu_;                      // guards queue_ only (a plain container; no socket behind a mutex)
   std::deque<std::unique_ptr<Call>> queue_;  // calls not yet taken by the I/O thread
   int wake_fd_ = -1;                         // eventfd: submit() -> I/O thread
+  int drive_fd_ = -1;                        // eventfd: submit() -> a caller driving the socket
+  bool io_idle_ = false;                     // guarded by queue_mu_: the I/O thread gave the socket up
+  bool caller_driving_ = false;              // guarded by queue_mu_: a blocking call holds the socket
+  zmq::socket_t* dealer_ = nullptr;          // the I/O thread's DEALER (set before connect() returns)
   std::atomic<uint64_t> next_req_id_{1};
   std::atomic<uint64_t> dropped_{0};
   std::thread io_thread_;

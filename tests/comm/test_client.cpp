@@ -335,6 +335,41 @@ TEST(Client, AbortAnswersTheGenerateCallWithPartialOutputs) {
   EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
 }
 
+// A blocking call made while the client is idle sends and waits on the caller's thread; calls from
+// other threads meanwhile take the socket back through the I/O thread, and the blocked call still
+// gets its own reply there.
+TEST(Client, ABlockingCallHandsTheSocketOverWhenOtherCallsComeIn) {
+  Fixture f;
+  std::promise<Result<GenerateReply>> slow;
+  std::thread waiter([&] { slow.set_value(f.client->generate({req("slow-h")})); });
+  auto held = slow.get_future();
+  while (f.server.received().empty()) std::this_thread::sleep_for(1ms);
+  auto other = f.client->generate_async({req("other")});
+  ASSERT_EQ(other.wait_for(5s), std::future_status::ready);  // sent and answered while slow-h waits
+  EXPECT_EQ(other.get()->outputs.at(0).rid, "other");
+  EXPECT_TRUE(f.client->health().ok());
+  EXPECT_EQ(held.wait_for(0ms), std::future_status::timeout);
+  EXPECT_EQ(f.client->abort("slow-h")->aborted, std::vector<std::string>{"slow-h"});
+  auto r = held.get();
+  waiter.join();
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->outputs.at(0).meta_info.finish_reason.type, FinishReason::Type::abort);
+  // Blocking calls from many threads at once, mixed with async ones: each gets its own reply.
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i) {
+        std::string rid = "b" + std::to_string(t) + "-" + std::to_string(i);
+        auto r = t == 0 ? f.client->generate_async({req(rid, {t, i})}).get() : f.client->generate({req(rid, {t, i})});
+        if (r.ok() && r->outputs.at(0).rid == rid && r->outputs[0].output_ids.size() == 2) ++good;
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 400);
+  EXPECT_EQ(f.client->stats().dropped_replies, 0u);
+}
+
 TEST(Client, OtherOpsDecodeTheirReplies) {
   Fixture f;
   auto load = f.client->get_load();
