@@ -12,7 +12,8 @@
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
 //        bench_service --curve: the cost of CURVE: the 1-token round trip and the 64-client
-//        throughput with and without keys (client-role keys), same run, alternating.
+//        throughput with and without keys (client-role keys), same run, alternating; --json rows
+//        curve_generate_rt_1tok (us) and curve_service_tok_s, each bound by the run without keys.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -204,9 +205,9 @@ ServiceNumbers measure_service(const std::string& model, bool curve, int clients
   return out;
 }
 
-int curve_cost(const std::string& model, int clients, int rounds, int gen) {
+int curve_cost(const std::string& model, int clients, int rounds, int gen, int reps, bench::JsonRows& rows) {
   std::vector<ServiceNumbers> plain, keyed;
-  for (int rep = 0; rep < 2; ++rep) {  // alternate, so drift on a shared machine hits both
+  for (int rep = 0; rep < reps; ++rep) {  // alternate, so drift on a shared machine hits both
     plain.push_back(measure_service(model, false, clients, rounds, gen));
     keyed.push_back(measure_service(model, true, clients, rounds, gen));
   }
@@ -216,7 +217,8 @@ int curve_cost(const std::string& model, int clients, int rounds, int gen) {
     return b;
   };
   ServiceNumbers p = best(plain), k = best(keyed);
-  std::printf("zrollout bench_service --curve: %s (tcp loopback; best of 2 alternating runs each)\n", model.c_str());
+  std::printf("zrollout bench_service --curve: %s (tcp loopback; best of %d alternating runs each)\n", model.c_str(),
+              reps);
   for (size_t i = 0; i < plain.size(); ++i)
     std::printf("  run %zu: plain %.1f us, %.1f tok/s | CURVE %.1f us, %.1f tok/s\n", i, plain[i].round_trip_us,
                 plain[i].tok_s, keyed[i].round_trip_us, keyed[i].tok_s);
@@ -226,7 +228,10 @@ int curve_cost(const std::string& model, int clients, int rounds, int gen) {
       "%d clients x %d requests (%d new tokens):     plain %8.1f tok/s, CURVE %8.1f tok/s (cost %.1f%%, target <= "
       "10%%)\n",
       clients, rounds, gen, p.tok_s, k.tok_s, 100.0 * (1.0 - k.tok_s / p.tok_s));
-  return 0;
+  // Bounds: the same numbers without keys (ratio = CURVE / plain; throughput target >= 0.9).
+  rows.add({"curve_generate_rt_1tok", k.round_trip_us, "us", p.round_trip_us});
+  rows.add({"curve_service_tok_s", k.tok_s, "tok/s", p.tok_s});
+  return rows.write() ? 0 : 1;
 }
 
 }  // namespace
@@ -245,6 +250,8 @@ int main(int argc, char** argv) {
   app.add_option("--connect", connect, "only measure the client's round trip against this running server");
   app.add_option("--samples", samples, "round trips measured with --connect")->capture_default_str();
   bool curve = false;
+  int curve_reps = 2;
+  app.add_option("--curve-reps", curve_reps, "--curve: alternating runs per mode (best of)")->capture_default_str();
   app.add_flag("--curve", curve,
                "measure the cost of CURVE keys: round trip and throughput with and without, same run");
   bool hops = false;
@@ -257,7 +264,7 @@ int main(int argc, char** argv) {
   if (!connect.empty()) return client_round_trip(connect, samples);
   if (model.empty()) model = bench::default_model("stories15M");
   if (model.empty()) return 1;
-  if (curve) return curve_cost(model, clients, rounds, gen);
+  if (curve) return curve_cost(model, clients, rounds, gen, curve_reps, rows);
   Context ctx;
   RolloutActor actor(ctx, std::move(Engine::load(model, engine_options())).value(), RolloutActorOptions{});
   if (!actor.bind("tcp://127.0.0.1:*").ok()) return 1;
