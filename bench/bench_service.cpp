@@ -12,7 +12,8 @@
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
 //        bench_service --curve: the cost of CURVE: the 1-token round trip and the 64-client
-//        throughput with and without keys (client-role keys), same run, alternating; --json rows
+//        throughput with and without keys (client-role keys), same run, alternating; the clients
+//        connect first (timed apart: the handshakes), then the throughput window; --json rows
 //        curve_generate_rt_1tok (us) and curve_service_tok_s, each bound by the run without keys.
 #include <spdlog/spdlog.h>
 
