@@ -113,6 +113,14 @@ Status write_curve_cert(const std::string& base, const CurveKeyPair& keys) {
   return write_file(base + ".key_secret", cert_text(keys, true), 0600);
 }
 
+Status write_curve_public_cert(const std::string& base, const std::string& public_key) {
+  if (!valid_z85_key(public_key)) return make_error(ErrorCode::invalid_argument, "keys: not a 40-character Z85 key");
+  fs::path dir = fs::path(base).parent_path();
+  std::error_code ec;
+  if (!dir.empty()) fs::create_directories(dir, ec);
+  return write_file(base + ".key", cert_text({public_key, ""}, false), 0644);
+}
+
 Result<CurveKeyPair> read_curve_cert(const std::string& path) {
   std::ifstream in(path);
   if (!in) return make_error(ErrorCode::not_found, path + ": cannot open the key file");

@@ -41,6 +41,8 @@ Result<CurveKeyPair> make_curve_keypair();
 
 // Writes BASE.key (public, mode 0644) and BASE.key_secret (public and secret, mode 0600).
 Status write_curve_cert(const std::string& base, const CurveKeyPair& keys);
+// Writes BASE.key only (mode 0644): a public key handed to others, e.g. a server's.
+Status write_curve_public_cert(const std::string& base, const std::string& public_key);
 // Reads a zcert file: a .key gives the public key, a .key_secret both. Errors name the file and
 // the missing or malformed field.
 Result<CurveKeyPair> read_curve_cert(const std::string& path);

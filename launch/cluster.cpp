@@ -3,9 +3,11 @@
 #include <arpa/inet.h>
 #include <ifaddrs.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <sstream>
 
@@ -65,14 +67,30 @@ CurveClientKeys engine_keys(const std::string& endpoint, const std::optional<Job
   return {};
 }
 
+Status write_job_keys(const std::string& dir, const std::optional<JobKeys>& keys) {
+  if (!keys || keys->client.secret_key.empty())
+    return make_error(ErrorCode::unavailable, "keys-out: this job has no CURVE keys (no trainer rank under mpirun)");
+  namespace fs = std::filesystem;
+  const fs::path aside = fs::path(dir) / (".keys-out." + std::to_string(::getpid()));
+  ZR_RETURN_IF_ERROR(write_curve_public_cert((aside / "server").string(), keys->server.public_key));
+  ZR_RETURN_IF_ERROR(write_curve_cert((aside / "client").string(), keys->client));
+  std::error_code ec;
+  for (const char* name : {"server.key", "client.key", "client.key_secret"}) {  // the secret last: all are whole
+    fs::rename(aside / name, fs::path(dir) / name, ec);
+    if (ec) return make_error(ErrorCode::io_error, "keys-out: cannot write " + (fs::path(dir) / name).string());
+  }
+  fs::remove_all(aside, ec);
+  return {};
+}
+
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {
   std::string mine = role + " " + std::to_string(tp);
   if (role == "trainer") {  // the job's keys ride along (Z85 has no spaces)
-    auto server = make_curve_keypair();
-    auto trainer = make_curve_keypair();
-    if (server.ok() && trainer.ok())
-      mine +=
-          " " + server->public_key + " " + server->secret_key + " " + trainer->public_key + " " + trainer->secret_key;
+    for (int k = 0; k < 3; ++k) {  // server, trainer, client
+      auto pair = make_curve_keypair();
+      if (!pair.ok()) break;
+      mine += " " + pair->public_key + " " + pair->secret_key;
+    }
   }
   auto all = world.allgather_strings(mine);
   if (!all.ok()) return all.status();
@@ -86,7 +104,8 @@ Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int t
     if (what == "trainer") {
       plan.trainer_rank = r;
       JobKeys k;
-      if (in >> k.server.public_key >> k.server.secret_key >> k.trainer.public_key >> k.trainer.secret_key)
+      if (in >> k.server.public_key >> k.server.secret_key >> k.trainer.public_key >> k.trainer.secret_key >>
+          k.client.public_key >> k.client.secret_key)
         plan.keys = k;
       continue;
     }

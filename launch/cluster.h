@@ -25,15 +25,27 @@ Result<std::string> advertised_endpoint(const std::string& bound, const std::str
                                         const std::string& advertise_interface = "");
 
 // The job's CURVE keys: made fresh by the trainer rank at start-up and handed to every rank in
-// plan_cluster's allgather, so nobody handles key files under mpirun. A serve rank bound beyond
-// loopback serves with `server` and admits `trainer` as a trainer key; the trainer rank and a
-// router rank reach the engines with `trainer`.
+// plan_cluster's allgather, so nobody handles key files under mpirun. A serve or router rank
+// bound beyond loopback serves with `server`, admits `trainer` as a trainer key and `client` as a
+// client key; the trainer rank and a router rank reach the engines with `trainer`. `client` leaves
+// the job only through write_job_keys (--keys-out), for clients outside the job.
 struct JobKeys {
-  CurveKeyPair server, trainer;
+  CurveKeyPair server, trainer, client;
   std::vector<std::string> curve_endpoints;  // engines that serve with these keys (exchange_endpoints)
-  CurveServerKeys server_side() const { return {server, {trainer.public_key}, {}}; }
+  CurveServerKeys server_side() const {
+    CurveServerKeys k{server, {trainer.public_key}, {}};
+    if (!client.public_key.empty()) k.client_keys.push_back(client.public_key);
+    return k;
+  }
   CurveClientKeys client_side() const { return {server.public_key, trainer}; }
 };
+
+// --keys-out DIR: writes DIR/server.key (the job's server public key) and DIR/client.key +
+// DIR/client.key_secret (mode 0600), the client-role key pair, in zcert format, so a client
+// outside the mpirun job (`zrollout client`, the Python client) can reach its engines and router
+// bound beyond loopback. Each file appears whole (written aside, then renamed), client.key_secret
+// last. Errors: io_error naming the file; unavailable when the job has no keys.
+Status write_job_keys(const std::string& dir, const std::optional<JobKeys>& keys);
 
 // True for inproc://, ipc:// and tcp:// on 127.0.0.0/8, ::1 or localhost (protected mode's test).
 bool local_only_endpoint(const std::string& endpoint);

@@ -66,7 +66,8 @@ int run_router(RouterJob job) {
   ActorOptions security;
   std::optional<CurveServerKeys> mpi_keys;
   // Under mpirun a router bound beyond loopback without its own --curve-secret serves with the job's
-  // keys (only the trainer rank can then call it); with one, its own keys and folders decide.
+  // keys (the trainer rank, and clients given the job's client key by `trainer --keys-out`, can then
+  // call it); with one, its own keys and folders decide.
   if (job_keys && job.security.curve_secret.empty()) mpi_keys = job_keys->server_side();
   if (Status st =
           configure_server(job.security, job.bind, security, local_only_endpoint(job.bind) ? std::nullopt : mpi_keys);

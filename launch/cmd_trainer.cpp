@@ -1,7 +1,8 @@
 // `zrollout trainer`: in one invocation and in this order, whichever are given: publish a
 // checkpoint folder's weights (--push DIR --path ipc|disk --version V), run generate requests
 // through the engines (--input/--output, the JSONL of `zrollout generate`), stop the engines
-// (--shutdown). Engines are addressed with --connect (repeatable).
+// (--shutdown). Engines are addressed with --connect (repeatable). Under mpirun, --keys-out DIR
+// writes the job's client keys for clients outside the job (launch/cluster.h write_job_keys).
 #include <spdlog/spdlog.h>
 
 #include <fstream>
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 struct TrainerJob {
   std::vector<std::string> connect;
-  std::string push, path = "ipc", in_flight = "drain", input, output, log_level = "info";
+  std::string push, path = "ipc", in_flight = "drain", input, output, keys_out, log_level = "info";
   std::vector<std::string> only;
   int64_t version = 0;
   uint64_t bucket_mib = 64;
@@ -107,6 +108,11 @@ int run_trainer(const TrainerJob& job) {
     endpoints.insert(endpoints.end(), roles->engine_endpoints.begin(), roles->engine_endpoints.end());
     spdlog::info("rank {}: {} engine(s) found through MPI", world->world_rank(), roles->engine_endpoints.size());
   }
+  if (!job.keys_out.empty()) {
+    if (!roles) return spdlog::error("--keys-out: needs the mpirun launch (the job's keys are made there)"), 2;
+    if (Status st = write_job_keys(job.keys_out, roles->keys); !st.ok()) return spdlog::error("{}", st.to_string()), 2;
+    spdlog::info("keys-out: {0}/server.key, {0}/client.key_secret (client role)", job.keys_out);
+  }
   if (endpoints.empty())
     return spdlog::error("--connect: give at least one engine endpoint (or launch under mpirun)"), 1;
   auto keys = load(job.security);
@@ -156,6 +162,9 @@ void add_trainer(CLI::App& app) {
   cmd->add_option("--input", job->input, "generate requests (JSONL)");
   cmd->add_option("--output", job->output, "results (JSONL)");
   cmd->add_flag("--shutdown", job->shutdown, "stop the engines at the end");
+  cmd->add_option("--keys-out", job->keys_out,
+                  "under mpirun: write the job's server.key and a client key pair (client.key, client.key_secret) "
+                  "into DIR, for clients outside the job");
   add_client_security_options(cmd, job->security);
   cmd->add_option("--log-level", job->log_level)->capture_default_str();
   cmd->callback([job] {

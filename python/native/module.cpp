@@ -335,6 +335,13 @@ PYBIND11_MODULE(_native, m) {
   m.def("mpi_session", &zp::mpi_session_dict,
         "Joins the start-up exchange of `mpirun -np 1 python3 ... : -np K zrollout serve ...` as the trainer "
         "rank (once per process) and returns {world_rank, world_size, engine_endpoints, engine_ranks}");
+  m.def(
+      "mpi_write_job_keys",
+      [](const std::string& dir) {
+        py::gil_scoped_release unlocked;
+        if (zr::Status st = zr::python::write_job_keys(dir); !st.ok()) zp::raise(st);
+      },
+      py::arg("dir"), "Writes the job's server.key, client.key and client.key_secret into dir (after mpi_session)");
   m.def("mpi_finalize", [] {
     py::gil_scoped_release unlocked;
     zr::python::finalize();

@@ -35,6 +35,13 @@ CurveClientKeys engine_keys_for(const std::string& endpoint) {
   return cli::engine_keys(endpoint, s.roles->keys);
 }
 
+Status write_job_keys(const std::string& dir) {
+  State& s = state();
+  std::lock_guard lock(s.mu);
+  if (!s.roles) return make_error(ErrorCode::unavailable, "keys_out: join the mpirun job first (from_mpi)");
+  return cli::write_job_keys(dir, s.roles->keys);
+}
+
 Result<MpiSession> session() {
   State& s = state();
   std::lock_guard lock(s.mu);

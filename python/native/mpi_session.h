@@ -41,6 +41,10 @@ Result<MpiSession> session();
 // a session exists or outside mpirun.
 CurveClientKeys engine_keys_for(const std::string& endpoint);
 
+// Writes the job's server.key and client key pair into `dir` (launch/cluster.h write_job_keys), for
+// clients outside the job. Errors: no session yet (unavailable), write errors.
+Status write_job_keys(const std::string& dir);
+
 // Frees the weight group, then finalizes MPI if the session initialized it. Idempotent; a
 // session() after it fails (MPI cannot start twice in a process).
 void finalize();

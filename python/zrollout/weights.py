@@ -244,7 +244,7 @@ class Publisher:
             _raise_from(e)
 
     @classmethod
-    def from_mpi(cls, timeout_s: float = 600.0, **kwargs) -> "Publisher":
+    def from_mpi(cls, timeout_s: float = 600.0, *, keys_out: Optional[str] = None, **kwargs) -> "Publisher":
         """The trainer rank of ``mpirun -np 1 python3 train.py : -np K zrollout serve ...``.
 
         Joins the start-up exchange every rank of the job runs (the same as ``zrollout trainer``)
@@ -252,8 +252,18 @@ class Publisher:
         Uses the C++ MPI library directly: mpi4py is not needed; when it is imported too (before or
         after), MPI is initialized once. MPI is finalized at interpreter exit; stop the engines
         first (``shutdown_engines()``), or finalization waits for them (at most 10 s).
+
+        keys_out: a folder to write the job's ``server.key`` and a client key pair into
+        (``client.key``, ``client.key_secret``, mode 0600), as ``zrollout trainer --keys-out``
+        does, so clients outside the job can reach engines and a router bound beyond loopback:
+        ``Client(endpoint, curve_server_key=DIR/server.key, curve_secret_key=DIR/client.key_secret)``.
         """
         session = _mpi_session()
+        if keys_out is not None:
+            try:
+                _native.mpi_write_job_keys(str(keys_out))
+            except _native.Error as e:
+                _raise_from(e)
         return cls(session["engine_endpoints"], timeout_s, _mpi=session, **kwargs)
 
     @property

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -47,6 +48,16 @@ TEST(CliSecurity, KeygenWritesZcertFiles) {
   EXPECT_EQ(pub->public_key, sec->public_key);
   EXPECT_FALSE(sec->secret_key.empty());
   EXPECT_NE(slurp(tmp / "keys/server.key").find("public-key = \"" + pub->public_key + "\""), std::string::npos);
+}
+
+// --keys-out writes the keys an mpirun job makes: outside mpirun there are none, and it says so.
+TEST(CliSecurity, KeysOutNeedsTheMpirunLaunch) {
+  zr::testing::TempDir tmp;
+  int rc = run(bin() + " trainer --connect tcp://127.0.0.1:1 --keys-out " + (tmp / "keys"), tmp / "log");
+  std::string log = slurp(tmp / "log");
+  EXPECT_EQ(rc, 2) << log;
+  EXPECT_NE(log.find("--keys-out: needs the mpirun launch"), std::string::npos) << log;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "keys/client.key_secret"));
 }
 
 // Protected mode: a non-loopback tcp:// bind without keys does not start, and says how to fix it.
