@@ -23,6 +23,15 @@ inline uint64_t load_le64(const unsigned char* p) {
   return w;
 }
 
+// One copy of a function per ISA, picked at load time by an ifunc resolver. Not under TSan: the
+// resolver runs while the dynamic linker relocates the binary, before TSan's runtime is up, and its
+// instrumented entry crashed every binary linking this file at load (test_checksum_shm, TSan run).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+#define ZR_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define ZR_ISA_CLONES
+#endif
+
 inline uint64_t word_term(uint64_t w, uint64_t key) {
   uint64_t x = (w ^ key) * kP2;
   x ^= x >> 32;
@@ -32,11 +41,8 @@ inline uint64_t word_term(uint64_t w, uint64_t key) {
 
 // Sum of the terms of nw whole words at p, the first being word number first_index of the input.
 // One simple loop: the compiler vectorizes it (this file is built with -O3), once per ISA below.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#endif
-uint64_t
-sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
+ZR_ISA_CLONES
+uint64_t sum_words(const unsigned char* p, size_t nw, uint64_t first_index) {
   uint64_t key = (first_index + 1) * kP1;
   uint64_t s = 0;
   for (size_t i = 0; i < nw; ++i) {
@@ -55,11 +61,9 @@ uint64_t tail_term(const unsigned char* p, size_t rest, uint64_t index) {
 
 // sum_words over the words at src, each also stored to dst (one pass: the bytes are checksummed
 // from the registers they were copied through).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#endif
-uint64_t
-copy_sum_words(unsigned char* __restrict dst, const unsigned char* __restrict src, size_t nw, uint64_t first_index) {
+ZR_ISA_CLONES
+uint64_t copy_sum_words(unsigned char* __restrict dst, const unsigned char* __restrict src, size_t nw,
+                        uint64_t first_index) {
   uint64_t key = (first_index + 1) * kP1;
   uint64_t s = 0;
   for (size_t i = 0; i < nw; ++i) {

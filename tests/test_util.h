@@ -10,6 +10,15 @@
 
 namespace zr::testing {
 
+// Built with ASan or TSan (CMake's ZR_SANITIZE): their allocators add redzones, quarantine and
+// shadow memory to every malloc, also inside libraries that are not instrumented, so RSS and
+// timing bounds do not hold there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // ZROLLOUT_TEST_MODELS, else ../shared/models beside the checkout.
 inline std::optional<std::string> shared_model_dir(const std::string& name) {
   namespace fs = std::filesystem;

@@ -161,8 +161,12 @@ TEST_F(RolloutSecurity, UnknownKeyGetsNoAnswerAndOthersAreServed) {
   auto pending_plain = plain->health(2s);
   auto c = connect(keys_.as(keys_.client));
   EXPECT_TRUE(c->generate({req("ok", 2)}).ok());
-  EXPECT_EQ(pending.get().status().code, ErrorCode::timeout);
-  EXPECT_EQ(pending_plain.status().code, ErrorCode::timeout);
+  // No answer either way: a timeout if the request was queued before the refused handshake tore
+  // the pipe down, else unavailable (no pipe to send on; seen under ASan, where the client is slower).
+  auto no_answer = [](ErrorCode code) { return code == ErrorCode::timeout || code == ErrorCode::unavailable; };
+  const ErrorCode stranger_code = pending.get().status().code, plain_code = pending_plain.status().code;
+  EXPECT_TRUE(no_answer(stranger_code)) << error_code_name(stranger_code);
+  EXPECT_TRUE(no_answer(plain_code)) << error_code_name(plain_code);
   EXPECT_TRUE(c->health().ok());
 }
 

@@ -1,6 +1,7 @@
-// The Qwen3 and Llama 3.1 families in config.json, rope_scaling, the RoPE frequencies and
-// generation_config.json, against the shared qwen3-tiny / llama31-tiny folders (their README gives
-// shapes, parameter counts and stop ids) and synthetic configs.
+// config.json: the Llama, Mistral and Qwen2 fields, defaults and errors; the Qwen3 and Llama 3.1
+// families, rope_scaling, the RoPE frequencies and generation_config.json, against the shared
+// stories260K / qwen3-tiny / llama31-tiny folders (their README gives shapes, parameter counts and
+// stop ids) and synthetic configs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,20 +12,18 @@
 #include "model/config.h"
 #include "model/rope.h"
 #include "model/weights.h"
+#include "tests/model/checkpoint_files.h"
 #include "tests/test_util.h"
 
 namespace zr {
 namespace {
 
 using json = nlohmann::json;
+using testing::bits;
+using testing::parse;
 using testing::TempDir;
-
-#define EXPECT_ERROR(expr, err_code, needle)                               \
-  do {                                                                     \
-    const Status st_ = (expr);                                             \
-    EXPECT_EQ(st_.code, err_code) << st_.to_string();                      \
-    EXPECT_NE(st_.message.find(needle), std::string::npos) << st_.message; \
-  } while (0)
+using testing::tiny_config;
+using testing::write_text;
 
 // A tiny Qwen3: d=8, 2 heads of head_dim 6 (q_dim 12 != d), 1 kv head, vocab 32.
 json qwen3_config(const json& patch = json::object()) {
@@ -59,12 +58,6 @@ json llama3_scaling(const json& patch = json::object()) {
             {"rope_type", "llama3"}};
   r.merge_patch(patch);
   return r;
-}
-
-ModelConfig parse(const json& j) {
-  auto c = ModelConfig::from_json_text(j.dump());
-  ZR_CHECK_MSG(c.ok(), c.status().to_string());
-  return *c;
 }
 
 Status parse_status(const json& j) { return ModelConfig::from_json_text(j.dump()).status(); }
@@ -259,8 +252,6 @@ TEST(Rope, Llama3Scaling) {
 // ---------------------------------------------------------------------------------------------
 // generation_config.json
 
-void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
-
 TEST(GenerationConfig, StopIdsAreTheUnionInOrder) {
   TempDir tmp;
   write_text(tmp / "config.json", qwen3_config({{"eos_token_id", {31, 5}}, {"bos_token_id", nullptr}}).dump());
@@ -305,6 +296,130 @@ TEST(GenerationConfig, ErrorsNameTheFileAndField) {
                "generation_config.json: invalid JSON");
   write_text(tmp / "generation_config.json", "[1]");
   EXPECT_ERROR(ModelConfig::from_dir(tmp.path()).status(), ErrorCode::invalid_argument, "generation_config.json");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Llama, Mistral and Qwen2 config.json against a tiny llama (checkpoint_files.h) and stories260K
+
+TEST(LoaderConfig, ParsesStories) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  auto c = ModelConfig::from_dir(dir);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->arch, Architecture::llama);
+  EXPECT_EQ(c->hidden_size, 64);
+  EXPECT_EQ(c->intermediate_size, 172);
+  EXPECT_EQ(c->num_layers, 5);
+  EXPECT_EQ(c->num_heads, 8);
+  EXPECT_EQ(c->num_kv_heads, 4);
+  EXPECT_EQ(c->head_dim, 8);
+  EXPECT_EQ(c->vocab_size, 512);
+  EXPECT_EQ(c->max_position_embeddings, 512);
+  EXPECT_FLOAT_EQ(c->rms_norm_eps, 1e-5f);
+  EXPECT_FLOAT_EQ(c->rope_theta, 10000.0f);
+  EXPECT_TRUE(c->tie_word_embeddings);
+  EXPECT_FALSE(c->qkv_bias);
+  EXPECT_EQ(c->bos_token_id, 1);
+  EXPECT_EQ(c->eos_token_ids, std::vector<int>{2});
+  EXPECT_EQ(c->pad_token_id, -1);
+  EXPECT_EQ(c->torch_dtype, "float32");
+  EXPECT_EQ(c->num_params(), 260032);  // the "260K"
+}
+
+TEST(LoaderConfig, DefaultsAndEosList) {
+  json j = tiny_config({{"num_key_value_heads", nullptr}, {"eos_token_id", {2, 3}}, {"pad_token_id", nullptr}});
+  ModelConfig c = parse(j);
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_EQ(c.head_dim, 4);
+  EXPECT_FLOAT_EQ(c.rope_theta, 10000.0f);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int>{2, 3}));
+  EXPECT_EQ(c.pad_token_id, -1);
+  j.erase("tie_word_embeddings");
+  EXPECT_FALSE(parse(j).tie_word_embeddings);
+  EXPECT_TRUE(parse(tiny_config({{"attention_bias", true}})).qkv_bias);
+}
+
+void expect_same(const ModelConfig& a, const ModelConfig& b) {
+  EXPECT_EQ(a.arch, b.arch);
+  EXPECT_EQ(a.arch_name, b.arch_name);
+  EXPECT_EQ(std::tie(a.hidden_size, a.intermediate_size, a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim),
+            std::tie(b.hidden_size, b.intermediate_size, b.num_layers, b.num_heads, b.num_kv_heads, b.head_dim));
+  EXPECT_EQ(std::tie(a.vocab_size, a.max_position_embeddings, a.bos_token_id, a.pad_token_id),
+            std::tie(b.vocab_size, b.max_position_embeddings, b.bos_token_id, b.pad_token_id));
+  EXPECT_EQ(bits(a.rms_norm_eps), bits(b.rms_norm_eps));
+  EXPECT_EQ(bits(a.rope_theta), bits(b.rope_theta));
+  EXPECT_EQ(std::tie(a.tie_word_embeddings, a.qkv_bias, a.eos_token_ids, a.torch_dtype),
+            std::tie(b.tie_word_embeddings, b.qkv_bias, b.eos_token_ids, b.torch_dtype));
+}
+
+TEST(LoaderConfig, JsonRoundTrips) {
+  std::vector<json> cases = {
+      tiny_config({{"rms_norm_eps", 1e-6}, {"rope_theta", 500000.0}, {"eos_token_id", {2, 3, 7}}}),
+      tiny_config({{"architectures", {"MistralForCausalLM"}},
+                   {"sliding_window", nullptr},
+                   {"tie_word_embeddings", true},
+                   {"bos_token_id", nullptr},
+                   {"pad_token_id", 0}}),
+      tiny_config({{"architectures", {"Qwen2ForCausalLM"}}, {"torch_dtype", "bfloat16"}, {"head_dim", 6}}),
+      tiny_config({{"attention_bias", true}, {"eos_token_id", nullptr}})};
+  for (const auto& j : cases) {
+    ModelConfig a = parse(j);
+    std::string text = a.to_json_text();
+    auto b = ModelConfig::from_json_text(text);
+    ASSERT_TRUE(b.ok()) << b.status().to_string() << "\n" << text;
+    expect_same(a, *b);
+    EXPECT_EQ(b->to_json_text(), text);
+  }
+}
+
+TEST(LoaderConfig, MistralAndQwen2) {
+  ModelConfig m = parse(tiny_config({{"architectures", {"MistralForCausalLM"}}, {"sliding_window", 32}}));
+  EXPECT_EQ(m.arch, Architecture::llama);
+  EXPECT_EQ(m.arch_name, "MistralForCausalLM");
+  EXPECT_ERROR(ModelConfig::from_json_text(
+                   tiny_config({{"architectures", {"MistralForCausalLM"}}, {"sliding_window", 16}}).dump())
+                   .status(),
+               ErrorCode::unsupported, "sliding_window");
+  ModelConfig q = parse(
+      tiny_config({{"architectures", {"Qwen2ForCausalLM"}}, {"sliding_window", 4}, {"use_sliding_window", false}}));
+  EXPECT_EQ(q.arch, Architecture::qwen2);
+  EXPECT_TRUE(q.qkv_bias);
+  EXPECT_EQ(q.num_params(), parse(tiny_config()).num_params() + 2 * (8 + 4 + 4));
+}
+
+TEST(LoaderConfig, NumParamsMatchesSpecs) {
+  for (const json& j : {tiny_config(), tiny_config({{"tie_word_embeddings", true}}),
+                        tiny_config({{"architectures", {"Qwen2ForCausalLM"}}})}) {
+    ModelConfig c = parse(j);
+    int64_t n = 0;
+    for (const auto& s : model_tensor_specs(c)) {
+      int64_t e = 1;
+      for (int64_t d : s.shape) e *= d;
+      if (!s.optional) n += e;
+    }
+    EXPECT_EQ(c.num_params(), n);
+  }
+}
+
+TEST(LoaderConfig, Errors) {
+  TempDir tmp;
+  EXPECT_ERROR(ModelConfig::from_dir(tmp.path()).status(), ErrorCode::not_found, "config.json");
+  auto bad = [](const json& patch) { return ModelConfig::from_json_text(tiny_config(patch).dump()).status(); };
+  EXPECT_ERROR(bad({{"architectures", {"GPT2LMHeadModel"}}}), ErrorCode::unsupported, "architectures");
+  EXPECT_ERROR(bad({{"hidden_act", "gelu"}}), ErrorCode::unsupported, "hidden_act");
+  EXPECT_ERROR(bad({{"rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}}}}), ErrorCode::unsupported,
+               "rope_scaling.rope_type");
+  EXPECT_ERROR(bad({{"num_attention_heads", 4}, {"num_key_value_heads", 3}}), ErrorCode::invalid_argument,
+               "num_key_value_heads");
+  EXPECT_ERROR(bad({{"vocab_size", nullptr}}), ErrorCode::invalid_argument, "vocab_size");
+  EXPECT_ERROR(bad({{"hidden_size", 0}}), ErrorCode::invalid_argument, "hidden_size");
+  EXPECT_ERROR(bad({{"intermediate_size", -3}}), ErrorCode::invalid_argument, "intermediate_size");
+  EXPECT_ERROR(bad({{"num_hidden_layers", "2"}}), ErrorCode::invalid_argument, "num_hidden_layers");
+  EXPECT_ERROR(bad({{"hidden_size", 9}}), ErrorCode::invalid_argument, "hidden_size");
+  EXPECT_ERROR(bad({{"eos_token_id", 99}}), ErrorCode::invalid_argument, "eos_token_id");
+  EXPECT_ERROR(bad({{"tie_word_embeddings", "yes"}}), ErrorCode::invalid_argument, "tie_word_embeddings");
+  EXPECT_ERROR(ModelConfig::from_json_text("{not json").status(), ErrorCode::invalid_argument, "config.json");
+  write_text(tmp / "config.json", tiny_config({{"hidden_act", "relu"}}).dump());
+  EXPECT_ERROR(ModelConfig::from_dir(tmp.path()).status(), ErrorCode::unsupported, tmp / "config.json");
 }
 
 }  // namespace
