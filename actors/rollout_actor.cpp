@@ -24,6 +24,20 @@ Status in_batch(const Status& st, size_t k, size_t batch_size) {
   return make_error(st.code, "batch[" + std::to_string(k) + "]." + st.message);
 }
 
+// Bytes an update of every tensor in the dtype the engine serves spans (64-byte aligned offsets,
+// as assign_transfer_offsets lays them out): the size of its staging buffers.
+uint64_t transfer_bytes_of(const ModelWeights& w) {
+  uint64_t end = 0;
+  for (const TensorSpec& s : w.specs()) {
+    const Weight* cur = w.find(s.name);
+    if (!cur) continue;
+    uint64_t numel = 1;
+    for (int64_t d : s.shape) numel *= static_cast<uint64_t>(d);
+    end = ((end + 63) & ~uint64_t{63}) + numel * dtype_size(cur->dtype);
+  }
+  return end;
+}
+
 }  // namespace
 
 RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, RolloutActorOptions opt)
@@ -35,6 +49,8 @@ RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, Rollout
   register_handlers();
   register_weight_handlers();
   register_text_handlers();
+  // The first two ipc pulls (or broadcasts) land in fresh buffers: back them now, not in the push.
+  staging_.prepare(transfer_bytes_of(engine_->weights()), 2);
 }
 
 RolloutActor::~RolloutActor() { actor_.stop(); }

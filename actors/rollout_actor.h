@@ -61,6 +61,10 @@ class RolloutActor {
   Engine& engine() { return *engine_; }
   // The MPI group for path broadcast (trainer + engines); not owned, must outlive the actor.
   void set_weight_group(MpiGroup* group) { weight_group_ = group; }
+  // Waits until the staging buffers of the first two weight updates are faulted in (prepared in
+  // the background from construction on: StagingPool::prepare); returns the ms that took (0: none
+  // ran). Call before the first update arrives (it is not synchronized with the actor's thread).
+  double wait_staging_prepared() { return staging_.wait_prepared(); }
 
  private:
   // One generate or score call: where to reply and what is still missing.

@@ -239,17 +239,19 @@ IpcMode Trainer::resolve_ipc_mode(IpcMode asked) {
     }
   }
   if (mode == IpcMode::automatic) {
-    // Measured on a host with shmem THP never (README, weight sync): a pull beats a kept 4 KiB
-    // segment from publish to ack in steady state, but its first pushes fault the two huge-page
-    // buffers in under direct compaction (~1 s for 438 MB there), as slow as a new segment. Until
-    // that is solved, automatic stays with segments and says so.
+    // Measured on a host with shmem THP never (README, weight sync): there a segment runs in 4 KiB
+    // pages, and its first pushes fault ~900 MB of fresh shared memory (~30x one memcpy), while a
+    // pull copies the caller's tensors straight into staging buffers the engine backed ahead of
+    // need (first push ~7x, steady state no slower). Where shmem THP is on, segments get 2 MiB
+    // pages and engines serve from them in place, without a copy.
     const std::string shmem = thp_setting("shmem_enabled");
-    mode = IpcMode::segment;
-    why = shmem_thp_available() && huge_pages_wanted()
-              ? "shmem THP is [" + shmem + "]: segments get 2 MiB pages and engines serve from them in place"
-              : "shmem THP is [" + shmem +
-                    "]: segments run in 4 KiB pages (first pushes ~30x one memcpy; "
-                    "shmem_enabled=advise fixes it; ZR_IPC_MODE=pull copies with process_vm_readv instead)";
+    const bool huge_segments = shmem_thp_available() && huge_pages_wanted();
+    mode = huge_segments ? IpcMode::segment : IpcMode::pull;
+    why = huge_segments ? "shmem THP is [" + shmem + "]: segments get 2 MiB pages and engines serve from them in place"
+                        : "shmem THP is [" + shmem +
+                              "]: segments would run in 4 KiB pages (a new one costs ~30x one memcpy; "
+                              "shmem_enabled=advise fixes that); engines copy the tensors with process_vm_readv "
+                              "(an engine that may not gets segments)";
   }
   const std::string line = std::string(mode == IpcMode::pull ? "pull" : "segment") + ": " + why;
   if (line != ipc_mode_logged_) {
@@ -261,16 +263,20 @@ IpcMode Trainer::resolve_ipc_mode(IpcMode asked) {
 
 Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::vector<int>& to,
                           SteadyClock::time_point deadline, PublishResult& res, std::vector<int>* cannot) {
+  // The engines copy each tensor straight from where the caller holds it (pull_addrs), so no
+  // transfer buffer is filled here: a first push faults no fresh memory on this side (on this
+  // kind of host that cost ~1 s for 438 MB). pull_buf_ holds only the header: the version and the
+  // checksums, which this thread computes while the engines copy.
   const uint64_t offset = shm_stream_offset(l.metas.size());
-  if (offset + l.bytes > pull_buf_.size()) pull_pages_.clear();  // a new buffer
-  ZR_RETURN_IF_ERROR(pull_buf_.reserve(offset + l.bytes));
+  ZR_RETURN_IF_ERROR(pull_buf_.reserve(offset));
   UpdateWeightsCall call = base;
   call.tensors = l.metas;
   call.shm_bytes = l.bytes;
   call.shm_offset = offset;
-  call.shm_stream = true;  // the engines copy and verify behind the writer
+  call.shm_stream = true;  // the engines wait for the checksums through the header
   call.pull_pid = static_cast<int64_t>(::getpid());
   call.pull_addr = reinterpret_cast<uint64_t>(pull_buf_.data());
+  for (const void* src : l.src) call.pull_addrs.push_back(reinterpret_cast<uint64_t>(src));
   for (const PooledSegment& q : shm_pool_) call.shm_pool.push_back(q.seg.name());
   ShmStreamWriter writer(pull_buf_.data(), offset, call.version);
   const size_t acks_before = res.acks.size();
@@ -279,14 +285,18 @@ Status Trainer::push_pull(Layout& l, const UpdateWeightsCall& base, const std::v
   (void)pump([] { return true; }, SteadyClock::now());  // the message goes out before the bytes
   const auto t0 = Clock::now();
   {
-    PhaseProbe probe("trainer: copy + checksum into the pull buffer");
-    for (size_t i = 0; i < l.metas.size(); ++i)
-      l.metas[i].checksum = writer.write(i, l.metas[i], l.src[i], l.claimed[i]);
+    PhaseProbe probe("trainer: checksum the tensors the engines pull");
+    l.checksum(1);  // one core: the engines' copies run on the others
+    for (size_t i = 0; i < l.metas.size(); ++i) writer.mark(i, l.metas[i], l.metas[i].checksum);
   }
   res.write_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   std::vector<std::pair<int, Status>> refused;
   Status st = collect_acks(sent, deadline, res, &refused);
-  if (pull_pages_.empty()) pull_pages_ = mapping_pages(pull_buf_.data()).describe();
+  // smaps costs 16-48 ms to read: once per place the tensors live (a kept archive stays put)
+  if (pull_pages_src_ != l.src[0]) {
+    pull_pages_ = mapping_pages(l.src[0]).describe() + " (the caller's tensors, pulled in place)";
+    pull_pages_src_ = l.src[0];
+  }
   res.pages = pull_pages_;
   for (size_t i = acks_before; i < res.acks.size(); ++i) {  // they serve from their own copy now
     shm_in_use_[res.acked[i]] = std::set<std::string>(res.acks[i].shm_in_use.begin(), res.acks[i].shm_in_use.end());

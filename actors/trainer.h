@@ -58,9 +58,11 @@ struct TensorRef {
 // How the ipc path moves the bytes to engines on this host (README, weight sync):
 //  segment: a POSIX shared-memory segment the engines map and serve from in place (fast where
 //           shmem THP gives it 2 MiB pages; in 4 KiB pages every fresh mapping costs ~1.5 us/page);
-//  pull:    the engines copy the bytes out of the trainer's own huge-page buffer with
-//           process_vm_readv into theirs (comm/ipc_pull.h); an engine that may not (no ptrace
-//           access, seccomp) is sent a segment instead, and is not asked to pull again;
+//  pull:    the engines copy the caller's tensors straight out of the trainer's memory with
+//           process_vm_readv into staging buffers they backed ahead of need (comm/ipc_pull.h;
+//           the tensors must stay unchanged until publish returns, as for every path); an engine
+//           that may not (no ptrace access, seccomp) is sent a segment instead, and is not asked
+//           to pull again;
 //  automatic: segment when shmem THP is available, else pull. ZR_IPC_MODE=pull|segment in the
 //           environment overrides automatic. The choice and why is logged once per trainer.
 enum class IpcMode { automatic, pull, segment };
@@ -247,8 +249,9 @@ class Trainer {
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
-  std::string pull_pages_;       // mapping_pages() of pull_buf_ after its first write (see PooledSegment)
-  PullBuffer pull_buf_;          // ipc pull: the transfer the engines copy from (kept, grows only)
+  std::string pull_pages_;             // mapping_pages() of the pulled tensors (see PooledSegment)
+  const void* pull_pages_src_ = nullptr;  // the first tensor's address when pull_pages_ was read
+  PullBuffer pull_buf_;                // ipc pull: the header (version, checksums) the engines read
   std::set<int> no_pull_;        // engines that refused a pull (sent segments from then on)
   std::string ipc_mode_logged_;  // the last choice logged
   // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;

@@ -1,8 +1,10 @@
-// The `pull` form of the ipc weight path: the trainer lays the transfer out in its own private
-// memory (a PullBuffer, in 2 MiB pages where anonymous THP allows) with the header of a streamed
-// segment (comm/shm_stream.h: version, written, checksums), and each engine on the same host
-// copies the bytes straight into its own buffer with process_vm_readv, one copy, as Open MPI's
-// single-copy (CMA) transport does. No shared memory is involved, so no page of it is mapped in
+// The `pull` form of the ipc weight path: the trainer keeps the header of a streamed segment
+// (comm/shm_stream.h: version, written, checksums) in its own private memory (a PullBuffer), and
+// each engine on the same host copies the bytes straight into its own buffer with
+// process_vm_readv, one copy, as Open MPI's single-copy (CMA) transport does: from where the
+// caller holds each tensor (UpdateWeightsCall::pull_addrs; the trainer only checksums them
+// meanwhile, so a first push faults no fresh transfer buffer), or from a transfer laid out after
+// the header (a writer that gives no pull_addrs). No shared memory is involved, so no page of it is mapped in
 // 4 KiB pages on hosts whose shmem THP is off (a fresh 4 KiB mapping costs ~1.5 us per page:
 // ~25x one memcpy for the first push of 438 MB), and the engine serves from its own huge pages.
 //

@@ -287,9 +287,13 @@ struct UpdateWeightsCall {
   std::vector<std::string> shm_pool;
   // ipc, pull form (comm/ipc_pull.h; then shm_name is empty and shm_stream true): the engine
   // copies the transfer with process_vm_readv from process pull_pid, where the streamed layout
-  // (header, then the transfer at shm_offset) starts at address pull_addr.
+  // (header, then the transfer at shm_offset) starts at address pull_addr. pull_addrs, when not
+  // empty (one per tensor), says where each tensor's bytes are in that process instead (the
+  // caller's own tensors, no transfer buffer): the header at pull_addr then carries only the
+  // checksums, `written` reaching a tensor's end once its checksum is there.
   int64_t pull_pid = 0;
   uint64_t pull_addr = 0;
+  std::vector<uint64_t> pull_addrs;
   std::string disk_path;                       // disk
   uint64_t bucket_bytes = uint64_t{64} << 20;  // broadcast
   int root = 0;                                // broadcast: the sender's rank in the broadcast group (below)

@@ -50,6 +50,12 @@ uint64_t ShmStreamWriter::write(size_t i, const TensorMeta& m, const void* src, 
   return checksum;
 }
 
+void ShmStreamWriter::mark(size_t i, const TensorMeta& m, uint64_t checksum) {
+  word(seg_, kChecksumsAt + 8 * i).store(checksum, std::memory_order_relaxed);
+  published_ = m.offset + m.nbytes;
+  word(seg_, kWrittenAt).store(published_, std::memory_order_release);
+}
+
 ShmStreamReader::ShmStreamReader(const void* segment, int64_t version, std::chrono::milliseconds stall)
     : seg_(static_cast<const uint8_t*>(segment)), version_(version), stall_(stall) {}
 

@@ -41,6 +41,9 @@ class ShmStreamWriter {
   // verify the bytes against it, and refuse them if they differ), else the one computed.
   // Tensors are written in list order.
   uint64_t write(size_t i, const TensorMeta& m, const void* src, std::optional<uint64_t> claimed = {});
+  // Tensor i is readable elsewhere (a pull from the caller's own tensors, comm/ipc_pull.h): stores
+  // its checksum and raises `written` past its end, copying nothing. Tensors in list order.
+  void mark(size_t i, const TensorMeta& m, uint64_t checksum);
 
  private:
   uint8_t* seg_;

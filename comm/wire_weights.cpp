@@ -91,6 +91,7 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   f.get("shm_pool", c.shm_pool);
   f.get("pull_pid", c.pull_pid);
   f.get("pull_addr", c.pull_addr);
+  f.get("pull_addrs", c.pull_addrs);
   f.get("disk_path", c.disk_path);
   f.get("bucket_bytes", c.bucket_bytes);
   f.get("root", c.root);
@@ -119,6 +120,9 @@ Result<UpdateWeightsCall> decode_update_weights(std::string_view body) {
   if (c.pull_pid != 0 && !c.shm_name.empty()) return field_error("pull_pid", "a pull carries no shm_name");
   if (c.pull_pid != 0 && !c.shm_stream) return field_error("pull_pid", "a pull is a streamed transfer (shm_stream)");
   if (c.pull_pid != 0 && c.pull_addr == 0) return field_error("pull_addr", "required with pull_pid");
+  if (!c.pull_addrs.empty() && c.pull_addrs.size() != c.tensors.size())
+    return field_error("pull_addrs", "one address per tensor (" + std::to_string(c.tensors.size()) + "), got " +
+                                         std::to_string(c.pull_addrs.size()));
   if (c.shm_offset % 64 != 0) return field_error("shm_offset", "must be a multiple of 64");
   if (c.shm_offset > std::numeric_limits<uint64_t>::max() - c.shm_bytes)
     return field_error("shm_offset", "shm_offset + shm_bytes overflows");
@@ -178,6 +182,7 @@ std::string encode(const UpdateWeightsCall& c) {
                     {"shm_pool", c.shm_pool},
                     {"pull_pid", c.pull_pid},
                     {"pull_addr", c.pull_addr},
+                    {"pull_addrs", c.pull_addrs},
                     {"disk_path", c.disk_path},
                     {"bucket_bytes", c.bucket_bytes},
                     {"root", c.root},

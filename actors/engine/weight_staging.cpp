@@ -5,7 +5,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <unordered_map>
@@ -150,21 +153,41 @@ Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, con
 // An ipc pull (comm/ipc_pull.h): copies the trainer's transfer into `dst` piece by piece behind
 // its writer and checksums each piece while it is still in the cache, then compares every tensor
 // with the checksum the trainer wrote into its header. Every rank of a TP engine pulls and checks
-// all of it (its copy is its own). Returns the metas with those checksums filled in.
+// all of it (its copy is its own). With `sources` (one trainer address per tensor: its caller's
+// own tensors) the bytes are all there from the start: two threads copy byte-balanced halves (the
+// trainer only checksums meanwhile, so a core is free), waiting only for the checksums at the end.
+// Returns the metas with those checksums filled in.
 Result<std::vector<TensorMeta>> follow_pull(std::vector<TensorMeta> metas, PullReader& reader, uint64_t remote_base,
-                                            uint8_t* dst) {
+                                            const std::vector<uint64_t>& sources, uint8_t* dst) {
   constexpr uint64_t kPiece = uint64_t{512} << 10;  // half of L2: the checksum reads it from cache
   std::vector<uint64_t> sums(metas.size(), 0);
-  for (size_t i = 0; i < metas.size(); ++i) {
-    const TensorMeta& m = metas[i];
-    for (uint64_t done = 0; done < m.nbytes;) {
-      const uint64_t n = std::min(kPiece, m.nbytes - done);
-      ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
-      ZR_RETURN_IF_ERROR(reader.read(dst + m.offset + done, remote_base + m.offset + done, n));
-      sums[i] += checksum64_partial(dst + m.offset + done, n, done);
-      done += n;
+  auto copy = [&](size_t a, size_t b) -> Status {
+    for (size_t i = a; i < b; ++i) {
+      const TensorMeta& m = metas[i];
+      const uint64_t from = sources.empty() ? remote_base + m.offset : sources[i];
+      for (uint64_t done = 0; done < m.nbytes;) {
+        const uint64_t n = std::min(kPiece, m.nbytes - done);
+        if (sources.empty()) ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
+        ZR_RETURN_IF_ERROR(reader.read(dst + m.offset + done, from + done, n));
+        sums[i] += checksum64_partial(dst + m.offset + done, n, done);
+        done += n;
+      }
     }
+    return {};
+  };
+  size_t split = metas.size();
+  if (!sources.empty()) {
+    const uint64_t half = transfer_bytes(metas) / 2;
+    split = 0;
+    while (split < metas.size() && metas[split].offset + metas[split].nbytes / 2 < half) ++split;
   }
+  Status second_st;
+  std::thread second;
+  if (split < metas.size()) second = std::thread([&] { second_st = copy(split, metas.size()); });
+  Status first_st = copy(0, split);
+  if (second.joinable()) second.join();
+  ZR_RETURN_IF_ERROR(first_st);
+  ZR_RETURN_IF_ERROR(second_st);
   ZR_RETURN_IF_ERROR(reader.wait_for(transfer_bytes(metas)));
   auto expected = reader.checksums(metas.size());
   if (!expected.ok()) return expected.status();
@@ -248,16 +271,59 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas) {
   return end;
 }
 
-std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes, bool prefault) {
-  for (auto& [buf, size] : buffers_)
-    if (buf.use_count() == 1 && size >= bytes) return buf;  // no served weight points into it
-  // Huge pages (weights served zero-copy from here are streamed every step), faulted in now rather
-  // than while the broadcast writes into them.
+namespace {
+
+// A private buffer of `bytes` in huge pages (weights served zero-copy from here are streamed every
+// step); prefault faults every page in now (MADV_POPULATE_WRITE, Linux 5.14; else a memset).
+std::shared_ptr<uint8_t> map_buffer(uint64_t bytes, bool prefault) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return nullptr;
   madvise(p, bytes, huge_pages_wanted() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-  if (prefault) std::memset(p, 0, bytes);
-  std::shared_ptr<uint8_t> buf(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  if (prefault && madvise(p, bytes, MADV_POPULATE_WRITE) != 0) std::memset(p, 0, bytes);
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [bytes](uint8_t* q) { munmap(q, bytes); });
+}
+
+}  // namespace
+
+StagingPool::~StagingPool() { take_prepared(/*wait=*/true); }
+
+void StagingPool::prepare(uint64_t bytes, int count) {
+  if (preparing_.valid() || bytes == 0 || count <= 0 || std::getenv("ZR_NO_STAGING_PREFAULT")) return;
+  preparing_ = std::async(std::launch::async, [bytes, count] {
+    lower_priority();
+    const auto t0 = std::chrono::steady_clock::now();
+    Prepared out;
+    for (int i = 0; i < count; ++i)
+      if (auto buf = map_buffer(bytes, /*prefault=*/true)) out.buffers.emplace_back(std::move(buf), bytes);
+    out.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    spdlog::info("staging: {} buffer(s) of {:.1f} MiB faulted in ahead of the first updates in {:.0f} ms",
+                 out.buffers.size(), bytes / 1048576.0, out.ms);
+    return out;
+  });
+}
+
+void StagingPool::take_prepared(bool wait) {
+  if (!preparing_.valid()) return;
+  if (!wait && preparing_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+  Prepared p = preparing_.get();
+  prepared_ms_ = p.ms;
+  for (auto& b : p.buffers) buffers_.push_back(std::move(b));
+}
+
+double StagingPool::wait_prepared() {
+  take_prepared(/*wait=*/true);
+  return prepared_ms_;
+}
+
+std::shared_ptr<uint8_t> StagingPool::get(uint64_t bytes, bool prefault) {
+  take_prepared(/*wait=*/false);
+  for (auto& [buf, size] : buffers_)
+    if (buf.use_count() == 1 && size >= bytes) return buf;  // no served weight points into it
+  std::shared_ptr<uint8_t> buf = map_buffer(bytes, prefault);
+  if (!buf) return nullptr;
   buffers_.emplace_back(buf, bytes);
   if (buffers_.size() > 2) {  // keep at most two idle buffers (double buffering)
     auto idle = std::find_if(buffers_.begin(), buffers_.end(),
@@ -398,7 +464,7 @@ Result<std::future<Result<StagedWeights>>> begin_pull(const UpdateWeightsCall& c
   return run_staging(src, cur, [cur, buf, reader, c]() -> Result<StagedWeights> {
     auto verified = [&] {
       PhaseProbe probe("engine: pull + verify behind the writer");
-      return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, buf.get());
+      return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, c.pull_addrs, buf.get());
     }();
     if (!verified.ok()) return verified.status();
     return stage_from_buffer(*cur, *verified, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,

@@ -58,14 +58,38 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
 
 // A page-aligned, pre-faulted receive buffer for weight transfers. Weights served zero-copy keep it
 // alive through their owner; it can be reused once nothing but the pool holds it.
+// A page of fresh memory costs far more on its first touch than later (README, weight sync: on a
+// VM whose balloon takes freed memory back, 1.5-7 us per 4 KiB page, ~30x one memcpy for 438 MB),
+// so prepare() backs the buffers of the first two updates ahead of need, on a background thread.
+// Thread-safety: one thread calls get/prepare/wait_prepared (the actor's); the background thread
+// only fills its own list, handed over through a future.
 class StagingPool {
  public:
+  StagingPool() = default;
+  StagingPool(const StagingPool&) = delete;
+  StagingPool& operator=(const StagingPool&) = delete;
+  ~StagingPool();
   // prefault: fault the pages in now (a broadcast writes into them from MPI); false leaves that to
-  // the first writer (an ipc pull, on the staging thread, not the actor's).
+  // the first writer (an ipc pull, on the staging thread, not the actor's). Takes the prepared
+  // buffers if they are ready (never waits for them: the caller is the actor's thread).
   std::shared_ptr<uint8_t> get(uint64_t bytes, bool prefault = true);
+  // Maps `count` buffers of `bytes` and faults them in on a background thread below the compute
+  // threads' priority, for later get() calls. No-op if a prepare is still running, or
+  // ZR_NO_STAGING_PREFAULT is set.
+  void prepare(uint64_t bytes, int count);
+  // Waits for prepare() to finish; returns the wall time its thread took (ms; 0 if none ran).
+  double wait_prepared();
 
  private:
+  struct Prepared {
+    std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers;
+    double ms = 0;
+  };
+  void take_prepared(bool wait);
+
   std::vector<std::pair<std::shared_ptr<uint8_t>, uint64_t>> buffers_;
+  std::future<Prepared> preparing_;
+  double prepared_ms_ = 0;
 };
 
 class ShmSegment;

@@ -1,4 +1,8 @@
 // The ipc path in each of its forms (pull, segment, 4 KiB pages) and the fallback order.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "actors/engine/weight_staging.h"
 #include "tests/actors/weight_sync_fixture.h"
 
 namespace zr {
@@ -89,6 +93,44 @@ TEST_F(IpcModes, APullFromAProcessThatIsGoneIsRefusedAsUnsupported) {
   EXPECT_NE(st.message.find("ipc pull"), std::string::npos) << st.message;
   EXPECT_EQ(*trainer_->weight_version(), 0);
   actor_->stop();
+}
+
+// Pages of [p, p + bytes) resident in memory (mincore).
+size_t resident_pages(const uint8_t* p, size_t bytes) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> in((bytes + page - 1) / page);
+  if (::mincore(const_cast<uint8_t*>(p), bytes, in.data()) != 0) return 0;
+  size_t n = 0;
+  for (unsigned char c : in) n += c & 1;
+  return n;
+}
+
+TEST(StagingPoolPrepare, PreparedBuffersAreBackedBeforeTheFirstUpdateTakesThem) {
+  const size_t bytes = size_t{8} << 20, pages = bytes / static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  StagingPool pool;
+  pool.prepare(bytes, 2);
+  EXPECT_GT(pool.wait_prepared(), 0.0);
+  auto a = pool.get(bytes, /*prefault=*/false);
+  auto b = pool.get(bytes, /*prefault=*/false);  // `a` is held: the second prepared one
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a.get(), b.get());
+  EXPECT_EQ(resident_pages(a.get(), bytes), pages);
+  EXPECT_EQ(resident_pages(b.get(), bytes), pages);
+  StagingPool cold;  // without prepare, a pull's buffer is faulted in by its first writer
+  auto c = cold.get(bytes, /*prefault=*/false);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(resident_pages(c.get(), bytes), 0u);
+}
+
+TEST(StagingPoolPrepare, TurnedOffByTheEnvironment) {
+  ::setenv("ZR_NO_STAGING_PREFAULT", "1", 1);
+  StagingPool pool;
+  pool.prepare(size_t{4} << 20, 2);
+  EXPECT_EQ(pool.wait_prepared(), 0.0);
+  auto a = pool.get(size_t{4} << 20, /*prefault=*/false);
+  ::unsetenv("ZR_NO_STAGING_PREFAULT");
+  ASSERT_TRUE(a);
+  EXPECT_EQ(resident_pages(a.get(), size_t{4} << 20), 0u);
 }
 
 }  // namespace

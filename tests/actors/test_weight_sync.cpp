@@ -6,6 +6,14 @@
 namespace zr {
 namespace {
 
+// The segment form of the ipc path, whatever this host's automatic choice (pull where shmem THP
+// is off): the tests below are about segments.
+PublishOptions segments() {
+  PublishOptions o;
+  o.ipc_mode = IpcMode::segment;
+  return o;
+}
+
 TEST_F(WeightSync, IpcPushMakesTheEngineMatchTheReference) {
   serve();
   EXPECT_NE(served_greedy("before"), expected());
@@ -72,7 +80,7 @@ TEST_F(WeightSync, IpcSegmentsAreReusedOnceNoEngineServesFromThem) {
   std::vector<std::string> names;
   for (int v = 1; v <= 4; ++v) {
     const bool real = v % 2 == 1;
-    auto r = trainer_->publish(real ? real_ : mo_dir(), v, PublishOptions{});
+    auto r = trainer_->publish(real ? real_ : mo_dir(), v, segments());
     ASSERT_TRUE(r.ok()) << r.status().to_string();
     names.push_back(r->shm_segment);
     EXPECT_EQ(r->shm_reused, v >= 3) << "v" << v;
@@ -88,6 +96,7 @@ TEST_F(WeightSync, IpcSegmentsAreReusedOnceNoEngineServesFromThem) {
   EXPECT_EQ(trainer_->held_segments(), 2u);
   PublishOptions fresh;  // every publish in a new segment: the idle ones are dropped but one
   fresh.reuse_segments = false;
+  fresh.ipc_mode = IpcMode::segment;
   for (int v = 5; v <= 7; ++v) {
     auto r = trainer_->publish(v % 2 ? real_ : mo_dir(), v, fresh);
     ASSERT_TRUE(r.ok()) << r.status().to_string();
@@ -100,7 +109,7 @@ TEST_F(WeightSync, IpcSegmentsAreReusedOnceNoEngineServesFromThem) {
 
 TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegment) {
   serve();
-  auto v1 = trainer_->publish(real_, 1, PublishOptions{});
+  auto v1 = trainer_->publish(real_, 1, segments());
   ASSERT_TRUE(v1.ok()) << v1.status().to_string();
   // A writer that reuses the segment the engine serves from breaks the contract: refused by name.
   auto scratch = std::move(ShmSegment::create("zr-test", 4096)).value();
@@ -116,7 +125,7 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   EXPECT_EQ(served_greedy("still-v1"), expected());
   // v2 goes to a second segment; then another writer's update lists only its own segment in
   // shm_pool, so the engine forgets the trainer's kept mappings.
-  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, PublishOptions{}).ok());
+  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, segments()).ok());
   auto other = std::move(ShmSegment::create("zr-test", 4096)).value();
   UpdateWeightsCall third = norm_update(3, other, 0.5f);
   third.shm_keep = true;
@@ -125,7 +134,7 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   ASSERT_TRUE(st.ok()) << st.to_string();
   // The trainer's next publish targets v1's segment, which the engine can no longer reach: it is
   // sent again in a fresh segment within the same publish.
-  auto v4 = trainer_->publish(real_, 4, PublishOptions{});
+  auto v4 = trainer_->publish(real_, 4, segments());
   ASSERT_TRUE(v4.ok()) << v4.status().to_string();
   EXPECT_FALSE(v4->shm_reused);
   EXPECT_NE(v4->shm_segment, v1->shm_segment);
@@ -135,7 +144,7 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
   PublishOptions disk;
   disk.path = WeightPath::disk;
   ASSERT_TRUE(trainer_->publish(mo_dir(), 5, disk).ok());
-  auto v6 = trainer_->publish(real_, 6, PublishOptions{});
+  auto v6 = trainer_->publish(real_, 6, segments());
   ASSERT_TRUE(v6.ok()) << v6.status().to_string();
   EXPECT_FALSE(v6->shm_reused);
   EXPECT_EQ(served_greedy("v6"), expected());
@@ -148,15 +157,15 @@ TEST_F(WeightSync, RewritingAServedSegmentIsRefusedAndALostMappingGetsAFreshSegm
 // publishes in a row then cost no segment each.
 TEST_F(WeightSync, RefusedPublishesInARowDoNotHoldASegmentEach) {
   serve();
-  ASSERT_TRUE(trainer_->publish(real_, 1, PublishOptions{}).ok());
-  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, PublishOptions{}).ok());
+  ASSERT_TRUE(trainer_->publish(real_, 1, segments()).ok());
+  ASSERT_TRUE(trainer_->publish(mo_dir(), 2, segments()).ok());
   EXPECT_EQ(trainer_->held_segments(), 2u);
   for (int i = 0; i < 3; ++i) {
-    auto stale = trainer_->publish(real_, 1, PublishOptions{});
+    auto stale = trainer_->publish(real_, 1, segments());
     ASSERT_FALSE(stale.ok());
     EXPECT_EQ(trainer_->held_segments(), 2u) << "after refused publish " << i + 1;
   }
-  auto v3 = trainer_->publish(real_, 3, PublishOptions{});
+  auto v3 = trainer_->publish(real_, 3, segments());
   ASSERT_TRUE(v3.ok()) << v3.status().to_string();
   EXPECT_EQ(trainer_->held_segments(), 2u);
   EXPECT_EQ(served_greedy("v3"), expected());
@@ -171,9 +180,9 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   const std::string base = "inproc://ws-router-" + std::to_string(reinterpret_cast<uintptr_t>(this));
   Routed routed = serve_routed(base);
   auto trainer = std::move(Trainer::connect(ctx_, {base + "-router"})).value();
-  auto v1 = trainer->publish(real_, 1, PublishOptions{});
+  auto v1 = trainer->publish(real_, 1, segments());
   ASSERT_TRUE(v1.ok()) << v1.status().to_string();
-  auto v2 = trainer->publish(mo_dir(), 2, PublishOptions{});
+  auto v2 = trainer->publish(mo_dir(), 2, segments());
   ASSERT_TRUE(v2.ok()) << v2.status().to_string();
   ASSERT_NE(v2->shm_segment, v1->shm_segment);
   // Another writer updates engine b alone and keeps none of the trainer's segments: b forgets its
@@ -188,7 +197,7 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   third.req_id = cb.next_req_id();
   auto r3 = cb.call_raw("update_weights", wire::encode(third), {}, third.req_id, std::chrono::seconds(30)).get();
   ASSERT_TRUE(r3.ok() && r3->op == "update_weights.reply") << (r3.ok() ? r3->json.dump() : r3.status().to_string());
-  auto v4 = trainer->publish(real_, 4, PublishOptions{});
+  auto v4 = trainer->publish(real_, 4, segments());
   ASSERT_TRUE(v4.ok()) << v4.status().to_string();
   EXPECT_FALSE(v4->shm_reused) << "engine b was resent v4 in a fresh segment";
   // Both engines serve the real weights under v4, each from its own segment.
@@ -206,7 +215,7 @@ TEST_F(WeightSync, ARouterFanOutWhereOneEngineLostItsMappingStillCommitsEverywhe
   std::sort(want.begin(), want.end());
   EXPECT_EQ(in_use, want) << "a serves from v1's (reused) segment, b from the fresh one";
   // Publishing goes on: v5 reaches both (engine a kept its mapping of the fresh segment too).
-  auto v5 = trainer->publish(mo_dir(), 5, PublishOptions{});
+  auto v5 = trainer->publish(mo_dir(), 5, segments());
   ASSERT_TRUE(v5.ok()) << v5.status().to_string();
   EXPECT_EQ(*direct_a->weight_version(), 5);
   EXPECT_EQ(*direct_b->weight_version(), 5);
@@ -219,7 +228,7 @@ TEST_F(WeightSync, AStalledStreamedWriteTimesOutAndTheOldVersionServes) {
   RolloutActorOptions ro;
   ro.transfer_timeout = std::chrono::milliseconds(300);
   serve(ro);
-  ASSERT_TRUE(trainer_->publish(real_, 1, PublishOptions{}).ok());
+  ASSERT_TRUE(trainer_->publish(real_, 1, segments()).ok());
   auto seg = std::move(ShmSegment::create("zr-test", 8192)).value();
   std::vector<float> norm(64, 1.0f);
   UpdateWeightsCall call;
@@ -303,7 +312,7 @@ TEST_F(WeightSync, TensorsInMemoryByIpcAndDisk) {
     held.emplace_back(p, p + v.nbytes);
     refs.push_back({name, dtype_name(v.dtype), v.shape, held.back().data(), v.nbytes, {}});
   }
-  auto ipc = trainer_->publish(refs, 1, PublishOptions{});
+  auto ipc = trainer_->publish(refs, 1, segments());
   ASSERT_TRUE(ipc.ok()) << ipc.status().to_string();
   EXPECT_EQ(served_greedy("ipc"), expected());
   ASSERT_EQ(ipc->tensors.size(), refs.size());
@@ -324,14 +333,14 @@ TEST_F(WeightSync, TensorsInMemoryByIpcAndDisk) {
 
   std::vector<TensorRef> claimed = refs;
   claimed[1].checksum = checksum64(refs[1].data, refs[1].nbytes) ^ 1;
-  auto bad = trainer_->publish(claimed, 3, PublishOptions{});
+  auto bad = trainer_->publish(claimed, 3, segments());
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code, ErrorCode::checksum_mismatch);
   EXPECT_NE(bad.status().message.find("tensor " + refs[1].name), std::string::npos) << bad.status().message;
 
   std::vector<TensorRef> malformed = refs;
   malformed[2].nbytes -= 4;
-  auto refused = trainer_->publish(malformed, 3, PublishOptions{});
+  auto refused = trainer_->publish(malformed, 3, segments());
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code, ErrorCode::invalid_argument);
   EXPECT_NE(refused.status().message.find("tensors[2] (" + refs[2].name + ")"), std::string::npos);

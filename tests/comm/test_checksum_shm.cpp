@@ -263,6 +263,20 @@ TEST(ShmStream, ReaderFollowsAWriterAndSeesItsChecksums) {
   writer.join();
 }
 
+TEST(ShmStream, MarkedTensorsCarryTheirChecksumsWithoutBytes) {
+  Transfer t = make_transfer();
+  const uint64_t at = shm_stream_offset(t.metas.size());
+  std::vector<uint64_t> header(at / 8, 0);  // the header only: the bytes are elsewhere (a pull)
+  ShmStreamWriter w(header.data(), at, 9);
+  ShmStreamReader r(header.data(), 9, std::chrono::milliseconds(50));
+  const TensorMeta& first = t.metas[0];
+  EXPECT_EQ(r.wait_for(first.offset + first.nbytes).code, ErrorCode::timeout);  // nothing marked yet
+  for (size_t i = 0; i < t.metas.size(); ++i) w.mark(i, t.metas[i], t.metas[i].checksum);
+  const TensorMeta& last = t.metas.back();
+  ASSERT_TRUE(r.wait_for(last.offset + last.nbytes).ok());
+  for (size_t i = 0; i < t.metas.size(); ++i) EXPECT_EQ(r.checksum(i), t.metas[i].checksum) << i;
+}
+
 TEST(ShmStream, AStalledWriterOrAnotherVersionIsAnError) {
   Transfer t = make_transfer();
   const uint64_t at = shm_stream_offset(t.metas.size());

@@ -617,6 +617,16 @@ TEST(WireCodec, UpdateWeightsIpcFieldsAreChecked) {
   refused(bad, "shm_offset");
   bad.shm_offset = 64;  // a streamed header needs 64 + 8 bytes for the one tensor
   refused(bad, "shm_offset");
+  UpdateWeightsCall pull = c;  // a pull from the caller's tensors: one address per tensor
+  pull.shm_name.clear();
+  pull.pull_pid = 42;
+  pull.pull_addr = 4096;
+  pull.pull_addrs = {0x7f0000001000};
+  auto pulled = decode_update_weights(encode(pull));
+  ASSERT_TRUE(pulled.ok()) << pulled.status().to_string();
+  EXPECT_EQ(pulled->pull_addrs, pull.pull_addrs);
+  pull.pull_addrs = {1, 2};
+  refused(pull, "pull_addrs");
   UpdateWeightsReply r{5, 2, 8192, 0.5, 0.25, 1, {"/zr-x"}};
   auto rj = unpack_body(encode(r));
   ASSERT_TRUE(rj.ok());

@@ -83,7 +83,8 @@ def test_ipc_from_torch_bf16_state_dict_matches_the_reference(serve, random_like
     assert greedy_matches(engine.client, real)  # bf16 bytes converted once into the f32 engine
 
 
-def test_ipc_pool_is_reused_between_publishes(serve, random_like):
+def test_ipc_pool_is_reused_between_publishes(serve, random_like, monkeypatch):
+    monkeypatch.setenv("ZR_IPC_MODE", "segment")  # segments, whatever this host's automatic choice
     real = shared_model("stories260K")
     engine = serve(random_like("stories260K"))
     sd = torch_state_dict(real)
