@@ -178,6 +178,10 @@ class Trainer {
     std::vector<const void*> src;
     std::vector<std::optional<uint64_t>> claimed;  // TensorRef::checksum of each
     uint64_t bytes = 0;
+    // Sets each meta's checksum: the claimed one, else checksum64 of its bytes, computed by
+    // `threads` threads, each over an equal share of the transfer (the ipc pull path: the
+    // trainer checksums while the engines copy).
+    void checksum(unsigned threads);
     // The transfer as the root of MpiGroup::bcast_buckets_from sends it: the tensors in place and
     // the zero padding between them.
     std::vector<MpiGroup::RootPiece> pieces() const;

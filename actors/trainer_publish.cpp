@@ -221,6 +221,32 @@ Result<Trainer::Layout> Trainer::layout(const std::vector<TensorRef>& tensors, c
   return l;
 }
 
+void Trainer::Layout::checksum(unsigned threads) {
+  // Thread t sums the transfer bytes [t * share, (t + 1) * share), cut on 8-byte boundaries (tensor
+  // offsets are multiples of 64, so the cuts fall on 8-byte boundaries of each tensor too); the
+  // partial sums of one tensor add up (comm/checksum.h).
+  threads = std::max(1u, threads);
+  std::vector<std::vector<uint64_t>> sums(threads, std::vector<uint64_t>(metas.size(), 0));
+  auto cut = [&](unsigned t) { return t >= threads ? bytes : bytes / threads * t / 8 * 8; };
+  auto work = [&](unsigned t) {
+    for (size_t i = 0; i < metas.size(); ++i) {
+      const uint64_t a = std::max(cut(t), metas[i].offset), b = std::min(cut(t + 1), metas[i].offset + metas[i].nbytes);
+      if (claimed[i] || a >= b) continue;
+      sums[t][i] =
+          checksum64_partial(static_cast<const uint8_t*>(src[i]) + (a - metas[i].offset), b - a, a - metas[i].offset);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  work(0);
+  for (auto& h : helpers) h.join();
+  for (size_t i = 0; i < metas.size(); ++i) {
+    uint64_t sum = 0;
+    for (unsigned t = 0; t < threads; ++t) sum += sums[t][i];
+    metas[i].checksum = claimed[i] ? *claimed[i] : checksum64_finish(sum, metas[i].nbytes);
+  }
+}
+
 std::vector<MpiGroup::RootPiece> Trainer::Layout::pieces() const {
   std::vector<MpiGroup::RootPiece> out;
   uint64_t end = 0;
