@@ -313,8 +313,8 @@ Result<PublishResult> Trainer::publish_broadcast(const std::vector<TensorRef>& t
     sent_sums.add(at, off, len);
     if (off + len < bytes) return;
     // The last segment: fill the trailer (in place: the broadcast sends from its buffer) before it goes out.
-    const std::vector<uint64_t> sent = sent_sums.checksums();
-    for (size_t i = 0; i < trailer.size(); ++i) trailer[i] = l->claimed[i] ? *l->claimed[i] : sent[i];
+    const std::vector<uint64_t> sums = sent_sums.checksums();
+    for (size_t i = 0; i < trailer.size(); ++i) trailer[i] = l->claimed[i] ? *l->claimed[i] : sums[i];
   };
   Status st = g.ok() ? (*g)->bcast_buckets_from(pieces, (*g)->rank(), opt.bucket_bytes, transfer_timeout, on_segment,
                                                 std::as_writable_bytes(std::span(trailer)))

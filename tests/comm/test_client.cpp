@@ -361,8 +361,8 @@ TEST(Client, ABlockingCallHandsTheSocketOverWhenOtherCallsComeIn) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 100; ++i) {
         std::string rid = "b" + std::to_string(t) + "-" + std::to_string(i);
-        auto r = t == 0 ? f.client->generate_async({req(rid, {t, i})}).get() : f.client->generate({req(rid, {t, i})});
-        if (r.ok() && r->outputs.at(0).rid == rid && r->outputs[0].output_ids.size() == 2) ++good;
+        auto got = t == 0 ? f.client->generate_async({req(rid, {t, i})}).get() : f.client->generate({req(rid, {t, i})});
+        if (got.ok() && got->outputs.at(0).rid == rid && got->outputs[0].output_ids.size() == 2) ++good;
       }
     });
   for (auto& t : threads) t.join();

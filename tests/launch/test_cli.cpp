@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "comm/client.h"
@@ -88,20 +89,28 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   }
   // Long requests run one at a time (--max-running 1), so all of them are inside the engine, one
   // running and the rest waiting, long before the last finishes; the drain must finish all of them.
-  // 32 x 400 tokens one after another take seconds even on stories260K, so no scheduling delay of
-  // the probe below can miss the moment they are all inside (four took ~0.3 s in all, and a probe
-  // starved of CPU beside other tests once missed them).
+  // They go in ONE generate call, so they enter the engine together: a request still on the wire
+  // when the server stops reading is refused, not drained, and a CPU-starved sender of one request
+  // per message was once overtaken by the engine finishing the first ones. 32 x 400 tokens one
+  // after another take seconds even on stories260K, so the probe below cannot miss them inside.
   constexpr int kRequests = 32;
-  std::string in;
-  for (int i = 0; i < kRequests; ++i)
-    in += R"({"rid":"r)" + std::to_string(i) +
-          R"(","input_ids":[1,403],"sampling_params":{"max_new_tokens":400,"ignore_eos":true}})"
-          "\n";
-  write(tmp / "in.jsonl", in);
-  // The client gives up after 120 s, so a lost reply fails the test instead of hanging it.
+  std::vector<zr::GenerateRequest> reqs(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    reqs[i].rid = "r" + std::to_string(i);
+    reqs[i].input_ids = {1, 403};
+    reqs[i].sampling_params.max_new_tokens = 400;
+    reqs[i].sampling_params.ignore_eos = true;
+  }
+  auto caller = std::move(zr::Client::connect(sock)).value();
+  std::future<zr::Result<zr::GenerateReply>> reply;
+  // Sent once the server answers; the call waits up to 120 s, so a lost reply fails the test
+  // instead of hanging it.
   std::thread client([&] {
-    run(std::string(ZR_ZROLLOUT_BIN) + " client --timeout 120 --connect " + sock + " --input " + (tmp / "in.jsonl") +
-        " --output " + (tmp / "out.jsonl"));
+    for (int attempt = 0; attempt < 600; ++attempt) {
+      if (caller->get_load(std::chrono::milliseconds(500)).ok()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    reply = caller->generate_async(reqs, std::chrono::seconds(120));
   });
   // SIGTERM only once all the requests are inside the engine (get_load says so): the drain must
   // then finish them. A request still on the wire when the server stops reading is refused, not
@@ -140,12 +149,10 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
                           << max_inside << ", last get_load error: " << last_error << ")";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  auto lines = read_jsonl(tmp / "out.jsonl");
-  ASSERT_EQ(lines.size(), static_cast<size_t>(kRequests));  // every request was answered
-  for (const auto& l : lines) {
-    ASSERT_TRUE(l.contains("output_ids")) << l.dump();
-    EXPECT_EQ(l["output_ids"].size(), 400u);  // drained: finished, not cut
-  }
+  auto got = reply.get();
+  ASSERT_TRUE(got.ok()) << got.status().to_string();
+  ASSERT_EQ(got->outputs.size(), static_cast<size_t>(kRequests));  // every request was answered
+  for (const auto& o : got->outputs) EXPECT_EQ(o.output_ids.size(), 400u) << o.rid;  // drained: finished, not cut
 }
 
 }  // namespace

@@ -282,7 +282,9 @@ TEST(ActorLimits, IdleConnectionsCostNoThreadAndLittleMemory) {
   std::printf("%d idle connections: threads %ld -> %ld, RSS %ld -> %ld KiB (%.1f KiB each)\n", kConnections,
               threads_before, threads_after, rss_before, rss_after, kib_each);
   EXPECT_EQ(threads_after, threads_before);
-  if (!testing::kSanitized) EXPECT_LT(kib_each, 32.0);  // ASan's allocator: ~53 KiB each
+  if (!testing::kSanitized) {
+    EXPECT_LT(kib_each, 32.0);  // ASan's allocator: ~53 KiB each
+  }
   // Still serving a real client.
   zmq::socket_t c(ctx.zmq(), zmq::socket_type::dealer);
   c.set(zmq::sockopt::linger, 0);
