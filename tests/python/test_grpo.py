@@ -76,12 +76,13 @@ def test_asynchronous_steps_with_mixed_version_samples(tmp_path):
     policy "continue"), so samples hold tokens of two versions. The loss's recompute follows each
     token's span: the difference to zrollout stays at f32 rounding on the mixed samples, while
     recomputing them under one version (ignoring the spans) is off by far more.
-    Each engine runs 2 of its 16 samples at a time (--max-running 2), so the batch lasts 8 waves and
-    the publish, sent once the first wave streams, lands while samples are mid-sequence however the
-    machine's load stretches the publish (with all 16 at once a loaded machine could finish the
-    batch first: no mixed sample, seen in CI)."""
+    Each engine runs 1 of its 16 samples at a time (--max-running 1), so the batch lasts 16 waves of
+    64 tokens and the publish, sent once the first wave streams, lands while samples are
+    mid-sequence however the machine's load stretches the publish (the engine builds the new
+    packed panels on a lowered-priority staging thread: with 8 waves of 48 tokens the full suite's
+    load let the batch finish first, no mixed sample, twice in one session)."""
     args = train.parse_args(["--steps", "3", "--engines", "2", "--prompts", "4", "--n", "8", "--async",
-                             "--publish-mid-rollout", "--max-running", "2", "--max-new-tokens", "48",
+                             "--publish-mid-rollout", "--max-running", "1", "--max-new-tokens", "64",
                              "--seed", "1", "--quiet",
                              "--metrics", str(tmp_path / "m.jsonl"), "--plot", ""])
     rows = train.run(args)
