@@ -68,6 +68,25 @@ class MpiWeightSync : public ::testing::Test {
     if (actor_) actor_->stop();
     if (weights_ && weights_->poisoned()) weights_.release();  // leaked on purpose: see the top
   }
+  // update_weights sent to every engine, each on its own client; replies() waits for them all.
+  struct Sent {
+    std::vector<std::unique_ptr<Client>> clients;
+    std::vector<std::future<Result<Client::RawReply>>> futs;
+    std::vector<Result<Client::RawReply>> replies() {
+      std::vector<Result<Client::RawReply>> out;
+      for (auto& f : futs) out.push_back(f.get());
+      return out;
+    }
+  };
+  Sent send_update(UpdateWeightsCall call) {
+    Sent sent;
+    for (size_t r = 1; r < endpoints_.size(); ++r) {
+      sent.clients.push_back(std::move(Client::connect(endpoints_[r])).value());
+      call.req_id = sent.clients.back()->next_req_id();
+      sent.futs.push_back(sent.clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
+    }
+    return sent;
+  }
   // Trainer side: send update_weights to every engine, then broadcast the bytes. It can play a
   // trainer lost before its bytes went out (send_bytes false) or in the middle of them (lost_after:
   // it stops after that many buckets went out). Returns each engine's reply.
@@ -79,31 +98,23 @@ class MpiWeightSync : public ::testing::Test {
     call.path = WeightPath::broadcast;
     call.tensors = metas;
     call.bucket_bytes = 256 << 10;  // several buckets for a 1 MiB model
-    std::vector<std::unique_ptr<Client>> clients;
-    std::vector<std::future<Result<Client::RawReply>>> futs;
-    for (size_t r = 1; r < endpoints_.size(); ++r) {
-      clients.push_back(std::move(Client::connect(endpoints_[r])).value());
-      call.req_id = clients.back()->next_req_id();
-      futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
-    }
+    Sent sent = send_update(call);
     if (send_bytes && lost_after < 0) {
       EXPECT_TRUE(weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s).ok());
     } else if (send_bytes) {  // the trainer dies mid-transfer: nothing after bucket `lost_after` is sent
-      int sent = 0;
+      int buckets = 0;
       struct Lost {};
       try {
         (void)weights_->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s,
                                       [&](size_t, size_t, const void*) {
-                                        if (++sent == lost_after) throw Lost{};
+                                        if (++buckets == lost_after) throw Lost{};
                                       });
         ADD_FAILURE() << "the broadcast should have been cut";
       } catch (const Lost&) {}
       EXPECT_TRUE(weights_->poisoned());
       EXPECT_GT(buf.size(), static_cast<size_t>(lost_after + 2) * call.bucket_bytes) << "too few buckets to cut";
     }
-    std::vector<Result<Client::RawReply>> replies;
-    for (auto& f : futs) replies.push_back(f.get());
-    return replies;
+    return sent.replies();
   }
   // Trainer side of a push with the checksums in the trailer (checksum_trailer), as zrollout's
   // trainer sends it: the metadata carries no checksums; the root checksums each segment as it goes
@@ -120,13 +131,7 @@ class MpiWeightSync : public ::testing::Test {
     call.tensors = metas;
     for (auto& m : call.tensors) m.checksum = 0;
     call.bucket_bytes = 256 << 10;
-    std::vector<std::unique_ptr<Client>> clients;
-    std::vector<std::future<Result<Client::RawReply>>> futs;
-    for (size_t r = 1; r < endpoints_.size(); ++r) {
-      clients.push_back(std::move(Client::connect(endpoints_[r])).value());
-      call.req_id = clients.back()->next_req_id();
-      futs.push_back(clients.back()->call_raw("update_weights", wire::encode(call), {}, call.req_id, 30s));
-    }
+    Sent sent = send_update(call);
     TransferVerifier sums(call.tensors);
     std::vector<uint64_t> trailer(metas.size());
     auto on_segment = [&](size_t off, size_t len, const void* at) {
@@ -134,8 +139,8 @@ class MpiWeightSync : public ::testing::Test {
         buf[metas[damage_bytes].offset] ^= 1;  // sent damaged, summed intact...
       sums.add(at, off, len);
       if (off + len < buf.size()) return;
-      const std::vector<uint64_t> sent = sums.checksums();  // into the buffer the trailer goes from
-      std::copy(sent.begin(), sent.end(), trailer.begin());
+      const std::vector<uint64_t> got = sums.checksums();  // into the buffer the trailer goes from
+      std::copy(got.begin(), got.end(), trailer.begin());
       if (damage_trailer >= 0) trailer[damage_trailer] ^= 1;
     };
     if (damage_bytes >= 0) buf[metas[damage_bytes].offset] ^= 1;  // ...flipped here, back in on_segment
@@ -143,9 +148,7 @@ class MpiWeightSync : public ::testing::Test {
                     ->bcast_buckets(buf.data(), buf.size(), 0, call.bucket_bytes, 10s, on_segment,
                                     std::as_writable_bytes(std::span(trailer)))
                     .ok());
-    std::vector<Result<Client::RawReply>> replies;
-    for (auto& f : futs) replies.push_back(f.get());
-    return replies;
+    return sent.replies();
   }
   // A push whose trainer is lost: every engine answers timeout naming a bucket and keeps serving
   // an older version. Returns the error messages for further checks.
