@@ -253,11 +253,11 @@ class Trainer {
   uint64_t next_id_ = 1;
   SteadyClock::time_point last_pump_;
   std::vector<PooledSegment> shm_pool_;
-  std::string pull_pages_;             // mapping_pages() of the pulled tensors (see PooledSegment)
+  std::string pull_pages_;                // mapping_pages() of the pulled tensors (see PooledSegment)
   const void* pull_pages_src_ = nullptr;  // the first tensor's address when pull_pages_ was read
-  PullBuffer pull_buf_;                // ipc pull: the header (version, checksums) the engines read
-  std::set<int> no_pull_;        // engines that refused a pull (sent segments from then on)
-  std::string ipc_mode_logged_;  // the last choice logged
+  PullBuffer pull_buf_;                   // ipc pull: the header (version, checksums) the engines read
+  std::set<int> no_pull_;                 // engines that refused a pull (sent segments from then on)
+  std::string ipc_mode_logged_;           // the last choice logged
   // broadcast: the group the last publish used (epoch 0: the whole weight group) and its members;
   // a failed broadcast publish makes the next one form a new epoch.
   uint64_t bcast_epoch_ = 0;

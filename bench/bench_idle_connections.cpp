@@ -97,8 +97,7 @@ int run_clients(const std::string& ep, int n, const CurveClientKeys& keys) {
   std::printf("ready %d\n", answered);
   std::fflush(stdout);
   char c;
-  while (::read(0, &c, 1) > 0) {
-  }
+  while (::read(0, &c, 1) > 0) {}
   return 0;
 }
 
@@ -130,10 +129,11 @@ pid_t spawn_clients(const std::string& ep, int n, const std::optional<CurveClien
 }
 
 void print_row(const char* what, const ServerMemory& m, const ServerMemory& base, int n) {
-  std::printf("  %-26s VmRSS %9.0f KiB (%+7.2f KiB/conn)  RssAnon %+7.2f KiB/conn  malloc %+7.2f KiB/conn  "
-              "threads %3d  fds %5d\n",
-              what, m.rss_kib, (m.rss_kib - base.rss_kib) / n, (m.anon_kib - base.anon_kib) / n,
-              (m.malloc_kib - base.malloc_kib) / n, m.threads, m.fds);
+  std::printf(
+      "  %-26s VmRSS %9.0f KiB (%+7.2f KiB/conn)  RssAnon %+7.2f KiB/conn  malloc %+7.2f KiB/conn  "
+      "threads %3d  fds %5d\n",
+      what, m.rss_kib, (m.rss_kib - base.rss_kib) / n, (m.anon_kib - base.anon_kib) / n,
+      (m.malloc_kib - base.malloc_kib) / n, m.threads, m.fds);
 }
 
 int measure(const std::string& model, int n, bool curve, bench::JsonRows& json) {

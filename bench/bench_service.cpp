@@ -205,8 +205,7 @@ ServiceNumbers measure_service(const std::string& model, bool curve, int clients
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&, c] {
       for (int r = 0; r < rounds; ++r) {
-        auto rep =
-            conns[c]->generate({request("c" + std::to_string(c) + "-" + std::to_string(r), vocab, 16, gen, c)});
+        auto rep = conns[c]->generate({request("c" + std::to_string(c) + "-" + std::to_string(r), vocab, 16, gen, c)});
         if (rep.ok()) tokens += rep->outputs[0].meta_info.completion_tokens;
       }
     });
@@ -226,7 +225,8 @@ int curve_cost(const std::string& model, int clients, int rounds, int gen, int r
   auto best = [](const std::vector<ServiceNumbers>& v) {
     ServiceNumbers b{1e30, 0, 1e30};
     for (const auto& n : v)
-      b = {std::min(b.round_trip_us, n.round_trip_us), std::max(b.tok_s, n.tok_s), std::min(b.connect_ms, n.connect_ms)};
+      b = {std::min(b.round_trip_us, n.round_trip_us), std::max(b.tok_s, n.tok_s),
+           std::min(b.connect_ms, n.connect_ms)};
     return b;
   };
   ServiceNumbers p = best(plain), k = best(keyed);

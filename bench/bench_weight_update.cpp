@@ -140,9 +140,10 @@ int main(int argc, char** argv) {
   std::printf("zrollout bench_weight_update: %s, %.0f MB of weights, drain, idle engine\n", model.c_str(), bytes / 1e6);
   std::printf("host: %s%s; ipc mode %s (asked: %s); trainer's transfer buffer in %s\n", thp_line().c_str(),
               huge_pages_wanted() ? "" : ", ZR_NO_HUGEPAGES set", used_mode.c_str(), ipc_mode.c_str(), pages.c_str());
-  std::printf("engine: staging buffers faulted in ahead of the first pushes in %.0f ms (background, from start;"
-              " ZR_NO_STAGING_PREFAULT=1: none)\n",
-              prepared_ms);
+  std::printf(
+      "engine: staging buffers faulted in ahead of the first pushes in %.0f ms (background, from start;"
+      " ZR_NO_STAGING_PREFAULT=1: none)\n",
+      prepared_ms);
   if (used_mode != "pull" && !shmem_thp_available())
     std::printf("  (shared-memory segments run in 4 KiB pages here: shmem_enabled=advise gives them 2 MiB pages)\n");
   std::printf(

@@ -28,7 +28,7 @@ struct Client::Call {
   bool expect_reply = true;                       // false: send_raw
   ChunkCallback on_chunk;                         // "generate.chunk" frames go here when set
   std::function<void(Result<RawReply>)> resolve;  // called exactly once (on the I/O thread unless submit fails)
-  uint64_t seq = 0;  // I/O thread's number for this call, tells stale deadline entries apart
+  uint64_t seq = 0;    // I/O thread's number for this call, tells stale deadline entries apart
   bool adopt = false;  // already sent by a caller that drove the socket: the I/O thread only waits
 };
 
@@ -277,7 +277,8 @@ bool Client::send_call(zmq::socket_t& dealer, const Call& call) {
   // The remaining parts of a multipart message are always accepted once the first one was.
   dealer.send(zmq::buffer(call.body), call.bulk.empty() ? zmq::send_flags::none : zmq::send_flags::sndmore);
   for (size_t i = 0; i < call.bulk.size(); ++i)
-    dealer.send(zmq::buffer(call.bulk[i]), i + 1 == call.bulk.size() ? zmq::send_flags::none : zmq::send_flags::sndmore);
+    dealer.send(zmq::buffer(call.bulk[i]),
+                i + 1 == call.bulk.size() ? zmq::send_flags::none : zmq::send_flags::sndmore);
   return true;
 }
 
@@ -527,7 +528,7 @@ Result<ModelInfoReply> Client::get_model_info(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   uint64_t id = next_req_id();
   return call_wait<ModelInfoReply>("get_model_info", wire::encode_req_id_only(id), id, timeout,
-                                    wire::model_info_reply_from_json);
+                                   wire::model_info_reply_from_json);
 }
 
 Result<std::vector<int>> Client::tokenize(const std::string& text, bool add_special_tokens, Timeout timeout) {
@@ -543,7 +544,7 @@ Result<std::string> Client::detokenize(const std::vector<int>& ids, bool skip_sp
   if (on_io_thread()) return deadlock_error();
   DetokenizeCall call{next_req_id(), ids, skip_special_tokens};
   auto r = call_wait<DetokenizeReply>("detokenize", wire::encode(call, options_.encode), call.req_id, timeout,
-                                       wire::detokenize_reply_from_json);
+                                      wire::detokenize_reply_from_json);
   if (!r.ok()) return r.status();
   return std::move(r->text);
 }
@@ -551,9 +552,8 @@ Result<std::string> Client::detokenize(const std::vector<int>& ids, bool skip_sp
 Result<std::string> Client::open_session(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   SessionCall call{next_req_id(), {}};
-  auto r = call_wait<SimpleReply>("open_session", wire::encode(call), call.req_id, timeout, [](const json& j) {
-             return wire::simple_reply_from_json("open_session", j);
-           });
+  auto r = call_wait<SimpleReply>("open_session", wire::encode(call), call.req_id, timeout,
+                                  [](const json& j) { return wire::simple_reply_from_json("open_session", j); });
   if (!r.ok()) return r.status();
   return r->session_id;
 }
@@ -562,15 +562,15 @@ Status Client::close_session(const std::string& session_id, Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   SessionCall call{next_req_id(), session_id};
   return call_wait<SimpleReply>("close_session", wire::encode(call), call.req_id, timeout,
-                                 [](const json& j) { return wire::simple_reply_from_json("close_session", j); }).status();
+                                [](const json& j) { return wire::simple_reply_from_json("close_session", j); })
+      .status();
 }
 
 Result<int64_t> Client::flush_cache(Timeout timeout) {
   if (on_io_thread()) return deadlock_error();
   uint64_t id = next_req_id();
-  auto r = call_wait<SimpleReply>("flush_cache", wire::encode_req_id_only(id), id, timeout, [](const json& j) {
-             return wire::simple_reply_from_json("flush_cache", j);
-           });
+  auto r = call_wait<SimpleReply>("flush_cache", wire::encode_req_id_only(id), id, timeout,
+                                  [](const json& j) { return wire::simple_reply_from_json("flush_cache", j); });
   if (!r.ok()) return r.status();
   return r->value;
 }

@@ -128,9 +128,9 @@ class Client {
   static bool send_call(zmq::socket_t& dealer, const Call& call);
   // Blocking calls: on the caller's thread when the I/O thread is idle, else through it.
   Result<RawReply> call_sync(std::unique_ptr<Call> call);
-  bool take_socket();                           // true: this thread now drives the socket
-  void release_socket();                        // after the reply came (or failed)
-  void hand_over(std::unique_ptr<Call> call);   // the I/O thread takes the socket and this call
+  bool take_socket();                                       // true: this thread now drives the socket
+  void release_socket();                                    // after the reply came (or failed)
+  void hand_over(std::unique_ptr<Call> call);               // the I/O thread takes the socket and this call
   std::optional<Result<RawReply>> drive(const Call& call);  // nullopt: another call wants the socket
   std::optional<Result<RawReply>> read_reply(uint64_t req_id);
   template <class T>

@@ -297,7 +297,8 @@ Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket
     uint64_t pid = 0, addr = 0;
     auto pull = agree_on_pull(static_cast<char*>(data), bytes, root, timeout, &pid, &addr);
     if (!pull.ok()) return pull.status();
-    if (*pull) return run_pull(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer, pid, addr);
+    if (*pull)
+      return run_pull(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer, pid, addr);
   }
   return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer);
 }

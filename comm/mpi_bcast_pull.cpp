@@ -53,7 +53,8 @@ Status wait_request(MPI_Request& req, milliseconds timeout, const std::string& w
     if (done) return Status::ok_status();
     const auto idle = Clock::now() - start;
     if (idle >= timeout)
-      return make_error(ErrorCode::timeout, what + " did not complete within " + std::to_string(timeout.count()) + " ms");
+      return make_error(ErrorCode::timeout,
+                        what + " did not complete within " + std::to_string(timeout.count()) + " ms");
     if (poll.count() > 0) std::this_thread::sleep_for(poll);
     else backoff.pause(idle);
   }
@@ -67,7 +68,8 @@ Status pull_bytes(pid_t pid, char* dst, uint64_t remote, size_t n) {
     const ssize_t got = process_vm_readv(pid, &local, 1, &from, 1, 0);
     if (got <= 0)
       return make_error(ErrorCode::io_error, std::string("process_vm_readv from the broadcast root (pid ") +
-                                                 std::to_string(pid) + "): " + (got < 0 ? std::strerror(errno) : "0 bytes"));
+                                                 std::to_string(pid) +
+                                                 "): " + (got < 0 ? std::strerror(errno) : "0 bytes"));
     dst += got, remote += static_cast<uint64_t>(got), n -= static_cast<size_t>(got);
   }
   return Status::ok_status();
@@ -91,7 +93,9 @@ Result<bool> MpiGroup::agree_on_pull(char* data, size_t bytes, int root, millise
                                      uint64_t* root_addr) {
   const bool is_root = impl_->rank == root;
   PullOffer offer;
-  if (is_root) offer = {static_cast<int64_t>(getpid()), reinterpret_cast<uint64_t>(data), bytes, data != nullptr && pull_wanted(root)};
+  if (is_root)
+    offer = {static_cast<int64_t>(getpid()), reinterpret_cast<uint64_t>(data), bytes,
+             data != nullptr && pull_wanted(root)};
   MPI_Request req = MPI_REQUEST_NULL;
   ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&offer, sizeof offer, MPI_BYTE, root, impl_->comm, &req), "MPI_Ibcast"));
   Status st = wait_request(req, timeout, "the broadcast's pull offer from rank " + std::to_string(root));
@@ -142,8 +146,8 @@ Status MpiGroup::run_pull(char* data, size_t bytes, int root, size_t bucket_byte
       cores->place_helper();
       for (size_t k = 0; k < plan.count(); ++k) {
         const auto t = Clock::now();
-        Status s = pull_bytes(static_cast<pid_t>(root_pid), data + plan.offset(k), root_addr + plan.offset(k),
-                              plan.length(k));
+        Status s =
+            pull_bytes(static_cast<pid_t>(root_pid), data + plan.offset(k), root_addr + plan.offset(k), plan.length(k));
         ph.post += seconds_since(t);
         std::lock_guard lk(mu);
         if (!s.ok()) pull_error = std::move(s);
@@ -198,7 +202,10 @@ Status MpiGroup::run_pull(char* data, size_t bytes, int root, size_t bucket_byte
   if (!trailer.empty()) {
     st = mpi_status(MPI_Ibcast(trailer.data(), static_cast<int>(trailer.size()), MPI_BYTE, root, impl_->comm, &req),
                     "MPI_Ibcast of the trailer");
-    if (st.ok()) st = wait_request(req, timeout, "broadcast of the trailer (" + std::to_string(trailer.size()) + " bytes) from rank " + std::to_string(root));
+    if (st.ok())
+      st = wait_request(
+          req, timeout,
+          "broadcast of the trailer (" + std::to_string(trailer.size()) + " bytes) from rank " + std::to_string(root));
   }
   if (st.ok()) {
     st = mpi_status(MPI_Ibarrier(impl_->comm, &req), "MPI_Ibarrier");

@@ -240,7 +240,8 @@ class MpiGroup {
   Result<bool> agree_on_pull(char* data, size_t bytes, int root, std::chrono::milliseconds timeout, uint64_t* pid,
                              uint64_t* addr);
   Status run_pull(char* data, size_t bytes, int root, size_t bucket_bytes, std::chrono::milliseconds timeout,
-                  const SegmentCallback& on_segment, std::span<std::byte> trailer, uint64_t root_pid, uint64_t root_addr);
+                  const SegmentCallback& on_segment, std::span<std::byte> trailer, uint64_t root_pid,
+                  uint64_t root_addr);
 
   std::unique_ptr<Impl> impl_;
 };

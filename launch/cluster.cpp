@@ -85,7 +85,7 @@ Status write_job_keys(const std::string& dir, const std::optional<JobKeys>& keys
 
 Result<ClusterPlan> plan_cluster(MpiGroup& world, const std::string& role, int tp) {
   std::string mine = role + " " + std::to_string(tp);
-  if (role == "trainer") {  // the job's keys ride along (Z85 has no spaces)
+  if (role == "trainer") {         // the job's keys ride along (Z85 has no spaces)
     for (int k = 0; k < 3; ++k) {  // server, trainer, client
       auto pair = make_curve_keypair();
       if (!pair.ok()) break;

@@ -99,7 +99,7 @@ void packed_avx512(const float* x, int M, int ldx, const PackedMatrix& w, int g0
       for (int m = 0; m < M; m += kMR) {
         const int mr = std::min(kMR, M - m);
         (m == 0 ? table_pf : table)[mr - 1][W / 16 - 1](x + static_cast<size_t>(m) * ldx, ldx, wg, k0, k1,
-                                  y + static_cast<size_t>(m) * ldy + n0, ldy, tail, k0 == 0);
+                                                        y + static_cast<size_t>(m) * ldy + n0, ldy, tail, k0 == 0);
       }
     }
   }

@@ -103,7 +103,7 @@ void packed_pairs_avx512(const uint16_t* xb, int M, int ldxb, const PackedMatrix
       for (int m = 0; m < M; m += kMR) {
         const int mr = std::min(kMR, M - m);
         (m == 0 ? kTablePf : kTable)[mr - 1][W / 16 - 1](xb + static_cast<size_t>(m) * ldxb, ldxb, wg, k0, k1,
-                                   y + static_cast<size_t>(m) * ldy + n0, ldy, tail, k0 == 0);
+                                                         y + static_cast<size_t>(m) * ldy + n0, ldy, tail, k0 == 0);
       }
     }
   }

@@ -503,7 +503,8 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       std::vector<uint64_t> trailer(c.checksum_trailer ? c.tensors.size() : 0);
       Status st = (*group)->bcast_buckets(
           buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); }, std::as_writable_bytes(std::span(trailer)));
+          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); },
+          std::as_writable_bytes(std::span(trailer)));
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
       std::vector<TensorMeta> metas = c.tensors;

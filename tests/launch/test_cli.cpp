@@ -151,7 +151,7 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto got = reply.get();
   ASSERT_TRUE(got.ok()) << got.status().to_string();
-  ASSERT_EQ(got->outputs.size(), static_cast<size_t>(kRequests));  // every request was answered
+  ASSERT_EQ(got->outputs.size(), static_cast<size_t>(kRequests));                    // every request was answered
   for (const auto& o : got->outputs) EXPECT_EQ(o.output_ids.size(), 400u) << o.rid;  // drained: finished, not cut
 }
 

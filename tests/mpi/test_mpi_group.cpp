@@ -252,14 +252,14 @@ TEST(MpiGroup, BcastBucketsPullEqualsThePipeline) {
     uint64_t trailer = world().rank() == 0 ? 0 : 1;
     size_t calls = 0, next = 0;
     bool in_order = true;
-    Status s = world().bcast_buckets(buf.data(), buf.size(), 0, bucket, milliseconds(60000),
-                                     [&](size_t off, size_t len, const void* at) {
-                                       in_order = in_order && off == next && len <= (size_t{2} << 20) &&
-                                                  std::memcmp(at, src.data() + off, len) == 0;
-                                       next = off + len, ++calls;
-                                       if (world().rank() == 0 && next == src.size()) trailer = 42;
-                                     },
-                                     std::as_writable_bytes(std::span(&trailer, 1)));
+    Status s = world().bcast_buckets(
+        buf.data(), buf.size(), 0, bucket, milliseconds(60000),
+        [&](size_t off, size_t len, const void* at) {
+          in_order = in_order && off == next && len <= (size_t{2} << 20) && std::memcmp(at, src.data() + off, len) == 0;
+          next = off + len, ++calls;
+          if (world().rank() == 0 && next == src.size()) trailer = 42;
+        },
+        std::as_writable_bytes(std::span(&trailer, 1)));
     ASSERT_TRUE(s.ok()) << s.to_string();
     EXPECT_TRUE(in_order) << "bucket " << bucket;
     EXPECT_EQ(next, src.size());
