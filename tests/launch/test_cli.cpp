@@ -112,24 +112,24 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     }
     reply = caller->generate_async(reqs, std::chrono::seconds(120));
   });
-  // SIGTERM only once all the requests are inside the engine (get_load says so): the drain must
-  // then finish them. A request still on the wire when the server stops reading is refused, not
-  // drained, so signalling after the first one arrives would test something else. Polling also
-  // proves the server is up, with its signal handler installed.
+  // SIGTERM only once the requests are inside the engine (get_load says so): the drain must then
+  // finish them all. Polling also proves the server is up, with its signal handler installed.
   auto probe = std::move(zr::Client::connect(sock)).value();
   int inside = 0, running = 0, answered = 0, max_inside = 0;
   std::string last_error = "none";  // a failed get_load is told apart from an empty engine
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (inside < kRequests && std::chrono::steady_clock::now() < deadline) {
+  while (inside == 0 && std::chrono::steady_clock::now() < deadline) {
     auto load = probe->get_load(std::chrono::milliseconds(500));
     if (!load.ok()) last_error = load.status().to_string();
     answered += load.ok();
     inside = load.ok() ? load->running + load->waiting : 0;
     running = load.ok() ? load->running : 0;
     max_inside = std::max(max_inside, inside);
-    if (inside < kRequests) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (inside == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  const bool all_inside = inside == kRequests && running > 0;  // 1 running, the rest waiting
+  // One message carries all 32, so once any is inside every one has arrived (a loaded run once saw
+  // at most 31 inside: the first had finished before the probe got an answer).
+  const bool all_inside = inside > 0 && running > 0;
   if (all_inside) kill(pid, SIGTERM);
   else kill(pid, SIGKILL);  // fail below, without leaving the server or the client behind
   int status = 0;
@@ -144,7 +144,7 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   client.join();
-  ASSERT_TRUE(all_inside) << "the requests were never all in the engine together (last load: " << inside << " inside, "
+  ASSERT_TRUE(all_inside) << "the requests never reached the engine (last load: " << inside << " inside, "
                           << running << " running; " << answered << " get_load answered, most inside at once "
                           << max_inside << ", last get_load error: " << last_error << ")";
   ASSERT_TRUE(WIFEXITED(status));
