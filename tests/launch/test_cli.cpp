@@ -144,9 +144,9 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   client.join();
-  ASSERT_TRUE(all_inside) << "the requests never reached the engine (last load: " << inside << " inside, "
-                          << running << " running; " << answered << " get_load answered, most inside at once "
-                          << max_inside << ", last get_load error: " << last_error << ")";
+  ASSERT_TRUE(all_inside) << "the requests never reached the engine (last load: " << inside << " inside, " << running
+                          << " running; " << answered << " get_load answered, most inside at once " << max_inside
+                          << ", last get_load error: " << last_error << ")";
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
   auto got = reply.get();
