@@ -118,17 +118,17 @@ TEST(Cli, ServeDrainsOnSigtermAndExitsZero) {
   int inside = 0, running = 0, answered = 0, max_inside = 0;
   std::string last_error = "none";  // a failed get_load is told apart from an empty engine
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (inside == 0 && std::chrono::steady_clock::now() < deadline) {
+  while ((inside == 0 || running == 0) && std::chrono::steady_clock::now() < deadline) {
     auto load = probe->get_load(std::chrono::milliseconds(500));
     if (!load.ok()) last_error = load.status().to_string();
     answered += load.ok();
     inside = load.ok() ? load->running + load->waiting : 0;
     running = load.ok() ? load->running : 0;
     max_inside = std::max(max_inside, inside);
-    if (inside == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (inside == 0 || running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   // One message carries all 32, so once any is inside every one has arrived (a loaded run once saw
-  // at most 31 inside: the first had finished before the probe got an answer).
+  // at most 31 inside: the first had finished before the probe got an answer); one running.
   const bool all_inside = inside > 0 && running > 0;
   if (all_inside) kill(pid, SIGTERM);
   else kill(pid, SIGKILL);  // fail below, without leaving the server or the client behind
