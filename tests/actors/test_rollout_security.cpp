@@ -66,6 +66,36 @@ class RolloutSecurity : public ::testing::Test {
     r.sampling_params.temperature = 0;
     return r;
   }
+  // `theirs` starts a long generate; `mine` (another client key) can abort none of it, by name or
+  // all at once; `theirs` can; a trainer key may abort anyone's.
+  static void check_client_aborts_only_its_own(Client& mine, Client& theirs, Client& trainer) {
+    auto r = req("theirs-1", 500);  // 64 x 500 tokens: runs for a while on any machine
+    r.sampling_params.ignore_eos = true;
+    r.sampling_params.n = 64;
+    auto running = theirs.generate_async({r});
+    ASSERT_TRUE(theirs.health().ok());  // the generate is taken before the health reply comes back
+    auto a = mine.abort("theirs-1");
+    ASSERT_TRUE(a.ok());
+    EXPECT_TRUE(a->aborted.empty());
+    auto all = mine.abort_all();
+    ASSERT_TRUE(all.ok());
+    EXPECT_TRUE(all->aborted.empty());
+    EXPECT_EQ(running.wait_for(0s), std::future_status::timeout);  // still running
+    auto own = theirs.abort_prefix("theirs-");
+    ASSERT_TRUE(own.ok());
+    EXPECT_EQ(own->aborted, std::vector<std::string>{"theirs-1"});
+    auto g = running.get();
+    ASSERT_TRUE(g.ok()) << g.status().to_string();
+    EXPECT_EQ(g->outputs[0].meta_info.finish_reason.type, FinishReason::Type::abort);
+    auto r2 = r;
+    r2.rid = "theirs-2";
+    auto again = theirs.generate_async({r2});
+    ASSERT_TRUE(theirs.health().ok());
+    auto by_trainer = trainer.abort("theirs-2");
+    ASSERT_TRUE(by_trainer.ok());
+    EXPECT_EQ(by_trainer->aborted, std::vector<std::string>{"theirs-2"});
+    EXPECT_TRUE(again.get().ok());
+  }
   void TearDown() override {
     if (actor_) actor_->stop();
   }
@@ -125,32 +155,7 @@ TEST_F(RolloutSecurity, ClientAbortsOnlyItsOwnRequests) {
   auto mine = connect(keys_.as(keys_.client));
   auto theirs = connect(keys_.as(keys_.client));
   auto trainer = connect(keys_.as(keys_.trainer));
-  auto r = req("theirs-1", 500);  // 64 x 500 tokens: runs for a while on any machine
-  r.sampling_params.ignore_eos = true;
-  r.sampling_params.n = 64;
-  auto running = theirs->generate_async({r});
-  ASSERT_TRUE(theirs->health().ok());  // the generate is queued before the health reply comes back
-  auto a = mine->abort("theirs-1");
-  ASSERT_TRUE(a.ok());
-  EXPECT_TRUE(a->aborted.empty());
-  auto all = mine->abort_all();
-  ASSERT_TRUE(all.ok());
-  EXPECT_TRUE(all->aborted.empty());
-  EXPECT_EQ(running.wait_for(0s), std::future_status::timeout);  // still running
-  auto own = theirs->abort_prefix("theirs-");
-  ASSERT_TRUE(own.ok());
-  EXPECT_EQ(own->aborted, std::vector<std::string>{"theirs-1"});
-  auto g = running.get();
-  ASSERT_TRUE(g.ok());
-  EXPECT_EQ(g->outputs[0].meta_info.finish_reason.type, FinishReason::Type::abort);
-  auto r2 = r;
-  r2.rid = "theirs-2";
-  auto again = theirs->generate_async({r2});
-  ASSERT_TRUE(theirs->health().ok());
-  auto by_trainer = trainer->abort("theirs-2");
-  ASSERT_TRUE(by_trainer.ok());
-  EXPECT_EQ(by_trainer->aborted, std::vector<std::string>{"theirs-2"});
-  EXPECT_TRUE(again.get().ok());
+  check_client_aborts_only_its_own(*mine, *theirs, *trainer);
 }
 
 TEST_F(RolloutSecurity, UnknownKeyGetsNoAnswerAndOthersAreServed) {
@@ -317,32 +322,7 @@ TEST_F(RolloutSecurity, ThroughARouterAClientAbortsOnlyItsOwnRequests) {
     return std::move(c).value();
   };
   auto mine = at_router(front.client), theirs = at_router(front.client), trainer = at_router(front.trainer);
-  auto r = req("theirs-1", 500);  // 64 x 500 tokens: runs for a while on any machine
-  r.sampling_params.ignore_eos = true;
-  r.sampling_params.n = 64;
-  auto running = theirs->generate_async({r});
-  ASSERT_TRUE(theirs->health().ok());  // the router has taken the generate before it answers this
-  auto a = mine->abort("theirs-1");
-  ASSERT_TRUE(a.ok());
-  EXPECT_TRUE(a->aborted.empty());
-  auto all = mine->abort_all();
-  ASSERT_TRUE(all.ok());
-  EXPECT_TRUE(all->aborted.empty());
-  EXPECT_EQ(running.wait_for(0s), std::future_status::timeout);  // still running
-  auto own = theirs->abort_prefix("theirs-");
-  ASSERT_TRUE(own.ok());
-  EXPECT_EQ(own->aborted, std::vector<std::string>{"theirs-1"});
-  auto g = running.get();
-  ASSERT_TRUE(g.ok()) << g.status().to_string();
-  EXPECT_EQ(g->outputs[0].meta_info.finish_reason.type, FinishReason::Type::abort);
-  auto r2 = r;
-  r2.rid = "theirs-2";
-  auto again = theirs->generate_async({r2});
-  ASSERT_TRUE(theirs->health().ok());
-  auto by_trainer = trainer->abort("theirs-2");
-  ASSERT_TRUE(by_trainer.ok());
-  EXPECT_EQ(by_trainer->aborted, std::vector<std::string>{"theirs-2"});
-  EXPECT_TRUE(again.get().ok());
+  check_client_aborts_only_its_own(*mine, *theirs, *trainer);
   (*router)->stop();
 }
 
