@@ -196,13 +196,14 @@ void Router::restart_heartbeats(TimePoint now) {
     if (e.alive) e.liveness.on_reconnect(now);
 }
 
-void Router::on_heartbeat_reply(int k, const Job& job, const std::string& op, const json& body) {
+void Router::on_heartbeat_reply(int k, uint64_t id, const Job& job, const std::string& op, const json& body) {
   Engine& e = engines_[k];
   if (op == "error") {
     if (job.kind == Job::Kind::health) e.status = "unavailable";  // e.g. a router with no live engine
     return;
   }
   if (job.kind == Job::Kind::health) {
+    if (id < e.status_after) return;  // sent before a memory op or commit that set the status
     if (auto h = wire::health_reply_from_json(body); h.ok()) {
       e.status = h->status;
       e.weight_version = h->weight_version;
@@ -286,7 +287,7 @@ void Router::dispatch_engine_message(int k, const std::string& op, const std::st
     case Job::Kind::health:
     case Job::Kind::load:
     case Job::Kind::info:
-      on_heartbeat_reply(k, *job, op, *j);
+      on_heartbeat_reply(k, id, *job, op, *j);
       break;
     case Job::Kind::ignore:
       break;

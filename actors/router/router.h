@@ -165,7 +165,7 @@ class Router {
   void reply(const std::string& caller, const std::string& op, std::string body);
   void reply_error(const std::string& caller, uint64_t req_id, const Status& st);
   void close_job(const Job& job);
-  void on_heartbeat_reply(int k, const Job& job, const std::string& op, const json& body);
+  void on_heartbeat_reply(int k, uint64_t id, const Job& job, const std::string& op, const json& body);
   void maybe_load_tokenizer(const std::string& model_path);
   void declare_dead(int k, TimePoint now);
   void dispatch_engine_message(int k, const std::string& op, const std::string& body, TimePoint now);

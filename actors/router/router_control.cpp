@@ -57,6 +57,10 @@ void Router::on_forward_reply(const Job& job, const std::string& op, json body) 
   const int k = job.engine;
   if (job.op == "update_weights") --engines_[k].updates_in_flight;
   if (job.op == "update_weights" || job.op == "flush_cache") prefix_map_.forget(k);  // its cache was emptied
+  if (op != "error" && job.op == "update_weights") {  // as in on_fan_out_part: a commit may serve again
+    engines_[k].status_after = next_req_id_;
+    if (engines_[k].status == "released") engines_[k].status = "";
+  }
   body["req_id"] = job.caller_req_id;
   if (op != "error" && job.kind == Job::Kind::open_session) {
     const std::string engine_sid = body.value("session_id", std::string());
@@ -123,6 +127,9 @@ void Router::on_fan_out_part(FanOut& f, int k, const json* body, const Status& e
   if (body) f.replies.emplace_back(k, *body);
   // Memory ops and commits change whether an engine serves: take it from the reply rather than
   // wait for the next heartbeat, so a generate right after resume + update is routed.
+  // A health sent before this reply may still be in flight: its status is older, so it is ignored.
+  if (body && (f.op == "release_memory" || f.op == "resume_memory" || f.op == "update_weights"))
+    engines_[k].status_after = next_req_id_;
   if (body && (f.op == "release_memory" || f.op == "resume_memory")) {
     if (auto r = wire::memory_reply_from_json(*body); r.ok())
       engines_[k].status = r->released.empty() ? "serving" : "released";

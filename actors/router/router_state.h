@@ -24,6 +24,7 @@ struct Router::Engine {
   bool marked_updating = false;  // mark_updating()
   int updates_in_flight = 0;     // update_weights sent, not answered
   std::string status;            // last health status
+  uint64_t status_after = 0;     // health replies to requests with a smaller id are stale: ignored
   Liveness liveness;
   LoadReply load;              // last get_load
   int64_t weight_version = 0;  // last health
