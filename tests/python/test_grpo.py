@@ -77,12 +77,13 @@ def test_asynchronous_steps_with_mixed_version_samples(tmp_path):
     token's span: the difference to zrollout stays at f32 rounding on the mixed samples, while
     recomputing them under one version (ignoring the spans) is off by far more.
     Each engine runs 1 of its 16 samples at a time (--max-running 1), so the batch lasts 16 waves of
-    64 tokens and the publish, sent once the first wave streams, lands while samples are
-    mid-sequence however the machine's load stretches the publish (the engine builds the new
-    packed panels on a lowered-priority staging thread: with 8 waves of 48 tokens the full suite's
-    load let the batch finish first, no mixed sample, twice in one session)."""
+    up to 192 tokens and the publish, sent once the first wave streams, lands while samples are
+    mid-sequence however the machine's load stretches the publish. The engine stages on a
+    lowered-priority (nice 10) thread while its compute thread decodes at nice 0: quiet, staging
+    stories260K takes 1-7 ms alone but 35-46 ms beside the decode, and under the full suite's load
+    more, so 16 waves of 48 or 64 tokens (60-100 ms quiet) let the batch finish first."""
     args = train.parse_args(["--steps", "3", "--engines", "2", "--prompts", "4", "--n", "8", "--async",
-                             "--publish-mid-rollout", "--max-running", "1", "--max-new-tokens", "64",
+                             "--publish-mid-rollout", "--max-running", "1", "--max-new-tokens", "192",
                              "--seed", "1", "--quiet",
                              "--metrics", str(tmp_path / "m.jsonl"), "--plot", ""])
     rows = train.run(args)
