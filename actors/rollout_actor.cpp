@@ -49,8 +49,13 @@ RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, Rollout
   register_handlers();
   register_weight_handlers();
   register_text_handlers();
-  // The first two ipc pulls (or broadcasts) land in fresh buffers: back them now, not in the push.
-  staging_.prepare(transfer_bytes_of(engine_->weights()), 2);
+  // The first ipc pull (or broadcast) lands in a fresh buffer and packs into fresh packs: back both
+  // now, not in the push (the next buffer is backed after that push commits: on_update_done).
+  staging_bytes_ = transfer_bytes_of(engine_->weights());
+  staging_.prepare(staging_bytes_, 1,
+                   [stager = engine_->pack_stager(), shapes = packed_shapes(engine_->weights())] {
+                     if (stager) stager.pool->prefault(shapes, stager.compute);
+                   });
 }
 
 RolloutActor::~RolloutActor() { actor_.stop(); }

@@ -61,7 +61,7 @@ class RolloutActor {
   Engine& engine() { return *engine_; }
   // The MPI group for path broadcast (trainer + engines); not owned, must outlive the actor.
   void set_weight_group(MpiGroup* group) { weight_group_ = group; }
-  // Waits until the staging buffers of the first two weight updates are faulted in (prepared in
+  // Waits until the staging buffer and packs of the first weight update are faulted in (prepared in
   // the background from construction on: StagingPool::prepare); returns the ms that took (0: none
   // ran). Call before the first update arrives (it is not synchronized with the actor's thread).
   double wait_staging_prepared() { return staging_.wait_prepared(); }
@@ -116,6 +116,7 @@ class RolloutActor {
   ReplyTo update_reply_to_;
   MpiGroup* weight_group_ = nullptr;
   StagingPool staging_;
+  uint64_t staging_bytes_ = 0;  // a transfer of every weight in the serving dtypes
   ShmMappings shm_;  // ipc segments the trainer will write again
   // Each served tensor's meta as its last update delivered and verified it (dtype, nbytes,
   // checksum); cleared by a disk update. What serves_already() compares a resend against.

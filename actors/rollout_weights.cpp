@@ -149,6 +149,8 @@ void RolloutActor::on_update_done(const UpdateOutcome& o) {
                        shm_.in_use(engine_->weights())};
   actor_.send(update_reply_to_, "update_weights.reply", wire::encode(r));
   phase_mark("engine: ack sent");
+  // The next pull or broadcast needs a second buffer (this one serves): back it now, off this thread.
+  if (o.call.pull_pid != 0 || o.call.path == WeightPath::broadcast) staging_.refill(staging_bytes_);
   actor_.log().info("weights v{} served: {:.1f} MiB by {}, stage {:.1f} ms, commit {:.1f} ms", o.call.version,
                     o.bytes / 1048576.0, wire::weight_path_name(o.call.path), r.stage_seconds * 1e3,
                     r.commit_seconds * 1e3);

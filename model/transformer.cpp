@@ -29,12 +29,7 @@ void embed_row(const Weight& emb, int token, int d, float* out) {
 
 size_t Transformer::refresh_packs() { return packs_.refresh(*w_, pool_); }
 
-std::function<WeightPacks(const ModelWeights&, const ModelWeights&)> Transformer::pack_stager() const {
-  return [compute = compute_, pool = pack_pool_, threads = pool_->size()](const ModelWeights& current,
-                                                                          const ModelWeights& next) {
-    return WeightPacks::stage(current, next, compute, pool.get(), threads);
-  };
-}
+PackStager Transformer::pack_stager() const { return PackStager{compute_, pack_pool_, pool_->size()}; }
 
 void Transformer::drop_packs() {
   packs_.clear();

@@ -56,7 +56,7 @@ class Transformer {
   // Builds the packs version `next` needs beside the live ones (current: the serving weights),
   // into the pages of the packs the last commit retired. Callable from any thread while this
   // transformer serves; the function keeps the pool alive, not the transformer.
-  std::function<WeightPacks(const ModelWeights& current, const ModelWeights& next)> pack_stager() const;
+  PackStager pack_stager() const;
   // The commit: staged packs replace the live ones (which go to the pool for the next stage).
   void adopt_packs(WeightPacks&& staged) { packs_.adopt(std::move(staged), pack_pool_.get()); }
   // Drops every pack, live and retired (release_memory: the packs are copies of the weights' bytes).

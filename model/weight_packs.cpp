@@ -1,10 +1,12 @@
 #include "model/weight_packs.h"
 
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <iterator>
 #include <string>
@@ -61,6 +63,32 @@ void pack_jobs(const std::vector<PackJob>& jobs, int threads) {
 
 }  // namespace
 
+std::vector<PackShape> packed_shapes(const ModelWeights& w) {
+  std::vector<PackShape> out;
+  auto add = [&](TensorRole role, int layer) {
+    if (!w.has(role, layer)) return;
+    const Weight& wt = w.get(role, layer);
+    if (wt.shape.size() == 2)
+      out.push_back({static_cast<int>(wt.shape[0]), static_cast<int>(wt.shape[1]), wt.dtype});
+  };
+  for (int l = 0; l < w.config().num_layers; ++l)
+    for (TensorRole r : kLayerMats) add(r, l);
+  add(TensorRole::lm_head, -1);
+  return out;
+}
+
+void PackPool::prefault(const std::vector<PackShape>& shapes, kernels::Compute compute) {
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  for (const PackShape& s : shapes) {
+    if (s.dtype != DType::f32 && s.dtype != DType::bf16) continue;
+    auto m = kernels::alloc_packed(s.dtype, s.N, s.K, compute);
+    if (madvise(m->storage.get(), m->bytes, MADV_POPULATE_WRITE) != 0) std::memset(m->storage.get(), 0, m->bytes);
+    give(std::move(m));
+  }
+}
+
 std::shared_ptr<kernels::PackedMatrix> PackPool::take(int N, int K, kernels::PackFormat format) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = free_.begin(); it != free_.end(); ++it)
@@ -101,8 +129,10 @@ void WeightPacks::Slot::made_from(const Weight& w) {
 
 WeightPacks::WeightPacks(kernels::Compute compute, int num_layers) : compute_(compute), num_layers_(num_layers) {}
 
-int WeightPacks::slot_of(TensorRole role, int layer) const {
-  if (role == TensorRole::lm_head) return num_layers_ * kNumLayerMats;
+int WeightPacks::slot_of(TensorRole role, int layer) const { return slot_of(role, layer, num_layers_); }
+
+int WeightPacks::slot_of(TensorRole role, int layer, int num_layers) {
+  if (role == TensorRole::lm_head) return num_layers * kNumLayerMats;
   for (int i = 0; i < kNumLayerMats; ++i)
     if (kLayerMats[i] == role) return layer * kNumLayerMats + i;
   ZR_CHECK_MSG(false, "not a matmul weight: role " + std::to_string(static_cast<int>(role)));
@@ -139,7 +169,7 @@ size_t WeightPacks::refresh(const ModelWeights& w, ThreadPool* pool) {
 }
 
 WeightPacks WeightPacks::stage(const ModelWeights& current, const ModelWeights& next, kernels::Compute compute,
-                               PackPool* pool, int threads) {
+                               PackPool* pool, int threads, StreamingPacker* streamed) {
   WeightPacks out(compute, next.config().num_layers);
   out.slots_.resize(static_cast<size_t>(out.num_layers_) * kNumLayerMats + 1);
   std::vector<PackJob> jobs;
@@ -149,10 +179,12 @@ WeightPacks WeightPacks::stage(const ModelWeights& current, const ModelWeights& 
     if (!nw.data || nw.data == cw.data) return;  // unchanged: the live pack stays
     ZR_CHECK(nw.shape.size() == 2);
     const int N = static_cast<int>(nw.shape[0]), K = static_cast<int>(nw.shape[1]);
-    Slot& s = out.slots_[static_cast<size_t>(out.slot_of(role, layer))];
+    const int slot = out.slot_of(role, layer);
+    Slot& s = out.slots_[static_cast<size_t>(slot)];
+    s.made_from(nw);
+    if (streamed && (s.m = streamed->take(slot, nw.data, nw.dtype, compute))) return;  // packed as it arrived
     s.m = pool ? pool->take(N, K, kernels::pack_format(nw.dtype, compute)) : nullptr;
     if (!s.m) s.m = kernels::alloc_packed(nw.dtype, N, K, compute);
-    s.made_from(nw);
     jobs.push_back({&nw, s.m.get()});
   });
   pack_jobs(jobs, threads);
@@ -192,6 +224,89 @@ int WeightPacks::count() const {
   int n = 0;
   for (const Slot& s : slots_) n += s.m != nullptr;
   return n;
+}
+
+StreamingPacker::StreamingPacker(const ModelWeights& current, kernels::Compute compute, std::shared_ptr<PackPool> pool,
+                                 std::vector<StreamedTensor> tensors)
+    : compute_(compute), pool_(std::move(pool)), tensors_(tensors.size()) {
+  const ModelConfig& cfg = current.config();
+  if (current.shard().size > 1) return;  // a rank serves its shard, not the bytes as they arrive
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const StreamedTensor& st = tensors[i];
+    Tensor& t = tensors_[i];
+    t.offset = st.offset;
+    const Weight* cur = current.find(st.name);
+    const TensorSpec* spec = nullptr;
+    for (const TensorSpec& s : current.specs())
+      if (s.name == st.name) spec = &s;
+    if (!cur || !spec || st.shape.size() != 2 || st.dtype != cur->dtype) continue;  // converted: packed later
+    if (st.dtype != DType::f32 && st.dtype != DType::bf16) continue;
+    int slot = -1;
+    if (spec->role == TensorRole::embed && cfg.tie_word_embeddings)
+      slot = WeightPacks::slot_of(TensorRole::lm_head, -1, cfg.num_layers);  // the tied head is this
+    else if (spec->role == TensorRole::lm_head && !cfg.tie_word_embeddings)
+      slot = WeightPacks::slot_of(TensorRole::lm_head, -1, cfg.num_layers);
+    else if (spec->layer >= 0 && std::find(std::begin(kLayerMats), std::end(kLayerMats), spec->role) !=
+                                     std::end(kLayerMats))
+      slot = WeightPacks::slot_of(spec->role, spec->layer, cfg.num_layers);
+    if (slot < 0) continue;
+    t.slot = slot;
+    t.dtype = st.dtype;
+    t.N = static_cast<int>(st.shape[0]);
+    t.K = static_cast<int>(st.shape[1]);
+    t.nbytes = static_cast<uint64_t>(t.N) * static_cast<uint64_t>(t.K) * dtype_size(t.dtype);
+    const kernels::PackFormat format = kernels::pack_format(t.dtype, compute_);
+    t.m = pool_ ? pool_->take(t.N, t.K, format) : nullptr;
+    if (!t.m) t.m = kernels::alloc_packed(t.dtype, t.N, t.K, compute_);
+  }
+}
+
+StreamingPacker::~StreamingPacker() {
+  if (!pool_) return;
+  for (Tensor& t : tensors_)
+    if (t.m && t.m.use_count() == 1) pool_->give(std::move(t.m));  // not taken: no version serves it
+}
+
+uint64_t StreamingPacker::piece_bytes(size_t i, uint64_t target) const {
+  const Tensor& t = tensors_[i];
+  if (!t.m) return target;
+  const uint64_t group = static_cast<uint64_t>(kernels::kGroup) * static_cast<uint64_t>(t.K) * dtype_size(t.dtype);
+  return std::max<uint64_t>(1, target / group) * group;
+}
+
+void StreamingPacker::arrived(size_t i, const void* base, uint64_t lo, uint64_t hi) {
+  Tensor& t = tensors_[i];
+  if (!t.m || t.broken) return;
+  if (lo != t.received || hi > t.nbytes || hi < lo || (t.base && t.base != base)) {
+    t.broken = true;  // out of order: WeightPacks::stage packs it from the staged bytes
+    return;
+  }
+  t.base = base;
+  t.received = hi;
+  const uint64_t row = static_cast<uint64_t>(t.K) * dtype_size(t.dtype);
+  const uint64_t rows = t.received / row;  // complete rows so far
+  const int complete = rows >= static_cast<uint64_t>(t.N) ? t.m->groups() : static_cast<int>(rows / kernels::kGroup);
+  if (complete > t.packed) kernels::repack_groups(base, t.dtype, *t.m, t.packed, complete);
+  t.packed = std::max(t.packed, complete);
+}
+
+void StreamingPacker::arrived_transfer(const uint8_t* transfer_base, uint64_t offset, uint64_t len) {
+  const uint64_t end = offset + len;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const Tensor& t = tensors_[i];
+    if (!t.m || t.offset >= end || t.offset + t.nbytes <= offset) continue;
+    const uint64_t lo = std::max(offset, t.offset), hi = std::min(end, t.offset + t.nbytes);
+    arrived(i, transfer_base + t.offset, lo - t.offset, hi - t.offset);
+  }
+}
+
+std::shared_ptr<kernels::PackedMatrix> StreamingPacker::take(int slot, const void* data, DType dtype,
+                                                             kernels::Compute compute) {
+  for (Tensor& t : tensors_)
+    if (t.slot == slot && t.m && !t.broken && t.base == data && t.dtype == dtype && compute == compute_ &&
+        t.packed == t.m->groups())
+      return std::move(t.m);
+  return nullptr;
 }
 
 }  // namespace zr

@@ -14,8 +14,10 @@
 // only reads the two ModelWeights it is given; a PackPool is shared by the step loop and staging.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "model/kernels_packed.h"
@@ -24,9 +26,21 @@
 
 namespace zr {
 
+// The shape and dtype of one packed weight (what a pack of it needs).
+struct PackShape {
+  int N = 0, K = 0;
+  DType dtype = DType::f32;
+};
+// Every packed weight of w (the matmul weights of each layer, the LM head), as the engine serves them.
+std::vector<PackShape> packed_shapes(const ModelWeights& w);
+
 // Packs retired by a commit (or a dropped version), waiting for a stage to repack into them.
 class PackPool {
  public:
+  // Adds a pack of each shape with its pages faulted in now, so the first update packs into backed
+  // pages (a fresh page costs 1.5-7 us on its first touch on a VM whose balloon took it back:
+  // ~0.5 s for the packs of 438 MB). Slow: for a background thread (StagingPool::prepare).
+  void prefault(const std::vector<PackShape>& shapes, kernels::Compute compute);
   // A pack of that shape and format (its old contents), or null when the pool holds none.
   std::shared_ptr<kernels::PackedMatrix> take(int N, int K, kernels::PackFormat format);
   // p: held by nobody else (the caller checked use_count).
@@ -38,6 +52,8 @@ class PackPool {
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<kernels::PackedMatrix>> free_;
 };
+
+class StreamingPacker;
 
 class WeightPacks {
  public:
@@ -52,8 +68,10 @@ class WeightPacks {
   // The packs version `next` needs that `current` (the serving weights) lacks: every packed weight
   // whose bytes differ. Built by `threads` threads (the caller and threads - 1 helpers at the
   // caller's priority), into the pool's packs where it has them.
+  // `streamed`: packs built as the bytes arrived (StreamingPacker); a slot whose pack it built from
+  // exactly the bytes `next` serves takes that pack, the others are packed here.
   static WeightPacks stage(const ModelWeights& current, const ModelWeights& next, kernels::Compute compute,
-                           PackPool* pool, int threads);
+                           PackPool* pool, int threads, StreamingPacker* streamed = nullptr);
   // The commit: staged's packs replace these slot by slot; the replaced packs go to `retired`
   // (when given and nobody else holds them). Weights staged has no pack for keep theirs.
   void adopt(WeightPacks&& staged, PackPool* retired);
@@ -68,6 +86,7 @@ class WeightPacks {
  private:
   // One packed weight's pack and the bytes it was made from: stale when the weight's data pointer
   // moved, or when the bytes it was made from were freed (the address may be reused).
+  friend class StreamingPacker;
   struct Slot {
     const void* src = nullptr;
     std::weak_ptr<const void> owner;
@@ -77,6 +96,7 @@ class WeightPacks {
     void made_from(const Weight& w);
   };
   int slot_of(TensorRole role, int layer) const;
+  static int slot_of(TensorRole role, int layer, int num_layers);
   // fn(role, layer) for every packed weight, in slot order.
   template <class F>
   void for_each_packed(F&& fn) const;
@@ -84,6 +104,96 @@ class WeightPacks {
   kernels::Compute compute_ = kernels::Compute::f32;
   int num_layers_ = 0;
   std::vector<Slot> slots_;  // [layer * kLayerMats + i]; the LM head last; empty: none packed
+};
+
+// One tensor of a transfer, as it will arrive: its name, the dtype and shape of its bytes, and
+// where they start in the transfer (TensorMeta::offset; used by StreamingPacker::arrived_transfer).
+struct StreamedTensor {
+  std::string name;
+  DType dtype = DType::f32;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;
+};
+
+// Packs a version's matmul weights while their bytes arrive (an ipc pull, a segment being
+// verified, a broadcast's buckets), so that no pass over the weights is left once the last byte
+// is in: the receiver tells it "bytes [lo, hi) of tensor i are now at base + lo" right after it
+// copied (and checksummed) them, and every 48-row group (kernels::kGroup) those bytes complete is
+// packed at once, while it is still in the cache. Rows of a group are contiguous in the row-major
+// (N, K) layout, so a group is one byte range; a group is packed only once all its rows arrived.
+// The bytes stay where they arrived (the row-major copy the version serves: embedding lookups,
+// get_weights_checksum and a resume's repack read it), and WeightPacks::stage (through
+// PackStager) takes a pack only if it was made from exactly the bytes the staged version serves;
+// everything else (a dtype the engine converts, a TP shard, a tensor not fully fed, or fed out of
+// order) is packed there as before. Packs nobody took (a refused or failed update) go back to the
+// pool when the packer is destroyed: nothing of them reaches the live packs.
+// Packs come from the pool (their pages faulted by an earlier version, or by PackPool::prepare).
+// Thread-safety: different tensors may be fed from different threads at once; one tensor from
+// one thread at a time.
+class StreamingPacker {
+ public:
+  // current: the serving weights (which tensors run packed, in which dtype); tensors: the
+  // transfer's tensors. Packs nothing under tensor parallelism (a shard is not the bytes as sent).
+  StreamingPacker(const ModelWeights& current, kernels::Compute compute, std::shared_ptr<PackPool> pool,
+                  std::vector<StreamedTensor> tensors);
+  StreamingPacker(const StreamingPacker&) = delete;
+  StreamingPacker& operator=(const StreamingPacker&) = delete;
+  ~StreamingPacker();
+
+  // Whether tensor i is packed as it arrives.
+  bool packs(size_t i) const { return tensors_[i].m != nullptr; }
+  // How many bytes of tensor i to receive at a time for about `target` bytes: whole groups of
+  // its rows (at least one group), so each piece is packed while in the cache; `target` for a
+  // tensor not packed here.
+  uint64_t piece_bytes(size_t i, uint64_t target) const;
+  // Bytes [lo, hi) of tensor i are in memory at base + lo (base: where the tensor's byte 0 is,
+  // the same on every call) and stay there until the version is staged. Bytes arrive in order
+  // (lo = the previous hi); a tensor fed otherwise is left to WeightPacks::stage.
+  void arrived(size_t i, const void* base, uint64_t lo, uint64_t hi);
+  // The same for bytes [offset, offset + len) of the transfer, now at transfer_base + offset
+  // (their final place): may span several tensors and cut them anywhere (a broadcast's bucket).
+  void arrived_transfer(const uint8_t* transfer_base, uint64_t offset, uint64_t len);
+  // Groups of tensor i packed so far (tests).
+  int groups_packed(size_t i) const { return tensors_[i].packed; }
+  size_t size() const { return tensors_.size(); }
+
+ private:
+  friend class WeightPacks;
+  struct Tensor {
+    int slot = -1;  // its WeightPacks slot; -1: not packed here
+    DType dtype = DType::f32;
+    int N = 0, K = 0;
+    uint64_t offset = 0, nbytes = 0;
+    const void* base = nullptr;
+    uint64_t received = 0;
+    int packed = 0;  // groups packed
+    bool broken = false;
+    std::shared_ptr<kernels::PackedMatrix> m;
+  };
+  // The complete pack of `slot` made from the bytes at `data` (moved out), or null.
+  std::shared_ptr<kernels::PackedMatrix> take(int slot, const void* data, DType dtype, kernels::Compute compute);
+
+  kernels::Compute compute_;
+  std::shared_ptr<PackPool> pool_;
+  std::vector<Tensor> tensors_;
+};
+
+// What staging needs to build a version's packs (Transformer::pack_stager()): the engine's compute
+// mode, its pack pool and its thread count. Empty (no pool): staging builds none, the commit packs.
+struct PackStager {
+  kernels::Compute compute = kernels::Compute::f32;
+  std::shared_ptr<PackPool> pool;
+  int threads = 1;
+  explicit operator bool() const { return pool != nullptr; }
+  // WeightPacks::stage with this engine's settings.
+  WeightPacks operator()(const ModelWeights& current, const ModelWeights& next,
+                         StreamingPacker* streamed = nullptr) const {
+    return WeightPacks::stage(current, next, compute, pool.get(), threads, streamed);
+  }
+  // A packer for a transfer of `tensors` into a version of `current`.
+  std::unique_ptr<StreamingPacker> streaming(const ModelWeights& current, std::vector<StreamedTensor> tensors) const {
+    return std::make_unique<StreamingPacker>(current, compute, pool, std::move(tensors));
+  }
 };
 
 }  // namespace zr

@@ -120,6 +120,8 @@ class Engine {
   // The packs of weights staged by hand, built beside the live ones as begin_update's staging
   // builds them, so that request_update's commit is a pointer swap (without them it packs).
   void build_packs(StagedWeights& w) const;
+  // What staging builds this engine's packs with (its compute mode, pack pool, thread count).
+  PackStager pack_stager() const;
   // The live packs of the matmul weights (model/weight_packs.h).
   const WeightPacks& packs() const;
   bool update_pending() const { return pending_update_ != nullptr; }

@@ -97,6 +97,8 @@ void Engine::maybe_commit(StepOutputs& out) {
 
 void Engine::build_packs(StagedWeights& w) const { build_staged_packs(tf_->pack_stager(), weights_, w); }
 
+PackStager Engine::pack_stager() const { return tf_->pack_stager(); }
+
 const WeightPacks& Engine::packs() const { return tf_->packs(); }
 
 // The weights whose packs are not current are packed now (model/weight_packs.h): after a commit

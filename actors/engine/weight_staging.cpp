@@ -32,6 +32,8 @@ void lower_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_
 
 // Runs a stage on its own thread at that priority, then builds its packs; src.on_done is called as
 // it finishes. `current` (the serving weights) must not change until the future is ready.
+// f(streamed) stages; it may set `streamed` to the packer that packed its bytes as they arrived
+// (the packs it built are taken by the staged version, or go back to the pool with it).
 template <class F>
 std::future<Result<StagedWeights>> run_staging(const StageSources& src, const ModelWeights* current, F f) {
   return std::async(std::launch::async, [f = std::move(f), src, current]() mutable {
@@ -42,10 +44,27 @@ std::future<Result<StagedWeights>> run_staging(const StageSources& src, const Mo
       }
     } notify{src.on_done};
     lower_priority();
-    Result<StagedWeights> r = f();
-    if (r.ok()) build_staged_packs(src.build_packs, *current, *r);
+    std::unique_ptr<StreamingPacker> streamed;
+    Result<StagedWeights> r = f(streamed);
+    if (r.ok()) build_staged_packs(src.build_packs, *current, *r, streamed.get());
     return r;
   });
+}
+
+// A packer for the matmul weights of this transfer (null when staging builds no packs).
+std::unique_ptr<StreamingPacker> stream_packer(const StageSources& src, const ModelWeights& current,
+                                               const std::vector<TensorMeta>& metas) {
+  if (!src.build_packs) return nullptr;
+  std::vector<StreamedTensor> tensors;
+  tensors.reserve(metas.size());
+  for (const TensorMeta& m : metas)  // validated: every dtype is known
+    tensors.push_back({m.name, dtype_from_name(m.dtype).value_or(DType::f16), m.shape, m.offset});
+  return src.build_packs.streaming(current, std::move(tensors));
+}
+
+// Bytes of tensor i to take at a time: ~`target`, whole groups of rows where it is packed.
+uint64_t piece_of(const StreamingPacker* packer, size_t i, uint64_t target) {
+  return packer ? packer->piece_bytes(i, target) : target;
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -100,9 +119,10 @@ std::vector<bool> my_share(const std::vector<TensorMeta>& metas, TpShard share) 
 }
 
 // checksum64 of every tensor, on two threads splitting the bytes evenly (the pages of a lazily
-// mapped segment are faulted in by both).
+// mapped segment are faulted in by both), each piece also packed while in the cache (`packer`).
 // The checksums of the tensors this rank verifies (the others keep their expected value).
-std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint8_t* base, TpShard share) {
+std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint8_t* base, TpShard share,
+                                StreamingPacker* packer) {
   std::vector<uint64_t> sums(metas.size());
   for (size_t i = 0; i < metas.size(); ++i) sums[i] = metas[i].checksum;
   const std::vector<bool> mine = my_share(metas, share);
@@ -113,8 +133,18 @@ std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint
   for (uint64_t acc = 0; split < metas.size() && acc < my_total / 2; ++split)
     if (mine[split]) acc += metas[split].nbytes;
   auto run = [&](size_t a, size_t b) {
-    for (size_t i = a; i < b; ++i)
-      if (mine[i]) sums[i] = checksum64(base + metas[i].offset, metas[i].nbytes);
+    for (size_t i = a; i < b; ++i) {
+      if (!mine[i]) continue;
+      const uint8_t* p = base + metas[i].offset;
+      uint64_t sum = 0;
+      for (uint64_t done = 0, piece = piece_of(packer, i, uint64_t{512} << 10); done < metas[i].nbytes;) {
+        const uint64_t n = std::min(piece, metas[i].nbytes - done);
+        sum += checksum64_partial(p + done, n, done);
+        if (packer) packer->arrived(i, p, done, done + n);
+        done += n;
+      }
+      sums[i] = checksum64_finish(sum, metas[i].nbytes);
+    }
   };
   std::thread second(run, split, metas.size());
   run(0, split);
@@ -127,17 +157,18 @@ std::vector<uint64_t> checksums(const std::vector<TensorMeta>& metas, const uint
 // rest to be written. Returns the metas with those checksums filled in.
 Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, const uint8_t* segment,
                                               const uint8_t* base, int64_t version, std::chrono::milliseconds stall,
-                                              TpShard share) {
-  constexpr uint64_t kPiece = uint64_t{1} << 20;
+                                              TpShard share, StreamingPacker* packer) {
+  constexpr uint64_t kPiece = uint64_t{512} << 10;  // half of L2: checksum and pack read it from cache
   ShmStreamReader reader(segment, version, stall);
   const std::vector<bool> mine = my_share(metas, share);
   for (size_t i = 0; i < metas.size(); ++i) {
     TensorMeta& m = metas[i];
     uint64_t sum = 0;
-    for (uint64_t done = 0; mine[i] && done < m.nbytes;) {
-      const uint64_t n = std::min(kPiece, m.nbytes - done);
+    for (uint64_t done = 0, piece = piece_of(packer, i, kPiece); mine[i] && done < m.nbytes;) {
+      const uint64_t n = std::min(piece, m.nbytes - done);
       ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
       sum += checksum64_partial(base + m.offset + done, n, done);
+      if (packer) packer->arrived(i, base + m.offset, done, done + n);
       done += n;
     }
     ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + m.nbytes));
@@ -157,19 +188,22 @@ Result<std::vector<TensorMeta>> follow_stream(std::vector<TensorMeta> metas, con
 // own tensors) the bytes are all there from the start: two threads copy byte-balanced halves (the
 // trainer only checksums meanwhile, so a core is free), waiting only for the checksums at the end.
 // Returns the metas with those checksums filled in.
+// Each piece is also packed while in the cache (`packer`, may be null).
 Result<std::vector<TensorMeta>> follow_pull(std::vector<TensorMeta> metas, PullReader& reader, uint64_t remote_base,
-                                            const std::vector<uint64_t>& sources, uint8_t* dst) {
+                                            const std::vector<uint64_t>& sources, uint8_t* dst,
+                                            StreamingPacker* packer) {
   constexpr uint64_t kPiece = uint64_t{512} << 10;  // half of L2: the checksum reads it from cache
   std::vector<uint64_t> sums(metas.size(), 0);
   auto copy = [&](size_t a, size_t b) -> Status {
     for (size_t i = a; i < b; ++i) {
       const TensorMeta& m = metas[i];
       const uint64_t from = sources.empty() ? remote_base + m.offset : sources[i];
-      for (uint64_t done = 0; done < m.nbytes;) {
-        const uint64_t n = std::min(kPiece, m.nbytes - done);
+      for (uint64_t done = 0, piece = piece_of(packer, i, kPiece); done < m.nbytes;) {
+        const uint64_t n = std::min(piece, m.nbytes - done);
         if (sources.empty()) ZR_RETURN_IF_ERROR(reader.wait_for(m.offset + done + n));
         ZR_RETURN_IF_ERROR(reader.read(dst + m.offset + done, from + done, n));
         sums[i] += checksum64_partial(dst + m.offset + done, n, done);
+        if (packer) packer->arrived(i, dst + m.offset, done, done + n);
         done += n;
       }
     }
@@ -229,22 +263,23 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 
 // The staged tensors are swapped into a copy of the registry (copies share bytes) to see what the
 // commit will serve. A registry that refuses them leaves the packs to the commit, which refuses too.
-void build_staged_packs(const std::function<WeightPacks(const ModelWeights&, const ModelWeights&)>& build_packs,
-                        const ModelWeights& current, StagedWeights& staged) {
+void build_staged_packs(const PackStager& build_packs, const ModelWeights& current, StagedWeights& staged,
+                        StreamingPacker* streamed) {
   if (!build_packs) return;
   ModelWeights next = current;
   if (!next.replace(staged.tensors).ok()) return;
   PhaseProbe probe("engine: packs of the staged version built");
-  staged.packs = build_packs(current, next);
+  staged.packs = build_packs(current, next, streamed);
 }
 
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
                                         const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
-                                        bool verify_checksums, TpShard verify_share) {
+                                        bool verify_checksums, TpShard verify_share, StreamingPacker* packer) {
   StagedWeights out;
   out.version = version;
   out.received = metas;
-  std::vector<uint64_t> sums = verify_checksums ? checksums(metas, base, verify_share) : std::vector<uint64_t>{};
+  std::vector<uint64_t> sums =
+      verify_checksums ? checksums(metas, base, verify_share, packer) : std::vector<uint64_t>{};
   for (size_t i = 0; i < metas.size(); ++i) {
     const TensorMeta& m = metas[i];
     const uint8_t* p = base + m.offset;
@@ -290,19 +325,25 @@ std::shared_ptr<uint8_t> map_buffer(uint64_t bytes, bool prefault) {
 
 StagingPool::~StagingPool() { take_prepared(/*wait=*/true); }
 
-void StagingPool::prepare(uint64_t bytes, int count) {
+void StagingPool::prepare(uint64_t bytes, int count, std::function<void()> also) {
   if (preparing_.valid() || bytes == 0 || count <= 0 || std::getenv("ZR_NO_STAGING_PREFAULT")) return;
-  preparing_ = std::async(std::launch::async, [bytes, count] {
+  preparing_ = std::async(std::launch::async, [bytes, count, also = std::move(also)] {
     lower_priority();
     const auto t0 = std::chrono::steady_clock::now();
     Prepared out;
     for (int i = 0; i < count; ++i)
       if (auto buf = map_buffer(bytes, /*prefault=*/true)) out.buffers.emplace_back(std::move(buf), bytes);
+    if (also) also();
     out.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    spdlog::info("staging: {} buffer(s) of {:.1f} MiB faulted in ahead of the first updates in {:.0f} ms",
-                 out.buffers.size(), bytes / 1048576.0, out.ms);
+    spdlog::info("staging: {} buffer(s) of {:.1f} MiB{} faulted in ahead of the next update in {:.0f} ms",
+                 out.buffers.size(), bytes / 1048576.0, also ? " and the packs" : "", out.ms);
     return out;
   });
+}
+
+void StagingPool::refill(uint64_t bytes) {
+  take_prepared(/*wait=*/false);
+  if (buffers_.size() < 2) prepare(bytes, 1);
 }
 
 void StagingPool::take_prepared(bool wait) {
@@ -461,10 +502,11 @@ Result<std::future<Result<StagedWeights>>> begin_pull(const UpdateWeightsCall& c
     return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(c.shm_bytes) + " bytes");
   *bytes = c.shm_bytes;
   const ModelWeights* cur = &current;
-  return run_staging(src, cur, [cur, buf, reader, c]() -> Result<StagedWeights> {
+  return run_staging(src, cur, [cur, buf, reader, c, src](auto& streamed) -> Result<StagedWeights> {
+    streamed = stream_packer(src, *cur, c.tensors);
     auto verified = [&] {
-      PhaseProbe probe("engine: pull + verify behind the writer");
-      return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, c.pull_addrs, buf.get());
+      PhaseProbe probe("engine: pull + verify + pack behind the writer");
+      return follow_pull(c.tensors, *reader, c.pull_addr + c.shm_offset, c.pull_addrs, buf.get(), streamed.get());
     }();
     if (!verified.ok()) return verified.status();
     return stage_from_buffer(*cur, *verified, buf.get(), std::shared_ptr<const void>(buf, buf.get()), c.version,
@@ -491,7 +533,7 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     Status refuse = validate_update_meta(current, c.tensors, n);
     if (refuse.ok() && c.version <= serving_version) refuse = stale();
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
-    return run_staging(src, cur, [cur, buf, n, refuse, c, src]() -> Result<StagedWeights> {
+    return run_staging(src, cur, [cur, buf, n, refuse, c, src](auto&) -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
       // After engines died the trainer names the survivors: the group over them is made here, on the
       // staging thread, since every member blocks in its creation until all have entered.
@@ -521,9 +563,10 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   if (c.version <= serving_version) return stale();
   if (c.path == WeightPath::disk) {
     if (c.tensors.empty())
-      return run_staging(src, cur, [cur, dir = c.disk_path, v = c.version] { return stage_from_disk(*cur, dir, v); });
+      return run_staging(src, cur,
+                         [cur, dir = c.disk_path, v = c.version](auto&) { return stage_from_disk(*cur, dir, v); });
     ZR_RETURN_IF_ERROR(validate_update_meta(current, c.tensors, UINT64_MAX));  // offsets mean nothing here
-    return run_staging(src, cur, [cur, dir = c.disk_path, metas = c.tensors, v = c.version] {
+    return run_staging(src, cur, [cur, dir = c.disk_path, metas = c.tensors, v = c.version](auto&) {
       return stage_listed_from_disk(*cur, dir, metas, v);
     });
   }
@@ -552,14 +595,16 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
   *bytes = c.shm_bytes;
   // The ranks of a TP engine map the same segment: each verifies its share of the tensors, and the
   // engine commits only if every rank's share checked out (actors/tp_group.h, stage_result).
-  return run_staging(src, cur, [cur, owner, c, stall = src.transfer_timeout] {
+  return run_staging(src, cur, [cur, owner, c, src](auto& streamed) {
     auto segment = static_cast<const uint8_t*>(owner->data());
     const uint8_t* base = segment + c.shm_offset;
     std::shared_ptr<const void> keep(owner, base);
+    streamed = stream_packer(src, *cur, c.tensors);  // verify and pack in one read of the segment
     if (!c.shm_stream)
-      return stage_from_buffer(*cur, c.tensors, base, keep, c.version, /*verify_checksums=*/true, cur->shard());
-    PhaseProbe probe("engine: verify the segment behind the writer");
-    auto verified = follow_stream(c.tensors, segment, base, c.version, stall, cur->shard());
+      return stage_from_buffer(*cur, c.tensors, base, keep, c.version, /*verify_checksums=*/true, cur->shard(),
+                               streamed.get());
+    PhaseProbe probe("engine: verify + pack the segment behind the writer");
+    auto verified = follow_stream(c.tensors, segment, base, c.version, src.transfer_timeout, cur->shard(), streamed.get());
     if (!verified.ok()) return Result<StagedWeights>(verified.status());
     return stage_from_buffer(*cur, *verified, base, keep, c.version, /*verify_checksums=*/false);
   });

@@ -42,16 +42,18 @@ Status validate_update_meta(const ModelWeights& current, const std::vector<Tenso
 // verify_checksums = false when the bytes were already verified as they arrived (TransferVerifier).
 // verify_share: the ranks of a tensor-parallel engine reading one shared segment split the
 // verification, each checksumming a byte-balanced share of the tensors (share.rank of share.size);
-// the default verifies all of them.
+// the default verifies all of them. packer: packs each verified piece while it is in the cache.
 Result<StagedWeights> stage_from_buffer(const ModelWeights& current, const std::vector<TensorMeta>& metas,
                                         const uint8_t* base, std::shared_ptr<const void> owner, int64_t version,
-                                        bool verify_checksums = true, TpShard verify_share = {});
+                                        bool verify_checksums = true, TpShard verify_share = {},
+                                        StreamingPacker* packer = nullptr);
 
 // The packs of the version `staged` makes of `current` (its changed matmul weights), built by
 // `build_packs` (Transformer::pack_stager) into staged.packs. Runs at the end of every stage that
 // has StageSources::build_packs; callers that stage by hand use Engine::build_packs.
-void build_staged_packs(const std::function<WeightPacks(const ModelWeights&, const ModelWeights&)>& build_packs,
-                        const ModelWeights& current, StagedWeights& staged);
+// `streamed`: the packs built as the bytes arrived (taken where they match what staged serves).
+void build_staged_packs(const PackStager& build_packs, const ModelWeights& current, StagedWeights& staged,
+                        StreamingPacker* streamed = nullptr);
 
 // Bytes a transfer of these tensors spans (the end of the last one).
 uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
@@ -60,7 +62,9 @@ uint64_t transfer_bytes(const std::vector<TensorMeta>& metas);
 // alive through their owner; it can be reused once nothing but the pool holds it.
 // A page of fresh memory costs far more on its first touch than later (README, weight sync: on a
 // VM whose balloon takes freed memory back, 1.5-7 us per 4 KiB page, ~30x one memcpy for 438 MB),
-// so prepare() backs the buffers of the first two updates ahead of need, on a background thread.
+// so prepare() backs the buffer of the first update (and the packs it builds) ahead of need, on a
+// background thread, and refill() backs the next one after a commit, once the old version's memory
+// went back: what is faulted in follows what the next push needs.
 // Thread-safety: one thread calls get/prepare/wait_prepared (the actor's); the background thread
 // only fills its own list, handed over through a future.
 class StagingPool {
@@ -74,9 +78,13 @@ class StagingPool {
   // buffers if they are ready (never waits for them: the caller is the actor's thread).
   std::shared_ptr<uint8_t> get(uint64_t bytes, bool prefault = true);
   // Maps `count` buffers of `bytes` and faults them in on a background thread below the compute
-  // threads' priority, for later get() calls. No-op if a prepare is still running, or
+  // threads' priority, for later get() calls; then runs `also` on that thread (the engine's pack
+  // pool prefaulting the packs of the first update). No-op if a prepare is still running, or
   // ZR_NO_STAGING_PREFAULT is set.
-  void prepare(uint64_t bytes, int count);
+  void prepare(uint64_t bytes, int count, std::function<void()> also = {});
+  // After an update committed: prepares one buffer of `bytes` when fewer than two are held (one
+  // serving the weights zero-copy, one idle for the next update). Same no-ops as prepare.
+  void refill(uint64_t bytes);
   // Waits for prepare() to finish; returns the wall time its thread took (ms; 0 if none ran).
   double wait_prepared();
 
@@ -147,7 +155,8 @@ struct StageSources {
   std::function<void()> on_done;
   // Builds the staged version's matmul packs on the staging thread, after its bytes are verified
   // (Transformer::pack_stager): the commit is then a pointer swap. Unset: the commit packs.
-  std::function<WeightPacks(const ModelWeights& current, const ModelWeights& next)> build_packs;
+  // The ipc paths also pack each matmul weight as its bytes arrive (PackStager::streaming).
+  PackStager build_packs;
 };
 
 // Starts staging an update_weights call on a worker thread below the compute threads' priority;

@@ -3,6 +3,8 @@
 // state of pushes repacks into the pages of the packs two versions back.
 #include <cstring>
 
+#include "model/weight_packs.h"
+
 #include "tests/actors/weight_sync_fixture.h"
 
 namespace zr {
@@ -130,6 +132,93 @@ TEST_F(WeightSync, StagedPacksReuseThePagesOfThePacksTwoVersionsBack) {
   ASSERT_TRUE(released.ok());
   EXPECT_EQ(*released, weight_bytes + 2 * live_bytes);
   EXPECT_EQ(eng->packs().count(), 0);
+}
+
+// The packs a StreamingPacker built, taken by WeightPacks::stage for a version serving `bytes` as
+// tensor `name` (as staging takes them once the bytes are verified).
+WeightPacks take_streamed(const ModelWeights& current, const std::string& name, const uint8_t* bytes,
+                          std::shared_ptr<PackPool> pool, StreamingPacker* packer) {
+  Weight w = *current.find(name);
+  w.data = bytes;
+  w.owner = nullptr;
+  ModelWeights next = current;
+  EXPECT_TRUE(next.replace({{name, w}}).ok());
+  return PackStager{kernels::Compute::f32, std::move(pool), 1}(current, next, packer);
+}
+
+TEST_F(WeightSync, AStreamedGroupIsPackedOnlyOnceEveryRowOfItArrived) {
+  auto eng = testing::load_engine(mo_dir());
+  const ModelWeights& current = eng->weights();
+  const std::string name = "model.layers.0.mlp.up_proj.weight";
+  const Weight& cur = *current.find(name);
+  const int N = static_cast<int>(cur.shape[0]), K = static_cast<int>(cur.shape[1]);
+  ASSERT_GT(N, 2 * kernels::kGroup);  // three groups or more
+  const size_t row = static_cast<size_t>(K) * dtype_size(cur.dtype), total = row * static_cast<size_t>(N);
+  auto ar = SafetensorsArchive::open_dir(real_);
+  ASSERT_TRUE(ar.ok());
+  const TensorView* real = ar->find(name);
+  ASSERT_TRUE(real && real->dtype == cur.dtype && real->nbytes == total);
+  const auto* src = static_cast<const uint8_t*>(real->data);
+  // Rows that have not arrived hold NaNs: a group packed early would carry them into its pack.
+  std::vector<uint8_t> buf(total, 0xFF);
+  auto pool = std::make_shared<PackPool>();
+  StreamingPacker packer(current, kernels::Compute::f32, pool, {{name, cur.dtype, cur.shape, 0}});
+  ASSERT_TRUE(packer.packs(0));
+  EXPECT_EQ(packer.piece_bytes(0, 1), row * kernels::kGroup);  // at least one whole group
+  auto arrive = [&](size_t lo, size_t hi) {
+    std::memcpy(buf.data() + lo, src + lo, hi - lo);
+    packer.arrived(0, buf.data(), lo, hi);
+  };
+  arrive(0, (kernels::kGroup + 2) * row + row / 2);  // group 0 and part of group 1, a row cut in two
+  EXPECT_EQ(packer.groups_packed(0), 1);
+  arrive((kernels::kGroup + 2) * row + row / 2, 2 * kernels::kGroup * row - 4);  // one element short
+  EXPECT_EQ(packer.groups_packed(0), 1);
+  arrive(2 * kernels::kGroup * row - 4, total - 8);
+  EXPECT_EQ(packer.groups_packed(0), (N - 1) / kernels::kGroup);  // the last row is still missing
+  arrive(total - 8, total);
+  ASSERT_EQ(packer.groups_packed(0), (N + kernels::kGroup - 1) / kernels::kGroup);
+  WeightPacks staged = take_streamed(current, name, buf.data(), pool, &packer);
+  EXPECT_FALSE(packer.packs(0));  // stage took the streamed pack rather than packing again
+  auto got = staged.find(TensorRole::w_up, 0);
+  ASSERT_TRUE(got);
+  auto want = kernels::pack(src, cur.dtype, N, K, kernels::Compute::f32);
+  EXPECT_EQ(pack_bytes_of(*got), pack_bytes_of(*want));
+}
+
+TEST_F(WeightSync, AStreamedTensorFedOutOfOrderOrDroppedLeavesNoPackOfIt) {
+  auto eng = testing::load_engine(mo_dir());
+  const ModelWeights& current = eng->weights();
+  const std::string name = "model.layers.0.mlp.down_proj.weight";
+  const Weight& cur = *current.find(name);
+  const int N = static_cast<int>(cur.shape[0]), K = static_cast<int>(cur.shape[1]);
+  const size_t total = cur.nbytes(), row = static_cast<size_t>(K) * dtype_size(cur.dtype);
+  auto ar = SafetensorsArchive::open_dir(real_);
+  ASSERT_TRUE(ar.ok());
+  const auto* src = static_cast<const uint8_t*>(ar->find(name)->data);
+  std::vector<uint8_t> buf(src, src + total);
+  auto pool = std::make_shared<PackPool>();
+  {  // out of order: the rows after a gap are not packed; stage packs the whole tensor itself
+    StreamingPacker packer(current, kernels::Compute::f32, pool, {{name, cur.dtype, cur.shape, 0}});
+    packer.arrived(0, buf.data(), row * kernels::kGroup, total);
+    EXPECT_EQ(packer.groups_packed(0), 0);
+    packer.arrived(0, buf.data(), 0, row * kernels::kGroup);
+    EXPECT_EQ(packer.groups_packed(0), 0);
+    WeightPacks staged = take_streamed(current, name, buf.data(), pool, &packer);
+    auto want = kernels::pack(src, cur.dtype, N, K, kernels::Compute::f32);
+    EXPECT_EQ(pack_bytes_of(*staged.find(TensorRole::w_down, 0)), pack_bytes_of(*want));
+  }
+  auto retired = std::make_shared<PackPool>();
+  {  // fully packed, then the update fails before staging: its pack goes back to the pool
+    StreamingPacker packer(current, kernels::Compute::f32, retired, {{name, cur.dtype, cur.shape, 0}});
+    packer.arrived_transfer(buf.data(), 0, total);
+    EXPECT_EQ(packer.groups_packed(0), (N + kernels::kGroup - 1) / kernels::kGroup);
+    EXPECT_EQ(retired->bytes(), 0u);
+  }
+  EXPECT_GT(retired->bytes(), 0u);
+  // A tensor the engine does not pack (a norm) or converts is not packed as it arrives.
+  StreamingPacker norms(current, kernels::Compute::f32, pool,
+                        {{"model.norm.weight", DType::f32, current.find("model.norm.weight")->shape, 0}});
+  EXPECT_FALSE(norms.packs(0));
 }
 
 }  // namespace
