@@ -14,6 +14,7 @@
 // --json FILE (rank 0 writes it, bench/bench_json.h): rows weight_sync_bcast_<B>mib_gbps (bound: the
 // raw MPI_Bcast's GB/s in the same rounds), weight_sync_ipc_gbps (write + open + checksum; bound:
 // memcpy's GB/s), checksum64_dram_gbps.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -248,14 +249,37 @@ std::string phase_line(const std::vector<MpiGroup::BcastPhases>& runs) {
   return line;
 }
 
+// --pieces: the root sends as the trainer does (MpiGroup::bcast_buckets_from over the tensors where
+// they lie, checksumming each segment once it went out, for the trailer); the pieces are cut from
+// its buffer in the sizes of a stories110M layer's f32 tensors (q/k/v/o 2.25 MiB, w1/w2/w3 6 MiB,
+// a norm 3 KiB), so every rank's bytes are the buffer's.
+std::vector<MpiGroup::RootPiece> trainer_pieces(std::span<char> buf) {
+  static constexpr size_t kSizes[] = {size_t{9} << 18, size_t{9} << 18, size_t{9} << 18, size_t{9} << 18,
+                                      size_t{6} << 20, size_t{6} << 20, size_t{6} << 20, 3072};
+  std::vector<MpiGroup::RootPiece> out;
+  for (size_t off = 0, i = 0; off < buf.size(); ++i) {
+    const size_t n = std::min(kSizes[i % std::size(kSizes)], buf.size() - off);
+    out.push_back({buf.data() + off, n});
+    off += n;
+  }
+  return out;
+}
+
 double timed_bcast(MpiGroup& world, std::span<char> buf, bool bucketed, size_t bucket,
                    const std::vector<uint64_t>& expected, size_t& mismatches,
-                   std::vector<MpiGroup::BcastPhases>* phases = nullptr) {
+                   std::vector<MpiGroup::BcastPhases>* phases = nullptr, bool pieces = false) {
   const bool root = world.rank() == 0;
   if (!root) std::memset(buf.data(), 0, buf.size());  // same cache state for both variants
   die_if(world.barrier(), "barrier");
   auto t0 = Clock::now();
-  if (bucketed) {
+  if (bucketed && pieces && root) {
+    uint64_t sent = 0;  // the trainer's trailer: checksums of what went out, per segment
+    auto on_segment = [&](size_t off, size_t len, const void* bytes) { sent += zr::checksum64_partial(bytes, len, off); };
+    const auto from = trainer_pieces(buf);
+    die_if(world.bcast_buckets_from(from, 0, bucket, milliseconds(60000), on_segment), "bcast_buckets_from");
+    if (sent == 42) std::puts("");
+    if (phases) phases->push_back(world.last_bcast_phases());
+  } else if (bucketed) {
     uint64_t sum = 0;  // of the current bucket, from its segments (as TransferVerifier does per tensor)
     auto on_segment = [&](size_t off, size_t len, const void* bytes) {
       if (root) return;
@@ -273,7 +297,7 @@ double timed_bcast(MpiGroup& world, std::span<char> buf, bool bucketed, size_t b
   return slowest(world, seconds_since(t0));
 }
 
-BcastTimes bench_bcast(MpiGroup& world, std::span<char> buf, size_t bucket, int repeats) {
+BcastTimes bench_bcast(MpiGroup& world, std::span<char> buf, size_t bucket, int repeats, bool pieces) {
   std::string sums;  // per-bucket checksums, computed by the root, sent as metadata
   if (world.rank() == 0)
     for (size_t off = 0; off < buf.size(); off += bucket) {
@@ -286,13 +310,13 @@ BcastTimes bench_bcast(MpiGroup& world, std::span<char> buf, size_t bucket, int 
   BcastTimes t;
   size_t mismatches = 0;
   timed_bcast(world, buf, false, bucket, expected, mismatches);  // warm-up both paths
-  timed_bcast(world, buf, true, bucket, expected, mismatches);
+  timed_bcast(world, buf, true, bucket, expected, mismatches, nullptr, pieces);
   for (int r = 0; r < repeats; ++r) {
     bool bucketed_first = r % 2 == 1;
     for (int i = 0; i < 2; ++i) {
       bool bucketed = (i == 0) == bucketed_first;
       (bucketed ? t.bucketed : t.raw)
-          .push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches, &t.phases));
+          .push_back(timed_bcast(world, buf, bucketed, bucket, expected, mismatches, &t.phases, pieces));
     }
   }
   t.mismatches = mismatches;
@@ -356,14 +380,25 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   std::string receive = "auto";
   app.add_option("--receive", receive,
-                 "how receivers land segments: auto | ring | in-place | pull (MpiGroup::set_receive_mode)")
-      ->check(CLI::IsMember({"auto", "ring", "in-place", "pull"}));
+                 "how receivers land segments: auto (pull where it can) | pipeline (ring or in place) | ring | in-place | "
+                 "pull (MpiGroup::set_receive_mode)")
+      ->check(CLI::IsMember({"auto", "pipeline", "ring", "in-place", "pull"}));
+  std::string root_pages = "huge";
+  app.add_option("--root-pages", root_pages,
+                 "pages of the root's buffer: huge (2 MiB where THP allows, as the receivers' staging buffers) | "
+                 "4k (as a trainer's tensors: torch's allocator, a checkpoint's file mapping)")
+      ->check(CLI::IsMember({"huge", "4k"}));
+  bool pieces = false;
+  app.add_flag("--pieces", pieces,
+               "the root sends from tensor-sized pieces of its buffer and checksums what went out, as the trainer "
+               "does (bcast_buckets_from)");
   CLI11_PARSE(app, argc, argv);
   zr::bench::JsonRows rows(world->rank() == 0 ? json_path : "");
   const size_t bytes = mib << 20;
   world->set_receive_mode(receive == "ring"       ? MpiGroup::ReceiveMode::ring
                           : receive == "in-place" ? MpiGroup::ReceiveMode::in_place
                           : receive == "pull"     ? MpiGroup::ReceiveMode::pull
+                          : receive == "pipeline" ? MpiGroup::ReceiveMode::pipeline
                                                   : MpiGroup::ReceiveMode::automatic);
   std::string bucket_list;
   for (size_t b : bucket_mibs) bucket_list += (bucket_list.empty() ? "" : ",") + std::to_string(b);
@@ -371,15 +406,25 @@ int main(int argc, char** argv) {
   // Pre-faulted on every rank, in 2 MiB pages where THP allows (4 KiB under ZR_NO_HUGEPAGES), as
   // the trainer's transfer buffer and the engines' staging buffers are.
   zr::PullBuffer mem;
-  die_if(mem.reserve(bytes), "buffer");
-  std::memset(mem.data(), 0, bytes);
-  std::span<char> buf(reinterpret_cast<char*>(mem.data()), bytes);
+  std::span<char> buf;
+  if (world->rank() == 0 && root_pages == "4k") {  // advised before the first touch; unmapped at exit
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die_if(zr::make_error(zr::ErrorCode::io_error, "mmap"), "buffer");
+    (void)::madvise(p, bytes, MADV_NOHUGEPAGE);
+    buf = std::span<char>(static_cast<char*>(p), bytes);
+  } else {
+    die_if(mem.reserve(bytes), "buffer");
+    buf = std::span<char>(reinterpret_cast<char*>(mem.data()), bytes);
+  }
+  std::memset(buf.data(), 0, bytes);
   if (world->rank() == 0) {
     fill_random(buf.data(), bytes, 42);
-    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; buffer in %s\n",
-                world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
-                zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
-                zr::mapping_pages(buf.data()).describe().c_str());
+    std::printf(
+        "bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; root's buffer in %s%s\n",
+        world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
+        zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
+        zr::mapping_pages(buf.data()).describe().c_str(),
+        pieces ? ", sent from tensor-sized pieces with the trainer's checksums (--pieces)" : "");
     bench_checksum(buf, rows);
     if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats, rows);
     std::fflush(stdout);
@@ -387,7 +432,7 @@ int main(int argc, char** argv) {
   consumer.stop();
   park_until_rank0(*world);
   for (size_t b : bucket_mibs) {  // each against raw MPI_Bcast timed in the same rounds
-    BcastTimes t = bench_bcast(*world, buf, b << 20, repeats);
+    BcastTimes t = bench_bcast(*world, buf, b << 20, repeats, pieces);
     report_bcast(*world, t, bytes, b << 20, zr::mapping_pages(buf.data()).describe(), rows);
   }
   return rows.write() ? 0 : 1;

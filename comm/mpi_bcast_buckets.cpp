@@ -226,14 +226,9 @@ class SegmentBroadcaster {
     st_.cv.notify_all();
   }
 
-  // "bucket 3/8 (64 MiB at offset ...)" when a bucket is one segment, else
-  // "bucket 3/8, segment 5/32 (2 MiB at offset ...)".
   std::string segment_text(size_t s) const {
     if (s >= plan_.count()) return "the trailer (" + std::to_string(trailer_bytes_) + " bytes)";
-    std::string t = "bucket " + std::to_string(plan_.bucket_of(s) + 1) + "/" + std::to_string(plan_.buckets());
-    if (size_t in = plan_.segments_in(plan_.bucket_of(s)); in > 1)
-      t += ", segment " + std::to_string(s % plan_.per_bucket + 1) + "/" + std::to_string(in);
-    return t + " (" + size_text(plan_.length(s)) + " at offset " + std::to_string(plan_.offset(s)) + ")";
+    return segment_name(plan_, s);
   }
 
   std::string timeout_text() const {
@@ -293,12 +288,12 @@ Status MpiGroup::bcast_buckets(void* data, size_t bytes, int root, size_t bucket
                                                        " bytes is over " + std::to_string(kMaxTrailerBytes));
   if (bytes == 0) return Status::ok_status();
   if (!data) return make_error(ErrorCode::invalid_argument, "bcast_buckets: null data");
-  if (impl_->receive_mode == ReceiveMode::pull) {  // every rank: the same mode (mpi_group.h)
-    uint64_t pid = 0, addr = 0;
-    auto pull = agree_on_pull(static_cast<char*>(data), bytes, root, timeout, &pid, &addr);
+  if (pull_tried(bytes)) {  // the same answer on every rank (mpi_group.h)
+    const RootPiece whole{data, bytes};
+    auto pull = agree_on_pull(impl_->rank == root ? std::span(&whole, 1) : std::span<const RootPiece>{}, bytes, root,
+                              bucket_bytes, timeout);
     if (!pull.ok()) return pull.status();
-    if (*pull)
-      return run_pull(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer, pid, addr);
+    if (*pull) return run_pull(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer);
   }
   return run_bucket_pipeline(static_cast<char*>(data), bytes, root, bucket_bytes, timeout, on_segment, trailer);
 }
@@ -402,11 +397,6 @@ Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root,
     bytes += p.bytes;
   }
   if (bytes == 0) return Status::ok_status();
-  if (impl_->receive_mode == ReceiveMode::pull) {  // the receivers expect the agreement: no offer
-    uint64_t pid = 0, addr = 0;
-    auto pull = agree_on_pull(nullptr, bytes, root, timeout, &pid, &addr);
-    if (!pull.ok()) return pull.status();
-  }
   SegmentSource source = [&](size_t off, size_t len, char* scratch) -> const char* {
     // The last piece starting at or before off: never an empty one (it shares its start with the next).
     size_t i = static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), off) - starts.begin()) - 1;
@@ -421,6 +411,11 @@ Status MpiGroup::bcast_buckets_from(std::span<const RootPiece> pieces, int root,
     }
     return scratch;
   };
+  if (pull_tried(bytes)) {  // the receivers read the pieces where they are
+    auto pull = agree_on_pull(pieces, bytes, root, bucket_bytes, timeout);
+    if (!pull.ok()) return pull.status();
+    if (*pull) return run_pull(nullptr, bytes, root, bucket_bytes, timeout, on_segment, trailer, source);
+  }
   return run_bucket_pipeline(nullptr, bytes, root, bucket_bytes, timeout, on_segment, trailer, source);
 }
 
@@ -432,7 +427,7 @@ bool MpiGroup::receives_through_ring(int root) const {
   if (!valid() || impl_->rank == root) return false;
   const ReceiveMode mode = impl_->receive_mode;
   return mode == ReceiveMode::ring ||
-         ((mode == ReceiveMode::automatic || mode == ReceiveMode::pull) && use_ring(impl_->on_this_host, root));
+         (mode != ReceiveMode::in_place && use_ring(impl_->on_this_host, root));
 }
 
 const MpiGroup::BcastPhases& MpiGroup::last_bcast_phases() const {

@@ -169,7 +169,10 @@ MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
   g.survivors.reset();                             // a sub-group of this one: freed first
-  if (!g.pending.empty()) (void)g.ring.release();  // undrained receives may still write into it
+  if (!g.pending.empty()) {  // undrained receives may still write into these
+    (void)g.ring.release();
+    (void)g.agreement.release();
+  }
   if (!g.is_world) {
     if (g.comm == MPI_COMM_NULL) return;
     if (g.pending.empty()) MPI_Comm_free(&g.comm);

@@ -155,17 +155,21 @@ class MpiGroup {
                             std::chrono::milliseconds timeout = std::chrono::milliseconds(30000),
                             const SegmentCallback& on_segment = {}, std::span<std::byte> trailer = {});
 
-  // Where this rank's bcast_buckets lands received segments (above): automatic (the default:
-  // through the ring when every receiver on this host has two cores), or forced either way.
-  // pull (opt-in; every rank of the group sets it, the root too): when every rank shares one host
-  // and has two cores per receiver, each receiver copies the transfer out of the root's buffer
-  // with process_vm_readv on its helper thread while its caller runs on_segment behind it
-  // (comm/mpi_bcast_pull.cpp); the ranks agree on it first (two small collectives), and fall back
-  // to the pipeline (ring or in place, as automatic) when the root sends pieces
-  // (bcast_buckets_from), a receiver may not read the root (ptrace rules), or ZR_NO_BCAST_PULL is
-  // set. Not the default: a peer that never arrives times out in that agreement, not in a named
-  // bucket, and drain() does not cover it.
-  enum class ReceiveMode { automatic, ring, in_place, pull };
+  // How this rank's bcast_buckets receives (every rank of the group sets the same mode, the root
+  // too; only ring and in_place may be mixed).
+  // automatic (the default): pull where it can, else the pipeline. pull: when every rank shares
+  // one host, the transfer is at least kPullMinBytes (explicit pull: any size) and each receiver
+  // has two cores (use_ring), each receiver copies the transfer out of the root's memory with
+  // process_vm_readv on its helper thread while its caller runs on_segment behind it
+  // (comm/mpi_bcast_pull.cpp), from one buffer or from the root's pieces (bcast_buckets_from). The
+  // ranks agree on it first (two or three small collectives); the pipeline runs instead when a
+  // receiver may not read the root (ptrace rules) or ZR_NO_BCAST_PULL is set on any rank.
+  // Deadlines name the first bucket while the agreement waits, as the pipeline's do. Unlike the
+  // pipeline, a late peer cannot complete the transfer once the others timed out: both sides
+  // fail with timeout (the agreement's buffers are the group's, so drain() is safe).
+  // pipeline: the bucket pipeline, through the ring when every receiver on this host has two
+  // cores, else in place. ring / in_place: the pipeline, forced either way.
+  enum class ReceiveMode { automatic, ring, in_place, pull, pipeline };
   void set_receive_mode(ReceiveMode mode);
   // Whether a bcast_buckets from `root` would reach this rank through the ring (false on the root).
   bool receives_through_ring(int root) const;
@@ -234,14 +238,16 @@ class MpiGroup {
                              const SegmentCallback& on_segment, std::span<std::byte> trailer,
                              const SegmentSource& source = {});
 
-  // The pull form (comm/mpi_bcast_pull.cpp): whether this rank wants it for a broadcast from
-  // root; the agreement (all ranks; *pid and *addr: the root's process and buffer); the transfer.
+  // The pull form (comm/mpi_bcast_pull.cpp): whether the ranks try it for this transfer (the same
+  // answer on every rank); whether this rank wants it; the agreement (all ranks; the root offers
+  // `pieces`, the others pass none; the root's process and regions land in impl_->agreement); the
+  // transfer (source: the root's segments when they are pieces, as for run_bucket_pipeline).
+  bool pull_tried(size_t bytes) const;
   bool pull_wanted(int root) const;
-  Result<bool> agree_on_pull(char* data, size_t bytes, int root, std::chrono::milliseconds timeout, uint64_t* pid,
-                             uint64_t* addr);
+  Result<bool> agree_on_pull(std::span<const RootPiece> pieces, size_t bytes, int root, size_t bucket_bytes,
+                             std::chrono::milliseconds timeout);
   Status run_pull(char* data, size_t bytes, int root, size_t bucket_bytes, std::chrono::milliseconds timeout,
-                  const SegmentCallback& on_segment, std::span<std::byte> trailer, uint64_t root_pid,
-                  uint64_t root_addr);
+                  const SegmentCallback& on_segment, std::span<std::byte> trailer, const SegmentSource& source = {});
 
   std::unique_ptr<Impl> impl_;
 };

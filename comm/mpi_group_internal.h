@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -20,6 +21,26 @@ namespace zr {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
+
+namespace mpi_detail {
+// The pull form's agreement (comm/mpi_bcast_pull.cpp): the MPI buffers of its small collectives.
+// Held by the group, not on a stack: a timed-out agreement leaves them posted (drain()), and MPI
+// may still write into them later.
+struct PullAgreement {
+  struct Offer {
+    int64_t pid = 0;
+    uint64_t bytes = 0;    // of the transfer
+    int64_t regions = 0;   // how many PullRegions follow (a second broadcast)
+    int64_t offered = 0;
+  } offer;
+  struct Region {
+    uint64_t addr = 0;  // in the root; 0: `bytes` zero bytes (padding between pieces)
+    uint64_t bytes = 0;
+  };
+  std::vector<Region> regions;  // the transfer laid end to end
+  int mine = 0, all = 0;        // MPI_MIN over "this rank wants and may pull"
+};
+}  // namespace mpi_detail
 
 struct MpiGroup::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
@@ -38,6 +59,8 @@ struct MpiGroup::Impl {
   std::unique_ptr<char, void (*)(void*)> ring{nullptr, std::free};
   size_t ring_bytes = 0;
   BcastPhases phases;  // of the last bcast_buckets
+  // The pull agreement's buffers (leaked with the ring when broadcasts stay pending).
+  std::unique_ptr<mpi_detail::PullAgreement> agreement = std::make_unique<mpi_detail::PullAgreement>();
   // survivors(): the sub-group of the latest epoch asked for (destroyed before this group).
   std::unique_ptr<MpiGroup> survivors;
   uint64_t survivors_epoch = 0;
@@ -84,6 +107,10 @@ class Backoff {
 //    place; one core per rank, mpirun's default binding: ~71% vs ~79%).
 inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Transfers this large pull by default (ReceiveMode::automatic) where they can; smaller ones take
+// the pipeline without the agreement's two extra collectives.
+constexpr size_t kPullMinBytes = size_t{1} << 20;
+
 constexpr size_t kSegmentBytes = size_t{2} << 20;
 constexpr size_t kRingSlots = 4;
 
@@ -108,6 +135,15 @@ struct SegmentPlan {
   // buckets, and no more than the ring has slots.
   size_t window() const { return std::min(kRingSlots, 2 * per_bucket); }
 };
+
+// "bucket 3/8 (64 MiB at offset ...)" when a bucket is one segment, else
+// "bucket 3/8, segment 5/32 (2 MiB at offset ...)": how deadlines name a stalled segment.
+inline std::string segment_name(const SegmentPlan& plan, size_t s) {
+  std::string t = "bucket " + std::to_string(plan.bucket_of(s) + 1) + "/" + std::to_string(plan.buckets());
+  if (size_t in = plan.segments_in(plan.bucket_of(s)); in > 1)
+    t += ", segment " + std::to_string(s % plan.per_bucket + 1) + "/" + std::to_string(in);
+  return t + " (" + size_text(plan.length(s)) + " at offset " + std::to_string(plan.offset(s)) + ")";
+}
 
 // Whether this receiver lands segments through the ring: it needs a core for each of its two
 // threads, and so does every other receiver on this host (the root's thread mostly sleeps).

@@ -296,8 +296,9 @@ TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
     else expected.insert(expected.end(), data[i].begin(), data[i].end());
   }
   using Mode = MpiGroup::ReceiveMode;
-  for (auto mode : {Mode::ring, Mode::in_place}) {
-    SCOPED_TRACE(mode == Mode::ring ? "ring" : "in place");
+  const unsigned cores = std::thread::hardware_concurrency();
+  for (auto mode : {Mode::ring, Mode::in_place, Mode::pull}) {
+    SCOPED_TRACE(mode == Mode::ring ? "ring" : mode == Mode::pull ? "pull" : "in place");
     world().set_receive_mode(mode);
     for (size_t bucket : {size_t{4} << 20, size_t{64} << 10}) {
       std::vector<char> got(expected.size(), char{1});
@@ -323,6 +324,9 @@ TEST(MpiGroup, BcastBucketsFromPiecesEqualsOneBuffer) {
       } else {
         EXPECT_TRUE(seen == expected) << "bucket " << bucket << ": the root's on_segment";
       }
+      // pull: the receivers read the root's pieces where they lie (two cores per receiver).
+      EXPECT_EQ(world().last_bcast_phases().pull,
+                mode == Mode::pull && cores >= 2 * static_cast<unsigned>(world().size() - 1));
     }
   }
   world().set_receive_mode(Mode::automatic);
