@@ -242,7 +242,7 @@ std::string phase_line(const std::vector<MpiGroup::BcastPhases>& runs) {
   char line[320];
   std::snprintf(
       line, sizeof line,
-      "total %6.1f = wait %6.1f + copy out of ring %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast %5.1f, "
+      "total %6.1f = wait %6.1f + copy %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast or pull %5.1f, "
       "MPI_Test %6.1f ms",
       med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait), med(&MpiGroup::BcastPhases::copy_out),
       med(&MpiGroup::BcastPhases::on_segment), med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));

@@ -215,43 +215,57 @@ Status MpiGroup::run_pull(char* data, size_t bytes, int root, size_t bucket_byte
   BcastPhases ph;
   ph.pull = true;
   const auto t_call = Clock::now();
-  // Receiver: the helper pulls segment after segment into `data`; `pulled` counts them.
+  // Receiver: both threads pull (copying 4 KiB pages out of another process costs CPU per page,
+  // so one thread fell to ~80% of one MPI_Bcast from a trainer's tensors): the helper takes segment
+  // after segment, and the caller, whenever the segment it must hand to on_segment next is not
+  // pulled yet, takes the next one itself (at most kLookahead ahead, so what it hands on is still
+  // in the cache), then runs on_segment in order.
+  constexpr size_t kLookahead = 4;
   std::mutex mu;
   std::condition_variable cv;
-  size_t pulled = 0;
+  std::vector<char> pulled(is_root ? 0 : plan.count(), 0);
+  size_t next = 0;  // the next segment nobody took
   bool stop = false;
   Status pull_error;
+  std::optional<RegionReader> reader;
+  // Pulls segment s (taken under mu); false if this or another pull failed.
+  auto pull = [&](size_t s, std::unique_lock<std::mutex>& lk, double& seconds) {
+    lk.unlock();
+    const auto t = Clock::now();
+    Status st = reader->copy(data + plan.offset(s), plan.offset(s), plan.length(s));
+    seconds += seconds_since(t);
+    lk.lock();
+    if (!st.ok() && pull_error.ok()) pull_error = std::move(st);
+    stop = stop || !pull_error.ok();
+    pulled[s] = pull_error.ok();
+    cv.notify_all();
+  };
   std::optional<SplitCores> cores;
   std::thread helper;
   if (!is_root) {
+    reader.emplace(static_cast<pid_t>(a.offer.pid), a.regions);
     cores.emplace(impl_->on_this_host, impl_->rank, root);
     helper = std::thread([&] {
       cores->place_helper();
-      const RegionReader reader(static_cast<pid_t>(a.offer.pid), a.regions);
-      for (size_t k = 0; k < plan.count(); ++k) {
-        const auto t = Clock::now();
-        Status s = reader.copy(data + plan.offset(k), plan.offset(k), plan.length(k));
-        ph.post += seconds_since(t);
-        std::lock_guard lk(mu);
-        if (!s.ok()) pull_error = std::move(s);
-        if (!s.ok() || stop) break;
-        pulled = k + 1;
-        cv.notify_all();
-      }
-      std::lock_guard lk(mu);
-      stop = true;
-      cv.notify_all();
+      std::unique_lock lk(mu);
+      while (!stop && next < plan.count()) pull(next++, lk, ph.post);
     });
   }
   std::unique_ptr<char[]> scratch(source ? new char[plan.segment] : nullptr);  // the root of pieces
   std::exception_ptr thrown;
   for (size_t k = 0; k < plan.count(); ++k) {
     if (!is_root) {
-      auto t = Clock::now();
       std::unique_lock lk(mu);
-      cv.wait(lk, [&] { return pulled > k || stop; });
-      if (pulled <= k) break;
-      ph.wait += seconds_since(t);
+      while (!pulled[k] && !stop) {
+        if (next < plan.count() && next <= k + kLookahead) {
+          pull(next++, lk, ph.copy_out);
+          continue;
+        }
+        const auto t = Clock::now();
+        cv.wait(lk);
+        ph.wait += seconds_since(t);
+      }
+      if (!pulled[k]) break;
     }
     ++ph.segments;
     if (!on_segment) continue;

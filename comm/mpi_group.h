@@ -182,7 +182,7 @@ class MpiGroup {
     double post = 0, test = 0;
     size_t segments = 0;
     bool ring = false;
-    bool pull = false;  // pulled (ReceiveMode::pull): `post` is the helper's time in process_vm_readv
+    bool pull = false;  // pulled: `post` is the helper's time in process_vm_readv, `copy_out` the caller's
   };
   const BcastPhases& last_bcast_phases() const;
   // How this rank's receive ring is backed ("2 MiB pages (100%)", "4 KiB pages"; "none" before a
