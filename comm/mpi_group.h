@@ -109,7 +109,10 @@ class MpiGroup {
   // Otherwise bytes == data + offset.
   using SegmentCallback = std::function<void(size_t offset, size_t length, const void* bytes)>;
 
-  // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank. The transfer is cut
+  // Collective: broadcasts `bytes` bytes at `data` from `root` to every rank. Where every rank
+  // shares one host, receivers by default copy the bytes out of the root's memory themselves (the
+  // pull form, ReceiveMode below), with the same segments, on_segment calls, trailer and deadlines;
+  // otherwise the pipeline described here runs. The transfer is cut
   // into buckets of bucket_bytes (a multiple of 64, at most 1 GiB); a bucket moves as segments of
   // at most 2 MiB, one MPI_Ibcast each (a smaller bucket is one segment). Every rank keeps at most
   // 4 segments (or two buckets, if smaller) posted and not yet consumed; segment k+1 arrives while
@@ -139,7 +142,7 @@ class MpiGroup {
                        const SegmentCallback& on_segment = {}, std::span<std::byte> trailer = {});
 
   // The root's side of bcast_buckets when its bytes do not lie in one buffer: `pieces`, laid end to
-  // end in order, are the transfer (a trainer's tensors where the caller holds them, with null
+  // end in order, are the transfer (pulled: the receivers read each piece where it lies) (a trainer's tensors where the caller holds them, with null
   // pieces for the zero padding between them). A segment inside one piece is sent from it in place,
   // with no copy; one that spans pieces is first assembled in a scratch slot (one per posted
   // segment, 2 MiB each, so it stays in the cache). The other ranks call bcast_buckets with the sum
