@@ -533,8 +533,11 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
     Status refuse = validate_update_meta(current, c.tensors, n);
     if (refuse.ok() && c.version <= serving_version) refuse = stale();
     std::shared_ptr<uint8_t> buf = src.pool->get(std::max<uint64_t>(n, 64));
-    return run_staging(src, cur, [cur, buf, n, refuse, c, src](auto&) -> Result<StagedWeights> {
+    return run_staging(src, cur, [cur, buf, n, refuse, c, src](auto& streamed) -> Result<StagedWeights> {
       if (!buf) return make_error(ErrorCode::unavailable, "staging buffer: cannot map " + std::to_string(n) + " bytes");
+      // Packs each matmul weight's rows as its segments land (pulled or received in place: at
+      // their final place, in the cache), so the ack follows the last segment, not a packing pass.
+      if (refuse.ok()) streamed = stream_packer(src, *cur, c.tensors);
       // After engines died the trainer names the survivors: the group over them is made here, on the
       // staging thread, since every member blocks in its creation until all have entered.
       auto group = src.weight_group->survivors(c.group_epoch, c.group_ranks, src.transfer_timeout);
@@ -545,7 +548,10 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       std::vector<uint64_t> trailer(c.checksum_trailer ? c.tensors.size() : 0);
       Status st = (*group)->bcast_buckets(
           buf.get(), n, c.root, c.bucket_bytes, src.transfer_timeout,
-          [&](size_t off, size_t len, const void* seg) { verifier.add(seg, off, len); },
+          [&](size_t off, size_t len, const void* seg) {
+            verifier.add(seg, off, len);
+            if (streamed && seg == buf.get() + off) streamed->arrived_transfer(buf.get(), off, len);
+          },
           std::as_writable_bytes(std::span(trailer)));
       if (!st.ok()) return st;
       if (!refuse.ok()) return refuse;
