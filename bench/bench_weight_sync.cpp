@@ -11,6 +11,9 @@
 // Run: mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader -np 2
 //          build/bench/bench_weight_sync [--mib 512] [--bucket-mib 64[,16...]] [--repeats 7]
 // (np = 4 for 3 receivers). Rank 0 prints; the ipc part runs on rank 0 while the others sleep.
+// What a trainer sends from: --pieces --root-pages 4k (its tensors where it holds them, in 4 KiB
+// pages, checksummed as they go out); the receivers' buffers are in 2 MiB pages where THP allows,
+// as an engine's staging buffers. --receive pipeline: the bucket pipeline even where a pull applies.
 // --json FILE (rank 0 writes it, bench/bench_json.h): rows weight_sync_bcast_<B>mib_gbps (bound: the
 // raw MPI_Bcast's GB/s in the same rounds), weight_sync_ipc_gbps (write + open + checksum; bound:
 // memcpy's GB/s), checksum64_dram_gbps.
