@@ -269,9 +269,6 @@ json to_json(const EnginesReply& r) {
 json to_json(const TokenizeReply& r) { return {{"req_id", r.req_id}, {"input_ids", r.input_ids}}; }
 json to_json(const DetokenizeReply& r) { return {{"req_id", r.req_id}, {"text", r.text}}; }
 
-std::string encode(const GenerateReply& r) { return pack_body(to_json(r)); }
-std::string encode_chunk(uint64_t req_id, const StreamChunk& c) { return pack_body(chunk_to_json(req_id, c)); }
-std::string encode(const ScoreReply& r) { return pack_body(to_json(r)); }
 std::string encode(const AbortReply& r) { return pack_body(to_json(r)); }
 std::string encode(const LoadReply& r) { return pack_body(to_json(r)); }
 std::string encode(const HealthReply& r) { return pack_body(to_json(r)); }
