@@ -41,7 +41,7 @@ struct RolloutActorOptions {
   // parent of --model); any other disk_path is permission_denied. Empty: any path (in-process use).
   std::vector<std::string> weights_roots;
   // When the engine goes idle, its compute threads sleep at once instead of spinning for the next
-  // step (Engine::park_threads; 20,000 pauses are ~0.4-0.6 ms on this host), parked before the
+  // step (Engine::park_threads; otherwise a worker spins up to 50 us, model/thread_pool.cpp), parked before the
   // step's replies are sent, freeing the core for the reply's socket threads. Off: in
   // bench_service's alternating rounds it did not clearly shorten a 1-token round trip
   // (docs/performance.md).

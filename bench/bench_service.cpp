@@ -8,7 +8,9 @@
 //        --hops: after the overhead rows, 200 more 1-token round trips with comm/hop_trace.h on, and
 //        the median time from each hop to the next (client caller, client I/O thread, actor, engine).
 //        --json: rows generate_rt_1tok (us), service_overhead_1tok (us, bound: the raw round trip,
-//        so ratio = overhead / raw; target <= 2), service_tok_s (bound: the engine alone).
+//        so ratio = overhead / raw; target <= 2), raw_dealer_router_rt (us: the service's frames
+//        and body sizes through a bare DEALER/ROUTER pair, bound: the raw REQ/REP round trip),
+//        service_tok_s (bound: the engine alone).
 //        bench_service --connect EP [--samples 200]: only the C++ client's 1-token round trip against
 //        a running server (bench/bench_python_client.py alternates it with the Python client's).
 //        bench_service --curve: the cost of CURVE: the 1-token round trip and the 64-client
@@ -29,6 +31,7 @@
 #include "bench/bench_models.h"
 #include "comm/client.h"
 #include "comm/hop_trace.h"
+#include "comm/wire_codec.h"
 
 namespace zr {
 namespace {
@@ -62,6 +65,47 @@ double raw_zmq_round_trip_us() {
     req.send(zmq::buffer(payload));
     zmq::message_t m;
     (void)req.recv(m);
+    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  server.join();
+  return median(t);
+}
+
+// The service's socket pattern without the service: a client DEALER sends [op, body] with a body
+// the size of a 1-token generate request, a server thread polls its ROUTER (as the actor's loop
+// does) and answers [id, op, body] with a body the size of its reply. The floor that libzmq and
+// the kernel set for the service's hops on this host (median of 2000, microseconds).
+double raw_dealer_router_round_trip_us(size_t request_bytes, size_t reply_bytes) {
+  zmq::context_t ctx;
+  zmq::socket_t router(ctx, zmq::socket_type::router);
+  router.bind("tcp://127.0.0.1:*");
+  std::string ep = router.get(zmq::sockopt::last_endpoint);
+  const int n = 2000;
+  std::thread server([&] {
+    const std::string reply(reply_bytes, 'r');
+    for (int i = 0; i < n; ++i) {
+      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(-1));
+      zmq::message_t id, op, body;
+      (void)router.recv(id);
+      (void)router.recv(op);
+      (void)router.recv(body);
+      router.send(id, zmq::send_flags::sndmore);
+      router.send(zmq::str_buffer("generate.reply"), zmq::send_flags::sndmore);
+      router.send(zmq::buffer(reply), zmq::send_flags::none);
+    }
+  });
+  zmq::socket_t dealer(ctx, zmq::socket_type::dealer);
+  dealer.connect(ep);
+  const std::string body(request_bytes, 'q');
+  std::vector<double> t;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = Clock::now();
+    dealer.send(zmq::str_buffer("generate"), zmq::send_flags::sndmore);
+    dealer.send(zmq::buffer(body), zmq::send_flags::none);
+    zmq::message_t op, reply;
+    (void)dealer.recv(op);
+    (void)dealer.recv(reply);
     t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
   }
   server.join();
@@ -291,6 +335,18 @@ int main(int argc, char** argv) {
   // compute threads parked as soon as the engine goes idle (park_idle_threads), and the engine
   // alone, so the three see the same host.
   double raw_us = raw_zmq_round_trip_us();
+  // Body sizes of this bench's 1-token generate and its reply.
+  const size_t request_bytes =
+      wire::encode(GenerateCall{1, {request("o0", vocab, 4, 1, 0)}}).size();
+  GenerateReply sized_reply{1, {SampleOutput{}}};
+  sized_reply.outputs[0].rid = "o0";
+  sized_reply.outputs[0].output_ids = {vocab - 1};
+  sized_reply.outputs[0].text = " word";
+  sized_reply.outputs[0].meta_info.id = "o0";
+  sized_reply.outputs[0].meta_info.finish_reason.type = FinishReason::Type::length;
+  sized_reply.outputs[0].meta_info.weight_version_spans = {{0, 0}};
+  const size_t reply_bytes = wire::encode(sized_reply).size();
+  double raw_dr_us = raw_dealer_router_round_trip_us(request_bytes, reply_bytes);
   RolloutActorOptions park_opt;
   park_opt.park_idle_threads = true;
   RolloutActor park_actor(ctx, std::move(Engine::load(model, engine_options())).value(), park_opt);
@@ -333,9 +389,13 @@ int main(int argc, char** argv) {
               gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
   std::printf("  idle threads parked           %8.1f us round trip, overhead %.1f us (= %.1fx raw)\n", park_us,
               park_us - engine_only_us, (park_us - engine_only_us) / raw_us);
+  std::printf("  raw DEALER/ROUTER, same frames %7.1f us  (%zu-byte request, %zu-byte reply, polled ROUTER: the\n"
+              "                                          sockets' floor for the service's hops)\n",
+              raw_dr_us, request_bytes, reply_bytes);
   rows.add({"generate_rt_1tok", gen_us, "us", 0});
   rows.add({"service_overhead_1tok", gen_us - engine_only_us, "us", raw_us});
   rows.add({"service_overhead_1tok_parked", park_us - engine_only_us, "us", raw_us});
+  rows.add({"raw_dealer_router_rt", raw_dr_us, "us", raw_us});
   if (hops) hop_report(*client, vocab, 200);
 
   // 2. Throughput: clients x rounds requests over tcp vs the engine alone on the same batch.

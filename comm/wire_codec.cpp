@@ -1,5 +1,6 @@
-// msgpack <-> json (with limits) and the request bodies. Replies are in wire_replies.cpp.
-// This file and wire_replies.cpp are the only includers of msgpack-cxx.
+// msgpack <-> json (with limits) and the request bodies. Replies are in wire_replies.cpp; the
+// encoders of generate / score calls and replies in wire_pack.cpp. This file and wire_pack.cpp
+// (through wire_writer.h) are the only includers of msgpack-cxx.
 #include "comm/wire_codec.h"
 
 #include <msgpack.hpp>
@@ -567,8 +568,6 @@ json to_json(const DetokenizeCall& c, const EncodeOptions& opt) {
       {"req_id", c.req_id}, {"input_ids", ids_json(c.input_ids, opt)}, {"skip_special_tokens", c.skip_special_tokens}};
 }
 
-std::string encode(const GenerateCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }
-std::string encode(const ScoreCall& c, const EncodeOptions& opt) { return pack_body(to_json(c, opt)); }
 std::string encode(const AbortCall& c) { return pack_body(to_json(c)); }
 std::string encode(const SessionCall& c) { return pack_body(to_json(c)); }
 std::string encode_req_id_only(uint64_t req_id) { return pack_body(json{{"req_id", req_id}}); }

@@ -4,6 +4,9 @@
 //
 //   bytes --unpack_body--> json --*_from_json--> struct        (decode_* do both steps)
 //   struct --to_json--> json --pack_body--> bytes              (encode* do both steps)
+//   struct ---------------------------------> bytes            (encode of generate / score calls,
+//                                                               replies and chunks: the hot path)
+// The direct encoders write the fields their to_json twins write, so both forms decode alike.
 //
 // Error classes: a body that is not a msgpack map of plain values (malformed, truncated, trailing
 // bytes, too deep, too many values, ext types, non-string keys, duplicate keys) is bad_message;

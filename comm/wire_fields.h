@@ -5,11 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <set>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -49,6 +50,18 @@ Status read_int(const json& v, const std::string& path, T& out) {
   return {};
 }
 
+template <class T>
+Status read_value(const json& v, const std::string& path, T& out);
+
+// read_value with the path built only when the value is wrong (path_of() renders it): a body's
+// fields and list elements are read without a string made for each.
+template <class T, class PathFn>
+Status read_value_at(const json& v, const PathFn& path_of, T& out) {
+  static const std::string kUnrendered;
+  if (read_value(v, kUnrendered, out).ok()) return {};
+  return read_value(v, path_of(), out);
+}
+
 // bool, integers, float/double, std::string and std::vector of those.
 template <class T>
 Status read_value(const json& v, const std::string& path, T& out) {
@@ -73,7 +86,7 @@ Status read_value(const json& v, const std::string& path, T& out) {
     out.reserve(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
       typename T::value_type e{};
-      Status st = read_value(v[i], path + "[" + std::to_string(i) + "]", e);
+      Status st = read_value_at(v[i], [&] { return path + "[" + std::to_string(i) + "]"; }, e);
       if (!st.ok()) return st;
       out.push_back(std::move(e));
     }
@@ -95,16 +108,17 @@ class FieldReader {
   std::string path(const std::string& name) const { return prefix_ + name; }
   bool ok() const { return err_.ok(); }
 
-  // The value of a present, non-null field (marked as used), else nullptr.
+  // The value of a present, non-null field (marked as used), else nullptr. `name` outlives the
+  // reader (a literal, or a key of the object read).
   const json* take(const char* name) {
-    used_.insert(name);
+    used_.push_back(name);
     if (!err_.ok()) return nullptr;
     auto it = j_.find(name);
     return it == j_.end() || it->is_null() ? nullptr : &*it;
   }
   template <class T>
   void get(const char* name, T& out) {
-    if (const json* v = take(name)) fail_status(read_value(*v, path(name), out));
+    if (const json* v = take(name)) fail_status(read_value_at(*v, [&] { return path(name); }, out));
   }
   void fail(const char* name, const std::string& what) { fail_status(field_error(path(name), what)); }
   void fail_status(Status st) {
@@ -113,7 +127,8 @@ class FieldReader {
   Status finish() const {
     if (!err_.ok() || !strict_) return err_;
     for (auto it = j_.begin(); it != j_.end(); ++it)
-      if (!used_.count(it.key())) return field_error(path(it.key()), "unknown field");
+      if (std::find(used_.begin(), used_.end(), it.key()) == used_.end())
+        return field_error(path(it.key()), "unknown field");
     return {};
   }
 
@@ -121,7 +136,7 @@ class FieldReader {
   const json& j_;
   std::string prefix_;
   bool strict_;
-  std::set<std::string, std::less<>> used_;
+  std::vector<std::string_view> used_;  // a few fields each: a scan beats a set's allocations
   Status err_;
 };
 

@@ -26,13 +26,13 @@ Status read_token_lp(const json& v, const std::string& path, TokenLogprob& out) 
   if (!v.is_array() || v.size() < 2) return field_error(path, "expected [logprob, token_id, text]");
   if (!v[0].is_null()) {
     float lp = 0;
-    ZR_RETURN_IF_ERROR(detail::read_value(v[0], at(path, 0), lp));
+    ZR_RETURN_IF_ERROR(detail::read_value_at(v[0], [&] { return at(path, 0); }, lp));
     out.logprob = lp;
   }
-  ZR_RETURN_IF_ERROR(detail::read_value(v[1], at(path, 1), out.token_id));
+  ZR_RETURN_IF_ERROR(detail::read_value_at(v[1], [&] { return at(path, 1); }, out.token_id));
   if (v.size() > 2 && !v[2].is_null()) {
     std::string text;
-    ZR_RETURN_IF_ERROR(detail::read_value(v[2], at(path, 2), text));
+    ZR_RETURN_IF_ERROR(detail::read_value_at(v[2], [&] { return at(path, 2); }, text));
     out.text = std::move(text);
   }
   return {};
@@ -41,7 +41,9 @@ Status read_token_lp(const json& v, const std::string& path, TokenLogprob& out) 
 Status read_lp_list(const json& v, const std::string& path, std::vector<TokenLogprob>& out) {
   if (!v.is_array()) return field_error(path, "expected an array");
   out.resize(v.size());
-  for (size_t i = 0; i < v.size(); ++i) ZR_RETURN_IF_ERROR(read_token_lp(v[i], at(path, i), out[i]));
+  // The element's path is built only for the message of a wrong element (read it again with it).
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!read_token_lp(v[i], path, out[i]).ok()) return read_token_lp(v[i], at(path, i), out[i]);
   return {};
 }
 
@@ -269,9 +271,6 @@ json to_json(const EnginesReply& r) {
 json to_json(const TokenizeReply& r) { return {{"req_id", r.req_id}, {"input_ids", r.input_ids}}; }
 json to_json(const DetokenizeReply& r) { return {{"req_id", r.req_id}, {"text", r.text}}; }
 
-std::string encode(const GenerateReply& r) { return pack_body(to_json(r)); }
-std::string encode_chunk(uint64_t req_id, const StreamChunk& c) { return pack_body(chunk_to_json(req_id, c)); }
-std::string encode(const ScoreReply& r) { return pack_body(to_json(r)); }
 std::string encode(const AbortReply& r) { return pack_body(to_json(r)); }
 std::string encode(const LoadReply& r) { return pack_body(to_json(r)); }
 std::string encode(const HealthReply& r) { return pack_body(to_json(r)); }

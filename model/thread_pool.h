@@ -1,7 +1,7 @@
 // ThreadPool: the engine's one compute thread pool (OpenBLAS stays single-threaded beside it, so
 // two pools never spin on the same cores). The caller thread takes part in every parallel_for.
-// Workers spin briefly between jobs (jobs come every few microseconds during a forward), then
-// sleep on an atomic wait. Thread-safety: parallel_for is called from one thread at a time.
+// Workers spin for up to 50 us of clock time between jobs (jobs come every few microseconds during
+// a forward), then sleep on an atomic wait. Thread-safety: parallel_for is called from one thread at a time.
 #pragma once
 
 #include <atomic>
@@ -23,8 +23,8 @@ class ThreadPool {
   // Runs fn(i) for every i in [0, n); returns when all calls have finished.
   void parallel_for(int n, const std::function<void(int)>& fn);
   // Workers stop spinning and sleep now, until the next parallel_for: for a caller that knows no
-  // job comes soon (the engine went idle). A spinning worker holds a core for up to a few hundred
-  // microseconds, which on a small host is the core a reply's socket threads would run on.
+  // job comes soon (the engine went idle). A spinning worker holds a core for up to 50 us, which
+  // on a small host is the core a reply's socket threads would run on.
   void park() { park_.store(true, std::memory_order_relaxed); }
 
  private:

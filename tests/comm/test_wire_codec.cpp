@@ -165,6 +165,64 @@ TEST(WireCodec, GenerateCallRoundTripsInEveryForm) {
   EXPECT_EQ(generation_budget(10, 512, /*kv_positions=*/100), 88);
 }
 
+// The hot-path encoders (wire_pack.cpp) write msgpack straight from the structs; their bytes
+// decode to exactly the json that the to_json form packs to, field for field, in every shape:
+// full and default requests, ids as bin, one request or a batch, replies with every logprob list,
+// each finish reason, non-finite logprobs, chunks, score calls and replies.
+TEST(WireCodec, DirectEncodersMatchTheJsonForm) {
+  auto same = [](const std::string& direct, const json& expected, const std::string& what) {
+    auto back = unpack_body(direct);
+    ASSERT_TRUE(back.ok()) << what << ": " << back.status().to_string();
+    EXPECT_EQ(*back, unpack_body(pack_body(expected)).value()) << what;
+  };
+  GenerateRequest text_only;
+  text_only.rid = "t";
+  text_only.text = "hi";
+  GenerateRequest empty_ids;  // neither text nor ids: input_ids [] is still written
+  GenerateRequest bias = full_request("dup");
+  bias.sampling_params.logit_bias = {{7, -1.5f}, {7, 3.0f}, {-1, 0.5f}};  // one key per id, the last wins
+  bias.sampling_params.processors = {};
+  bias.sampling_params.processors.allowed_token_ids = std::vector<int>{};  // an empty mask is still sent
+  for (bool bin : {false, true}) {
+    EncodeOptions opt{bin};
+    for (const auto& batch : {std::vector<GenerateRequest>{full_request("a")}, {text_only}, {empty_ids}, {bias},
+                              {full_request("a"), text_only, empty_ids}}) {
+      GenerateCall call{(uint64_t{1} << 40) + batch.size(), batch};
+      same(encode(call, opt), to_json(call, opt), "generate call of " + std::to_string(batch.size()));
+    }
+    ScoreCall sc{3, {ScoreRequest{"s", {1, 2}, {3}, 0.5f, 2}}};
+    same(encode(sc, opt), to_json(sc, opt), "score call");
+    sc.batch.push_back(ScoreRequest{"u", {}, {}, 1.0f, 0});
+    same(encode(sc, opt), to_json(sc, opt), "score call of 2");
+  }
+  SampleOutput length = full_output("b", 0), abort = full_output("c", 0), token_stop = full_output("d", 0);
+  length.meta_info.finish_reason = FinishReason{FinishReason::Type::length, {}, 17, {}};
+  length.has_input_logprobs = length.has_ids = false;
+  abort.meta_info.finish_reason = FinishReason{FinishReason::Type::abort, {}, 0, "stopped"};
+  abort.has_top = false;
+  token_stop.meta_info.finish_reason.matched = 2;
+  token_stop.meta_info.output_token_logprobs[0].logprob = -std::numeric_limits<float>::infinity();
+  GenerateReply reply{9, {full_output("a", 0), full_output("a", 1), length, abort, token_stop, SampleOutput{}}};
+  same(encode(reply), to_json(reply), "generate reply");
+  same(encode(GenerateReply{1, {}}), to_json(GenerateReply{1, {}}), "empty generate reply");
+  StreamChunk c{"a", 1, "lo", {6, 7}, {{-0.5f, 6, "l"}, {std::nullopt, 7, std::nullopt}}};
+  same(encode_chunk(11, c), chunk_to_json(11, c), "chunk");
+  ScoreOutput so{"s", {-0.5f, -std::numeric_limits<float>::infinity()}, {{{4, -0.5f}, {9, -2.0f}}, {}}, 3};
+  same(encode(ScoreReply{5, {so, ScoreOutput{}}}), to_json(ScoreReply{5, {so, ScoreOutput{}}}), "score reply");
+}
+
+// Maps of 16 members or more get a map16 header (begin_map reserved map32 room); the members
+// survive the move over the unused header bytes.
+TEST(WireCodec, DirectEncoderWritesTheSmallestMapHeader) {
+  const std::string body = encode(GenerateCall{1, {full_request("a")}});
+  EXPECT_EQ(static_cast<unsigned char>(body[0]), 0x8e);  // fixmap: 13 request fields and req_id
+  // sampling_params (fixstr of 15) holds 17 members: map16, then its first key
+  EXPECT_NE(body.find(std::string("\xaf" "sampling_params" "\xde\x00\x11", 19)), std::string::npos);
+  EXPECT_EQ(unpack_body(body)->at("sampling_params").size(), 17u);
+  const std::string small = encode(GenerateCall{1, {GenerateRequest{}}});
+  EXPECT_EQ(static_cast<unsigned char>(small[0]), 0x83);  // fixmap: req_id, rid, input_ids
+}
+
 TEST(WireCodec, ScoreAbortSessionAndReqIdBodiesRoundTrip) {
   ScoreRequest s{"s", {1, 2, 3}, {4, 5}, 0.5f, 3};
   for (bool bin : {false, true}) {
