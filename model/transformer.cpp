@@ -208,9 +208,11 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
 
   const size_t ldd = ld_d_, ldq = ld_q_, ldf = ld_ffn_, kvd = c.kv_dim();
   const int ffn = c.intermediate_size;
+  // Layer 0's attention norm here; each later one runs in the pass that adds the previous layer's
+  // FFN output (one pass over the rows and one pool hand-off fewer per layer; the same operations).
+  const float* an0 = w_->get(TensorRole::attn_norm, 0).f32();
+  for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an0, d, c.rms_norm_eps, &xb_[r * ldd]); });
   for (int l = 0; l < c.num_layers; ++l) {
-    const float* an = w_->get(TensorRole::attn_norm, l).f32();
-    for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an, d, c.rms_norm_eps, &xb_[r * ldd]); });
     kernels::matmul_packed_group(xb_.data(), T, ld_d_,
                                  {{&packed(TensorRole::wq, l), q_.data(), ld_q_},
                                   {&packed(TensorRole::wk, l), k_.data(), static_cast<int>(kvd)},
@@ -257,8 +259,10 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
     kernels::matmul_packed(hb_.data(), T, ld_ffn_, packed(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);
+    const float* next_an = l + 1 < c.num_layers ? w_->get(TensorRole::attn_norm, l + 1).f32() : nullptr;
     for_rows(T, [&](int r) {
       for (size_t i = r * ldd; i < r * ldd + d; ++i) x_[i] += xb_[i];
+      if (next_an) kernels::rmsnorm(&x_[r * ldd], next_an, d, c.rms_norm_eps, &xb_[r * ldd]);
     });
   }
 
