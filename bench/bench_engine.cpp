@@ -354,6 +354,15 @@ int main(int argc, char** argv) {
                 r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
                 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
     rows.add({"decode_b" + std::to_string(batch), r.tok_s, "tok/s", bound});
+    // Attention reads every row's K and V once a layer, bytes the bounds above leave out: at batch 64
+    // and ~150 positions that is more than the weights. The time of that read at the sampled
+    // bandwidth added to the bound's time says how far the step is from both limits together.
+    const double kv_bytes = static_cast<double>(batch) * (prompt + gen / 2.0) * cfg->num_layers * 2 * cfg->kv_dim() *
+                            dtype_size(g_kv_dtype);
+    const double with_kv = batch / (batch / bound + kv_bytes / (lim.bw_gbps * 1e9));
+    std::printf("           attention reads %.0f MB of KV a step (mean context %d): bound with that read %.1f tok/s, "
+                "ratio %.0f%%\n",
+                kv_bytes / 1e6, prompt + gen / 2, with_kv, 100 * r.tok_s / with_kv);
   }
   if (prefill_prompts > 0) {
     double pf = 0;
