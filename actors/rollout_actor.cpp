@@ -85,7 +85,7 @@ void RolloutActor::register_handlers() {
                               m.bos_token_id,    m.eos_token_ids,
                               m.pad_token_id,    engine_->weight_version(),
                               opt_.model_path,   kernels::compute_name(engine_->compute()),
-                              opt_.weights_roots};
+                              kv_dtype_name(engine_->kv_dtype()), opt_.weights_roots};
       });
   actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
     return SimpleReply{c.req_id, {}, engine_->flush_cache()};

@@ -12,7 +12,7 @@
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
 //   the model's own layer shapes, same thread count.
 // Usage: bench_engine [--model DIR] [--threads T] [--batches 1,8,64,256] [--prompt 128] [--gen 128]
-//        [--compute f32|bf16] [--json FILE] [--top-logprobs N]
+//        [--compute f32|bf16] [--kv-dtype f32|bf16] [--json FILE] [--top-logprobs N]
 //        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
 // --json writes rows decode_b<B> (tok/s against the smaller bound) and prefill (bench/bench_json.h).
 // The bounds are the f32 ones in both compute modes (weight bytes as loaded, OpenBLAS sgemm), so
@@ -126,6 +126,7 @@ class Sampling {
 bool g_mmap_weights = false;                         // --mmap-weights: serve from the file mapping (no huge-page copy)
 kernels::Compute g_compute = kernels::Compute::f32;  // --compute
 int g_top_logprobs = -1;                             // --top-logprobs
+DType g_kv_dtype = DType::f32;                       // --kv-dtype
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
                         const Sampling::Fn& sample) {
@@ -133,10 +134,11 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
   opt.compute = g_compute;
+  opt.kv_dtype = g_kv_dtype;
   size_t per_token = 0;
   {
     auto cfg = ModelConfig::from_dir(dir);
-    per_token = static_cast<size_t>(cfg->num_layers) * 2 * cfg->kv_dim() * sizeof(float);
+    per_token = static_cast<size_t>(cfg->num_layers) * 2 * cfg->kv_dim() * dtype_size(g_kv_dtype);
   }
   opt.kv_cache_bytes = per_token * (prompt + gen + 32) * batch + (size_t{64} << 20);
   opt.scheduler.max_running = batch;
@@ -182,6 +184,7 @@ double run_prefill(const std::string& dir, int threads, int prompts, int prompt,
   opt.threads = threads;
   opt.copy_weights = !g_mmap_weights;
   opt.compute = g_compute;
+  opt.kv_dtype = g_kv_dtype;
   auto eng = std::move(Engine::load(dir, opt)).value();
   std::mt19937_64 rng(7);
   for (int i = 0; i < prompts; ++i) {
@@ -278,6 +281,10 @@ int main(int argc, char** argv) {
   app.add_option("--compute", compute, "engine matmul mode")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
+  std::string kv_dtype = "f32";
+  app.add_option("--kv-dtype", kv_dtype, "engine KV cache element type")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--top-logprobs", g_top_logprobs,
                  "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
       ->capture_default_str();
@@ -286,6 +293,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   g_compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
+  g_kv_dtype = kv_dtype == "bf16" ? DType::bf16 : DType::f32;
   bench::JsonRows rows(json_path);
   if (model.empty()) model = bench::default_model("stories110M");
   if (model.empty()) return 1;
@@ -296,8 +304,9 @@ int main(int argc, char** argv) {
 
   std::printf("zrollout bench_engine: %s (%.1fM params, %.0f MB of weights read per step), %d threads\n", model.c_str(),
               params / 1e6, weight_bytes / 1e6, threads);
-  std::printf("%s; engine kernels: %s, compute %s\n", bench::openblas_description().c_str(),
-              kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable", compute.c_str());
+  std::printf("%s; engine kernels: %s, compute %s, KV %s\n", bench::openblas_description().c_str(),
+              kernels::using_avx512() ? "AVX-512 (own, batch-invariant)" : "portable", compute.c_str(),
+              kv_dtype.c_str());
   // The host is shared: its bandwidth and sgemm speed drift by 2x within minutes, and jump for a
   // second at a time. Each row samples its limits between its own steps and uses their medians.
   struct Limits {
@@ -345,6 +354,15 @@ int main(int argc, char** argv) {
                 r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
                 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
     rows.add({"decode_b" + std::to_string(batch), r.tok_s, "tok/s", bound});
+    // Attention reads every row's K and V once a layer, bytes the bounds above leave out: at batch 64
+    // and ~150 positions that is more than the weights. The time of that read at the sampled
+    // bandwidth added to the bound's time says how far the step is from both limits together.
+    const double kv_bytes = static_cast<double>(batch) * (prompt + gen / 2.0) * cfg->num_layers * 2 * cfg->kv_dim() *
+                            dtype_size(g_kv_dtype);
+    const double with_kv = batch / (batch / bound + kv_bytes / (lim.bw_gbps * 1e9));
+    std::printf("           attention reads %.0f MB of KV a step (mean context %d): bound with that read %.1f tok/s, "
+                "ratio %.0f%%\n",
+                kv_bytes / 1e6, prompt + gen / 2, with_kv, 100 * r.tok_s / with_kv);
   }
   if (prefill_prompts > 0) {
     double pf = 0;

@@ -222,6 +222,7 @@ struct ModelInfoReply {
   int64_t weight_version = 0;
   std::string model_path;
   std::string compute = "f32";               // the engine's matmul mode: f32 | bf16
+  std::string kv_dtype = "f32";              // the KV cache's element type: f32 | bf16
   std::vector<std::string> weights_roots{};  // folders a disk update may read (--weights-root)
 };
 

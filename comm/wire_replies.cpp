@@ -237,6 +237,7 @@ json to_json(const ModelInfoReply& r) {
           {"weight_version", r.weight_version},
           {"model_path", r.model_path},
           {"compute", r.compute},
+          {"kv_dtype", r.kv_dtype},
           {"weights_roots", r.weights_roots}};
 }
 
@@ -371,6 +372,7 @@ Result<ModelInfoReply> model_info_reply_from_json(const json& j) {
   f.get("weight_version", r.weight_version);
   f.get("model_path", r.model_path);
   f.get("compute", r.compute);
+  f.get("kv_dtype", r.kv_dtype);
   f.get("weights_roots", r.weights_roots);
   return done(f, std::move(r));
 }

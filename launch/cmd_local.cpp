@@ -44,7 +44,7 @@ constexpr const char* kBuiltinPrompts[] = {"Once upon a time",
                                            "At night, the moon and the stars"};
 
 struct LocalJob {
-  std::string model, prompts, output, log_level = "warn", compute = "f32";
+  std::string model, prompts, output, log_level = "warn", compute = "f32", kv_dtype = "f32";
   int engines = 2, n = 4, max_new_tokens = 64, threads = 0, kv_cache_mb = 256;
   bool no_prefix_cache = false;
   int steps = 1;     // rollout steps; a weight push between two steps
@@ -228,6 +228,7 @@ int run_local(LocalJob job) {
   eo.threads = job.threads > 0 ? job.threads : std::max(1, hw / job.engines);
   eo.kv_cache_mb = job.kv_cache_mb;
   eo.compute = job.compute;
+  eo.kv_dtype = job.kv_dtype;
   eo.no_prefix_cache = job.no_prefix_cache;
   Context ctx;
   std::vector<std::unique_ptr<RolloutActor>> engines;
@@ -301,6 +302,9 @@ void add_local(CLI::App& app) {
   cmd->add_option("--threads", job->threads, "threads per engine (0 = cores / engines)")->capture_default_str();
   cmd->add_option("--kv-cache-mb", job->kv_cache_mb, "KV budget per engine")->capture_default_str();
   cmd->add_option("--compute", job->compute, "matmul mode of the engines (f32 | bf16, as serve --compute)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_option("--kv-dtype", job->kv_dtype, "KV cache element type of the engines (f32 | bf16, as serve --kv-dtype)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--no-prefix-cache", job->no_prefix_cache,

@@ -19,6 +19,7 @@ EngineOptions EngineCliOptions::engine_options() const {
   e.kv_prefault = !kv_lazy_pages;
   e.detokenize = !no_detokenize;
   e.compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
+  e.kv_dtype = kv_dtype == "bf16" ? DType::bf16 : DType::f32;
   e.scheduler.max_running = max_running;
   e.scheduler.max_step_tokens = max_step_tokens;
   e.scheduler.max_prefill_chunk = max_prefill_chunk;
@@ -32,6 +33,7 @@ std::string EngineCliOptions::describe() const {
          " max_prefill_chunk=" + std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
          " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") +
          (kv_lazy_pages ? " kv_lazy_pages" : "") + (no_detokenize ? " no_detokenize" : "") + " compute=" + compute +
+         " kv_dtype=" + kv_dtype +
          (no_prefix_cache ? " no_prefix_cache" : "");
 }
 
@@ -68,6 +70,11 @@ void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {
   cmd->add_option("--compute", o.compute,
                   "how matmuls multiply: f32, or bf16 (activations and weights rounded to bf16, f32 accumulation "
                   "with vdpbf16ps; batch-invariant within the mode)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_option("--kv-dtype", o.kv_dtype,
+                  "KV cache element type: f32, or bf16 (K and V rounded to bf16 when written: half the bytes, twice "
+                  "the positions per --kv-cache-mb; batch-invariant within the setting)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--no-prefix-cache", o.no_prefix_cache,

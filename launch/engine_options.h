@@ -21,6 +21,7 @@ struct EngineCliOptions {
   bool kv_lazy_pages = false;
   bool no_detokenize = false;
   std::string compute = "f32";
+  std::string kv_dtype = "f32";
   bool no_prefix_cache = false;
   std::string log_level = "info";
 

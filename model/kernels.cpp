@@ -216,47 +216,83 @@ float dot(const float* a, const float* b, int n) {
   return using_avx512() ? detail::dot_avx512(a, b, n) : dot_portable(a, b, n);
 }
 
-void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
-                      float* scores) {
-  if (using_avx512())
-    return detail::attention_scores_heads_avx512(q, hd, 1, kt_blocks, (n + bs - 1) / bs, bs, n, scale, scores, 0);
+namespace {
+
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) { return bf16_to_f32(v); }
+
+// The portable chains of kernels.h's attention, for either KV element type (bf16 widened exactly).
+template <class E>
+void scores_portable(const float* q, int hd, const E* const* kt_blocks, int bs, int n, float scale, float* scores) {
   for (int j = 0; j < n; ++j) {
-    const float* kt = kt_blocks[j / bs] + j % bs;
+    const E* kt = kt_blocks[j / bs] + j % bs;
     float acc = 0.0f;
-    for (int i = 0; i < hd; ++i) acc = std::fma(q[i], kt[static_cast<size_t>(i) * bs], acc);
+    for (int i = 0; i < hd; ++i) acc = std::fma(q[i], widen(kt[static_cast<size_t>(i) * bs]), acc);
     scores[j] = acc * scale;
   }
 }
 
-void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
-                            float scale, float* scores, size_t score_stride) {
-  if (using_avx512())
-    return detail::attention_scores_heads_avx512(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
-  for (int h = 0; h < heads; ++h)
-    attention_scores(q + static_cast<size_t>(h) * hd, hd, kt + static_cast<size_t>(h) * nblk, bs, n, scale,
-                     scores + h * score_stride);
-}
-
-void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd, float* out,
-                      bool accumulate) {
-  if (using_avx512())
-    return detail::attention_values_heads_avx512(p, 0, 1, v_blocks, (n + bs - 1) / bs, bs, v_stride, n, hd, out, 0,
-                                                 accumulate);
+template <class E>
+void values_portable(const float* p, const E* const* v_blocks, int bs, int v_stride, int n, int hd, float* out,
+                     bool accumulate) {
   if (!accumulate) std::fill(out, out + hd, 0.0f);
   for (int j = 0; j < n; ++j) {
-    const float* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride;
-    for (int i = 0; i < hd; ++i) out[i] = std::fma(p[j], v[i], out[i]);
+    const E* v = v_blocks[j / bs] + static_cast<size_t>(j % bs) * v_stride;
+    for (int i = 0; i < hd; ++i) out[i] = std::fma(p[j], widen(v[i]), out[i]);
   }
 }
 
-void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
-                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+template <class E>
+void scores_heads(const float* q, int hd, int heads, const E* const* kt, int nblk, int bs, int n, float scale,
+                  float* scores, size_t score_stride) {
+  if (using_avx512())
+    return detail::attention_scores_heads_avx512(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
+  for (int h = 0; h < heads; ++h)
+    scores_portable(q + static_cast<size_t>(h) * hd, hd, kt + static_cast<size_t>(h) * nblk, bs, n, scale,
+                    scores + h * score_stride);
+}
+
+template <class E>
+void values_heads(const float* p, size_t p_stride, int heads, const E* const* v, int nblk, int bs, int v_stride, int n,
+                  int hd, float* out, size_t out_stride, bool accumulate) {
   if (using_avx512())
     return detail::attention_values_heads_avx512(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride,
                                                  accumulate);
   for (int h = 0; h < heads; ++h)
-    attention_values(p + h * p_stride, v + static_cast<size_t>(h) * nblk, bs, v_stride, n, hd, out + h * out_stride,
-                     accumulate);
+    values_portable(p + h * p_stride, v + static_cast<size_t>(h) * nblk, bs, v_stride, n, hd, out + h * out_stride,
+                    accumulate);
+}
+
+}  // namespace
+
+void attention_scores(const float* q, int hd, const float* const* kt_blocks, int bs, int n, float scale,
+                      float* scores) {
+  scores_heads(q, hd, 1, kt_blocks, (n + bs - 1) / bs, bs, n, scale, scores, 0);
+}
+
+void attention_scores_heads(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
+                            float scale, float* scores, size_t score_stride) {
+  scores_heads(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
+}
+
+void attention_scores_heads(const float* q, int hd, int heads, const uint16_t* const* kt, int nblk, int bs, int n,
+                            float scale, float* scores, size_t score_stride) {
+  scores_heads(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
+}
+
+void attention_values(const float* p, const float* const* v_blocks, int bs, int v_stride, int n, int hd, float* out,
+                      bool accumulate) {
+  values_heads(p, 0, 1, v_blocks, (n + bs - 1) / bs, bs, v_stride, n, hd, out, 0, accumulate);
+}
+
+void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+  values_heads(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride, accumulate);
+}
+
+void attention_values_heads(const float* p, size_t p_stride, int heads, const uint16_t* const* v, int nblk, int bs,
+                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+  values_heads(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride, accumulate);
 }
 
 namespace {

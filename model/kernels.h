@@ -88,6 +88,13 @@ void attention_values(const float* p, const float* const* v_blocks, int bs, int 
 // slot j, dim i at [j * v_stride + i]) and writes out + h * out_stride; the bits of attention_values.
 void attention_values_heads(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
                             int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
+// A bf16 KV cache (KvCache's --kv-dtype bf16): each key and value element is widened exactly to
+// f32 as it is read, then the chains above run unchanged (the bits of the f32 kernels over the
+// widened cache).
+void attention_scores_heads(const float* q, int hd, int heads, const uint16_t* const* kt, int nblk, int bs, int n,
+                            float scale, float* scores, size_t score_stride);
+void attention_values_heads(const float* p, size_t p_stride, int heads, const uint16_t* const* v, int nblk, int bs,
+                            int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
 
 // In place: x[j] = exp(x[j] - max) / sum, the attention softmax. exp is a fixed polynomial (Cephes
 // expf: range reduction by ln 2, degree-6 polynomial, fused multiply-adds; within 2 ulp of expf,

@@ -250,13 +250,24 @@ struct Chunk {
   __mmask16 mask;
 };
 
+// 16 KV elements as f32 (lanes past the mask 0): f32 as stored, bf16 widened exactly.
+template <class E>
+inline __m512 load_kv(__mmask16 mask, const E* p) {
+  if constexpr (sizeof(E) == 4) {
+    return _mm512_maskz_loadu_ps(mask, p);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
 // Scores of T heads x C chunks: T x C independent FMA chains, each the chain over dims of
 // attention_scores (so the bits are those of one head and one chunk at a time). A dim step loads
 // T broadcasts of q and T x C key vectors.
-template <int T, int C>
-void scores_tile(const float* q, int hd, const float* const* kt, int nblk, int bs, const Chunk* ch, float scale,
+template <int T, int C, class E>
+void scores_tile(const float* q, int hd, const E* const* kt, int nblk, int bs, const Chunk* ch, float scale,
                  float* scores, size_t score_stride) {
-  const float* k[T][C];
+  const E* k[T][C];
 #pragma GCC unroll 2
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 4
@@ -272,8 +283,7 @@ void scores_tile(const float* q, int hd, const float* const* kt, int nblk, int b
     for (int t = 0; t < T; ++t) {
       const __m512 qb = _mm512_set1_ps(q[static_cast<size_t>(t) * hd + i]);
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c)
-        acc[t][c] = _mm512_fmadd_ps(qb, _mm512_maskz_loadu_ps(ch[c].mask, k[t][c] + row), acc[t][c]);
+      for (int c = 0; c < C; ++c) acc[t][c] = _mm512_fmadd_ps(qb, load_kv(ch[c].mask, k[t][c] + row), acc[t][c]);
     }
   }
   const __m512 vscale = _mm512_set1_ps(scale);
@@ -284,14 +294,17 @@ void scores_tile(const float* q, int hd, const float* const* kt, int nblk, int b
       _mm512_mask_storeu_ps(scores + t * score_stride + ch[c].j0, ch[c].mask, _mm512_mul_ps(acc[t][c], vscale));
 }
 
-using ScoresFn = void (*)(const float*, int, const float* const*, int, int, const Chunk*, float, float*, size_t);
-constexpr ScoresFn kScores[2][4] = {{&scores_tile<1, 1>, &scores_tile<1, 2>, &scores_tile<1, 3>, &scores_tile<1, 4>},
-                                    {&scores_tile<2, 1>, &scores_tile<2, 2>, &scores_tile<2, 3>, &scores_tile<2, 4>}};
+template <class E>
+using ScoresFn = void (*)(const float*, int, const E* const*, int, int, const Chunk*, float, float*, size_t);
+template <class E>
+constexpr ScoresFn<E> kScores[2][4] = {
+    {&scores_tile<1, 1, E>, &scores_tile<1, 2, E>, &scores_tile<1, 3, E>, &scores_tile<1, 4, E>},
+    {&scores_tile<2, 1, E>, &scores_tile<2, 2, E>, &scores_tile<2, 3, E>, &scores_tile<2, 4, E>}};
 
 // Dims [g, g + 16 C) of T heads' outputs over positions [0, n): T x C chains over positions, each
 // the chain of attention_values. A position step loads T broadcasts of p and T x C value vectors.
-template <int T, int C>
-void values_tile(const float* p, size_t p_stride, const float* const* v, int nblk, int g, int bs, int v_stride, int n,
+template <int T, int C, class E>
+void values_tile(const float* p, size_t p_stride, const E* const* v, int nblk, int g, int bs, int v_stride, int n,
                  const __mmask16* mask, float* out, size_t out_stride, bool accumulate) {
   __m512 acc[T][C];
 #pragma GCC unroll 2
@@ -301,7 +314,7 @@ void values_tile(const float* p, size_t p_stride, const float* const* v, int nbl
       acc[t][c] =
           accumulate ? _mm512_maskz_loadu_ps(mask[c], out + t * out_stride + g + c * kLanes) : _mm512_setzero_ps();
   for (int j0 = 0, b = 0; j0 < n && b < nblk; j0 += bs, ++b) {
-    const float* vb[T];
+    const E* vb[T];
 #pragma GCC unroll 2
     for (int t = 0; t < T; ++t) vb[t] = v[static_cast<size_t>(t) * nblk + b] + g;
     const int nb = std::min(bs, n - j0);
@@ -309,10 +322,9 @@ void values_tile(const float* p, size_t p_stride, const float* const* v, int nbl
 #pragma GCC unroll 2
       for (int t = 0; t < T; ++t) {
         const __m512 pj = _mm512_set1_ps(p[t * p_stride + j0 + j]);
-        const float* row = vb[t] + static_cast<size_t>(j) * v_stride;
+        const E* row = vb[t] + static_cast<size_t>(j) * v_stride;
 #pragma GCC unroll 8
-        for (int c = 0; c < C; ++c)
-          acc[t][c] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(mask[c], row + c * kLanes), acc[t][c]);
+        for (int c = 0; c < C; ++c) acc[t][c] = _mm512_fmadd_ps(pj, load_kv(mask[c], row + c * kLanes), acc[t][c]);
       }
     }
   }
@@ -322,16 +334,20 @@ void values_tile(const float* p, size_t p_stride, const float* const* v, int nbl
     for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(out + t * out_stride + g + c * kLanes, mask[c], acc[t][c]);
 }
 
-using ValuesFn = void (*)(const float*, size_t, const float* const*, int, int, int, int, int, const __mmask16*, float*,
+template <class E>
+using ValuesFn = void (*)(const float*, size_t, const E* const*, int, int, int, int, int, const __mmask16*, float*,
                           size_t, bool);
-constexpr ValuesFn kValues1[8] = {&values_tile<1, 1>, &values_tile<1, 2>, &values_tile<1, 3>, &values_tile<1, 4>,
-                                  &values_tile<1, 5>, &values_tile<1, 6>, &values_tile<1, 7>, &values_tile<1, 8>};
-constexpr ValuesFn kValues2[4] = {&values_tile<2, 1>, &values_tile<2, 2>, &values_tile<2, 3>, &values_tile<2, 4>};
+template <class E>
+constexpr ValuesFn<E> kValues1[8] = {&values_tile<1, 1, E>, &values_tile<1, 2, E>, &values_tile<1, 3, E>,
+                                     &values_tile<1, 4, E>, &values_tile<1, 5, E>, &values_tile<1, 6, E>,
+                                     &values_tile<1, 7, E>, &values_tile<1, 8, E>};
+template <class E>
+constexpr ValuesFn<E> kValues2[4] = {&values_tile<2, 1, E>, &values_tile<2, 2, E>, &values_tile<2, 3, E>,
+                                     &values_tile<2, 4, E>};
 
-}  // namespace
-
-void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
-                                   float scale, float* scores, size_t score_stride) {
+template <class E>
+void scores_heads(const float* q, int hd, int heads, const E* const* kt, int nblk, int bs, int n, float scale,
+                  float* scores, size_t score_stride) {
   // Cut [0, n) into runs of at most 16 positions that stay inside a block.
   Chunk chunks[64];
   for (int j0 = 0; j0 < n;) {
@@ -344,15 +360,16 @@ void attention_scores_heads_avx512(const float* q, int hd, int heads, const floa
     for (int h = 0; h < heads; h += 2) {
       const int t = std::min(2, heads - h);
       for (int c = 0; c < count; c += 4)
-        kScores[t - 1][std::min(4, count - c) - 1](q + static_cast<size_t>(h) * hd, hd,
-                                                   kt + static_cast<size_t>(h) * nblk, nblk, bs, chunks + c, scale,
-                                                   scores + h * score_stride, score_stride);
+        kScores<E>[t - 1][std::min(4, count - c) - 1](q + static_cast<size_t>(h) * hd, hd,
+                                                      kt + static_cast<size_t>(h) * nblk, nblk, bs, chunks + c, scale,
+                                                      scores + h * score_stride, score_stride);
     }
   }
 }
 
-void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
-                                   int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+template <class E>
+void values_heads(const float* p, size_t p_stride, int heads, const E* const* v, int nblk, int bs, int v_stride, int n,
+                  int hd, float* out, size_t out_stride, bool accumulate) {
   const int chunks = (hd + kLanes - 1) / kLanes;
   __mmask16 mask[8];
   auto masks = [&](int g, int count) {
@@ -365,9 +382,9 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
     masks(0, chunks);
     for (int h = 0; h < heads; h += 2) {
       const size_t hs = static_cast<size_t>(h);
-      (heads - h >= 2 ? kValues2 : kValues1)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0, bs,
-                                                         v_stride, n, mask, out + hs * out_stride, out_stride,
-                                                         accumulate);
+      (heads - h >= 2 ? kValues2<E> : kValues1<E>)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0,
+                                                               bs, v_stride, n, mask, out + hs * out_stride,
+                                                               out_stride, accumulate);
     }
     return;
   }
@@ -376,10 +393,33 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
     for (int g = 0; g < hd; g += 8 * kLanes) {
       const int count = std::min(8, (hd - g + kLanes - 1) / kLanes);
       masks(g, count);
-      kValues1[count - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, g, bs, v_stride, n, mask,
-                          out + hs * out_stride, out_stride, accumulate);
+      kValues1<E>[count - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, g, bs, v_stride, n, mask,
+                             out + hs * out_stride, out_stride, accumulate);
     }
   }
+}
+
+}  // namespace
+
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const float* const* kt, int nblk, int bs, int n,
+                                   float scale, float* scores, size_t score_stride) {
+  scores_heads(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
+}
+
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const uint16_t* const* kt, int nblk, int bs,
+                                   int n, float scale, float* scores, size_t score_stride) {
+  scores_heads(q, hd, heads, kt, nblk, bs, n, scale, scores, score_stride);
+}
+
+void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
+                                   int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate) {
+  values_heads(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride, accumulate);
+}
+
+void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const uint16_t* const* v, int nblk,
+                                   int bs, int v_stride, int n, int hd, float* out, size_t out_stride,
+                                   bool accumulate) {
+  values_heads(p, p_stride, heads, v, nblk, bs, v_stride, n, hd, out, out_stride, accumulate);
 }
 
 namespace {

@@ -40,5 +40,11 @@ void attention_scores_heads_avx512(const float* q, int hd, int heads, const floa
                                    float scale, float* scores, size_t score_stride);
 void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const float* const* v, int nblk, int bs,
                                    int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
+// A bf16 KV cache: the f32 kernels on the exactly widened elements (same bits as widening first).
+void attention_scores_heads_avx512(const float* q, int hd, int heads, const uint16_t* const* kt, int nblk, int bs,
+                                   int n, float scale, float* scores, size_t score_stride);
+void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const uint16_t* const* v, int nblk,
+                                   int bs, int v_stride, int n, int hd, float* out, size_t out_stride,
+                                   bool accumulate);
 
 }  // namespace zr::kernels::detail

@@ -10,35 +10,38 @@
 
 namespace zr {
 
-KvCache::KvCache(const ModelConfig& cfg, int block_size, size_t budget_bytes)
-    : num_layers_(cfg.num_layers), kv_dim_(cfg.kv_dim()), block_size_(block_size) {
+KvCache::KvCache(const ModelConfig& cfg, int block_size, size_t budget_bytes, DType dtype)
+    : num_layers_(cfg.num_layers), kv_dim_(cfg.kv_dim()), block_size_(block_size), dtype_(dtype) {
   ZR_CHECK(block_size > 0);
+  ZR_CHECK_MSG(dtype == DType::f32 || dtype == DType::bf16, "KV cache dtype must be f32 or bf16");
   size_t per_block = bytes_per_block();
   num_blocks_ = static_cast<int>(std::max<size_t>(1, budget_bytes / per_block));
   bytes_ = per_block * num_blocks_;
   // Anonymous mapping: pages are faulted on first write, so an unused budget costs nothing.
   void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ZR_CHECK_MSG(p != MAP_FAILED, "KV cache allocation failed");
-  data_ = static_cast<float*>(p);
+  data_ = static_cast<char*>(p);
 }
 
 KvCache::~KvCache() {
   if (data_) munmap(data_, bytes_);
 }
 
-size_t KvCache::bytes_per_block() const {
-  return static_cast<size_t>(num_layers_) * 2 * block_size_ * kv_dim_ * sizeof(float);
+size_t KvCache::half_bytes() const { return static_cast<size_t>(block_size_) * kv_dim_ * dtype_size(dtype_); }
+
+size_t KvCache::bytes_per_block() const { return static_cast<size_t>(num_layers_) * 2 * half_bytes(); }
+
+void* KvCache::keys_raw(int layer, int block, DType want) {
+  ZR_CHECK_MSG(want == dtype_, "KV cache read with the wrong element type");
+  const size_t layer_stride = 2 * static_cast<size_t>(num_blocks_) * half_bytes();
+  return data_ + layer * layer_stride + static_cast<size_t>(block) * half_bytes();
 }
 
-float* KvCache::keys(int layer, int block) {
-  size_t layer_stride = static_cast<size_t>(2) * num_blocks_ * block_size_ * kv_dim_;
-  return data_ + layer * layer_stride + static_cast<size_t>(block) * block_size_ * kv_dim_;
-}
-
-float* KvCache::values(int layer, int block) {
-  size_t layer_stride = static_cast<size_t>(2) * num_blocks_ * block_size_ * kv_dim_;
-  size_t half = static_cast<size_t>(num_blocks_) * block_size_ * kv_dim_;
-  return data_ + layer * layer_stride + half + static_cast<size_t>(block) * block_size_ * kv_dim_;
+void* KvCache::values_raw(int layer, int block, DType want) {
+  ZR_CHECK_MSG(want == dtype_, "KV cache read with the wrong element type");
+  const size_t layer_stride = 2 * static_cast<size_t>(num_blocks_) * half_bytes();
+  const size_t keys_part = static_cast<size_t>(num_blocks_) * half_bytes();
+  return data_ + layer * layer_stride + keys_part + static_cast<size_t>(block) * half_bytes();
 }
 
 size_t KvCache::release_pages() {
@@ -58,10 +61,10 @@ size_t KvCache::prefault() {
 }
 
 void KvCache::copy_block(int src, int dst) {
-  size_t n = static_cast<size_t>(block_size_) * kv_dim_ * sizeof(float);
+  const size_t n = half_bytes();
   for (int l = 0; l < num_layers_; ++l) {
-    std::memcpy(keys(l, dst), keys(l, src), n);
-    std::memcpy(values(l, dst), values(l, src), n);
+    std::memcpy(keys_raw(l, dst, dtype_), keys_raw(l, src, dtype_), n);
+    std::memcpy(values_raw(l, dst, dtype_), values_raw(l, src, dtype_), n);
   }
 }
 

@@ -67,17 +67,31 @@ void Transformer::resize(int rows) {
   grow(hb2_, ld_ffn_);
 }
 
+namespace {
+// A K or V element as the cache stores it (bf16: rounded to nearest even, as f32_to_bf16).
+inline void store_kv(float& dst, float v) { dst = v; }
+inline void store_kv(uint16_t& dst, float v) { dst = f32_to_bf16(v); }
+}  // namespace
+
 void Transformer::write_kv_row(int layer, const SeqChunk& ch, int r, int pos, int kvh0, int kvh1) {
+  if (kv_->dtype() == DType::bf16) return write_kv_row_as<uint16_t>(layer, ch, r, pos, kvh0, kvh1);
+  write_kv_row_as<float>(layer, ch, r, pos, kvh0, kvh1);
+}
+
+template <class E>
+void Transformer::write_kv_row_as(int layer, const SeqChunk& ch, int r, int pos, int kvh0, int kvh1) {
   const int kvd = lc_.kv_dim(), bs = kv_->block_size(), hd = lc_.head_dim;
   int block = (*ch.block_table)[pos / bs], off = pos % bs;
-  float* kt = kv_->keys(layer, block) + off;  // transposed: dim d of this position at kt[d * bs]
+  E* kt = kv_->keys_as<E>(layer, block) + off;  // transposed: dim d of this position at kt[d * bs]
   const float* kr = &k_[static_cast<size_t>(r) * kvd];
-  for (int d = kvh0 * hd; d < kvh1 * hd; ++d) kt[static_cast<size_t>(d) * bs] = kr[d];
+  for (int d = kvh0 * hd; d < kvh1 * hd; ++d) store_kv(kt[static_cast<size_t>(d) * bs], kr[d]);
   // values: head-major within the block, like the keys: KV head h's slot `off` at vb[(h * bs + off) * hd]
-  float* vb = kv_->values(layer, block);
-  for (int h = kvh0; h < kvh1; ++h)
-    std::copy_n(&v_[static_cast<size_t>(r) * kvd + static_cast<size_t>(h) * hd], hd,
-                vb + (static_cast<size_t>(h) * bs + off) * hd);
+  E* vb = kv_->values_as<E>(layer, block);
+  for (int h = kvh0; h < kvh1; ++h) {
+    const float* vr = &v_[static_cast<size_t>(r) * kvd + static_cast<size_t>(h) * hd];
+    E* dst = vb + (static_cast<size_t>(h) * bs + off) * hd;
+    for (int i = 0; i < hd; ++i) store_kv(dst[i], vr[i]);
+  }
 }
 
 template <class F>
@@ -105,6 +119,13 @@ void Transformer::for_rows(int rows, F&& fn) {
 // Per (row, head) the arithmetic is the one of kernels::attention_*: the same FMA chains in the
 // same order (values continue their chain across blocks), so the bits do not depend on the split.
 void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, int h0, int h1, AttnScratch& sc) {
+  if (kv_->dtype() == DType::bf16) return attend_heads_as<uint16_t>(layer, ch, row, pos, h0, h1, sc, sc.blocks_bf16);
+  attend_heads_as<float>(layer, ch, row, pos, h0, h1, sc, sc.blocks);
+}
+
+template <class E>
+void Transformer::attend_heads_as(int layer, const SeqChunk& ch, int row, int pos, int h0, int h1, AttnScratch& sc,
+                                  std::vector<const E*>& ptrs) {
   const ModelConfig& c = lc_;
   const int hd = c.head_dim, bs = kv_->block_size();
   const int group = c.num_heads / c.num_kv_heads;
@@ -114,30 +135,30 @@ void Transformer::attend_heads(int layer, const SeqChunk& ch, int row, int pos, 
   // stay in L2 while the kernel runs head pairs x 4 position runs as independent chains.
   constexpr int kGroup = 4;
   sc.scores.resize(static_cast<size_t>(heads) * n);
-  sc.blocks.resize(static_cast<size_t>(heads) * kGroup);
+  ptrs.resize(static_cast<size_t>(heads) * kGroup);
   const float* q = &q_[static_cast<size_t>(row) * ld_q_];
   float* out = &att_[static_cast<size_t>(row) * ld_q_];
   const std::vector<int>& table = *ch.block_table;
-  // sc.blocks[h][b]: head h0 + h's part (its KV head's) of block b0 + b, keys or values.
+  // ptrs[h][b]: head h0 + h's part (its KV head's) of block b0 + b, keys or values.
   auto gather = [&](int b0, int nblk, bool keys) {
     for (int h = 0; h < heads; ++h) {
       const size_t kvh = static_cast<size_t>((h0 + h) / group);
       for (int b = 0; b < nblk; ++b)
-        sc.blocks[static_cast<size_t>(h) * nblk + b] =
-            keys ? kv_->keys(layer, table[b0 + b]) + kvh * hd * bs : kv_->values(layer, table[b0 + b]) + kvh * hd * bs;
+        ptrs[static_cast<size_t>(h) * nblk + b] =
+            (keys ? kv_->keys_as<E>(layer, table[b0 + b]) : kv_->values_as<E>(layer, table[b0 + b])) + kvh * hd * bs;
     }
   };
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
     gather(b0, nblk, /*keys=*/true);
-    kernels::attention_scores_heads(q + static_cast<size_t>(h0) * hd, hd, heads, sc.blocks.data(), nblk, bs, np, scale,
+    kernels::attention_scores_heads(q + static_cast<size_t>(h0) * hd, hd, heads, ptrs.data(), nblk, bs, np, scale,
                                     &sc.scores[static_cast<size_t>(b0) * bs], n);
   }
   for (int h = 0; h < heads; ++h) kernels::softmax(&sc.scores[static_cast<size_t>(h) * n], n);
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
     gather(b0, nblk, /*keys=*/false);
-    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, sc.blocks.data(), nblk, bs, hd,
+    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, ptrs.data(), nblk, bs, hd,
                                     np, hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
   }
 }
@@ -187,9 +208,11 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
 
   const size_t ldd = ld_d_, ldq = ld_q_, ldf = ld_ffn_, kvd = c.kv_dim();
   const int ffn = c.intermediate_size;
+  // Layer 0's attention norm here; each later one runs in the pass that adds the previous layer's
+  // FFN output (one pass over the rows and one pool hand-off fewer per layer; the same operations).
+  const float* an0 = w_->get(TensorRole::attn_norm, 0).f32();
+  for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an0, d, c.rms_norm_eps, &xb_[r * ldd]); });
   for (int l = 0; l < c.num_layers; ++l) {
-    const float* an = w_->get(TensorRole::attn_norm, l).f32();
-    for_rows(T, [&](int r) { kernels::rmsnorm(&x_[r * ldd], an, d, c.rms_norm_eps, &xb_[r * ldd]); });
     kernels::matmul_packed_group(xb_.data(), T, ld_d_,
                                  {{&packed(TensorRole::wq, l), q_.data(), ld_q_},
                                   {&packed(TensorRole::wk, l), k_.data(), static_cast<int>(kvd)},
@@ -236,8 +259,10 @@ void Transformer::forward(std::span<const SeqChunk> batch, std::vector<float>& l
     for_rows(T, [&](int r) { kernels::silu_mul(&hb_[r * ldf], &hb2_[r * ldf], ffn, &hb_[r * ldf]); });
     kernels::matmul_packed(hb_.data(), T, ld_ffn_, packed(TensorRole::w_down, l), xb_.data(), ld_d_, pool_);
     if (tp_) tp_->allreduce_sum(xb_.data(), static_cast<size_t>(T) * ldd);
+    const float* next_an = l + 1 < c.num_layers ? w_->get(TensorRole::attn_norm, l + 1).f32() : nullptr;
     for_rows(T, [&](int r) {
       for (size_t i = r * ldd; i < r * ldd + d; ++i) x_[i] += xb_[i];
+      if (next_an) kernels::rmsnorm(&x_[r * ldd], next_an, d, c.rms_norm_eps, &xb_[r * ldd]);
     });
   }
 

@@ -72,13 +72,20 @@ class Transformer {
   };
   void resize(int rows);
   void attention_layer(int layer, std::span<const SeqChunk> batch);
-  struct AttnScratch {                 // per pool thread
-    std::vector<float> scores;         // [head - h0][position]
-    std::vector<const float*> blocks;  // [head - h0][block of the group]: keys or values of the head's KV head
+  struct AttnScratch {                         // per pool thread
+    std::vector<float> scores;                 // [head - h0][position]
+    std::vector<const float*> blocks;          // [head - h0][block of the group]: keys or values of the head's KV head
+    std::vector<const uint16_t*> blocks_bf16;  // the same for a bf16 cache
   };
   void attend_heads(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc);
-  // K and V of one row into the cache, KV heads [kvh0, kvh1).
+  // E: the cache's element type (float, or uint16_t for bf16).
+  template <class E>
+  void attend_heads_as(int layer, const SeqChunk& chunk, int row, int pos, int h0, int h1, AttnScratch& sc,
+                       std::vector<const E*>& ptrs);
+  // K and V of one row into the cache (rounded to bf16 for a bf16 cache), KV heads [kvh0, kvh1).
   void write_kv_row(int layer, const SeqChunk& chunk, int row, int pos, int kvh0, int kvh1);
+  template <class E>
+  void write_kv_row_as(int layer, const SeqChunk& chunk, int row, int pos, int kvh0, int kvh1);
   // fn(r) for every row r in [0, rows): on the pool when there are enough rows to pay for the
   // hand-off, else on this thread. Row work is a pure function of the row (any split, same bits).
   template <class F>

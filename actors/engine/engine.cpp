@@ -63,7 +63,7 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
       tok_(std::move(tok)),
       opt_(opt),
       kv_(std::make_unique<KvCache>(local_config(weights_.config(), opt.tp ? opt.tp->shard() : TpShard{}),
-                                    opt.kv_block_size, opt.kv_cache_bytes)),
+                                    opt.kv_block_size, opt.kv_cache_bytes, opt.kv_dtype)),
       sched_(opt.scheduler, kv_->num_blocks(), kv_->block_size()),
       update_(opt.tp) {
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -71,8 +71,9 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
   const TpShard shard = opt.tp ? opt.tp->shard() : TpShard{};
   if (opt.kv_prefault) prefault_kv();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp, opt.compute);
-  spdlog::info("engine: {} threads, {} compute, KV cache {} blocks x {} tokens ({:.1f} MiB), max_running {}{}", threads,
-               kernels::compute_name(opt.compute), kv_->num_blocks(), kv_->block_size(), kv_->bytes() / 1048576.0,
+  spdlog::info("engine: {} threads, {} compute, KV cache {} {} blocks x {} tokens ({:.1f} MiB), max_running {}{}",
+               threads, kernels::compute_name(opt.compute), kv_dtype_name(opt.kv_dtype), kv_->num_blocks(),
+               kv_->block_size(), kv_->bytes() / 1048576.0,
                opt.scheduler.max_running,
                opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
 }

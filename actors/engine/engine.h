@@ -56,6 +56,9 @@ struct EngineOptions {
   bool detokenize = true;
   // How the forward multiplies (kernels::Compute): bf16 rounds f32 weights to bf16 at load.
   kernels::Compute compute = kernels::Compute::f32;
+  // The KV cache's element type: f32, or bf16 (half the bytes per position; K and V rounded to
+  // bf16 as they are written, so outputs differ from f32's but stay batch-invariant).
+  DType kv_dtype = DType::f32;
 };
 
 struct StepOutputs {
@@ -154,6 +157,7 @@ class Engine {
 
   const ModelConfig& config() const { return weights_.config(); }
   kernels::Compute compute() const { return opt_.compute; }
+  DType kv_dtype() const { return opt_.kv_dtype; }
   const Tokenizer& tokenizer() const { return tok_; }
   int64_t weight_version() const { return weight_version_; }
   int threads() const { return pool_->size(); }

@@ -28,7 +28,8 @@ Result<std::unique_ptr<TpFollower>> TpFollower::load(const std::string& dir, con
 TpFollower::TpFollower(ModelWeights w, const EngineOptions& opt, TpGroup& tp) : weights_(std::move(w)), tp_(tp) {
   int threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   pool_ = std::make_unique<ThreadPool>(threads);
-  kv_ = std::make_unique<KvCache>(local_config(weights_.config(), tp.shard()), opt.kv_block_size, opt.kv_cache_bytes);
+  kv_ = std::make_unique<KvCache>(local_config(weights_.config(), tp.shard()), opt.kv_block_size, opt.kv_cache_bytes,
+                                  opt.kv_dtype);
   kv_prefault_ = opt.kv_prefault;
   if (kv_prefault_) kv_->prefault();
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), &tp, opt.compute);

@@ -16,6 +16,7 @@ seed get seeds drawn from it, so a script reruns identically), ``chunked_prefill
 (``--max-prefill-chunk``), ``log_level``, ``skip_tokenizer_init`` (outputs without text). Ours:
 ``endpoint`` (attach to a running server instead of starting one; ``"mpi"``: the engines of this
 mpirun job), ``kv_cache_mb``, ``threads``, ``compute`` (``"f32"`` or ``"bf16"``: ``--compute``),
+``kv_dtype`` (``"f32"`` or ``"bf16"``: ``--kv-dtype``, the KV cache's element type),
 ``request_timeout``. SGLang's GPU tuning arguments
 (``cuda_graph_max_bs``, ``attention_backend``, ``dtype``...) have no meaning on this engine: they
 are logged and listed in ``get_server_info()["ignored_server_args"]``; ones that would change
@@ -101,7 +102,7 @@ class Engine:
                  mem_fraction_static: float | None = None, random_seed: int | None = None,
                  chunked_prefill_size: int | None = None, log_level: str = "error", *, endpoint: str | None = None,
                  kv_cache_mb: int | None = None, threads: int | None = None, compute: str | None = None,
-                 request_timeout: float = 600.0,
+                 kv_dtype: str | None = None, request_timeout: float = 600.0,
                  skip_tokenizer_init: bool = False, disable_radix_cache: bool = False,
                  launch_options: dict | None = None, **server_args):
         self._server = None
@@ -125,6 +126,7 @@ class Engine:
                 self.server_args["kv_cache_mb"] = kv_cache_mb
             flags = {"max_running": max_running_requests, "max_prefill_chunk": chunked_prefill_size,
                      "kv_cache_mb": kv_cache_mb, "threads": threads, "compute": compute,
+                     "kv_dtype": kv_dtype,
                      "no_prefix_cache": disable_radix_cache,
                      "log_level": _LEVELS.get(log_level, log_level) if log_level else None}
             self._server = launch(model_path, tp=tp_size, **{**flags, **(launch_options or {})})

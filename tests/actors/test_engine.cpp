@@ -105,9 +105,11 @@ std::vector<GenerateRequest> mixed_requests(int vocab, int count, uint64_t seed)
   return out;
 }
 
-void check_batch_invariance(const std::string& dir, int count = 64, kernels::Compute compute = kernels::Compute::f32) {
+void check_batch_invariance(const std::string& dir, int count = 64, kernels::Compute compute = kernels::Compute::f32,
+                            DType kv_dtype = DType::f32) {
   EngineOptions base;
   base.compute = compute;
+  base.kv_dtype = kv_dtype;
   auto eng = testing::load_engine(dir, base);
   const int vocab = eng->config().vocab_size;
   auto reqs = mixed_requests(vocab, count, 42);
@@ -210,16 +212,42 @@ TEST(EngineParityBf16, BatchInvarianceAndScoreEqualsGenerateStories15MShape) {
   check_batch_invariance(opt.out_dir, 32, kernels::Compute::bf16);
 }
 
-// Compute::bf16 against the float64 reference: the score cases' logprobs (teacher-forced, so a
-// near-tie that greedy decoding would break differently cannot move them) within kBf16Tolerance
-// nats. The largest differences against the reference and against the f32 mode are printed.
+// A bf16 KV cache (--kv-dtype bf16), in both compute modes: the same contract within the setting.
+TEST(EngineParityKvBf16, BatchInvarianceAndScoreEqualsGenerateStories260K) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "stories260K");
+  check_batch_invariance(dir, 64, kernels::Compute::f32, DType::bf16);
+}
+
+TEST(EngineParityKvBf16, BatchInvarianceAndScoreEqualsGenerateStories15MShapeBothModes) {
+  zr::testing::TempDir tmp;
+  MakeModelOptions opt;
+  opt.preset = "stories15M";
+  opt.seed = 11;
+  opt.out_dir = tmp.path() + "/m";
+  ASSERT_TRUE(make_model(opt).ok());
+  check_batch_invariance(opt.out_dir, 16, kernels::Compute::f32, DType::bf16);
+  check_batch_invariance(opt.out_dir, 16, kernels::Compute::bf16, DType::bf16);
+}
+
+TEST(EngineParityKvBf16, BatchInvarianceAndScoreEqualsGenerateQwen3Tiny) {
+  ZR_REQUIRE_SHARED_MODEL(dir, "qwen3-tiny");
+  ZR_REQUIRE_ENGINE_TOKENIZER(dir);
+  check_batch_invariance(dir, 8, kernels::Compute::bf16, DType::bf16);
+}
+
+// Compute::bf16 and/or a bf16 KV cache against the float64 reference: the score cases' logprobs
+// (teacher-forced, so a near-tie that greedy decoding would break differently cannot move them)
+// within kBf16Tolerance nats, and not the bits of the f32 setting (so the setting took effect). The
+// largest differences against the reference and against f32 compute with an f32 cache are printed.
 constexpr double kBf16Tolerance = 0.1;  // stories260K (trained, d 64): 0.064 measured; the random tiny models ~1e-3
 
-void check_bf16_against_reference(const std::string& name) {
+void check_bf16_against_reference(const std::string& name, kernels::Compute compute = kernels::Compute::bf16,
+                                  DType kv_dtype = DType::f32) {
   ZR_REQUIRE_SHARED_MODEL(dir, name);
   ZR_REQUIRE_ENGINE_TOKENIZER(dir);
   EngineOptions o;
-  o.compute = kernels::Compute::bf16;
+  o.compute = compute;
+  o.kv_dtype = kv_dtype;
   auto bf = testing::load_engine(dir, o);
   auto f32 = testing::load_engine(dir);
   auto ref = reference(dir);
@@ -248,13 +276,26 @@ void check_bf16_against_reference(const std::string& name) {
     }
   }
   EXPECT_GT(checked, 0) << "the reference has no score cases";
-  std::printf("%s bf16: %d logprobs, max |bf16 - float64 reference| %.4g, max |bf16 - f32 mode| %.4g nats\n",
-              name.c_str(), checked, max_ref, max_f32);
+  EXPECT_GT(max_f32, 0.0) << "the same bits as f32 compute with an f32 cache";
+  std::printf("%s compute %s, KV %s: %d logprobs, max |- float64 reference| %.4g, max |- f32 mode| %.4g nats\n",
+              name.c_str(), kernels::compute_name(compute), kv_dtype_name(kv_dtype), checked, max_ref, max_f32);
 }
 
 TEST(EngineBf16, LogprobsNearReferenceStories260K) { check_bf16_against_reference("stories260K"); }
 TEST(EngineBf16, LogprobsNearReferenceQwen3Tiny) { check_bf16_against_reference("qwen3-tiny"); }
 TEST(EngineBf16, LogprobsNearReferenceLlama31Tiny) { check_bf16_against_reference("llama31-tiny"); }
+TEST(EngineKvBf16, LogprobsNearReferenceStories260K) {
+  check_bf16_against_reference("stories260K", kernels::Compute::f32, DType::bf16);
+  check_bf16_against_reference("stories260K", kernels::Compute::bf16, DType::bf16);
+}
+TEST(EngineKvBf16, LogprobsNearReferenceQwen3Tiny) {
+  check_bf16_against_reference("qwen3-tiny", kernels::Compute::f32, DType::bf16);
+  check_bf16_against_reference("qwen3-tiny", kernels::Compute::bf16, DType::bf16);
+}
+TEST(EngineKvBf16, LogprobsNearReferenceLlama31Tiny) {
+  check_bf16_against_reference("llama31-tiny", kernels::Compute::f32, DType::bf16);
+  check_bf16_against_reference("llama31-tiny", kernels::Compute::bf16, DType::bf16);
+}
 
 }  // namespace
 }  // namespace zr

@@ -420,6 +420,48 @@ TEST(Kernels, AttentionOfSeveralHeadsIsThatOfOneHeadAtATime) {
   }
 }
 
+// A bf16 KV cache: the bf16 overloads give the bits of the f32 kernels over the exactly widened
+// elements (heads side by side, partial blocks, more than 128 dims), on both ISA paths.
+TEST(Kernels, AttentionOverABf16CacheIsTheF32KernelOverTheWidenedCache) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (auto [bs, hd, heads, n] : {std::tuple{16, 64, 7, 83}, {32, 48, 5, 70}, {4, 64, 2, 13}, {16, 136, 3, 50}}) {
+    SCOPED_TRACE("bs=" + std::to_string(bs) + " hd=" + std::to_string(hd) + " heads=" + std::to_string(heads) +
+                 " n=" + std::to_string(n));
+    const int nblk = (n + bs - 1) / bs, v_stride = hd;
+    const size_t blocks = static_cast<size_t>(heads) * nblk;
+    std::vector<std::vector<uint16_t>> kh(blocks, std::vector<uint16_t>(static_cast<size_t>(hd) * bs)),
+        vh(blocks, std::vector<uint16_t>(static_cast<size_t>(bs) * v_stride));
+    std::vector<std::vector<float>> kf(blocks), vf(blocks);
+    std::vector<const uint16_t*> khp, vhp;
+    std::vector<const float*> kfp, vfp;
+    for (size_t i = 0; i < blocks; ++i) {
+      for (auto& x : kh[i]) x = f32_to_bf16(nd(rng));
+      for (auto& x : vh[i]) x = f32_to_bf16(nd(rng));
+      for (uint16_t x : kh[i]) kf[i].push_back(bf16_to_f32(x));
+      for (uint16_t x : vh[i]) vf[i].push_back(bf16_to_f32(x));
+      khp.push_back(kh[i].data()), vhp.push_back(vh[i].data());
+      kfp.push_back(kf[i].data()), vfp.push_back(vf[i].data());
+    }
+    std::vector<float> q(static_cast<size_t>(heads) * hd), p(static_cast<size_t>(heads) * n);
+    for (auto& x : q) x = nd(rng);
+    for (auto& x : p) x = std::abs(nd(rng));
+    for (bool portable : {false, true}) {
+      SCOPED_TRACE(portable ? "portable" : "avx512 when available");
+      kernels::force_portable(portable);
+      std::vector<float> sh(static_cast<size_t>(heads) * n), sf(sh.size()), oh(static_cast<size_t>(heads) * hd, 2.0f),
+          of(oh);
+      kernels::attention_scores_heads(q.data(), hd, heads, khp.data(), nblk, bs, n, 0.125f, sh.data(), n);
+      kernels::attention_scores_heads(q.data(), hd, heads, kfp.data(), nblk, bs, n, 0.125f, sf.data(), n);
+      kernels::attention_values_heads(p.data(), n, heads, vhp.data(), nblk, bs, v_stride, n, hd, oh.data(), hd, true);
+      kernels::attention_values_heads(p.data(), n, heads, vfp.data(), nblk, bs, v_stride, n, hd, of.data(), hd, true);
+      kernels::force_portable(false);
+      EXPECT_EQ(0, std::memcmp(sh.data(), sf.data(), sh.size() * sizeof(float)));
+      EXPECT_EQ(0, std::memcmp(oh.data(), of.data(), oh.size() * sizeof(float)));
+    }
+  }
+}
+
 // The attention softmax: both ISA paths give the same bits, and the result is within a few ulp of
 // a double-precision softmax, for lengths around the vector width and long rows, including scores
 // far below the maximum (whose exp is below the float range and becomes 0).

@@ -63,6 +63,30 @@ TEST(KvCache, SizedByTheBudgetWithAtLeastOneBlock) {
   EXPECT_EQ(KvCache(small_config(), kBs, 1).num_blocks(), 1);
 }
 
+// A bf16 cache: half the bytes per block (twice the blocks for a budget), its own elements per
+// layer, block and half, copied by copy_block.
+TEST(KvCache, Bf16HoldsHalfTheBytesPerBlock) {
+  KvCache f32(small_config(), kBs, 10 * 1024 + 100), bf(small_config(), kBs, 10 * 1024 + 100, DType::bf16);
+  EXPECT_EQ(bf.dtype(), DType::bf16);
+  EXPECT_EQ(bf.bytes_per_block() * 2, f32.bytes_per_block());
+  EXPECT_EQ(bf.num_blocks(), 2 * f32.num_blocks());
+  auto tag16 = [](int l, int b, int kv, size_t i) { return static_cast<uint16_t>(((l * 64 + b) * 2 + kv) * 100 + i); };
+  for (int b = 0; b < bf.num_blocks(); ++b)
+    for (int l = 0; l < 2; ++l)
+      for (size_t i = 0; i < kFloatsPerHalf; ++i) {
+        bf.keys_bf16(l, b)[i] = tag16(l, b, 0, i);
+        bf.values_bf16(l, b)[i] = tag16(l, b, 1, i);
+      }
+  bf.copy_block(3, 6);
+  for (int b = 0; b < bf.num_blocks(); ++b)
+    for (int l = 0; l < 2; ++l)
+      for (size_t i = 0; i < kFloatsPerHalf; ++i) {
+        const int src = b == 6 ? 3 : b;
+        ASSERT_EQ(bf.keys_bf16(l, b)[i], tag16(l, src, 0, i)) << "block " << b << " layer " << l;
+        ASSERT_EQ(bf.values_bf16(l, b)[i], tag16(l, src, 1, i)) << "block " << b << " layer " << l;
+      }
+}
+
 TEST(KvCache, EveryLayerBlockAndHalfHasItsOwnStorage) {
   KvCache kv(small_config(), kBs, 16 * 1024);
   for (int b = 0; b < kv.num_blocks(); ++b) fill_block(kv, b);

@@ -317,3 +317,19 @@ def test_skip_tokenizer_init_and_shutdown(stories):
     e.shutdown()
     assert server.process.returncode == 0
     e.shutdown()  # idempotent
+
+
+def test_compute_and_kv_dtype_reach_the_engine(llm, stories):
+    """``compute`` and ``kv_dtype`` become ``--compute`` / ``--kv-dtype``; get_model_info reports both, and
+    the logprobs are not the f32 engine's bits."""
+    assert llm.model_info["compute"] == "f32" and llm.model_info["kv_dtype"] == "f32"
+    with zrollout.Engine(model_path=stories, kv_cache_mb=16, threads=1, log_level="error", compute="bf16",
+                         kv_dtype="bf16") as e:
+        assert "--kv-dtype" in e._server.args
+        assert e.model_info["compute"] == "bf16" and e.model_info["kv_dtype"] == "bf16"
+        ids = [1, 403, 407, 411]
+        got = e.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 4}, return_logprob=True)
+        ref = llm.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 4}, return_logprob=True)
+        assert len(got["output_ids"]) == 4
+        lp = lambda o: [t[0] for t in o["meta_info"]["output_token_logprobs"]]  # noqa: E731
+        assert lp(got) != lp(ref)
