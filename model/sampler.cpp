@@ -50,22 +50,38 @@ int argmax(const float* x, int n) {
   return best;
 }
 
-// Indices of the top n values of lp (ties: lower id first), best first.
-std::vector<std::pair<int, float>> top_n(const float* lp, int vocab, int n, std::vector<int>& order) {
+// Indices of the top n values of lp (ties: lower id first), best first: the same list as a
+// partial_sort of all ids by (value descending, id ascending), in one pass that keeps the best n
+// seen so far. Ids arrive in increasing order, so a later id enters only with a strictly larger
+// value than the current n-th; most of a 152K row fails that test 16 values at a time.
+std::vector<std::pair<int, float>> top_n(const float* lp, int vocab, int n) {
   n = std::min(n, vocab);
-  order.resize(vocab);
-  for (int i = 0; i < vocab; ++i) order[i] = i;
-  auto better = [lp](int a, int b) { return lp[a] > lp[b] || (lp[a] == lp[b] && a < b); };
-  std::partial_sort(order.begin(), order.begin() + n, order.end(), better);
-  std::vector<std::pair<int, float>> out;
-  out.reserve(n);
-  for (int i = 0; i < n; ++i) out.emplace_back(order[i], lp[order[i]]);
-  return out;
+  std::vector<std::pair<int, float>> best;  // sorted best first
+  if (n <= 0) return best;
+  best.reserve(static_cast<size_t>(n) + 1);
+  auto offer = [&](int i) {
+    if (static_cast<int>(best.size()) == n && !(lp[i] > best.back().second)) return;
+    auto at = std::find_if(best.begin(), best.end(), [&](const auto& b) { return lp[i] > b.second; });
+    best.insert(at, {i, lp[i]});
+    if (static_cast<int>(best.size()) > n) best.pop_back();
+  };
+  constexpr int kBlock = 16;
+  int i = 0;
+  for (; static_cast<int>(best.size()) < n && i < vocab; ++i) offer(i);
+  for (; i + kBlock <= vocab; i += kBlock) {
+    const float floor = best.back().second;
+    bool any = false;
+    for (int j = 0; j < kBlock; ++j) any |= lp[i + j] > floor;  // vectorizes; NaN never enters
+    if (any)
+      for (int j = 0; j < kBlock; ++j) offer(i + j);
+  }
+  for (; i < vocab; ++i) offer(i);
+  return best;
 }
 
-void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out, std::vector<int>& order) {
+void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out) {
   if (!lo.enabled) return;
-  if (lo.top_n > 0) out.top = top_n(lp, vocab, lo.top_n, order);
+  if (lo.top_n > 0) out.top = top_n(lp, vocab, lo.top_n);
   for (int t : lo.token_ids) out.ids.emplace_back(t, lp[t]);
 }
 
@@ -131,7 +147,7 @@ SampledToken position_logprob(const float* raw, int vocab, float temperature, in
   SampledToken out;
   out.token = token;
   out.logprob = s.lp[token];
-  fill_extras(s.lp.data(), vocab, lo, out, s.order);
+  fill_extras(s.lp.data(), vocab, lo, out);
   return out;
 }
 
@@ -181,7 +197,7 @@ SampledToken sample_token(const float* raw, int vocab, const std::vector<int>& e
   }
   if (lo.enabled && lo.mode == LogprobMode::raw) kernels::log_softmax(raw, vocab, s.lp.data());
   out.logprob = s.lp[out.token];
-  fill_extras(s.lp.data(), vocab, lo, out, s.order);
+  fill_extras(s.lp.data(), vocab, lo, out);
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -160,6 +161,41 @@ TEST(Sampler, SameSeedSameDrawsDifferentSeedDifferentDraws) {
     differ += draw(l, sp, s).token != draw(l, sp, s + 1000).token;
   }
   EXPECT_GT(differ, 16);
+}
+
+// top_n (position_logprob and sample_token's top logprobs) against a partial_sort of every id by
+// (logprob descending, id ascending): rows of Qwen's vocabulary size with many exact ties (logits
+// on a coarse grid), -inf entries, the best values at the row's ends, and rows shorter than n.
+std::vector<std::pair<int, float>> sorted_top(const std::vector<float>& lp, int n) {
+  std::vector<int> order(lp.size());
+  for (size_t i = 0; i < lp.size(); ++i) order[i] = static_cast<int>(i);
+  n = std::min<int>(n, static_cast<int>(lp.size()));
+  std::partial_sort(order.begin(), order.begin() + n, order.end(),
+                    [&](int a, int b) { return lp[a] > lp[b] || (lp[a] == lp[b] && a < b); });
+  std::vector<std::pair<int, float>> out;
+  for (int i = 0; i < n; ++i) out.emplace_back(order[i], lp[order[i]]);
+  return out;
+}
+
+TEST(SamplerTopK, TopLogprobsEqualAFullSortWithTies) {
+  std::mt19937 rng(5);
+  SamplerScratch scratch;
+  for (int vocab : {1, 3, 17, 151936}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      std::vector<float> logits(vocab);
+      for (auto& v : logits) v = static_cast<float>(static_cast<int>(rng() % 64)) / 8.0f;  // many ties
+      if (trial % 3 == 1)
+        for (int i = 1; i < vocab; i += 3) logits[i] = -INFINITY;  // never the whole row
+      if (trial % 3 == 2) logits[vocab - 1] = logits[0] = 20.0f;  // the best at both ends: a tie
+      std::vector<float> lp(vocab);
+      scaled_log_softmax(logits.data(), vocab, 1.0f, lp.data());
+      for (int n : {1, 5, 20}) {
+        LogprobOptions lo{true, LogprobMode::default_mode, n, {}};
+        SampledToken t = position_logprob(logits.data(), vocab, 1.0f, 0, lo, scratch);
+        EXPECT_EQ(t.top, sorted_top(lp, n)) << "vocab " << vocab << " trial " << trial << " n " << n;
+      }
+    }
+  }
 }
 
 }  // namespace
