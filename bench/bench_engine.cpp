@@ -12,7 +12,7 @@
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
 //   the model's own layer shapes, same thread count.
 // Usage: bench_engine [--model DIR] [--threads T] [--batches 1,8,64,256] [--prompt 128] [--gen 128]
-//        [--compute f32|bf16] [--json FILE] [--top-logprobs N]
+//        [--compute f32|bf16] [--json FILE] [--top-logprobs N] [--preset NAME] [--logprob-cost B]
 //        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
 // --json writes rows decode_b<B> (tok/s against the smaller bound) and prefill (bench/bench_json.h).
 // The bounds are the f32 ones in both compute modes (weight bytes as loaded, OpenBLAS sgemm), so
@@ -30,6 +30,7 @@
 
 #include "actors/engine/engine.h"
 #include "bench/bench_json.h"
+#include "bench/bench_logprob_cost.h"
 #include "bench/bench_models.h"
 #include "bench/machine_limits.h"
 #include "model/kernels.h"
@@ -281,13 +282,22 @@ int main(int argc, char** argv) {
   app.add_option("--top-logprobs", g_top_logprobs,
                  "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
       ->capture_default_str();
+  // Large vocabularies (issue 19 item 4): a preset model, and the sampling path's own cost.
+  std::string preset = "stories110M";
+  app.add_option("--preset", preset, "without --model: make-model preset made into ./bench_models/")
+      ->capture_default_str();
+  int logprob_cost_batch = 0;
+  app.add_option("--logprob-cost", logprob_cost_batch,
+                 "time sampling B rows of the vocabulary with and without top-N logprobs (N: --top-logprobs, "
+                 "else 5) against the batch-B decode step (0: skip)");
+  double logprob_cost_step_ms = 0;
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   g_compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
   bench::JsonRows rows(json_path);
-  if (model.empty()) model = bench::default_model("stories110M");
+  if (model.empty()) model = bench::default_model(preset);
   if (model.empty()) return 1;
   auto cfg = ModelConfig::from_dir(model);
   auto w = ModelWeights::load_dir(*cfg, model);
@@ -345,6 +355,7 @@ int main(int argc, char** argv) {
                 r.tok_s, r.step_ms, lim.bw_gbps, lim.sgemm_gflops, bw_bound, compute_bound, 100 * r.tok_s / bound,
                 100 * paired, bw_bound < compute_bound ? "bandwidth" : "compute", r.steps, lim.spread.c_str());
     rows.add({"decode_b" + std::to_string(batch), r.tok_s, "tok/s", bound});
+    if (batch == logprob_cost_batch) logprob_cost_step_ms = r.step_ms;
   }
   if (prefill_prompts > 0) {
     double pf = 0;
@@ -356,6 +367,9 @@ int main(int argc, char** argv) {
                 lim.spread.c_str());
     rows.add({"prefill", pf, "tok/s", compute_bound});
   }
+  if (logprob_cost_batch > 0)
+    bench::print_logprob_cost(cfg->vocab_size, logprob_cost_batch, threads, g_top_logprobs > 0 ? g_top_logprobs : 5,
+                              logprob_cost_step_ms);
   if (!rows.write()) return 1;
   if (!skip_parity) parity_cost(*cfg, threads);
   return 0;
