@@ -33,6 +33,7 @@
 #include "bench/bench_logprob_cost.h"
 #include "bench/bench_models.h"
 #include "bench/machine_limits.h"
+#include "bench/perf_control.h"
 #include "model/kernels.h"
 #include "model/kernels_packed.h"
 
@@ -127,6 +128,7 @@ class Sampling {
 bool g_mmap_weights = false;                         // --mmap-weights: serve from the file mapping (no huge-page copy)
 kernels::Compute g_compute = kernels::Compute::f32;  // --compute
 int g_top_logprobs = -1;                             // --top-logprobs
+bench::PerfControl g_perf;                           // --perf-ctl
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
                         const Sampling::Fn& sample) {
@@ -165,10 +167,13 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     auto t0 = Clock::now();
     eng->step(out);
     auto t1 = Clock::now();
-    if (out.tokens_processed == batch && out.tokens_generated == batch)
+    if (out.tokens_processed == batch && out.tokens_generated == batch) {
       r.timed.push_back({(seconds_of(t0) + seconds_of(t1)) / 2, std::chrono::duration<double>(t1 - t0).count()});
+      if (r.timed.size() == 1) g_perf.enable();  // the steps after the first full decode step
+    }
     sampling.maybe();
   }
+  g_perf.disable();
   sampling.last();
   std::vector<double> step_s;
   for (const StepTime& st : r.timed) step_s.push_back(st.seconds);
@@ -291,11 +296,14 @@ int main(int argc, char** argv) {
                  "time sampling B rows of the vocabulary with and without top-N logprobs (N: --top-logprobs, "
                  "else 5) against the batch-B decode step (0: skip)");
   double logprob_cost_step_ms = 0;
+  std::string perf_ctl;
+  app.add_option("--perf-ctl", perf_ctl, "perf record's --control fifo: profile decode steps only (bench/perf_control.h)");
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   g_compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
+  g_perf.open(perf_ctl);
   bench::JsonRows rows(json_path);
   if (model.empty()) model = bench::default_model(preset);
   if (model.empty()) return 1;

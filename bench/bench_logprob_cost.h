@@ -1,7 +1,7 @@
 // bench_engine --logprob-cost: what a decode step spends after the LM head, per vocabulary row,
 // on the engine's own sampling path (sample_token on the compute pool, one row per sequence, as
 // Engine::run_jobs does): without logprobs, with top-N logprobs, and with top-N selected the way
-// the sampler did before f30dbf6 (iota + partial_sort over the whole row), on the same rows.
+// the sampler did until issue 19 item 4 (iota + partial_sort over the whole row), on the same rows.
 // Timed in isolation (medians of 7 runs) so the difference is not lost in the step's noise.
 #pragma once
 
