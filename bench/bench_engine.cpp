@@ -12,7 +12,8 @@
 //   the cost of parity: the batch-invariant matmul against OpenBLAS (sgemv at M=1, sgemm above) on
 //   the model's own layer shapes, same thread count.
 // Usage: bench_engine [--model DIR] [--threads T] [--batches 1,8,64,256] [--prompt 128] [--gen 128]
-//        [--compute f32|bf16] [--kv-dtype f32|bf16] [--json FILE] [--top-logprobs N]
+//        [--compute f32|bf16] [--kv-dtype f32|bf16] [--json FILE] [--top-logprobs N] [--preset NAME]
+//        [--logprob-cost B] [--perf-ctl FIFO]
 //        (default model: a stories110M-shape f32 model made by make-model into ./bench_models/).
 // --json writes rows decode_b<B> (tok/s against the smaller bound) and prefill (bench/bench_json.h).
 // The bounds are the f32 ones in both compute modes (weight bytes as loaded, OpenBLAS sgemm), so
@@ -30,8 +31,10 @@
 
 #include "actors/engine/engine.h"
 #include "bench/bench_json.h"
+#include "bench/bench_logprob_cost.h"
 #include "bench/bench_models.h"
 #include "bench/machine_limits.h"
+#include "bench/perf_control.h"
 #include "model/kernels.h"
 #include "model/kernels_packed.h"
 
@@ -127,6 +130,7 @@ bool g_mmap_weights = false;                         // --mmap-weights: serve fr
 kernels::Compute g_compute = kernels::Compute::f32;  // --compute
 int g_top_logprobs = -1;                             // --top-logprobs
 DType g_kv_dtype = DType::f32;                       // --kv-dtype
+bench::PerfControl g_perf;                           // --perf-ctl
 
 DecodeResult run_decode(const std::string& dir, int threads, int batch, int prompt, int gen,
                         const Sampling::Fn& sample) {
@@ -166,10 +170,13 @@ DecodeResult run_decode(const std::string& dir, int threads, int batch, int prom
     auto t0 = Clock::now();
     eng->step(out);
     auto t1 = Clock::now();
-    if (out.tokens_processed == batch && out.tokens_generated == batch)
+    if (out.tokens_processed == batch && out.tokens_generated == batch) {
       r.timed.push_back({(seconds_of(t0) + seconds_of(t1)) / 2, std::chrono::duration<double>(t1 - t0).count()});
+      if (r.timed.size() == 1) g_perf.enable();  // the steps after the first full decode step
+    }
     sampling.maybe();
   }
+  g_perf.disable();
   sampling.last();
   std::vector<double> step_s;
   for (const StepTime& st : r.timed) step_s.push_back(st.seconds);
@@ -288,14 +295,26 @@ int main(int argc, char** argv) {
   app.add_option("--top-logprobs", g_top_logprobs,
                  "decode requests ask for the sampled token's logprob and this many top ones (-1: no logprobs)")
       ->capture_default_str();
+  // Large vocabularies (issue 19 item 4): a preset model, and the sampling path's own cost.
+  std::string preset = "stories110M";
+  app.add_option("--preset", preset, "without --model: make-model preset made into ./bench_models/")
+      ->capture_default_str();
+  int logprob_cost_batch = 0;
+  app.add_option("--logprob-cost", logprob_cost_batch,
+                 "time sampling B rows of the vocabulary with and without top-N logprobs (N: --top-logprobs, "
+                 "else 5) against the batch-B decode step (0: skip)");
+  double logprob_cost_step_ms = 0;
+  std::string perf_ctl;
+  app.add_option("--perf-ctl", perf_ctl, "perf record's --control fifo: profile decode steps only (bench/perf_control.h)");
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   g_compute = compute == "bf16" ? kernels::Compute::bf16 : kernels::Compute::f32;
   g_kv_dtype = kv_dtype == "bf16" ? DType::bf16 : DType::f32;
+  g_perf.open(perf_ctl);
   bench::JsonRows rows(json_path);
-  if (model.empty()) model = bench::default_model("stories110M");
+  if (model.empty()) model = bench::default_model(preset);
   if (model.empty()) return 1;
   auto cfg = ModelConfig::from_dir(model);
   auto w = ModelWeights::load_dir(*cfg, model);
@@ -363,6 +382,7 @@ int main(int argc, char** argv) {
     std::printf("           attention reads %.0f MB of KV a step (mean context %d): bound with that read %.1f tok/s, "
                 "ratio %.0f%%\n",
                 kv_bytes / 1e6, prompt + gen / 2, with_kv, 100 * r.tok_s / with_kv);
+    if (batch == logprob_cost_batch) logprob_cost_step_ms = r.step_ms;
   }
   if (prefill_prompts > 0) {
     double pf = 0;
@@ -374,6 +394,9 @@ int main(int argc, char** argv) {
                 lim.spread.c_str());
     rows.add({"prefill", pf, "tok/s", compute_bound});
   }
+  if (logprob_cost_batch > 0)
+    bench::print_logprob_cost(cfg->vocab_size, logprob_cost_batch, threads, g_top_logprobs > 0 ? g_top_logprobs : 5,
+                              logprob_cost_step_ms);
   if (!rows.write()) return 1;
   if (!skip_parity) parity_cost(*cfg, threads);
   return 0;

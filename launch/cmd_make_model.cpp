@@ -27,6 +27,11 @@ void add_make_model(CLI::App& app) {
                                       "of this model folder (Llama, Mistral, Qwen2, Qwen3)")
                           ->check(CLI::ExistingDirectory);
   preset->excludes(like);
+  cmd->add_option("--tokenizer", opt->tokenizer,
+                  "a preset's tokenizer: 'none' (token ids only), or a folder to copy tokenizer.json / "
+                  "tokenizer.model and tokenizer_config.json from (e.g. ../shared/models/tokenizers/qwen3 "
+                  "for qwen2.5-0.5b; default: one trained on the built-in corpus)")
+      ->excludes(like);
   cmd->add_option("--seed", opt->seed, "seed of the random weights")->capture_default_str();
   auto dtype = std::make_shared<std::string>();
   cmd->add_option("--dtype", *dtype,

@@ -36,6 +36,9 @@ struct Preset {
   bool qwen2 = false;        // Qwen2ForCausalLM (q/k/v biases), rope_theta 1e6, rms_norm_eps 1e-6
   int tokenizer_pieces = 0;  // 0: vocab (else a smaller tokenizer, as Qwen's 151,665 of 151,936)
   DType dtype = DType::f32;  // default weight dtype
+  // BOS and EOS id when the tokenizer is not the trained one (whose are 1 and 2): Qwen2.5's
+  // <|endoftext|> (151643), as its config.json has them. -1: keep 1 and 2.
+  int foreign_special_id = -1;
 };
 constexpr Preset kPresets[] = {
     {"tiny", 128, 352, 4, 4, 2, 32, 1024, 1024},
@@ -44,7 +47,7 @@ constexpr Preset kPresets[] = {
     // Qwen2.5-0.5B's shape (bf16, tied embeddings, GQA 14:2). The built-in corpus cannot train
     // 152K pieces, so its tokenizer has 32,000 and the rest of the vocabulary is never produced by
     // encoding (the LM head, log-softmax and top-k still run over all 151,936 entries).
-    {"qwen2.5-0.5b", 896, 4864, 24, 14, 2, 64, 151936, 32768, true, 32000, DType::bf16},
+    {"qwen2.5-0.5b", 896, 4864, 24, 14, 2, 64, 151936, 32768, true, 32000, DType::bf16, 151643},
 };
 
 const Preset* find_preset(const std::string& name) {
@@ -180,7 +183,25 @@ Status resolve_like(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtype,
   return Status::ok_status();
 }
 
-// A preset: its config and a tokenizer.model trained on the built-in corpus.
+// --tokenizer DIR: the tokenizer files DIR has (kLikeFiles but the configs), copied as they are.
+Status copy_tokenizer(const std::string& dir, FileList* files) {
+  std::string copied;
+  for (const char* name : kLikeFiles) {
+    const fs::path src = fs::path(dir) / name;
+    std::error_code ec;
+    if (std::string_view(name) == "generation_config.json" || !fs::exists(src, ec)) continue;
+    auto bytes = read_file(src);
+    if (!bytes.ok()) return bytes.status();
+    files->emplace_back(name, std::move(bytes).value());
+    copied += std::string(copied.empty() ? "" : ", ") + name;
+  }
+  if (copied.empty())
+    return make_error(ErrorCode::not_found, "make-model: --tokenizer " + dir + " has no tokenizer.json or tokenizer.model");
+  spdlog::info("make-model: tokenizer copied from {} ({})", dir, copied);
+  return Status::ok_status();
+}
+
+// A preset: its config and a tokenizer.model trained on the built-in corpus (or opt.tokenizer's).
 Status resolve_preset(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtype, FileList* files) {
   auto preset = preset_config(opt.preset);
   if (!preset.ok()) return preset.status();
@@ -188,6 +209,14 @@ Status resolve_preset(const MakeModelOptions& opt, ModelConfig* cfg, DType* dtyp
   const Preset* p = find_preset(opt.preset);
   *dtype = opt.dtype.value_or(p->dtype);
   cfg->torch_dtype = torch_dtype_name(*dtype);
+  if (!opt.tokenizer.empty()) {
+    if (p->foreign_special_id >= 0) {
+      cfg->bos_token_id = p->foreign_special_id;
+      cfg->eos_token_ids = {p->foreign_special_id};
+    }
+    files->emplace_back("config.json", cfg->to_json_text());
+    return opt.tokenizer == "none" ? Status::ok_status() : copy_tokenizer(opt.tokenizer, files);
+  }
   const auto start = std::chrono::steady_clock::now();
   auto trained = train_tokenizer(builtin_corpus(), p->tokenizer_pieces > 0 ? p->tokenizer_pieces : cfg->vocab_size);
   if (!trained.ok()) return trained.status();

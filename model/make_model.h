@@ -18,6 +18,11 @@ struct MakeModelOptions {
   // Copy this folder's config.json (only its dtype changed), generation_config.json and tokenizer
   // files (tokenizer.model, tokenizer.json, tokenizer_config.json, ...: whichever it has).
   std::string like_dir;
+  // A preset's tokenizer: "" trains one on the built-in corpus; "none" writes none (token-only
+  // mode: input_ids in, no text out); else a folder whose tokenizer files are copied (Qwen2.5's
+  // shape with the real Qwen tokenizer.json from ../shared/models/tokenizers/qwen3: its ids fit the
+  // 151,936-entry vocabulary). Tokenizer files are never part of the repository.
+  std::string tokenizer;
   uint64_t seed = 0;
   std::optional<DType> dtype;  // default: the preset's (f32; bf16 for qwen2.5-0.5b), the source's for like_dir
   std::string out_dir;

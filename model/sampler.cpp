@@ -50,40 +50,43 @@ int argmax(const float* x, int n) {
   return best;
 }
 
-// Indices of the top n values of lp (ties: lower id first), best first.
-std::vector<std::pair<int, float>> top_n(const float* lp, int vocab, int n, std::vector<int>& order) {
+// Indices of the top n values of lp (ties: lower id first), best first: the same list as a
+// partial_sort of all ids by (value descending, id ascending), in one pass that keeps the best n
+// seen so far. Ids arrive in increasing order, so a later id enters only with a strictly larger
+// value than the current n-th; most of a 152K row fails that test 16 values at a time.
+std::vector<std::pair<int, float>> top_n(const float* lp, int vocab, int n) {
   n = std::min(n, vocab);
-  order.resize(vocab);
-  for (int i = 0; i < vocab; ++i) order[i] = i;
-  auto better = [lp](int a, int b) { return lp[a] > lp[b] || (lp[a] == lp[b] && a < b); };
-  std::partial_sort(order.begin(), order.begin() + n, order.end(), better);
-  std::vector<std::pair<int, float>> out;
-  out.reserve(n);
-  for (int i = 0; i < n; ++i) out.emplace_back(order[i], lp[order[i]]);
-  return out;
+  std::vector<std::pair<int, float>> best;  // sorted best first
+  if (n <= 0) return best;
+  best.reserve(static_cast<size_t>(n) + 1);
+  auto offer = [&](int i) {
+    if (static_cast<int>(best.size()) == n && !(lp[i] > best.back().second)) return;
+    auto at = std::find_if(best.begin(), best.end(), [&](const auto& b) { return lp[i] > b.second; });
+    best.insert(at, {i, lp[i]});
+    if (static_cast<int>(best.size()) > n) best.pop_back();
+  };
+  constexpr int kBlock = 16;
+  int i = 0;
+  for (; static_cast<int>(best.size()) < n && i < vocab; ++i) offer(i);
+  for (; i + kBlock <= vocab; i += kBlock) {
+    const float floor = best.back().second;
+    bool any = false;
+    for (int j = 0; j < kBlock; ++j) any |= lp[i + j] > floor;  // vectorizes; NaN never enters
+    if (any)
+      for (int j = 0; j < kBlock; ++j) offer(i + j);
+  }
+  for (; i < vocab; ++i) offer(i);
+  return best;
 }
 
-void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out, std::vector<int>& order) {
+void fill_extras(const float* lp, int vocab, const LogprobOptions& lo, SampledToken& out) {
   if (!lo.enabled) return;
-  if (lo.top_n > 0) out.top = top_n(lp, vocab, lo.top_n, order);
+  if (lo.top_n > 0) out.top = top_n(lp, vocab, lo.top_n);
   for (int t : lo.token_ids) out.ids.emplace_back(t, lp[t]);
 }
 
-// Keeps the candidates that survive top-k / top-p / min-p; returns them in draw order (probability
-// descending, lower id first on ties) in s.order, their count as the result. probs: softmax.
-int truncate(const float* probs, int vocab, const SamplingParams& p, std::vector<int>& order) {
-  order.resize(vocab);
-  for (int i = 0; i < vocab; ++i) order[i] = i;
-  auto better = [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
-  int keep = vocab;
-  if (p.top_k > 0 && p.top_k < vocab) {
-    std::partial_sort(order.begin(), order.begin() + p.top_k, order.end(), better);
-    keep = p.top_k;
-  } else if (p.top_p < 1.0f || p.min_p > 0.0f) {
-    std::sort(order.begin(), order.end(), better);
-  } else {
-    return vocab;  // no truncation: index order
-  }
+// The top-p and min-p cuts over the first `keep` ids of `order` (sorted best first).
+int truncate_sorted(const float* probs, const SamplingParams& p, int keep, const std::vector<int>& order) {
   if (p.top_p < 1.0f) {
     double cum = 0.0;
     int i = 0;
@@ -100,6 +103,49 @@ int truncate(const float* probs, int vocab, const SamplingParams& p, std::vector
     keep = i;
   }
   return keep;
+}
+
+// The ids whose probability is >= floor, best first (probability descending, lower id first on
+// ties): the head of the order a sort of every id gives, since every id left out comes after them.
+void sorted_above(const float* probs, int vocab, float floor, std::vector<int>& order) {
+  order.clear();
+  for (int i = 0; i < vocab; ++i)
+    if (probs[i] >= floor) order.push_back(i);
+  std::sort(order.begin(), order.end(),
+            [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+}
+
+// Keeps the candidates that survive top-k / top-p / min-p; returns them in draw order (probability
+// descending, lower id first on ties) in s.order, their count as the result. probs: softmax.
+// top-p and min-p sort only the ids above a floor (a 152K-entry row holds a few hundred above
+// 2^-12 of the best): when the ids kept end inside that head, the cut is the one a sort of the
+// whole row gives, summed in the same order; otherwise the floor drops and the head grows.
+int truncate(const float* probs, int vocab, const SamplingParams& p, std::vector<int>& order) {
+  auto better = [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
+  if (p.top_k > 0 && p.top_k < vocab) {
+    order.resize(vocab);
+    for (int i = 0; i < vocab; ++i) order[i] = i;
+    std::partial_sort(order.begin(), order.begin() + p.top_k, order.end(), better);
+    return truncate_sorted(probs, p, p.top_k, order);
+  }
+  if (p.top_p >= 1.0f && p.min_p <= 0.0f) {  // no truncation: index order
+    order.resize(vocab);
+    for (int i = 0; i < vocab; ++i) order[i] = i;
+    return vocab;
+  }
+  const float best = *std::max_element(probs, probs + vocab);
+  const float min_p_floor = p.min_p * best;  // as truncate_sorted computes it
+  for (float floor = best * 0x1.0p-12f;; floor *= 0x1.0p-12f) {
+    if (p.min_p > 0.0f) floor = std::min(floor, min_p_floor);
+    if (floor < 1e-30f) break;  // the head is (nearly) the whole row
+    sorted_above(probs, vocab, floor, order);
+    if (p.top_p >= 1.0f) return truncate_sorted(probs, p, static_cast<int>(order.size()), order);
+    double head_mass = 0.0;
+    for (int id : order) head_mass += probs[id];
+    if (head_mass >= p.top_p) return truncate_sorted(probs, p, static_cast<int>(order.size()), order);
+  }
+  sorted_above(probs, vocab, -INFINITY, order);
+  return truncate_sorted(probs, p, vocab, order);
 }
 
 }  // namespace
@@ -131,7 +177,7 @@ SampledToken position_logprob(const float* raw, int vocab, float temperature, in
   SampledToken out;
   out.token = token;
   out.logprob = s.lp[token];
-  fill_extras(s.lp.data(), vocab, lo, out, s.order);
+  fill_extras(s.lp.data(), vocab, lo, out);
   return out;
 }
 
@@ -181,7 +227,7 @@ SampledToken sample_token(const float* raw, int vocab, const std::vector<int>& e
   }
   if (lo.enabled && lo.mode == LogprobMode::raw) kernels::log_softmax(raw, vocab, s.lp.data());
   out.logprob = s.lp[out.token];
-  fill_extras(s.lp.data(), vocab, lo, out, s.order);
+  fill_extras(s.lp.data(), vocab, lo, out);
   return out;
 }
 

@@ -235,11 +235,29 @@ TEST(EngineParityKvBf16, BatchInvarianceAndScoreEqualsGenerateQwen3Tiny) {
   check_batch_invariance(dir, 8, kernels::Compute::bf16, DType::bf16);
 }
 
-// Compute::bf16 and/or a bf16 KV cache against the float64 reference: the score cases' logprobs
-// (teacher-forced, so a near-tie that greedy decoding would break differently cannot move them)
-// within kBf16Tolerance nats, and not the bits of the f32 setting (so the setting took effect). The
-// largest differences against the reference and against f32 compute with an f32 cache are printed.
-constexpr double kBf16Tolerance = 0.1;  // stories260K (trained, d 64): 0.064 measured; the random tiny models ~1e-3
+// Compute::bf16 and/or a bf16 KV cache (--kv-dtype bf16) against the float64 reference, teacher-forced (so a near-tie that greedy decoding
+// would break differently cannot move a token): every case's completion scored at T = 1, the
+// score cases' completion_ids against logprobs_T1.0 and the greedy cases' greedy_ids against
+// greedy_logprobs. Prints max and mean |diff| of bf16 against the reference and against the f32
+// mode, and of f32 against the reference; the setting must not give the f32 setting's bits (so it took effect).
+//
+// Why 0.1 nats: bf16 keeps 8 significant bits, so rounding a matmul input moves it by up to 2^-9
+// (0.2%) of its value; a logit sums d such products, their errors partly cancel, and what remains
+// grows with the spread of the logits, which a trained model has and random weights do not.
+// Measured by this test (2026-12-08, 96 / 32 / 192 / 192 tokens), max (mean) |bf16 - float64|:
+// stories260K (trained, f32 checkpoint: bf16 rounds its weights and activations) 0.075 (0.005);
+// stories260K-bf16 (weights already bf16: activations only) 0.0072 (0.001); the random-weight
+// qwen3-tiny 0.0015 (0.0004) and llama31-tiny 0.0016 (0.0003); the f32 mode stays within 6e-6 of
+// the reference on all four. 0.1 is 1.33x the largest measured: room for another fixed summation
+// order in the bf16 kernel.
+constexpr double kBf16Tolerance = 0.1;
+
+struct DiffStats {
+  double max = 0, sum = 0;
+  int n = 0;
+  void add(double d) { max = std::max(max, d), sum += d, ++n; }
+  double mean() const { return n ? sum / n : 0; }
+};
 
 void check_bf16_against_reference(const std::string& name, kernels::Compute compute = kernels::Compute::bf16,
                                   DType kv_dtype = DType::f32) {
@@ -251,37 +269,41 @@ void check_bf16_against_reference(const std::string& name, kernels::Compute comp
   auto bf = testing::load_engine(dir, o);
   auto f32 = testing::load_engine(dir);
   auto ref = reference(dir);
-  int i = 0, checked = 0;
+  auto completion = [](const nlohmann::json& cs) { return cs["kind"] == "greedy" ? cs["greedy_ids"] : cs["completion_ids"]; };
+  auto expected = [](const nlohmann::json& cs) { return cs["kind"] == "greedy" ? cs["greedy_logprobs"] : cs["logprobs_T1.0"]; };
+  int i = 0;
   for (const auto& cs : ref["cases"]) {
-    const std::string rid = "case" + std::to_string(i++);
-    if (cs["kind"] == "greedy") continue;
-    ScoreRequest s{rid, cs["prompt_ids"], cs["completion_ids"], 1.0f, 0};
+    ScoreRequest s{"case" + std::to_string(i++), cs["prompt_ids"], completion(cs), 1.0f, 0};
     ASSERT_TRUE(bf->submit_score(s).ok());
     ASSERT_TRUE(f32->submit_score(s).ok());
   }
   auto rb = run_to_completion(*bf).scores, rf = run_to_completion(*f32).scores;
-  double max_ref = 0, max_f32 = 0;
+  DiffStats bf_ref, bf_f32, f32_ref;
   i = 0;
   for (const auto& cs : ref["cases"]) {
     const std::string rid = "case" + std::to_string(i++);
-    if (cs["kind"] == "greedy") continue;
-    const auto& expect = cs["logprobs_T1.0"];
-    const ScoreOutput& b = rb.at(rid);
+    const auto& expect = expected(cs);
+    const ScoreOutput &b = rb.at(rid), &f = rf.at(rid);
     ASSERT_EQ(b.logprobs.size(), expect.size());
-    for (size_t k = 0; k < expect.size(); ++k, ++checked) {
+    for (size_t k = 0; k < expect.size(); ++k) {
       const double d = std::fabs(b.logprobs[k] - expect[k].get<double>());
-      max_ref = std::max(max_ref, d);
-      max_f32 = std::max(max_f32, static_cast<double>(std::fabs(b.logprobs[k] - rf.at(rid).logprobs[k])));
+      bf_ref.add(d);
+      bf_f32.add(std::fabs(static_cast<double>(b.logprobs[k]) - f.logprobs[k]));
+      f32_ref.add(std::fabs(f.logprobs[k] - expect[k].get<double>()));
       EXPECT_LE(d, kBf16Tolerance) << rid << " token " << k;
     }
   }
-  EXPECT_GT(checked, 0) << "the reference has no score cases";
-  EXPECT_GT(max_f32, 0.0) << "the same bits as f32 compute with an f32 cache";
-  std::printf("%s compute %s, KV %s: %d logprobs, max |- float64 reference| %.4g, max |- f32 mode| %.4g nats\n",
-              name.c_str(), kernels::compute_name(compute), kv_dtype_name(kv_dtype), checked, max_ref, max_f32);
+  EXPECT_GT(bf_ref.n, 0) << "the reference has no cases";
+  EXPECT_GT(bf_f32.max, 0.0) << "the same bits as f32 compute with an f32 cache";
+  std::printf(
+      "%s compute %s, KV %s: %d teacher-forced logprobs; |- float64 ref| max %.4g mean %.3g; |- f32 mode| max %.4g "
+      "mean %.3g; |f32 - float64 ref| max %.3g mean %.3g (nats)\n",
+      name.c_str(), kernels::compute_name(compute), kv_dtype_name(kv_dtype), bf_ref.n, bf_ref.max, bf_ref.mean(),
+      bf_f32.max, bf_f32.mean(), f32_ref.max, f32_ref.mean());
 }
 
 TEST(EngineBf16, LogprobsNearReferenceStories260K) { check_bf16_against_reference("stories260K"); }
+TEST(EngineBf16, LogprobsNearReferenceStories260KBf16) { check_bf16_against_reference("stories260K-bf16"); }
 TEST(EngineBf16, LogprobsNearReferenceQwen3Tiny) { check_bf16_against_reference("qwen3-tiny"); }
 TEST(EngineBf16, LogprobsNearReferenceLlama31Tiny) { check_bf16_against_reference("llama31-tiny"); }
 TEST(EngineKvBf16, LogprobsNearReferenceStories260K) {

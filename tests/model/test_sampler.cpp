@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -160,6 +161,105 @@ TEST(Sampler, SameSeedSameDrawsDifferentSeedDifferentDraws) {
     differ += draw(l, sp, s).token != draw(l, sp, s + 1000).token;
   }
   EXPECT_GT(differ, 16);
+}
+
+// top_n (position_logprob and sample_token's top logprobs) against a partial_sort of every id by
+// (logprob descending, id ascending): rows of Qwen's vocabulary size with many exact ties (logits
+// on a coarse grid), -inf entries, the best values at the row's ends, and rows shorter than n.
+std::vector<std::pair<int, float>> sorted_top(const std::vector<float>& lp, int n) {
+  std::vector<int> order(lp.size());
+  for (size_t i = 0; i < lp.size(); ++i) order[i] = static_cast<int>(i);
+  n = std::min<int>(n, static_cast<int>(lp.size()));
+  std::partial_sort(order.begin(), order.begin() + n, order.end(),
+                    [&](int a, int b) { return lp[a] > lp[b] || (lp[a] == lp[b] && a < b); });
+  std::vector<std::pair<int, float>> out;
+  for (int i = 0; i < n; ++i) out.emplace_back(order[i], lp[order[i]]);
+  return out;
+}
+
+TEST(SamplerTopK, TopLogprobsEqualAFullSortWithTies) {
+  std::mt19937 rng(5);
+  SamplerScratch scratch;
+  for (int vocab : {1, 3, 17, 151936}) {
+    for (int trial = 0; trial < 6; ++trial) {
+      std::vector<float> logits(vocab);
+      for (auto& v : logits) v = static_cast<float>(static_cast<int>(rng() % 64)) / 8.0f;  // many ties
+      if (trial % 3 == 1)
+        for (int i = 1; i < vocab; i += 3) logits[i] = -INFINITY;  // never the whole row
+      if (trial % 3 == 2) logits[vocab - 1] = logits[0] = 20.0f;  // the best at both ends: a tie
+      std::vector<float> lp(vocab);
+      scaled_log_softmax(logits.data(), vocab, 1.0f, lp.data());
+      for (int n : {1, 5, 20}) {
+        LogprobOptions lo{true, LogprobMode::default_mode, n, {}};
+        SampledToken t = position_logprob(logits.data(), vocab, 1.0f, 0, lo, scratch);
+        EXPECT_EQ(t.top, sorted_top(lp, n)) << "vocab " << vocab << " trial " << trial << " n " << n;
+      }
+    }
+  }
+}
+
+// top-p / min-p sort only the head of a row above a floor (model/sampler.cpp truncate): the same
+// token, logprob and processed-mode distribution as a sort of the whole row, drawn here as the
+// sampler draws (sample_rng, probability order, lower id first on ties).
+SampledToken full_sort_draw(const std::vector<float>& logits, const SamplingParams& p, uint64_t seed) {
+  const int vocab = static_cast<int>(logits.size());
+  std::vector<float> lp(vocab), probs(vocab);
+  scaled_log_softmax(logits.data(), vocab, p.temperature, lp.data());
+  for (int i = 0; i < vocab; ++i) probs[i] = std::exp(lp[i]);
+  std::vector<int> order(vocab);
+  for (int i = 0; i < vocab; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+  int keep = vocab;
+  if (p.top_p < 1.0f) {
+    double cum = 0.0;
+    int i = 0;
+    for (; i < keep && cum < p.top_p; ++i) cum += probs[order[i]];
+    keep = std::max(1, i);
+  }
+  if (p.min_p > 0.0f) {
+    int i = 1;
+    while (i < keep && probs[order[i]] >= p.min_p * probs[order[0]]) ++i;
+    keep = i;
+  }
+  double mass = 0.0, cum = 0.0;
+  for (int i = 0; i < keep; ++i) mass += probs[order[i]];
+  const double u = static_cast<double>(sample_rng(seed, 0) >> 11) * 0x1.0p-53 * mass;
+  SampledToken t;
+  t.token = order[keep - 1];
+  for (int i = 0; i < keep; ++i)
+    if (u < (cum += probs[order[i]])) {
+      t.token = order[i];
+      break;
+    }
+  t.logprob = lp[t.token] - static_cast<float>(std::log(mass));
+  return t;
+}
+
+TEST(SamplerTopK, TopPAndMinPOnTheHeadEqualAFullSort) {
+  std::mt19937 rng(9);
+  SamplerScratch scratch;
+  const std::vector<int> no_ids;
+  int draws = 0;
+  for (float spread : {0.5f, 3.0f, 8.0f}) {  // flat (the head is the whole row) to peaked rows
+    std::vector<float> logits(151936);
+    std::normal_distribution<float> nd(0.0f, spread);
+    for (auto& v : logits) v = std::round(nd(rng) * 16.0f) / 16.0f;  // ties
+    for (auto [top_p, min_p] : {std::pair{0.9f, 0.0f}, {0.5f, 0.0f}, {0.999f, 0.0f}, {1.0f, 0.05f}, {0.95f, 0.01f}}) {
+      SamplingParams sp;
+      sp.top_p = top_p;
+      sp.min_p = min_p;
+      for (uint64_t seed = 0; seed < 4; ++seed, ++draws) {
+        SampleContext ctx{&sp, {}, no_ids, seed};
+        LogprobOptions lo{true, LogprobMode::processed, 0, {}};
+        SampledToken got = sample_token(logits.data(), 151936, {}, ctx, lo, scratch);
+        SampledToken want = full_sort_draw(logits, sp, seed);
+        EXPECT_EQ(got.token, want.token) << "spread " << spread << " top_p " << top_p << " min_p " << min_p;
+        EXPECT_EQ(got.logprob, want.logprob) << "spread " << spread << " top_p " << top_p << " min_p " << min_p;
+      }
+    }
+  }
+  EXPECT_EQ(draws, 60);
 }
 
 }  // namespace
