@@ -1,6 +1,8 @@
 #include "actors/router_driver.h"
 
 #include <algorithm>
+#include <chrono>
+#include <exception>
 
 #include "comm/wire_codec.h"
 
@@ -52,6 +54,35 @@ RouterDriver::RouterDriver(Actor& actor, Router& router, Millis heartbeat_interv
     router_.tick(actor_.now());
     flush();
   });
+  if (auto path = router_.take_tokenizer_load()) {  // --tokenizer: before the loop, on the owner thread
+    router_.on_tokenizer_loaded(*path, Tokenizer::load(*path));
+    router_.restart_heartbeats(actor_.now());  // the load's time is not the engines' silence
+  }
+}
+
+RouterDriver::~RouterDriver() {
+  if (loader_.joinable()) loader_.join();
+}
+
+void RouterDriver::start_tokenizer_load(std::string path) {
+  std::promise<Result<Tokenizer>> done;
+  loading_ = done.get_future();
+  loading_path_ = path;
+  // The promise is set before the wake, so the tick the wake causes finds the result ready.
+  loader_ = std::thread([this, done = std::move(done), path = std::move(path)]() mutable {
+    try {
+      done.set_value(Tokenizer::load(path));
+    } catch (const std::exception& e) {  // e.g. bad_alloc: the router goes on without a tokenizer
+      done.set_value(make_error(ErrorCode::internal, path + ": " + e.what()));
+    }
+    actor_.wake();
+  });
+}
+
+void RouterDriver::finish_tokenizer_load() {
+  if (!loading_.valid() || loading_.wait_for(std::chrono::seconds{0}) != std::future_status::ready) return;
+  loader_.join();
+  router_.on_tokenizer_loaded(loading_path_, loading_.get());
 }
 
 Status RouterDriver::connect(const std::vector<std::string>& engines, const KeysFor& keys_for) {
@@ -68,6 +99,7 @@ Status RouterDriver::connect(const std::vector<std::string>& engines, const Keys
 }
 
 void RouterDriver::flush() {
+  if (auto path = router_.take_tokenizer_load()) start_tokenizer_load(std::move(*path));
   for (RouterMessage& m : router_.take_outbox()) {
     if (m.engine < 0) {
       to_caller_(m);
@@ -80,6 +112,7 @@ void RouterDriver::flush() {
 }
 
 bool RouterDriver::tick() {
+  finish_tokenizer_load();
   bool more = false;
   for (size_t k = 0; k < unsent_.size(); ++k) {
     auto& q = unsent_[k];

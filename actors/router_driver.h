@@ -6,12 +6,20 @@
 // The one driver of both shells: RouterActor (callers on the actor's ROUTER socket, the actor on
 // its own thread) and Trainer (the trainer's own calls, the actor stepped with run_once() on the
 // caller's thread while it waits for the engines).
-// Ownership: borrows the Actor and the Router, which the shell owns and keeps alive longer.
+// The router's tokenizer (Router::take_tokenizer_load) is read here, never on the actor loop:
+// RouterOptions::tokenizer at construction, on the owner thread before the loop runs (the engines
+// then get a fresh liveness window); the engines' model folder, learnt from their get_model_info,
+// on a loader thread whose result the actor's tick hands to the router (a large tokenizer.json
+// takes seconds, longer under a sanitizer, while the engines' heartbeats must still be read).
+// Ownership: borrows the Actor and the Router, which the shell owns and keeps alive longer; owns
+// the loader thread (joined by the destructor, which so waits for a load in progress).
 // Thread-safety: as the Actor (its owner thread, or the actor thread once started).
 #pragma once
 
 #include <functional>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "actors/router/router.h"
@@ -25,6 +33,7 @@ class RouterDriver {
   // Registers the engines' reply ops, the actor's tick and the router's timer (every quarter of a
   // heartbeat interval: liveness moves in whole intervals).
   RouterDriver(Actor& actor, Router& router, Millis heartbeat_interval, ToCaller to_caller);
+  ~RouterDriver();
   RouterDriver(const RouterDriver&) = delete;
   RouterDriver& operator=(const RouterDriver&) = delete;
 
@@ -38,12 +47,17 @@ class RouterDriver {
 
  private:
   bool tick();  // retries full queues; true while some are still full
+  void start_tokenizer_load(std::string path);
+  void finish_tokenizer_load();  // hands a finished load to the router
 
   Actor& actor_;
   Router& router_;
   ToCaller to_caller_;
   std::vector<PeerId> peers_;
   std::vector<std::vector<RouterMessage>> unsent_;  // per engine: its DEALER's queue was full
+  std::string loading_path_;                        // the loader thread's, while loading_ is valid
+  std::future<Result<Tokenizer>> loading_;
+  std::thread loader_;
 };
 
 }  // namespace zr

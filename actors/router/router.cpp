@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <tuple>
+#include <utility>
 
 #include "actors/router/router_state.h"
 #include "comm/wire_codec.h"
@@ -40,14 +41,7 @@ Router::Router(std::vector<std::string> endpoints, RouterOptions opt, TimePoint 
   cfg.liveness = opt_.heartbeat_liveness;
   engines_.reserve(endpoints.size());
   for (auto& e : endpoints) engines_.emplace_back(std::move(e), now, cfg);
-  if (!opt_.tokenizer.empty()) {
-    tokenizer_tried_ = true;
-    auto tok = Tokenizer::load(opt_.tokenizer);
-    if (tok.ok() && tok->has_text()) tokenizer_.emplace(std::move(tok).value());
-    else
-      log().warn("router: {} (re-routing text prompts with partial output is off)",
-                 tok.ok() ? "no tokenizer in " + opt_.tokenizer : tok.status().to_string());
-  }
+  want_tokenizer(opt_.tokenizer);
   // Load, status and model info from the start, not one interval later.
   for (int k = 0; k < static_cast<int>(engines_.size()); ++k) {
     for (const char* op : {"health", "get_load", "get_model_info"}) {
@@ -213,20 +207,32 @@ void Router::on_heartbeat_reply(int k, uint64_t id, const Job& job, const std::s
   } else if (job.kind == Job::Kind::info) {
     if (auto i = wire::model_info_reply_from_json(body); i.ok()) {
       e.info = *i;
-      maybe_load_tokenizer(i->model_path);
+      want_tokenizer(i->model_path);  // without --tokenizer: the engines' own, when readable here
     }
   }
 }
 
-// Without --tokenizer, the engines' own tokenizer when this process can read their model folder
-// (same host or a shared file system).
-void Router::maybe_load_tokenizer(const std::string& model_path) {
-  if (tokenizer_tried_ || model_path.empty()) return;
+void Router::want_tokenizer(const std::string& path) {
+  if (tokenizer_tried_ || path.empty()) return;
   tokenizer_tried_ = true;
-  auto tok = Tokenizer::load(model_path);
+  tokenizer_wanted_ = path;
+}
+
+std::optional<std::string> Router::take_tokenizer_load() {
+  if (tokenizer_wanted_.empty()) return std::nullopt;
+  return std::exchange(tokenizer_wanted_, {});
+}
+
+// --tokenizer that cannot be read is the operator's mistake (a warning); a model folder without
+// one this process can read (another host, token-only model) is expected (info).
+void Router::on_tokenizer_loaded(const std::string& path, Result<Tokenizer> tok) {
+  const bool asked = path == opt_.tokenizer;
   if (tok.ok() && tok->has_text()) {
     tokenizer_.emplace(std::move(tok).value());
-    log().info("router: tokenizer from {} (for re-routing)", model_path);
+    log().info("router: tokenizer from {} (for re-routing)", path);
+  } else if (asked) {
+    log().warn("router: {} (re-routing text prompts with partial output is off)",
+               tok.ok() ? "no tokenizer in " + path : tok.status().to_string());
   } else {
     log().info("router: no tokenizer ({}): a text prompt with partial output cannot be re-routed",
                tok.ok() ? "none in the model folder" : tok.status().message);

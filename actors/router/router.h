@@ -122,6 +122,16 @@ class Router {
   std::vector<RouterMessage> take_outbox();
   bool outbox_empty() const { return outbox_.empty(); }
 
+  // The tokenizer is read by the driver, never inside the core (a large tokenizer.json takes
+  // seconds, and an event loop stuck that long misses its engines' heartbeats). The file or folder
+  // to load, once: RouterOptions::tokenizer from the start, else the model_path of the first
+  // get_model_info reply; nullopt when nothing (more) is wanted. on_tokenizer_loaded() hands back
+  // what loading `path` gave. Until then the router has no tokenizer (re-routing a text prompt
+  // with partial output fails, as when the engines' model folder cannot be read).
+  std::optional<std::string> take_tokenizer_load();
+  void on_tokenizer_loaded(const std::string& path, Result<Tokenizer> tok);
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
+
  private:
   struct Engine;
   struct Call;
@@ -166,7 +176,7 @@ class Router {
   void reply_error(const std::string& caller, uint64_t req_id, const Status& st);
   void close_job(const Job& job);
   void on_heartbeat_reply(int k, uint64_t id, const Job& job, const std::string& op, const json& body);
-  void maybe_load_tokenizer(const std::string& model_path);
+  void want_tokenizer(const std::string& path);
   void declare_dead(int k, TimePoint now);
   void dispatch_engine_message(int k, const std::string& op, const std::string& body, TimePoint now);
   // ---- router_control.cpp: forwarded calls, health, fan-outs, sessions, abort
@@ -217,8 +227,9 @@ class Router {
   spdlog::logger* log_;
   std::vector<Engine> engines_;
   std::optional<Tokenizer> tokenizer_;
-  bool tokenizer_tried_ = false;
-  uint64_t next_req_id_ = 1;  // the router's req_ids towards engines (one sequence for all)
+  bool tokenizer_tried_ = false;  // a load was asked for (take_tokenizer_load)
+  std::string tokenizer_wanted_;  // asked for, not yet taken by the driver
+  uint64_t next_req_id_ = 1;      // the router's req_ids towards engines (one sequence for all)
   uint64_t next_call_ = 1;
   uint64_t next_seq_ = 1;  // arrival order of requests, for abort replies
   uint64_t next_reroute_ = 1;

@@ -331,6 +331,13 @@ TEST_F(RouterCore, AStopStringAcrossTheSeamEndsTheSample) {
   opt.heartbeat_liveness = 3;
   opt.tokenizer = mo.out_dir;
   router_ = std::make_unique<Router>(std::vector<std::string>{"inproc://f0", "inproc://f1"}, opt, now_);
+  // The core reads no file: it asks its driver for --tokenizer once, and has it once handed back.
+  EXPECT_FALSE(router_->has_tokenizer());
+  auto wanted = router_->take_tokenizer_load();
+  ASSERT_EQ(wanted, std::optional<std::string>(mo.out_dir));
+  EXPECT_EQ(router_->take_tokenizer_load(), std::nullopt);
+  router_->on_tokenizer_loaded(*wanted, Tokenizer::load(*wanted));
+  ASSERT_TRUE(router_->has_tokenizer());
   beat(0);
   beat(1);
   GenerateRequest g = req("s", {1, 5}, 20);
@@ -369,6 +376,30 @@ TEST_F(RouterCore, AStopStringAcrossTheSeamEndsTheSample) {
   EXPECT_EQ(out.meta_info.completion_tokens, 4);
   EXPECT_EQ(streamed_text, out.text);
   EXPECT_EQ(streamed_ids, out.output_ids);
+}
+
+// Without --tokenizer the core asks its driver, once, for the model folder the first engine
+// reports (it reads no file itself: loading is the driver's, off the actor loop), and a load that
+// failed leaves it without one.
+TEST_F(RouterCore, AsksOnceForTheEnginesTokenizerAndReadsNoFile) {
+  RouterOptions opt;
+  opt.heartbeat_interval = 100ms;
+  router_ = std::make_unique<Router>(std::vector<std::string>{"inproc://f0", "inproc://f1"}, opt, now_);
+  EXPECT_EQ(router_->take_tokenizer_load(), std::nullopt);  // no model folder known yet
+  drain();
+  auto answer_info = [&](int k, const std::string& model_path) {
+    for (auto& m : take(k, "get_model_info"))
+      from_engine(k, "get_model_info.reply",
+                  wire::encode(ModelInfoReply{
+                      wire::peek_req_id(m.body), "LlamaForCausalLM", 1024, 1024, 1, {2}, -1, 3, model_path}));
+  };
+  answer_info(0, "/models/a");
+  EXPECT_EQ(router_->take_tokenizer_load(), std::optional<std::string>("/models/a"));
+  EXPECT_EQ(router_->take_tokenizer_load(), std::nullopt);
+  answer_info(1, "/models/b");
+  EXPECT_EQ(router_->take_tokenizer_load(), std::nullopt);  // one load, whatever the later engines say
+  router_->on_tokenizer_loaded("/models/a", make_error(ErrorCode::not_found, "/models/a: no such folder"));
+  EXPECT_FALSE(router_->has_tokenizer());
 }
 
 TEST_F(RouterCore, ASampleThatHadFinishedOnTheDeadEngineIsNotContinued) {
