@@ -352,6 +352,12 @@ void StagingPool::take_prepared(bool wait) {
   Prepared p = preparing_.get();
   prepared_ms_ = p.ms;
   for (auto& b : p.buffers) buffers_.push_back(std::move(b));
+  // A refill that finished after an update mapped its own buffer: keep two (double buffering).
+  while (buffers_.size() > 2) {
+    auto idle = std::find_if(buffers_.begin(), buffers_.end(), [](const auto& b) { return b.first.use_count() == 1; });
+    if (idle == buffers_.end()) break;
+    buffers_.erase(idle);
+  }
 }
 
 double StagingPool::wait_prepared() {

@@ -129,6 +129,22 @@ TEST(StagingPoolPrepare, PreparedBuffersAreBackedBeforeTheFirstUpdateTakesThem) 
   EXPECT_EQ(resident_pages(c.get(), bytes), 0u);
 }
 
+TEST(StagingPoolPrepare, ARefillAfterACommitBacksTheNextBuffer) {
+  const size_t bytes = size_t{8} << 20, pages = bytes / static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  StagingPool pool;
+  bool also_ran = false;
+  pool.prepare(bytes, 1, [&] { also_ran = true; });  // the engine prefaults its first packs here
+  pool.wait_prepared();
+  EXPECT_TRUE(also_ran);
+  auto a = pool.get(bytes, /*prefault=*/false);  // the first update's buffer, then served
+  pool.refill(bytes);
+  EXPECT_GT(pool.wait_prepared(), 0.0);
+  auto b = pool.get(bytes, /*prefault=*/false);
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(a.get(), b.get());
+  EXPECT_EQ(resident_pages(b.get(), bytes), pages);  // backed by the refill, not by the update
+}
+
 TEST(StagingPoolPrepare, TurnedOffByTheEnvironment) {
   ::setenv("ZR_NO_STAGING_PREFAULT", "1", 1);
   StagingPool pool;
