@@ -49,6 +49,7 @@ Transformer::Transformer(const ModelWeights* weights, KvCache* kv, ThreadPool* p
   ld_ffn_ = kernels::padded_stride(lc_.intermediate_size);
   rope_ = make_rope_table(c, c.max_position_embeddings);
   refresh_packs();
+  pack_pool_->set_limit(packs_.bytes());  // one set waiting beside the live one
 }
 
 void Transformer::resize(int rows) {

@@ -102,7 +102,9 @@ std::shared_ptr<kernels::PackedMatrix> PackPool::take(int N, int K, kernels::Pac
 
 void PackPool::give(std::shared_ptr<kernels::PackedMatrix> p) {
   std::lock_guard<std::mutex> lock(mu_);
-  free_.push_back(std::move(p));
+  size_t held = 0;
+  for (const auto& q : free_) held += q->bytes;
+  if (held + p->bytes <= limit_) free_.push_back(std::move(p));  // else freed here
 }
 
 size_t PackPool::bytes() const {

@@ -43,14 +43,19 @@ class PackPool {
   void prefault(const std::vector<PackShape>& shapes, kernels::Compute compute);
   // A pack of that shape and format (its old contents), or null when the pool holds none.
   std::shared_ptr<kernels::PackedMatrix> take(int N, int K, kernels::PackFormat format);
-  // p: held by nobody else (the caller checked use_count).
+  // p: held by nobody else (the caller checked use_count). Freed instead when the pool would
+  // then hold more than its limit.
   void give(std::shared_ptr<kernels::PackedMatrix> p);
+  // At most `bytes` waiting (Transformer: one set of packs, the double buffer): packs a first update
+  // had to allocate while prefault() still ran would otherwise stay as a third set.
+  void set_limit(size_t bytes) { limit_ = bytes; }
   size_t bytes() const;
   void clear();
 
  private:
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<kernels::PackedMatrix>> free_;
+  size_t limit_ = SIZE_MAX;
 };
 
 class StreamingPacker;
