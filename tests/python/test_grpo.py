@@ -18,10 +18,13 @@ REF_DIR = ROOT.parent / "shared" / "models" / "stories260K"
 
 def f32_bound(r: dict) -> float:
     """How far zrollout's f32 logprobs may sit from the trainer's f64 recompute: f32 rounding, which
-    is 1e-5 on most steps, and never more than twice what PyTorch's own f32 forward is off by on the
-    same tokens (`torch_f32_diff_max`: up to 2.8e-5 on some steps, README). A wrong weight, version
-    or span gives differences of 1e-3 and more."""
-    return max(1e-5, 2 * r["torch_f32_diff_max"])
+    is 1e-5 on most steps, and at most four times what PyTorch's own f32 forward is off by on the
+    same tokens (`torch_f32_diff_max`: up to 2.9e-5 on some steps, README). zrollout sums each dot
+    product and each attention row in one fixed sequential order (what makes it batch-invariant),
+    which gathers more rounding over a long sample than PyTorch's blocked BLAS: with samples of up to
+    192 tokens one step measured 5.3e-5 against PyTorch's 1.75e-5 (3.0x), others 0.6-1.5x. A wrong
+    weight, version or span gives differences of 1e-3 and more (1.5 when the spans are ignored)."""
+    return max(1e-5, 4 * r["torch_f32_diff_max"])
 
 
 def test_model_matches_reference_logprobs():
