@@ -52,10 +52,9 @@ RolloutActor::RolloutActor(Context& ctx, std::unique_ptr<Engine> engine, Rollout
   // The first ipc pull (or broadcast) lands in a fresh buffer and packs into fresh packs: back both
   // now, not in the push (the next buffer is backed after that push commits: on_update_done).
   staging_bytes_ = transfer_bytes_of(engine_->weights());
-  staging_.prepare(staging_bytes_, 1,
-                   [stager = engine_->pack_stager(), shapes = packed_shapes(engine_->weights())] {
-                     if (stager) stager.pool->prefault(shapes, stager.compute);
-                   });
+  staging_.prepare(staging_bytes_, 1, [stager = engine_->pack_stager(), shapes = packed_shapes(engine_->weights())] {
+    if (stager) stager.pool->prefault(shapes, stager.compute);
+  });
 }
 
 RolloutActor::~RolloutActor() { actor_.stop(); }
@@ -77,16 +76,22 @@ void RolloutActor::register_handlers() {
     const bool released = engine_->weights_released() || engine_->kv_released();
     return HealthReply{c.req_id, released ? "released" : "serving", engine_->weight_version()};
   });
-  actor_.on<ReqIdOnly, ModelInfoReply>(
-      "get_model_info", [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
-        const ModelConfig& m = engine_->config();
-        return ModelInfoReply{c.req_id,          m.arch_name,
-                              m.vocab_size,      m.max_position_embeddings,
-                              m.bos_token_id,    m.eos_token_ids,
-                              m.pad_token_id,    engine_->weight_version(),
-                              opt_.model_path,   kernels::compute_name(engine_->compute()),
-                              kv_dtype_name(engine_->kv_dtype()), opt_.weights_roots};
-      });
+  actor_.on<ReqIdOnly, ModelInfoReply>("get_model_info",
+                                       [this](ReqIdOnly& c, const ReplyTo&) -> Result<ModelInfoReply> {
+                                         const ModelConfig& m = engine_->config();
+                                         return ModelInfoReply{c.req_id,
+                                                               m.arch_name,
+                                                               m.vocab_size,
+                                                               m.max_position_embeddings,
+                                                               m.bos_token_id,
+                                                               m.eos_token_ids,
+                                                               m.pad_token_id,
+                                                               engine_->weight_version(),
+                                                               opt_.model_path,
+                                                               kernels::compute_name(engine_->compute()),
+                                                               kv_dtype_name(engine_->kv_dtype()),
+                                                               opt_.weights_roots};
+                                       });
   actor_.on<ReqIdOnly, SimpleReply>("flush_cache", [this](ReqIdOnly& c, const ReplyTo&) -> Result<SimpleReply> {
     return SimpleReply{c.req_id, {}, engine_->flush_cache()};
   });

@@ -117,7 +117,7 @@ class RolloutActor {
   MpiGroup* weight_group_ = nullptr;
   StagingPool staging_;
   uint64_t staging_bytes_ = 0;  // a transfer of every weight in the serving dtypes
-  ShmMappings shm_;  // ipc segments the trainer will write again
+  ShmMappings shm_;             // ipc segments the trainer will write again
   // Each served tensor's meta as its last update delivered and verified it (dtype, nbytes,
   // checksum); cleared by a disk update. What serves_already() compares a resend against.
   std::map<std::string, TensorMeta> served_metas_;

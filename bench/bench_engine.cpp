@@ -305,7 +305,8 @@ int main(int argc, char** argv) {
                  "else 5) against the batch-B decode step (0: skip)");
   double logprob_cost_step_ms = 0;
   std::string perf_ctl;
-  app.add_option("--perf-ctl", perf_ctl, "perf record's --control fifo: profile decode steps only (bench/perf_control.h)");
+  app.add_option("--perf-ctl", perf_ctl,
+                 "perf record's --control fifo: profile decode steps only (bench/perf_control.h)");
   bool skip_parity = false;
   app.add_flag("--skip-parity", skip_parity, "skip the kernel comparison with OpenBLAS");
   CLI11_PARSE(app, argc, argv);
@@ -379,9 +380,10 @@ int main(int argc, char** argv) {
     const double kv_bytes = static_cast<double>(batch) * (prompt + gen / 2.0) * cfg->num_layers * 2 * cfg->kv_dim() *
                             dtype_size(g_kv_dtype);
     const double with_kv = batch / (batch / bound + kv_bytes / (lim.bw_gbps * 1e9));
-    std::printf("           attention reads %.0f MB of KV a step (mean context %d): bound with that read %.1f tok/s, "
-                "ratio %.0f%%\n",
-                kv_bytes / 1e6, prompt + gen / 2, with_kv, 100 * r.tok_s / with_kv);
+    std::printf(
+        "           attention reads %.0f MB of KV a step (mean context %d): bound with that read %.1f tok/s, "
+        "ratio %.0f%%\n",
+        kv_bytes / 1e6, prompt + gen / 2, with_kv, 100 * r.tok_s / with_kv);
     if (batch == logprob_cost_batch) logprob_cost_step_ms = r.step_ms;
   }
   if (prefill_prompts > 0) {

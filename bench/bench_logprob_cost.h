@@ -72,9 +72,11 @@ inline void print_logprob_cost(int vocab, int batch, int threads, int top_n, dou
       "top-%d (%.2f ms with the former partial_sort top-%d)\n",
       batch, vocab, threads, c.plain_ms, c.top_ms, top_n, c.old_top_ms, top_n);
   if (step_ms > 0)
-    std::printf("  against the batch-%d decode step (%.1f ms median): sampling %.1f%%, top-%d logprobs add %.2f%% (%.2f%% before)\n",
-                batch, step_ms, 100 * c.plain_ms / step_ms, top_n, 100 * (c.top_ms - c.plain_ms) / step_ms,
-                100 * (c.old_top_ms - c.plain_ms) / step_ms);
+    std::printf(
+        "  against the batch-%d decode step (%.1f ms median): sampling %.1f%%, top-%d logprobs add %.2f%% (%.2f%% "
+        "before)\n",
+        batch, step_ms, 100 * c.plain_ms / step_ms, top_n, 100 * (c.top_ms - c.plain_ms) / step_ms,
+        100 * (c.old_top_ms - c.plain_ms) / step_ms);
 }
 
 }  // namespace zr::bench

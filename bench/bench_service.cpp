@@ -336,8 +336,7 @@ int main(int argc, char** argv) {
   // alone, so the three see the same host.
   double raw_us = raw_zmq_round_trip_us();
   // Body sizes of this bench's 1-token generate and its reply.
-  const size_t request_bytes =
-      wire::encode(GenerateCall{1, {request("o0", vocab, 4, 1, 0)}}).size();
+  const size_t request_bytes = wire::encode(GenerateCall{1, {request("o0", vocab, 4, 1, 0)}}).size();
   GenerateReply sized_reply{1, {SampleOutput{}}};
   sized_reply.outputs[0].rid = "o0";
   sized_reply.outputs[0].output_ids = {vocab - 1};
@@ -389,9 +388,10 @@ int main(int argc, char** argv) {
               gen_us - engine_only_us, (gen_us - engine_only_us) / raw_us, raw_us);
   std::printf("  idle threads parked           %8.1f us round trip, overhead %.1f us (= %.1fx raw)\n", park_us,
               park_us - engine_only_us, (park_us - engine_only_us) / raw_us);
-  std::printf("  raw DEALER/ROUTER, same frames %7.1f us  (%zu-byte request, %zu-byte reply, polled ROUTER: the\n"
-              "                                          sockets' floor for the service's hops)\n",
-              raw_dr_us, request_bytes, reply_bytes);
+  std::printf(
+      "  raw DEALER/ROUTER, same frames %7.1f us  (%zu-byte request, %zu-byte reply, polled ROUTER: the\n"
+      "                                          sockets' floor for the service's hops)\n",
+      raw_dr_us, request_bytes, reply_bytes);
   rows.add({"generate_rt_1tok", gen_us, "us", 0});
   rows.add({"service_overhead_1tok", gen_us - engine_only_us, "us", raw_us});
   rows.add({"service_overhead_1tok_parked", park_us - engine_only_us, "us", raw_us});

@@ -243,12 +243,12 @@ std::string phase_line(const std::vector<MpiGroup::BcastPhases>& runs) {
     return median(v) * 1e3;
   };
   char line[320];
-  std::snprintf(
-      line, sizeof line,
-      "total %6.1f = wait %6.1f + copy %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast or pull %5.1f, "
-      "MPI_Test %6.1f ms",
-      med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait), med(&MpiGroup::BcastPhases::copy_out),
-      med(&MpiGroup::BcastPhases::on_segment), med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));
+  std::snprintf(line, sizeof line,
+                "total %6.1f = wait %6.1f + copy %5.1f + checksum %5.1f ms (caller); helper: MPI_Ibcast or pull %5.1f, "
+                "MPI_Test %6.1f ms",
+                med(&MpiGroup::BcastPhases::total), med(&MpiGroup::BcastPhases::wait),
+                med(&MpiGroup::BcastPhases::copy_out), med(&MpiGroup::BcastPhases::on_segment),
+                med(&MpiGroup::BcastPhases::post), med(&MpiGroup::BcastPhases::test));
   return line;
 }
 
@@ -277,7 +277,9 @@ double timed_bcast(MpiGroup& world, std::span<char> buf, bool bucketed, size_t b
   auto t0 = Clock::now();
   if (bucketed && pieces && root) {
     uint64_t sent = 0;  // the trainer's trailer: checksums of what went out, per segment
-    auto on_segment = [&](size_t off, size_t len, const void* bytes) { sent += zr::checksum64_partial(bytes, len, off); };
+    auto on_segment = [&](size_t off, size_t len, const void* bytes) {
+      sent += zr::checksum64_partial(bytes, len, off);
+    };
     const auto from = trainer_pieces(buf);
     die_if(world.bcast_buckets_from(from, 0, bucket, milliseconds(60000), on_segment), "bcast_buckets_from");
     if (sent == 42) std::puts("");
@@ -382,9 +384,10 @@ int main(int argc, char** argv) {
   std::string json_path;
   app.add_option("--json", json_path, "rank 0 writes result rows to FILE (bench/bench_json.h)");
   std::string receive = "auto";
-  app.add_option("--receive", receive,
-                 "how receivers land segments: auto (pull where it can) | pipeline (ring or in place) | ring | in-place | "
-                 "pull (MpiGroup::set_receive_mode)")
+  app.add_option(
+         "--receive", receive,
+         "how receivers land segments: auto (pull where it can) | pipeline (ring or in place) | ring | in-place | "
+         "pull (MpiGroup::set_receive_mode)")
       ->check(CLI::IsMember({"auto", "pipeline", "ring", "in-place", "pull"}));
   std::string root_pages = "huge";
   app.add_option("--root-pages", root_pages,
@@ -422,12 +425,11 @@ int main(int argc, char** argv) {
   std::memset(buf.data(), 0, bytes);
   if (world->rank() == 0) {
     fill_random(buf.data(), bytes, 42);
-    std::printf(
-        "bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; root's buffer in %s%s\n",
-        world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
-        zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
-        zr::mapping_pages(buf.data()).describe().c_str(),
-        pieces ? ", sent from tensor-sized pieces with the trainer's checksums (--pieces)" : "");
+    std::printf("bench_weight_sync: np=%d, %zu MiB, buckets %s MiB, %d repeats, %s; host %s%s; root's buffer in %s%s\n",
+                world->size(), mib, bucket_list.c_str(), repeats, MpiGroup::thread_level_name(world->thread_level()),
+                zr::thp_line().c_str(), zr::huge_pages_wanted() ? "" : " (ZR_NO_HUGEPAGES)",
+                zr::mapping_pages(buf.data()).describe().c_str(),
+                pieces ? ", sent from tensor-sized pieces with the trainer's checksums (--pieces)" : "");
     bench_checksum(buf, rows);
     if (ipc && consumer.pid > 0) bench_ipc(consumer, buf, repeats, rows);
     std::fflush(stdout);

@@ -426,8 +426,7 @@ void MpiGroup::set_receive_mode(ReceiveMode mode) {
 bool MpiGroup::receives_through_ring(int root) const {
   if (!valid() || impl_->rank == root) return false;
   const ReceiveMode mode = impl_->receive_mode;
-  return mode == ReceiveMode::ring ||
-         (mode != ReceiveMode::in_place && use_ring(impl_->on_this_host, root));
+  return mode == ReceiveMode::ring || (mode != ReceiveMode::in_place && use_ring(impl_->on_this_host, root));
 }
 
 const MpiGroup::BcastPhases& MpiGroup::last_bcast_phases() const {

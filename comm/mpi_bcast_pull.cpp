@@ -143,7 +143,6 @@ Status finish_pull(MpiGroup::Impl& g, const SegmentPlan& plan, int root, millise
   return st;
 }
 
-
 }  // namespace
 
 bool MpiGroup::pull_tried(size_t bytes) const {
@@ -164,8 +163,8 @@ Result<bool> MpiGroup::agree_on_pull(std::span<const RootPiece> pieces, size_t b
   const bool is_root = impl_->rank == root;
   PullAgreement& a = *impl_->agreement;  // the group's: a timed-out collective may write into it later
   // While the agreement waits, a deadline names the first bucket, as the pipeline's would.
-  const std::string first = "broadcast of " + segment_name(SegmentPlan{bytes, bucket_bytes, false}, 0) + " from rank " +
-                            std::to_string(root);
+  const std::string first =
+      "broadcast of " + segment_name(SegmentPlan{bytes, bucket_bytes, false}, 0) + " from rank " + std::to_string(root);
   auto fail = [&](MPI_Request req, Status st) -> Status {
     if (req != MPI_REQUEST_NULL) impl_->pending.push_back(req);
     impl_->poisoned = true;
@@ -183,8 +182,8 @@ Result<bool> MpiGroup::agree_on_pull(std::span<const RootPiece> pieces, size_t b
 #endif
   }
   MPI_Request req = MPI_REQUEST_NULL;
-  ZR_RETURN_IF_ERROR(
-      mpi_status(MPI_Ibcast(&a.offer, sizeof a.offer, MPI_BYTE, root, impl_->comm, &req), "MPI_Ibcast of the pull offer"));
+  ZR_RETURN_IF_ERROR(mpi_status(MPI_Ibcast(&a.offer, sizeof a.offer, MPI_BYTE, root, impl_->comm, &req),
+                                "MPI_Ibcast of the pull offer"));
   if (Status st = wait_request(req, timeout, first); !st.ok()) return fail(req, st);
   const bool offered = a.offer.offered != 0 && a.offer.regions > 0 && a.offer.bytes == bytes;
   if (offered) {  // the region list (the root's is already filled)

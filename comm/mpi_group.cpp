@@ -168,7 +168,7 @@ void finalize_with_deadline() {
 MpiGroup::~MpiGroup() {
   if (!impl_) return;
   Impl& g = *impl_;
-  g.survivors.reset();                             // a sub-group of this one: freed first
+  g.survivors.reset();       // a sub-group of this one: freed first
   if (!g.pending.empty()) {  // undrained receives may still write into these
     (void)g.ring.release();
     (void)g.agreement.release();

@@ -29,8 +29,8 @@ namespace mpi_detail {
 struct PullAgreement {
   struct Offer {
     int64_t pid = 0;
-    uint64_t bytes = 0;    // of the transfer
-    int64_t regions = 0;   // how many PullRegions follow (a second broadcast)
+    uint64_t bytes = 0;   // of the transfer
+    int64_t regions = 0;  // how many PullRegions follow (a second broadcast)
     int64_t offered = 0;
   } offer;
   struct Region {

@@ -86,7 +86,8 @@ Status read_value(const json& v, const std::string& path, T& out) {
     out.reserve(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
       typename T::value_type e{};
-      Status st = read_value_at(v[i], [&] { return path + "[" + std::to_string(i) + "]"; }, e);
+      Status st = read_value_at(
+          v[i], [&] { return path + "[" + std::to_string(i) + "]"; }, e);
       if (!st.ok()) return st;
       out.push_back(std::move(e));
     }
@@ -118,7 +119,9 @@ class FieldReader {
   }
   template <class T>
   void get(const char* name, T& out) {
-    if (const json* v = take(name)) fail_status(read_value_at(*v, [&] { return path(name); }, out));
+    if (const json* v = take(name))
+      fail_status(read_value_at(
+          *v, [&] { return path(name); }, out));
   }
   void fail(const char* name, const std::string& what) { fail_status(field_error(path(name), what)); }
   void fail_status(Status st) {

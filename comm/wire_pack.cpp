@@ -131,7 +131,7 @@ std::string encode_call(const Call& c, const EncodeOptions& opt) {
 // [logprob|null, token_id, text|null]; a non-finite logprob is null.
 void put_token_lp(MsgWriter& w, const TokenLogprob& t) {
   w.array(3);
-  t.logprob && std::isfinite(*t.logprob) ? w.f64(json_float(*t.logprob)) : w.nil();
+  t.logprob&& std::isfinite(*t.logprob) ? w.f64(json_float(*t.logprob)) : w.nil();
   w.i64(t.token_id);
   t.text ? w.str(*t.text) : w.nil();
 }

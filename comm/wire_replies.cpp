@@ -26,13 +26,16 @@ Status read_token_lp(const json& v, const std::string& path, TokenLogprob& out) 
   if (!v.is_array() || v.size() < 2) return field_error(path, "expected [logprob, token_id, text]");
   if (!v[0].is_null()) {
     float lp = 0;
-    ZR_RETURN_IF_ERROR(detail::read_value_at(v[0], [&] { return at(path, 0); }, lp));
+    ZR_RETURN_IF_ERROR(detail::read_value_at(
+        v[0], [&] { return at(path, 0); }, lp));
     out.logprob = lp;
   }
-  ZR_RETURN_IF_ERROR(detail::read_value_at(v[1], [&] { return at(path, 1); }, out.token_id));
+  ZR_RETURN_IF_ERROR(detail::read_value_at(
+      v[1], [&] { return at(path, 1); }, out.token_id));
   if (v.size() > 2 && !v[2].is_null()) {
     std::string text;
-    ZR_RETURN_IF_ERROR(detail::read_value_at(v[2], [&] { return at(path, 2); }, text));
+    ZR_RETURN_IF_ERROR(detail::read_value_at(
+        v[2], [&] { return at(path, 2); }, text));
     out.text = std::move(text);
   }
   return {};

@@ -33,8 +33,7 @@ std::string EngineCliOptions::describe() const {
          " max_prefill_chunk=" + std::to_string(max_prefill_chunk) + " kv_cache_mb=" + std::to_string(kv_cache_mb) +
          " kv_block_size=" + std::to_string(kv_block_size) + (mmap_weights ? " mmap_weights" : "") +
          (kv_lazy_pages ? " kv_lazy_pages" : "") + (no_detokenize ? " no_detokenize" : "") + " compute=" + compute +
-         " kv_dtype=" + kv_dtype +
-         (no_prefix_cache ? " no_prefix_cache" : "");
+         " kv_dtype=" + kv_dtype + (no_prefix_cache ? " no_prefix_cache" : "");
 }
 
 void add_engine_options(CLI::App* cmd, EngineCliOptions& o) {

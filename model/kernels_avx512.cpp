@@ -382,9 +382,9 @@ void values_heads(const float* p, size_t p_stride, int heads, const E* const* v,
     masks(0, chunks);
     for (int h = 0; h < heads; h += 2) {
       const size_t hs = static_cast<size_t>(h);
-      (heads - h >= 2 ? kValues2<E> : kValues1<E>)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0,
-                                                               bs, v_stride, n, mask, out + hs * out_stride,
-                                                               out_stride, accumulate);
+      (heads - h >= 2 ? kValues2<E> : kValues1<E>)[chunks - 1](p + hs * p_stride, p_stride, v + hs * nblk, nblk, 0, bs,
+                                                               v_stride, n, mask, out + hs * out_stride, out_stride,
+                                                               accumulate);
     }
     return;
   }

@@ -44,7 +44,6 @@ void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, c
 void attention_scores_heads_avx512(const float* q, int hd, int heads, const uint16_t* const* kt, int nblk, int bs,
                                    int n, float scale, float* scores, size_t score_stride);
 void attention_values_heads_avx512(const float* p, size_t p_stride, int heads, const uint16_t* const* v, int nblk,
-                                   int bs, int v_stride, int n, int hd, float* out, size_t out_stride,
-                                   bool accumulate);
+                                   int bs, int v_stride, int n, int hd, float* out, size_t out_stride, bool accumulate);
 
 }  // namespace zr::kernels::detail

@@ -196,7 +196,8 @@ Status copy_tokenizer(const std::string& dir, FileList* files) {
     copied += std::string(copied.empty() ? "" : ", ") + name;
   }
   if (copied.empty())
-    return make_error(ErrorCode::not_found, "make-model: --tokenizer " + dir + " has no tokenizer.json or tokenizer.model");
+    return make_error(ErrorCode::not_found,
+                      "make-model: --tokenizer " + dir + " has no tokenizer.json or tokenizer.model");
   spdlog::info("make-model: tokenizer copied from {} ({})", dir, copied);
   return Status::ok_status();
 }

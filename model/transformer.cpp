@@ -159,8 +159,8 @@ void Transformer::attend_heads_as(int layer, const SeqChunk& ch, int row, int po
   for (int b0 = 0; b0 < blocks; b0 += kGroup) {
     const int nblk = std::min(kGroup, blocks - b0), np = std::min(nblk * bs, n - b0 * bs);
     gather(b0, nblk, /*keys=*/false);
-    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, ptrs.data(), nblk, bs, hd,
-                                    np, hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
+    kernels::attention_values_heads(&sc.scores[static_cast<size_t>(b0) * bs], n, heads, ptrs.data(), nblk, bs, hd, np,
+                                    hd, out + static_cast<size_t>(h0) * hd, hd, /*accumulate=*/b0 > 0);
   }
 }
 

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -68,8 +68,7 @@ std::vector<PackShape> packed_shapes(const ModelWeights& w) {
   auto add = [&](TensorRole role, int layer) {
     if (!w.has(role, layer)) return;
     const Weight& wt = w.get(role, layer);
-    if (wt.shape.size() == 2)
-      out.push_back({static_cast<int>(wt.shape[0]), static_cast<int>(wt.shape[1]), wt.dtype});
+    if (wt.shape.size() == 2) out.push_back({static_cast<int>(wt.shape[0]), static_cast<int>(wt.shape[1]), wt.dtype});
   };
   for (int l = 0; l < w.config().num_layers; ++l)
     for (TensorRole r : kLayerMats) add(r, l);
@@ -248,8 +247,8 @@ StreamingPacker::StreamingPacker(const ModelWeights& current, kernels::Compute c
       slot = WeightPacks::slot_of(TensorRole::lm_head, -1, cfg.num_layers);  // the tied head is this
     else if (spec->role == TensorRole::lm_head && !cfg.tie_word_embeddings)
       slot = WeightPacks::slot_of(TensorRole::lm_head, -1, cfg.num_layers);
-    else if (spec->layer >= 0 && std::find(std::begin(kLayerMats), std::end(kLayerMats), spec->role) !=
-                                     std::end(kLayerMats))
+    else if (spec->layer >= 0 &&
+             std::find(std::begin(kLayerMats), std::end(kLayerMats), spec->role) != std::end(kLayerMats))
       slot = WeightPacks::slot_of(spec->role, spec->layer, cfg.num_layers);
     if (slot < 0) continue;
     t.slot = slot;

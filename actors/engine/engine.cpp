@@ -73,8 +73,7 @@ Engine::Engine(ModelWeights w, Tokenizer tok, const EngineOptions& opt)
   tf_ = std::make_unique<Transformer>(&weights_, kv_.get(), pool_.get(), opt.tp, opt.compute);
   spdlog::info("engine: {} threads, {} compute, KV cache {} {} blocks x {} tokens ({:.1f} MiB), max_running {}{}",
                threads, kernels::compute_name(opt.compute), kv_dtype_name(opt.kv_dtype), kv_->num_blocks(),
-               kv_->block_size(), kv_->bytes() / 1048576.0,
-               opt.scheduler.max_running,
+               kv_->block_size(), kv_->bytes() / 1048576.0, opt.scheduler.max_running,
                opt.tp ? fmt::format(", tensor parallel over {} ranks", shard.size) : std::string());
 }
 

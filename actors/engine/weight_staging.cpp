@@ -616,7 +616,8 @@ Result<std::future<Result<StagedWeights>>> begin_stage(const UpdateWeightsCall& 
       return stage_from_buffer(*cur, c.tensors, base, keep, c.version, /*verify_checksums=*/true, cur->shard(),
                                streamed.get());
     PhaseProbe probe("engine: verify + pack the segment behind the writer");
-    auto verified = follow_stream(c.tensors, segment, base, c.version, src.transfer_timeout, cur->shard(), streamed.get());
+    auto verified =
+        follow_stream(c.tensors, segment, base, c.version, src.transfer_timeout, cur->shard(), streamed.get());
     if (!verified.ok()) return Result<StagedWeights>(verified.status());
     return stage_from_buffer(*cur, *verified, base, keep, c.version, /*verify_checksums=*/false);
   });

@@ -269,8 +269,12 @@ void check_bf16_against_reference(const std::string& name, kernels::Compute comp
   auto bf = testing::load_engine(dir, o);
   auto f32 = testing::load_engine(dir);
   auto ref = reference(dir);
-  auto completion = [](const nlohmann::json& cs) { return cs["kind"] == "greedy" ? cs["greedy_ids"] : cs["completion_ids"]; };
-  auto expected = [](const nlohmann::json& cs) { return cs["kind"] == "greedy" ? cs["greedy_logprobs"] : cs["logprobs_T1.0"]; };
+  auto completion = [](const nlohmann::json& cs) {
+    return cs["kind"] == "greedy" ? cs["greedy_ids"] : cs["completion_ids"];
+  };
+  auto expected = [](const nlohmann::json& cs) {
+    return cs["kind"] == "greedy" ? cs["greedy_logprobs"] : cs["logprobs_T1.0"];
+  };
   int i = 0;
   for (const auto& cs : ref["cases"]) {
     ScoreRequest s{"case" + std::to_string(i++), cs["prompt_ids"], completion(cs), 1.0f, 0};

@@ -68,7 +68,8 @@ TEST_F(IpcModes, APulledTensorThatDiffersFromItsChecksumIsRefused) {
     refs.push_back({name, dtype_name(v.dtype), v.shape, v.data, v.nbytes, {}});
   // Damaged before the publish: the last tensor, and a matmul weight whose bytes are packed as they
   // arrive (its pack, built before the mismatch shows, must not reach the serving weights).
-  auto up = std::find_if(refs.begin(), refs.end(), [](const TensorRef& r) { return r.name.find("up_proj") != std::string::npos; });
+  auto up = std::find_if(refs.begin(), refs.end(),
+                         [](const TensorRef& r) { return r.name.find("up_proj") != std::string::npos; });
   ASSERT_NE(up, refs.end());
   for (TensorRef* r : {&refs.back(), &*up}) r->checksum = checksum64(r->data, r->nbytes) ^ 1;
   PublishOptions po;

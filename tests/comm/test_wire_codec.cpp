@@ -185,7 +185,10 @@ TEST(WireCodec, DirectEncodersMatchTheJsonForm) {
   bias.sampling_params.processors.allowed_token_ids = std::vector<int>{};  // an empty mask is still sent
   for (bool bin : {false, true}) {
     EncodeOptions opt{bin};
-    for (const auto& batch : {std::vector<GenerateRequest>{full_request("a")}, {text_only}, {empty_ids}, {bias},
+    for (const auto& batch : {std::vector<GenerateRequest>{full_request("a")},
+                              {text_only},
+                              {empty_ids},
+                              {bias},
                               {full_request("a"), text_only, empty_ids}}) {
       GenerateCall call{(uint64_t{1} << 40) + batch.size(), batch};
       same(encode(call, opt), to_json(call, opt), "generate call of " + std::to_string(batch.size()));
@@ -217,7 +220,11 @@ TEST(WireCodec, DirectEncoderWritesTheSmallestMapHeader) {
   const std::string body = encode(GenerateCall{1, {full_request("a")}});
   EXPECT_EQ(static_cast<unsigned char>(body[0]), 0x8e);  // fixmap: 13 request fields and req_id
   // sampling_params (fixstr of 15) holds 17 members: map16, then its first key
-  EXPECT_NE(body.find(std::string("\xaf" "sampling_params" "\xde\x00\x11", 19)), std::string::npos);
+  EXPECT_NE(body.find(std::string("\xaf"
+                                  "sampling_params"
+                                  "\xde\x00\x11",
+                                  19)),
+            std::string::npos);
   EXPECT_EQ(unpack_body(body)->at("sampling_params").size(), 17u);
   const std::string small = encode(GenerateCall{1, {GenerateRequest{}}});
   EXPECT_EQ(static_cast<unsigned char>(small[0]), 0x83);  // fixmap: req_id, rid, input_ids

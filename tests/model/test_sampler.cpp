@@ -186,7 +186,7 @@ TEST(SamplerTopK, TopLogprobsEqualAFullSortWithTies) {
       for (auto& v : logits) v = static_cast<float>(static_cast<int>(rng() % 64)) / 8.0f;  // many ties
       if (trial % 3 == 1)
         for (int i = 1; i < vocab; i += 3) logits[i] = -INFINITY;  // never the whole row
-      if (trial % 3 == 2) logits[vocab - 1] = logits[0] = 20.0f;  // the best at both ends: a tie
+      if (trial % 3 == 2) logits[vocab - 1] = logits[0] = 20.0f;   // the best at both ends: a tie
       std::vector<float> lp(vocab);
       scaled_log_softmax(logits.data(), vocab, 1.0f, lp.data());
       for (int n : {1, 5, 20}) {
