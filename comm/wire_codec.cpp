@@ -10,6 +10,7 @@
 
 #include "comm/json_codec.h"
 #include "comm/wire_fields.h"
+#include "comm/wire_sampling.h"
 
 namespace zr::wire {
 
@@ -355,35 +356,16 @@ json ids_json(const std::vector<int>& ids, const EncodeOptions& opt) {
 }
 
 json sampling_json(const SamplingParams& p) {
-  const SamplingParams d;
   json j = json::object();
-  auto put_int = [&](const char* k, int v, int dv) {
-    if (v != dv) j[k] = v;
-  };
-  auto put_float = [&](const char* k, float v, float dv) {
-    if (v != dv) j[k] = json_float(v);
-  };
-  put_int("max_new_tokens", p.max_new_tokens, d.max_new_tokens);
-  put_int("min_new_tokens", p.min_new_tokens, d.min_new_tokens);
-  put_float("temperature", p.temperature, d.temperature);
-  put_float("top_p", p.top_p, d.top_p);
-  put_int("top_k", p.top_k, d.top_k);
-  put_float("min_p", p.min_p, d.min_p);
-  put_float("repetition_penalty", p.repetition_penalty, d.repetition_penalty);
-  put_float("frequency_penalty", p.frequency_penalty, d.frequency_penalty);
-  put_float("presence_penalty", p.presence_penalty, d.presence_penalty);
-  if (!p.stop.empty()) j["stop"] = p.stop;
-  if (!p.stop_token_ids.empty()) j["stop_token_ids"] = p.stop_token_ids;
-  if (p.ignore_eos != d.ignore_eos) j["ignore_eos"] = p.ignore_eos;
-  if (p.skip_special_tokens != d.skip_special_tokens) j["skip_special_tokens"] = p.skip_special_tokens;
-  if (p.no_stop_trim != d.no_stop_trim) j["no_stop_trim"] = p.no_stop_trim;
-  put_int("n", p.n, d.n);
-  if (p.seed) j["seed"] = *p.seed;
-  if (!p.logit_bias.empty()) {
-    json b = json::object();
-    for (auto [id, bias] : p.logit_bias) b[std::to_string(id)] = json_float(bias);
-    j["logit_bias"] = b;
-  }
+  for_each_sampling_field(p, [&](const char* k, const auto& v) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::vector<std::pair<int, float>>>) {
+      json b = json::object();
+      for (auto [id, bias] : v) b[std::to_string(id)] = json_float(bias);
+      j[k] = b;
+    } else {
+      j[k] = v;
+    }
+  });
   return j;
 }
 

@@ -7,6 +7,7 @@
 
 #include "comm/json_codec.h"
 #include "comm/wire_codec.h"
+#include "comm/wire_sampling.h"
 #include "comm/wire_writer.h"
 
 namespace zr::wire {
@@ -19,47 +20,30 @@ void put_ids(MsgWriter& w, const std::vector<int>& ids, const EncodeOptions& opt
   opt.ids_as_bin ? w.bin_ids(ids) : w.ints(ids);
 }
 
-// The fields that differ from SamplingParams' defaults (sampling_json in wire_codec.cpp).
+// The fields that differ from SamplingParams' defaults (comm/wire_sampling.h lists them).
 void put_sampling(MsgWriter& w, MsgWriter::Map& parent, const SamplingParams& p) {
-  const SamplingParams d;
-  const bool any = p.max_new_tokens != d.max_new_tokens || p.min_new_tokens != d.min_new_tokens ||
-                   p.temperature != d.temperature || p.top_p != d.top_p || p.top_k != d.top_k || p.min_p != d.min_p ||
-                   p.repetition_penalty != d.repetition_penalty || p.frequency_penalty != d.frequency_penalty ||
-                   p.presence_penalty != d.presence_penalty || !p.stop.empty() || !p.stop_token_ids.empty() ||
-                   p.ignore_eos != d.ignore_eos || p.skip_special_tokens != d.skip_special_tokens ||
-                   p.no_stop_trim != d.no_stop_trim || p.n != d.n || p.seed || !p.logit_bias.empty();
+  bool any = false;
+  for_each_sampling_field(p, [&](const char*, const auto&) { any = true; });
   if (!any) return;
   w.key(parent, "sampling_params");
   MsgWriter::Map m = w.begin_map();
-  auto put_int = [&](const char* k, int v, int dv) {
-    if (v != dv) w.key(m, k).i64(v);
-  };
-  auto put_float = [&](const char* k, float v, float dv) {
-    if (v != dv) w.key(m, k).f64(json_float(v));
-  };
-  put_int("max_new_tokens", p.max_new_tokens, d.max_new_tokens);
-  put_int("min_new_tokens", p.min_new_tokens, d.min_new_tokens);
-  put_float("temperature", p.temperature, d.temperature);
-  put_float("top_p", p.top_p, d.top_p);
-  put_int("top_k", p.top_k, d.top_k);
-  put_float("min_p", p.min_p, d.min_p);
-  put_float("repetition_penalty", p.repetition_penalty, d.repetition_penalty);
-  put_float("frequency_penalty", p.frequency_penalty, d.frequency_penalty);
-  put_float("presence_penalty", p.presence_penalty, d.presence_penalty);
-  if (!p.stop.empty()) w.key(m, "stop").strs(p.stop);
-  if (!p.stop_token_ids.empty()) w.key(m, "stop_token_ids").ints(p.stop_token_ids);
-  if (p.ignore_eos != d.ignore_eos) w.key(m, "ignore_eos").boolean(p.ignore_eos);
-  if (p.skip_special_tokens != d.skip_special_tokens) w.key(m, "skip_special_tokens").boolean(p.skip_special_tokens);
-  if (p.no_stop_trim != d.no_stop_trim) w.key(m, "no_stop_trim").boolean(p.no_stop_trim);
-  put_int("n", p.n, d.n);
-  if (p.seed) w.key(m, "seed").u64(*p.seed);
-  if (!p.logit_bias.empty()) {
-    std::map<std::string, double> bias;  // one entry per id, the last one winning, as in the json form
-    for (auto [id, b] : p.logit_bias) bias[std::to_string(id)] = json_float(b);
-    MsgWriter::Map b = w.key(m, "logit_bias").begin_map();
-    for (const auto& [k, v] : bias) w.key(b, k).f64(v);
-    w.end_map(b);
-  }
+  for_each_sampling_field(p, [&](const char* k, const auto& v) {
+    using T = std::decay_t<decltype(v)>;
+    w.key(m, k);
+    if constexpr (std::is_same_v<T, int>) w.i64(v);
+    else if constexpr (std::is_same_v<T, double>) w.f64(v);
+    else if constexpr (std::is_same_v<T, bool>) w.boolean(v);
+    else if constexpr (std::is_same_v<T, uint64_t>) w.u64(v);
+    else if constexpr (std::is_same_v<T, std::vector<std::string>>) w.strs(v);
+    else if constexpr (std::is_same_v<T, std::vector<int>>) w.ints(v);
+    else {
+      std::map<std::string, double> bias;  // one entry per id, the last one winning, as in the json form
+      for (auto [id, b] : v) bias[std::to_string(id)] = json_float(b);
+      MsgWriter::Map b = w.begin_map();
+      for (const auto& [bk, bv] : bias) w.key(b, bk).f64(bv);
+      w.end_map(b);
+    }
+  });
   w.end_map(m);
 }
 
